@@ -1,0 +1,369 @@
+"""Encode once, store in HDF5: the cache every later step reads.
+
+Usage::
+
+    from projhead.cache import build_cache, open_cache
+    build_cache(pairs, encoder, "cache/squad-dev.h5")   # resumable, idempotent
+    c = open_cache("cache/squad-dev.h5")
+    c.queries, c.contexts, c.q2c, c.attrs["encoder"]
+
+File layout (format ``projhead-cache`` version 1)::
+
+    /queries/vectors   (Nq, D) float32 or float16, one row per query
+    /queries/text      (Nq,)   UTF-8 strings
+    /queries/id        (Nq,)   UTF-8 strings
+    /queries/group     (Nq,)   UTF-8 strings (article title), for leak-free splits
+    /queries/context   (Nq,)   int64, row of the gold context in /contexts
+    /contexts/vectors  (Nc, D) distinct contexts, each encoded once
+    /contexts/text     (Nc,)   UTF-8 strings
+    attributes on /: format, format_version, encoder, encoder_json (name, resolved path,
+    settings, weights sha256), versions_json, dim, dtype, normalized, dataset, split,
+    granularity, meta_json, fingerprint (sha256 of texts and index), n_queries, n_contexts
+
+How it stays safe: work goes into a folder ``OUT.parts/`` of shards (``.npy``), each
+written to a temporary name and renamed, so a shard is either whole or absent, whatever
+kills the process. A rerun encodes only missing shards; shards cover fixed, deterministic
+slices of the length-sorted texts, so the result is bit-identical to an uninterrupted run.
+When all shards exist they are joined into ``OUT.tmp.h5``, which is renamed to ``OUT``:
+a finished cache is never half written, and an older file at ``OUT`` survives until then.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import Pairs
+
+FORMAT = "projhead-cache"
+FORMAT_VERSION = 1
+
+
+class CacheError(ValueError):
+    """A cache that cannot be used, or may not be overwritten; the message says why."""
+
+
+def _str_dtype():
+    import h5py
+
+    return h5py.string_dtype("utf-8")
+
+
+def _identity(encoder_info: dict, pairs: Pairs, dtype: str) -> dict:
+    """What must match for two runs to be the same work."""
+    return {"encoder": encoder_info["name"], "weights_sha256": encoder_info["weights_sha256"],
+            "settings": encoder_info["settings"], "fingerprint": pairs.fingerprint(),
+            "dataset": pairs.meta.get("dataset"), "split": pairs.meta.get("split"),
+            "granularity": pairs.meta.get("granularity"), "dtype": dtype}
+
+
+def _describe_mismatch(have: dict, want: dict) -> str:
+    diffs = [f"{k}: file has {have.get(k)!r}, this run {want[k]!r}" for k in want if have.get(k) != want[k]]
+    return "; ".join(diffs)
+
+
+def _plan(texts: list[str]) -> np.ndarray:
+    """Order of encoding: longest first (stable), so each batch pads little and the first
+    batches show the slowest rate."""
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    return np.argsort(-lengths, kind="stable")
+
+
+def _write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _encode_role(encoder, texts: list[str], role: str, parts: Path, shard_size: int, batch_size: int,
+                 bar) -> np.ndarray:
+    """Encode the distinct ``texts`` shard by shard, skipping shards already on disk."""
+    order = _plan(texts)
+    dim = encoder.dim
+    out = np.empty((len(texts), dim), np.float32)
+    for k, start in enumerate(range(0, len(texts), shard_size)):
+        rows = order[start:start + shard_size]
+        shard = parts / f"{role}-{k:06d}.npy"
+        vecs = None
+        if shard.exists():
+            try:
+                vecs = np.load(shard, allow_pickle=False)
+                if vecs.shape != (len(rows), dim):
+                    vecs = None
+            except (ValueError, OSError):
+                vecs = None  # a damaged shard is redone
+        if vecs is None:
+            vecs = encoder.encode([texts[i] for i in rows], batch_size=batch_size, role=role)
+            if not np.isfinite(vecs).all():
+                raise CacheError(f"encoder {encoder.name} returned NaN or Inf for {role} texts "
+                                 f"(shard {k}); nothing was written for this shard")
+            _write_npy_atomic(shard, vecs.astype(np.float32))
+        out[rows] = vecs
+        bar.update(len(rows))
+    return out
+
+
+def _lock(out: Path):
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CacheError(f"{out}: another projhead process is writing this cache (lock {out}.lock held)") from None
+    return lock
+
+
+@dataclass
+class CacheResult:
+    path: Path
+    status: str  # "written" or "already complete"
+    seconds: float
+    texts_encoded: int
+
+
+def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "float32", batch_size: int = 64,
+                shard_size: int = 2048, overwrite: bool = False, progress: bool = True) -> CacheResult:
+    """Encode ``pairs`` with ``encoder`` into the HDF5 file ``out`` (see module doc)."""
+    import h5py
+    from tqdm.auto import tqdm
+
+    if dtype not in ("float32", "float16"):
+        raise CacheError(f"dtype must be float32 or float16, not {dtype!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    info = encoder.describe()
+    want = _identity(info, pairs, dtype)
+    lock = _lock(out)
+    try:
+        if out.exists() and not overwrite:
+            have = _read_identity(out)
+            if have == want:
+                return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
+            raise CacheError(f"{out}: exists and holds other work ({_describe_mismatch(have, want)}); "
+                             "refusing to overwrite: pass --overwrite or choose another path")
+        parts = Path(str(out) + ".parts")
+        manifest = parts / "manifest.json"
+        job = dict(want, shard_size=shard_size, batch_size=batch_size)
+        if parts.exists():
+            try:
+                old = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                old = None
+            if old != job:
+                if not overwrite:
+                    raise CacheError(f"{parts}: partial work from a different run "
+                                     f"({_describe_mismatch(old or {}, job) or 'unreadable manifest'}); "
+                                     "pass --overwrite to discard it")
+                shutil.rmtree(parts)
+        parts.mkdir(exist_ok=True)
+        if not manifest.exists():
+            tmp = manifest.with_suffix(".tmp")
+            tmp.write_text(json.dumps(job, indent=1))
+            os.replace(tmp, manifest)
+
+        # Encode distinct query texts once (a few questions repeat), and distinct contexts.
+        uq, q_inverse = np.unique(np.array(pairs.queries, dtype=object), return_inverse=True)
+        uq = list(uq)
+        total = len(uq) + len(pairs.contexts)
+        with tqdm(total=total, unit="texts", desc=f"encoding {out.name}", disable=not progress,
+                  smoothing=0.1) as bar:
+            qv = _encode_role(encoder, uq, "query", parts, shard_size, batch_size, bar)[q_inverse]
+            cv = _encode_role(encoder, pairs.contexts, "context", parts, shard_size, batch_size, bar)
+
+        tmp = out.with_name(out.name + ".tmp.h5")
+        _write_h5(tmp, pairs, qv, cv, info, dtype)
+        os.replace(tmp, out)
+        shutil.rmtree(parts, ignore_errors=True)
+        return CacheResult(out, "written", time.perf_counter() - t0, total)
+    finally:
+        lock.release()
+        try:
+            os.unlink(str(out) + ".lock")
+        except OSError:
+            pass
+
+
+def _versions(info: dict) -> dict:
+    import h5py
+
+    v = dict(info.get("versions", {}))
+    v.update({"projhead": _own_version(), "h5py": h5py.__version__, "numpy": np.__version__,
+              "python": sys.version.split()[0], "platform": platform.platform()})
+    return v
+
+
+def _own_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: dict, dtype: str) -> None:
+    import h5py
+
+    s = _str_dtype()
+    try:
+        with h5py.File(path, "w") as f:
+            q = f.create_group("queries")
+            q.create_dataset("vectors", data=qv.astype(dtype))
+            q.create_dataset("text", data=pairs.queries, dtype=s)
+            q.create_dataset("id", data=pairs.query_ids, dtype=s)
+            q.create_dataset("group", data=pairs.groups, dtype=s)
+            q.create_dataset("context", data=pairs.q2c)
+            c = f.create_group("contexts")
+            c.create_dataset("vectors", data=cv.astype(dtype))
+            c.create_dataset("text", data=pairs.contexts, dtype=s)
+            norms = np.linalg.norm(np.concatenate([qv[:1000], cv[:1000]]), axis=1)
+            a = f.attrs
+            a["format"] = FORMAT
+            a["format_version"] = FORMAT_VERSION
+            a["encoder"] = info["name"]
+            a["encoder_json"] = json.dumps(info)
+            a["versions_json"] = json.dumps(_versions(info))
+            a["dim"] = qv.shape[1]
+            a["dtype"] = dtype
+            a["normalized"] = bool(np.allclose(norms, 1.0, atol=1e-3))
+            a["dataset"] = str(pairs.meta.get("dataset", ""))
+            a["split"] = str(pairs.meta.get("split", ""))
+            a["granularity"] = str(pairs.meta.get("granularity", ""))
+            a["meta_json"] = json.dumps(pairs.meta)
+            a["fingerprint"] = pairs.fingerprint()
+            a["n_queries"] = len(pairs)
+            a["n_contexts"] = len(pairs.contexts)
+            a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+
+
+def _read_identity(path: Path) -> dict:
+    c = open_cache(path, check_finite=False, load=False)
+    enc = c.encoder_info
+    return {"encoder": enc["name"], "weights_sha256": enc.get("weights_sha256"), "settings": enc.get("settings"),
+            "fingerprint": c.attrs["fingerprint"], "dataset": c.attrs["dataset"], "split": c.attrs["split"],
+            "granularity": c.attrs["granularity"], "dtype": c.attrs["dtype"]}
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+_REQUIRED = ["queries/vectors", "queries/text", "queries/id", "queries/group", "queries/context",
+             "contexts/vectors", "contexts/text"]
+_ATTRS = ["format", "format_version", "encoder", "encoder_json", "dim", "dtype", "normalized", "dataset",
+          "split", "granularity", "fingerprint", "n_queries", "n_contexts"]
+
+
+class Cache:
+    """A finished cache, read into memory (vectors as float32)."""
+
+    def __init__(self, path: Path, attrs: dict, arrays: dict | None):
+        self.path = path
+        self.attrs = attrs
+        self._arrays = arrays
+
+    def _get(self, key):
+        if self._arrays is None:
+            raise CacheError(f"{self.path}: opened without loading arrays")
+        return self._arrays[key]
+
+    @property
+    def encoder(self) -> str:
+        return self.attrs["encoder"]
+
+    @property
+    def encoder_info(self) -> dict:
+        return json.loads(self.attrs["encoder_json"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.attrs["dim"])
+
+    queries = property(lambda self: self._get("queries/vectors"))  # (Nq, D) float32
+    contexts = property(lambda self: self._get("contexts/vectors"))  # (Nc, D) float32
+    q2c = property(lambda self: self._get("queries/context"))  # (Nq,) int64
+    query_texts = property(lambda self: self._get("queries/text"))
+    query_ids = property(lambda self: self._get("queries/id"))
+    groups = property(lambda self: self._get("queries/group"))
+    context_texts = property(lambda self: self._get("contexts/text"))
+
+    def describe(self) -> dict:
+        """Everything worth printing about the cache."""
+        a = self.attrs
+        d = {k: (v.item() if hasattr(v, "item") else v) for k, v in a.items() if not k.endswith("_json")}
+        d["encoder_info"] = self.encoder_info
+        d["versions"] = json.loads(a.get("versions_json", "{}"))
+        d["meta"] = json.loads(a.get("meta_json", "{}"))
+        d["file_bytes"] = self.path.stat().st_size
+        return d
+
+
+def open_cache(path: str | os.PathLike, check_finite: bool = True, load: bool = True) -> Cache:
+    """Open and validate a finished cache; errors name the file and the problem."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        hint = f" (an unfinished run left {path}.parts/: rerun projhead cache)" if Path(str(path) + ".parts").exists() else ""
+        raise CacheError(f"{path}: no such cache file{hint}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CacheError(f"{path}: not a readable HDF5 file ({e})") from e
+    with f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        if attrs.get("format") != FORMAT:
+            raise CacheError(f"{path}: not a projhead cache (attribute 'format' is {attrs.get('format')!r})")
+        if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+            raise CacheError(f"{path}: cache format version {attrs['format_version']} is newer than this "
+                             f"projhead reads ({FORMAT_VERSION}); upgrade projhead")
+        missing = [k for k in _ATTRS if k not in attrs] + [k for k in _REQUIRED if k not in f]
+        if missing:
+            raise CacheError(f"{path}: incomplete cache, missing {', '.join(missing)}")
+        nq, nc, dim = int(attrs["n_queries"]), int(attrs["n_contexts"]), int(attrs["dim"])
+        shapes = {"queries/vectors": (nq, dim), "contexts/vectors": (nc, dim), "queries/context": (nq,),
+                  "queries/text": (nq,), "contexts/text": (nc,), "queries/id": (nq,), "queries/group": (nq,)}
+        for k, shape in shapes.items():
+            if f[k].shape != shape:
+                raise CacheError(f"{path}: dataset {k} has shape {f[k].shape}, expected {shape}")
+        arrays = None
+        if load:
+            try:
+                arrays = {
+                    "queries/vectors": f["queries/vectors"][()].astype(np.float32, copy=False),
+                    "contexts/vectors": f["contexts/vectors"][()].astype(np.float32, copy=False),
+                    "queries/context": f["queries/context"][()].astype(np.int64),
+                    "queries/text": [s.decode("utf-8") for s in f["queries/text"][()]],
+                    "queries/id": [s.decode("utf-8") for s in f["queries/id"][()]],
+                    "queries/group": [s.decode("utf-8") for s in f["queries/group"][()]],
+                    "contexts/text": [s.decode("utf-8") for s in f["contexts/text"][()]],
+                }
+            except (OSError, KeyError, ValueError) as e:
+                raise CacheError(f"{path}: damaged cache, cannot read its data ({e})") from e
+            q2c = arrays["queries/context"]
+            if nq and (q2c.min() < 0 or q2c.max() >= nc):
+                raise CacheError(f"{path}: queries/context points outside the {nc} contexts")
+            if check_finite:
+                for k in ("queries/vectors", "contexts/vectors"):
+                    bad = ~np.isfinite(arrays[k]).all(axis=1)
+                    if bad.any():
+                        raise CacheError(f"{path}: {k} holds NaN or Inf in {int(bad.sum())} rows "
+                                         f"(first: row {int(np.flatnonzero(bad)[0])})")
+    return Cache(path, attrs, arrays)
+

@@ -1,0 +1,141 @@
+"""The ``projhead`` command: argument parsing only; all work is in the library.
+
+Usage::
+
+    projhead cache --dataset squad-v1.1 --split dev --granularity sentence
+    projhead info cache/squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5
+    projhead train TRAIN.h5 --out heads/minilm-squad
+    projhead eval DEV.h5 --head heads/minilm-squad
+
+``main(argv)`` runs the CLI in-process (tests use it). Expected errors (bad input, refused
+overwrites) print one line ``error: ...`` and exit with status 2.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from .cache import CacheError
+from .data import DATASETS, DataError
+from .encoders import DEFAULT_ENCODER, EncoderError
+
+USER_ERRORS = (CacheError, DataError, EncoderError)
+
+
+def _user_errors():
+    from .heads import HeadError
+    from .losses import LossError
+
+    return USER_ERRORS + (HeadError, LossError)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="projhead")
+def cli():
+    """Train tiny projection heads on cached vectors of a frozen text encoder."""
+
+
+def default_cache_path(dataset: str, split: str, granularity: str, encoder: str, data: str | None) -> Path:
+    enc = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder.split(":", 1)[1]).strip("-")
+    name = Path(data).stem.split(".")[0] if dataset == "jsonl" and data else f"{dataset}-{split}-{granularity}"
+    return Path("cache") / f"{name}-{enc}.h5"
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(DATASETS), default="squad-v1.1", show_default=True)
+@click.option("--split", type=click.Choice(["train", "dev"]), default="dev", show_default=True)
+@click.option("--granularity", type=click.Choice(["sentence", "paragraph"]), default="sentence", show_default=True,
+              help="context unit: the sentence holding the answer, or the whole paragraph")
+@click.option("--data", type=click.Path(), default=None,
+              help="data file or folder (default: $PROJHEAD_DATA, else the official download)")
+@click.option("--quac-history", type=int, default=0, show_default=True,
+              help="QuAC: earlier dialogue turns prepended to each question")
+@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True,
+              help="st:NAME_OR_PATH or openclip:ARCH[/PRETRAINED_TAG_OR_FILE]")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="output HDF5 file (default: cache/DATASET-SPLIT-GRANULARITY-ENCODER.h5)")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+@click.option("--no-normalize", is_flag=True, help="store raw vectors instead of L2-normalised ones")
+@click.option("--query-prefix", default="", help="text put before every query (e.g. 'query: ' for E5)")
+@click.option("--context-prefix", default="", help="text put before every context (e.g. 'passage: ')")
+@click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def cache(dataset, split, granularity, data, quac_history, encoder, out, dtype, batch_size, device, no_normalize,
+          query_prefix, context_prefix, overwrite, quiet):
+    """Encode questions and contexts once with a frozen encoder into an HDF5 cache.
+
+    Resumable: an interrupted run continues where it stopped. A finished cache with the same
+    settings is left alone; one made with other settings is never overwritten silently."""
+    from .cache import build_cache
+    from .data import load_pairs
+    from .encoders import get_encoder
+
+    pairs = load_pairs(dataset, split, granularity, data=data, quac_history=quac_history)
+    out = Path(out) if out else default_cache_path(dataset, split, granularity, encoder, data)
+    click.echo(f"{pairs.meta.get('source')}: {len(pairs)} queries, {len(pairs.contexts)} distinct contexts "
+               f"({pairs.meta.get('granularity')})", err=True)
+    settings = {"normalize": not no_normalize, "device": device}
+    if encoder.startswith("st:"):
+        settings.update(query_prefix=query_prefix, context_prefix=context_prefix)
+    enc = get_encoder(encoder, **settings)
+    res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
+    if res.status == "already complete":
+        click.echo(f"{out}: already complete with these settings; nothing to do")
+    else:
+        click.echo(f"{out}: wrote {len(pairs)} query and {len(pairs.contexts)} context vectors "
+                   f"(dim {enc.dim}, {dtype}) in {res.seconds:.1f}s")
+
+
+@cli.command()
+@click.argument("cache_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def info(cache_file, as_json):
+    """Print what is in a cache: encoder, settings, sizes, fingerprint, versions."""
+    from .cache import open_cache
+
+    c = open_cache(cache_file, load=False)
+    d = c.describe()
+    if as_json:
+        click.echo(json.dumps(d, indent=1, default=str))
+        return
+    enc = d.pop("encoder_info")
+    click.echo(f"{cache_file}")
+    click.echo(f"  encoder      {enc['name']}  ({enc.get('resolved')})")
+    click.echo(f"  settings     {json.dumps(enc.get('settings'))}")
+    click.echo(f"  weights      sha256 {enc.get('weights_sha256', '')[:16]}...")
+    click.echo(f"  data         {d['dataset']} {d['split']} ({d['granularity']}), source {d['meta'].get('source')}")
+    click.echo(f"  queries      {d['n_queries']}")
+    click.echo(f"  contexts     {d['n_contexts']} distinct")
+    click.echo(f"  vectors      dim {d['dim']}, {d['dtype']}, normalised: {bool(d['normalized'])}")
+    click.echo(f"  fingerprint  {d['fingerprint']}")
+    click.echo(f"  created      {d.get('created')}, format {d['format']} v{d['format_version']}, "
+               f"{d['file_bytes'] / 1e6:.1f} MB")
+    click.echo(f"  versions     " + ", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "platform"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status instead of exiting."""
+    try:
+        cli.main(args=argv, prog_name="projhead", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except _user_errors() as e:
+        click.echo(f"error: {e}", err=True)
+        return 2
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
