@@ -14,3 +14,31 @@ The data flow, one module a step::
 Loading a head and applying it needs only torch, numpy, safetensors and h5py.
 """
 __version__ = "0.1.0"
+
+from .heads import Head, HeadConfig, HeadError, load_head  # noqa: E402
+from .losses import LOSSES, get_loss  # noqa: E402
+
+
+def __getattr__(name):
+    # Heavier pieces load on first use, so `import projhead` stays light for applying heads.
+    if name in ("TrainConfig", "train_head"):
+        from . import train
+
+        return getattr(train, name)
+    if name in ("open_cache", "build_cache"):
+        from . import cache
+
+        return getattr(cache, name)
+    if name == "evaluate_cache":
+        from .evaluate import evaluate_cache
+
+        return evaluate_cache
+    if name == "EncodedHead":
+        from .wrap import EncodedHead
+
+        return EncodedHead
+    raise AttributeError(f"module 'projhead' has no attribute {name!r}")
+
+
+__all__ = ["Head", "HeadConfig", "HeadError", "load_head", "LOSSES", "get_loss", "TrainConfig", "train_head",
+           "open_cache", "build_cache", "evaluate_cache", "EncodedHead"]

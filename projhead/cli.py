@@ -119,6 +119,92 @@ def info(cache_file, as_json):
     click.echo(f"  versions     " + ", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "platform"))
 
 
+def _heads_and_losses():
+    from .heads import HEAD_KINDS, TOWERS
+    from .losses import LOSSES
+
+    return HEAD_KINDS, TOWERS, tuple(LOSSES)
+
+
+_KINDS, _TOWERS, _LOSSES = _heads_and_losses()
+
+
+@cli.command()
+@click.argument("cache_file", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="folder to save the head in")
+@click.option("--kind", type=click.Choice(_KINDS), default="residual", show_default=True)
+@click.option("--towers", type=click.Choice(_TOWERS), default="separate", show_default=True,
+              help="separate query/context heads, one shared head, or query only (contexts stay frozen)")
+@click.option("--out-dim", type=int, default=None, help="output dimension (default: the encoder's)")
+@click.option("--hidden", type=int, default=1024, show_default=True)
+@click.option("--layers", type=int, default=2, show_default=True)
+@click.option("--activation", default="gelu", show_default=True)
+@click.option("--dropout", type=float, default=0.0, show_default=True)
+@click.option("--init", type=click.Choice(["identity", "random"]), default="identity", show_default=True)
+@click.option("--loss", type=click.Choice(_LOSSES), default="clip", show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=1024, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--temperature", type=float, default=0.05, show_default=True, help="initial softmax temperature")
+@click.option("--fixed-temperature", is_flag=True, help="do not learn the temperature")
+@click.option("--anchor-weight", type=float, default=0.0, show_default=True,
+              help="penalty on the distance between head output and frozen vector")
+@click.option("--dev-fraction", type=float, default=0.05, show_default=True)
+@click.option("--select-metric", type=click.Choice(["top1", "top5", "top10", "mrr10"]), default="mrr10",
+              show_default=True)
+@click.option("--patience", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True)
+def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, epochs,
+          batch_size, lr, weight_decay, temperature, fixed_temperature, anchor_weight, dev_fraction,
+          select_metric, patience, seed, device, quiet):
+    """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
+
+    Holds out a dev split of whole articles, stops early, and keeps the frozen encoder (an
+    identity head) if no epoch beats it on that split."""
+    from .heads import HeadConfig
+    from .train import TrainConfig, train_head
+
+    hcfg = HeadConfig(kind=kind, towers=towers, out_dim=out_dim, hidden=hidden, layers=layers,
+                      activation=activation, dropout=dropout, init=init)
+    tcfg = TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                       init_temperature=temperature, learn_temperature=not fixed_temperature,
+                       anchor_weight=anchor_weight, dev_fraction=dev_fraction, select_metric=select_metric,
+                       patience=patience, seed=seed, device=device)
+    head, log = train_head(cache_file, hcfg, tcfg, out=out, progress=not quiet)
+    m = head.info["metrics"]
+    verdict = ("no epoch beat the frozen encoder: saved the identity head" if head.config.passthrough
+               else f"best epoch {log['best_epoch']}")
+    click.echo(f"{out}: {verdict}; dev {select_metric} frozen {m['frozen'].get(select_metric, float('nan')):.4f} "
+               f"-> head {m['head'].get(select_metric, float('nan')):.4f} ({log['seconds']:.1f}s)")
+
+
+@cli.command("eval")
+@click.argument("cache_file", type=click.Path(dir_okay=False))
+@click.option("--head", "head_path", type=click.Path(), default=None, help="head folder (omit: frozen only)")
+@click.option("--bm25", is_flag=True, help="add a BM25 baseline on the same candidates")
+@click.option("--block", type=int, default=500, show_default=True, help="queries per block, out-of-N protocol")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="write the results as JSON")
+def evaluate(cache_file, head_path, bm25, block, json_out):
+    """Top-k retrieval (out-of-500 blocks and full corpus), frozen encoder beside the head."""
+    from .cache import open_cache
+    from .evaluate import evaluate_cache, format_table
+    from .heads import load_head
+
+    c = open_cache(cache_file)
+    head = load_head(head_path) if head_path else None
+    results = evaluate_cache(c, head=head, bm25=bm25, block=block)
+    click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts, "
+               f"encoder {c.encoder}" + (f", head {head_path}" if head_path else ""))
+    click.echo(format_table(results))
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps({"cache": str(cache_file), "head": head_path, "results": results},
+                                             indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status instead of exiting."""
     try:

@@ -278,9 +278,9 @@ def load_squad(path: Path, granularity: str = "sentence", dataset: str = "squad"
     return table.build(meta, str(path))
 
 
-def load_quac(path: Path, history: int = 0, split: str = "") -> Pairs:
+def load_quac(path: Path, history: int = 0, split: str = "", granularity: str = "paragraph") -> Pairs:
     """QuAC v0.2 (SQuAD-like layout, one dialogue per paragraph). Context: the section text
-    (QuAC answers span several sentences, so it is always the paragraph). ``history``: how
+    (``paragraph``) or the sentences that hold the answer span (``sentence``). ``history``: how
     many earlier turns (question + answer) of the dialogue are prepended to each question,
     since QuAC questions depend on them ("what did he do next?"). Unanswerable turns
     (answer ``CANNOTANSWER``) have no gold context and are left out as queries but still
@@ -288,6 +288,8 @@ def load_quac(path: Path, history: int = 0, split: str = "") -> Pairs:
     doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(f"{path}: not QuAC JSON (expected an object with a 'data' list)")
+    if granularity not in ("sentence", "paragraph"):
+        raise DataError(f"granularity must be 'sentence' or 'paragraph', not {granularity!r}")
     table = _ContextTable()
     for a, article in enumerate(doc["data"]):
         try:
@@ -304,6 +306,7 @@ def load_quac(path: Path, history: int = 0, split: str = "") -> Pairs:
             context = _text(context, path, f"{where}.context")
             # QuAC appends the sentinel "CANNOTANSWER" to every context: it is no content.
             context = re.sub(r"\s*CANNOTANSWER\s*$", "", context)
+            spans = split_sentences(context) if granularity == "sentence" else None
             turns: list[str] = []
             for q, qa in enumerate(qas):
                 try:
@@ -313,10 +316,13 @@ def load_quac(path: Path, history: int = 0, split: str = "") -> Pairs:
                     raise DataError(f"{path}: {where}.qas[{q}] lacks 'id' or 'question'") from None
                 question = _text(question, path, f"{where}.qas[{q}].question")
                 text = " ".join(turns[-2 * history:] + [question]) if history else question
-                if answer and answer != "CANNOTANSWER":
-                    table.add(text, context, qid, title)
+                gold = context
+                if answer and answer != "CANNOTANSWER" and spans is not None:
+                    gold = answer_sentence(context, [answer], spans)
+                if answer and answer != "CANNOTANSWER" and gold:
+                    table.add(text, gold, qid, title)
                 turns += [question, answer if answer != "CANNOTANSWER" else "no answer"]
-    meta = {"dataset": "quac", "split": split, "granularity": "paragraph", "history": history,
+    meta = {"dataset": "quac", "split": split, "granularity": granularity, "history": history,
             "source": str(path)}
     return table.build(meta, str(path))
 
@@ -368,7 +374,5 @@ def load_pairs(dataset: str, split: str = "dev", granularity: str = "sentence",
     if dataset.startswith("squad"):
         return load_squad(path, granularity, dataset=dataset, split=split)
     if dataset == "quac":
-        if granularity not in ("paragraph", "sentence"):
-            raise DataError(f"granularity must be 'sentence' or 'paragraph', not {granularity!r}")
-        return load_quac(path, history=quac_history, split=split)
+        return load_quac(path, history=quac_history, split=split, granularity=granularity)
     raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")

@@ -1,0 +1,117 @@
+"""Retrieval metrics: the out-of-500 protocol and full-corpus retrieval, plus BM25.
+
+Usage::
+
+    from projhead.evaluate import evaluate_cache
+    table = evaluate_cache(cache, head=head, bm25=True)   # {"frozen": {...}, "head": {...}, "bm25": {...}}
+
+Both protocols take a *scorer*: a function from a list of query rows to their scores
+against every context, ``(len(rows), Nc)``. A dense scorer is a matrix product of vectors;
+BM25 gives the same shape from its own index. So frozen, head and BM25 are scored by the
+same code.
+
+- ``out_of_n``: consecutive blocks of ``n`` (500) queries in file order; the candidates of a
+  block are the distinct gold contexts of its queries; the last, shorter block counts too.
+  top-k = share of queries whose gold context ranks in the first k.
+- ``full_corpus``: every distinct context of the split is a candidate. recall@k, MRR@10,
+  nDCG@10 (one relevant context per query).
+
+Ties are counted against the gold context (rank = number of candidates scoring >= gold,
+minus itself), so a constant scorer gets no credit.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+def dense_scorer(q: np.ndarray, c: np.ndarray) -> Scorer:
+    """Dot product of query rows against all contexts (cosine for normalised vectors)."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    c = np.ascontiguousarray(c, dtype=np.float32)
+    return lambda rows: q[rows] @ c.T  # (R, Nc)
+
+
+def _ranks(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's gold column: candidates scoring >= gold, except gold."""
+    g = scores[np.arange(len(gold)), gold][:, None]  # (R, 1)
+    return (scores >= g).sum(axis=1) - 1
+
+
+def out_of_n(scorer: Scorer, q2c: np.ndarray, n: int = 500, ks=(1, 5, 10)) -> dict:
+    q2c = np.asarray(q2c)
+    ranks = []
+    for start in range(0, len(q2c), n):
+        rows = np.arange(start, min(start + n, len(q2c)))
+        cand, gold = np.unique(q2c[rows], return_inverse=True)  # distinct gold contexts of the block
+        scores = scorer(rows)[:, cand]  # (R, |cand|)
+        ranks.append(_ranks(scores, gold))
+    r = np.concatenate(ranks)
+    out = {f"top{k}": float((r < k).mean()) for k in ks}
+    out["mrr10"] = float(np.where(r < 10, 1.0 / (r + 1), 0.0).mean())
+    return out
+
+
+def full_corpus(scorer: Scorer, q2c: np.ndarray, ks=(1, 5, 10, 100), chunk: int = 1024) -> dict:
+    q2c = np.asarray(q2c)
+    ranks = np.concatenate([_ranks(scorer(rows), q2c[rows])
+                            for rows in np.array_split(np.arange(len(q2c)), max(1, -(-len(q2c) // chunk)))])
+    out = {f"R@{k}": float((ranks < k).mean()) for k in ks}
+    out["MRR@10"] = float(np.where(ranks < 10, 1.0 / (ranks + 1), 0.0).mean())
+    out["nDCG@10"] = float(np.where(ranks < 10, 1.0 / np.log2(ranks + 2), 0.0).mean())
+    return out
+
+
+def both_protocols(scorer: Scorer, q2c: np.ndarray, block: int = 500) -> dict:
+    return {"out_of_500" if block == 500 else f"out_of_{block}": out_of_n(scorer, q2c, block),
+            "full_corpus": full_corpus(scorer, q2c)}
+
+
+def bm25_scorer(queries: list[str], contexts: list[str]) -> Scorer:
+    """BM25 (bm25s, Lucene variant, English stopwords, Snowball stemmer if installed) over
+    the distinct contexts; scores of every context for each query row."""
+    import bm25s
+
+    try:
+        import Stemmer
+
+        stemmer = Stemmer.Stemmer("english")
+    except ImportError:
+        stemmer = None
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(contexts, stopwords="en", stemmer=stemmer, show_progress=False),
+                    show_progress=False)
+    q_tokens = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+
+    def score(rows):
+        return np.stack([retriever.get_scores(q_tokens[i]) for i in rows]).astype(np.float32)
+
+    return score
+
+
+def evaluate_cache(cache, head=None, bm25: bool = False, block: int = 500) -> dict:
+    """Metrics of the frozen vectors, of ``head`` (if given) and of BM25 (if asked), both
+    protocols, on every query of ``cache``."""
+    results = {"frozen": both_protocols(dense_scorer(cache.queries, cache.contexts), cache.q2c, block)}
+    if head is not None:
+        head.check_cache(cache)
+        q, c = head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)
+        results["head"] = both_protocols(dense_scorer(q, c), cache.q2c, block)
+    if bm25:
+        results["bm25"] = both_protocols(bm25_scorer(cache.query_texts, cache.context_texts), cache.q2c, block)
+    return results
+
+
+def format_table(results: dict) -> str:
+    """Markdown table, one row per system, both protocols side by side (percent)."""
+    systems = list(results)
+    cols = [(p, m) for p in results[systems[0]] for m in results[systems[0]][p]]
+    head = "| system | " + " | ".join(f"{'500' if p.startswith('out') else 'full'} {m}" for p, m in cols) + " |"
+    lines = [head, "|---" * (len(cols) + 1) + "|"]
+    for s in systems:
+        vals = [results[s][p][m] for p, m in cols]
+        lines.append(f"| {s} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + " |")
+    return "\n".join(lines)

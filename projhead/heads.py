@@ -1,0 +1,314 @@
+"""Projection heads: small modules applied to frozen vectors, saved as a folder.
+
+Usage::
+
+    from projhead.heads import HeadConfig, Head, load_head
+    head = Head(HeadConfig(kind="residual", in_dim=384))
+    q = head.encode_queries(query_vectors)      # numpy in, numpy out (or torch in, torch out)
+    c = head.encode_contexts(context_vectors)
+    head.save("heads/my-head")                  # config.json + model.safetensors + README.md
+    head = load_head("heads/my-head")           # no pickle, ever
+
+A saved head is a folder that describes itself: ``config.json`` holds the head settings,
+the encoder (name and weights hash) and cache it was trained on, the training settings,
+the dev metrics and library versions; ``model.safetensors`` holds the weights. Loading
+rebuilds the module from the config alone and refuses weights whose names or shapes do not
+match it, and any folder holding pickle-format files.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy")
+HEAD_KINDS = ("linear", "mlp", "residual")
+TOWERS = ("separate", "shared", "query")
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+class HeadError(ValueError):
+    """A head that cannot be built, loaded or applied; the message says why."""
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "residual"  # linear | mlp | residual (x + MLP(x), last layer zero-initialised)
+    in_dim: int = 384  # dimension of the frozen encoder's vectors
+    out_dim: int | None = None  # output dimension; None keeps in_dim (residual needs in_dim)
+    hidden: int = 1024  # hidden width of mlp / residual
+    layers: int = 2  # linear layers in mlp / residual (>= 1 for mlp, >= 2 for residual)
+    activation: str = "gelu"  # gelu | relu | silu | tanh
+    dropout: float = 0.0  # dropout after each hidden activation (training only)
+    towers: str = "separate"  # separate query/context heads | shared | query (contexts stay frozen)
+    init: str = "identity"  # identity: step 0 equals the frozen encoder (linear, residual) | random
+    normalize: bool = True  # L2-normalise outputs (cosine similarity downstream)
+    passthrough: bool = False  # identity head: training kept the frozen encoder (no epoch beat it)
+    encoder: str = ""  # encoder the input vectors must come from ("" = unchecked)
+    encoder_weights_sha256: str = ""  # hash of that encoder's weights ("" = unchecked)
+
+    def __post_init__(self):
+        if self.kind not in HEAD_KINDS:
+            raise HeadError(f"unknown head kind {self.kind!r}; choose from {', '.join(HEAD_KINDS)}")
+        if self.towers not in TOWERS:
+            raise HeadError(f"unknown towers {self.towers!r}; choose from {', '.join(TOWERS)}")
+        if self.activation not in _ACTIVATIONS:
+            raise HeadError(f"unknown activation {self.activation!r}; choose from {', '.join(_ACTIVATIONS)}")
+        if self.init not in ("identity", "random"):
+            raise HeadError(f"init must be 'identity' or 'random', not {self.init!r}")
+        for name in ("in_dim", "output_dim", "hidden", "layers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise HeadError(f"head setting {name} must be a positive integer, not {v!r}")
+        if self.kind == "residual" and self.output_dim != self.in_dim:
+            raise HeadError(f"a residual head keeps the dimension: out_dim {self.out_dim} != in_dim {self.in_dim}")
+        if self.kind == "residual" and self.layers < 2:
+            raise HeadError("a residual head needs layers >= 2")
+        if self.towers == "query" and self.output_dim != self.in_dim:
+            raise HeadError("towers='query' keeps contexts frozen, so out_dim must equal in_dim")
+        if not 0.0 <= self.dropout < 1.0:
+            raise HeadError(f"dropout must be in [0, 1), not {self.dropout}")
+
+    @property
+    def output_dim(self) -> int:
+        return self.out_dim or self.in_dim
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeadConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise HeadError(f"unknown head settings {sorted(unknown)}")
+        return cls(**d)
+
+
+def _mlp(cfg: HeadConfig, out_dim: int) -> nn.Sequential:
+    dims = [cfg.in_dim] + [cfg.hidden] * (cfg.layers - 1) + [out_dim]
+    mods: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        mods.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            mods += [_ACTIVATIONS[cfg.activation](), nn.Dropout(cfg.dropout)]
+    return nn.Sequential(*mods)
+
+
+class Residual(nn.Module):
+    """x + MLP(x); the last layer starts at zero, so the head starts as the identity."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.mlp = _mlp(cfg, cfg.in_dim)
+        if cfg.init == "identity":
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x):  # (B, D) -> (B, D)
+        return x + self.mlp(x)
+
+
+def build_tower(cfg: HeadConfig) -> nn.Module:
+    if cfg.kind == "residual":
+        return Residual(cfg)
+    if cfg.kind == "mlp":
+        return _mlp(cfg, cfg.output_dim)
+    lin = nn.Linear(cfg.in_dim, cfg.output_dim)
+    if cfg.init == "identity":
+        with torch.no_grad():  # identity on the shared dimensions
+            lin.weight.copy_(torch.eye(cfg.output_dim, cfg.in_dim))
+            lin.bias.zero_()
+    return lin
+
+
+class Head(nn.Module):
+    """Query and context towers over frozen vectors (see module doc)."""
+
+    def __init__(self, config: HeadConfig, info: dict | None = None):
+        super().__init__()
+        self.config = config
+        self.info = info or {}  # training settings, cache, metrics: written to config.json
+        self.query = build_tower(config)
+        if config.towers == "separate":
+            self.context = build_tower(config)
+        elif config.towers == "shared":
+            self.context = self.query
+        else:
+            self.context = nn.Identity()
+
+    # -- applying --------------------------------------------------------------------
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.config.in_dim:
+            raise HeadError(f"head expects vectors of shape (N, {self.config.in_dim}) from encoder "
+                            f"{self.config.encoder or '(unrecorded)'}, got {tuple(x.shape)}")
+
+    def _project(self, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        y = x if self.config.passthrough else tower(x)  # (N, D_out)
+        return nn.functional.normalize(y, dim=-1) if self.config.normalize else y
+
+    def forward(self, q: torch.Tensor, c: torch.Tensor):  # (B, D), (B, D) -> (B, D'), (B, D')
+        return self._project(self.query, q), self._project(self.context, c)
+
+    def _apply_any(self, tower: nn.Module, x, batch_size: int = 65536):
+        """numpy in -> numpy out, torch in -> torch out (no grad for numpy)."""
+        if isinstance(x, torch.Tensor):
+            return self._project(tower, x.to(next(self.parameters()).dtype))
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise HeadError(f"head expects a 2-D array of vectors, got shape {x.shape}")
+        was_training = self.training
+        self.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, max(len(x), 1), batch_size):
+                out.append(self._project(tower, torch.from_numpy(x[i:i + batch_size])).numpy())
+        self.train(was_training)
+        return np.concatenate(out)
+
+    def encode_queries(self, x):
+        return self._apply_any(self.query, x)
+
+    def encode_contexts(self, x):
+        return self._apply_any(self.context, x)
+
+    def check_encoder(self, name: str, weights_sha256: str | None = None, where: str = "these vectors") -> None:
+        """Refuse vectors from another encoder than the one the head was trained on."""
+        cfg = self.config
+        if cfg.encoder and name != cfg.encoder:
+            raise HeadError(f"{where} come from encoder {name!r}, but the head was trained on {cfg.encoder!r}")
+        if cfg.encoder_weights_sha256 and weights_sha256 and weights_sha256 != cfg.encoder_weights_sha256:
+            raise HeadError(f"{where} come from encoder {name!r} with other weights (sha256 "
+                            f"{weights_sha256[:12]}...) than the head was trained on "
+                            f"({cfg.encoder_weights_sha256[:12]}...)")
+
+    def check_cache(self, cache) -> None:
+        self.check_encoder(cache.encoder, cache.encoder_info.get("weights_sha256"), where=str(cache.path))
+        if cache.dim != self.config.in_dim:
+            raise HeadError(f"{cache.path}: vectors have dim {cache.dim}, the head expects {self.config.in_dim}")
+
+    # -- saving ----------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Weights to save; a shared context tower is saved once (as the query tower)."""
+        sd = self.state_dict()
+        if self.config.towers == "shared":
+            sd = {k: v for k, v in sd.items() if k.startswith("query.")}
+        return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        from . import __version__
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {"projhead_version": __version__, "torch_version": torch.__version__,
+                  "head": asdict(self.config), **self.info}
+        tmp = path / (WEIGHTS_NAME + ".tmp")
+        save_file(self.tensors(), str(tmp), metadata={"format": "pt", "projhead": __version__})
+        os.replace(tmp, path / WEIGHTS_NAME)
+        tmp = path / (CONFIG_NAME + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2, default=_json_default))
+        os.replace(tmp, path / CONFIG_NAME)
+        (path / "README.md").write_text(model_card(config))
+        return path
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def load_head(path: str | os.PathLike) -> Head:
+    """Rebuild a head from its folder (config.json + model.safetensors); see module doc."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_dir():
+        raise HeadError(f"{path}: not a head folder (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+    risky = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
+    if risky:
+        raise HeadError(f"{path}: refusing a head folder that holds pickle-format files {risky}; "
+                        f"projhead heads are {CONFIG_NAME} + {WEIGHTS_NAME} only")
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HeadError(f"{path}: no {CONFIG_NAME}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HeadError(f"{path / CONFIG_NAME}: malformed JSON ({e})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("head"), dict):
+        raise HeadError(f"{path / CONFIG_NAME}: no 'head' settings object")
+    try:
+        cfg = HeadConfig.from_dict(config["head"])
+    except TypeError as e:
+        raise HeadError(f"{path / CONFIG_NAME}: bad head settings ({e})") from None
+    except HeadError as e:
+        raise HeadError(f"{path / CONFIG_NAME}: {e}") from None
+    info = {k: v for k, v in config.items() if k not in ("head", "projhead_version", "torch_version")}
+    head = Head(cfg, info)
+    try:
+        tensors = load_file(str(path / WEIGHTS_NAME))
+    except FileNotFoundError:
+        raise HeadError(f"{path}: no {WEIGHTS_NAME}") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise HeadError(f"{path / WEIGHTS_NAME}: not a readable safetensors file ({e})") from None
+    want = {k: tuple(v.shape) for k, v in head.tensors().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    if have != want:
+        extra, missing = sorted(set(have) - set(want)), sorted(set(want) - set(have))
+        shapes = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+        raise HeadError(f"{path / WEIGHTS_NAME}: weights do not match {CONFIG_NAME} "
+                        f"(unexpected {extra}, missing {missing}, wrong shape {shapes})")
+    for k, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise HeadError(f"{path / WEIGHTS_NAME}: tensor {k} holds NaN or Inf")
+    head.load_state_dict(tensors, strict=head.config.towers != "shared")
+    head.eval()
+    return head
+
+
+def model_card(config: dict) -> str:
+    """A short README for a saved head, generated from its config."""
+    h = config["head"]
+    m = config.get("metrics", {})
+    lines = [
+        "# projhead projection head",
+        "",
+        f"A `{h['kind']}` head ({h['towers']} towers, {h['in_dim']} -> {h['out_dim'] or h['in_dim']}) trained with projhead "
+        f"on vectors of the frozen encoder `{h['encoder'] or 'unrecorded'}`.",
+        "",
+        "```python",
+        "import projhead",
+        "head = projhead.load_head('THIS_FOLDER')",
+        "q = head.encode_queries(query_vectors)      # vectors from the same encoder",
+        "c = head.encode_contexts(context_vectors)",
+        "```",
+        "",
+    ]
+    if h.get("passthrough"):
+        lines += ["**This head is the identity**: no training epoch beat the frozen encoder on the dev split, "
+                  "so model selection kept the frozen vectors.", ""]
+    if m:
+        lines += ["## Dev metrics (held-out split of the training cache)", "", "| | " + " | ".join(m.get("frozen", {})) + " |",
+                  "|---|" + "---|" * len(m.get("frozen", {}))]
+        for row in ("frozen", "head"):
+            if row in m:
+                lines.append(f"| {row} | " + " | ".join(f"{v:.4f}" for v in m[row].values()) + " |")
+        lines.append("")
+    t = config.get("training", {})
+    if t:
+        lines += ["## Training", "", "```json", json.dumps(t, indent=1), "```", ""]
+    c = config.get("cache", {})
+    if c:
+        lines += [f"Trained on cache `{c.get('path')}` (fingerprint `{c.get('fingerprint', '')[:16]}...`, "
+                  f"{c.get('dataset')} {c.get('split')}, {c.get('granularity')} contexts).", ""]
+    return "\n".join(lines)

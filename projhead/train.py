@@ -1,0 +1,224 @@
+"""Train a head on a cache: the encoder never runs, so this takes seconds to minutes on a CPU.
+
+Usage::
+
+    from projhead.train import TrainConfig, train_head
+    from projhead.heads import HeadConfig
+    head, log = train_head("cache/squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5",
+                           HeadConfig(kind="residual"), TrainConfig(epochs=5), out="heads/minilm")
+
+The loop, nanoGPT-style: hold out a dev split (whole groups, i.e. articles, so dev contexts
+are unseen), score the frozen vectors on it, then per epoch: shuffle, step over batches of
+(query, gold context) pairs with AdamW and warm-up + cosine decay, clamp the temperature,
+score the dev split with the out-of-500 protocol. The best epoch by ``select_metric`` is
+kept; if no epoch beats the frozen vectors, the saved head is the identity (passthrough),
+so a head never ships worse than the encoder it sits on, as measured on the dev split.
+
+Heads should stay close to the frozen encoder unless the data says otherwise: identity
+initialisation, early stopping (``patience``) and ``anchor_weight`` (a penalty on the mean
+squared distance between head output and frozen vector) all pull that way.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import Cache, open_cache
+from .evaluate import dense_scorer, out_of_n
+from .heads import Head, HeadConfig
+from .losses import get_loss
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "clip"  # objective, a name in projhead.losses.LOSSES
+    epochs: int = 10  # upper bound; early stopping usually ends sooner
+    batch_size: int = 1024  # pairs per step; in-batch negatives = batch_size - 1
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    warmup: float = 0.05  # fraction of all steps spent warming the learning rate up from 0
+    init_temperature: float = 0.05  # softmax temperature at step 0 (open_clip: 0.07)
+    learn_temperature: bool = True  # learn the temperature (clamped at 1/100 as open_clip)
+    anchor_weight: float = 0.0  # weight of mean ||head(x) - x||^2: pulls outputs toward the frozen vectors
+    dev_fraction: float = 0.05  # share of groups (articles) held out for early stopping
+    select_metric: str = "mrr10"  # out-of-500 metric on the dev split that picks the best epoch
+    patience: int = 2  # epochs without a better dev metric before stopping
+    seed: int = 0  # seeds the split, initialisation and batch order
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    device: str = "cpu"  # cpu is plenty; cuda works for large caches
+    loss_settings: dict = field(default_factory=dict)  # extra settings for the loss (e.g. same_tower_weight)
+
+
+def split_by_group(groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and dev query rows; whole groups go to one side, so no dev context is trained on."""
+    names = np.array(sorted(set(groups)))
+    rng = np.random.default_rng(seed)
+    n_dev = max(1, int(round(fraction * len(names)))) if fraction > 0 and len(names) > 1 else 0
+    dev_names = set(rng.choice(names, size=n_dev, replace=False).tolist()) if n_dev else set()
+    is_dev = np.array([g in dev_names for g in groups])
+    return np.flatnonzero(~is_dev), np.flatnonzero(is_dev)
+
+
+def _dev_metrics(head: Head | None, q: np.ndarray, c: np.ndarray, q2c: np.ndarray) -> dict:
+    if head is not None:
+        q, c = head.encode_queries(q), head.encode_contexts(c)
+    return out_of_n(dense_scorer(q, c), q2c)
+
+
+def _subset(q2c: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Context rows used by ``rows`` and the re-indexed q2c."""
+    ctx, local = np.unique(q2c[rows], return_inverse=True)
+    return ctx, local
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    warm = max(1, int(cfg.warmup * total))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None = None,
+               config: TrainConfig | None = None, out: str | os.PathLike | None = None,
+               progress: bool = True) -> tuple[Head, dict]:
+    """Train, select and (if ``out``) save a head; returns it and the training log."""
+    from tqdm.auto import tqdm
+
+    cfg = config or TrainConfig()
+    if not isinstance(cache, Cache):
+        cache = open_cache(cache)
+    # the cache decides the input dimension and the encoder the head will accept
+    hcfg = replace(head_config or HeadConfig(), in_dim=cache.dim, encoder=cache.encoder,
+                   encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    t_start = time.perf_counter()
+
+    Q, C, q2c = cache.queries, cache.contexts, cache.q2c
+    train_rows, dev_rows = split_by_group(cache.groups, cfg.dev_fraction, cfg.seed)
+    if len(train_rows) == 0:
+        raise ValueError(f"{cache.path}: no training rows left after holding out the dev split")
+    dev_ctx, dev_q2c = _subset(q2c, dev_rows)
+    dev_q, dev_c = Q[dev_rows], C[dev_ctx]
+
+    head = Head(hcfg).to(cfg.device)
+    loss_fn = get_loss(cfg.loss, init_temperature=cfg.init_temperature, learn_temperature=cfg.learn_temperature,
+                       **cfg.loss_settings).to(cfg.device)
+    params = [p for p in list(head.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    Qt = torch.from_numpy(Q).to(cfg.device)  # (Nq, D)
+    Ct = torch.from_numpy(C).to(cfg.device)  # (Nc, D)
+    q2ct = torch.from_numpy(q2c).to(cfg.device)
+    bs = min(cfg.batch_size, len(train_rows))
+    steps_per_epoch = max(1, len(train_rows) // bs)  # drop the ragged last batch: fewer negatives, noisier
+    total_steps = steps_per_epoch * cfg.epochs
+
+    frozen = _dev_metrics(None, dev_q, dev_c, dev_q2c) if len(dev_rows) else {}
+    log = {"epochs": [], "frozen_dev": frozen, "n_train": int(len(train_rows)), "n_dev": int(len(dev_rows))}
+    best = {"score": frozen.get(cfg.select_metric, -math.inf), "epoch": 0, "state": None, "metrics": frozen}
+    step, bad_epochs = 0, 0
+    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not progress)
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        head.train()
+        order = torch.from_numpy(rng.permutation(train_rows)).to(cfg.device)
+        losses = []
+        for b in range(steps_per_epoch):
+            rows = order[b * bs:(b + 1) * bs]
+            ctx = q2ct[rows]  # (B,)
+            q, c = head(Qt[rows], Ct[ctx])  # (B, D'), (B, D')
+            loss = loss_fn(q, c, ctx)
+            if cfg.anchor_weight:
+                # pull outputs toward the frozen vectors: stay close unless the data says otherwise
+                loss = loss + cfg.anchor_weight * ((q - Qt[rows]).pow(2).sum(1).mean()
+                                                   + (c - Ct[ctx]).pow(2).sum(1).mean()) / 2
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total_steps, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if hasattr(loss_fn, "clamp_"):
+                loss_fn.clamp_()
+            losses.append(float(loss))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", T=f"{loss_fn.temperature:.4f}")
+        head.eval()
+        dev = _dev_metrics(head.cpu(), dev_q, dev_c, dev_q2c) if len(dev_rows) else {}
+        head.to(cfg.device)
+        entry = {"epoch": epoch, "train_loss": float(np.mean(losses)), "temperature": loss_fn.temperature,
+                 "lr": _lr_at(step - 1, total_steps, cfg), "dev": dev, "seconds": time.perf_counter() - t0}
+        log["epochs"].append(entry)
+        score = dev.get(cfg.select_metric, -math.inf) if dev else -float(entry["train_loss"])
+        bar.write(f"epoch {epoch}: loss {entry['train_loss']:.4f}  T {entry['temperature']:.4f}  "
+                  + "  ".join(f"{k} {v:.4f}" for k, v in dev.items())
+                  + f"  (frozen {cfg.select_metric} {frozen.get(cfg.select_metric, float('nan')):.4f})")
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch, "metrics": dev,
+                    "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                break
+    bar.close()
+
+    head = head.cpu()
+    if best["state"] is None:
+        head.config.passthrough = True  # no epoch beat the frozen vectors on dev
+    else:
+        head.load_state_dict(best["state"])
+    head.eval()
+    log.update(best_epoch=best["epoch"], passthrough=head.config.passthrough,
+               seconds=time.perf_counter() - t_start)
+    head.info = {
+        "training": asdict(cfg),
+        "cache": {"path": str(cache.path), "fingerprint": cache.attrs["fingerprint"],
+                  "dataset": cache.attrs["dataset"], "split": cache.attrs["split"],
+                  "granularity": cache.attrs["granularity"], "n_queries": int(cache.attrs["n_queries"])},
+        "metrics": {"frozen": frozen, "head": best["metrics"] if best["state"] is not None else frozen},
+        "best_epoch": best["epoch"],
+    }
+    if out is not None:
+        out = Path(out)
+        head.save(out)
+        (out / "train_log.json").write_text(json.dumps(log, indent=1))
+        plot_log(log, out / "training_curve.png", cfg.select_metric)
+    return head, log
+
+
+def plot_log(log: dict, path: Path, metric: str) -> Path | None:
+    """Training loss and dev metric per epoch, frozen baseline dashed. Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ep = [e["epoch"] for e in log["epochs"]]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(ep, [e["train_loss"] for e in log["epochs"]], marker="o")
+    a.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    if log["frozen_dev"]:
+        b.plot([0] + ep, [log["frozen_dev"][metric]] + [e["dev"][metric] for e in log["epochs"]], marker="o",
+               label="head")
+        b.axhline(log["frozen_dev"][metric], ls="--", color="gray", label="frozen encoder")
+        b.set(xlabel="epoch", ylabel=f"dev {metric} (out-of-500)", title="dev split")
+        b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
