@@ -1,0 +1,198 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, PlantedEncoder, planted_pairs
+from projhead.cache import CacheError, build_cache, open_cache
+from projhead.data import load_jsonl
+
+
+def test_roundtrip_layout_and_attributes(tmp_path):
+    pairs = planted_pairs(n_groups=3)
+    enc = PlantedEncoder(pairs)
+    res = build_cache(pairs, enc, tmp_path / "c.h5", progress=False)
+    assert res.status == "written"
+    c = open_cache(tmp_path / "c.h5")
+    assert c.queries.shape == (len(pairs), 16) and c.contexts.shape == (len(pairs.contexts), 16)
+    np.testing.assert_array_equal(c.q2c, pairs.q2c)
+    assert c.query_texts == pairs.queries and c.context_texts == pairs.contexts
+    assert c.query_ids == pairs.query_ids and c.groups == pairs.groups
+    np.testing.assert_allclose(c.queries, enc.encode(pairs.queries, role="query"))
+    np.testing.assert_allclose(c.contexts, enc.encode(pairs.contexts, role="context"))
+    assert c.attrs["encoder"] == "test:planted" and c.attrs["fingerprint"] == pairs.fingerprint()
+    assert c.attrs["normalized"] and c.attrs["dim"] == 16 and c.attrs["granularity"] == "sentence"
+    assert not (tmp_path / "c.h5.parts").exists()
+
+
+def test_contexts_are_encoded_once(tmp_path):
+    pairs = planted_pairs(n_groups=2, queries_per_context=5)
+    enc = PlantedEncoder(pairs)
+    seen = []
+    real = enc.encode
+    enc.encode = lambda texts, batch_size=64, role="query": seen.extend((role, t) for t in texts) or real(texts, batch_size, role)
+    build_cache(pairs, enc, tmp_path / "c.h5", progress=False)
+    assert len(seen) == len(set(seen)) == len(set(pairs.queries)) + len(pairs.contexts)
+
+
+def test_rerun_is_a_no_op_and_other_work_is_refused(tmp_path):
+    pairs = planted_pairs(n_groups=2)
+    enc = PlantedEncoder(pairs)
+    out = tmp_path / "c.h5"
+    build_cache(pairs, enc, out, progress=False)
+    before = out.read_bytes()
+    calls = enc.calls
+    assert build_cache(pairs, enc, out, progress=False).status == "already complete"
+    assert enc.calls == calls and out.read_bytes() == before
+    other = planted_pairs(n_groups=3)
+    with pytest.raises(CacheError, match="refusing to overwrite") as e:
+        build_cache(other, PlantedEncoder(other), out, progress=False)
+    assert "fingerprint" in str(e.value)
+    with pytest.raises(CacheError, match="dtype"):
+        build_cache(pairs, enc, out, dtype="float16", progress=False)
+    assert out.read_bytes() == before  # nothing lost
+    build_cache(other, PlantedEncoder(other), out, progress=False, overwrite=True)
+    assert open_cache(out).attrs["n_queries"] == len(other)
+
+
+def test_float16_storage(tmp_path):
+    pairs = planted_pairs(n_groups=2)
+    enc = PlantedEncoder(pairs)
+    build_cache(pairs, enc, tmp_path / "h.h5", dtype="float16", progress=False)
+    with h5py.File(tmp_path / "h.h5") as f:
+        assert f["queries/vectors"].dtype == np.float16
+    c = open_cache(tmp_path / "h.h5")
+    assert c.queries.dtype == np.float32
+    np.testing.assert_allclose(c.queries, enc.encode(pairs.queries), atol=1e-3)
+
+
+def test_resume_after_failure_encodes_only_missing_shards(tmp_path):
+    pairs = planted_pairs(n_groups=10)  # 100 queries, 50 contexts
+    enc = PlantedEncoder(pairs)
+    real, n = enc.encode, {"calls": 0}
+
+    def flaky(texts, batch_size=64, role="query"):
+        n["calls"] += 1
+        if n["calls"] == 4:
+            raise KeyboardInterrupt  # like Ctrl-C in the middle of the run
+        return real(texts, batch_size, role)
+
+    enc.encode = flaky
+    out = tmp_path / "c.h5"
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(pairs, enc, out, shard_size=32, progress=False)
+    assert not out.exists() and len(list((tmp_path / "c.h5.parts").glob("*.npy"))) == 3
+    enc.encode = real
+    calls = []
+    enc.encode = lambda t, batch_size=64, role="query": calls.append(len(t)) or real(t, batch_size, role)
+    build_cache(pairs, enc, out, shard_size=32, progress=False)
+    assert sum(calls) == 150 - 3 * 32  # the three finished shards were not encoded again
+    ref = tmp_path / "ref.h5"
+    build_cache(pairs, PlantedEncoder(pairs), ref, shard_size=32, progress=False)
+    np.testing.assert_array_equal(open_cache(out).queries, open_cache(ref).queries)
+    np.testing.assert_array_equal(open_cache(out).contexts, open_cache(ref).contexts)
+
+
+def test_partial_run_with_other_settings_is_not_reused(tmp_path):
+    pairs = planted_pairs(n_groups=2)
+    (tmp_path / "c.h5.parts").mkdir()
+    (tmp_path / "c.h5.parts" / "manifest.json").write_text('{"encoder": "st:other"}')
+    with pytest.raises(CacheError, match="partial work from a different run"):
+        build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+
+
+def test_concurrent_writer_is_refused(tmp_path):
+    from filelock import FileLock
+
+    pairs = planted_pairs(n_groups=2)
+    lock = FileLock(str(tmp_path / "c.h5") + ".lock")
+    with lock:
+        with pytest.raises(CacheError, match="another projhead process"):
+            build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+
+
+def test_nan_vectors_are_refused_at_write_and_at_read(tmp_path):
+    pairs = planted_pairs(n_groups=2)
+    enc = PlantedEncoder(pairs)
+    real = enc.encode
+    enc.encode = lambda t, batch_size=64, role="query": real(t) * np.nan
+    with pytest.raises(CacheError, match="NaN or Inf"):
+        build_cache(pairs, enc, tmp_path / "c.h5", progress=False)
+    enc.encode = real
+    build_cache(pairs, enc, tmp_path / "d.h5", progress=False)
+    with h5py.File(tmp_path / "d.h5", "a") as f:
+        f["contexts/vectors"][3, 0] = np.inf
+    with pytest.raises(CacheError, match=r"contexts/vectors holds NaN or Inf in 1 rows \(first: row 3\)"):
+        open_cache(tmp_path / "d.h5")
+
+
+def test_foreign_truncated_and_missing_files(tmp_path):
+    with pytest.raises(CacheError, match="no such cache file"):
+        open_cache(tmp_path / "none.h5")
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(CacheError, match="not a readable HDF5 file"):
+        open_cache(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(CacheError, match="not a projhead cache"):
+        open_cache(tmp_path / "foreign.h5")
+    pairs = planted_pairs(n_groups=2)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    data = (tmp_path / "c.h5").read_bytes()
+    (tmp_path / "trunc.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CacheError, match="trunc.h5"):
+        open_cache(tmp_path / "trunc.h5")
+    with h5py.File(tmp_path / "c.h5", "a") as f:
+        del f["queries/group"]
+    with pytest.raises(CacheError, match="missing queries/group"):
+        open_cache(tmp_path / "c.h5")
+
+
+def test_minilm_cache_matches_plain_sentence_transformers(tmp_path, minilm):
+    pairs = load_jsonl(FIXTURES / "pairs-tiny.jsonl")
+    build_cache(pairs, minilm, tmp_path / "m.h5", progress=False)
+    c = open_cache(tmp_path / "m.h5")
+    plain = minilm.model.encode(pairs.queries, normalize_embeddings=True)
+    np.testing.assert_allclose(c.queries, plain, atol=1e-5)
+    assert c.encoder == "st:all-MiniLM-L6-v2" and c.dim == 384
+    assert c.encoder_info["settings"]["normalize"] is True
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, time
+    sys.path.insert(0, {tests!r})
+    from conftest import PlantedEncoder, planted_pairs
+    from projhead.cache import build_cache
+    pairs = planted_pairs(n_groups=20)
+    enc = PlantedEncoder(pairs)
+    real, n = enc.encode, [0]
+    def encode(t, batch_size=64, role="query"):
+        n[0] += 1
+        if n[0] == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no cleanup of any kind
+        return real(t, batch_size, role)
+    enc.encode = encode
+    build_cache(pairs, enc, {out!r}, shard_size=16, progress=False)
+""")
+
+
+@pytest.mark.parametrize("kill_at", [1, 3, 9, 14])
+def test_kill_9_then_resume_gives_identical_cache(tmp_path, kill_at):
+    out = str(tmp_path / "c.h5")
+    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), kill_at=kill_at, out=out)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert r.returncode == -signal.SIGKILL
+    assert not os.path.exists(out)  # never half written
+    pairs = planted_pairs(n_groups=20)
+    build_cache(pairs, PlantedEncoder(pairs), out, shard_size=16, progress=False)  # resumes
+    ref = tmp_path / "ref.h5"
+    build_cache(pairs, PlantedEncoder(pairs), ref, shard_size=16, progress=False)
+    a, b = open_cache(out), open_cache(ref)
+    np.testing.assert_array_equal(a.queries, b.queries)
+    np.testing.assert_array_equal(a.contexts, b.contexts)
+    assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
