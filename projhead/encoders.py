@@ -93,6 +93,9 @@ class SentenceTransformerEncoder:
             "settings": {"normalize": self.normalize, "max_seq_length": int(self.model.max_seq_length),
                          "query_prefix": self.prefixes["query"], "context_prefix": self.prefixes["context"]},
             "weights_sha256": _weights_sha256(self.model),
+            # keyword arguments that rebuild this adapter (EncodedHead uses them)
+            "build": {"normalize": self.normalize, "max_length": int(self.model.max_seq_length),
+                      "query_prefix": self.prefixes["query"], "context_prefix": self.prefixes["context"]},
             "versions": {"sentence_transformers": sentence_transformers.__version__, "torch": torch.__version__},
         }
 
@@ -191,6 +194,7 @@ class OpenClipEncoder:
             "settings": {"normalize": self.normalize, "seed": self.seed if self.pretrained is None else None,
                          "context_length": int(getattr(self._text_module(), "context_length", 77))},
             "weights_sha256": _weights_sha256(self._text_module()),
+            "build": {"normalize": self.normalize, "seed": self.seed},
             "versions": {"open_clip": open_clip.__version__, "torch": torch.__version__},
         }
 

@@ -151,7 +151,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
             opt.step()
             if hasattr(loss_fn, "clamp_"):
                 loss_fn.clamp_()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", T=f"{loss_fn.temperature:.4f}")
@@ -185,6 +185,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
                seconds=time.perf_counter() - t_start)
     head.info = {
         "training": asdict(cfg),
+        "encoder_build": cache.encoder_info.get("build", {}),
         "cache": {"path": str(cache.path), "fingerprint": cache.attrs["fingerprint"],
                   "dataset": cache.attrs["dataset"], "split": cache.attrs["split"],
                   "granularity": cache.attrs["granularity"], "n_queries": int(cache.attrs["n_queries"])},

@@ -1,0 +1,128 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from projhead.heads import Head, HeadConfig, HeadError, load_head
+
+
+def _vecs(n=20, d=16, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["linear", "residual"])
+def test_identity_init_equals_frozen_vectors(kind):
+    head = Head(HeadConfig(kind=kind, in_dim=16, hidden=32))
+    x = _vecs()
+    np.testing.assert_allclose(head.encode_queries(x), x, atol=1e-6)
+    np.testing.assert_allclose(head.encode_contexts(x), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, towers, out_dim", [
+    ("linear", "separate", 8), ("mlp", "separate", 24), ("mlp", "shared", None), ("residual", "query", None),
+    ("residual", "shared", None), ("linear", "query", None)])
+def test_save_load_roundtrip(tmp_path, kind, towers, out_dim):
+    torch.manual_seed(0)
+    head = Head(HeadConfig(kind=kind, towers=towers, in_dim=16, out_dim=out_dim, hidden=32, layers=3,
+                           init="random", encoder="st:x", encoder_weights_sha256="ab" * 32), info={"metrics": {}})
+    head.save(tmp_path / "h")
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    loaded = load_head(tmp_path / "h")
+    x = _vecs()
+    np.testing.assert_allclose(loaded.encode_queries(x), head.encode_queries(x), atol=1e-6)
+    np.testing.assert_allclose(loaded.encode_contexts(x), head.encode_contexts(x), atol=1e-6)
+    assert loaded.encode_queries(x).shape == (20, out_dim or 16)
+    if towers == "shared":
+        assert loaded.context is loaded.query
+    if towers == "query":
+        np.testing.assert_allclose(loaded.encode_contexts(x), x, atol=1e-6)  # contexts stay frozen
+
+
+def test_torch_in_torch_out_with_gradients():
+    head = Head(HeadConfig(kind="mlp", in_dim=16, init="random"))
+    x = torch.from_numpy(_vecs()).requires_grad_()
+    y = head.encode_queries(x)
+    assert isinstance(y, torch.Tensor)
+    y.sum().backward()
+    assert x.grad is not None
+
+
+def test_wrong_dimension_and_encoder_are_refused():
+    head = Head(HeadConfig(in_dim=16, encoder="st:all-MiniLM-L6-v2", encoder_weights_sha256="aa" * 32))
+    with pytest.raises(HeadError, match=r"expects vectors of shape \(N, 16\) from encoder st:all-MiniLM-L6-v2, got \(20, 8\)"):
+        head.encode_queries(_vecs(d=8))
+    with pytest.raises(HeadError, match="trained on 'st:all-MiniLM-L6-v2'"):
+        head.check_encoder("openclip:ViT-B-32")
+    with pytest.raises(HeadError, match="other weights"):
+        head.check_encoder("st:all-MiniLM-L6-v2", "bb" * 32)
+    head.check_encoder("st:all-MiniLM-L6-v2", "aa" * 32)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"kind": "conv"}, "unknown head kind 'conv'"),
+    ({"kind": "residual", "out_dim": 8}, "residual head keeps the dimension"),
+    ({"towers": "both"}, "unknown towers"),
+    ({"hidden": 0}, "hidden must be a positive integer"),
+    ({"dropout": 1.5}, "dropout must be in"),
+])
+def test_bad_head_settings(settings, message):
+    with pytest.raises(HeadError, match=message):
+        HeadConfig(in_dim=16, **settings)
+
+
+class Boom:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_tampered_folders_are_refused_and_run_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    head = Head(HeadConfig(kind="linear", in_dim=16))
+    good = head.save(tmp_path / "good")
+
+    planted = head.save(tmp_path / "planted")
+    (planted / "pytorch_model.bin").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(HeadError, match=r"pickle-format files \['pytorch_model.bin'\]"):
+        load_head(planted)
+    assert not (tmp_path / "PWNED").exists()
+
+    bad_json = head.save(tmp_path / "bad_json")
+    (bad_json / "config.json").write_text("{not json")
+    with pytest.raises(HeadError, match="malformed JSON"):
+        load_head(bad_json)
+
+    wrong_shape = head.save(tmp_path / "wrong_shape")
+    cfg = json.loads((good / "config.json").read_text())
+    cfg["head"]["out_dim"] = 8
+    (wrong_shape / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HeadError, match=r"wrong shape \['context.bias', 'context.weight', 'query.bias', 'query.weight'\]"):
+        load_head(wrong_shape)
+
+    extra = head.save(tmp_path / "extra")
+    from safetensors.torch import save_file
+
+    tensors = dict(head.tensors(), sneaky=torch.zeros(3))
+    save_file(tensors, str(extra / "model.safetensors"))
+    with pytest.raises(HeadError, match=r"unexpected \['sneaky'\]"):
+        load_head(extra)
+
+    unknown = head.save(tmp_path / "unknown")
+    cfg = json.loads((good / "config.json").read_text())
+    cfg["head"]["exec"] = "print('hi')"
+    (unknown / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HeadError, match=r"unknown head settings \['exec'\]"):
+        load_head(unknown)
+
+    broken = head.save(tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(HeadError, match="not a readable safetensors file"):
+        load_head(broken)
+
+    with pytest.raises(HeadError, match="not a head folder"):
+        load_head(tmp_path / "nowhere")
+    assert not (tmp_path / "PWNED").exists()

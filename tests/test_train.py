@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+
+from projhead.cache import open_cache
+from projhead.evaluate import dense_scorer, out_of_n
+from projhead.heads import HeadConfig, load_head
+from projhead.train import TrainConfig, split_by_group, train_head
+
+
+def test_split_keeps_groups_whole():
+    groups = [f"g{i // 7}" for i in range(700)]
+    tr, dev = split_by_group(groups, 0.1, seed=0)
+    assert len(set(tr) & set(dev)) == 0 and len(tr) + len(dev) == 700
+    assert {groups[i] for i in tr}.isdisjoint({groups[i] for i in dev})
+    assert len({groups[i] for i in dev}) == 10
+    assert (split_by_group(groups, 0.1, seed=0)[1] == dev).all()
+
+
+@pytest.mark.parametrize("loss", ["clip", "samtone", "siglip"])
+def test_head_learns_the_planted_rotation(planted_cache, tmp_path, loss):
+    path = planted_cache(n_groups=60)
+    head, log = train_head(path, HeadConfig(kind="linear", towers="query"),
+                           TrainConfig(loss=loss, epochs=30, batch_size=128, lr=0.02, patience=30,
+                                       dev_fraction=0.2), out=tmp_path / "head", progress=False)
+    frozen, best = log["frozen_dev"]["top1"], head.info["metrics"]["head"]["top1"]
+    assert frozen < 0.5 and best > frozen + 0.3  # the rotation is undone
+    assert log["epochs"][-1]["train_loss"] < log["epochs"][0]["train_loss"]
+    assert (tmp_path / "head" / "training_curve.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "head" / "train_log.json").read_text())
+    assert saved["best_epoch"] == log["best_epoch"] >= 1
+    # the saved head reproduces the dev metric it reports
+    c = open_cache(path)
+    _, dev_rows = split_by_group(c.groups, 0.2, 0)
+    ctx, local = np.unique(c.q2c[dev_rows], return_inverse=True)
+    h = load_head(tmp_path / "head")
+    m = out_of_n(dense_scorer(h.encode_queries(c.queries[dev_rows]), h.encode_contexts(c.contexts[ctx])), local)
+    assert m["top1"] == pytest.approx(best)
+
+
+def test_frozen_is_kept_when_no_epoch_beats_it(planted_cache, tmp_path):
+    # queries already equal their contexts up to noise: nothing to learn, a high lr only hurts
+    path = planted_cache(n_groups=30, rotate=0.0, noise=0.01)
+    head, log = train_head(path, HeadConfig(kind="mlp", init="random", hidden=8),
+                           TrainConfig(epochs=2, batch_size=64, lr=0.5, patience=1, dev_fraction=0.2),
+                           out=tmp_path / "h", progress=False)
+    assert head.config.passthrough and log["best_epoch"] == 0
+    c = open_cache(path)
+    np.testing.assert_allclose(load_head(tmp_path / "h").encode_queries(c.queries), c.queries, atol=1e-6)
+    assert "identity" in (tmp_path / "h" / "README.md").read_text()
+
+
+def test_same_seed_same_head(planted_cache):
+    path = planted_cache(n_groups=20)
+    cfg = TrainConfig(epochs=2, batch_size=64, patience=5)
+    a, _ = train_head(path, HeadConfig(kind="residual", hidden=16), cfg, progress=False)
+    b, _ = train_head(path, HeadConfig(kind="residual", hidden=16), cfg, progress=False)
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert (x == y).all(), k
+
+
+def test_anchor_weight_keeps_the_head_close(planted_cache):
+    path = planted_cache(n_groups=30)
+    c = open_cache(path)
+    dist = {}
+    for w in (0.0, 100.0):
+        head, _ = train_head(path, HeadConfig(kind="residual", hidden=32),
+                             TrainConfig(epochs=5, batch_size=64, lr=0.01, anchor_weight=w, patience=10),
+                             progress=False)
+        dist[w] = float(np.linalg.norm(head.encode_queries(c.queries) - c.queries, axis=1).mean())
+    assert dist[100.0] < 0.5 * dist[0.0]
+
+
+def test_head_records_its_encoder_and_cache(planted_cache, tmp_path):
+    path = planted_cache(n_groups=10)
+    head, _ = train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=1, batch_size=32), out=tmp_path / "h",
+                         progress=False)
+    cfg = json.loads((tmp_path / "h" / "config.json").read_text())
+    assert cfg["head"]["encoder"] == "test:planted" and cfg["head"]["in_dim"] == 16
+    assert cfg["cache"]["fingerprint"] == open_cache(path).attrs["fingerprint"]
+    assert cfg["training"]["loss"] == "clip" and "frozen" in cfg["metrics"]
