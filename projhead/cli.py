@@ -40,7 +40,7 @@ def cli():
 
 
 def default_cache_path(dataset: str, split: str, granularity: str, encoder: str, data: str | None) -> Path:
-    enc = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder.split(":", 1)[1]).strip("-")
+    enc = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder.split(":", 1)[-1]).strip("-")
     name = Path(data).stem.split(".")[0] if dataset == "jsonl" and data else f"{dataset}-{split}-{granularity}"
     return Path("cache") / f"{name}-{enc}.h5"
 
