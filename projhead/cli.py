@@ -144,6 +144,8 @@ _KINDS, _TOWERS, _LOSSES = _heads_and_losses()
 @click.option("--loss", type=click.Choice(_LOSSES), default="clip", show_default=True)
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=1024, show_default=True)
+@click.option("--batching", type=click.Choice(["group", "random"]), default="group", show_default=True,
+              help="group: each batch holds whole documents, so negatives come from the same document")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--temperature", type=float, default=0.05, show_default=True, help="initial softmax temperature")
@@ -158,7 +160,7 @@ _KINDS, _TOWERS, _LOSSES = _heads_and_losses()
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True)
 def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, epochs,
-          batch_size, lr, weight_decay, temperature, fixed_temperature, anchor_weight, dev_fraction,
+          batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, dev_fraction,
           select_metric, patience, seed, device, quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
@@ -169,7 +171,7 @@ def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dr
 
     hcfg = HeadConfig(kind=kind, towers=towers, out_dim=out_dim, hidden=hidden, layers=layers,
                       activation=activation, dropout=dropout, init=init)
-    tcfg = TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    tcfg = TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, batching=batching, lr=lr, weight_decay=weight_decay,
                        init_temperature=temperature, learn_temperature=not fixed_temperature,
                        anchor_weight=anchor_weight, dev_fraction=dev_fraction, select_metric=select_metric,
                        patience=patience, seed=seed, device=device)

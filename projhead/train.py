@@ -41,6 +41,7 @@ class TrainConfig:
     loss: str = "clip"  # objective, a name in projhead.losses.LOSSES
     epochs: int = 10  # upper bound; early stopping usually ends sooner
     batch_size: int = 1024  # pairs per step; in-batch negatives = batch_size - 1
+    batching: str = "group"  # group: batches of whole shuffled groups (same-document negatives) | random
     lr: float = 1e-3  # peak AdamW learning rate
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     warmup: float = 0.05  # fraction of all steps spent warming the learning rate up from 0
@@ -64,6 +65,22 @@ def split_by_group(groups: list[str], fraction: float, seed: int) -> tuple[np.nd
     dev_names = set(rng.choice(names, size=n_dev, replace=False).tolist()) if n_dev else set()
     is_dev = np.array([g in dev_names for g in groups])
     return np.flatnonzero(~is_dev), np.flatnonzero(is_dev)
+
+
+def epoch_order(train_rows: np.ndarray, group_ids: np.ndarray, batching: str, rng) -> np.ndarray:
+    """Row order for one epoch. ``group`` shuffles the groups (articles), then the rows inside
+    each, and lays them end to end: a batch holds a few whole documents, so most in-batch
+    negatives come from the same document, the hard case retrieval meets. ``random`` is a
+    plain shuffle."""
+    if batching == "random":
+        return rng.permutation(train_rows)
+    if batching != "group":
+        raise ValueError(f"batching must be 'group' or 'random', not {batching!r}")
+    g = group_ids[train_rows]
+    rank = rng.permutation(int(g.max()) + 1)
+    key = rank[g]  # shuffled position of each row's group
+    jitter = rng.random(len(train_rows))  # shuffles rows within a group
+    return train_rows[np.lexsort((jitter, key))]
 
 
 def _dev_metrics(head: Head | None, q: np.ndarray, c: np.ndarray, q2c: np.ndarray) -> dict:
@@ -107,6 +124,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
 
     Q, C, q2c = cache.queries, cache.contexts, cache.q2c
     train_rows, dev_rows = split_by_group(cache.groups, cfg.dev_fraction, cfg.seed)
+    group_ids = np.unique(np.asarray(cache.groups), return_inverse=True)[1]  # (Nq,) int
     if len(train_rows) == 0:
         raise ValueError(f"{cache.path}: no training rows left after holding out the dev split")
     dev_ctx, dev_q2c = _subset(q2c, dev_rows)
@@ -133,7 +151,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         head.train()
-        order = torch.from_numpy(rng.permutation(train_rows)).to(cfg.device)
+        order = torch.from_numpy(epoch_order(train_rows, group_ids, cfg.batching, rng)).to(cfg.device)
         losses = []
         for b in range(steps_per_epoch):
             rows = order[b * bs:(b + 1) * bs]

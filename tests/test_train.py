@@ -80,3 +80,16 @@ def test_head_records_its_encoder_and_cache(planted_cache, tmp_path):
     assert cfg["head"]["encoder"] == "test:planted" and cfg["head"]["in_dim"] == 16
     assert cfg["cache"]["fingerprint"] == open_cache(path).attrs["fingerprint"]
     assert cfg["training"]["loss"] == "clip" and "frozen" in cfg["metrics"]
+
+
+def test_group_batching_keeps_groups_together():
+    from projhead.train import epoch_order
+
+    gid = np.repeat(np.arange(10), 7)
+    rows = np.arange(70)
+    order = epoch_order(rows, gid, "group", np.random.default_rng(0))
+    assert sorted(order) == list(rows)
+    runs = [gid[order][0]] + [b for a, b in zip(gid[order][:-1], gid[order][1:]) if a != b]
+    assert len(runs) == 10  # each group appears as one contiguous run
+    assert list(order) != list(rows)
+    assert sorted(epoch_order(rows, gid, "random", np.random.default_rng(0))) == list(rows)
