@@ -215,15 +215,19 @@ def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: di
 
     s = _str_dtype()
     try:
-        with h5py.File(path, "w") as f:
+        # libver "latest": checksummed metadata, so a damaged file fails to open instead of
+        # feeding the reader garbage
+        with h5py.File(path, "w", libver="latest") as f:
             q = f.create_group("queries")
-            q.create_dataset("vectors", data=qv.astype(dtype))
+            # fletcher32: a checksum per chunk, so damaged vectors fail to read instead of
+            # coming back as other numbers
+            q.create_dataset("vectors", data=qv.astype(dtype), chunks=True, fletcher32=True)
             q.create_dataset("text", data=pairs.queries, dtype=s)
             q.create_dataset("id", data=pairs.query_ids, dtype=s)
             q.create_dataset("group", data=pairs.groups, dtype=s)
-            q.create_dataset("context", data=pairs.q2c)
+            q.create_dataset("context", data=pairs.q2c, chunks=True, fletcher32=True)
             c = f.create_group("contexts")
-            c.create_dataset("vectors", data=cv.astype(dtype))
+            c.create_dataset("vectors", data=cv.astype(dtype), chunks=True, fletcher32=True)
             c.create_dataset("text", data=pairs.contexts, dtype=s)
             norms = np.linalg.norm(np.concatenate([qv[:1000], cv[:1000]]), axis=1)
             a = f.attrs
@@ -326,44 +330,53 @@ def open_cache(path: str | os.PathLike, check_finite: bool = True, load: bool = 
         f = h5py.File(path, "r")
     except OSError as e:
         raise CacheError(f"{path}: not a readable HDF5 file ({e})") from e
-    with f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        if attrs.get("format") != FORMAT:
-            raise CacheError(f"{path}: not a projhead cache (attribute 'format' is {attrs.get('format')!r})")
-        if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
-            raise CacheError(f"{path}: cache format version {attrs['format_version']} is newer than this "
-                             f"projhead reads ({FORMAT_VERSION}); upgrade projhead")
-        missing = [k for k in _ATTRS if k not in attrs] + [k for k in _REQUIRED if k not in f]
-        if missing:
-            raise CacheError(f"{path}: incomplete cache, missing {', '.join(missing)}")
-        nq, nc, dim = int(attrs["n_queries"]), int(attrs["n_contexts"]), int(attrs["dim"])
-        shapes = {"queries/vectors": (nq, dim), "contexts/vectors": (nc, dim), "queries/context": (nq,),
-                  "queries/text": (nq,), "contexts/text": (nc,), "queries/id": (nq,), "queries/group": (nq,)}
-        for k, shape in shapes.items():
-            if f[k].shape != shape:
-                raise CacheError(f"{path}: dataset {k} has shape {f[k].shape}, expected {shape}")
-        arrays = None
-        if load:
-            try:
-                arrays = {
-                    "queries/vectors": f["queries/vectors"][()].astype(np.float32, copy=False),
-                    "contexts/vectors": f["contexts/vectors"][()].astype(np.float32, copy=False),
-                    "queries/context": f["queries/context"][()].astype(np.int64),
-                    "queries/text": [s.decode("utf-8") for s in f["queries/text"][()]],
-                    "queries/id": [s.decode("utf-8") for s in f["queries/id"][()]],
-                    "queries/group": [s.decode("utf-8") for s in f["queries/group"][()]],
-                    "contexts/text": [s.decode("utf-8") for s in f["contexts/text"][()]],
-                }
-            except (OSError, KeyError, ValueError) as e:
-                raise CacheError(f"{path}: damaged cache, cannot read its data ({e})") from e
-            q2c = arrays["queries/context"]
-            if nq and (q2c.min() < 0 or q2c.max() >= nc):
-                raise CacheError(f"{path}: queries/context points outside the {nc} contexts")
-            if check_finite:
-                for k in ("queries/vectors", "contexts/vectors"):
-                    bad = ~np.isfinite(arrays[k]).all(axis=1)
-                    if bad.any():
-                        raise CacheError(f"{path}: {k} holds NaN or Inf in {int(bad.sum())} rows "
-                                         f"(first: row {int(np.flatnonzero(bad)[0])})")
+    try:
+        with f:
+            arrays, attrs = _read(path, f, check_finite, load)
+    except CacheError:
+        raise
+    except (KeyError, OSError, ValueError, RuntimeError, TypeError, UnicodeDecodeError) as e:
+        # checksummed metadata (libver "latest") turns damage into errors like these
+        raise CacheError(f"{path}: damaged cache, cannot read it ({e})") from e
     return Cache(path, attrs, arrays)
+
+
+def _read(path: Path, f, check_finite: bool, load: bool):
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    if attrs.get("format") != FORMAT:
+        raise CacheError(f"{path}: not a projhead cache (attribute 'format' is {attrs.get('format')!r})")
+    if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+        raise CacheError(f"{path}: cache format version {attrs['format_version']} is newer than this "
+                         f"projhead reads ({FORMAT_VERSION}); upgrade projhead")
+    missing = [k for k in _ATTRS if k not in attrs] + [k for k in _REQUIRED if k not in f]
+    if missing:
+        raise CacheError(f"{path}: incomplete cache, missing {', '.join(missing)}")
+    nq, nc, dim = int(attrs["n_queries"]), int(attrs["n_contexts"]), int(attrs["dim"])
+    shapes = {"queries/vectors": (nq, dim), "contexts/vectors": (nc, dim), "queries/context": (nq,),
+              "queries/text": (nq,), "contexts/text": (nc,), "queries/id": (nq,), "queries/group": (nq,)}
+    for k, shape in shapes.items():
+        if f[k].shape != shape:
+            raise CacheError(f"{path}: dataset {k} has shape {f[k].shape}, expected {shape}")
+    arrays = None
+    if load:
+        arrays = {
+            "queries/vectors": f["queries/vectors"][()].astype(np.float32, copy=False),
+            "contexts/vectors": f["contexts/vectors"][()].astype(np.float32, copy=False),
+            "queries/context": f["queries/context"][()].astype(np.int64),
+            "queries/text": [s.decode("utf-8") for s in f["queries/text"][()]],
+            "queries/id": [s.decode("utf-8") for s in f["queries/id"][()]],
+            "queries/group": [s.decode("utf-8") for s in f["queries/group"][()]],
+            "contexts/text": [s.decode("utf-8") for s in f["contexts/text"][()]],
+        }
+        q2c = arrays["queries/context"]
+        if nq and (q2c.min() < 0 or q2c.max() >= nc):
+            raise CacheError(f"{path}: queries/context points outside the {nc} contexts")
+        if check_finite:
+            for k in ("queries/vectors", "contexts/vectors"):
+                bad = ~np.isfinite(arrays[k]).all(axis=1)
+                if bad.any():
+                    raise CacheError(f"{path}: {k} holds NaN or Inf in {int(bad.sum())} rows "
+                                     f"(first: row {int(np.flatnonzero(bad)[0])})")
+    return arrays, attrs
+
 
