@@ -29,8 +29,9 @@ USER_ERRORS = (CacheError, DataError, EncoderError)
 def _user_errors():
     from .heads import HeadError
     from .losses import LossError
+    from .train import TrainError
 
-    return USER_ERRORS + (HeadError, LossError)
+    return USER_ERRORS + (HeadError, LossError, TrainError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -158,14 +159,16 @@ _KINDS, _TOWERS, _LOSSES = _heads_and_losses()
 @click.option("--patience", type=int, default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--restart", is_flag=True, help="discard a checkpoint left in --out by an interrupted run")
 @click.option("--quiet", is_flag=True)
 def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, epochs,
           batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, dev_fraction,
-          select_metric, patience, seed, device, quiet):
+          select_metric, patience, seed, device, restart, quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
     Holds out a dev split of whole articles, stops early, and keeps the frozen encoder (an
-    identity head) if no epoch beats it on that split."""
+    identity head) if no epoch beats it on that split. Checkpoints every epoch: an
+    interrupted run resumes when the same command is run again."""
     from .heads import HeadConfig
     from .train import TrainConfig, train_head
 
@@ -175,7 +178,7 @@ def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dr
                        init_temperature=temperature, learn_temperature=not fixed_temperature,
                        anchor_weight=anchor_weight, dev_fraction=dev_fraction, select_metric=select_metric,
                        patience=patience, seed=seed, device=device)
-    head, log = train_head(cache_file, hcfg, tcfg, out=out, progress=not quiet)
+    head, log = train_head(cache_file, hcfg, tcfg, out=out, progress=not quiet, restart=restart)
     m = head.info["metrics"]
     verdict = ("no epoch beat the frozen encoder: saved the identity head" if head.config.passthrough
                else f"best epoch {log['best_epoch']}")

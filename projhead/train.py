@@ -103,10 +103,66 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+class TrainError(ValueError):
+    """Training cannot start or resume; the message says why."""
+
+
+def _save_checkpoint(path: Path, job: dict, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """One file, replaced atomically: tensors (head, loss, optimiser, best epoch, torch RNG)
+    in safetensors, everything else as JSON in its metadata. No pickle."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp),
+              metadata={"job": json.dumps(job, default=str), "state": json.dumps(state, default=str)})
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, job: dict) -> tuple[dict, dict] | None:
+    from safetensors import safe_open
+
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        old_job, state = json.loads(meta["job"]), json.loads(meta["state"])
+    except Exception as e:  # a damaged checkpoint: say so, do not guess
+        raise TrainError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
+    if old_job != json.loads(json.dumps(job, default=str)):
+        diff = [k for k in job if old_job.get(k) != json.loads(json.dumps(job[k], default=str))]
+        raise TrainError(f"{path}: checkpoint of a run with other settings ({', '.join(diff)}); "
+                         "delete it or pass restart=True (--restart) to start over")
+    return state, tensors
+
+
+def _optimizer_tensors(opt) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors = {f"opt.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _restore_optimizer(opt, groups: list, tensors: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
 def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None = None,
                config: TrainConfig | None = None, out: str | os.PathLike | None = None,
-               progress: bool = True) -> tuple[Head, dict]:
-    """Train, select and (if ``out``) save a head; returns it and the training log."""
+               progress: bool = True, restart: bool = False) -> tuple[Head, dict]:
+    """Train, select and (if ``out``) save a head; returns it and the training log.
+
+    With ``out``, a checkpoint is written after every epoch to ``out/checkpoint.safetensors``;
+    a run stopped in any way resumes from it when called again with the same settings and
+    ends with the same head as an uninterrupted run (same seed). ``restart`` discards it."""
     from tqdm.auto import tqdm
 
     cfg = config or TrainConfig()
@@ -126,7 +182,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     train_rows, dev_rows = split_by_group(cache.groups, cfg.dev_fraction, cfg.seed)
     group_ids = np.unique(np.asarray(cache.groups), return_inverse=True)[1]  # (Nq,) int
     if len(train_rows) == 0:
-        raise ValueError(f"{cache.path}: no training rows left after holding out the dev split")
+        raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
     dev_ctx, dev_q2c = _subset(q2c, dev_rows)
     dev_q, dev_c = Q[dev_rows], C[dev_ctx]
 
@@ -146,9 +202,27 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     frozen = _dev_metrics(None, dev_q, dev_c, dev_q2c) if len(dev_rows) else {}
     log = {"epochs": [], "frozen_dev": frozen, "n_train": int(len(train_rows)), "n_dev": int(len(dev_rows))}
     best = {"score": frozen.get(cfg.select_metric, -math.inf), "epoch": 0, "state": None, "metrics": frozen}
-    step, bad_epochs = 0, 0
-    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not progress)
-    for epoch in range(1, cfg.epochs + 1):
+    step, bad_epochs, first_epoch = 0, 0, 1
+    ckpt = Path(out) / CHECKPOINT_NAME if out is not None else None
+    job = {"train": asdict(cfg), "head": asdict(hcfg), "cache_fingerprint": cache.attrs["fingerprint"]}
+    if ckpt is not None and restart and ckpt.exists():
+        ckpt.unlink()
+    resumed = _load_checkpoint(ckpt, job) if ckpt is not None else None
+    if resumed is not None:
+        state, tensors = resumed
+        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        loss_fn.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("loss.")})
+        _restore_optimizer(opt, state["param_groups"], tensors)
+        torch.set_rng_state(tensors["rng.torch"])
+        rng.bit_generator.state = state["numpy_rng"]
+        step, bad_epochs, first_epoch, log = state["step"], state["bad_epochs"], state["epoch"] + 1, state["log"]
+        best = dict(state["best"], state={k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None)
+        if progress:
+            print(f"resuming from {ckpt} after epoch {state['epoch']}", flush=True)
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not progress)
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if bad_epochs >= cfg.patience:
+            break  # a resumed run that had already stopped early
         t0 = time.perf_counter()
         head.train()
         order = torch.from_numpy(epoch_order(train_rows, group_ids, cfg.batching, rng)).to(cfg.device)
@@ -189,8 +263,18 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
             bad_epochs = 0
         else:
             bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                break
+        if ckpt is not None:
+            opt_tensors, opt_json = _optimizer_tensors(opt)
+            tensors = {**{f"head.{k}": v for k, v in head.state_dict().items()},
+                       **{f"loss.{k}": v for k, v in loss_fn.state_dict().items()},
+                       **{f"best.{k}": v for k, v in (best["state"] or {}).items()},
+                       **opt_tensors, "rng.torch": torch.get_rng_state()}
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            _save_checkpoint(ckpt, job, {"epoch": epoch, "step": step, "bad_epochs": bad_epochs, "log": log,
+                                         "numpy_rng": rng.bit_generator.state, **opt_json,
+                                         "best": {k: v for k, v in best.items() if k != "state"}}, tensors)
+        if bad_epochs >= cfg.patience:
+            break
     bar.close()
 
     head = head.cpu()
@@ -215,6 +299,8 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
         head.save(out)
         (out / "train_log.json").write_text(json.dumps(log, indent=1))
         plot_log(log, out / "training_curve.png", cfg.select_metric)
+        if ckpt is not None and ckpt.exists():
+            ckpt.unlink()  # the finished head replaces it
     return head, log
 
 

@@ -1,5 +1,7 @@
 import json
 
+import torch
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,70 @@ def test_group_batching_keeps_groups_together():
     assert len(runs) == 10  # each group appears as one contiguous run
     assert list(order) != list(rows)
     assert sorted(epoch_order(rows, gid, "random", np.random.default_rng(0))) == list(rows)
+
+
+KILL_TRAIN = """
+import os, signal, sys
+import projhead.train as T
+real, n = T._save_checkpoint, [0]
+def save(*a, **k):
+    n[0] += 1
+    if {mid_epoch} and n[0] == {kill_after} + 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # an epoch's work done, its checkpoint not written
+    real(*a, **k)
+    if not {mid_epoch} and n[0] == {kill_after}:
+        os.kill(os.getpid(), signal.SIGKILL)  # right after a checkpoint
+T._save_checkpoint = save
+from projhead.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+@pytest.mark.parametrize("kill_after, mid_epoch", [(1, False), (2, True), (3, False)])
+def test_kill_9_during_training_then_resume_gives_the_same_head(planted_cache, tmp_path, kill_after, mid_epoch):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    path = planted_cache(n_groups=30)
+    argv = ["train", str(path), "--kind", "residual", "--hidden", "16", "--dropout", "0.1", "--epochs", "5",
+            "--batch-size", "32", "--patience", "9", "--quiet"]
+    script = KILL_TRAIN.format(kill_after=kill_after, mid_epoch=mid_epoch, argv=argv + ["--out", str(tmp_path / "a")])
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == -9, r.stderr
+    assert (tmp_path / "a" / "checkpoint.safetensors").exists()
+    from projhead.cli import main
+
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 0  # the same command resumes
+    assert not (tmp_path / "a" / "checkpoint.safetensors").exists()
+    assert main(argv + ["--out", str(tmp_path / "b")]) == 0  # uninterrupted
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    lb = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert [e["dev"] for e in la["epochs"]] == [e["dev"] for e in lb["epochs"]]
+
+
+def test_checkpoint_of_other_settings_is_refused(planted_cache, tmp_path):
+    from projhead.train import TrainError
+
+    path = planted_cache(n_groups=10)
+    import projhead.train as T
+
+    real = T._save_checkpoint
+    T._save_checkpoint = lambda *a, **k: (real(*a, **k), (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16), out=tmp_path / "h",
+                       progress=False)
+    finally:
+        T._save_checkpoint = real
+    with pytest.raises(TrainError, match="checkpoint of a run with other settings \\(train\\)"):
+        train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16, lr=0.1), out=tmp_path / "h",
+                   progress=False)
+    train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16, lr=0.1), out=tmp_path / "h",
+               progress=False, restart=True)
+    assert (tmp_path / "h" / "model.safetensors").exists()
