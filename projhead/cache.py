@@ -29,6 +29,7 @@ a finished cache is never half written, and an older file at ``OUT`` survives un
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -78,11 +79,15 @@ def _plan(texts: list[str]) -> np.ndarray:
 
 def _write_npy_atomic(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _encode_role(encoder, texts: list[str], role: str, parts: Path, shard_size: int, batch_size: int,
@@ -135,64 +140,74 @@ class CacheResult:
 def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "float32", batch_size: int = 64,
                 shard_size: int = 2048, overwrite: bool = False, progress: bool = True) -> CacheResult:
     """Encode ``pairs`` with ``encoder`` into the HDF5 file ``out`` (see module doc)."""
-    import h5py
-    from tqdm.auto import tqdm
-
     if dtype not in ("float32", "float16"):
         raise CacheError(f"dtype must be float32 or float16, not {dtype!r}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     info = encoder.describe()
     want = _identity(info, pairs, dtype)
-    lock = _lock(out)
     try:
-        if out.exists() and not overwrite:
-            have = _read_identity(out)
-            if have == want:
-                return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
-            raise CacheError(f"{out}: exists and holds other work ({_describe_mismatch(have, want)}); "
-                             "refusing to overwrite: pass --overwrite or choose another path")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = _lock(out)
+    except OSError as e:
+        raise CacheError(f"{out}: cannot write in {out.parent} ({e.strerror or e})") from e
+    try:
+        return _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0)
+    except OSError as e:  # disk full, read-only folder, quota...: name it, keep what is done
         parts = Path(str(out) + ".parts")
-        manifest = parts / "manifest.json"
-        job = dict(want, shard_size=shard_size, batch_size=batch_size)
-        if parts.exists():
-            try:
-                old = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                old = None
-            if old != job:
-                if not overwrite:
-                    raise CacheError(f"{parts}: partial work from a different run "
-                                     f"({_describe_mismatch(old or {}, job) or 'unreadable manifest'}); "
-                                     "pass --overwrite to discard it")
-                shutil.rmtree(parts)
-        parts.mkdir(exist_ok=True)
-        if not manifest.exists():
-            tmp = manifest.with_suffix(".tmp")
-            tmp.write_text(json.dumps(job, indent=1))
-            os.replace(tmp, manifest)
-
-        # Encode distinct query texts once (a few questions repeat), and distinct contexts.
-        uq, q_inverse = np.unique(np.array(pairs.queries, dtype=object), return_inverse=True)
-        uq = list(uq)
-        total = len(uq) + len(pairs.contexts)
-        with tqdm(total=total, unit="texts", desc=f"encoding {out.name}", disable=not progress,
-                  smoothing=0.1) as bar:
-            qv = _encode_role(encoder, uq, "query", parts, shard_size, batch_size, bar)[q_inverse]
-            cv = _encode_role(encoder, pairs.contexts, "context", parts, shard_size, batch_size, bar)
-
-        tmp = out.with_name(out.name + ".tmp.h5")
-        _write_h5(tmp, pairs, qv, cv, info, dtype)
-        os.replace(tmp, out)
-        shutil.rmtree(parts, ignore_errors=True)
-        return CacheResult(out, "written", time.perf_counter() - t0, total)
+        kept = len(list(parts.glob("*.npy"))) if parts.is_dir() else 0
+        raise CacheError(f"{out}: cannot write {e.filename or ''} ({e.strerror or e}); "
+                         f"{kept} finished shards are kept in {parts}, and the same command resumes from them"
+                         + ("; the existing cache file is untouched" if out.exists() else "")) from e
     finally:
+        # the lock file stays: deleting it would let a third process lock a new file
+        # while a second still holds the old one
         lock.release()
+
+
+def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0):
+    from tqdm.auto import tqdm
+
+    if out.exists() and not overwrite:
+        have = _read_identity(out)
+        if have == want:
+            return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
+        raise CacheError(f"{out}: exists and holds other work ({_describe_mismatch(have, want)}); "
+                         "refusing to overwrite: pass --overwrite or choose another path")
+    parts = Path(str(out) + ".parts")
+    manifest = parts / "manifest.json"
+    job = dict(want, shard_size=shard_size, batch_size=batch_size)
+    if parts.exists():
         try:
-            os.unlink(str(out) + ".lock")
-        except OSError:
-            pass
+            old = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != job:
+            if not overwrite:
+                raise CacheError(f"{parts}: partial work from a different run "
+                                 f"({_describe_mismatch(old or {}, job) or 'unreadable manifest'}); "
+                                 "pass --overwrite to discard it")
+            shutil.rmtree(parts)
+    parts.mkdir(exist_ok=True)
+    if not manifest.exists():
+        tmp = manifest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(job, indent=1))
+        os.replace(tmp, manifest)
+
+    # Encode distinct query texts once (a few questions repeat), and distinct contexts.
+    uq, q_inverse = np.unique(np.array(pairs.queries, dtype=object), return_inverse=True)
+    uq = list(uq)
+    total = len(uq) + len(pairs.contexts)
+    with tqdm(total=total, unit="texts", desc=f"encoding {out.name}", disable=not progress,
+              smoothing=0.1) as bar:
+        qv = _encode_role(encoder, uq, "query", parts, shard_size, batch_size, bar)[q_inverse]
+        cv = _encode_role(encoder, pairs.contexts, "context", parts, shard_size, batch_size, bar)
+
+    tmp = out.with_name(out.name + ".tmp.h5")
+    _write_h5(tmp, pairs, qv, cv, info, dtype)
+    os.replace(tmp, out)
+    shutil.rmtree(parts, ignore_errors=True)
+    return CacheResult(out, "written", time.perf_counter() - t0, total)
 
 
 def _versions(info: dict) -> dict:
@@ -214,46 +229,49 @@ def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: di
     import h5py
 
     s = _str_dtype()
+    # The file is built in memory, then written with plain file I/O. HDF5 turns a failed
+    # write (disk full, file size limit) into a RuntimeError and can crash the process when
+    # it later closes the file (seen here); a Python write fails with a clean OSError.
+    buf = io.BytesIO()
+    # libver "latest": checksummed metadata, so a damaged file fails to open instead of
+    # feeding the reader garbage
+    with h5py.File(buf, "w", libver="latest") as f:
+        q = f.create_group("queries")
+        # fletcher32: a checksum per chunk, so damaged vectors fail to read instead of
+        # coming back as other numbers
+        q.create_dataset("vectors", data=qv.astype(dtype), chunks=True, fletcher32=True)
+        q.create_dataset("text", data=pairs.queries, dtype=s)
+        q.create_dataset("id", data=pairs.query_ids, dtype=s)
+        q.create_dataset("group", data=pairs.groups, dtype=s)
+        q.create_dataset("context", data=pairs.q2c, chunks=True, fletcher32=True)
+        c = f.create_group("contexts")
+        c.create_dataset("vectors", data=cv.astype(dtype), chunks=True, fletcher32=True)
+        c.create_dataset("text", data=pairs.contexts, dtype=s)
+        norms = np.linalg.norm(np.concatenate([qv[:1000], cv[:1000]]), axis=1)
+        a = f.attrs
+        a["format"] = FORMAT
+        a["format_version"] = FORMAT_VERSION
+        a["encoder"] = info["name"]
+        a["encoder_json"] = json.dumps(info)
+        a["versions_json"] = json.dumps(_versions(info))
+        a["dim"] = qv.shape[1]
+        a["dtype"] = dtype
+        a["normalized"] = bool(np.allclose(norms, 1.0, atol=1e-3))
+        a["dataset"] = str(pairs.meta.get("dataset", ""))
+        a["split"] = str(pairs.meta.get("split", ""))
+        a["granularity"] = str(pairs.meta.get("granularity", ""))
+        a["meta_json"] = json.dumps(pairs.meta)
+        a["fingerprint"] = pairs.fingerprint()
+        a["n_queries"] = len(pairs)
+        a["n_contexts"] = len(pairs.contexts)
+        a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        # libver "latest": checksummed metadata, so a damaged file fails to open instead of
-        # feeding the reader garbage
-        with h5py.File(path, "w", libver="latest") as f:
-            q = f.create_group("queries")
-            # fletcher32: a checksum per chunk, so damaged vectors fail to read instead of
-            # coming back as other numbers
-            q.create_dataset("vectors", data=qv.astype(dtype), chunks=True, fletcher32=True)
-            q.create_dataset("text", data=pairs.queries, dtype=s)
-            q.create_dataset("id", data=pairs.query_ids, dtype=s)
-            q.create_dataset("group", data=pairs.groups, dtype=s)
-            q.create_dataset("context", data=pairs.q2c, chunks=True, fletcher32=True)
-            c = f.create_group("contexts")
-            c.create_dataset("vectors", data=cv.astype(dtype), chunks=True, fletcher32=True)
-            c.create_dataset("text", data=pairs.contexts, dtype=s)
-            norms = np.linalg.norm(np.concatenate([qv[:1000], cv[:1000]]), axis=1)
-            a = f.attrs
-            a["format"] = FORMAT
-            a["format_version"] = FORMAT_VERSION
-            a["encoder"] = info["name"]
-            a["encoder_json"] = json.dumps(info)
-            a["versions_json"] = json.dumps(_versions(info))
-            a["dim"] = qv.shape[1]
-            a["dtype"] = dtype
-            a["normalized"] = bool(np.allclose(norms, 1.0, atol=1e-3))
-            a["dataset"] = str(pairs.meta.get("dataset", ""))
-            a["split"] = str(pairs.meta.get("split", ""))
-            a["granularity"] = str(pairs.meta.get("granularity", ""))
-            a["meta_json"] = json.dumps(pairs.meta)
-            a["fingerprint"] = pairs.fingerprint()
-            a["n_queries"] = len(pairs)
-            a["n_contexts"] = len(pairs.contexts)
-            a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with open(path, "rb+") as fh:
+        with open(path, "wb") as fh:
+            fh.write(buf.getbuffer())
+            fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        path.unlink(missing_ok=True)
         raise
 
 

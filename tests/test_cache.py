@@ -196,3 +196,68 @@ def test_kill_9_then_resume_gives_identical_cache(tmp_path, kill_at):
     np.testing.assert_array_equal(a.queries, b.queries)
     np.testing.assert_array_equal(a.contexts, b.contexts)
     assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
+
+
+FSIZE_SCRIPT = textwrap.dedent("""
+    import resource, signal, sys
+    sys.path.insert(0, {tests!r})
+    from conftest import PlantedEncoder, planted_pairs
+    from projhead.cache import CacheError, build_cache
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+    pairs = planted_pairs(n_groups=20)
+    try:
+        build_cache(pairs, PlantedEncoder(pairs), {out!r}, shard_size=16, progress=False)
+    except CacheError as e:
+        print(e)
+        sys.exit(3)
+""")
+
+
+def test_file_size_limit_gives_clear_error_and_keeps_shards(tmp_path):
+    out = str(tmp_path / "c.h5")
+    # shards (~1 KB) fit under the limit, the joined HDF5 file does not: a real failing write
+    r = subprocess.run([sys.executable, "-c", FSIZE_SCRIPT.format(tests=os.path.dirname(__file__), limit=20000,
+                                                                   out=out)], capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr
+    assert "File too large" in r.stdout and "finished shards are kept" in r.stdout
+    assert not os.path.exists(out) and not (tmp_path / "c.h5.tmp.h5").exists()
+    shards = len(list((tmp_path / "c.h5.parts").glob("*.npy")))
+    assert shards == -(-200 // 16) + -(-100 // 16)  # 200 queries, 100 contexts
+    pairs = planted_pairs(n_groups=20)
+    enc = PlantedEncoder(pairs)
+    build_cache(pairs, enc, out, shard_size=16, progress=False)
+    assert enc.calls == 0  # everything came from the kept shards
+    np.testing.assert_allclose(open_cache(out).queries, enc.encode(pairs.queries))
+
+
+def test_disk_full_keeps_finished_work_and_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    import projhead.cache as pc
+
+    pairs = planted_pairs(n_groups=5)
+    out = tmp_path / "c.h5"
+    build_cache(pairs, PlantedEncoder(pairs), out, progress=False)
+    before = out.read_bytes()
+    other = planted_pairs(n_groups=6)
+    real, n = np.save, [0]
+
+    def full(f, arr, allow_pickle=False):
+        n[0] += 1
+        if n[0] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(getattr(f, "name", "")))
+        return real(f, arr, allow_pickle=allow_pickle)
+
+    monkeypatch.setattr(pc.np, "save", full)
+    with pytest.raises(CacheError, match="No space left on device.*2 finished shards are kept.*existing cache file is untouched"):
+        build_cache(other, PlantedEncoder(other), out, shard_size=16, overwrite=True, progress=False)
+    assert out.read_bytes() == before
+    assert not list((tmp_path / "c.h5.parts").glob("*.tmp*"))  # no half-written shard left
+
+
+def test_unwritable_destination(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    pairs = planted_pairs(n_groups=2)
+    with pytest.raises(CacheError, match="cannot write in"):
+        build_cache(pairs, PlantedEncoder(pairs), tmp_path / "afile" / "c.h5", progress=False)
