@@ -29,6 +29,7 @@ a finished cache is never half written, and an older file at ``OUT`` survives un
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -86,7 +87,8 @@ def _write_npy_atomic(path: Path, array: np.ndarray) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise
 
 
@@ -271,7 +273,8 @@ def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: di
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink()
         raise
 
 

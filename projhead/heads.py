@@ -17,6 +17,7 @@ match it, and any folder holding pickle-format files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -206,16 +207,23 @@ class Head(nn.Module):
         from . import __version__
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         config = {"projhead_version": __version__, "torch_version": torch.__version__,
                   "head": asdict(self.config), **self.info}
-        tmp = path / (WEIGHTS_NAME + ".tmp")
-        save_file(self.tensors(), str(tmp), metadata={"format": "pt", "projhead": __version__})
-        os.replace(tmp, path / WEIGHTS_NAME)
-        tmp = path / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2, default=_json_default))
-        os.replace(tmp, path / CONFIG_NAME)
-        (path / "README.md").write_text(model_card(config))
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            tmp = path / (WEIGHTS_NAME + ".tmp")
+            save_file(self.tensors(), str(tmp), metadata={"format": "pt", "projhead": __version__})
+            os.replace(tmp, path / WEIGHTS_NAME)
+            tmp = path / (CONFIG_NAME + ".tmp")
+            tmp.write_text(json.dumps(config, indent=2, default=_json_default))
+            os.replace(tmp, path / CONFIG_NAME)
+            (path / "README.md").write_text(model_card(config))
+        except OSError as e:
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                with contextlib.suppress(OSError):
+                    (path / (name + ".tmp")).unlink()
+            where = f": {e.filename}" if e.filename else ""
+            raise HeadError(f"{path}: cannot save the head ({e.strerror or e}{where})") from e
         return path
 
 

@@ -20,6 +20,7 @@ squared distance between head output and frozen vector) all pull that way.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -116,9 +117,16 @@ def _save_checkpoint(path: Path, job: dict, state: dict, tensors: dict[str, torc
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp),
-              metadata={"job": json.dumps(job, default=str), "state": json.dumps(state, default=str)})
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp),
+                  metadata={"job": json.dumps(job, default=str), "state": json.dumps(state, default=str)})
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise TrainError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
+                         "the previous checkpoint, if any, is kept") from e
 
 
 def _load_checkpoint(path: Path, job: dict) -> tuple[dict, dict] | None:
@@ -269,7 +277,6 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
                        **{f"loss.{k}": v for k, v in loss_fn.state_dict().items()},
                        **{f"best.{k}": v for k, v in (best["state"] or {}).items()},
                        **opt_tensors, "rng.torch": torch.get_rng_state()}
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
             _save_checkpoint(ckpt, job, {"epoch": epoch, "step": step, "bad_epochs": bad_epochs, "log": log,
                                          "numpy_rng": rng.bit_generator.state, **opt_json,
                                          "best": {k: v for k, v in best.items() if k != "state"}}, tensors)

@@ -162,3 +162,16 @@ def test_checkpoint_of_other_settings_is_refused(planted_cache, tmp_path):
     train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16, lr=0.1), out=tmp_path / "h",
                progress=False, restart=True)
     assert (tmp_path / "h" / "model.safetensors").exists()
+
+
+def test_unwritable_output_is_a_clear_error(planted_cache, tmp_path):
+    from projhead.heads import Head, HeadError
+    from projhead.train import TrainError
+
+    path = planted_cache(n_groups=10)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(TrainError, match="cannot write the checkpoint"):
+        train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=1, batch_size=16),
+                   out=tmp_path / "afile" / "h", progress=False)
+    with pytest.raises(HeadError, match="cannot save the head"):
+        Head(HeadConfig(in_dim=4)).save(tmp_path / "afile" / "h")
