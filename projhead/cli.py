@@ -61,13 +61,16 @@ def default_cache_path(dataset: str, split: str, granularity: str, encoder: str,
               help="output HDF5 file (default: cache/DATASET-SPLIT-GRANULARITY-ENCODER.h5)")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--shard-size", type=int, default=2048, show_default=True,
+              help="texts per resumable shard: the most work an interruption can lose")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 @click.option("--no-normalize", is_flag=True, help="store raw vectors instead of L2-normalised ones")
 @click.option("--query-prefix", default="", help="text put before every query (e.g. 'query: ' for E5)")
 @click.option("--context-prefix", default="", help="text put before every context (e.g. 'passage: ')")
 @click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def cache(dataset, split, granularity, data, quac_history, encoder, out, dtype, batch_size, device, no_normalize,
+def cache(dataset, split, granularity, data, quac_history, encoder, out, dtype, batch_size, shard_size, device,
+          no_normalize,
           query_prefix, context_prefix, overwrite, quiet):
     """Encode questions and contexts once with a frozen encoder into an HDF5 cache.
 
@@ -85,7 +88,8 @@ def cache(dataset, split, granularity, data, quac_history, encoder, out, dtype, 
     if encoder.startswith("st:"):
         settings.update(query_prefix=query_prefix, context_prefix=context_prefix)
     enc = get_encoder(encoder, **settings)
-    res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
+    res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size, overwrite=overwrite,
+                      progress=not quiet)
     if res.status == "already complete":
         click.echo(f"{out}: already complete with these settings; nothing to do")
     else:

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -164,32 +165,46 @@ def test_minilm_cache_matches_plain_sentence_transformers(tmp_path, minilm):
 
 
 KILL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys, time
+    import os, signal, sys
     sys.path.insert(0, {tests!r})
-    from conftest import PlantedEncoder, planted_pairs
-    from projhead.cache import build_cache
-    pairs = planted_pairs(n_groups=20)
-    enc = PlantedEncoder(pairs)
-    real, n = enc.encode, [0]
-    def encode(t, batch_size=64, role="query"):
-        n[0] += 1
-        if n[0] == {kill_at}:
-            os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no cleanup of any kind
-        return real(t, batch_size, role)
-    enc.encode = encode
-    build_cache(pairs, enc, {out!r}, shard_size=16, progress=False)
+    from conftest import PlantedEncoder
+    from projhead import encoders
+    from projhead.cli import main
+    from projhead.data import load_jsonl
+
+    class Killed(PlantedEncoder):
+        def encode(self, texts, batch_size=64, role="query"):
+            if self.calls + 1 == {kill_at}:
+                os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no cleanup of any kind
+            return super().encode(texts, batch_size, role)
+
+    encoders.ENCODERS["test"] = lambda spec, **kw: Killed(load_jsonl({data!r}))
+    sys.exit(main(["cache", "--dataset", "jsonl", "--data", {data!r}, "--encoder", "test:planted",
+                   "--out", {out!r}, "--shard-size", "16", "--quiet"]))
 """)
 
 
-@pytest.mark.parametrize("kill_at", [1, 3, 9, 14])
-def test_kill_9_then_resume_gives_identical_cache(tmp_path, kill_at):
-    out = str(tmp_path / "c.h5")
-    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), kill_at=kill_at, out=out)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True)
-    assert r.returncode == -signal.SIGKILL
-    assert not os.path.exists(out)  # never half written
+def _planted_jsonl(path):
     pairs = planted_pairs(n_groups=20)
-    build_cache(pairs, PlantedEncoder(pairs), out, shard_size=16, progress=False)  # resumes
+    path.write_text("".join(json.dumps({"query": q, "context": pairs.contexts[c], "group": g}) + "\n"
+                            for q, c, g in zip(pairs.queries, pairs.q2c, pairs.groups)))
+    return load_jsonl(path)
+
+
+@pytest.mark.parametrize("kill_at", [1, 3, 9, 14, 20])
+def test_kill_9_of_the_cli_then_resume_gives_identical_cache(tmp_path, kill_at):
+    data = tmp_path / "pairs.jsonl"
+    pairs = _planted_jsonl(data)
+    out = str(tmp_path / "c.h5")
+    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), kill_at=kill_at, out=out, data=str(data))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert not os.path.exists(out)  # never half written
+    shards = len(list((tmp_path / "c.h5.parts").glob("*.npy")))
+    assert shards == kill_at - 1
+    enc = PlantedEncoder(pairs)
+    build_cache(pairs, enc, out, shard_size=16, progress=False)  # the resumed run
+    assert enc.calls == 20 - shards  # 13 query + 7 context shards in all
     ref = tmp_path / "ref.h5"
     build_cache(pairs, PlantedEncoder(pairs), ref, shard_size=16, progress=False)
     a, b = open_cache(out), open_cache(ref)
