@@ -232,16 +232,13 @@ def answer_sentence(context: str, answers: list[str], spans: list[tuple[int, int
 # ---------------------------------------------------------------------------------------
 # Loaders
 
-def load_squad(path: Path, granularity: str = "sentence", dataset: str = "squad", split: str = "") -> Pairs:
-    """Answerable SQuAD questions. ``granularity``: ``sentence`` (the sentence holding the
-    answer) or ``paragraph``."""
+def _paragraphs(path: Path, kind: str, granularity: str):
+    """Validated (title, where, context, qas) of a SQuAD-layout file (SQuAD and QuAC)."""
     if granularity not in ("sentence", "paragraph"):
         raise DataError(f"granularity must be 'sentence' or 'paragraph', not {granularity!r}")
     doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise DataError(f"{path}: not SQuAD JSON (expected an object with a 'data' list)")
-    table = _ContextTable()
-    skipped = 0
+        raise DataError(f"{path}: not {kind} JSON (expected an object with a 'data' list)")
     for a, article in enumerate(doc["data"]):
         try:
             title = str(article.get("title", a))
@@ -254,25 +251,33 @@ def load_squad(path: Path, granularity: str = "sentence", dataset: str = "squad"
                 context, qas = para["context"], para["qas"]
             except (KeyError, TypeError):
                 raise DataError(f"{path}: {where} lacks 'context' or 'qas'") from None
-            context = _text(context, path, f"{where}.context")
-            spans = split_sentences(context) if granularity == "sentence" else None
-            for q, qa in enumerate(qas):
-                try:
-                    qid, question = str(qa["id"]), qa["question"]
-                    answers = [x["text"] for x in qa.get("answers", [])]
-                except (KeyError, TypeError):
-                    raise DataError(f"{path}: {where}.qas[{q}] lacks 'id', 'question' or answer 'text'") from None
-                if qa.get("is_impossible") or not answers:
-                    continue  # SQuAD 2.0 unanswerable: no gold context
-                question = _text(question, path, f"{where}.qas[{q}].question")
-                if granularity == "paragraph":
-                    table.add(question, context, qid, title)
-                    continue
-                sent = answer_sentence(context, answers, spans)
-                if not sent:
-                    skipped += 1  # no answer text found in the context
-                    continue
-                table.add(question, sent, qid, title)
+            yield title, where, _text(context, path, f"{where}.context"), qas
+
+
+def load_squad(path: Path, granularity: str = "sentence", dataset: str = "squad", split: str = "") -> Pairs:
+    """Answerable SQuAD questions. ``granularity``: ``sentence`` (the sentence holding the
+    answer) or ``paragraph``."""
+    table = _ContextTable()
+    skipped = 0
+    for title, where, context, qas in _paragraphs(path, "SQuAD", granularity):
+        spans = split_sentences(context) if granularity == "sentence" else None
+        for q, qa in enumerate(qas):
+            try:
+                qid, question = str(qa["id"]), qa["question"]
+                answers = [x["text"] for x in qa.get("answers", [])]
+            except (KeyError, TypeError):
+                raise DataError(f"{path}: {where}.qas[{q}] lacks 'id', 'question' or answer 'text'") from None
+            if qa.get("is_impossible") or not answers:
+                continue  # SQuAD 2.0 unanswerable: no gold context
+            question = _text(question, path, f"{where}.qas[{q}].question")
+            if granularity == "paragraph":
+                table.add(question, context, qid, title)
+                continue
+            sent = answer_sentence(context, answers, spans)
+            if not sent:
+                skipped += 1  # no answer text found in the context
+                continue
+            table.add(question, sent, qid, title)
     meta = {"dataset": dataset, "split": split, "granularity": granularity, "source": str(path),
             "skipped_no_answer_in_context": skipped}
     return table.build(meta, str(path))
@@ -285,43 +290,26 @@ def load_quac(path: Path, history: int = 0, split: str = "", granularity: str = 
     since QuAC questions depend on them ("what did he do next?"). Unanswerable turns
     (answer ``CANNOTANSWER``) have no gold context and are left out as queries but still
     count as history."""
-    doc = read_json(path)
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise DataError(f"{path}: not QuAC JSON (expected an object with a 'data' list)")
-    if granularity not in ("sentence", "paragraph"):
-        raise DataError(f"granularity must be 'sentence' or 'paragraph', not {granularity!r}")
     table = _ContextTable()
-    for a, article in enumerate(doc["data"]):
-        try:
-            title = str(article.get("title", a))
-            paragraphs = article["paragraphs"]
-        except (AttributeError, KeyError, TypeError):
-            raise DataError(f"{path}: data[{a}] has no 'paragraphs' list") from None
-        for p, para in enumerate(paragraphs):
-            where = f"data[{a}].paragraphs[{p}]"
+    for title, where, context, qas in _paragraphs(path, "QuAC", granularity):
+        # QuAC appends the sentinel "CANNOTANSWER" to every context: it is no content.
+        context = re.sub(r"\s*CANNOTANSWER\s*$", "", context)
+        spans = split_sentences(context) if granularity == "sentence" else None
+        turns: list[str] = []
+        for q, qa in enumerate(qas):
             try:
-                context, qas = para["context"], para["qas"]
-            except (KeyError, TypeError):
-                raise DataError(f"{path}: {where} lacks 'context' or 'qas'") from None
-            context = _text(context, path, f"{where}.context")
-            # QuAC appends the sentinel "CANNOTANSWER" to every context: it is no content.
-            context = re.sub(r"\s*CANNOTANSWER\s*$", "", context)
-            spans = split_sentences(context) if granularity == "sentence" else None
-            turns: list[str] = []
-            for q, qa in enumerate(qas):
-                try:
-                    qid, question = str(qa["id"]), qa["question"]
-                    answer = (qa.get("orig_answer") or (qa.get("answers") or [{}])[0]).get("text", "")
-                except (KeyError, TypeError, AttributeError):
-                    raise DataError(f"{path}: {where}.qas[{q}] lacks 'id' or 'question'") from None
-                question = _text(question, path, f"{where}.qas[{q}].question")
-                text = " ".join(turns[-2 * history:] + [question]) if history else question
-                gold = context
-                if answer and answer != "CANNOTANSWER" and spans is not None:
-                    gold = answer_sentence(context, [answer], spans)
-                if answer and answer != "CANNOTANSWER" and gold:
-                    table.add(text, gold, qid, title)
-                turns += [question, answer if answer != "CANNOTANSWER" else "no answer"]
+                qid, question = str(qa["id"]), qa["question"]
+                answer = (qa.get("orig_answer") or (qa.get("answers") or [{}])[0]).get("text", "")
+            except (KeyError, TypeError, AttributeError):
+                raise DataError(f"{path}: {where}.qas[{q}] lacks 'id' or 'question'") from None
+            question = _text(question, path, f"{where}.qas[{q}].question")
+            text = " ".join(turns[-2 * history:] + [question]) if history else question
+            gold = context
+            if answer and answer != "CANNOTANSWER" and spans is not None:
+                gold = answer_sentence(context, [answer], spans)
+            if answer and answer != "CANNOTANSWER" and gold:
+                table.add(text, gold, qid, title)
+            turns += [question, answer if answer != "CANNOTANSWER" else "no answer"]
     meta = {"dataset": "quac", "split": split, "granularity": granularity, "history": history,
             "source": str(path)}
     return table.build(meta, str(path))

@@ -34,12 +34,11 @@ def _same_context_mask(context_ids: torch.Tensor | None, n: int, device) -> torc
     return same if same.any() else None
 
 
-class ClipLoss(nn.Module):
-    """Symmetric InfoNCE as in CLIP: cross-entropy over query->context and context->query
-    similarity, scaled by a learnable ``logit_scale = log(1 / temperature)``, clamped at
-    ``log(max_scale)`` as open_clip does (100)."""
+class _ScaledLoss(nn.Module):
+    """Owns the learnable ``logit_scale = log(1 / temperature)``, clamped to [0, log(max_scale)]
+    after each step as open_clip does (max_scale 100)."""
 
-    def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True, max_scale: float = 100.0):
+    def __init__(self, init_temperature: float, learn_temperature: bool, max_scale: float):
         super().__init__()
         if not init_temperature > 0:
             raise LossError(f"temperature must be > 0, not {init_temperature}")
@@ -55,6 +54,14 @@ class ClipLoss(nn.Module):
         """Called by the trainer after each step."""
         with torch.no_grad():
             self.logit_scale.clamp_(0, self.max_log_scale)
+
+
+class ClipLoss(_ScaledLoss):
+    """Symmetric InfoNCE as in CLIP: cross-entropy over query->context and context->query
+    similarity, scaled by the learnable logit scale."""
+
+    def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True, max_scale: float = 100.0):
+        super().__init__(init_temperature, learn_temperature, max_scale)
 
     def logits(self, q: torch.Tensor, c: torch.Tensor, context_ids) -> torch.Tensor:
         logits = self.logit_scale.exp() * q @ c.T  # (B, B): row i = query i against every context
@@ -98,25 +105,15 @@ class SamToNeLoss(ClipLoss):
         return (self._direction(q, c, context_ids) + self._direction(c, q, context_ids)) / 2
 
 
-class SigLipLoss(nn.Module):
+class SigLipLoss(_ScaledLoss):
     """Pairwise sigmoid loss (SigLIP, Zhai et al., 2023) with learnable temperature and bias,
-    initialised as in the paper: log-scale log(10), bias -10. Pairs sharing a gold context
-    count as positives."""
+    initialised as in the paper: log-scale log(10), bias -10 (``init_temperature`` is not
+    used: SigLIP's own start is kept). Pairs sharing a gold context count as positives."""
 
     def __init__(self, init_scale: float = 10.0, init_bias: float = -10.0, learn_temperature: bool = True,
-                 max_scale: float = 100.0, **_ignored):
-        super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn_temperature)
+                 max_scale: float = 100.0, init_temperature: float | None = None):
+        super().__init__(1.0 / init_scale, learn_temperature, max_scale)
         self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))
-        self.max_log_scale = math.log(max_scale)
-
-    @property
-    def temperature(self) -> float:
-        return float(torch.exp(-self.logit_scale.detach()))
-
-    def clamp_(self) -> None:
-        with torch.no_grad():
-            self.logit_scale.clamp_(0, self.max_log_scale)
 
     def forward(self, q, c, context_ids=None):
         logits = self.logit_scale.exp() * q @ c.T + self.logit_bias  # (B, B)
