@@ -41,9 +41,9 @@ from .losses import get_loss
 class TrainConfig:
     loss: str = "clip"  # objective, a name in projhead.losses.LOSSES
     epochs: int = 10  # upper bound; early stopping usually ends sooner
-    batch_size: int = 1024  # pairs per step; in-batch negatives = batch_size - 1
+    batch_size: int = 2048  # pairs per step; in-batch negatives = batch_size - 1
     batching: str = "group"  # group: batches of whole shuffled groups (same-document negatives) | random
-    lr: float = 1e-3  # peak AdamW learning rate
+    lr: float = 5e-4  # peak AdamW learning rate
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     warmup: float = 0.05  # fraction of all steps spent warming the learning rate up from 0
     init_temperature: float = 0.05  # softmax temperature at step 0 (open_clip: 0.07)
