@@ -22,16 +22,13 @@ import click
 from .cache import CacheError
 from .data import DATASETS, DataError
 from .encoders import DEFAULT_ENCODER, EncoderError
+from .heads import HEAD_KINDS, TOWERS, HeadError
+from .heads import HeadConfig as _H  # option defaults come from the dataclasses
+from .losses import LOSSES, LossError
+from .train import TrainConfig as _T
+from .train import TrainError
 
-USER_ERRORS = (CacheError, DataError, EncoderError)
-
-
-def _user_errors():
-    from .heads import HeadError
-    from .losses import LossError
-    from .train import TrainError
-
-    return USER_ERRORS + (HeadError, LossError, TrainError)
+USER_ERRORS = (CacheError, DataError, EncoderError, HeadError, LossError, TrainError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -124,48 +121,42 @@ def info(cache_file, as_json):
     click.echo(f"  versions     " + ", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "platform"))
 
 
-def _heads_and_losses():
-    from .heads import HEAD_KINDS, TOWERS
-    from .losses import LOSSES
-
-    return HEAD_KINDS, TOWERS, tuple(LOSSES)
-
-
-_KINDS, _TOWERS, _LOSSES = _heads_and_losses()
 
 
 @cli.command()
 @click.argument("cache_file", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="folder to save the head in")
-@click.option("--kind", type=click.Choice(_KINDS), default="residual", show_default=True)
-@click.option("--towers", type=click.Choice(_TOWERS), default="separate", show_default=True,
+@click.option("--kind", type=click.Choice(HEAD_KINDS), default=_H.kind, show_default=True)
+@click.option("--towers", type=click.Choice(TOWERS), default=_H.towers, show_default=True,
               help="separate query/context heads, one shared head, or query only (contexts stay frozen)")
 @click.option("--out-dim", type=int, default=None, help="output dimension (default: the encoder's)")
-@click.option("--hidden", type=int, default=1024, show_default=True)
-@click.option("--layers", type=int, default=2, show_default=True)
-@click.option("--activation", default="gelu", show_default=True)
-@click.option("--dropout", type=float, default=0.0, show_default=True)
-@click.option("--init", type=click.Choice(["identity", "random"]), default="identity", show_default=True)
-@click.option("--loss", type=click.Choice(_LOSSES), default="clip", show_default=True)
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=2048, show_default=True)
-@click.option("--batching", type=click.Choice(["group", "random"]), default="group", show_default=True,
+@click.option("--hidden", type=int, default=_H.hidden, show_default=True)
+@click.option("--layers", type=int, default=_H.layers, show_default=True)
+@click.option("--activation", default=_H.activation, show_default=True)
+@click.option("--dropout", type=float, default=_H.dropout, show_default=True)
+@click.option("--init", type=click.Choice(["identity", "random"]), default=_H.init, show_default=True)
+@click.option("--loss", type=click.Choice(tuple(LOSSES)), default=_T.loss, show_default=True)
+@click.option("--chunk-size", type=int, default=None,
+              help="clip loss: compute batches larger than this in row blocks (exact gradients, less memory)")
+@click.option("--epochs", type=int, default=_T.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=_T.batch_size, show_default=True)
+@click.option("--batching", type=click.Choice(["group", "random"]), default=_T.batching, show_default=True,
               help="group: each batch holds whole documents, so negatives come from the same document")
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--temperature", type=float, default=0.05, show_default=True, help="initial softmax temperature")
+@click.option("--lr", type=float, default=_T.lr, show_default=True)
+@click.option("--weight-decay", type=float, default=_T.weight_decay, show_default=True)
+@click.option("--temperature", type=float, default=_T.init_temperature, show_default=True, help="initial softmax temperature")
 @click.option("--fixed-temperature", is_flag=True, help="do not learn the temperature")
-@click.option("--anchor-weight", type=float, default=0.0, show_default=True,
+@click.option("--anchor-weight", type=float, default=_T.anchor_weight, show_default=True,
               help="penalty on the distance between head output and frozen vector")
-@click.option("--dev-fraction", type=float, default=0.05, show_default=True)
-@click.option("--select-metric", type=click.Choice(["top1", "top5", "top10", "mrr10"]), default="mrr10",
+@click.option("--dev-fraction", type=float, default=_T.dev_fraction, show_default=True)
+@click.option("--select-metric", type=click.Choice(["top1", "top5", "top10", "mrr10"]), default=_T.select_metric,
               show_default=True)
-@click.option("--patience", type=int, default=2, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--patience", type=int, default=_T.patience, show_default=True)
+@click.option("--seed", type=int, default=_T.seed, show_default=True)
+@click.option("--device", default=_T.device, show_default=True)
 @click.option("--restart", is_flag=True, help="discard a checkpoint left in --out by an interrupted run")
 @click.option("--quiet", is_flag=True)
-def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, epochs,
+def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size, epochs,
           batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, dev_fraction,
           select_metric, patience, seed, device, restart, quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
@@ -173,15 +164,15 @@ def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dr
     Holds out a dev split of whole articles, stops early, and keeps the frozen encoder (an
     identity head) if no epoch beats it on that split. Checkpoints every epoch: an
     interrupted run resumes when the same command is run again."""
-    from .heads import HeadConfig
-    from .train import TrainConfig, train_head
+    from .train import train_head
 
-    hcfg = HeadConfig(kind=kind, towers=towers, out_dim=out_dim, hidden=hidden, layers=layers,
+    hcfg = _H(kind=kind, towers=towers, out_dim=out_dim, hidden=hidden, layers=layers,
                       activation=activation, dropout=dropout, init=init)
-    tcfg = TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, batching=batching, lr=lr, weight_decay=weight_decay,
+    tcfg = _T(loss=loss, epochs=epochs, batch_size=batch_size, batching=batching, lr=lr, weight_decay=weight_decay,
                        init_temperature=temperature, learn_temperature=not fixed_temperature,
                        anchor_weight=anchor_weight, dev_fraction=dev_fraction, select_metric=select_metric,
-                       patience=patience, seed=seed, device=device)
+                       patience=patience, seed=seed, device=device,
+                       loss_settings={"chunk_size": chunk_size} if chunk_size else {})
     head, log = train_head(cache_file, hcfg, tcfg, out=out, progress=not quiet, restart=restart)
     m = head.info["metrics"]
     verdict = ("no epoch beat the frozen encoder: saved the identity head" if head.config.passthrough
@@ -226,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         click.echo(f"error: {e}", err=True)
         return 2
     return 0

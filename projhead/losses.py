@@ -56,12 +56,69 @@ class _ScaledLoss(nn.Module):
             self.logit_scale.clamp_(0, self.max_log_scale)
 
 
+class _ChunkedClip(torch.autograd.Function):
+    """Symmetric InfoNCE over a (B, B) logit matrix that is never held whole: row blocks of
+    ``chunk`` rows are computed in the forward pass for the row and column log-sum-exps, and
+    again in the backward pass for the exact gradient, d loss / d logit_ij =
+    (softmax_row_ij + softmax_col_ij - 2 [i == j]) / 2B. Memory O(chunk * B) instead of O(B^2)."""
+
+    @staticmethod
+    def _block(q, c, scale, ids, start, stop):
+        logits = scale * q[start:stop] @ c.T  # (R, B)
+        if ids is not None:
+            same = ids[start:stop, None] == ids[None, :]
+            same[torch.arange(stop - start), torch.arange(start, stop)] = False
+            logits = logits.masked_fill(same, float("-inf"))
+        return logits
+
+    @staticmethod
+    def forward(ctx, q, c, logit_scale, ids, chunk):
+        scale = logit_scale.exp()
+        n = len(q)
+        lse_row = torch.empty(n, dtype=q.dtype, device=q.device)
+        col_parts = []
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            logits = _ChunkedClip._block(q, c, scale, ids, start, stop)
+            lse_row[start:stop] = torch.logsumexp(logits, dim=1)
+            col_parts.append(torch.logsumexp(logits, dim=0))
+        lse_col = torch.logsumexp(torch.stack(col_parts), dim=0)  # (B,)
+        diag = scale * (q * c).sum(1)
+        ctx.save_for_backward(q, c, logit_scale, lse_row, lse_col)
+        ctx.ids, ctx.chunk = ids, chunk
+        return ((lse_row - diag).mean() + (lse_col - diag).mean()) / 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, c, logit_scale, lse_row, lse_col = ctx.saved_tensors
+        scale = logit_scale.exp()
+        n = len(q)
+        dq, dc = torch.zeros_like(q), torch.zeros_like(c)
+        dscale = torch.zeros((), dtype=q.dtype, device=q.device)
+        for start in range(0, n, ctx.chunk):
+            stop = min(start + ctx.chunk, n)
+            logits = _ChunkedClip._block(q, c, scale, ctx.ids, start, stop)  # (R, B)
+            g = torch.exp(logits - lse_row[start:stop, None]) + torch.exp(logits - lse_col[None, :])
+            g[torch.arange(stop - start), torch.arange(start, stop)] -= 2
+            g = g * (grad / (2 * n))  # d loss / d logits
+            sims = q[start:stop] @ c.T
+            dq[start:stop] = scale * g @ c
+            dc += scale * g.T @ q[start:stop]
+            dscale += (g * sims).sum()
+        # d loss / d logit_scale = d loss / d scale * scale
+        return dq, dc, dscale * scale if logit_scale.requires_grad else None, None, None
+
+
 class ClipLoss(_ScaledLoss):
     """Symmetric InfoNCE as in CLIP: cross-entropy over query->context and context->query
-    similarity, scaled by the learnable logit scale."""
+    similarity, scaled by the learnable logit scale. ``chunk_size``: batches larger than this
+    are computed in row blocks with exact gradients (see ``_ChunkedClip``), so in-batch
+    negatives can number tens of thousands on a CPU."""
 
-    def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True, max_scale: float = 100.0):
+    def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True, max_scale: float = 100.0,
+                 chunk_size: int | None = None):
         super().__init__(init_temperature, learn_temperature, max_scale)
+        self.chunk_size = chunk_size
 
     def logits(self, q: torch.Tensor, c: torch.Tensor, context_ids) -> torch.Tensor:
         logits = self.logit_scale.exp() * q @ c.T  # (B, B): row i = query i against every context
@@ -71,6 +128,8 @@ class ClipLoss(_ScaledLoss):
         return logits
 
     def forward(self, q: torch.Tensor, c: torch.Tensor, context_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.chunk_size and len(q) > self.chunk_size:
+            return _ChunkedClip.apply(q, c, self.logit_scale, context_ids, self.chunk_size)
         logits = self.logits(q, c, context_ids)
         labels = torch.arange(len(q), device=q.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
@@ -138,4 +197,10 @@ def get_loss(name: str, **settings) -> nn.Module:
         cls = LOSSES[name]
     except KeyError:
         raise LossError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}") from None
+    import inspect
+
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in settings if k not in accepted)
+    if unknown:
+        raise LossError(f"loss {name!r} does not take setting(s) {unknown}")
     return cls(**settings)

@@ -112,3 +112,36 @@ def test_temperature_is_clamped_like_open_clip():
 def test_unknown_loss():
     with pytest.raises(LossError, match="unknown loss 'nope'; choose from clip, samtone, siglip"):
         get_loss("nope")
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+@pytest.mark.parametrize("chunk", [1, 3, 5])
+def test_chunked_clip_equals_plain_in_value_and_gradient(with_ids, chunk):
+    q0, c0, ids = _data(torch.float64, b=7)
+    ids = ids if with_ids else None
+    out = {}
+    for name, size in (("plain", None), ("chunked", chunk)):
+        q, c = q0.clone().requires_grad_(), c0.clone().requires_grad_()
+        loss_fn = ClipLoss(init_temperature=0.05, chunk_size=size).double()
+        loss = loss_fn(q, c, ids)
+        loss.backward()
+        out[name] = (float(loss.detach()), q.grad, c.grad, loss_fn.logit_scale.grad)
+    p, k = out["plain"], out["chunked"]
+    assert k[0] == pytest.approx(p[0], rel=1e-12)
+    for a, b in zip(p[1:], k[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_clip_gradcheck():
+    q, c, ids = _data(torch.float64, b=6)
+    q.requires_grad_()
+    c.requires_grad_()
+    scale = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    from projhead.losses import _ChunkedClip
+
+    assert torch.autograd.gradcheck(lambda a, b, s: _ChunkedClip.apply(a, b, s, ids[:6], 4), (q, c, scale))
+
+
+def test_settings_a_loss_does_not_take_are_refused():
+    with pytest.raises(LossError, match="loss 'samtone' does not take setting\\(s\\) \\['chunk_size'\\]"):
+        get_loss("samtone", chunk_size=4)

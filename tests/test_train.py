@@ -175,3 +175,14 @@ def test_unwritable_output_is_a_clear_error(planted_cache, tmp_path):
                    out=tmp_path / "afile" / "h", progress=False)
     with pytest.raises(HeadError, match="cannot save the head"):
         Head(HeadConfig(in_dim=4)).save(tmp_path / "afile" / "h")
+
+
+def test_chunked_loss_trains_like_the_plain_loss(planted_cache):
+    path = planted_cache(n_groups=20)
+    heads = []
+    for settings in ({}, {"chunk_size": 16}):
+        head, _ = train_head(path, HeadConfig(kind="residual", hidden=16),
+                             TrainConfig(epochs=2, batch_size=64, patience=5, loss_settings=settings), progress=False)
+        heads.append(head.state_dict())
+    for k in heads[0]:
+        torch.testing.assert_close(heads[0][k], heads[1][k], rtol=1e-4, atol=1e-5)
