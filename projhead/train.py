@@ -180,6 +180,9 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     hcfg = replace(head_config or HeadConfig(), in_dim=cache.dim, encoder=cache.encoder,
                    encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
 
+    if cfg.anchor_weight and hcfg.output_dim != hcfg.in_dim:
+        raise TrainError(f"anchor_weight pulls head outputs toward the frozen vectors, so out_dim "
+                         f"({hcfg.output_dim}) must equal the encoder's dimension ({hcfg.in_dim})")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
