@@ -206,7 +206,7 @@ def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite,
         cv = _encode_role(encoder, pairs.contexts, "context", parts, shard_size, batch_size, bar)
 
     tmp = out.with_name(out.name + ".tmp.h5")
-    _write_h5(tmp, pairs, qv, cv, info, dtype)
+    _write_h5(tmp, pairs, qv, cv, info, dtype, encode_seconds=time.perf_counter() - t0)
     os.replace(tmp, out)
     shutil.rmtree(parts, ignore_errors=True)
     return CacheResult(out, "written", time.perf_counter() - t0, total)
@@ -227,7 +227,8 @@ def _own_version() -> str:
     return __version__
 
 
-def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: dict, dtype: str) -> None:
+def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: dict, dtype: str,
+              encode_seconds: float) -> None:
     import h5py
 
     s = _str_dtype()
@@ -267,6 +268,7 @@ def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: di
         a["n_queries"] = len(pairs)
         a["n_contexts"] = len(pairs.contexts)
         a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        a["encode_seconds"] = encode_seconds  # this run's share (a resumed run counts its own part)
     try:
         with open(path, "wb") as fh:
             fh.write(buf.getbuffer())
