@@ -116,7 +116,8 @@ def info(cache_file, as_json):
     click.echo(f"  contexts     {d['n_contexts']} distinct")
     click.echo(f"  vectors      dim {d['dim']}, {d['dtype']}, normalised: {bool(d['normalized'])}")
     click.echo(f"  fingerprint  {d['fingerprint']}")
-    click.echo(f"  created      {d.get('created')}, format {d['format']} v{d['format_version']}, "
+    took = f", encoded in {d['encode_seconds']:.0f}s" if "encode_seconds" in d else ""
+    click.echo(f"  created      {d.get('created')}{took}, format {d['format']} v{d['format_version']}, "
                f"{d['file_bytes'] / 1e6:.1f} MB")
     click.echo(f"  versions     " + ", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "platform"))
 
