@@ -112,7 +112,7 @@ class OpenClipEncoder:
     prefix = "openclip"
 
     def __init__(self, spec: str, normalize: bool = True, device: str | None = None, seed: int = 0,
-                 trim: bool = True, **_ignored):
+                 trim: bool = True):
         import open_clip
         import torch
 
