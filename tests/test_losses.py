@@ -73,7 +73,7 @@ def test_siglip_matches_loop(dtype):
     q, c, ids = _data(dtype)
     loss = SigLipLoss().to(dtype)
     got = float(loss(q, c, ids).detach())
-    scale, bias = float(loss.logit_scale.detach().exp()), float(loss.logit_bias)
+    scale, bias = float(loss.logit_scale.detach().exp()), float(loss.logit_bias.detach())
     total = 0.0
     for i in range(len(q)):
         for j in range(len(c)):
