@@ -26,7 +26,7 @@ from .heads import HEAD_KINDS, TOWERS, HeadError
 from .heads import HeadConfig as _H  # option defaults come from the dataclasses
 from .losses import LOSSES, LossError
 from .train import TrainConfig as _T
-from .train import TrainError
+from .train import TrainError, train_head
 
 USER_ERRORS = (CacheError, DataError, EncoderError, HeadError, LossError, TrainError)
 
@@ -67,8 +67,7 @@ def default_cache_path(dataset: str, split: str, granularity: str, encoder: str,
 @click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def cache(dataset, split, granularity, data, quac_history, encoder, out, dtype, batch_size, shard_size, device,
-          no_normalize,
-          query_prefix, context_prefix, overwrite, quiet):
+          no_normalize, query_prefix, context_prefix, overwrite, quiet):
     """Encode questions and contexts once with a frozen encoder into an HDF5 cache.
 
     Resumable: an interrupted run continues where it stopped. A finished cache with the same
@@ -119,9 +118,7 @@ def info(cache_file, as_json):
     took = f", encoded in {d['encode_seconds']:.0f}s" if "encode_seconds" in d else ""
     click.echo(f"  created      {d.get('created')}{took}, format {d['format']} v{d['format_version']}, "
                f"{d['file_bytes'] / 1e6:.1f} MB")
-    click.echo(f"  versions     " + ", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "platform"))
-
-
+    click.echo("  versions     " + ", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "platform"))
 
 
 @cli.command()
@@ -145,7 +142,8 @@ def info(cache_file, as_json):
               help="group: each batch holds whole documents, so negatives come from the same document")
 @click.option("--lr", type=float, default=_T.lr, show_default=True)
 @click.option("--weight-decay", type=float, default=_T.weight_decay, show_default=True)
-@click.option("--temperature", type=float, default=_T.init_temperature, show_default=True, help="initial softmax temperature")
+@click.option("--temperature", type=float, default=_T.init_temperature, show_default=True,
+              help="initial softmax temperature")
 @click.option("--fixed-temperature", is_flag=True, help="do not learn the temperature")
 @click.option("--anchor-weight", type=float, default=_T.anchor_weight, show_default=True,
               help="penalty on the distance between head output and frozen vector")
@@ -165,15 +163,12 @@ def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dr
     Holds out a dev split of whole articles, stops early, and keeps the frozen encoder (an
     identity head) if no epoch beats it on that split. Checkpoints every epoch: an
     interrupted run resumes when the same command is run again."""
-    from .train import train_head
-
-    hcfg = _H(kind=kind, towers=towers, out_dim=out_dim, hidden=hidden, layers=layers,
-                      activation=activation, dropout=dropout, init=init)
+    hcfg = _H(kind=kind, towers=towers, out_dim=out_dim, hidden=hidden, layers=layers, activation=activation,
+              dropout=dropout, init=init)
     tcfg = _T(loss=loss, epochs=epochs, batch_size=batch_size, batching=batching, lr=lr, weight_decay=weight_decay,
-                       init_temperature=temperature, learn_temperature=not fixed_temperature,
-                       anchor_weight=anchor_weight, dev_fraction=dev_fraction, select_metric=select_metric,
-                       patience=patience, seed=seed, device=device,
-                       loss_settings={"chunk_size": chunk_size} if chunk_size else {})
+              init_temperature=temperature, learn_temperature=not fixed_temperature, anchor_weight=anchor_weight,
+              dev_fraction=dev_fraction, select_metric=select_metric, patience=patience, seed=seed, device=device,
+              loss_settings={"chunk_size": chunk_size} if chunk_size else {})
     head, log = train_head(cache_file, hcfg, tcfg, out=out, progress=not quiet, restart=restart)
     m = head.info["metrics"]
     verdict = ("no epoch beat the frozen encoder: saved the identity head" if head.config.passthrough

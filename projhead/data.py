@@ -304,12 +304,12 @@ def load_quac(path: Path, history: int = 0, split: str = "", granularity: str = 
                 raise DataError(f"{path}: {where}.qas[{q}] lacks 'id' or 'question'") from None
             question = _text(question, path, f"{where}.qas[{q}].question")
             text = " ".join(turns[-2 * history:] + [question]) if history else question
-            gold = context
-            if answer and answer != "CANNOTANSWER" and spans is not None:
-                gold = answer_sentence(context, [answer], spans)
-            if answer and answer != "CANNOTANSWER" and gold:
-                table.add(text, gold, qid, title)
-            turns += [question, answer if answer != "CANNOTANSWER" else "no answer"]
+            answerable = bool(answer) and answer != "CANNOTANSWER"
+            if answerable:
+                gold = context if spans is None else answer_sentence(context, [answer], spans)
+                if gold:
+                    table.add(text, gold, qid, title)
+            turns += [question, answer if answerable else "no answer"]
     meta = {"dataset": "quac", "split": split, "granularity": granularity, "history": history,
             "source": str(path)}
     return table.build(meta, str(path))

@@ -25,7 +25,7 @@ class LossError(ValueError):
     """Unknown loss name or bad loss settings."""
 
 
-def _same_context_mask(context_ids: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+def _same_context_mask(context_ids: torch.Tensor | None) -> torch.Tensor | None:
     """(B, B) True where two different rows share a gold context: false negatives."""
     if context_ids is None:
         return None
@@ -122,7 +122,7 @@ class ClipLoss(_ScaledLoss):
 
     def logits(self, q: torch.Tensor, c: torch.Tensor, context_ids) -> torch.Tensor:
         logits = self.logit_scale.exp() * q @ c.T  # (B, B): row i = query i against every context
-        mask = _same_context_mask(context_ids, len(q), q.device)
+        mask = _same_context_mask(context_ids)
         if mask is not None:
             logits = logits.masked_fill(mask, float("-inf"))
         return logits
@@ -153,7 +153,7 @@ class SamToNeLoss(ClipLoss):
             return F.cross_entropy(cross, torch.arange(len(a), device=a.device))
         same = scale * a @ a.T  # (B, B) same-tower similarities
         block = torch.eye(len(a), dtype=torch.bool, device=a.device)
-        dup = _same_context_mask(context_ids, len(a), a.device)
+        dup = _same_context_mask(context_ids)
         if dup is not None:
             block = block | dup
         same = same.masked_fill(block, float("-inf")) + math.log(self.same_tower_weight)

@@ -1,7 +1,6 @@
 """Property-based tests: loaders and the cache reader either work or raise their own error."""
 import json
 
-import h5py
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
