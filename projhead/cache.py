@@ -16,6 +16,8 @@ File layout (format ``projhead-cache`` version 1)::
     /queries/context   (Nq,)   int64, row of the gold context in /contexts
     /contexts/vectors  (Nc, D) distinct contexts, each encoded once
     /contexts/text     (Nc,)   UTF-8 strings
+    /mined/NAME/...    optional, written by ``projhead mine`` (see ``write_mined``): hard
+                       negatives, teacher scores and silver pairs, with their settings
     attributes on /: format, format_version, encoder, encoder_json (name, resolved path,
     settings, weights sha256), versions_json, dim, dtype, normalized, dataset, split,
     granularity, meta_json, fingerprint (sha256 of texts and index), n_queries, n_contexts
@@ -300,10 +302,11 @@ _ATTRS = ["format", "format_version", "encoder", "encoder_json", "dim", "dtype",
 class Cache:
     """A finished cache, read into memory (vectors as float32)."""
 
-    def __init__(self, path: Path, attrs: dict, arrays: dict | None):
+    def __init__(self, path: Path, attrs: dict, arrays: dict | None, mined_sets: list[str] | None = None):
         self.path = path
         self.attrs = attrs
         self._arrays = arrays
+        self.mined_sets = mined_sets or []  # names of the mined sets stored in the file
 
     def _get(self, key):
         if self._arrays is None:
@@ -338,7 +341,81 @@ class Cache:
         d["versions"] = json.loads(a.get("versions_json", "{}"))
         d["meta"] = json.loads(a.get("meta_json", "{}"))
         d["file_bytes"] = self.path.stat().st_size
+        d["mined"] = {name: self.mined(name)["settings"] for name in self.mined_sets}
         return d
+
+    def mined(self, name: str) -> dict:
+        """The mined set ``name`` (see ``write_mined``): its arrays and settings."""
+        import h5py
+
+        if name not in self.mined_sets:
+            have = ", ".join(self.mined_sets) or "none"
+            raise CacheError(f"{self.path}: no mined set {name!r} (it has: {have}); "
+                             f"make one with: projhead mine {self.path} --name {name}")
+        nq, nc = int(self.attrs["n_queries"]), int(self.attrs["n_contexts"])
+        try:
+            with h5py.File(self.path, "r") as f:
+                g = f["mined"][name]
+                out = {k: g[k][()] for k in g}
+                settings = json.loads(g.attrs["settings_json"])
+        except (KeyError, OSError, ValueError, RuntimeError) as e:
+            raise CacheError(f"{self.path}: damaged mined set {name!r} ({e})") from e
+        neg = out.get("negatives")
+        k = neg.shape[1] if neg is not None and neg.ndim == 2 else -1
+        shapes = {"negatives": (nq, k), "negative_scores": (nq, k), "teacher": (nq, k + 1)}
+        for key, shape in shapes.items():
+            if key in out and out[key].shape != shape:
+                raise CacheError(f"{self.path}: mined set {name!r}: {key} has shape {out[key].shape}, "
+                                 f"expected {shape}")
+        silver = out.get("silver", np.zeros((0, 2), np.int64))
+        if neg is None or silver.ndim != 2 or silver.shape[1] != 2:
+            raise CacheError(f"{self.path}: mined set {name!r} is incomplete")
+        if (neg >= nc).any() or (neg < -1).any() or (len(silver) and (
+                silver[:, 0].min() < 0 or silver[:, 0].max() >= nq or silver[:, 1].min() < 0
+                or silver[:, 1].max() >= nc)):
+            raise CacheError(f"{self.path}: mined set {name!r} points outside the cache's queries or contexts")
+        out["silver"] = silver
+        out["settings"] = settings
+        return out
+
+
+def write_mined(path: str | os.PathLike, name: str, arrays: dict[str, np.ndarray], settings: dict) -> None:
+    """Store ``arrays`` as the mined set /mined/NAME of the cache at ``path`` (replacing a set of
+    that name): negatives (Nq, k) int64, -1 for none; negative_scores (Nq, k); teacher
+    (Nq, 1 + k) scores of [gold, negatives], NaN where none; silver (S, 2) rows (query,
+    context); silver_score (S,). The file is read, extended in memory and written to a
+    temporary name that replaces it: the cache is whole before and after, whatever happens."""
+    import h5py
+
+    path = Path(path)
+    if not name or "/" in name:
+        raise CacheError(f"{path}: a mined set needs a plain name, not {name!r}")
+    open_cache(path, load=False)  # a valid cache, or a clear error
+    lock = _lock(path)
+    tmp = path.with_name(path.name + ".tmp.h5")
+    try:
+        buf = io.BytesIO(path.read_bytes())
+        with h5py.File(buf, "r+", libver="latest") as f:
+            g = f.require_group("mined")
+            if name in g:
+                del g[name]
+            m = g.create_group(name)
+            for key, value in arrays.items():
+                m.create_dataset(key, data=value, chunks=True if np.asarray(value).size else None,
+                                 fletcher32=bool(np.asarray(value).size))
+            m.attrs["settings_json"] = json.dumps(settings)
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CacheError(f"{path}: cannot store mined set {name!r} ({e.strerror or e}); "
+                         "the cache file is untouched") from e
+    finally:
+        lock.release()
 
 
 def open_cache(path: str | os.PathLike, check_finite: bool = True, load: bool = True) -> Cache:
@@ -356,12 +433,13 @@ def open_cache(path: str | os.PathLike, check_finite: bool = True, load: bool = 
     try:
         with f:
             arrays, attrs = _read(path, f, check_finite, load)
+            mined_sets = sorted(f["mined"].keys()) if "mined" in f else []
     except CacheError:
         raise
     except (KeyError, OSError, ValueError, RuntimeError, TypeError, UnicodeDecodeError) as e:
         # checksummed metadata (libver "latest") turns damage into errors like these
         raise CacheError(f"{path}: damaged cache, cannot read it ({e})") from e
-    return Cache(path, attrs, arrays)
+    return Cache(path, attrs, arrays, mined_sets)
 
 
 def _read(path: Path, f, check_finite: bool, load: bool):

@@ -4,7 +4,8 @@ Usage::
 
     projhead cache --dataset squad-v1.1 --split dev --granularity sentence
     projhead info cache/squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5
-    projhead train TRAIN.h5 --out heads/minilm-squad
+    projhead mine TRAIN.h5 --method semantic --teacher hybrid
+    projhead train TRAIN.h5 --out heads/minilm-squad [--mined semantic --hard-negatives 1]
     projhead eval DEV.h5 --head heads/minilm-squad
 
 ``main(argv)`` runs the CLI in-process (tests use it). Expected errors (bad input, refused
@@ -25,10 +26,11 @@ from .encoders import DEFAULT_ENCODER, EncoderError
 from .heads import HEAD_KINDS, TOWERS, HeadError
 from .heads import HeadConfig as _H  # option defaults come from the dataclasses
 from .losses import LOSSES, LossError
+from .mine import METHODS, MineError
 from .train import TrainConfig as _T
 from .train import TrainError, train_head
 
-USER_ERRORS = (CacheError, DataError, EncoderError, HeadError, LossError, TrainError)
+USER_ERRORS = (CacheError, DataError, EncoderError, HeadError, LossError, MineError, TrainError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -136,6 +138,12 @@ def info(cache_file, as_json):
 @click.option("--loss", type=click.Choice(tuple(LOSSES)), default=_T.loss, show_default=True)
 @click.option("--chunk-size", type=int, default=None,
               help="clip loss: compute batches larger than this in row blocks (exact gradients, less memory)")
+@click.option("--loss-setting", "loss_setting", multiple=True, metavar="KEY=VALUE",
+              help="a setting of the loss, e.g. views=pair (byol), mode=margin_mse (distill); repeatable")
+@click.option("--mined", default=_T.mined, help="name of a mined set in the cache (projhead mine)")
+@click.option("--hard-negatives", type=int, default=_T.hard_negatives, show_default=True,
+              help="mined negatives added to each pair of a batch")
+@click.option("--silver", is_flag=True, help="also train on the mined set's silver pairs")
 @click.option("--epochs", type=int, default=_T.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=_T.batch_size, show_default=True)
 @click.option("--batching", type=click.Choice(["group", "random"]), default=_T.batching, show_default=True,
@@ -155,8 +163,8 @@ def info(cache_file, as_json):
 @click.option("--device", default=_T.device, show_default=True)
 @click.option("--restart", is_flag=True, help="discard a checkpoint left in --out by an interrupted run")
 @click.option("--quiet", is_flag=True)
-def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size, epochs,
-          batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, dev_fraction,
+def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
+          loss_setting, mined, hard_negatives, silver, epochs, batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, dev_fraction,
           select_metric, patience, seed, device, restart, quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
@@ -168,13 +176,59 @@ def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dr
     tcfg = _T(loss=loss, epochs=epochs, batch_size=batch_size, batching=batching, lr=lr, weight_decay=weight_decay,
               init_temperature=temperature, learn_temperature=not fixed_temperature, anchor_weight=anchor_weight,
               dev_fraction=dev_fraction, select_metric=select_metric, patience=patience, seed=seed, device=device,
-              loss_settings={"chunk_size": chunk_size} if chunk_size else {})
+              loss_settings={**_settings(loss_setting), **({"chunk_size": chunk_size} if chunk_size else {})},
+              mined=mined, hard_negatives=hard_negatives, silver=silver)
     head, log = train_head(cache_file, hcfg, tcfg, out=out, progress=not quiet, restart=restart)
     m = head.info["metrics"]
     verdict = ("no epoch beat the frozen encoder: saved the identity head" if head.config.passthrough
                else f"best epoch {log['best_epoch']}")
     click.echo(f"{out}: {verdict}; dev {select_metric} frozen {m['frozen'].get(select_metric, float('nan')):.4f} "
                f"-> head {m['head'].get(select_metric, float('nan')):.4f} ({log['seconds']:.1f}s)")
+
+
+def _settings(items: tuple[str, ...]) -> dict:
+    """KEY=VALUE pairs; values read as JSON where they parse (numbers, true/false), else text."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--loss-setting")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+@cli.command()
+@click.argument("cache_file", type=click.Path(dir_okay=False))
+@click.option("--method", type=click.Choice(METHODS), default="semantic", show_default=True,
+              help="where candidates come from: the frozen vectors, BM25, or both")
+@click.option("--k", type=int, default=8, show_default=True, help="negatives kept per query")
+@click.option("--margin", type=float, default=0.05, show_default=True,
+              help="drop candidates whose frozen cosine is above the gold's minus this (near-copies, "
+                   "unlabelled positives)")
+@click.option("--no-margin", is_flag=True, help="keep every candidate")
+@click.option("--teacher", default=None,
+              help="score gold + candidates with: semantic, bm25, hybrid, cache:PATH (another encoder's cache "
+                   "of the same texts) or cross-encoder:NAME")
+@click.option("--silver", type=float, default=None,
+              help="keep candidates with at least this teacher probability as silver pairs")
+@click.option("--bm25-weight", type=float, default=0.3, show_default=True, help="BM25's weight in hybrid scores")
+@click.option("--name", default=None, help="name of the mined set (default: the method)")
+@click.option("--quiet", is_flag=True)
+def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight, name, quiet):
+    """Mine hard negatives (and teacher scores, silver pairs) and store them in the cache.
+
+    Train on them with: projhead train CACHE --mined NAME --hard-negatives 1 [--silver]
+    [--loss distill]."""
+    from .mine import mine as run
+
+    r = run(cache_file, method=method, k=k, margin=None if no_margin else margin, teacher=teacher, silver=silver,
+            name=name, bm25_weight=bm25_weight, progress=not quiet)
+    click.echo(f"{cache_file}: mined set {r['name']!r}: {r['negatives_per_query']:.2f} negatives per query "
+               f"({r['queries_without_negatives']} queries without), {r['filtered_by_margin']} candidates "
+               f"dropped by the margin, {r['silver_pairs']} silver pairs ({r['seconds']:.1f}s)")
 
 
 @cli.command("eval")

@@ -86,8 +86,11 @@ def bm25_scorer(queries: list[str], contexts: list[str]) -> Scorer:
                     show_progress=False)
     q_tokens = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
 
+    empty = np.zeros(len(contexts), dtype=np.float32)
+
     def score(rows):
-        return np.stack([retriever.get_scores(q_tokens[i]) for i in rows]).astype(np.float32)
+        # a query of stopwords only has no tokens: it scores 0 everywhere (bm25s would raise)
+        return np.stack([retriever.get_scores(q_tokens[i]) if q_tokens[i] else empty for i in rows]).astype(np.float32)
 
     return score
 

@@ -34,7 +34,7 @@ import torch
 from .cache import Cache, open_cache
 from .evaluate import dense_scorer, out_of_n
 from .heads import Head, HeadConfig
-from .losses import get_loss
+from .losses import Batch, get_loss
 
 
 @dataclass
@@ -56,6 +56,9 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "cpu"  # cpu is plenty; cuda works for large caches
     loss_settings: dict = field(default_factory=dict)  # extra settings for the loss (e.g. same_tower_weight)
+    mined: str = ""  # name of a mined set in the cache (projhead mine): hard negatives, teacher scores, silver pairs
+    hard_negatives: int = 0  # mined negatives per pair in each batch (drawn afresh each step from the set's k)
+    silver: bool = False  # also train on the mined set's silver pairs
 
 
 def split_by_group(groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,10 +93,67 @@ def _dev_metrics(head: Head | None, q: np.ndarray, c: np.ndarray, q2c: np.ndarra
     return out_of_n(dense_scorer(q, c), q2c)
 
 
+def spread(x: np.ndarray) -> float:
+    """How spread out vectors are: the mean per-dimension standard deviation of the
+    L2-normalised rows, times sqrt(D). 0 when every vector is the same (collapse); about 1
+    for directions spread evenly over the sphere."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+    return float(x.std(0).mean() * math.sqrt(x.shape[1]))
+
+
+class _Mined:
+    """A mined set prepared for training: negatives and silver pairs that touch the dev split
+    are dropped (dev contexts stay unseen), silver contexts are removed from their query's
+    negatives (a positive is never a negative)."""
+
+    def __init__(self, cache: Cache, cfg: TrainConfig, train_rows: np.ndarray, dev_ctx: np.ndarray):
+        m = cache.mined(cfg.mined)
+        dev = np.zeros(len(cache.contexts), dtype=bool)
+        dev[dev_ctx] = True
+        neg = m["negatives"].copy()
+        neg[(neg >= 0) & dev[neg.clip(min=0)]] = -1
+        self.negatives = neg  # (Nq, k)
+        self.teacher = m.get("teacher")  # (Nq, 1 + k) or None
+        silver = m["silver"]
+        in_train = np.zeros(len(cache.q2c), dtype=bool)
+        in_train[train_rows] = True
+        self.silver = silver[in_train[silver[:, 0]] & ~dev[silver[:, 1]]] if cfg.silver else silver[:0]
+        for qrow, crow in self.silver:
+            neg[qrow][neg[qrow] == crow] = -1
+        self.settings = m["settings"]
+
+    def draw(self, qrows: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+        """n negatives per row, drawn without replacement from its valid ones (-1 pads);
+        and the columns they came from (for the teacher scores)."""
+        cand = self.negatives[qrows]  # (B, k)
+        key = rng.random(cand.shape) + (cand < 0) * 2.0  # padding sorts last
+        cols = np.argsort(key, axis=1)[:, :n]
+        return np.take_along_axis(cand, cols, 1), cols
+
+
 def _subset(q2c: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Context rows used by ``rows`` and the re-indexed q2c."""
     ctx, local = np.unique(q2c[rows], return_inverse=True)
     return ctx, local
+
+
+def _batch(idx: np.ndarray, pair_q, pair_c, Qt, Ct, mined: _Mined | None, cfg: TrainConfig, rng) -> Batch:
+    """The frozen vectors of the pairs ``idx``, with mined negatives and teacher scores."""
+    qrows, crows = pair_q[idx], pair_c[idx]
+    dev = Qt.device
+    batch = Batch(q=Qt[torch.from_numpy(qrows).to(dev)], c=Ct[torch.from_numpy(crows).to(dev)],
+                  context_ids=torch.from_numpy(crows).to(dev),
+                  query_ids=torch.from_numpy(qrows).to(dev) if mined is not None and len(mined.silver) else None)
+    if mined is not None and cfg.hard_negatives:
+        neg, cols = mined.draw(qrows, cfg.hard_negatives, rng)
+        neg_t = torch.from_numpy(neg).to(dev)
+        batch.negatives = Ct[neg_t.clamp_min(0)]  # (B, n, D); padding rows are masked by id -1
+        batch.negative_ids = neg_t
+        if mined.teacher is not None:
+            t = mined.teacher[qrows]  # (B, 1 + k): gold, then the mined negatives
+            chosen = np.where(neg >= 0, np.take_along_axis(t[:, 1:], cols, 1), np.nan)
+            batch.teacher = torch.from_numpy(np.concatenate([t[:, :1], chosen], axis=1)).to(dev)
+    return batch
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -197,21 +257,38 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     dev_ctx, dev_q2c = _subset(q2c, dev_rows)
     dev_q, dev_c = Q[dev_rows], C[dev_ctx]
 
+    if (cfg.hard_negatives or cfg.silver or cfg.loss == "distill") and not cfg.mined:
+        raise TrainError("hard negatives, silver pairs and the distill loss need a mined set: "
+                         f"run `projhead mine {cache.path}`, then pass --mined NAME")
+    if cfg.hard_negatives < 0:
+        raise TrainError(f"hard_negatives must be >= 0, not {cfg.hard_negatives}")
+    mined = _Mined(cache, cfg, train_rows, dev_ctx) if cfg.mined else None
+    if cfg.loss == "distill" and (mined.teacher is None or not cfg.hard_negatives or cfg.silver):
+        raise TrainError(f"the distill loss needs teacher scores (projhead mine --teacher; mined set "
+                         f"{cfg.mined!r} has {'some' if mined.teacher is not None else 'none'}), "
+                         "--hard-negatives N >= 1, and no --silver")
+    # training pairs: (query row, context row); gold pairs of the train split, then silver pairs
+    pair_q = np.concatenate([train_rows, mined.silver[:, 0] if mined else []]).astype(np.int64)
+    pair_c = np.concatenate([q2c[train_rows], mined.silver[:, 1] if mined else []]).astype(np.int64)
+
     head = Head(hcfg).to(cfg.device)
     loss_fn = get_loss(cfg.loss, init_temperature=cfg.init_temperature, learn_temperature=cfg.learn_temperature,
                        **cfg.loss_settings).to(cfg.device)
+    if hasattr(loss_fn, "attach"):
+        loss_fn.attach(head)  # BYOL: target network and predictor
     params = [p for p in list(head.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     Qt = torch.from_numpy(Q).to(cfg.device)  # (Nq, D)
     Ct = torch.from_numpy(C).to(cfg.device)  # (Nc, D)
-    q2ct = torch.from_numpy(q2c).to(cfg.device)
-    bs = min(cfg.batch_size, len(train_rows))
-    steps_per_epoch = max(1, len(train_rows) // bs)  # drop the ragged last batch: fewer negatives, noisier
+    bs = min(cfg.batch_size, len(pair_q))
+    steps_per_epoch = max(1, len(pair_q) // bs)  # drop the ragged last batch: fewer negatives, noisier
     total_steps = steps_per_epoch * cfg.epochs
 
     frozen = _dev_metrics(None, dev_q, dev_c, dev_q2c) if len(dev_rows) else {}
-    log = {"epochs": [], "frozen_dev": frozen, "n_train": int(len(train_rows)), "n_dev": int(len(dev_rows))}
+    log = {"epochs": [], "frozen_dev": frozen, "n_train": int(len(train_rows)), "n_dev": int(len(dev_rows)),
+           "n_silver": int(len(mined.silver)) if mined else 0,
+           "frozen_spread": spread(dev_q if len(dev_rows) else Q[:4096])}
     best = {"score": frozen.get(cfg.select_metric, -math.inf), "epoch": 0, "state": None, "metrics": frozen}
     step, bad_epochs, first_epoch = 0, 0, 1
     ckpt = Path(out) / CHECKPOINT_NAME if out is not None else None
@@ -236,37 +313,36 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
             break  # a resumed run that had already stopped early
         t0 = time.perf_counter()
         head.train()
-        order = torch.from_numpy(epoch_order(train_rows, group_ids, cfg.batching, rng)).to(cfg.device)
+        order = epoch_order(np.arange(len(pair_q)), group_ids[pair_q], cfg.batching, rng)
         losses = []
         for b in range(steps_per_epoch):
-            rows = order[b * bs:(b + 1) * bs]
-            ctx = q2ct[rows]  # (B,)
-            q, c = head(Qt[rows], Ct[ctx])  # (B, D'), (B, D')
-            loss = loss_fn(q, c, ctx)
+            batch = _batch(order[b * bs:(b + 1) * bs], pair_q, pair_c, Qt, Ct, mined, cfg, rng)
+            loss, q, c = loss_fn.batch_loss(head, batch)
             if cfg.anchor_weight:
                 # pull outputs toward the frozen vectors: stay close unless the data says otherwise
-                loss = loss + cfg.anchor_weight * ((q - Qt[rows]).pow(2).sum(1).mean()
-                                                   + (c - Ct[ctx]).pow(2).sum(1).mean()) / 2
+                loss = loss + cfg.anchor_weight * ((q - batch.q).pow(2).sum(1).mean()
+                                                   + (c - batch.c).pow(2).sum(1).mean()) / 2
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total_steps, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if hasattr(loss_fn, "clamp_"):
-                loss_fn.clamp_()
-            losses.append(float(loss.detach()))
             step += 1
+            loss_fn.after_step(step / total_steps)
+            losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", T=f"{loss_fn.temperature:.4f}")
         head.eval()
         dev = _dev_metrics(head.cpu(), dev_q, dev_c, dev_q2c) if len(dev_rows) else {}
+        out_spread = spread(head.encode_queries(dev_q if len(dev_rows) else Q[:4096]))
         head.to(cfg.device)
         entry = {"epoch": epoch, "train_loss": float(np.mean(losses)), "temperature": loss_fn.temperature,
-                 "lr": _lr_at(step - 1, total_steps, cfg), "dev": dev, "seconds": time.perf_counter() - t0}
+                 "lr": _lr_at(step - 1, total_steps, cfg), "dev": dev, "spread": out_spread,
+                 "seconds": time.perf_counter() - t0}
         log["epochs"].append(entry)
         score = dev.get(cfg.select_metric, -math.inf) if dev else -float(entry["train_loss"])
         bar.write(f"epoch {epoch}: loss {entry['train_loss']:.4f}  T {entry['temperature']:.4f}  "
-                  + "  ".join(f"{k} {v:.4f}" for k, v in dev.items())
+                  + "  ".join(f"{k} {v:.4f}" for k, v in dev.items()) + f"  spread {out_spread:.3f}"
                   + f"  (frozen {cfg.select_metric} {frozen.get(cfg.select_metric, float('nan')):.4f})")
         if score > best["score"]:
             best = {"score": score, "epoch": epoch, "metrics": dev,

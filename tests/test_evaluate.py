@@ -71,3 +71,11 @@ def test_bm25_scorer_ranks_lexical_match_first():
     contexts = ["the cat sat on the mat", "dogs bark at night", "stock markets fell sharply"]
     s = bm25_scorer(["why do dogs bark", "what did the markets do"], contexts)(np.array([0, 1]))
     assert s.shape == (2, 3) and s[0].argmax() == 1 and s[1].argmax() == 2
+
+
+def test_bm25_query_of_stopwords_only_scores_zero():
+    from projhead.evaluate import bm25_scorer
+
+    contexts = ["Dogs bark at night.", "Markets fell on Monday."]
+    s = bm25_scorer(["What is it?", "why do dogs bark"], contexts)(np.array([0, 1]))
+    assert (s[0] == 0).all() and s[1, 0] > 0

@@ -114,16 +114,26 @@ sys.exit(main({argv!r}))
 """
 
 
-@pytest.mark.parametrize("kill_after, mid_epoch", [(1, False), (2, True), (3, False)])
-def test_kill_9_during_training_then_resume_gives_the_same_head(planted_cache, tmp_path, kill_after, mid_epoch):
+@pytest.mark.parametrize("kill_after, mid_epoch, extra", [
+    (1, False, []), (2, True, []), (3, False, []),
+    # BYOL: the target network and predictors resume too; mined negatives: their draws resume
+    (2, False, ["--loss", "byol", "--loss-setting", "hidden=8"]),
+    (2, True, ["--mined", "semantic", "--hard-negatives", "2"]),
+])
+def test_kill_9_during_training_then_resume_gives_the_same_head(planted_cache, tmp_path, kill_after, mid_epoch,
+                                                                extra):
     import subprocess
     import sys
 
     from safetensors.torch import load_file
 
     path = planted_cache(n_groups=30)
+    if "--mined" in extra:
+        from projhead.mine import mine
+
+        mine(path, k=4, progress=False)
     argv = ["train", str(path), "--kind", "residual", "--hidden", "16", "--dropout", "0.1", "--epochs", "5",
-            "--batch-size", "32", "--patience", "9", "--quiet"]
+            "--batch-size", "32", "--patience", "9", "--quiet", *extra]
     script = KILL_TRAIN.format(kill_after=kill_after, mid_epoch=mid_epoch, argv=argv + ["--out", str(tmp_path / "a")])
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert r.returncode == -9, r.stderr
