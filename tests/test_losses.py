@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from projhead.losses import LOSSES, ClipLoss, LossError, SamToNeLoss, SigLipLoss, get_loss
+from projhead.losses import ClipLoss, LossError, SamToNeLoss, SigLipLoss, get_loss
 
 
 def _data(dtype, b=7, d=5, seed=0):

@@ -1,9 +1,7 @@
 """Mining hard negatives, teacher scores and silver pairs; training on them."""
-import json
 
 import numpy as np
 import pytest
-import torch
 
 from projhead.cache import CacheError, open_cache
 from projhead.heads import HeadConfig
