@@ -73,14 +73,15 @@ class _Scorer:
 
 
 def _teacher(cache: Cache, teacher: str | None, method: str, bm25_weight: float):
-    """A function (rows, candidate columns (R, 1+k), the miner's full scores) -> (R, 1+k)."""
+    """A function (rows, candidate columns (R, 1+k), the miner's full scores, frozen cosines)
+    -> teacher scores (R, 1+k)."""
     if teacher is None:
         return None
     if teacher in METHODS:
         scorer = _Scorer(cache, teacher, bm25_weight) if teacher != method else None
 
-        def by_method(rows, cols, mined_scores):
-            full = mined_scores if scorer is None else scorer(rows, scorer.dense(rows))
+        def by_method(rows, cols, mined_scores, dense):
+            full = mined_scores if scorer is None else scorer(rows, dense)
             return torch.gather(full, 1, torch.from_numpy(cols).clamp_min(0))
         return by_method
     if teacher.startswith("cache:"):
@@ -92,7 +93,7 @@ def _teacher(cache: Cache, teacher: str | None, method: str, bm25_weight: float)
                             "(it must be a cache of the same pairs, with another encoder)")
         TQ, TC = torch.from_numpy(other.queries), torch.from_numpy(other.contexts)
 
-        def by_cache(rows, cols, _):
+        def by_cache(rows, cols, *_):
             return torch.einsum("rd,rkd->rk", TQ[rows], TC[torch.from_numpy(cols).clamp_min(0)])
         return by_cache
     if teacher.startswith("cross-encoder:"):
@@ -107,7 +108,7 @@ def _teacher(cache: Cache, teacher: str | None, method: str, bm25_weight: float)
             raise MineError(f"cannot load cross-encoder {name!r} ({type(e).__name__}: {e})") from None
         qt, ct = cache.query_texts, cache.context_texts
 
-        def by_cross_encoder(rows, cols, _):
+        def by_cross_encoder(rows, cols, *_):
             pairs = [(qt[r], ct[c]) for r, row in zip(rows, cols) for c in np.maximum(row, 0)]
             scores = model.predict(pairs, batch_size=64, show_progress_bar=False, convert_to_numpy=True)
             return torch.from_numpy(np.asarray(scores, dtype=np.float32).reshape(cols.shape))
@@ -167,7 +168,7 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
                                        torch.full_like(top, float("nan"))).numpy()
         if teach:
             cand = np.concatenate([cache.q2c[rows, None], cols.numpy()], axis=1)  # (R, 1 + k)
-            t = teach(rows, cand, full).numpy().astype(np.float32)
+            t = teach(rows, cand, full, dense).numpy().astype(np.float32)
             teacher_scores[rows] = np.where(cand >= 0, t, np.nan)
     arrays = {"negatives": negatives, "negative_scores": neg_scores}
     silver_pairs = np.zeros((0, 2), dtype=np.int64)

@@ -1,0 +1,121 @@
+"""Every training objective on the same cached vectors: one table (issue 4).
+
+    PROJHEAD_DATA=../shared/data python bench/bench_objectives.py [--cache-dir bench/work] [--seed 0]
+
+Needs the SQuAD v1.1 train and dev sentence caches that bench/bench_squad.py makes. Mines
+two sets into the train cache (``projhead mine``: semantic and BM25 candidates, k 8, margin
+0.05, hybrid teacher = frozen MiniLM + 0.3 BM25, silver pairs at teacher probability >= 0.5),
+then trains one head per row (default head: residual MLP, separate towers, 8 epochs max,
+early stopping on a held-out 5% of train articles) and scores it on SQuAD v1.1 dev, both
+protocols, beside the frozen encoder and BM25. Rows are appended to the JSON as they finish.
+Writes bench/results/objectives.json and objectives.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import projhead
+from projhead.mine import mine
+
+MINED = {
+    "semantic": dict(method="semantic", k=8, margin=0.05, teacher="hybrid", silver=0.5),
+    "bm25": dict(method="bm25", k=8, margin=0.05, teacher="hybrid", silver=0.5),
+}
+
+# name: (train settings, head settings)
+ROWS = {
+    "clip": {},
+    "samtone": {"loss": "samtone"},
+    "siglip": {"loss": "siglip"},
+    "byol (augmented views)": {"loss": "byol"},
+    "byol (query/context pairs as views)": {"loss": "byol", "loss_settings": {"views": "pair"}},
+    "clip + semantic hard negatives": {"mined": "semantic", "hard_negatives": 1},
+    "clip + bm25 hard negatives": {"mined": "bm25", "hard_negatives": 1},
+    "samtone + semantic hard negatives": {"loss": "samtone", "mined": "semantic", "hard_negatives": 1},
+    "siglip + semantic hard negatives": {"loss": "siglip", "mined": "semantic", "hard_negatives": 1},
+    "clip + silver pairs": {"mined": "semantic", "silver": True},
+    "clip + semantic hard negatives + silver": {"mined": "semantic", "hard_negatives": 1, "silver": True},
+    "distill (KL, hybrid teacher) + clip": {"loss": "distill", "mined": "semantic", "hard_negatives": 4},
+    "distill (KL, hybrid teacher) only": {"loss": "distill", "mined": "semantic", "hard_negatives": 4,
+                                          "loss_settings": {"contrastive_weight": 0.0}},
+    "distill (margin-MSE, hybrid teacher) + clip": {"loss": "distill", "mined": "semantic", "hard_negatives": 4,
+                                                    "loss_settings": {"mode": "margin_mse"}},
+    **{f"clip, batch {b}": {"batch_size": b, **({"loss_settings": {"chunk_size": 4096}} if b > 4096 else {})}
+       for b in (256, 512, 1024, 4096, 8192, 16384, 32768)},
+}
+
+
+def pct(x):
+    return f"{100 * x:.1f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache-dir", default="bench/work")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*", help="row names to run (default: all)")
+    ap.add_argument("--out", default="bench/results/objectives.json")
+    args = ap.parse_args()
+    d = Path(args.cache_dir)
+    train_path = d / "squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5"
+    dev = projhead.open_cache(d / "squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5")
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result.update(bench="objectives", seed=args.seed, mined=result.get("mined", {}), rows=result.get("rows", {}))
+    have = projhead.open_cache(train_path, load=False).mined_sets
+    for name, settings in MINED.items():
+        if name not in have or result["mined"].get(name, {}).get("settings") != settings:
+            r = mine(train_path, name=name, progress=False, **settings)
+            result["mined"][name] = {"settings": settings, "summary": r}
+            print(f"mined {name}: {r['negatives_per_query']:.2f} negatives/query, {r['silver_pairs']} silver pairs, "
+                  f"{r['seconds']:.0f}s", flush=True)
+    if "baselines" not in result:
+        base = projhead.evaluate_cache(dev, bm25=True)
+        result["baselines"] = base
+    train = projhead.open_cache(train_path)
+    for name, tkw in ROWS.items():
+        if args.only and name not in args.only:
+            continue
+        t0 = time.perf_counter()
+        tcfg = projhead.TrainConfig(seed=args.seed, **tkw)
+        head, log = projhead.train_head(train, projhead.HeadConfig(), tcfg, progress=False)
+        seconds = time.perf_counter() - t0
+        res = projhead.evaluate_cache(dev, head=head)["head"]
+        best = next((e for e in log["epochs"] if e["epoch"] == log["best_epoch"]), None)
+        result["rows"][name] = {"train": asdict(tcfg), "best_epoch": log["best_epoch"], "passthrough":
+                                log["passthrough"], "train_seconds": seconds, "spread": best["spread"] if best else
+                                log["frozen_spread"], "frozen_spread": log["frozen_spread"], "n_silver": log["n_silver"],
+                                "results": res}
+        o, f = res["out_of_500"], res["full_corpus"]
+        print(f"{name:46s} top1 {pct(o['top1'])} top10 {pct(o['top10'])} R@1 {pct(f['R@1'])} "
+              f"nDCG@10 {pct(f['nDCG@10'])} spread {result['rows'][name]['spread']:.2f} "
+              f"(epoch {log['best_epoch']}, {seconds:.0f}s)", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(table(result))
+    print(table(result))
+
+
+def table(result) -> str:
+    lines = ["| objective | 500 top-1 | 500 top-10 | full R@1 | full nDCG@10 | spread | best epoch | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for sys_name, res in result["baselines"].items():
+        o, f = res["out_of_500"], res["full_corpus"]
+        label = "frozen MiniLM (no head)" if sys_name == "frozen" else "BM25"
+        lines.append(f"| {label} | {pct(o['top1'])} | {pct(o['top10'])} | {pct(f['R@1'])} | {pct(f['nDCG@10'])} "
+                     "| | | |")
+    for name, row in result["rows"].items():
+        o, f = row["results"]["out_of_500"], row["results"]["full_corpus"]
+        lines.append(f"| {name} | {pct(o['top1'])} | {pct(o['top10'])} | {pct(f['R@1'])} | {pct(f['nDCG@10'])} | "
+                     f"{row['spread']:.2f} | {row['best_epoch']}{' (frozen kept)' if row['passthrough'] else ''} | "
+                     f"{row['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
