@@ -6,7 +6,8 @@ Usage::
     projhead info cache/squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5
     projhead mine TRAIN.h5 --method semantic --teacher hybrid
     projhead train TRAIN.h5 --out heads/minilm-squad [--mined semantic --hard-negatives 1]
-    projhead eval DEV.h5 --head heads/minilm-squad
+    projhead eval DEV.h5 --head heads/minilm-squad [--report reports/minilm-squad]
+    projhead export heads/minilm-squad --format sentence-transformers --out export/minilm-squad
 
 ``main(argv)`` runs the CLI in-process (tests use it). Expected errors (bad input, refused
 overwrites) print one line ``error: ...`` and exit with status 2.
@@ -253,6 +254,28 @@ def evaluate(cache_file, head_path, bm25, block, json_out):
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps({"cache": str(cache_file), "head": head_path, "results": results},
                                              indent=1))
+
+
+@cli.command()
+@click.argument("head_path", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["sentence-transformers", "onnx"]), required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="folder to write")
+@click.option("--quantize", is_flag=True, help="onnx: also write int8 copies and report their cosine to float32")
+def export(head_path, fmt, out, quantize):
+    """Export a head: a sentence-transformers folder (encoder + head, encode_query /
+    encode_document) or ONNX files of the head alone (vectors in, vectors out)."""
+    from .export import export_onnx, export_sentence_transformers
+
+    if fmt == "onnx":
+        r = export_onnx(head_path, out, quantize=quantize)
+        for role, t in r["towers"].items():
+            q = t.get("int8")
+            click.echo(f"{out}/{t['file']}: max |onnxruntime - torch| {t['max_abs_diff_vs_torch']:.1e}"
+                       + (f"; {q['file']}: mean cosine to float32 {q['cosine_to_float32_mean']:.5f}" if q else ""))
+    else:
+        r = export_sentence_transformers(head_path, out)
+        click.echo(f"{out}: SentenceTransformer({out!r}) loads it; max |difference to projhead| query "
+                   f"{r['max_abs_diff_query']:.1e}, context {r['max_abs_diff_context']:.1e}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,198 @@
+"""Take a trained head where users already are: sentence-transformers and ONNX.
+
+Usage::
+
+    from projhead.export import export_sentence_transformers, export_onnx
+    export_sentence_transformers("heads/minilm-squad", "export/minilm-squad-st")
+    # then, anywhere with sentence-transformers (no projhead needed, no trust_remote_code):
+    #   model = SentenceTransformer("export/minilm-squad-st")
+    #   model.encode_query(["who wrote hamlet?"]); model.encode_document(["Hamlet is ..."])
+    export_onnx("heads/minilm-squad", "export/minilm-squad-onnx")   # query.onnx, context.onnx
+
+sentence-transformers: the folder is the frozen encoder's own modules (Transformer, Pooling,
+Normalize) followed by a ``Router`` with a ``query`` route (the query tower) and a
+``document`` route (the context tower), so ``encode_query`` and ``encode_document`` give the
+head's vectors and plain ``encode`` gives the context side. The towers are written with
+sentence-transformers' own ``Dense`` and ``Normalize`` modules, so loading needs neither
+projhead nor ``trust_remote_code``. A residual head's skip connection spans two layers, which
+``Dense`` cannot express directly; it is carried through the hidden layer as two extra
+blocks ``act(x)`` and ``act(-x)``, whose difference is exactly ``x`` for GELU, ReLU and SiLU
+(each is ``x * g(x)`` with ``g(x) + g(-x) = 1``). The export is checked against projhead on
+vectors before it is written.
+
+ONNX: each tower alone, vectors in (N, D), vectors out (N, D'), checked with onnxruntime
+against torch; ``quantize=True`` adds int8 (dynamic quantisation) copies and reports their
+cosine to the float32 output.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .heads import _ACTIVATIONS, Head, HeadError, load_head
+
+_CARRIES_IDENTITY = (nn.GELU, nn.ReLU, nn.SiLU)  # act(x) - act(-x) == x
+
+
+def _as_head(head) -> Head:
+    return head if isinstance(head, Head) else load_head(head)
+
+
+def _linears(tower: nn.Module) -> list[nn.Linear]:
+    return [m for m in tower.modules() if isinstance(m, nn.Linear)]
+
+
+def tower_modules(head: Head, role: str) -> list:
+    """sentence-transformers modules computing ``head``'s ``role`` tower ("query" or "context")
+    on ``features["sentence_embedding"]``."""
+    from sentence_transformers.base.modules import Dense, Normalize
+
+    cfg = head.config
+    tower = head.query if role == "query" else head.context
+    mods: list = []
+    layers = [] if cfg.passthrough or isinstance(tower, nn.Identity) else _linears(tower)
+    act_cls = _ACTIVATIONS[cfg.activation]
+    if cfg.kind != "residual" or not layers:
+        for i, lin in enumerate(layers):
+            act = None if i == len(layers) - 1 else act_cls()
+            mods.append(Dense(lin.in_features, lin.out_features, activation_function=act,
+                              init_weight=lin.weight.detach().clone(), init_bias=lin.bias.detach().clone()))
+    else:
+        if not issubclass(act_cls, _CARRIES_IDENTITY):
+            raise HeadError(f"cannot export a residual head with activation {cfg.activation!r} to "
+                            "sentence-transformers modules (the skip connection needs gelu, relu or silu); "
+                            "export ONNX instead")
+        d = cfg.in_dim
+        eye = torch.eye(d)
+        for i, lin in enumerate(layers):
+            w, b = lin.weight.detach(), lin.bias.detach()
+            h_in, h_out = lin.in_features, lin.out_features
+            first, last = i == 0, i == len(layers) - 1
+            if first:  # x -> [W1 x + b1; x; -x], activation -> [h; act(x); act(-x)]
+                weight = torch.cat([w, eye, -eye])
+                bias = torch.cat([b, torch.zeros(2 * d)])
+            else:  # [h; act(x); act(-x)]: the last two blocks give x back by subtraction
+                carry = torch.cat([torch.zeros(d, h_in), eye, -eye], dim=1)  # (d, h_in + 2d) -> x
+                lin_part = torch.cat([w, torch.zeros(h_out, 2 * d)], dim=1)
+                if last:  # W_L h + b_L + x
+                    weight, bias = lin_part + carry, b
+                else:
+                    weight = torch.cat([lin_part, carry, -carry])
+                    bias = torch.cat([b, torch.zeros(2 * d)])
+            mods.append(Dense(weight.shape[1], weight.shape[0], activation_function=None if last else act_cls(),
+                              init_weight=weight.clone(), init_bias=bias.clone()))
+    if cfg.normalize:
+        mods.append(Normalize())
+    return mods
+
+
+def _run_modules(mods: list, x: torch.Tensor) -> torch.Tensor:
+    features = {"sentence_embedding": x}
+    for m in mods:
+        features = m(features)
+    return features["sentence_embedding"]
+
+
+def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, check_texts: list[str] | None = None,
+                                 atol: float = 1e-5) -> dict:
+    """Write a sentence-transformers folder: the head's encoder followed by its towers (see
+    module doc). ``encoder``: an ``st:`` encoder adapter (default: rebuilt from what the head
+    records). Returns a report with the largest difference to projhead on ``check_texts``."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Router
+
+    from .wrap import EncodedHead
+
+    head = _as_head(head)
+    wrapped = EncodedHead(head, encoder=encoder, device="cpu")
+    enc = wrapped.encoder
+    if not hasattr(enc, "model") or not enc.name.startswith("st:"):
+        raise HeadError(f"sentence-transformers export needs an st: encoder, this head was trained on "
+                        f"{head.config.encoder!r}; export ONNX (the head alone) instead")
+    base = list(enc.model.children())
+    if enc.normalize and not isinstance(base[-1], Normalize):
+        base.append(Normalize())
+    x = torch.randn(64, head.config.in_dim)
+    x = x / x.norm(dim=1, keepdim=True)
+    routes = {}
+    for role in ("query", "context"):
+        mods = tower_modules(head, role)
+        with torch.no_grad():
+            got = _run_modules(mods, x.clone()) if mods else x
+            want = head.encode_queries(x) if role == "query" else head.encode_contexts(x)
+        err = float((got - want).abs().max())
+        if err > atol:
+            raise HeadError(f"export check failed: the {role} modules differ from the head by {err:.2e}")
+        routes[role] = mods
+    router = Router.for_query_document(query_modules=routes["query"], document_modules=routes["context"])
+    model = SentenceTransformer(modules=[*base, router], device="cpu")
+    model.max_seq_length = enc.model.max_seq_length
+    model.prompts = {"query": enc.prefixes["query"], "document": enc.prefixes["context"]}
+    model.similarity_fn_name = "cosine" if head.config.normalize else "dot"
+    out = Path(out)
+    model.save(str(out))
+    report = {"format": "sentence-transformers", "path": str(out), "encoder": enc.name, "head": head.config.kind}
+    texts = check_texts or ["who wrote hamlet?", "Hamlet is a tragedy written by William Shakespeare."]
+    loaded = SentenceTransformer(str(out), device="cpu", local_files_only=True)
+    report["max_abs_diff_query"] = float(np.abs(loaded.encode_query(texts) - wrapped.encode_queries(texts)).max())
+    report["max_abs_diff_context"] = float(np.abs(loaded.encode_document(texts) - wrapped.encode_contexts(texts)).max())
+    (out / "projhead_export.json").write_text(json.dumps({**report, "head_config": head.config.__dict__}, indent=1))
+    return report
+
+
+class _TowerModule(nn.Module):
+    def __init__(self, head: Head, role: str):
+        super().__init__()
+        self.head, self.role = head, role
+
+    def forward(self, x):
+        return self.head.encode_queries(x) if self.role == "query" else self.head.encode_contexts(x)
+
+
+def export_onnx(head, out: str | os.PathLike, quantize: bool = False, opset: int = 18, n_check: int = 1000,
+                atol: float = 1e-5) -> dict:
+    """Write ``query.onnx`` and ``context.onnx`` (vectors in, vectors out) into ``out``,
+    checked with onnxruntime against torch on ``n_check`` random unit vectors."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise HeadError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'projhead[export]'") from e
+    head = _as_head(head).eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n_check, head.config.in_dim, generator=g)
+    x = x / x.norm(dim=1, keepdim=True)
+    report = {"format": "onnx", "path": str(out), "opset": opset, "towers": {}}
+    for role in ("query", "context"):
+        path = out / f"{role}.onnx"
+        module = _TowerModule(head, role).eval()
+        batch = torch.export.Dim("batch")
+        torch.onnx.export(module, (x[:2],), str(path), input_names=["vectors"], output_names=["projected"],
+                          dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True, verbose=False)
+        with torch.no_grad():
+            want = module(x).numpy()
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"vectors": x.numpy()})[0]
+        err = float(np.abs(got - want).max())
+        if err > atol:
+            raise HeadError(f"{path}: onnxruntime output differs from torch by {err:.2e}")
+        entry = {"file": path.name, "max_abs_diff_vs_torch": err, "bytes": path.stat().st_size}
+        if quantize:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            qpath = out / f"{role}.int8.onnx"
+            quantize_dynamic(str(path), str(qpath), weight_type=QuantType.QInt8)
+            qgot = ort.InferenceSession(str(qpath), providers=["CPUExecutionProvider"]).run(
+                None, {"vectors": x.numpy()})[0]
+            cos = (qgot * want).sum(1) / (np.linalg.norm(qgot, axis=1) * np.linalg.norm(want, axis=1) + 1e-12)
+            entry["int8"] = {"file": qpath.name, "bytes": qpath.stat().st_size,
+                             "cosine_to_float32_mean": float(cos.mean()), "cosine_to_float32_min": float(cos.min())}
+        report["towers"][role] = entry
+    (out / "projhead_export.json").write_text(json.dumps({**report, "head_config": head.config.__dict__}, indent=1))
+    return report

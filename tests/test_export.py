@@ -1,0 +1,78 @@
+"""Export to sentence-transformers and ONNX, checked against projhead itself."""
+import numpy as np
+import pytest
+import torch
+
+from projhead.export import _run_modules, export_onnx, tower_modules
+from projhead.heads import Head, HeadConfig, HeadError
+
+
+def _random_head(**kw):
+    torch.manual_seed(0)
+    head = Head(HeadConfig(in_dim=32, hidden=48, **kw)).eval()
+    for p in head.parameters():  # away from the identity start, so the test can fail
+        torch.nn.init.normal_(p, std=0.2)
+    return head
+
+
+@pytest.mark.parametrize("kw", [
+    {"kind": "residual"}, {"kind": "residual", "layers": 3, "activation": "relu"},
+    {"kind": "residual", "activation": "silu"}, {"kind": "mlp", "init": "random", "out_dim": 16},
+    {"kind": "linear", "towers": "query"}, {"kind": "linear", "towers": "shared", "out_dim": 8},
+    {"kind": "residual", "passthrough": True}, {"kind": "mlp", "normalize": False, "layers": 3},
+])
+def test_sentence_transformers_modules_compute_the_head(kw):
+    head = _random_head(**kw)
+    x = torch.nn.functional.normalize(torch.randn(100, 32), dim=1)
+    for role, want in (("query", head.encode_queries(x)), ("context", head.encode_contexts(x))):
+        mods = tower_modules(head, role)
+        with torch.no_grad():
+            got = _run_modules(mods, x.clone()) if mods else x
+        torch.testing.assert_close(got, want.detach(), rtol=0, atol=1e-6)
+
+
+def test_residual_tanh_cannot_be_written_with_st_modules():
+    with pytest.raises(HeadError, match="activation 'tanh'.*export ONNX instead"):
+        tower_modules(_random_head(kind="residual", activation="tanh"), "query")
+
+
+def test_sentence_transformers_folder_loads_offline_and_matches_projhead(tmp_path, minilm):
+    from sentence_transformers import SentenceTransformer
+
+    from projhead import EncodedHead
+
+    info = minilm.describe()
+    torch.manual_seed(0)
+    head = Head(HeadConfig(kind="residual", in_dim=384, hidden=64, encoder=info["name"],
+                           encoder_weights_sha256=info["weights_sha256"]),
+                info={"encoder_build": info["build"]})
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    head.save(tmp_path / "head")
+    from projhead.cli import main
+
+    assert main(["export", str(tmp_path / "head"), "--format", "sentence-transformers", "--out",
+                 str(tmp_path / "st")]) == 0
+    model = SentenceTransformer(str(tmp_path / "st"), device="cpu", local_files_only=True)
+    texts = ["When did the Normans conquer England?", "The Norman conquest of England began in 1066."]
+    ref = EncodedHead(tmp_path / "head", encoder=minilm)
+    q, c = model.encode_query(texts), model.encode_document(texts)
+    np.testing.assert_allclose(q, ref.encode_queries(texts), atol=2e-5)
+    np.testing.assert_allclose(c, ref.encode_contexts(texts), atol=2e-5)
+    np.testing.assert_allclose(model.encode(texts), c, atol=1e-6)  # plain encode: the context side
+    assert np.abs(q - minilm.encode(texts)).max() > 1e-2  # and the head did change the vectors
+
+
+@pytest.mark.parametrize("kw", [{"kind": "residual"}, {"kind": "mlp", "init": "random", "out_dim": 16},
+                                {"kind": "linear", "towers": "query"}])
+def test_onnx_matches_torch(tmp_path, kw):
+    import onnxruntime as ort
+
+    head = _random_head(**kw)
+    head.save(tmp_path / "head")
+    r = export_onnx(tmp_path / "head", tmp_path / "onnx", quantize=True)
+    x = np.random.default_rng(1).normal(size=(37, 32)).astype(np.float32)  # another batch size than exported
+    for role, want in (("query", head.encode_queries(x)), ("context", head.encode_contexts(x))):
+        sess = ort.InferenceSession(str(tmp_path / "onnx" / f"{role}.onnx"), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(sess.run(None, {"vectors": x})[0], want, atol=1e-5)
+        assert r["towers"][role]["int8"]["cosine_to_float32_mean"] > 0.99
