@@ -56,7 +56,11 @@ def default_cache_path(dataset: str, split: str, granularity: str, encoder: str,
 @click.option("--quac-history", type=int, default=0, show_default=True,
               help="QuAC: earlier dialogue turns prepended to each question")
 @click.option("--encoder", default=DEFAULT_ENCODER, show_default=True,
-              help="st:NAME_OR_PATH or openclip:ARCH[/PRETRAINED_TAG_OR_FILE]")
+              help="st:NAME_OR_PATH, openclip:ARCH[/PRETRAINED_TAG_OR_FILE], or vectors:NAME for vectors you "
+                   "already have (with --vectors)")
+@click.option("--vectors", "vector_files", multiple=True, type=click.Path(dir_okay=False),
+              help="vectors:NAME: file(s) of existing vectors keyed by text or query id (.parquet, .npy + .jsonl, "
+                   ".h5); repeatable")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="output HDF5 file (default: cache/DATASET-SPLIT-GRANULARITY-ENCODER.h5)")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
@@ -69,8 +73,8 @@ def default_cache_path(dataset: str, split: str, granularity: str, encoder: str,
 @click.option("--context-prefix", default="", help="text put before every context (e.g. 'passage: ')")
 @click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def cache(dataset, split, granularity, data, quac_history, encoder, out, dtype, batch_size, shard_size, device,
-          no_normalize, query_prefix, context_prefix, overwrite, quiet):
+def cache(dataset, split, granularity, data, quac_history, encoder, vector_files, out, dtype, batch_size, shard_size,
+          device, no_normalize, query_prefix, context_prefix, overwrite, quiet):
     """Encode questions and contexts once with a frozen encoder into an HDF5 cache.
 
     Resumable: an interrupted run continues where it stopped. A finished cache with the same
@@ -86,6 +90,11 @@ def cache(dataset, split, granularity, data, quac_history, encoder, out, dtype, 
     settings = {"normalize": not no_normalize, "device": device}
     if encoder.startswith("st:"):
         settings.update(query_prefix=query_prefix, context_prefix=context_prefix)
+    if encoder.startswith("vectors:"):
+        settings = {"normalize": not no_normalize, "files": vector_files,
+                    "ids": dict(zip(pairs.query_ids, pairs.queries))}
+    elif vector_files:
+        raise click.UsageError("--vectors goes with --encoder vectors:NAME")
     enc = get_encoder(encoder, **settings)
     res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size, overwrite=overwrite,
                       progress=not quiet)
@@ -238,12 +247,16 @@ def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight,
 @click.option("--bm25", is_flag=True, help="add a BM25 baseline on the same candidates")
 @click.option("--block", type=int, default=500, show_default=True, help="queries per block, out-of-N protocol")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="write the results as JSON")
-def evaluate(cache_file, head_path, bm25, block, json_out):
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="write a Markdown report with plots and examples into this folder (needs --head)")
+def evaluate(cache_file, head_path, bm25, block, json_out, report_dir):
     """Top-k retrieval (out-of-500 blocks and full corpus), frozen encoder beside the head."""
     from .cache import open_cache
     from .evaluate import evaluate_cache, format_table
     from .heads import load_head
 
+    if report_dir and not head_path:
+        raise click.UsageError("--report compares a head with its frozen encoder: pass --head")
     c = open_cache(cache_file)
     head = load_head(head_path) if head_path else None
     results = evaluate_cache(c, head=head, bm25=bm25, block=block)
@@ -254,6 +267,10 @@ def evaluate(cache_file, head_path, bm25, block, json_out):
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps({"cache": str(cache_file), "head": head_path, "results": results},
                                              indent=1))
+    if report_dir:
+        from .report import write_report
+
+        click.echo(f"report: {write_report(c, head, report_dir, results, head_path=head_path)}")
 
 
 @cli.command()

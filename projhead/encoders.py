@@ -199,7 +199,151 @@ class OpenClipEncoder:
         }
 
 
-ENCODERS = {"st": SentenceTransformerEncoder, "openclip": OpenClipEncoder}
+def _file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_vector_file(path) -> dict:
+    """Vectors a user already has, keyed by text or id: {"vectors": (N, D) float32, "keys":
+    N pairs ("text" or "id", value), "role": N strings or None}. Formats:
+
+    - ``.parquet``: columns ``vector`` (or ``embedding``), ``text`` or ``id``, optional ``role``;
+    - ``.npy``: an (N, D) array, with ``SAME_NAME.jsonl`` beside it: one line per row, a JSON
+      string (the text) or an object with ``text`` or ``id`` and optional ``role``;
+    - ``.h5`` / ``.hdf5``: datasets ``vectors``, ``text`` or ``id``, optional ``role``; or a
+      projhead cache (its queries and contexts, with their roles).
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderError(f"{path}: no such vector file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            t = pq.read_table(path)
+            col = "vector" if "vector" in t.column_names else "embedding"
+            if col not in t.column_names:
+                raise EncoderError(f"{path}: no 'vector' or 'embedding' column (has {t.column_names})")
+            vectors = np.asarray(t.column(col).to_pylist(), dtype=np.float32)
+            cols = {k: [str(v) for v in t.column(k).to_pylist()] for k in ("text", "id", "role") if k in t.column_names}
+        elif suffix == ".npy":
+            vectors = np.load(path, allow_pickle=False).astype(np.float32, copy=False)
+            side = path.with_suffix(".jsonl")
+            if not side.is_file():
+                raise EncoderError(f"{path}: a .npy file needs {side.name} beside it (one text or id per row)")
+            import json
+
+            rows = [json.loads(line) for line in side.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows = [{"text": r} if isinstance(r, str) else r for r in rows]
+            if any(not isinstance(r, dict) or ("text" not in r and "id" not in r) for r in rows):
+                raise EncoderError(f"{side}: every line must be a JSON string or an object with 'text' or 'id'")
+            cols = {"keys": [("text", str(r["text"])) if "text" in r else ("id", str(r["id"])) for r in rows]}
+            if rows and all("role" in r for r in rows):
+                cols["role"] = [str(r["role"]) for r in rows]
+            if len(rows) != len(vectors):
+                raise EncoderError(f"{side}: {len(rows)} rows for the {len(vectors)} vectors of {path.name}")
+        elif suffix in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("format") == "projhead-cache":
+                    parts = [("query", f["queries/text"][()], f["queries/vectors"][()]),
+                             ("context", f["contexts/text"][()], f["contexts/vectors"][()])]
+                    vectors = np.concatenate([p[2] for p in parts]).astype(np.float32)
+                    cols = {"text": [t.decode() for p in parts for t in p[1]],
+                            "role": [p[0] for p in parts for _ in p[1]]}
+                else:
+                    vectors = f["vectors"][()].astype(np.float32)
+                    cols = {k: [v.decode() if isinstance(v, bytes) else str(v) for v in f[k][()]]
+                            for k in ("text", "id", "role") if k in f}
+        else:
+            raise EncoderError(f"{path}: unknown vector file type {suffix!r} (use .parquet, .npy + .jsonl, .h5)")
+    except EncoderError:
+        raise
+    except Exception as e:  # malformed files come in many classes: name the file
+        raise EncoderError(f"{path}: cannot read vectors ({type(e).__name__}: {e})") from None
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise EncoderError(f"{path}: expected a non-empty (N, D) table of vectors, got shape {vectors.shape}")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise EncoderError(f"{path}: {int(bad.sum())} vectors hold NaN or Inf (first: row {int(np.flatnonzero(bad)[0])})")
+    if "keys" not in cols:
+        kind = "text" if "text" in cols else "id" if "id" in cols else None
+        if kind is None:
+            raise EncoderError(f"{path}: no 'text' or 'id' for the vectors: cannot tell which text each belongs to")
+        cols["keys"] = [(kind, v) for v in cols[kind]]
+    for k, v in cols.items():
+        if len(v) != len(vectors):
+            raise EncoderError(f"{path}: {len(v)} {k} values for {len(vectors)} vectors")
+    return {"vectors": vectors, "keys": cols["keys"], "role": cols.get("role")}
+
+
+class VectorsEncoder:
+    """``vectors:NAME``: vectors a user already has (an embedding API, another pipeline),
+    read from ``files`` (see ``read_vector_file``) and looked up by text, so a head can be
+    trained on them without re-encoding. NAME labels the model that made them; a head
+    trained on ``vectors:NAME`` accepts only caches of the same NAME. ``ids``: a mapping from
+    query id to query text, for files keyed by id (``projhead cache`` passes the data's)."""
+
+    prefix = "vectors"
+
+    def __init__(self, spec: str, files=(), ids: dict | None = None, normalize: bool = False, device=None):
+        if not files:
+            raise EncoderError(f"encoder 'vectors:{spec}' reads vectors from files: pass --vectors FILE")
+        self.name = f"vectors:{spec}"
+        self.files = [str(f) for f in files]
+        self.normalize = normalize
+        self.table: dict[tuple[str, str], np.ndarray] = {}
+        self.dim = None
+        for f in self.files:
+            t = read_vector_file(f)
+            if self.dim is not None and t["vectors"].shape[1] != self.dim:
+                raise EncoderError(f"{f}: vectors of dim {t['vectors'].shape[1]}, other files have {self.dim}")
+            self.dim = t["vectors"].shape[1]
+            missing = [v for k, v in t["keys"] if k == "id" and v not in (ids or {})]
+            if missing:
+                raise EncoderError(f"{f}: {len(missing)} ids are not query ids of the data "
+                                   f"(first: {missing[0]!r}); contexts must be keyed by text")
+            roles = t["role"] or ["*"] * len(t["keys"])
+            for (kind, key), role, v in zip(t["keys"], roles, t["vectors"]):
+                if kind == "id":  # a query id: the vector of that query's text
+                    key, role = ids[key], "query"
+                self.table[("context" if role == "document" else role, key)] = v
+        self.sha256 = {f: _file_sha256(f) for f in self.files}
+
+    def encode(self, texts: list[str], batch_size: int = 64, role: str = "query") -> np.ndarray:
+        out, missing = [], []
+        for t in texts:
+            v = self.table.get((role, t))
+            if v is None:
+                v = self.table.get(("*", t))
+            if v is None:
+                missing.append(t)
+                continue
+            out.append(v)
+        if missing:
+            raise EncoderError(f"{len(missing)} {role} texts have no vector in {', '.join(self.files)} "
+                               f"(first: {missing[0][:80]!r}); every text of the data needs one")
+        x = np.asarray(out, dtype=np.float32).reshape(len(out), self.dim)
+        if self.normalize:
+            x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+        return x
+
+    def describe(self) -> dict:
+        return {"name": self.name, "resolved": self.files,
+                "settings": {"normalize": self.normalize, "files_sha256": self.sha256},
+                # no model weights to hash: heads check the NAME only
+                "weights_sha256": "", "build": {"normalize": self.normalize}, "versions": {}}
+
+
+ENCODERS = {"st": SentenceTransformerEncoder, "openclip": OpenClipEncoder, "vectors": VectorsEncoder}
 
 
 def get_encoder(name: str = DEFAULT_ENCODER, **settings):

@@ -55,13 +55,18 @@ def out_of_n(scorer: Scorer, q2c: np.ndarray, n: int = 500, ks=(1, 5, 10)) -> di
     return out
 
 
-def full_corpus(scorer: Scorer, q2c: np.ndarray, ks=(1, 5, 10, 100), chunk: int = 1024) -> dict:
+def ranks(scorer: Scorer, q2c: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """0-based rank of each query's gold context among all contexts (ties count against it)."""
     q2c = np.asarray(q2c)
-    ranks = np.concatenate([_ranks(scorer(rows), q2c[rows])
-                            for rows in np.array_split(np.arange(len(q2c)), max(1, -(-len(q2c) // chunk)))])
-    out = {f"R@{k}": float((ranks < k).mean()) for k in ks}
-    out["MRR@10"] = float(np.where(ranks < 10, 1.0 / (ranks + 1), 0.0).mean())
-    out["nDCG@10"] = float(np.where(ranks < 10, 1.0 / np.log2(ranks + 2), 0.0).mean())
+    return np.concatenate([_ranks(scorer(rows), q2c[rows])
+                           for rows in np.array_split(np.arange(len(q2c)), max(1, -(-len(q2c) // chunk)))])
+
+
+def full_corpus(scorer: Scorer, q2c: np.ndarray, ks=(1, 5, 10, 100), chunk: int = 1024) -> dict:
+    r = ranks(scorer, q2c, chunk)
+    out = {f"R@{k}": float((r < k).mean()) for k in ks}
+    out["MRR@10"] = float(np.where(r < 10, 1.0 / (r + 1), 0.0).mean())
+    out["nDCG@10"] = float(np.where(r < 10, 1.0 / np.log2(r + 2), 0.0).mean())
     return out
 
 

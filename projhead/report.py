@@ -1,0 +1,178 @@
+"""A report people can look at: Markdown + PNG plots of a head against its frozen encoder.
+
+Usage::
+
+    from projhead.report import write_report
+    write_report(cache, head, "reports/minilm-squad", results)   # results from evaluate_cache
+    # projhead eval DEV.h5 --head heads/minilm-squad --bm25 --report reports/minilm-squad
+
+Writes ``report.md`` and, beside it: ``training_curve.png`` (from the head's training log),
+``recall_at_k.png`` (full-corpus recall@k, frozen vs head, BM25 if scored),
+``top1_similarity.png`` (the score of each query's top-ranked context, split by whether it
+is the gold one), ``towers_2d.png`` (queries and their gold contexts projected to 2-D by PCA,
+before and after the head: how the two towers line up), and a table of retrieved examples
+where the head changed the answer, wins and losses.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .evaluate import dense_scorer, format_table, ranks
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _alignment(q: np.ndarray, c: np.ndarray, q2c: np.ndarray) -> dict:
+    """Mean cosine of a query to its gold context, and the gap between the centroids of the
+    normalised queries and contexts (the "modality gap")."""
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    cn = c / np.linalg.norm(c, axis=1, keepdims=True)
+    return {"gold_cosine": float((qn * cn[q2c]).sum(1).mean()),
+            "centroid_gap": float(np.linalg.norm(qn.mean(0) - cn.mean(0)))}
+
+
+def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return mean, vt[:2]
+
+
+def _top1(scorer, n: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Index and score of each query's top-ranked context."""
+    idx, val = [], []
+    for start in range(0, n, chunk):
+        s = scorer(np.arange(start, min(start + chunk, n)))
+        i = s.argmax(1)
+        idx.append(i)
+        val.append(s[np.arange(len(i)), i])
+    return np.concatenate(idx), np.concatenate(val)
+
+
+def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: str | os.PathLike | None = None,
+                 n_examples: int = 5, n_points: int = 400, seed: int = 0) -> Path:
+    """Write the report folder (see module doc); returns the path of report.md."""
+    plt = _plt()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    Q, C, q2c = cache.queries, cache.contexts, cache.q2c
+    hq, hc = head.encode_queries(Q), head.encode_contexts(C)
+    frozen_s, head_s = dense_scorer(Q, C), dense_scorer(hq, hc)
+    r_frozen, r_head = ranks(frozen_s, q2c), ranks(head_s, q2c)
+    lines = [f"# projhead report: `{head_path or 'head'}` on `{cache.path.name}`", "",
+             f"{len(q2c)} queries, {len(C)} distinct contexts, encoder `{cache.encoder}`; "
+             f"head: {head.config.kind} ({head.config.towers} towers)"
+             + (", **identity (training kept the frozen encoder)**" if head.config.passthrough else "") + ".", "",
+             "## Retrieval (percent)", "", format_table(results), ""]
+
+    # training curve, redrawn from the log the trainer saved beside the head
+    log_path = Path(head_path) / "train_log.json" if head_path else None
+    if log_path is not None and log_path.is_file():
+        from .train import plot_log
+
+        metric = head.info.get("training", {}).get("select_metric", "mrr10")
+        plot_log(json.loads(log_path.read_text()), out / "training_curve.png", metric)
+        lines += ["## Training", "", "![training curve](training_curve.png)", ""]
+
+    # recall@k curves
+    ks = np.unique(np.round(np.logspace(0, np.log10(min(1000, len(C))), 40)).astype(int))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(ks, [(r_frozen < k).mean() for k in ks], label="frozen encoder", color="gray", ls="--")
+    ax.plot(ks, [(r_head < k).mean() for k in ks], label="head", color="C0")
+    if "bm25" in results:
+        from .evaluate import bm25_scorer
+
+        r_bm25 = ranks(bm25_scorer(cache.query_texts, cache.context_texts), q2c)
+        ax.plot(ks, [(r_bm25 < k).mean() for k in ks], label="BM25", color="C2", ls=":")
+    ax.set(xscale="log", xlabel="k", ylabel="recall@k (full corpus)", title="recall@k")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "recall_at_k.png", dpi=110)
+    plt.close(fig)
+    lines += ["## Recall@k, every context a candidate", "", "![recall at k](recall_at_k.png)", ""]
+
+    # the score of the top-ranked context, right vs wrong
+    top_f, val_f = _top1(frozen_s, len(q2c))
+    top_h, val_h = _top1(head_s, len(q2c))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for ax, top, val, name in ((axes[0], top_f, val_f, "frozen encoder"), (axes[1], top_h, val_h, "head")):
+        right = top == q2c
+        bins = np.linspace(min(val_f.min(), val_h.min()), max(val_f.max(), val_h.max()), 40)
+        ax.hist(val[right], bins=bins, alpha=0.6, label=f"top-1 is gold ({right.mean():.1%})")
+        ax.hist(val[~right], bins=bins, alpha=0.6, label="top-1 is not gold")
+        ax.set(title=name, xlabel="similarity of the top-1 context")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("queries")
+    fig.tight_layout()
+    fig.savefig(out / "top1_similarity.png", dpi=110)
+    plt.close(fig)
+    lines += ["## How sure is the top-1 answer?", "",
+              "Similarity of each query's top-ranked context, split by whether it is the gold one. "
+              "The further apart the two, the more a score threshold can tell right from wrong.", "",
+              "![top-1 similarity](top1_similarity.png)", ""]
+
+    # the two towers in 2-D, before and after
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(q2c), size=min(n_points, len(q2c)), replace=False)
+    a_f, a_h = _alignment(Q, C, q2c), _alignment(hq, hc, q2c)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    for ax, qq, cc, name, a in ((axes[0], Q, C, "frozen encoder", a_f), (axes[1], hq, hc, "head", a_h)):
+        qs, cs = qq[pick], cc[q2c[pick]]
+        both = np.concatenate([qs, cs])
+        both = both / np.linalg.norm(both, axis=1, keepdims=True)
+        mean, comps = _pca2(both)
+        p = (both - mean) @ comps.T
+        pq, pc = p[:len(pick)], p[len(pick):]
+        for i in range(min(40, len(pick))):
+            ax.plot([pq[i, 0], pc[i, 0]], [pq[i, 1], pc[i, 1]], color="lightgray", lw=0.6, zorder=0)
+        ax.scatter(pq[:, 0], pq[:, 1], s=6, label="queries", color="C0")
+        ax.scatter(pc[:, 0], pc[:, 1], s=6, label="gold contexts", color="C1")
+        ax.set(title=f"{name}\ngold cosine {a['gold_cosine']:.3f}, centroid gap {a['centroid_gap']:.3f}",
+               xticks=[], yticks=[])
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "towers_2d.png", dpi=110)
+    plt.close(fig)
+    lines += ["## The two towers", "",
+              f"{len(pick)} queries and their gold contexts, PCA to 2-D (each panel its own PCA; grey lines join "
+              "a query to its context). Mean cosine of a query to its gold context: frozen "
+              f"{a_f['gold_cosine']:.3f}, head {a_h['gold_cosine']:.3f}; distance between the centroids of "
+              f"queries and contexts: frozen {a_f['centroid_gap']:.3f}, head {a_h['centroid_gap']:.3f}.", "",
+              "![towers in 2-D](towers_2d.png)", ""]
+
+    # examples where the head changed the top-1 answer
+    wins = np.flatnonzero((top_h == q2c) & (top_f != q2c))
+    losses = np.flatnonzero((top_h != q2c) & (top_f == q2c))
+    lines += ["## Where the head changed the answer", "",
+              f"Full corpus, top-1: the head fixes {len(wins)} queries the frozen encoder got wrong, and breaks "
+              f"{len(losses)} it got right (net {len(wins) - len(losses):+d} of {len(q2c)}).", ""]
+    for title, rows in (("Wins", wins), ("Losses", losses)):
+        if not len(rows):
+            continue
+        lines += [f"### {title}", "", "| query | gold context | frozen top-1 | head top-1 |", "|---|---|---|---|"]
+        for i in rng.choice(rows, size=min(n_examples, len(rows)), replace=False):
+            cells = [cache.query_texts[i], cache.context_texts[q2c[i]], cache.context_texts[top_f[i]],
+                     cache.context_texts[top_h[i]]]
+            lines.append("| " + " | ".join(_cell(t) for t in cells) + " |")
+        lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    (out / "report.json").write_text(json.dumps({"results": results, "alignment": {"frozen": a_f, "head": a_h},
+                                                 "wins": int(len(wins)), "losses": int(len(losses))}, indent=1))
+    return path
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -1,0 +1,98 @@
+"""Bring your own vectors: a cache from vectors a user already has, in three file formats."""
+import json
+
+import numpy as np
+import pytest
+
+from projhead.cache import build_cache, open_cache
+from projhead.encoders import EncoderError, get_encoder, read_vector_file
+
+from conftest import PlantedEncoder, planted_pairs
+
+
+def _vectors(pairs):
+    """The planted encoder's vectors, as a user with an embedding API would have them."""
+    enc = PlantedEncoder(pairs, dim=8)
+    return enc, enc.encode(pairs.queries, role="query"), enc.encode(pairs.contexts, role="context")
+
+
+def _write(kind, tmp_path, pairs, qv, cv, by_id=False):
+    qkeys = pairs.query_ids if by_id else pairs.queries
+    key = "id" if by_id else "text"
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        q = tmp_path / "q.parquet"
+        pq.write_table(pa.table({key: qkeys, "vector": [list(v) for v in qv]}), q)
+        c = tmp_path / "c.parquet"
+        pq.write_table(pa.table({"text": pairs.contexts, "role": ["document"] * len(cv),
+                                 "embedding": [list(v) for v in cv]}), c)
+        return [q, c]
+    if kind == "npy":
+        np.save(tmp_path / "all.npy", np.concatenate([qv, cv]))
+        rows = [{key: k, "role": "query"} for k in qkeys] + [{"text": t, "role": "context"} for t in pairs.contexts]
+        (tmp_path / "all.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        return [tmp_path / "all.npy"]
+    import h5py
+
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["vectors"] = np.concatenate([qv, cv])
+        f["text"] = list(pairs.queries) + list(pairs.contexts)
+        f["role"] = ["query"] * len(qv) + ["context"] * len(cv)
+    return [tmp_path / "v.h5"]
+
+
+@pytest.mark.parametrize("kind, by_id", [("parquet", False), ("parquet", True), ("npy", False), ("npy", True),
+                                         ("h5", False)])
+def test_imported_vectors_make_the_same_cache_as_encoding(tmp_path, kind, by_id):
+    pairs = planted_pairs(n_groups=6)
+    enc, qv, cv = _vectors(pairs)
+    files = _write(kind, tmp_path, pairs, qv, cv, by_id)
+    build_cache(pairs, enc, tmp_path / "encoded.h5", progress=False)
+    imported = get_encoder("vectors:planted-api", files=files, ids=dict(zip(pairs.query_ids, pairs.queries)))
+    build_cache(pairs, imported, tmp_path / "imported.h5", progress=False)
+    a, b = open_cache(tmp_path / "encoded.h5"), open_cache(tmp_path / "imported.h5")
+    np.testing.assert_array_equal(a.queries, b.queries)
+    np.testing.assert_array_equal(a.contexts, b.contexts)
+    assert b.encoder == "vectors:planted-api" and a.attrs["fingerprint"] == b.attrs["fingerprint"]
+
+
+def test_cli_imports_a_projhead_cache_and_trains_on_it(tmp_path, planted_cache):
+    from projhead.cli import main
+
+    src = planted_cache(n_groups=10)
+    data = tmp_path / "pairs.jsonl"
+    c = open_cache(src)
+    data.write_text("\n".join(json.dumps({"query": q, "context": c.context_texts[i], "id": qid, "group": g})
+                              for q, i, qid, g in zip(c.query_texts, c.q2c, c.query_ids, c.groups)))
+    out = tmp_path / "imported.h5"
+    assert main(["cache", "--dataset", "jsonl", "--data", str(data), "--encoder", "vectors:planted", "--vectors",
+                 str(src), "--out", str(out), "--quiet", "--no-normalize"]) == 0
+    np.testing.assert_array_equal(open_cache(out).queries, c.queries)
+    assert main(["train", str(out), "--out", str(tmp_path / "head"), "--epochs", "1", "--batch-size", "16",
+                 "--quiet"]) == 0
+
+
+def test_bad_vector_files_are_named(tmp_path):
+    pairs = planted_pairs(n_groups=2)
+    _, qv, cv = _vectors(pairs)
+    np.save(tmp_path / "v.npy", qv)
+    with pytest.raises(EncoderError, match="v.npy: a .npy file needs v.jsonl beside it"):
+        read_vector_file(tmp_path / "v.npy")
+    (tmp_path / "v.jsonl").write_text(json.dumps("only one"))
+    with pytest.raises(EncoderError, match="v.jsonl: 1 rows for the 20 vectors of v.npy"):
+        read_vector_file(tmp_path / "v.npy")
+    qv[3, 2] = np.nan
+    np.save(tmp_path / "n.npy", qv)
+    (tmp_path / "n.jsonl").write_text("\n".join(json.dumps(q) for q in pairs.queries))
+    with pytest.raises(EncoderError, match="n.npy: 1 vectors hold NaN or Inf \\(first: row 3\\)"):
+        read_vector_file(tmp_path / "n.npy")
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(EncoderError, match="unknown vector file type '.csv'"):
+        read_vector_file(tmp_path / "x.csv")
+    np.save(tmp_path / "q.npy", cv[:5])
+    (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(q) for q in pairs.queries[:5]))
+    enc = get_encoder("vectors:x", files=[tmp_path / "q.npy"])
+    with pytest.raises(EncoderError, match="15 query texts have no vector in .*q.npy"):
+        enc.encode(pairs.queries, role="query")
