@@ -229,6 +229,21 @@ def _own_version() -> str:
     return __version__
 
 
+def _texts_sha256(*columns: list[str]) -> str:
+    """sha256 over text columns. HDF5 cannot checksum variable-length strings (they live in
+    a heap that fletcher32 does not cover), so the reader recomputes this."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for texts in columns:
+        h.update(len(texts).to_bytes(8, "little"))
+        for t in texts:
+            b = t.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+    return h.hexdigest()
+
+
 def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: dict, dtype: str,
               encode_seconds: float) -> None:
     import h5py
@@ -267,6 +282,7 @@ def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: di
         a["granularity"] = str(pairs.meta.get("granularity", ""))
         a["meta_json"] = json.dumps(pairs.meta)
         a["fingerprint"] = pairs.fingerprint()
+        a["texts_sha256"] = _texts_sha256(pairs.queries, pairs.query_ids, pairs.groups, pairs.contexts)
         a["n_queries"] = len(pairs)
         a["n_contexts"] = len(pairs.contexts)
         a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -469,6 +485,10 @@ def _read(path: Path, f, check_finite: bool, load: bool):
             "queries/group": [s.decode("utf-8") for s in f["queries/group"][()]],
             "contexts/text": [s.decode("utf-8") for s in f["contexts/text"][()]],
         }
+        want = attrs.get("texts_sha256")  # absent in caches written before it existed
+        if want is not None and want != _texts_sha256(arrays["queries/text"], arrays["queries/id"],
+                                                      arrays["queries/group"], arrays["contexts/text"]):
+            raise CacheError(f"{path}: damaged cache, its texts do not match their checksum (texts_sha256)")
         q2c = arrays["queries/context"]
         if nq and (q2c.min() < 0 or q2c.max() >= nc):
             raise CacheError(f"{path}: queries/context points outside the {nc} contexts")

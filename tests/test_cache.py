@@ -276,3 +276,17 @@ def test_unwritable_destination(tmp_path):
     pairs = planted_pairs(n_groups=2)
     with pytest.raises(CacheError, match="cannot write in"):
         build_cache(pairs, PlantedEncoder(pairs), tmp_path / "afile" / "c.h5", progress=False)
+
+
+def test_damaged_text_is_caught_by_the_texts_checksum(tmp_path):
+    """Strings live in an HDF5 heap that fletcher32 does not cover: a flipped byte in one
+    question would come back as another question (found by the property test)."""
+    pairs = planted_pairs(n_groups=2)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    raw = bytearray((tmp_path / "c.h5").read_bytes())
+    at = raw.find(b"question 1 about 1-3")
+    assert at > 0
+    raw[at] = ord("Q")
+    (tmp_path / "bad.h5").write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match="bad.h5: damaged cache, its texts do not match their checksum"):
+        open_cache(tmp_path / "bad.h5")
