@@ -28,10 +28,11 @@ from .heads import HEAD_KINDS, TOWERS, HeadError
 from .heads import HeadConfig as _H  # option defaults come from the dataclasses
 from .losses import LOSSES, LossError
 from .mine import METHODS, MineError
+from .search import SearchError
 from .train import TrainConfig as _T
 from .train import TrainError, train_head
 
-USER_ERRORS = (CacheError, DataError, EncoderError, HeadError, LossError, MineError, TrainError)
+USER_ERRORS = (CacheError, DataError, EncoderError, HeadError, LossError, MineError, SearchError, TrainError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -247,9 +248,13 @@ def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight,
 @click.option("--bm25", is_flag=True, help="add a BM25 baseline on the same candidates")
 @click.option("--block", type=int, default=500, show_default=True, help="queries per block, out-of-N protocol")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="write the results as JSON")
+@click.option("--index", default=None,
+              help="full corpus through a FAISS index: a factory string, e.g. Flat (exact), HNSW32, 'IVF1024,Flat'")
+@click.option("--nprobe", type=int, default=None, help="IVF indexes: inverted lists searched per query")
+@click.option("--ef-search", type=int, default=None, help="HNSW indexes: search depth")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="write a Markdown report with plots and examples into this folder (needs --head)")
-def evaluate(cache_file, head_path, bm25, block, json_out, report_dir):
+def evaluate(cache_file, head_path, bm25, block, json_out, index, nprobe, ef_search, report_dir):
     """Top-k retrieval (out-of-500 blocks and full corpus), frozen encoder beside the head."""
     from .cache import open_cache
     from .evaluate import evaluate_cache, format_table
@@ -259,7 +264,8 @@ def evaluate(cache_file, head_path, bm25, block, json_out, report_dir):
         raise click.UsageError("--report compares a head with its frozen encoder: pass --head")
     c = open_cache(cache_file)
     head = load_head(head_path) if head_path else None
-    results = evaluate_cache(c, head=head, bm25=bm25, block=block)
+    search_kw = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
+    results = evaluate_cache(c, head=head, bm25=bm25, block=block, index=index, **search_kw)
     click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts, "
                f"encoder {c.encoder}" + (f", head {head_path}" if head_path else ""))
     click.echo(format_table(results))

@@ -100,14 +100,28 @@ def bm25_scorer(queries: list[str], contexts: list[str]) -> Scorer:
     return score
 
 
-def evaluate_cache(cache, head=None, bm25: bool = False, block: int = 500) -> dict:
+def _dense_protocols(q, c, q2c, block, index, search_kw) -> dict:
+    if index is None:
+        return both_protocols(dense_scorer(q, c), q2c, block)
+    from .search import build_index, search, topk_metrics
+
+    chunks = (c[i:i + 65536] for i in range(0, len(c), 65536))
+    ids = search(build_index(chunks, c.shape[1], index), q, k=100, **search_kw)
+    name = "out_of_500" if block == 500 else f"out_of_{block}"
+    return {name: out_of_n(dense_scorer(q, c), q2c, block), "full_corpus": topk_metrics(ids, q2c)}
+
+
+def evaluate_cache(cache, head=None, bm25: bool = False, block: int = 500, index: str | None = None,
+                   **search_kw) -> dict:
     """Metrics of the frozen vectors, of ``head`` (if given) and of BM25 (if asked), both
-    protocols, on every query of ``cache``."""
-    results = {"frozen": both_protocols(dense_scorer(cache.queries, cache.contexts), cache.q2c, block)}
+    protocols, on every query of ``cache``. ``index``: a FAISS index-factory string
+    (``Flat``, ``HNSW32``, ``IVF1024,Flat``...) for the full-corpus protocol (see
+    ``projhead.search``); ``search_kw``: ``nprobe``, ``ef_search``."""
+    results = {"frozen": _dense_protocols(cache.queries, cache.contexts, cache.q2c, block, index, search_kw)}
     if head is not None:
         head.check_cache(cache)
         q, c = head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)
-        results["head"] = both_protocols(dense_scorer(q, c), cache.q2c, block)
+        results["head"] = _dense_protocols(q, c, cache.q2c, block, index, search_kw)
     if bm25:
         results["bm25"] = both_protocols(bm25_scorer(cache.query_texts, cache.context_texts), cache.q2c, block)
     return results

@@ -341,9 +341,10 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
                  "seconds": time.perf_counter() - t0}
         log["epochs"].append(entry)
         score = dev.get(cfg.select_metric, -math.inf) if dev else -float(entry["train_loss"])
-        bar.write(f"epoch {epoch}: loss {entry['train_loss']:.4f}  T {entry['temperature']:.4f}  "
-                  + "  ".join(f"{k} {v:.4f}" for k, v in dev.items()) + f"  spread {out_spread:.3f}"
-                  + f"  (frozen {cfg.select_metric} {frozen.get(cfg.select_metric, float('nan')):.4f})")
+        if progress:
+            bar.write(f"epoch {epoch}: loss {entry['train_loss']:.4f}  T {entry['temperature']:.4f}  "
+                      + "  ".join(f"{k} {v:.4f}" for k, v in dev.items()) + f"  spread {out_spread:.3f}"
+                      + f"  (frozen {cfg.select_metric} {frozen.get(cfg.select_metric, float('nan')):.4f})")
         if score > best["score"]:
             best = {"score": score, "epoch": epoch, "metrics": dev,
                     "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
