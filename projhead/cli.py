@@ -155,6 +155,11 @@ def info(cache_file, as_json):
 @click.option("--hard-negatives", type=int, default=_T.hard_negatives, show_default=True,
               help="mined negatives added to each pair of a batch")
 @click.option("--silver", is_flag=True, help="also train on the mined set's silver pairs")
+@click.option("--stream", is_flag=True,
+              help="read the cache in chunks, for caches larger than memory (plain pairs only)")
+@click.option("--stream-chunk", type=int, default=_T.stream_chunk, show_default=True, help="--stream: rows per read")
+@click.option("--stream-buffer", type=int, default=_T.stream_buffer, show_default=True,
+              help="--stream: chunks shuffled together")
 @click.option("--epochs", type=int, default=_T.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=_T.batch_size, show_default=True)
 @click.option("--batching", type=click.Choice(["group", "random"]), default=_T.batching, show_default=True,
@@ -175,7 +180,7 @@ def info(cache_file, as_json):
 @click.option("--restart", is_flag=True, help="discard a checkpoint left in --out by an interrupted run")
 @click.option("--quiet", is_flag=True)
 def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
-          loss_setting, mined, hard_negatives, silver, epochs, batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, dev_fraction,
+          loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, dev_fraction,
           select_metric, patience, seed, device, restart, quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
@@ -188,7 +193,8 @@ def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dr
               init_temperature=temperature, learn_temperature=not fixed_temperature, anchor_weight=anchor_weight,
               dev_fraction=dev_fraction, select_metric=select_metric, patience=patience, seed=seed, device=device,
               loss_settings={**_settings(loss_setting), **({"chunk_size": chunk_size} if chunk_size else {})},
-              mined=mined, hard_negatives=hard_negatives, silver=silver)
+              mined=mined, hard_negatives=hard_negatives, silver=silver, stream=stream, stream_chunk=stream_chunk,
+              stream_buffer=stream_buffer)
     head, log = train_head(cache_file, hcfg, tcfg, out=out, progress=not quiet, restart=restart)
     m = head.info["metrics"]
     verdict = ("no epoch beat the frozen encoder: saved the identity head" if head.config.passthrough

@@ -59,6 +59,9 @@ class TrainConfig:
     mined: str = ""  # name of a mined set in the cache (projhead mine): hard negatives, teacher scores, silver pairs
     hard_negatives: int = 0  # mined negatives per pair in each batch (drawn afresh each step from the set's k)
     silver: bool = False  # also train on the mined set's silver pairs
+    stream: bool = False  # read the cache in chunks instead of whole: bounded memory for caches larger than RAM
+    stream_chunk: int = 65536  # stream: query rows read at a time
+    stream_buffer: int = 4  # stream: chunks shuffled together (rows mix within this many chunks)
 
 
 def split_by_group(groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,6 +226,145 @@ def _restore_optimizer(opt, groups: list, tensors: dict) -> None:
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+class _MemorySource:
+    """Training pairs from a cache held in memory (the default): any batching, mined
+    negatives, silver pairs."""
+
+    def __init__(self, cache: Cache, cfg: TrainConfig):
+        self.cfg = cfg
+        Q, C, q2c = cache.queries, cache.contexts, cache.q2c
+        train_rows, dev_rows = split_by_group(cache.groups, cfg.dev_fraction, cfg.seed)
+        self.group_ids = np.unique(np.asarray(cache.groups), return_inverse=True)[1]  # (Nq,) int
+        if len(train_rows) == 0:
+            raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
+        dev_ctx, dev_q2c = _subset(q2c, dev_rows)
+        self.dev = (Q[dev_rows], C[dev_ctx], dev_q2c)
+        self.spread_sample = Q[dev_rows] if len(dev_rows) else Q[:4096]
+        self.mined = mined = _Mined(cache, cfg, train_rows, dev_ctx) if cfg.mined else None
+        if cfg.loss == "distill" and (mined.teacher is None or not cfg.hard_negatives or cfg.silver):
+            raise TrainError(f"the distill loss needs teacher scores (projhead mine --teacher; mined set "
+                             f"{cfg.mined!r} has {'some' if mined.teacher is not None else 'none'}), "
+                             "--hard-negatives N >= 1, and no --silver")
+        # training pairs: (query row, context row); gold pairs of the train split, then silver pairs
+        self.pair_q = np.concatenate([train_rows, mined.silver[:, 0] if mined else []]).astype(np.int64)
+        self.pair_c = np.concatenate([q2c[train_rows], mined.silver[:, 1] if mined else []]).astype(np.int64)
+        self.n_train, self.n_silver = int(len(train_rows)), int(len(mined.silver)) if mined else 0
+        self.Qt = torch.from_numpy(Q).to(cfg.device)  # (Nq, D)
+        self.Ct = torch.from_numpy(C).to(cfg.device)  # (Nc, D)
+        self.bs = min(cfg.batch_size, len(self.pair_q))
+        self.steps_per_epoch = max(1, len(self.pair_q) // self.bs)  # drop the ragged last batch
+
+    def epoch(self, rng):
+        order = epoch_order(np.arange(len(self.pair_q)), self.group_ids[self.pair_q], self.cfg.batching, rng)
+        for b in range(self.steps_per_epoch):
+            yield _batch(order[b * self.bs:(b + 1) * self.bs], self.pair_q, self.pair_c, self.Qt, self.Ct,
+                         self.mined, self.cfg, rng)
+
+
+def _in_dev(groups, fraction: float, seed: int) -> np.ndarray:
+    """Streaming dev split: a group is held out when a hash of (seed, group) falls below
+    ``fraction``; decided chunk by chunk, without the list of all groups."""
+    import hashlib
+
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{g}".encode(), digest_size=8).digest(), "little")
+                     < fraction * 2.0 ** 64 for g in groups], dtype=bool)
+
+
+def _read_rows(dset, rows: np.ndarray) -> np.ndarray:
+    """dset[rows] as float32 for any row order: one contiguous read when the rows are close
+    together (contexts follow their queries in a cache), else a sorted fancy read."""
+    uniq, inv = np.unique(rows, return_inverse=True)
+    lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+    if hi - lo <= 4 * len(uniq) + 1024:
+        vec = dset[lo:hi][uniq - lo]
+    else:
+        vec = dset[uniq]
+    return vec.astype(np.float32, copy=False)[inv]
+
+
+class _StreamSource:
+    """Training pairs read from the HDF5 file chunk by chunk, for caches larger than memory.
+    Per epoch the chunks (``stream_chunk`` query rows each) are shuffled, ``stream_buffer`` of
+    them are read together with their gold contexts and their rows shuffled, and batches are
+    cut from that buffer (rows left over join the next buffer). Memory: the buffer, one batch,
+    the dev split and the (Nq,) index. The dev split holds out whole groups chosen by a hash
+    (``_in_dev``), so it differs from the in-memory split. Plain pairs only: no mined
+    negatives or silver pairs (they need random access), and batching is by chunk order."""
+
+    def __init__(self, cache: Cache, cfg: TrainConfig):
+        import h5py
+
+        if cfg.mined or cfg.hard_negatives or cfg.silver:
+            raise TrainError("--stream trains on plain pairs: mined negatives, silver pairs and distill need the "
+                             "cache in memory")
+        self.cfg, self.path = cfg, cache.path
+        self.f = h5py.File(cache.path, "r")
+        self.Qd, self.Cd = self.f["queries/vectors"], self.f["contexts/vectors"]
+        self.q2c = self.f["queries/context"][()].astype(np.int64)
+        n, step = len(self.q2c), cfg.stream_chunk
+        self.chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
+        self.train_mask = np.ones(n, dtype=bool)
+        dev_q = []
+        for a, b in self.chunks:  # one pass: the dev split, decided by group
+            dev = _in_dev([g.decode() for g in self.f["queries/group"][a:b]], cfg.dev_fraction, cfg.seed)
+            self.train_mask[a:b] = ~dev
+            if dev.any():
+                dev_q.append(self.Qd[a:b][dev].astype(np.float32))
+        dev_rows = np.flatnonzero(~self.train_mask)
+        d = cache.dim
+        if len(dev_rows):
+            dev_ctx, dev_q2c = _subset(self.q2c, dev_rows)
+            self.dev = (np.concatenate(dev_q), _read_rows(self.Cd, dev_ctx), dev_q2c)
+        else:
+            self.dev = (np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64))
+        self.n_train, self.n_silver = int(self.train_mask.sum()), 0
+        if self.n_train == 0:
+            raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
+        self.spread_sample = self.dev[0] if len(dev_rows) else self.Qd[:4096].astype(np.float32)
+        self.bs = min(cfg.batch_size, self.n_train)
+        self.steps_per_epoch = max(1, self.n_train // self.bs)
+
+    def _load(self, chunk_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        qs, cs, ids = [], [], []
+        for i in chunk_ids:
+            a, b = self.chunks[i]
+            keep = self.train_mask[a:b]
+            q = self.Qd[a:b][keep].astype(np.float32)
+            ctx = self.q2c[a:b][keep]
+            if len(ctx):
+                qs.append(q)
+                cs.append(_read_rows(self.Cd, ctx))
+                ids.append(ctx)
+        if not qs:
+            d = self.Qd.shape[1]
+            return np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64)
+        q, c = np.concatenate(qs), np.concatenate(cs)
+        if not (np.isfinite(q).all() and np.isfinite(c).all()):
+            raise TrainError(f"{self.path}: NaN or Inf in the vectors of query rows "
+                             f"{self.chunks[chunk_ids[0]][0]}.. (chunk read while streaming)")
+        return q, c, np.concatenate(ids)
+
+    def epoch(self, rng):
+        dev = self.cfg.device
+        order = rng.permutation(len(self.chunks))
+        left = None
+        made = 0
+        for g in range(0, len(order), self.cfg.stream_buffer):
+            q, c, ids = self._load(order[g:g + self.cfg.stream_buffer])
+            if left is not None:
+                q, c, ids = (np.concatenate([x, y]) for x, y in zip(left, (q, c, ids)))
+            perm = rng.permutation(len(ids))
+            q, c, ids = q[perm], c[perm], ids[perm]
+            full = len(ids) // self.bs * self.bs
+            for s in range(0, full, self.bs):
+                if made == self.steps_per_epoch:
+                    return
+                made += 1
+                yield Batch(q=torch.from_numpy(q[s:s + self.bs]).to(dev), c=torch.from_numpy(c[s:s + self.bs]).to(dev),
+                            context_ids=torch.from_numpy(ids[s:s + self.bs]).to(dev))
+            left = (q[full:], c[full:], ids[full:])
+
+
 def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None = None,
                config: TrainConfig | None = None, out: str | os.PathLike | None = None,
                progress: bool = True, restart: bool = False) -> tuple[Head, dict]:
@@ -235,7 +377,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
 
     cfg = config or TrainConfig()
     if not isinstance(cache, Cache):
-        cache = open_cache(cache)
+        cache = open_cache(cache, load=not cfg.stream)
     # the cache decides the input dimension and the encoder the head will accept
     hcfg = replace(head_config or HeadConfig(), in_dim=cache.dim, encoder=cache.encoder,
                    encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
@@ -249,27 +391,13 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     rng = np.random.default_rng(cfg.seed)
     t_start = time.perf_counter()
 
-    Q, C, q2c = cache.queries, cache.contexts, cache.q2c
-    train_rows, dev_rows = split_by_group(cache.groups, cfg.dev_fraction, cfg.seed)
-    group_ids = np.unique(np.asarray(cache.groups), return_inverse=True)[1]  # (Nq,) int
-    if len(train_rows) == 0:
-        raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
-    dev_ctx, dev_q2c = _subset(q2c, dev_rows)
-    dev_q, dev_c = Q[dev_rows], C[dev_ctx]
-
+    if cfg.hard_negatives < 0:
+        raise TrainError(f"hard_negatives must be >= 0, not {cfg.hard_negatives}")
     if (cfg.hard_negatives or cfg.silver or cfg.loss == "distill") and not cfg.mined:
         raise TrainError("hard negatives, silver pairs and the distill loss need a mined set: "
                          f"run `projhead mine {cache.path}`, then pass --mined NAME")
-    if cfg.hard_negatives < 0:
-        raise TrainError(f"hard_negatives must be >= 0, not {cfg.hard_negatives}")
-    mined = _Mined(cache, cfg, train_rows, dev_ctx) if cfg.mined else None
-    if cfg.loss == "distill" and (mined.teacher is None or not cfg.hard_negatives or cfg.silver):
-        raise TrainError(f"the distill loss needs teacher scores (projhead mine --teacher; mined set "
-                         f"{cfg.mined!r} has {'some' if mined.teacher is not None else 'none'}), "
-                         "--hard-negatives N >= 1, and no --silver")
-    # training pairs: (query row, context row); gold pairs of the train split, then silver pairs
-    pair_q = np.concatenate([train_rows, mined.silver[:, 0] if mined else []]).astype(np.int64)
-    pair_c = np.concatenate([q2c[train_rows], mined.silver[:, 1] if mined else []]).astype(np.int64)
+    source = _StreamSource(cache, cfg) if cfg.stream else _MemorySource(cache, cfg)
+    dev_q, dev_c, dev_q2c = source.dev
 
     head = Head(hcfg).to(cfg.device)
     loss_fn = get_loss(cfg.loss, init_temperature=cfg.init_temperature, learn_temperature=cfg.learn_temperature,
@@ -279,16 +407,11 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     params = [p for p in list(head.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    Qt = torch.from_numpy(Q).to(cfg.device)  # (Nq, D)
-    Ct = torch.from_numpy(C).to(cfg.device)  # (Nc, D)
-    bs = min(cfg.batch_size, len(pair_q))
-    steps_per_epoch = max(1, len(pair_q) // bs)  # drop the ragged last batch: fewer negatives, noisier
-    total_steps = steps_per_epoch * cfg.epochs
-
-    frozen = _dev_metrics(None, dev_q, dev_c, dev_q2c) if len(dev_rows) else {}
-    log = {"epochs": [], "frozen_dev": frozen, "n_train": int(len(train_rows)), "n_dev": int(len(dev_rows)),
-           "n_silver": int(len(mined.silver)) if mined else 0,
-           "frozen_spread": spread(dev_q if len(dev_rows) else Q[:4096])}
+    total_steps = source.steps_per_epoch * cfg.epochs
+    has_dev = len(dev_q2c) > 0
+    frozen = _dev_metrics(None, dev_q, dev_c, dev_q2c) if has_dev else {}
+    log = {"epochs": [], "frozen_dev": frozen, "n_train": source.n_train, "n_dev": int(len(dev_q2c)),
+           "n_silver": source.n_silver, "frozen_spread": spread(source.spread_sample)}
     best = {"score": frozen.get(cfg.select_metric, -math.inf), "epoch": 0, "state": None, "metrics": frozen}
     step, bad_epochs, first_epoch = 0, 0, 1
     ckpt = Path(out) / CHECKPOINT_NAME if out is not None else None
@@ -313,10 +436,8 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
             break  # a resumed run that had already stopped early
         t0 = time.perf_counter()
         head.train()
-        order = epoch_order(np.arange(len(pair_q)), group_ids[pair_q], cfg.batching, rng)
         losses = []
-        for b in range(steps_per_epoch):
-            batch = _batch(order[b * bs:(b + 1) * bs], pair_q, pair_c, Qt, Ct, mined, cfg, rng)
+        for batch in source.epoch(rng):
             loss, q, c = loss_fn.batch_loss(head, batch)
             if cfg.anchor_weight:
                 # pull outputs toward the frozen vectors: stay close unless the data says otherwise
@@ -333,8 +454,8 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", T=f"{loss_fn.temperature:.4f}")
         head.eval()
-        dev = _dev_metrics(head.cpu(), dev_q, dev_c, dev_q2c) if len(dev_rows) else {}
-        out_spread = spread(head.encode_queries(dev_q if len(dev_rows) else Q[:4096]))
+        dev = _dev_metrics(head.cpu(), dev_q, dev_c, dev_q2c) if has_dev else {}
+        out_spread = spread(head.encode_queries(source.spread_sample))
         head.to(cfg.device)
         entry = {"epoch": epoch, "train_loss": float(np.mean(losses)), "temperature": loss_fn.temperature,
                  "lr": _lr_at(step - 1, total_steps, cfg), "dev": dev, "spread": out_spread,
@@ -363,6 +484,8 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
         if bad_epochs >= cfg.patience:
             break
     bar.close()
+    if isinstance(source, _StreamSource):
+        source.f.close()
 
     head = head.cpu()
     if best["state"] is None:

@@ -1,0 +1,50 @@
+"""Out-of-core training: the cache is read in chunks."""
+import numpy as np
+import pytest
+
+from projhead.cache import open_cache
+from projhead.heads import HeadConfig
+from projhead.train import TrainConfig, TrainError, _StreamSource, train_head
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_streaming_training_learns_the_planted_rotation(tmp_path, dtype):
+    from projhead.cache import build_cache
+
+    from conftest import PlantedEncoder, planted_pairs
+
+    pairs = planted_pairs(n_groups=60)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", dtype=dtype, progress=False)
+    head, log = train_head(tmp_path / "c.h5", HeadConfig(kind="linear", towers="query"),
+                           TrainConfig(stream=True, stream_chunk=50, stream_buffer=2, epochs=30, batch_size=64,
+                                       lr=0.02, patience=30, dev_fraction=0.2), progress=False)
+    assert log["n_dev"] > 0 and log["n_train"] + log["n_dev"] == 600
+    assert head.info["metrics"]["head"]["top1"] > log["frozen_dev"]["top1"] + 0.3
+
+
+def test_an_epoch_visits_each_training_row_at_most_once_and_never_a_dev_row(planted_cache):
+    path = planted_cache(n_groups=40)
+    cfg = TrainConfig(stream=True, stream_chunk=37, stream_buffer=3, batch_size=32, dev_fraction=0.2)
+    src = _StreamSource(open_cache(path, load=False), cfg)
+    loads = []
+    real = src._load
+    src._load = lambda ids: (loads.append(len(ids)), real(ids))[1]
+    seen = np.concatenate([b.context_ids.numpy() for b in src.epoch(np.random.default_rng(0))])
+    c = open_cache(path)
+    rows_per_context = np.bincount(c.q2c)
+    counts = np.bincount(seen, minlength=len(c.contexts))
+    assert (counts <= rows_per_context).all()  # no pair twice
+    assert len(seen) == src.steps_per_epoch * 32 and len(seen) > src.n_train - 32
+    dev_ctx = set(src.dev[2].tolist()) and set(np.flatnonzero(~src.train_mask).tolist())
+    assert not set(seen.tolist()) & set(c.q2c[sorted(dev_ctx)].tolist())
+    assert max(loads) <= 3  # never more than stream_buffer chunks in memory
+    # the vectors of a batch are the cache's
+    b = next(src.epoch(np.random.default_rng(1)))
+    np.testing.assert_array_equal(b.c.numpy(), c.contexts[b.context_ids.numpy()])
+    src.f.close()
+
+
+def test_streaming_refuses_mined_sets(planted_cache):
+    with pytest.raises(TrainError, match="--stream trains on plain pairs"):
+        train_head(planted_cache(n_groups=4), HeadConfig(kind="linear"),
+                   TrainConfig(stream=True, mined="semantic", hard_negatives=1), progress=False)
