@@ -244,8 +244,26 @@ def _texts_sha256(*columns: list[str]) -> str:
     return h.hexdigest()
 
 
-def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: dict, dtype: str,
-              encode_seconds: float) -> None:
+def _virtual_vectors(group, rows: list, n: int, dim: int, dtype: str) -> None:
+    """``group/vectors`` as a virtual dataset over shard files [(relative path, start, stop)]
+    (``projhead cache --ray``); HDF5 finds the files relative to the cache file."""
+    import h5py
+
+    layout = h5py.VirtualLayout(shape=(n, dim), dtype=dtype)
+    for rel, a, b in rows:
+        layout[a:b] = h5py.VirtualSource(rel, "vectors", shape=(b - a, dim))
+    group.create_virtual_dataset("vectors", layout, fillvalue=np.nan)  # a missing shard reads as NaN
+
+
+def _first_rows(path: Path, rows: list, k: int = 1000) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path.parent / rows[0][0], "r") as f:
+        return f["vectors"][:k].astype(np.float32)
+
+
+def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray | None, cv: np.ndarray | None, info: dict, dtype: str,
+              encode_seconds: float, virtual: dict | None = None, dim: int | None = None) -> None:
     import h5py
 
     s = _str_dtype()
@@ -259,13 +277,20 @@ def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray, cv: np.ndarray, info: di
         q = f.create_group("queries")
         # fletcher32: a checksum per chunk, so damaged vectors fail to read instead of
         # coming back as other numbers
-        q.create_dataset("vectors", data=qv.astype(dtype), chunks=True, fletcher32=True)
+        if virtual is None:
+            q.create_dataset("vectors", data=qv.astype(dtype), chunks=True, fletcher32=True)
+        else:
+            _virtual_vectors(q, virtual["queries"], len(pairs), dim, dtype)
         q.create_dataset("text", data=pairs.queries, dtype=s)
         q.create_dataset("id", data=pairs.query_ids, dtype=s)
         q.create_dataset("group", data=pairs.groups, dtype=s)
         q.create_dataset("context", data=pairs.q2c, chunks=True, fletcher32=True)
         c = f.create_group("contexts")
-        c.create_dataset("vectors", data=cv.astype(dtype), chunks=True, fletcher32=True)
+        if virtual is None:
+            c.create_dataset("vectors", data=cv.astype(dtype), chunks=True, fletcher32=True)
+        else:
+            _virtual_vectors(c, virtual["contexts"], len(pairs.contexts), dim, dtype)
+            qv, cv = _first_rows(path, virtual["queries"]), _first_rows(path, virtual["contexts"])
         c.create_dataset("text", data=pairs.contexts, dtype=s)
         norms = np.linalg.norm(np.concatenate([qv[:1000], cv[:1000]]), axis=1)
         a = f.attrs
@@ -496,8 +521,10 @@ def _read(path: Path, f, check_finite: bool, load: bool):
             for k in ("queries/vectors", "contexts/vectors"):
                 bad = ~np.isfinite(arrays[k]).all(axis=1)
                 if bad.any():
+                    hint = (" (a virtual dataset: are the shard files in " + f"{path.name}.parts/ beside it?)"
+                            if f[k].is_virtual else "")
                     raise CacheError(f"{path}: {k} holds NaN or Inf in {int(bad.sum())} rows "
-                                     f"(first: row {int(np.flatnonzero(bad)[0])})")
+                                     f"(first: row {int(np.flatnonzero(bad)[0])}){hint}")
     return arrays, attrs
 
 

@@ -72,15 +72,21 @@ def default_cache_path(dataset: str, split: str, granularity: str, encoder: str,
 @click.option("--no-normalize", is_flag=True, help="store raw vectors instead of L2-normalised ones")
 @click.option("--query-prefix", default="", help="text put before every query (e.g. 'query: ' for E5)")
 @click.option("--context-prefix", default="", help="text put before every context (e.g. 'passage: ')")
+@click.option("--ray", "ray_address", default=None,
+              help="encode on Ray: 'local' (a cluster on this machine) or a cluster address; shards become HDF5 "
+                   "files joined by virtual datasets")
+@click.option("--ray-actors", type=int, default=2, show_default=True, help="--ray: encoder actors (one model each)")
+@click.option("--ray-gpus-per-actor", type=float, default=0, show_default=True, help="--ray: GPUs per actor")
 @click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def cache(dataset, split, granularity, data, quac_history, encoder, vector_files, out, dtype, batch_size, shard_size,
-          device, no_normalize, query_prefix, context_prefix, overwrite, quiet):
+          device, no_normalize, query_prefix, context_prefix, ray_address, ray_actors, ray_gpus_per_actor, overwrite,
+          quiet):
     """Encode questions and contexts once with a frozen encoder into an HDF5 cache.
 
     Resumable: an interrupted run continues where it stopped. A finished cache with the same
     settings is left alone; one made with other settings is never overwritten silently."""
-    from .cache import build_cache
+    from .cache import build_cache, open_cache
     from .data import load_pairs
     from .encoders import get_encoder
 
@@ -96,14 +102,25 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
                     "ids": dict(zip(pairs.query_ids, pairs.queries))}
     elif vector_files:
         raise click.UsageError("--vectors goes with --encoder vectors:NAME")
-    enc = get_encoder(encoder, **settings)
-    res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size, overwrite=overwrite,
-                      progress=not quiet)
+    if ray_address:
+        from .distributed import build_cache_ray
+
+        if encoder.startswith("vectors:"):
+            raise click.UsageError("--ray encodes texts; imported vectors need no encoding")
+        res = build_cache_ray(pairs, encoder, out, settings=settings, address=ray_address, actors=ray_actors,
+                              gpus_per_actor=ray_gpus_per_actor, dtype=dtype, batch_size=batch_size,
+                              shard_size=shard_size, overwrite=overwrite, progress=not quiet)
+        dim = open_cache(out, load=False).dim
+    else:
+        enc = get_encoder(encoder, **settings)
+        res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size,
+                          overwrite=overwrite, progress=not quiet)
+        dim = enc.dim
     if res.status == "already complete":
         click.echo(f"{out}: already complete with these settings; nothing to do")
     else:
         click.echo(f"{out}: wrote {len(pairs)} query and {len(pairs.contexts)} context vectors "
-                   f"(dim {enc.dim}, {dtype}) in {res.seconds:.1f}s")
+                   f"(dim {dim}, {dtype}) in {res.seconds:.1f}s")
 
 
 @cli.command()
@@ -327,3 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,166 @@
+"""``projhead cache --ray``: encode on a Ray cluster, one encoder per actor.
+
+Usage::
+
+    from projhead.distributed import build_cache_ray
+    build_cache_ray(pairs, "st:all-MiniLM-L6-v2", "cache/big.h5", address="local", actors=2)
+    # projhead cache --dataset jsonl --data big.jsonl --ray local --ray-actors 2
+    # projhead cache ... --ray ray://head-node:10001 --ray-actors 16 --device cuda
+
+The rows of the cache are cut into shards of ``shard_size`` (in cache order: query rows, then
+context rows). Ray Data runs ``map_batches`` over the shards with a pool of actors, each
+holding one encoder built from the encoder's name and settings (its weights are loaded once
+per actor, not per shard); an actor encodes a shard's distinct texts, longest first, and
+writes ``OUT.parts/{queries,contexts}-NNNNNN.h5`` under a temporary name renamed when whole.
+A rerun skips the shards already on disk (resumable per shard). The cache ``OUT`` is then
+written with the single-process format and metadata, except that ``/queries/vectors`` and
+``/contexts/vectors`` are HDF5 virtual datasets joining the shard files (kept in
+``OUT.parts/``, found relative to ``OUT``): no vector is copied. Every worker must see the
+output folder (a shared file system on a multi-node cluster).
+
+The vectors equal the single-process cache's up to float rounding: batches are formed
+within a shard instead of across the whole sorted list, so padding differs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CacheError, CacheResult, _describe_mismatch, _identity, _lock, _read_identity, _write_h5
+from .data import Pairs
+
+
+class ShardEncoder:
+    """A Ray actor: builds the encoder once, then encodes and writes whole shards."""
+
+    def __init__(self, encoder: str, settings: dict, batch_size: int, dtype: str, threads: int = 0):
+        import torch
+
+        from .encoders import get_encoder
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.encoder = get_encoder(encoder, **settings)
+        self.batch_size, self.dtype = batch_size, dtype
+
+    def __call__(self, batch: dict) -> dict:
+        import h5py
+
+        done = []
+        for path, role, texts in zip(batch["path"], batch["role"], batch["texts"]):
+            texts = list(texts)
+            uniq, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+            order = np.argsort([-len(t) for t in uniq], kind="stable")  # longest first, as the single process
+            vecs = np.empty((len(uniq), self.encoder.dim), np.float32)
+            vecs[order] = self.encoder.encode([uniq[i] for i in order], batch_size=self.batch_size,
+                                              role="query" if role == "queries" else "context")
+            vecs = vecs[inverse]
+            if not np.isfinite(vecs).all():
+                raise CacheError(f"encoder {self.encoder.name} returned NaN or Inf for shard {path}")
+            tmp = f"{path}.tmp{os.getpid()}"
+            with h5py.File(tmp, "w", libver="latest") as f:
+                f.create_dataset("vectors", data=vecs.astype(self.dtype), chunks=True, fletcher32=True)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            done.append(path)
+        return {"path": np.array(done, dtype=object)}
+
+
+def _shards(n: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def _complete(path: Path, rows: int, dim: int) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f["vectors"].shape == (rows, dim)
+    except (OSError, KeyError):
+        return False
+
+
+def build_cache_ray(pairs: Pairs, encoder: str, out: str | os.PathLike, settings: dict | None = None,
+                    address: str = "local", actors: int = 2, dtype: str = "float32", batch_size: int = 64,
+                    shard_size: int = 2048, overwrite: bool = False, cpus_per_actor: float = 1,
+                    gpus_per_actor: float = 0, progress: bool = True) -> CacheResult:
+    """Encode ``pairs`` on Ray into the cache ``out`` (see module doc)."""
+    import ray
+
+    from .encoders import get_encoder
+
+    if dtype not in ("float32", "float16"):
+        raise CacheError(f"dtype must be float32 or float16, not {dtype!r}")
+    settings = dict(settings or {})
+    out = Path(out).absolute()
+    t0 = time.perf_counter()
+    probe = get_encoder(encoder, **settings)  # the identity the cache records (and a clear error if it fails)
+    info, dim = probe.describe(), probe.dim
+    del probe
+    want = _identity(info, pairs, dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        if out.exists() and not overwrite:
+            have = _read_identity(out)
+            if have == want:
+                return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
+            raise CacheError(f"{out}: exists and holds other work ({_describe_mismatch(have, want)}); "
+                             "refusing to overwrite: pass --overwrite or choose another path")
+        parts = Path(str(out) + ".parts")
+        manifest = parts / "manifest.json"
+        job = dict(want, shard_size=shard_size, batch_size=batch_size, layout="ray-h5")
+        if parts.exists():
+            old = json.loads(manifest.read_text()) if manifest.exists() else None
+            if old != job:
+                if not overwrite:
+                    raise CacheError(f"{parts}: partial work from a different run "
+                                     f"({_describe_mismatch(old or {}, job) or 'no manifest'}); pass --overwrite")
+                import shutil
+
+                shutil.rmtree(parts)
+        parts.mkdir(exist_ok=True)
+        manifest.write_text(json.dumps(job, indent=1))
+        work, layout = [], {"queries": [], "contexts": []}
+        for role, texts in (("queries", pairs.queries), ("contexts", pairs.contexts)):
+            for k, (a, b) in enumerate(_shards(len(texts), shard_size)):
+                path = parts / f"{role}-{k:06d}.h5"
+                layout[role].append((path, a, b))
+                if not _complete(path, b - a, dim):
+                    work.append({"path": str(path), "role": role, "texts": list(texts[a:b])})
+        if work:
+            if not ray.is_initialized():
+                if address == "local":
+                    # one CPU more than the actors hold, for Ray Data's own small tasks
+                    ray.init(num_cpus=max(1, int(actors * cpus_per_actor)) + 1, include_dashboard=False,
+                             log_to_driver=False, configure_logging=False)
+                else:
+                    ray.init(address=address, log_to_driver=False)
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = progress
+            ds = ray.data.from_items(work, override_num_blocks=len(work))  # one block per shard
+            threads = max(1, int(cpus_per_actor)) if not gpus_per_actor else 0
+            build = {k: v for k, v in info.get("build", {}).items()}
+            build.update({k: v for k, v in settings.items() if k == "device"})
+            done = ds.map_batches(ShardEncoder, batch_size=1, concurrency=actors, num_cpus=cpus_per_actor,
+                                  num_gpus=gpus_per_actor or None,
+                                  fn_constructor_kwargs={"encoder": encoder, "settings": build,
+                                                         "batch_size": batch_size, "dtype": dtype,
+                                                         "threads": threads}).take_all()
+            missing = [w["path"] for w in work if not _complete(Path(w["path"]), len(w["texts"]), dim)]
+            if missing or len(done) != len(work):
+                raise CacheError(f"{out}: Ray finished without writing {len(missing)} shards "
+                                 f"(first: {missing[:1]}); rerun to redo only those")
+        tmp = out.with_name(out.name + ".tmp.h5")
+        virtual = {role: [(os.path.relpath(p, out.parent), a, b) for p, a, b in rows] for role, rows in layout.items()}
+        _write_h5(tmp, pairs, None, None, info, dtype, encode_seconds=time.perf_counter() - t0,
+                  virtual=virtual, dim=dim)
+        os.replace(tmp, out)
+        return CacheResult(out, "written", time.perf_counter() - t0, sum(len(w["texts"]) for w in work))
+    finally:
+        lock.release()
