@@ -89,7 +89,9 @@ def main():
         result["rows"][name] = {"train": asdict(tcfg), "best_epoch": log["best_epoch"], "passthrough":
                                 log["passthrough"], "train_seconds": seconds, "spread": best["spread"] if best else
                                 log["frozen_spread"], "frozen_spread": log["frozen_spread"], "n_silver": log["n_silver"],
-                                "results": res}
+                                "results": res,
+                                "epochs": [{"epoch": e["epoch"], "dev": e["dev"], "spread": e["spread"]}
+                                           for e in log["epochs"]], "frozen_dev": log["frozen_dev"]}
         o, f = res["out_of_500"], res["full_corpus"]
         print(f"{name:46s} top1 {pct(o['top1'])} top10 {pct(o['top10'])} R@1 {pct(f['R@1'])} "
               f"nDCG@10 {pct(f['nDCG@10'])} spread {result['rows'][name]['spread']:.2f} "
