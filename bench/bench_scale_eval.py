@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--contexts", type=int, default=1_000_000)
     ap.add_argument("--cache-dir", default="bench/work")
     ap.add_argument("--out", default="bench/results/scale_eval.json")
+    ap.add_argument("--indexes", nargs="*", default=["Flat", "HNSW32", "IVF4096,Flat"],
+                    help="FAISS factory strings to run (HNSW is searched with efSearch 128, IVF with nprobe 64)")
     args = ap.parse_args()
     import h5py
 
@@ -80,7 +82,8 @@ def main():
                                           k=10)
             print(f"exact torch top-10 for 1,000 queries over {args.contexts:,} contexts: "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)
-    runs = [("Flat", {}), ("HNSW32", {"ef_search": 128}), ("IVF4096,Flat", {"nprobe": 64})]
+    runs = [(f, {"ef_search": 128} if f.startswith("HNSW") else {"nprobe": 64} if f.startswith("IVF") else {})
+            for f in args.indexes]
     rows = []
     for factory, kw in runs:
         r = subprocess.run([sys.executable, "-c", CHILD, str(corpus), factory, json.dumps(kw)],
