@@ -169,18 +169,18 @@ def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "flo
         lock.release()
 
 
-def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0):
-    from tqdm.auto import tqdm
-
+def _start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, Path]:
+    """What every cache builder checks before encoding (under the lock): a finished cache of
+    the same work is kept (returns True), one of other work is refused; partial work of another
+    job in ``OUT.parts/`` is refused unless ``overwrite``; the job's manifest is written."""
     if out.exists() and not overwrite:
         have = _read_identity(out)
         if have == want:
-            return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
+            return True, Path(str(out) + ".parts")
         raise CacheError(f"{out}: exists and holds other work ({_describe_mismatch(have, want)}); "
                          "refusing to overwrite: pass --overwrite or choose another path")
     parts = Path(str(out) + ".parts")
     manifest = parts / "manifest.json"
-    job = dict(want, shard_size=shard_size, batch_size=batch_size)
     if parts.exists():
         try:
             old = json.loads(manifest.read_text())
@@ -197,6 +197,15 @@ def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite,
         tmp = manifest.with_suffix(".tmp")
         tmp.write_text(json.dumps(job, indent=1))
         os.replace(tmp, manifest)
+    return False, parts
+
+
+def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0):
+    from tqdm.auto import tqdm
+
+    done, parts = _start_job(out, want, dict(want, shard_size=shard_size, batch_size=batch_size), overwrite)
+    if done:
+        return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
 
     # Encode distinct query texts once (a few questions repeat), and distinct contexts.
     uq, q_inverse = np.unique(np.array(pairs.queries, dtype=object), return_inverse=True)

@@ -23,14 +23,13 @@ within a shard instead of across the whole sorted list, so padding differs.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheError, CacheResult, _describe_mismatch, _identity, _lock, _read_identity, _write_h5
+from .cache import CacheError, CacheResult, _identity, _lock, _start_job, _write_h5
 from .data import Pairs
 
 
@@ -106,26 +105,10 @@ def build_cache_ray(pairs: Pairs, encoder: str, out: str | os.PathLike, settings
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock(out)
     try:
-        if out.exists() and not overwrite:
-            have = _read_identity(out)
-            if have == want:
-                return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
-            raise CacheError(f"{out}: exists and holds other work ({_describe_mismatch(have, want)}); "
-                             "refusing to overwrite: pass --overwrite or choose another path")
-        parts = Path(str(out) + ".parts")
-        manifest = parts / "manifest.json"
         job = dict(want, shard_size=shard_size, batch_size=batch_size, layout="ray-h5")
-        if parts.exists():
-            old = json.loads(manifest.read_text()) if manifest.exists() else None
-            if old != job:
-                if not overwrite:
-                    raise CacheError(f"{parts}: partial work from a different run "
-                                     f"({_describe_mismatch(old or {}, job) or 'no manifest'}); pass --overwrite")
-                import shutil
-
-                shutil.rmtree(parts)
-        parts.mkdir(exist_ok=True)
-        manifest.write_text(json.dumps(job, indent=1))
+        done, parts = _start_job(out, want, job, overwrite)
+        if done:
+            return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
         work, layout = [], {"queries": [], "contexts": []}
         for role, texts in (("queries", pairs.queries), ("contexts", pairs.contexts)):
             for k, (a, b) in enumerate(_shards(len(texts), shard_size)):
