@@ -418,10 +418,6 @@ class ByolLoss(Objective):
             for t, o in zip(self.target.parameters(), self._online.parameters()):
                 t.mul_(self.tau).add_(o.detach(), alpha=1 - self.tau)
 
-    @property
-    def temperature(self) -> float:
-        return float("nan")
-
 
 LOSSES: dict[str, type[Objective]] = {
     "clip": ClipLoss,

@@ -123,7 +123,6 @@ class _Mined:
         self.silver = silver[in_train[silver[:, 0]] & ~dev[silver[:, 1]]] if cfg.silver else silver[:0]
         for qrow, crow in self.silver:
             neg[qrow][neg[qrow] == crow] = -1
-        self.settings = m["settings"]
 
     def draw(self, qrows: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
         """n negatives per row, drawn without replacement from its valid ones (-1 pads);
