@@ -80,9 +80,8 @@ def main():
         from projhead.evaluate import both_protocols
         from projhead.mine import _Scorer
 
-        teacher = _Scorer(dev, "hybrid", MINED["semantic"].get("bm25_weight", 0.3))
-        result["baselines"]["hybrid"] = both_protocols(lambda rows: teacher(rows, teacher.dense(rows)).numpy(),
-                                                       dev.q2c)
+        teacher = _Scorer(dev, {"hybrid"}, MINED["semantic"].get("bm25_weight", 0.3))
+        result["baselines"]["hybrid"] = both_protocols(lambda rows: teacher(rows)["hybrid"].numpy(), dev.q2c)
     train = projhead.open_cache(train_path)
     for name, tkw in ROWS.items():
         if args.only and name not in args.only:

@@ -53,36 +53,31 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Scorer:
-    """Full (R, Nc) scores of query rows for one of METHODS."""
+    """Full (R, Nc) scores of query rows, for every method in ``methods``: the frozen cosines
+    and the BM25 scores are computed once per chunk and shared by the miner and its teacher."""
 
-    def __init__(self, cache: Cache, method: str, bm25_weight: float):
-        self.cache, self.method, self.w = cache, method, bm25_weight
+    def __init__(self, cache: Cache, methods, bm25_weight: float):
+        self.w = bm25_weight
         self.Q, self.C = torch.from_numpy(cache.queries), torch.from_numpy(cache.contexts)
-        self.bm25 = bm25_scorer(cache.query_texts, cache.context_texts) if method != "semantic" else None
+        lexical = any(m in ("bm25", "hybrid") for m in methods)
+        self.bm25 = bm25_scorer(cache.query_texts, cache.context_texts) if lexical else None
 
-    def dense(self, rows: np.ndarray) -> torch.Tensor:
-        return self.Q[rows] @ self.C.T
-
-    def __call__(self, rows: np.ndarray, dense: torch.Tensor) -> torch.Tensor:
-        if self.method == "semantic":
-            return dense
-        lexical = torch.from_numpy(self.bm25(rows))
-        if self.method == "bm25":
-            return lexical
-        return _standardise(dense) + self.w * _standardise(lexical)
+    def __call__(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """Scores by method; "semantic" (the frozen cosines) is always there."""
+        out = {"semantic": self.Q[rows] @ self.C.T}
+        if self.bm25 is not None:
+            out["bm25"] = torch.from_numpy(self.bm25(rows))
+            out["hybrid"] = _standardise(out["semantic"]) + self.w * _standardise(out["bm25"])
+        return out
 
 
-def _teacher(cache: Cache, teacher: str | None, method: str, bm25_weight: float):
-    """A function (rows, candidate columns (R, 1+k), the miner's full scores, frozen cosines)
-    -> teacher scores (R, 1+k)."""
+def _teacher(cache: Cache, teacher: str | None):
+    """A function (rows, candidate columns (R, 1+k), scores by method) -> teacher scores (R, 1+k)."""
     if teacher is None:
         return None
     if teacher in METHODS:
-        scorer = _Scorer(cache, teacher, bm25_weight) if teacher != method else None
-
-        def by_method(rows, cols, mined_scores, dense):
-            full = mined_scores if scorer is None else scorer(rows, dense)
-            return torch.gather(full, 1, torch.from_numpy(cols).clamp_min(0))
+        def by_method(rows, cols, scores):
+            return torch.gather(scores[teacher], 1, torch.from_numpy(cols).clamp_min(0))
         return by_method
     if teacher.startswith("cache:"):
         other_path = teacher[len("cache:"):]
@@ -140,8 +135,8 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
     k_eff = min(k, nc - 1)
     if k_eff < 1:
         raise MineError(f"{cache.path}: one context only, nothing to mine")
-    scorer = _Scorer(cache, method, bm25_weight)
-    teach = _teacher(cache, teacher, method, bm25_weight)
+    scorer = _Scorer(cache, {method, teacher}, bm25_weight)
+    teach = _teacher(cache, teacher)
     negatives = np.full((nq, k_eff), -1, dtype=np.int64)
     neg_scores = np.full((nq, k_eff), np.nan, dtype=np.float32)
     teacher_scores = np.full((nq, k_eff + 1), np.nan, dtype=np.float32) if teach else None
@@ -149,8 +144,8 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
     filtered = 0
     for start in tqdm(range(0, nq, chunk), desc=f"mining {name}", unit="chunk", disable=not progress):
         rows = np.arange(start, min(start + chunk, nq))
-        dense = scorer.dense(rows)  # (R, Nc) frozen cosine
-        full = scorer(rows, dense)
+        scores_by = scorer(rows)
+        dense, full = scores_by["semantic"], scores_by[method]  # (R, Nc): frozen cosine, the miner's
         gold = q2c[rows]
         idx = torch.arange(len(rows))
         drop = torch.zeros_like(full, dtype=torch.bool)
@@ -168,7 +163,7 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
                                        torch.full_like(top, float("nan"))).numpy()
         if teach:
             cand = np.concatenate([cache.q2c[rows, None], cols.numpy()], axis=1)  # (R, 1 + k)
-            t = teach(rows, cand, full, dense).numpy().astype(np.float32)
+            t = teach(rows, cand, scores_by).numpy().astype(np.float32)
             teacher_scores[rows] = np.where(cand >= 0, t, np.nan)
     arrays = {"negatives": negatives, "negative_scores": neg_scores}
     silver_pairs = np.zeros((0, 2), dtype=np.int64)
