@@ -321,6 +321,12 @@ def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray | None, cv: np.ndarray | 
         a["n_contexts"] = len(pairs.contexts)
         a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         a["encode_seconds"] = encode_seconds  # this run's share (a resumed run counts its own part)
+    _write_buffer(path, buf)
+
+
+def _write_buffer(path: Path, buf: io.BytesIO) -> None:
+    """Write an in-memory HDF5 file with plain file I/O (fails with a clean OSError, see
+    ``_write_h5``), synced to disk; a partial file is removed."""
     try:
         with open(path, "wb") as fh:
             fh.write(buf.getbuffer())
@@ -454,10 +460,7 @@ def write_mined(path: str | os.PathLike, name: str, arrays: dict[str, np.ndarray
                 m.create_dataset(key, data=value, chunks=True if np.asarray(value).size else None,
                                  fletcher32=bool(np.asarray(value).size))
             m.attrs["settings_json"] = json.dumps(settings)
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_buffer(tmp, buf)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
