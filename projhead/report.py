@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import dense_scorer, format_table, ranks
+from .evaluate import _ranks, dense_scorer, format_table, ranks
 
 
 def _plt():
@@ -48,15 +48,17 @@ def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:2]
 
 
-def _top1(scorer, n: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Index and score of each query's top-ranked context."""
-    idx, val = [], []
-    for start in range(0, n, chunk):
-        s = scorer(np.arange(start, min(start + chunk, n)))
+def _scan(scorer, q2c: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over the queries: the gold's rank, and the index and score of the top-1 context."""
+    rank, idx, val = [], [], []
+    for start in range(0, len(q2c), chunk):
+        rows = np.arange(start, min(start + chunk, len(q2c)))
+        s = scorer(rows)
+        rank.append(_ranks(s, q2c[rows]))
         i = s.argmax(1)
         idx.append(i)
         val.append(s[np.arange(len(i)), i])
-    return np.concatenate(idx), np.concatenate(val)
+    return np.concatenate(rank), np.concatenate(idx), np.concatenate(val)
 
 
 def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: str | os.PathLike | None = None,
@@ -68,7 +70,8 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
     Q, C, q2c = cache.queries, cache.contexts, cache.q2c
     hq, hc = head.encode_queries(Q), head.encode_contexts(C)
     frozen_s, head_s = dense_scorer(Q, C), dense_scorer(hq, hc)
-    r_frozen, r_head = ranks(frozen_s, q2c), ranks(head_s, q2c)
+    r_frozen, top_f, val_f = _scan(frozen_s, q2c)
+    r_head, top_h, val_h = _scan(head_s, q2c)
     lines = [f"# projhead report: `{head_path or 'head'}` on `{cache.path.name}`", "",
              f"{len(q2c)} queries, {len(C)} distinct contexts, encoder `{cache.encoder}`; "
              f"head: {head.config.kind} ({head.config.towers} towers)"
@@ -103,8 +106,6 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
     lines += ["## Recall@k, every context a candidate", "", "![recall at k](recall_at_k.png)", ""]
 
     # the score of the top-ranked context, right vs wrong
-    top_f, val_f = _top1(frozen_s, len(q2c))
-    top_h, val_h = _top1(head_s, len(q2c))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     for ax, top, val, name in ((axes[0], top_f, val_f, "frozen encoder"), (axes[1], top_h, val_h, "head")):
         right = top == q2c
