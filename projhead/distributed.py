@@ -23,13 +23,14 @@ within a shard instead of across the whole sorted list, so padding differs.
 """
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheError, CacheResult, _identity, _lock, _start_job, _write_h5
+from .cache import CacheError, CacheResult, _identity, _lock, _start_job, _write_buffer, _write_h5
 from .data import Pairs
 
 
@@ -60,11 +61,11 @@ class ShardEncoder:
             vecs = vecs[inverse]
             if not np.isfinite(vecs).all():
                 raise CacheError(f"encoder {self.encoder.name} returned NaN or Inf for shard {path}")
-            tmp = f"{path}.tmp{os.getpid()}"
-            with h5py.File(tmp, "w", libver="latest") as f:
+            buf = io.BytesIO()  # built in memory, written with plain I/O, as the single-process cache
+            with h5py.File(buf, "w", libver="latest") as f:
                 f.create_dataset("vectors", data=vecs.astype(self.dtype), chunks=True, fletcher32=True)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+            tmp = Path(f"{path}.tmp{os.getpid()}")
+            _write_buffer(tmp, buf)
             os.replace(tmp, path)
             done.append(path)
         return {"path": np.array(done, dtype=object)}
