@@ -312,22 +312,18 @@ class DistillLoss(ClipLoss):
         return loss, q, c
 
 
-def _predictor(dim: int, hidden: int) -> nn.Module:
+class _Predictor(nn.Module):
     """BYOL's predictor, as a residual MLP whose last layer starts at zero: it starts as the
     identity, so the identity-initialised head is not pushed around by a random predictor."""
-    mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-    nn.init.zeros_(mlp[-1].weight)
-    nn.init.zeros_(mlp[-1].bias)
 
-    class _Res(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.mlp = mlp
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
 
-        def forward(self, x):
-            return x + self.mlp(x)
-
-    return _Res()
+    def forward(self, x):
+        return x + self.mlp(x)
 
 
 class ByolLoss(Objective):
@@ -365,7 +361,7 @@ class ByolLoss(Objective):
         for p in self.target.parameters():
             p.requires_grad_(False)
         d = head.config.output_dim
-        self.predictor = nn.ModuleDict({"query": _predictor(d, self.hidden), "context": _predictor(d, self.hidden)})
+        self.predictor = nn.ModuleDict({"query": _Predictor(d, self.hidden), "context": _Predictor(d, self.hidden)})
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """A random view of each row of ``x`` (B, D)."""
