@@ -7,7 +7,7 @@ Usage::
     c = open_cache("cache/squad-dev.h5")
     c.queries, c.contexts, c.q2c, c.attrs["encoder"]
 
-File layout (format ``projhead-cache`` version 1)::
+File layout (format ``projhead-cache`` version 2)::
 
     /queries/vectors   (Nq, D) float32 or float16, one row per query
     /queries/text      (Nq,)   UTF-8 strings
@@ -20,7 +20,8 @@ File layout (format ``projhead-cache`` version 1)::
                        negatives, teacher scores and silver pairs, with their settings
     attributes on /: format, format_version, encoder, encoder_json (name, resolved path,
     settings, weights sha256), versions_json, dim, dtype, normalized, dataset, split,
-    granularity, meta_json, fingerprint (sha256 of texts and index), n_queries, n_contexts
+    granularity, meta_json, fingerprint (sha256 of every text, id, group and the index,
+    checked on every read), n_queries, n_contexts
 
 How it stays safe: work goes into a folder ``OUT.parts/`` of shards (``.npy``), each
 written to a temporary name and renamed, so a shard is either whole or absent, whatever
@@ -44,10 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Pairs
+from .data import Pairs, content_sha256
 
 FORMAT = "projhead-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the fingerprint covers groups too and is the read-time check of the texts
 
 
 class CacheError(ValueError):
@@ -238,21 +239,6 @@ def _own_version() -> str:
     return __version__
 
 
-def _texts_sha256(*columns: list[str]) -> str:
-    """sha256 over text columns. HDF5 cannot checksum variable-length strings (they live in
-    a heap that fletcher32 does not cover), so the reader recomputes this."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for texts in columns:
-        h.update(len(texts).to_bytes(8, "little"))
-        for t in texts:
-            b = t.encode("utf-8")
-            h.update(len(b).to_bytes(8, "little"))
-            h.update(b)
-    return h.hexdigest()
-
-
 def _virtual_vectors(group, rows: list, n: int, dim: int, dtype: str) -> None:
     """``group/vectors`` as a virtual dataset over shard files [(relative path, start, stop)]
     (``projhead cache --ray``); HDF5 finds the files relative to the cache file."""
@@ -316,7 +302,6 @@ def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray | None, cv: np.ndarray | 
         a["granularity"] = str(pairs.meta.get("granularity", ""))
         a["meta_json"] = json.dumps(pairs.meta)
         a["fingerprint"] = pairs.fingerprint()
-        a["texts_sha256"] = _texts_sha256(pairs.queries, pairs.query_ids, pairs.groups, pairs.contexts)
         a["n_queries"] = len(pairs)
         a["n_contexts"] = len(pairs.contexts)
         a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -522,10 +507,15 @@ def _read(path: Path, f, check_finite: bool, load: bool):
             "queries/group": [s.decode("utf-8") for s in f["queries/group"][()]],
             "contexts/text": [s.decode("utf-8") for s in f["contexts/text"][()]],
         }
-        want = attrs.get("texts_sha256")  # absent in caches written before it existed
-        if want is not None and want != _texts_sha256(arrays["queries/text"], arrays["queries/id"],
-                                                      arrays["queries/group"], arrays["contexts/text"]):
-            raise CacheError(f"{path}: damaged cache, its texts do not match their checksum (texts_sha256)")
+        # HDF5 cannot checksum variable-length strings (they live in a heap that fletcher32
+        # does not cover), so the content hash is recomputed from what was read
+        columns = [arrays[k] for k in ("queries/text", "queries/id", "queries/group", "contexts/text")]
+        if int(attrs["format_version"]) >= 2:
+            key, ok = "fingerprint", attrs["fingerprint"] == content_sha256(*columns, arrays["queries/context"])
+        else:  # version 1 files: texts only, under their own attribute (absent in the oldest)
+            key, ok = "texts_sha256", attrs.get("texts_sha256") in (None, content_sha256(*columns))
+        if not ok:
+            raise CacheError(f"{path}: damaged cache, its texts or index do not match their checksum ({key})")
         q2c = arrays["queries/context"]
         if nq and (q2c.min() < 0 or q2c.max() >= nc):
             raise CacheError(f"{path}: queries/context points outside the {nc} contexts")

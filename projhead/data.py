@@ -55,17 +55,25 @@ class Pairs:
         return len(self.queries)
 
     def fingerprint(self) -> str:
-        """sha256 over every text and the index: two Pairs with the same fingerprint hold
-        the same data in the same order."""
-        h = hashlib.sha256()
-        for name, texts in (("q", self.queries), ("i", self.query_ids), ("c", self.contexts)):
-            h.update(name.encode())
-            for t in texts:
-                b = t.encode("utf-8")
-                h.update(len(b).to_bytes(8, "little"))
-                h.update(b)
-        h.update(self.q2c.astype("<i8").tobytes())
-        return h.hexdigest()
+        """sha256 over every field (query texts, ids, groups, contexts and the index): two
+        Pairs with the same fingerprint hold the same data in the same order. The cache uses
+        it both as its identity (resume, refusals) and as the read-time check of its texts."""
+        return content_sha256(self.queries, self.query_ids, self.groups, self.contexts, self.q2c)
+
+
+def content_sha256(queries, query_ids, groups, contexts, q2c=None) -> str:
+    """sha256 over text columns (each length-prefixed, so no two layouts collide) and, if
+    given, the query -> context index."""
+    h = hashlib.sha256()
+    for texts in (queries, query_ids, groups, contexts):
+        h.update(len(texts).to_bytes(8, "little"))
+        for t in texts:
+            b = t.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+    if q2c is not None:
+        h.update(np.asarray(q2c).astype("<i8").tobytes())
+    return h.hexdigest()
 
 
 class _ContextTable:
@@ -79,11 +87,16 @@ class _ContextTable:
         self.groups: list[str] = []
         self.q2c: list[int] = []
 
-    def add(self, query: str, context: str, qid: str, group: str) -> None:
+    def add_context(self, context: str) -> int:
+        """Row of ``context``, added if new (a corpus text that is nobody's gold is a candidate too)."""
         row = self.index.get(context)
         if row is None:
             row = self.index[context] = len(self.contexts)
             self.contexts.append(context)
+        return row
+
+    def add(self, query: str, context: str, qid: str, group: str) -> None:
+        row = self.add_context(context)
         self.queries.append(query)
         self.ids.append(qid)
         self.groups.append(group)
@@ -110,6 +123,8 @@ OFFICIAL_URLS = {
     ("squad-v2.0", "dev"): "https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v2.0.json",
     ("quac", "train"): "https://s3.amazonaws.com/my89public/quac/train_v0.2.json",
     ("quac", "dev"): "https://s3.amazonaws.com/my89public/quac/val_v0.2.json",
+    ("quora", "train"): "http://qim.fs.quoracdn.net/quora_duplicate_questions.tsv",
+    ("quora", "dev"): "http://qim.fs.quoracdn.net/quora_duplicate_questions.tsv",
 }
 
 # File names looked for inside a data folder, in order: the official names first, then the
@@ -121,9 +136,13 @@ _FILE_NAMES = {
     ("squad-v2.0", "dev"): ["dev-v2.0.json", "dev-v2.0.json.gz", "dev-v2.0.explorer.json.gz"],
     ("quac", "train"): ["train_v0.2.json", "train_v0.2.json.gz"],
     ("quac", "dev"): ["val_v0.2.json", "val_v0.2.json.gz"],
+    ("quora", "train"): ["quora_duplicate_questions.tsv", "quora/questions_sampled.csv.gz",
+                         "questions_sampled.csv.gz"],
+    ("quora", "dev"): ["quora_duplicate_questions.tsv", "quora/questions_sampled.csv.gz",
+                       "questions_sampled.csv.gz"],
 }
 
-DATASETS = ("squad-v1.1", "squad-v2.0", "quac", "jsonl")
+DATASETS = ("squad-v1.1", "squad-v2.0", "quac", "quora", "jsonl")
 
 
 def default_cache_dir() -> Path:
@@ -173,8 +192,8 @@ def resolve_data_file(dataset: str, split: str, data: str | os.PathLike | None =
 def read_json(path: Path):
     """JSON from a plain or gzip file, with errors that name the file."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
+    try:  # utf-8-sig: files saved by spreadsheets and some editors start with a byte-order mark
+        with opener(path, "rt", encoding="utf-8-sig") as f:
             return json.load(f)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
@@ -204,15 +223,19 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return spans or [(0, len(text))]
 
 
-def answer_sentence(context: str, answers: list[str], spans: list[tuple[int, int]]) -> str:
-    """The sentence that holds the answer. Without ``answer_start`` each answer text is
-    located in the context; the sentence that holds most of the reference answers wins
-    (first occurrence breaks ties). An answer that crosses a sentence boundary gets the
-    sentences it covers, joined."""
+def answer_sentence(context: str, answers: list[str], spans: list[tuple[int, int]],
+                    starts: list[int | None] | None = None) -> str:
+    """The sentence that holds the answer. Each answer is placed at its ``answer_start``
+    offset when the file gives one (the official files do) and the text is really there;
+    otherwise at the first occurrence of its text in the context. The sentence that holds
+    most of the reference answers wins (the first answer breaks ties). An answer that
+    crosses a sentence boundary gets the sentences it covers, joined."""
     votes: dict[tuple[int, int], int] = {}
     order: dict[tuple[int, int], int] = {}
     for k, ans in enumerate(answers):
-        start = context.find(ans)
+        start = starts[k] if starts is not None else None
+        if start is None or context[start:start + len(ans)] != ans:
+            start = context.find(ans)
         if start < 0:
             continue
         end = start + len(ans)
@@ -265,7 +288,9 @@ def load_squad(path: Path, granularity: str = "sentence", dataset: str = "squad"
             try:
                 qid, question = str(qa["id"]), qa["question"]
                 answers = [x["text"] for x in qa.get("answers", [])]
-            except (KeyError, TypeError):
+                starts = [x.get("answer_start") if isinstance(x.get("answer_start"), int) else None
+                          for x in qa.get("answers", [])]
+            except (KeyError, TypeError, AttributeError):
                 raise DataError(f"{path}: {where}.qas[{q}] lacks 'id', 'question' or answer 'text'") from None
             if qa.get("is_impossible") or not answers:
                 continue  # SQuAD 2.0 unanswerable: no gold context
@@ -273,7 +298,7 @@ def load_squad(path: Path, granularity: str = "sentence", dataset: str = "squad"
             if granularity == "paragraph":
                 table.add(question, context, qid, title)
                 continue
-            sent = answer_sentence(context, answers, spans)
+            sent = answer_sentence(context, answers, spans, starts)
             if not sent:
                 skipped += 1  # no answer text found in the context
                 continue
@@ -322,8 +347,8 @@ def load_jsonl(path: Path, query_key: str = "query", context_key: str = "context
     path = Path(path)
     table = _ContextTable()
     opener = gzip.open if str(path).endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
+    try:  # utf-8-sig: a byte-order mark (spreadsheet exports) is read, not taken for malformed JSON
+        with opener(path, "rt", encoding="utf-8-sig") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -349,11 +374,77 @@ def load_jsonl(path: Path, query_key: str = "query", context_key: str = "context
     return table.build(meta, str(path))
 
 
+QUORA_COLUMNS = ("qid1", "qid2", "question1", "question2", "is_duplicate")
+
+
+def load_quora(path: Path, split: str = "dev", test_fraction: float = 0.2, seed: int = 0) -> Pairs:
+    """Quora Question Pairs as duplicate-question retrieval: questions on both sides (train
+    one shared tower). The duplicate pairs are split by pair with a fixed ``seed``;
+    ``test_fraction`` of them form ``dev`` (the test split), and a training pair that shares
+    a question with any test pair is dropped, so no test question is seen in training.
+
+    ``train``: query = question1, gold context = question2 of each training pair.
+    ``dev``: query = question1 of each test pair, gold = its question2, candidates = every
+    distinct question of the file (non-duplicate rows too). A query's own text is in that
+    corpus; evaluation never counts it as a candidate (``evaluate.self_matches``).
+    Reads the official TSV or the CSV sample (same columns), plain or gzip."""
+    import csv
+
+    if split not in ("train", "dev"):
+        raise DataError(f"quora: split must be 'train' or 'dev' (the test pairs), not {split!r}")
+    opener = gzip.open if str(path).endswith(".gz") else open
+    delimiter = "\t" if ".tsv" in Path(path).name else ","
+    rows = []
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            missing = [c for c in QUORA_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}: not a Quora question-pairs file: missing column(s) {', '.join(missing)} "
+                                f"(header: {reader.fieldnames})")
+            for n, row in enumerate(reader, 2):
+                flag = (row.get("is_duplicate") or "").strip()
+                if flag not in ("0", "1"):
+                    raise DataError(f"{path}: line {n}: is_duplicate must be 0 or 1, not {flag!r:.40}")
+                q1, q2 = (row["question1"] or "").strip(), (row["question2"] or "").strip()
+                rows.append((row.get("id") or str(n), q1, q2, flag == "1"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from e
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (EOFError, gzip.BadGzipFile, csv.Error) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    # a duplicate pair whose two questions are the same text has no other question to find
+    dup = [(pid, q1, q2) for pid, q1, q2, is_dup in rows if is_dup and q1 and q2 and q1 != q2]
+    if not dup:
+        raise DataError(f"{path}: no duplicate pairs (is_duplicate = 1 with two different questions)")
+    order = np.random.default_rng(seed).permutation(len(dup))
+    n_test = max(1, int(round(test_fraction * len(dup))))
+    test = [dup[i] for i in sorted(order[:n_test])]
+    table = _ContextTable()
+    if split == "dev":
+        for pid, q1, q2 in test:
+            table.add(q1, q2, pid, pid)
+        for _, q1, q2, _ in rows:  # the rest of the corpus: every question is a candidate
+            for q in (q1, q2):
+                if q:
+                    table.add_context(q)
+    else:
+        held = {q for _, q1, q2 in test for q in (q1, q2)}
+        for i in sorted(order[n_test:]):
+            pid, q1, q2 = dup[i]
+            if q1 not in held and q2 not in held:
+                table.add(q1, q2, pid, pid)
+    meta = {"dataset": "quora", "split": split, "granularity": "question", "source": str(path),
+            "test_fraction": test_fraction, "split_seed": seed, "duplicate_pairs": len(dup), "test_pairs": n_test}
+    return table.build(meta, str(path))
+
+
 def load_pairs(dataset: str, split: str = "dev", granularity: str = "sentence",
                data: str | os.PathLike | None = None, quac_history: int = 0,
                download: bool = True) -> Pairs:
-    """Load a dataset by name: ``squad-v1.1``, ``squad-v2.0``, ``quac`` or ``jsonl``
-    (``data`` is then the file)."""
+    """Load a dataset by name: ``squad-v1.1``, ``squad-v2.0``, ``quac``, ``quora`` or
+    ``jsonl`` (``data`` is then the file). ``granularity`` applies to SQuAD and QuAC."""
     if dataset == "jsonl":
         if data is None:
             raise DataError("dataset 'jsonl' needs a file: pass --data FILE.jsonl")
@@ -363,4 +454,6 @@ def load_pairs(dataset: str, split: str = "dev", granularity: str = "sentence",
         return load_squad(path, granularity, dataset=dataset, split=split)
     if dataset == "quac":
         return load_quac(path, history=quac_history, split=split, granularity=granularity)
+    if dataset == "quora":
+        return load_quora(path, split=split)
     raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")

@@ -17,7 +17,8 @@ same code.
   nDCG@10 (one relevant context per query).
 
 Ties are counted against the gold context (rank = number of candidates scoring >= gold,
-minus itself), so a constant scorer gets no credit.
+minus itself), so a constant scorer gets no credit; a non-finite gold score is a miss. A
+context whose text is the query's own (duplicate-question data) is never a candidate.
 """
 from __future__ import annotations
 
@@ -35,10 +36,35 @@ def dense_scorer(q: np.ndarray, c: np.ndarray) -> Scorer:
     return lambda rows: q[rows] @ c.T  # (R, Nc)
 
 
-def _ranks(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """0-based rank of each row's gold column: candidates scoring >= gold, except gold."""
+def self_matches(query_texts: list[str], context_texts: list[str]) -> np.ndarray:
+    """(Nq,) context row whose text is the query's own text, -1 if none. In data with
+    questions on both sides (Quora duplicates) every query is also in the corpus; finding
+    itself is no retrieval, so evaluation leaves that context out for that query."""
+    row = {t: i for i, t in enumerate(context_texts)}
+    return np.array([row.get(t, -1) for t in query_texts], dtype=np.int64)
+
+
+def excluding(scorer: Scorer, exclude: np.ndarray | None) -> Scorer:
+    """``scorer`` with each query's ``exclude`` context (-1: none) scored -inf."""
+    if exclude is None or not (exclude >= 0).any():
+        return scorer
+
+    def score(rows):
+        s = scorer(rows)
+        r = np.flatnonzero(exclude[rows] >= 0)
+        s[r, exclude[rows][r]] = -np.inf
+        return s
+
+    return score
+
+
+def gold_ranks(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's gold column: candidates scoring >= gold, except gold.
+    A non-finite gold score (a diverged head, a broken scorer) is a miss: it ranks last,
+    behind every candidate, instead of comparing False with everything and ranking first."""
     g = scores[np.arange(len(gold)), gold][:, None]  # (R, 1)
-    return (scores >= g).sum(axis=1) - 1
+    r = (scores >= g).sum(axis=1) - 1
+    return np.where(np.isfinite(g[:, 0]), r, scores.shape[1])
 
 
 def out_of_n(scorer: Scorer, q2c: np.ndarray, n: int = 500, ks=(1, 5, 10)) -> dict:
@@ -48,7 +74,7 @@ def out_of_n(scorer: Scorer, q2c: np.ndarray, n: int = 500, ks=(1, 5, 10)) -> di
         rows = np.arange(start, min(start + n, len(q2c)))
         cand, gold = np.unique(q2c[rows], return_inverse=True)  # distinct gold contexts of the block
         scores = scorer(rows)[:, cand]  # (R, |cand|)
-        ranks.append(_ranks(scores, gold))
+        ranks.append(gold_ranks(scores, gold))
     r = np.concatenate(ranks)
     out = {f"top{k}": float((r < k).mean()) for k in ks}
     out["mrr10"] = float(np.where(r < 10, 1.0 / (r + 1), 0.0).mean())
@@ -58,7 +84,7 @@ def out_of_n(scorer: Scorer, q2c: np.ndarray, n: int = 500, ks=(1, 5, 10)) -> di
 def ranks(scorer: Scorer, q2c: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """0-based rank of each query's gold context among all contexts (ties count against it)."""
     q2c = np.asarray(q2c)
-    return np.concatenate([_ranks(scorer(rows), q2c[rows])
+    return np.concatenate([gold_ranks(scorer(rows), q2c[rows])
                            for rows in np.array_split(np.arange(len(q2c)), max(1, -(-len(q2c) // chunk)))])
 
 
@@ -68,6 +94,33 @@ def full_corpus(scorer: Scorer, q2c: np.ndarray, ks=(1, 5, 10, 100), chunk: int 
     out["MRR@10"] = float(np.where(r < 10, 1.0 / (r + 1), 0.0).mean())
     out["nDCG@10"] = float(np.where(r < 10, 1.0 / np.log2(r + 2), 0.0).mean())
     return out
+
+
+# Per-query scores from 0-based gold ranks: what model selection compares query by query.
+PER_QUERY = {
+    "top1": lambda r: (r < 1).astype(np.float64),
+    "top5": lambda r: (r < 5).astype(np.float64),
+    "top10": lambda r: (r < 10).astype(np.float64),
+    "mrr10": lambda r: np.where(r < 10, 1.0 / (r + 1), 0.0),
+    "ndcg10": lambda r: np.where(r < 10, 1.0 / np.log2(r + 2), 0.0),
+}
+
+
+def rank_metrics(r: np.ndarray) -> dict:
+    """Mean of every per-query score (``PER_QUERY``) over the ranks ``r``."""
+    return {name: float(f(r).mean()) if len(r) else float("nan") for name, f in PER_QUERY.items()}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of ``a - b`` (per-query scores of two systems on the same queries) with a
+    percentile interval from ``n`` resamples of the queries: is the gain more than noise?"""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if len(d) == 0:
+        return {"gain": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+    rng = np.random.default_rng(seed)
+    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n)])
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"gain": float(d.mean()), "low": float(lo), "high": float(hi), "n": int(len(d))}
 
 
 def both_protocols(scorer: Scorer, q2c: np.ndarray, block: int = 500) -> dict:
@@ -100,9 +153,9 @@ def bm25_scorer(queries: list[str], contexts: list[str]) -> Scorer:
     return score
 
 
-def _dense_protocols(q, c, q2c, block, index, search_kw) -> dict:
+def _dense_protocols(q, c, q2c, block, index, search_kw, exclude=None) -> dict:
     if index is None:
-        return both_protocols(dense_scorer(q, c), q2c, block)
+        return both_protocols(excluding(dense_scorer(q, c), exclude), q2c, block)
     from .search import build_index, search, topk_metrics
 
     chunks = (c[i:i + 65536] for i in range(0, len(c), 65536))
@@ -117,13 +170,21 @@ def evaluate_cache(cache, head=None, bm25: bool = False, block: int = 500, index
     protocols, on every query of ``cache``. ``index``: a FAISS index-factory string
     (``Flat``, ``HNSW32``, ``IVF1024,Flat``...) for the full-corpus protocol (see
     ``projhead.search``); ``search_kw``: ``nprobe``, ``ef_search``."""
-    results = {"frozen": _dense_protocols(cache.queries, cache.contexts, cache.q2c, block, index, search_kw)}
+    exclude = self_matches(cache.query_texts, cache.context_texts)
+    if index is not None and (exclude >= 0).any():
+        from .search import SearchError
+
+        raise SearchError(f"{cache.path}: queries that are also contexts (duplicate-question data) are not "
+                         "supported with index=; evaluate without an index")
+    results = {"frozen": _dense_protocols(cache.queries, cache.contexts, cache.q2c, block, index, search_kw,
+                                          exclude)}
     if head is not None:
         head.check_cache(cache)
         q, c = head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)
-        results["head"] = _dense_protocols(q, c, cache.q2c, block, index, search_kw)
+        results["head"] = _dense_protocols(q, c, cache.q2c, block, index, search_kw, exclude)
     if bm25:
-        results["bm25"] = both_protocols(bm25_scorer(cache.query_texts, cache.context_texts), cache.q2c, block)
+        results["bm25"] = both_protocols(excluding(bm25_scorer(cache.query_texts, cache.context_texts), exclude),
+                                         cache.q2c, block)
     return results
 
 

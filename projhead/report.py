@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import _ranks, dense_scorer, format_table, ranks
+from .evaluate import dense_scorer, gold_ranks, format_table, ranks
 
 
 def _plt():
@@ -54,7 +54,7 @@ def _scan(scorer, q2c: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.nd
     for start in range(0, len(q2c), chunk):
         rows = np.arange(start, min(start + chunk, len(q2c)))
         s = scorer(rows)
-        rank.append(_ranks(s, q2c[rows]))
+        rank.append(gold_ranks(s, q2c[rows]))
         i = s.argmax(1)
         idx.append(i)
         val.append(s[np.arange(len(i)), i])
