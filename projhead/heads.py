@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +132,7 @@ class Head(nn.Module):
 
     def __init__(self, config: HeadConfig, info: dict | None = None):
         super().__init__()
-        self.config = config
+        self.config = replace(config)  # a copy: passthrough is set per head
         self.info = info or {}  # training settings, cache, metrics: written to config.json
         self.query = build_tower(config)
         if config.towers == "separate":
@@ -192,6 +192,43 @@ class Head(nn.Module):
         self.check_encoder(cache.encoder, cache.encoder_info.get("weights_sha256"), where=str(cache.path))
         if cache.dim != self.config.in_dim:
             raise HeadError(f"{cache.path}: vectors have dim {cache.dim}, the head expects {self.config.in_dim}")
+
+    # -- moving toward the frozen encoder ---------------------------------------------
+    def can_interpolate(self) -> bool:
+        """Whether the frozen encoder is a point in this head's weight space: identity-
+        initialised linear and residual heads (the residual branch at zero, the matrix at I)."""
+        c = self.config
+        return c.init == "identity" and c.kind in ("linear", "residual") and c.output_dim == c.in_dim
+
+    def interpolate(self, alpha: float) -> "Head":
+        """Move the weights to frozen + alpha * (weights - frozen), in place (WiSE-FT's
+        weight-space ensembling with the frozen encoder): alpha 1 keeps the head, 0 is the
+        identity. For these heads it equals x + alpha * (tower(x) - x) before normalising,
+        so saving, loading and export need nothing new."""
+        if not self.can_interpolate():
+            raise HeadError(f"a {self.config.kind} head with init={self.config.init!r} has no frozen-encoder "
+                            "weights to interpolate toward")
+        if not 0 <= alpha <= 1:
+            raise HeadError(f"alpha must be in [0, 1], not {alpha}")
+        towers = [self.query] + ([self.context] if self.config.towers == "separate" else [])
+        with torch.no_grad():
+            for t in towers:
+                if self.config.kind == "residual":
+                    t.mlp[-1].weight.mul_(alpha)  # the branch's last layer: output scales by alpha
+                    t.mlp[-1].bias.mul_(alpha)
+                else:
+                    eye = torch.eye(t.weight.shape[0], t.weight.shape[1], dtype=t.weight.dtype)
+                    t.weight.copy_(eye + alpha * (t.weight - eye))
+                    t.bias.mul_(alpha)
+        return self
+
+    def reset_to_identity(self) -> "Head":
+        """Keep the frozen encoder: ``passthrough``, and identity weights where the head has
+        them (so the saved weights say the same as the config)."""
+        if self.can_interpolate():
+            self.interpolate(0.0)
+        self.config.passthrough = True
+        return self
 
     # -- saving ----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:

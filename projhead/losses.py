@@ -235,12 +235,12 @@ class SamToNeLoss(ClipLoss):
 
 class SigLipLoss(_ScaledLoss):
     """Pairwise sigmoid loss (SigLIP, Zhai et al., 2023) with learnable temperature and bias,
-    initialised as in the paper: log-scale log(10), bias -10 (``init_temperature`` is not
-    used: SigLIP's own start is kept). Pairs sharing a gold context or a query count as
+    initialised as in the paper: log-scale log(10), bias -10 (set them with ``init_scale``
+    and ``init_bias``; there is no softmax temperature to set). Pairs sharing a gold context or a query count as
     positives; mined negatives add negative pairs."""
 
     def __init__(self, init_scale: float = 10.0, init_bias: float = -10.0, learn_temperature: bool = True,
-                 max_scale: float = 100.0, init_temperature: float | None = None):
+                 max_scale: float = 100.0):
         super().__init__(1.0 / init_scale, learn_temperature, max_scale)
         self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))
 
@@ -298,6 +298,11 @@ class DistillLoss(ClipLoss):
         err = ((s_margin - t_margin) ** 2).masked_fill(~valid[:, 1:], 0.0)
         return err.sum() / valid[:, 1:].sum().clamp_min(1)
 
+    def forward(self, q, c, context_ids=None, negatives=None, negative_ids=None, query_ids=None):
+        raise LossError("the distill loss learns from teacher scores, which a call on embeddings alone does not "
+                        "carry: call distill(q, c, negatives, negative_ids, teacher), or batch_loss(head, batch) "
+                        "with a Batch that holds them")
+
     def batch_loss(self, head, batch: Batch):
         if batch.teacher is None or batch.negatives is None:
             raise LossError("the distill loss needs a mined set with teacher scores and hard negatives "
@@ -341,8 +346,7 @@ class ByolLoss(Objective):
     uses, without negatives."""
 
     def __init__(self, tau: float = 0.996, views: str = "augment", hidden: int = 1024, noise: float = 0.5,
-                 dim_dropout: float = 0.1, mix: float = 0.3, init_temperature: float | None = None,
-                 learn_temperature: bool | None = None):
+                 dim_dropout: float = 0.1, mix: float = 0.3):
         super().__init__()
         if views not in ("augment", "pair"):
             raise LossError(f"byol views must be 'augment' or 'pair', not {views!r}")

@@ -21,6 +21,8 @@ squared distance between head output and frozen vector) all pull that way.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -32,26 +34,32 @@ import numpy as np
 import torch
 
 from .cache import Cache, open_cache
-from .evaluate import dense_scorer, out_of_n
+from .evaluate import PER_QUERY, dense_scorer, excluding, paired_bootstrap, rank_metrics, ranks, self_matches
 from .heads import Head, HeadConfig
-from .losses import Batch, get_loss
+from .losses import LOSSES, Batch, get_loss
+
+
+SELECT_METRICS = ("top1", "top5", "top10", "mrr10", "ndcg10")
+DECISIONS = ("bootstrap", "better")
 
 
 @dataclass
 class TrainConfig:
     loss: str = "clip"  # objective, a name in projhead.losses.LOSSES
-    epochs: int = 8  # upper bound (keeps SQuAD train under 2 min on 2 cores); early stopping often ends sooner
-    batch_size: int = 2048  # pairs per step; in-batch negatives = batch_size - 1
+    epochs: int | None = None  # None: sized to the data, at least 8 and enough for min_steps steps (at most 200)
+    min_steps: int = 300  # with epochs=None: the fewest optimizer steps a run is given (small data: more epochs)
+    batch_size: int | None = None  # pairs per step; None: a sixteenth of the training pairs, within [32, 2048]
     batching: str = "group"  # group: batches of whole shuffled groups (same-document negatives) | random
     lr: float = 5e-4  # peak AdamW learning rate
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (weight matrices only: never scalars, biases, norms)
     warmup: float = 0.05  # fraction of all steps spent warming the learning rate up from 0
-    init_temperature: float = 0.05  # softmax temperature at step 0 (open_clip: 0.07)
+    init_temperature: float | None = None  # softmax temperature at step 0; None: 0.05 (losses without one refuse a value)
     learn_temperature: bool = True  # learn the temperature (clamped at 1/100 as open_clip)
     anchor_weight: float = 0.0  # weight of mean ||head(x) - x||^2: pulls outputs toward the frozen vectors
-    dev_fraction: float = 0.05  # share of groups (articles) held out for early stopping
-    select_metric: str = "mrr10"  # out-of-500 metric on the dev split that picks the best epoch
-    patience: int = 2  # epochs without a better dev metric before stopping
+    dev_fraction: float | None = None  # share of groups held out for selection; None: 5%, or 20% under 5,000 queries
+    select_metric: str = "mrr10"  # metric of the dev queries ranked against every context of the cache
+    decision: str = "bootstrap"  # bootstrap: keep a head only if the 95% interval of its dev gain is above 0 | better
+    patience: int | None = None  # epochs without a better dev metric before stopping; None: a quarter of the epochs, >= 2
     seed: int = 0  # seeds the split, initialisation and batch order
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "cpu"  # cpu is plenty; cuda works for large caches
@@ -62,6 +70,56 @@ class TrainConfig:
     stream: bool = False  # read the cache in chunks instead of whole: bounded memory for caches larger than RAM
     stream_chunk: int = 65536  # stream: query rows read at a time
     stream_buffer: int = 4  # stream: chunks shuffled together (rows mix within this many chunks)
+    canaries: list = field(default_factory=list)  # caches of other domains scored every epoch beside the frozen encoder
+    canary_tolerance: float = 0.005  # most nDCG@10 a canary may lose; the head is shrunk toward the frozen encoder until none does
+    alpha: float = 1.0  # the saved head is frozen + alpha * (trained - frozen), in weight space (WiSE-FT)
+
+    def __post_init__(self):
+        def bad(name, what):
+            raise TrainError(f"training setting {name} must be {what}, not {getattr(self, name)!r}")
+
+        for name in ("epochs", "batch_size", "patience"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                bad(name, "a positive integer (or None: sized to the data)")
+        for name in ("min_steps", "stream_chunk", "stream_buffer"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, "a positive integer")
+        if not self.lr > 0:
+            bad("lr", "> 0")
+        if not self.weight_decay >= 0:
+            bad("weight_decay", ">= 0")
+        if not 0 <= self.warmup < 1:
+            bad("warmup", "in [0, 1)")
+        if self.init_temperature is not None and not self.init_temperature > 0:
+            bad("init_temperature", "> 0")
+        if not self.anchor_weight >= 0:
+            bad("anchor_weight", ">= 0")
+        if self.dev_fraction is not None and not 0 <= self.dev_fraction < 1:
+            bad("dev_fraction", "in [0, 1)")
+        if self.select_metric not in SELECT_METRICS:
+            bad("select_metric", f"one of {', '.join(SELECT_METRICS)}")
+        if self.decision not in DECISIONS:
+            bad("decision", f"one of {', '.join(DECISIONS)}")
+        if self.batching not in ("group", "random"):
+            bad("batching", "'group' or 'random'")
+        if not isinstance(self.hard_negatives, int) or self.hard_negatives < 0:
+            bad("hard_negatives", "an integer >= 0")
+        if not 0 <= self.canary_tolerance < 1:
+            bad("canary_tolerance", "in [0, 1)")
+        if not 0 <= self.alpha <= 1:
+            bad("alpha", "in [0, 1]")
+
+    def sized(self, n_pairs: int) -> "TrainConfig":
+        """The settings left to the data (None), fixed for ``n_pairs`` training pairs: the
+        batch is a sixteenth of the pairs within [32, 2048] (small data gets steps, not one
+        batch per epoch), epochs give at least ``min_steps`` optimizer steps (at least 8,
+        at most 200), patience a quarter of the epochs."""
+        bs = self.batch_size or int(min(2048, max(32, n_pairs // 16)))
+        steps = max(1, n_pairs // min(bs, max(n_pairs, 1)))
+        epochs = self.epochs or int(min(200, max(8, math.ceil(self.min_steps / steps))))
+        return replace(self, batch_size=bs, epochs=epochs, patience=self.patience or max(2, epochs // 4))
 
 
 def split_by_group(groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,10 +148,22 @@ def epoch_order(train_rows: np.ndarray, group_ids: np.ndarray, batching: str, rn
     return train_rows[np.lexsort((jitter, key))]
 
 
-def _dev_metrics(head: Head | None, q: np.ndarray, c: np.ndarray, q2c: np.ndarray) -> dict:
-    if head is not None:
-        q, c = head.encode_queries(q), head.encode_contexts(c)
-    return out_of_n(dense_scorer(q, c), q2c)
+class DevSet:
+    """Held-out queries ranked against candidate contexts (in memory: every context of the
+    cache, so small data still gives a metric that can move), with each query's own text
+    left out (duplicate-question data). ``ranks(head)`` gives the per-query ranks that
+    model selection and the bootstrap compare; ``None`` is the frozen encoder."""
+
+    def __init__(self, q: np.ndarray, c: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None = None):
+        self.q, self.c, self.gold = q, c, np.asarray(gold, np.int64)
+        self.exclude = exclude
+
+    def __len__(self) -> int:
+        return len(self.gold)
+
+    def ranks(self, head: Head | None) -> np.ndarray:
+        q, c = (self.q, self.c) if head is None else (head.encode_queries(self.q), head.encode_contexts(self.c))
+        return ranks(excluding(dense_scorer(q, c), self.exclude), self.gold)
 
 
 def spread(x: np.ndarray) -> float:
@@ -225,19 +295,29 @@ def _restore_optimizer(opt, groups: list, tensors: dict) -> None:
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def dev_fraction(cfg: TrainConfig, n_queries: int) -> float:
+    """The dev share: as set, else 5%, or 20% under 5,000 queries (a dev split that can
+    tell a real gain from noise needs a few hundred queries)."""
+    if cfg.dev_fraction is not None:
+        return cfg.dev_fraction
+    return 0.05 if n_queries >= 5000 else 0.2
+
+
 class _MemorySource:
     """Training pairs from a cache held in memory (the default): any batching, mined
-    negatives, silver pairs."""
+    negatives, silver pairs. ``rows``: (train rows, dev rows) to use instead of the
+    group split (model selection with folds passes its own)."""
 
-    def __init__(self, cache: Cache, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, cache: Cache, cfg: TrainConfig, rows: tuple[np.ndarray, np.ndarray] | None = None):
         Q, C, q2c = cache.queries, cache.contexts, cache.q2c
-        train_rows, dev_rows = split_by_group(cache.groups, cfg.dev_fraction, cfg.seed)
+        train_rows, dev_rows = rows if rows is not None else split_by_group(
+            cache.groups, dev_fraction(cfg, len(q2c)), cfg.seed)
         self.group_ids = np.unique(np.asarray(cache.groups), return_inverse=True)[1]  # (Nq,) int
         if len(train_rows) == 0:
             raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
-        dev_ctx, dev_q2c = _subset(q2c, dev_rows)
-        self.dev = (Q[dev_rows], C[dev_ctx], dev_q2c)
+        dev_ctx = np.unique(q2c[dev_rows])
+        exclude = self_matches([cache.query_texts[i] for i in dev_rows], cache.context_texts)
+        self.dev = DevSet(Q[dev_rows], C, q2c[dev_rows], exclude)
         self.spread_sample = Q[dev_rows] if len(dev_rows) else Q[:4096]
         self.mined = mined = _Mined(cache, cfg, train_rows, dev_ctx) if cfg.mined else None
         if cfg.loss == "distill" and (mined.teacher is None or not cfg.hard_negatives or cfg.silver):
@@ -250,6 +330,7 @@ class _MemorySource:
         self.n_train, self.n_silver = int(len(train_rows)), int(len(mined.silver)) if mined else 0
         self.Qt = torch.from_numpy(Q).to(cfg.device)  # (Nq, D)
         self.Ct = torch.from_numpy(C).to(cfg.device)  # (Nc, D)
+        self.cfg = cfg = cfg.sized(len(self.pair_q))
         self.bs = min(cfg.batch_size, len(self.pair_q))
         self.steps_per_epoch = max(1, len(self.pair_q) // self.bs)  # drop the ragged last batch
 
@@ -263,8 +344,6 @@ class _MemorySource:
 def _in_dev(groups, fraction: float, seed: int) -> np.ndarray:
     """Streaming dev split: a group is held out when a hash of (seed, group) falls below
     ``fraction``; decided chunk by chunk, without the list of all groups."""
-    import hashlib
-
     return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{g}".encode(), digest_size=8).digest(), "little")
                      < fraction * 2.0 ** 64 for g in groups], dtype=bool)
 
@@ -296,7 +375,7 @@ class _StreamSource:
         if cfg.mined or cfg.hard_negatives or cfg.silver:
             raise TrainError("--stream trains on plain pairs: mined negatives, silver pairs and distill need the "
                              "cache in memory")
-        self.cfg, self.path = cfg, cache.path
+        self.path = cache.path
         self.f = h5py.File(cache.path, "r")
         self.Qd, self.Cd = self.f["queries/vectors"], self.f["contexts/vectors"]
         self.q2c = self.f["queries/context"][()].astype(np.int64)
@@ -304,27 +383,34 @@ class _StreamSource:
         self.chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
         self.train_mask = np.ones(n, dtype=bool)
         dev_q = []
+        fraction = dev_fraction(cfg, n)
+        group_hash = np.zeros(n, dtype=np.int64)  # batching by group without the list of all groups
         for a, b in self.chunks:  # one pass: the dev split, decided by group
-            dev = _in_dev([g.decode() for g in self.f["queries/group"][a:b]], cfg.dev_fraction, cfg.seed)
+            names = [g.decode() for g in self.f["queries/group"][a:b]]
+            group_hash[a:b] = [int.from_bytes(hashlib.blake2b(g.encode(), digest_size=7).digest(), "little")
+                               for g in names]
+            dev = _in_dev(names, fraction, cfg.seed)
             self.train_mask[a:b] = ~dev
             if dev.any():
                 dev_q.append(self.Qd[a:b][dev].astype(np.float32))
         dev_rows = np.flatnonzero(~self.train_mask)
         d = cache.dim
-        if len(dev_rows):
+        self.group_hash = group_hash
+        if len(dev_rows):  # dev queries against the dev contexts: all contexts may not fit in memory
             dev_ctx, dev_q2c = _subset(self.q2c, dev_rows)
-            self.dev = (np.concatenate(dev_q), _read_rows(self.Cd, dev_ctx), dev_q2c)
+            self.dev = DevSet(np.concatenate(dev_q), _read_rows(self.Cd, dev_ctx), dev_q2c)
         else:
-            self.dev = (np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64))
+            self.dev = DevSet(np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64))
         self.n_train, self.n_silver = int(self.train_mask.sum()), 0
         if self.n_train == 0:
             raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
-        self.spread_sample = self.dev[0] if len(dev_rows) else self.Qd[:4096].astype(np.float32)
+        self.spread_sample = self.dev.q if len(dev_rows) else self.Qd[:4096].astype(np.float32)
+        self.cfg = cfg = cfg.sized(self.n_train)
         self.bs = min(cfg.batch_size, self.n_train)
         self.steps_per_epoch = max(1, self.n_train // self.bs)
 
-    def _load(self, chunk_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        qs, cs, ids = [], [], []
+    def _load(self, chunk_ids) -> tuple[np.ndarray, ...]:
+        qs, cs, ids, groups = [], [], [], []
         for i in chunk_ids:
             a, b = self.chunks[i]
             keep = self.train_mask[a:b]
@@ -334,26 +420,31 @@ class _StreamSource:
                 qs.append(q)
                 cs.append(_read_rows(self.Cd, ctx))
                 ids.append(ctx)
+                groups.append(self.group_hash[a:b][keep])
         if not qs:
             d = self.Qd.shape[1]
-            return np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64)
+            return (np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64),
+                    np.zeros(0, np.int64))
         q, c = np.concatenate(qs), np.concatenate(cs)
         if not (np.isfinite(q).all() and np.isfinite(c).all()):
             raise TrainError(f"{self.path}: NaN or Inf in the vectors of query rows "
                              f"{self.chunks[chunk_ids[0]][0]}.. (chunk read while streaming)")
-        return q, c, np.concatenate(ids)
+        return q, c, np.concatenate(ids), np.concatenate(groups)
 
     def epoch(self, rng):
+        """Batches of one epoch: buffers of shuffled chunks, ordered inside a buffer as
+        ``epoch_order`` does (``group``: whole groups of the buffer together)."""
         dev = self.cfg.device
         order = rng.permutation(len(self.chunks))
         left = None
         made = 0
         for g in range(0, len(order), self.cfg.stream_buffer):
-            q, c, ids = self._load(order[g:g + self.cfg.stream_buffer])
+            buf = self._load(order[g:g + self.cfg.stream_buffer])
             if left is not None:
-                q, c, ids = (np.concatenate([x, y]) for x, y in zip(left, (q, c, ids)))
-            perm = rng.permutation(len(ids))
-            q, c, ids = q[perm], c[perm], ids[perm]
+                buf = tuple(np.concatenate([x, y]) for x, y in zip(left, buf))
+            gid = np.unique(buf[3], return_inverse=True)[1].reshape(-1)
+            perm = epoch_order(np.arange(len(gid)), gid, self.cfg.batching, rng) if len(gid) else gid
+            q, c, ids, grp = (x[perm] for x in buf)
             full = len(ids) // self.bs * self.bs
             for s in range(0, full, self.bs):
                 if made == self.steps_per_epoch:
@@ -361,78 +452,150 @@ class _StreamSource:
                 made += 1
                 yield Batch(q=torch.from_numpy(q[s:s + self.bs]).to(dev), c=torch.from_numpy(c[s:s + self.bs]).to(dev),
                             context_ids=torch.from_numpy(ids[s:s + self.bs]).to(dev))
-            left = (q[full:], c[full:], ids[full:])
+            left = (q[full:], c[full:], ids[full:], grp[full:])
 
 
-def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None = None,
-               config: TrainConfig | None = None, out: str | os.PathLike | None = None,
-               progress: bool = True, restart: bool = False) -> tuple[Head, dict]:
-    """Train, select and (if ``out``) save a head; returns it and the training log.
+def make_loss(cfg: TrainConfig):
+    """The objective of ``cfg``: the trainer's temperature goes only to losses that have
+    one; a temperature set for a loss without one is refused, not ignored."""
+    try:
+        cls = LOSSES[cfg.loss]
+    except KeyError:
+        raise TrainError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}") from None
+    accepted = inspect.signature(cls.__init__).parameters
+    kw = dict(cfg.loss_settings)
+    if "init_temperature" in accepted:
+        kw.setdefault("init_temperature", cfg.init_temperature if cfg.init_temperature is not None else 0.05)
+    elif cfg.init_temperature is not None:
+        raise TrainError(f"the {cfg.loss} loss has no softmax temperature: drop --temperature "
+                         "(siglip: --loss-setting init_scale=...)")
+    if "learn_temperature" in accepted:
+        kw.setdefault("learn_temperature", cfg.learn_temperature)
+    elif not cfg.learn_temperature:
+        raise TrainError(f"the {cfg.loss} loss has no temperature to fix: drop --fixed-temperature")
+    return get_loss(cfg.loss, **kw)
 
-    With ``out``, a checkpoint is written after every epoch to ``out/checkpoint.safetensors``;
-    a run stopped in any way resumes from it when called again with the same settings and
-    ends with the same head as an uninterrupted run (same seed). ``restart`` discards it."""
-    from tqdm.auto import tqdm
 
-    cfg = config or TrainConfig()
-    if not isinstance(cache, Cache):
-        cache = open_cache(cache, load=not cfg.stream)
-    # the cache decides the input dimension and the encoder the head will accept
-    hcfg = replace(head_config or HeadConfig(), in_dim=cache.dim, encoder=cache.encoder,
-                   encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
+def param_groups(modules, weight_decay: float) -> list[dict]:
+    """AdamW groups as open_clip makes them: weight matrices decay; scalars (the
+    temperature, SigLIP's bias), biases and norm weights (fewer than 2 dimensions) do not,
+    since decay would pull the temperature toward exp(0) = 1 and biases toward 0."""
+    decay, keep = [], []
+    seen = set()
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                (decay if p.ndim >= 2 else keep).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
+
+def setup(hcfg: HeadConfig, cfg: TrainConfig, device: str | torch.device | None = None):
+    """Head, objective and optimiser on ``device``. The objective attaches to the head
+    first (BYOL builds its target network and predictor there), then everything moves, so
+    no part is left behind on the CPU."""
+    head = Head(hcfg)
+    loss_fn = make_loss(cfg)
+    if hasattr(loss_fn, "attach"):
+        loss_fn.attach(head)  # BYOL: target network and predictor
+    device = device or cfg.device
+    head.to(device)
+    loss_fn.to(device)
+    opt = torch.optim.AdamW(param_groups([head, loss_fn], cfg.weight_decay), lr=cfg.lr)
+    return head, loss_fn, opt
+
+
+class Canary:
+    """A cache of another domain, scored with every head beside the frozen encoder: every
+    query against every context, nDCG@10 (each query's own text left out)."""
+
+    def __init__(self, cache: Cache | str | os.PathLike):
+        if not isinstance(cache, Cache):
+            cache = open_cache(cache)
+        self.cache = cache
+        self.name = Path(cache.path).name
+        self.dev = DevSet(cache.queries, cache.contexts, cache.q2c,
+                          self_matches(cache.query_texts, cache.context_texts))
+        self.frozen = float(PER_QUERY["ndcg10"](self.dev.ranks(None)).mean())
+
+    def score(self, head: Head) -> float:
+        return float(PER_QUERY["ndcg10"](self.dev.ranks(head)).mean())
+
+
+def _rng_state(device) -> dict:
+    out = {"rng.torch": torch.get_rng_state()}
+    if str(device).startswith("cuda"):
+        out["rng.cuda"] = torch.cuda.get_rng_state(torch.device(device))
+    return out
+
+
+def _set_rng_state(tensors: dict, device) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and str(device).startswith("cuda"):
+        torch.cuda.set_rng_state(tensors["rng.cuda"], torch.device(device))
+
+
+def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
     if cfg.anchor_weight and hcfg.output_dim != hcfg.in_dim:
         raise TrainError(f"anchor_weight pulls head outputs toward the frozen vectors, so out_dim "
                          f"({hcfg.output_dim}) must equal the encoder's dimension ({hcfg.in_dim})")
+    if (cfg.hard_negatives or cfg.silver or cfg.loss == "distill") and not cfg.mined:
+        raise TrainError("hard negatives, silver pairs and the distill loss need a mined set: "
+                         f"run `projhead mine {cache.path}`, then pass --mined NAME")
+    if cfg.loss == "byol" and cfg.hard_negatives:
+        raise TrainError("the byol loss uses no negatives: drop --hard-negatives (or use a contrastive loss)")
+
+
+def fit(cache: Cache, hcfg: HeadConfig, cfg: TrainConfig, rows=None, ckpt: Path | None = None,
+        job: dict | None = None, progress: bool = True, canaries=()) -> dict:
+    """One training run: epochs over the training pairs, each scored on the dev queries.
+    Returns the head with its best epoch's weights (or its step-0 weights when no epoch beat
+    the frozen encoder), the log, and every epoch's per-query dev ranks (``epoch_ranks``,
+    epoch 0 = frozen). Without dev queries the last epoch is kept. A non-finite loss ends
+    the run at the last good epoch, said in the log (``stopped``)."""
+    from tqdm.auto import tqdm
+
+    _check(cfg, hcfg, cache)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t_start = time.perf_counter()
-
-    if cfg.hard_negatives < 0:
-        raise TrainError(f"hard_negatives must be >= 0, not {cfg.hard_negatives}")
-    if (cfg.hard_negatives or cfg.silver or cfg.loss == "distill") and not cfg.mined:
-        raise TrainError("hard negatives, silver pairs and the distill loss need a mined set: "
-                         f"run `projhead mine {cache.path}`, then pass --mined NAME")
-    source = _StreamSource(cache, cfg) if cfg.stream else _MemorySource(cache, cfg)
-    dev_q, dev_c, dev_q2c = source.dev
-
-    head = Head(hcfg).to(cfg.device)
-    loss_fn = get_loss(cfg.loss, init_temperature=cfg.init_temperature, learn_temperature=cfg.learn_temperature,
-                       **cfg.loss_settings).to(cfg.device)
-    if hasattr(loss_fn, "attach"):
-        loss_fn.attach(head)  # BYOL: target network and predictor
-    params = [p for p in list(head.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    source = _StreamSource(cache, cfg) if cfg.stream else _MemorySource(cache, cfg, rows)
+    cfg = source.cfg  # sized to the data
+    dev = source.dev
+    head, loss_fn, opt = setup(hcfg, cfg)
+    init_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
 
     total_steps = source.steps_per_epoch * cfg.epochs
-    has_dev = len(dev_q2c) > 0
-    frozen = _dev_metrics(None, dev_q, dev_c, dev_q2c) if has_dev else {}
-    log = {"epochs": [], "frozen_dev": frozen, "n_train": source.n_train, "n_dev": int(len(dev_q2c)),
-           "n_silver": source.n_silver, "frozen_spread": spread(source.spread_sample)}
+    has_dev = len(dev) > 0
+    frozen_ranks = dev.ranks(None) if has_dev else np.zeros(0, np.int64)
+    frozen = rank_metrics(frozen_ranks) if has_dev else {}
+    log = {"epochs": [], "frozen_dev": frozen, "n_train": source.n_train, "n_dev": int(len(dev)),
+           "n_silver": source.n_silver, "frozen_spread": spread(source.spread_sample),
+           "settings": {"batch_size": cfg.batch_size, "epochs": cfg.epochs, "patience": cfg.patience,
+                        "steps_per_epoch": source.steps_per_epoch},
+           "canaries_frozen": {c.name: c.frozen for c in canaries}}
+    epoch_ranks = {0: frozen_ranks}
     best = {"score": frozen.get(cfg.select_metric, -math.inf), "epoch": 0, "state": None, "metrics": frozen}
     step, bad_epochs, first_epoch = 0, 0, 1
-    ckpt = Path(out) / CHECKPOINT_NAME if out is not None else None
-    job = {"train": asdict(cfg), "head": asdict(hcfg), "cache_fingerprint": cache.attrs["fingerprint"]}
-    if ckpt is not None and restart and ckpt.exists():
-        ckpt.unlink()
     resumed = _load_checkpoint(ckpt, job) if ckpt is not None else None
     if resumed is not None:
         state, tensors = resumed
         head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
         loss_fn.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("loss.")})
         _restore_optimizer(opt, state["param_groups"], tensors)
-        torch.set_rng_state(tensors["rng.torch"])
+        _set_rng_state(tensors, cfg.device)
         rng.bit_generator.state = state["numpy_rng"]
         step, bad_epochs, first_epoch, log = state["step"], state["bad_epochs"], state["epoch"] + 1, state["log"]
         best = dict(state["best"], state={k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None)
+        epoch_ranks.update({int(k[6:]): v.numpy() for k, v in tensors.items() if k.startswith("ranks.")})
         if progress:
             print(f"resuming from {ckpt} after epoch {state['epoch']}", flush=True)
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not progress)
     for epoch in range(first_epoch, cfg.epochs + 1):
-        if bad_epochs >= cfg.patience:
-            break  # a resumed run that had already stopped early
+        if bad_epochs >= cfg.patience or log.get("stopped"):
+            break  # a resumed run that had already stopped
         t0 = time.perf_counter()
         head.train()
         losses = []
@@ -442,6 +605,10 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
                 # pull outputs toward the frozen vectors: stay close unless the data says otherwise
                 loss = loss + cfg.anchor_weight * ((q - batch.q).pow(2).sum(1).mean()
                                                    + (c - batch.c).pow(2).sum(1).mean()) / 2
+            if not torch.isfinite(loss.detach()):
+                log["stopped"] = (f"non-finite training loss at epoch {epoch}, step {step + 1} (lr {cfg.lr} may be "
+                                  f"too high); kept epoch {best['epoch']}, the best before it")
+                break
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total_steps, cfg)
             opt.zero_grad(set_to_none=True)
@@ -452,21 +619,33 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", T=f"{loss_fn.temperature:.4f}")
+        if log.get("stopped"):
+            bar.write(f"stopped: {log['stopped']}") if progress else None
+            break
         head.eval()
-        dev = _dev_metrics(head.cpu(), dev_q, dev_c, dev_q2c) if has_dev else {}
-        out_spread = spread(head.encode_queries(source.spread_sample))
+        cpu_head = head.cpu()
+        r = dev.ranks(cpu_head) if has_dev else np.zeros(0, np.int64)
+        metrics = rank_metrics(r) if has_dev else {}
+        if has_dev and not all(math.isfinite(v) for v in metrics.values()):
+            log["stopped"] = f"non-finite dev metric at epoch {epoch}; kept epoch {best['epoch']}"
+            break
+        epoch_ranks[epoch] = r
+        out_spread = spread(cpu_head.encode_queries(source.spread_sample))
+        canary_scores = {c.name: c.score(cpu_head) for c in canaries}
         head.to(cfg.device)
         entry = {"epoch": epoch, "train_loss": float(np.mean(losses)), "temperature": loss_fn.temperature,
-                 "lr": _lr_at(step - 1, total_steps, cfg), "dev": dev, "spread": out_spread,
-                 "seconds": time.perf_counter() - t0}
+                 "lr": _lr_at(step - 1, total_steps, cfg), "dev": metrics, "spread": out_spread,
+                 "canaries": canary_scores, "seconds": time.perf_counter() - t0}
         log["epochs"].append(entry)
-        score = dev.get(cfg.select_metric, -math.inf) if dev else -float(entry["train_loss"])
+        score = metrics[cfg.select_metric] if has_dev else epoch  # no dev: the last epoch
         if progress:
             bar.write(f"epoch {epoch}: loss {entry['train_loss']:.4f}  T {entry['temperature']:.4f}  "
-                      + "  ".join(f"{k} {v:.4f}" for k, v in dev.items()) + f"  spread {out_spread:.3f}"
+                      + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f"  spread {out_spread:.3f}"
+                      + "".join(f"  canary {k} nDCG@10 {v:.4f} (frozen {log['canaries_frozen'][k]:.4f})"
+                                for k, v in canary_scores.items())
                       + f"  (frozen {cfg.select_metric} {frozen.get(cfg.select_metric, float('nan')):.4f})")
         if score > best["score"]:
-            best = {"score": score, "epoch": epoch, "metrics": dev,
+            best = {"score": score, "epoch": epoch, "metrics": metrics,
                     "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
             bad_epochs = 0
         else:
@@ -476,7 +655,8 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
             tensors = {**{f"head.{k}": v for k, v in head.state_dict().items()},
                        **{f"loss.{k}": v for k, v in loss_fn.state_dict().items()},
                        **{f"best.{k}": v for k, v in (best["state"] or {}).items()},
-                       **opt_tensors, "rng.torch": torch.get_rng_state()}
+                       **{f"ranks.{e}": torch.from_numpy(np.asarray(v, np.int64)) for e, v in epoch_ranks.items()},
+                       **opt_tensors, **_rng_state(cfg.device)}
             _save_checkpoint(ckpt, job, {"epoch": epoch, "step": step, "bad_epochs": bad_epochs, "log": log,
                                          "numpy_rng": rng.bit_generator.state, **opt_json,
                                          "best": {k: v for k, v in best.items() if k != "state"}}, tensors)
@@ -485,32 +665,133 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     bar.close()
     if isinstance(source, _StreamSource):
         source.f.close()
-
     head = head.cpu()
-    if best["state"] is None:
-        head.config.passthrough = True  # no epoch beat the frozen vectors on dev
-    else:
-        head.load_state_dict(best["state"])
+    # no epoch beat the frozen vectors: the step-0 weights (identity for identity-initialised heads)
+    head.load_state_dict(best["state"] if best["state"] is not None else init_state)
     head.eval()
-    log.update(best_epoch=best["epoch"], passthrough=head.config.passthrough,
-               seconds=time.perf_counter() - t_start)
+    log.update(best_epoch=best["epoch"], seconds=time.perf_counter() - t_start)
+    return {"head": head, "log": log, "best": best, "epoch_ranks": epoch_ranks, "frozen": frozen, "cfg": cfg,
+            "dev": dev}
+
+
+def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.ndarray | None, canaries=(),
+           log: dict | None = None, ranks_now: np.ndarray | None = None) -> dict:
+    """After selection: interpolate toward the frozen encoder (``cfg.alpha``), shrink
+    further while a canary loses more than ``canary_tolerance``, then decide on the dev
+    queries whether the head replaces the identity (``cfg.decision``). Returns what was
+    decided; the head is changed in place (``passthrough`` when the identity is kept)."""
+    log = log if log is not None else {}
+    trained = {k: v.clone() for k, v in head.state_dict().items()}
+    alphas = [a for a in (1.0, 0.75, 0.5, 0.25) if a <= cfg.alpha] if cfg.alpha > 0 else []
+    if cfg.alpha < 1.0 and cfg.alpha not in alphas:
+        alphas.insert(0, cfg.alpha)
+    chosen, canary_now = None, {}
+    for a in alphas:
+        head.load_state_dict(trained)
+        if a < 1.0:
+            if not head.can_interpolate():
+                break  # a randomly initialised head has no frozen end to move toward
+            head.interpolate(a)
+        canary_now = {c.name: c.score(head) for c in canaries}
+        if all(c.frozen - canary_now[c.name] <= cfg.canary_tolerance for c in canaries):
+            chosen = a
+            break
+    decision = {"alpha": chosen, "canaries": {c.name: {"frozen": c.frozen, "head": canary_now.get(c.name)}
+                                              for c in canaries}}
+    if chosen is None:
+        decision["kept"] = "identity"
+        decision["why"] = (f"every interpolation toward the frozen encoder lost more than {cfg.canary_tolerance} "
+                           "nDCG@10 on a canary" if canaries else "the head cannot be interpolated")
+    elif dev is not None and len(dev):
+        r = dev.ranks(head) if (chosen != 1.0 or ranks_now is None) else ranks_now
+        f = PER_QUERY[cfg.select_metric]
+        boot = paired_bootstrap(f(r), f(frozen_ranks), seed=cfg.seed)
+        decision.update(dev_gain=boot, dev_head=rank_metrics(r))
+        keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
+        decision["kept"] = "head" if keep else "identity"
+        if not keep:
+            decision["why"] = (f"dev {cfg.select_metric} gain {boot['gain']:+.4f} (95% interval {boot['low']:+.4f} "
+                               f"to {boot['high']:+.4f}) is not above 0")
+    else:
+        decision["kept"] = "head"  # nothing to decide on: the caller decided (model selection with folds)
+    if decision["kept"] == "identity":
+        head.reset_to_identity()
+    log["decision"] = decision
+    return decision
+
+
+def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None = None,
+               config: TrainConfig | None = None, out: str | os.PathLike | None = None,
+               progress: bool = True, restart: bool = False) -> tuple[Head, dict]:
+    """Train, select and (if ``out``) save a head; returns it and the training log.
+
+    Settings left as None are sized to the data (``TrainConfig.sized``). The dev queries
+    are ranked against every context of the cache; the best epoch is kept only if its gain
+    over the frozen encoder is more than noise (``decision``), else the head is the identity.
+
+    With ``out``, a checkpoint is written after every epoch to ``out/checkpoint.safetensors``;
+    a run stopped in any way resumes from it when called again with the same settings and
+    ends with the same head as an uninterrupted run (same seed). ``restart`` discards it."""
+    cfg = config or TrainConfig()
+    if not isinstance(cache, Cache):
+        cache = open_cache(cache, load=not cfg.stream)
+    # the cache decides the input dimension and the encoder the head will accept
+    hcfg = replace(head_config or HeadConfig(), in_dim=cache.dim, encoder=cache.encoder,
+                   encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
+    canaries = [Canary(c) for c in cfg.canaries]
+    for c in canaries:
+        Head(hcfg).check_cache(c.cache)
+    ckpt = Path(out) / CHECKPOINT_NAME if out is not None else None
+    job = {"train": asdict(cfg), "head": asdict(hcfg), "cache_fingerprint": cache.attrs["fingerprint"]}
+    if ckpt is not None and restart and ckpt.exists():
+        ckpt.unlink()
+    run = fit(cache, hcfg, cfg, ckpt=ckpt, job=job, progress=progress, canaries=canaries)
+    head, log = run["head"], run["log"]
+    best = run["best"]
+    if best["state"] is None:
+        head.reset_to_identity()
+        log["decision"] = {"kept": "identity", "why": "no epoch beat the frozen encoder on the dev queries"}
+    else:
+        finish(head, cfg, run["dev"], run["epoch_ranks"][0], canaries, log, run["epoch_ranks"][best["epoch"]])
+    return _save(head, log, cache, run["cfg"], run["frozen"], out, ckpt)
+
+
+def _save(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: dict, out, ckpt=None,
+          extra: dict | None = None) -> tuple[Head, dict]:
+    """Record what was trained and decided in the head, and write the folder."""
+    decision = log.get("decision", {})
+    log.update(passthrough=head.config.passthrough)
+    head_metrics = decision.get("dev_head") or (log["epochs"][log["best_epoch"] - 1]["dev"]
+                                                 if log.get("best_epoch") else frozen)
     head.info = {
         "training": asdict(cfg),
         "encoder_build": cache.encoder_info.get("build", {}),
         "cache": {"path": str(cache.path), "fingerprint": cache.attrs["fingerprint"],
                   "dataset": cache.attrs["dataset"], "split": cache.attrs["split"],
                   "granularity": cache.attrs["granularity"], "n_queries": int(cache.attrs["n_queries"])},
-        "metrics": {"frozen": frozen, "head": best["metrics"] if best["state"] is not None else frozen},
-        "best_epoch": best["epoch"],
+        "metrics": {"frozen": frozen, "head": frozen if head.config.passthrough else head_metrics},
+        "best_epoch": log.get("best_epoch", 0),
+        "decision": _jsonable(decision),
+        **(extra or {}),
     }
     if out is not None:
         out = Path(out)
         head.save(out)
-        (out / "train_log.json").write_text(json.dumps(log, indent=1))
+        (out / "train_log.json").write_text(json.dumps(_jsonable(log), indent=1))
         plot_log(log, out / "training_curve.png", cfg.select_metric)
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()  # the finished head replaces it
     return head, log
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
 
 
 def plot_log(log: dict, path: Path, metric: str) -> Path | None:
