@@ -374,6 +374,23 @@ class Cache:
     groups = property(lambda self: self._get("queries/group"))
     context_texts = property(lambda self: self._get("contexts/text"))
 
+    def subset(self, rows) -> "Cache":
+        """The queries ``rows`` (in that order) with only their gold contexts, in memory: a
+        smaller training set without encoding anything again (learning curves, a slice of
+        the data). Its fingerprint is of its own content; mined sets are not carried."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ctx, local = np.unique(self.q2c[rows], return_inverse=True)
+        arrays = {"queries/vectors": self.queries[rows], "contexts/vectors": self.contexts[ctx],
+                  "queries/context": local.reshape(-1).astype(np.int64),
+                  "queries/text": [self.query_texts[i] for i in rows],
+                  "queries/id": [self.query_ids[i] for i in rows],
+                  "queries/group": [self.groups[i] for i in rows],
+                  "contexts/text": [self.context_texts[i] for i in ctx]}
+        columns = [arrays[k] for k in ("queries/text", "queries/id", "queries/group", "contexts/text")]
+        attrs = dict(self.attrs, n_queries=len(rows), n_contexts=len(ctx), split=f"{self.attrs['split']}[subset]",
+                     fingerprint=content_sha256(*columns, arrays["queries/context"]))
+        return Cache(self.path, attrs, arrays)
+
     def describe(self) -> dict:
         """Everything worth printing about the cache."""
         a = self.attrs

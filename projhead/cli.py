@@ -54,7 +54,7 @@ def default_cache_path(dataset: str, split: str, granularity: str, encoder: str,
               help="context unit: the sentence holding the answer, or the whole paragraph")
 @click.option("--data", type=click.Path(), default=None,
               help="data file or folder (default: $PROJHEAD_DATA, else the official download)")
-@click.option("--quac-history", type=int, default=0, show_default=True,
+@click.option("--quac-history", type=click.IntRange(min=0), default=0, show_default=True,
               help="QuAC: earlier dialogue turns prepended to each question")
 @click.option("--encoder", default=DEFAULT_ENCODER, show_default=True,
               help="st:NAME_OR_PATH, openclip:ARCH[/PRETRAINED_TAG_OR_FILE], or vectors:NAME for vectors you "
@@ -65,8 +65,8 @@ def default_cache_path(dataset: str, split: str, granularity: str, encoder: str,
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="output HDF5 file (default: cache/DATASET-SPLIT-GRANULARITY-ENCODER.h5)")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--shard-size", type=int, default=2048, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--shard-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="texts per resumable shard: the most work an interruption can lose")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 @click.option("--no-normalize", is_flag=True, help="store raw vectors instead of L2-normalised ones")
@@ -75,8 +75,8 @@ def default_cache_path(dataset: str, split: str, granularity: str, encoder: str,
 @click.option("--ray", "ray_address", default=None,
               help="encode on Ray: 'local' (a cluster on this machine) or a cluster address; shards become HDF5 "
                    "files joined by virtual datasets")
-@click.option("--ray-actors", type=int, default=2, show_default=True, help="--ray: encoder actors (one model each)")
-@click.option("--ray-gpus-per-actor", type=float, default=0, show_default=True, help="--ray: GPUs per actor")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=2, show_default=True, help="--ray: encoder actors (one model each)")
+@click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True, help="--ray: GPUs per actor")
 @click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def cache(dataset, split, granularity, data, quac_history, encoder, vector_files, out, dtype, batch_size, shard_size,
@@ -91,7 +91,8 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
     from .encoders import get_encoder
 
     pairs = load_pairs(dataset, split, granularity, data=data, quac_history=quac_history)
-    out = Path(out) if out else default_cache_path(dataset, split, granularity, encoder, data)
+    out = Path(out) if out else default_cache_path(dataset, split, pairs.meta.get("granularity", granularity),
+                                                   encoder, data)
     click.echo(f"{pairs.meta.get('source')}: {len(pairs)} queries, {len(pairs.contexts)} distinct contexts "
                f"({pairs.meta.get('granularity')})", err=True)
     settings = {"normalize": not no_normalize, "device": device}
@@ -151,73 +152,114 @@ def info(cache_file, as_json):
     click.echo("  versions     " + ", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "platform"))
 
 
+POS_INT = click.IntRange(min=1)
+POS_FLOAT = click.FloatRange(min=0, min_open=True)
+FRACTION = click.FloatRange(0, 1, max_open=True)
+
+
 @cli.command()
 @click.argument("cache_file", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="folder to save the head in")
-@click.option("--kind", type=click.Choice(HEAD_KINDS), default=_H.kind, show_default=True)
-@click.option("--towers", type=click.Choice(TOWERS), default=_H.towers, show_default=True,
-              help="separate query/context heads, one shared head, or query only (contexts stay frozen)")
-@click.option("--out-dim", type=int, default=None, help="output dimension (default: the encoder's)")
-@click.option("--hidden", type=int, default=_H.hidden, show_default=True)
-@click.option("--layers", type=int, default=_H.layers, show_default=True)
-@click.option("--activation", default=_H.activation, show_default=True)
-@click.option("--dropout", type=float, default=_H.dropout, show_default=True)
-@click.option("--init", type=click.Choice(["identity", "random"]), default=_H.init, show_default=True)
+@click.option("--auto/--no-auto", default=True, show_default=True,
+              help="choose the head (kind, towers, lr, epochs) on held-out queries; settings given below are kept "
+                   "fixed. --no-auto trains exactly one configuration")
+@click.option("--kind", type=click.Choice(HEAD_KINDS), default=None, help=f"head kind [--no-auto: {_H.kind}]")
+@click.option("--towers", type=click.Choice(TOWERS), default=None,
+              help=f"separate query/context heads, one shared head, or query only (contexts stay frozen) "
+                   f"[--no-auto: {_H.towers}]")
+@click.option("--out-dim", type=POS_INT, default=None, help="output dimension (default: the encoder's)")
+@click.option("--hidden", type=POS_INT, default=None, help=f"hidden width of mlp/residual [{_H.hidden}]")
+@click.option("--layers", type=POS_INT, default=None, help=f"linear layers of mlp/residual [{_H.layers}]")
+@click.option("--activation", type=click.Choice(["gelu", "relu", "silu", "tanh"]), default=None,
+              help=f"[{_H.activation}]")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"[{_H.dropout}]")
+@click.option("--init", type=click.Choice(["identity", "random"]), default=None, help=f"[{_H.init}]")
 @click.option("--loss", type=click.Choice(tuple(LOSSES)), default=_T.loss, show_default=True)
-@click.option("--chunk-size", type=int, default=None,
+@click.option("--chunk-size", type=POS_INT, default=None,
               help="clip loss: compute batches larger than this in row blocks (exact gradients, less memory)")
 @click.option("--loss-setting", "loss_setting", multiple=True, metavar="KEY=VALUE",
               help="a setting of the loss, e.g. views=pair (byol), mode=margin_mse (distill); repeatable")
 @click.option("--mined", default=_T.mined, help="name of a mined set in the cache (projhead mine)")
-@click.option("--hard-negatives", type=int, default=_T.hard_negatives, show_default=True,
+@click.option("--hard-negatives", type=click.IntRange(min=0), default=_T.hard_negatives, show_default=True,
               help="mined negatives added to each pair of a batch")
 @click.option("--silver", is_flag=True, help="also train on the mined set's silver pairs")
 @click.option("--stream", is_flag=True,
-              help="read the cache in chunks, for caches larger than memory (plain pairs only)")
-@click.option("--stream-chunk", type=int, default=_T.stream_chunk, show_default=True, help="--stream: rows per read")
-@click.option("--stream-buffer", type=int, default=_T.stream_buffer, show_default=True,
+              help="read the cache in chunks, for caches larger than memory (plain pairs only; needs --no-auto)")
+@click.option("--stream-chunk", type=POS_INT, default=_T.stream_chunk, show_default=True, help="--stream: rows per read")
+@click.option("--stream-buffer", type=POS_INT, default=_T.stream_buffer, show_default=True,
               help="--stream: chunks shuffled together")
-@click.option("--epochs", type=int, default=_T.epochs, show_default=True)
-@click.option("--batch-size", type=int, default=_T.batch_size, show_default=True)
+@click.option("--epochs", type=POS_INT, default=None,
+              help="epochs [sized to the data: at least 8, and at least --min-steps optimizer steps]")
+@click.option("--min-steps", type=POS_INT, default=_T.min_steps, show_default=True,
+              help="when --epochs is not given: the fewest optimizer steps")
+@click.option("--batch-size", type=POS_INT, default=None,
+              help="pairs per step [a sixteenth of the pairs, within 32..2048]")
 @click.option("--batching", type=click.Choice(["group", "random"]), default=_T.batching, show_default=True,
               help="group: each batch holds whole documents, so negatives come from the same document")
-@click.option("--lr", type=float, default=_T.lr, show_default=True)
-@click.option("--weight-decay", type=float, default=_T.weight_decay, show_default=True)
-@click.option("--temperature", type=float, default=_T.init_temperature, show_default=True,
-              help="initial softmax temperature")
+@click.option("--lr", type=POS_FLOAT, default=None, help="peak learning rate [linear heads 1e-3, others 5e-4]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_T.weight_decay, show_default=True)
+@click.option("--temperature", type=POS_FLOAT, default=None, help="initial softmax temperature [0.05]")
 @click.option("--fixed-temperature", is_flag=True, help="do not learn the temperature")
-@click.option("--anchor-weight", type=float, default=_T.anchor_weight, show_default=True,
+@click.option("--anchor-weight", type=click.FloatRange(min=0), default=_T.anchor_weight, show_default=True,
               help="penalty on the distance between head output and frozen vector")
-@click.option("--dev-fraction", type=float, default=_T.dev_fraction, show_default=True)
-@click.option("--select-metric", type=click.Choice(["top1", "top5", "top10", "mrr10"]), default=_T.select_metric,
-              show_default=True)
-@click.option("--patience", type=int, default=_T.patience, show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=_T.alpha, show_default=True,
+              help="save frozen + alpha x (trained - frozen), in weight space: 1 keeps the trained head")
+@click.option("--canary", "canaries", multiple=True, type=click.Path(dir_okay=False),
+              help="a cache of another domain (same encoder), scored every epoch beside the frozen encoder; the head "
+                   "is shrunk toward the frozen encoder until no canary loses more than --canary-tolerance; repeatable")
+@click.option("--canary-tolerance", type=click.FloatRange(0, 1, max_open=True), default=_T.canary_tolerance,
+              show_default=True, help="most nDCG@10 a canary may lose (0.005 = half a point)")
+@click.option("--dev-fraction", type=FRACTION, default=None,
+              help="share of groups held out for selection [5%, or 20% under 5,000 queries]")
+@click.option("--select-metric", type=click.Choice(["top1", "top5", "top10", "mrr10", "ndcg10"]),
+              default=_T.select_metric, show_default=True,
+              help="metric of the held-out queries ranked against every context of the cache")
+@click.option("--decision", type=click.Choice(["bootstrap", "better"]), default=_T.decision, show_default=True,
+              help="bootstrap: replace the frozen encoder only if the 95%% interval of the dev gain is above 0")
+@click.option("--patience", type=POS_INT, default=None, help="epochs without a better dev metric [a quarter of the epochs]")
 @click.option("--seed", type=int, default=_T.seed, show_default=True)
 @click.option("--device", default=_T.device, show_default=True)
 @click.option("--restart", is_flag=True, help="discard a checkpoint left in --out by an interrupted run")
 @click.option("--quiet", is_flag=True)
-def train(cache_file, out, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
-          loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, dev_fraction,
-          select_metric, patience, seed, device, restart, quiet):
+def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
+          loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, min_steps,
+          batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, alpha, canaries,
+          canary_tolerance, dev_fraction, select_metric, decision, patience, seed, device, restart, quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
-    Holds out a dev split of whole articles, stops early, and keeps the frozen encoder (an
-    identity head) if no epoch beats it on that split. Checkpoints every epoch: an
-    interrupted run resumes when the same command is run again."""
-    hcfg = _H(kind=kind, towers=towers, out_dim=out_dim, hidden=hidden, layers=layers, activation=activation,
-              dropout=dropout, init=init)
-    tcfg = _T(loss=loss, epochs=epochs, batch_size=batch_size, batching=batching, lr=lr, weight_decay=weight_decay,
-              init_temperature=temperature, learn_temperature=not fixed_temperature, anchor_weight=anchor_weight,
-              dev_fraction=dev_fraction, select_metric=select_metric, patience=patience, seed=seed, device=device,
+    By default a few candidate heads are compared on held-out queries (k-fold on small
+    data) and the best is kept only if its gain over the frozen encoder is more than noise;
+    otherwise the saved head is the identity. --no-auto trains one configuration, with
+    checkpoints every epoch: an interrupted run resumes when the same command is run again."""
+    head_given = {k: v for k, v in (("kind", kind), ("towers", towers), ("out_dim", out_dim), ("hidden", hidden),
+                                    ("layers", layers), ("activation", activation), ("dropout", dropout),
+                                    ("init", init)) if v is not None}
+    tcfg = _T(loss=loss, epochs=epochs, min_steps=min_steps, batch_size=batch_size, batching=batching,
+              lr=lr or _T.lr, weight_decay=weight_decay, init_temperature=temperature,
+              learn_temperature=not fixed_temperature, anchor_weight=anchor_weight, alpha=alpha,
+              canaries=list(canaries), canary_tolerance=canary_tolerance, dev_fraction=dev_fraction,
+              select_metric=select_metric, decision=decision, patience=patience, seed=seed, device=device,
               loss_settings={**_settings(loss_setting), **({"chunk_size": chunk_size} if chunk_size else {})},
               mined=mined, hard_negatives=hard_negatives, silver=silver, stream=stream, stream_chunk=stream_chunk,
               stream_buffer=stream_buffer)
-    head, log = train_head(cache_file, hcfg, tcfg, out=out, progress=not quiet, restart=restart)
+    if auto and stream:
+        raise click.UsageError("--stream trains one configuration: add --no-auto")
+    if auto:
+        from .select import auto_train
+
+        head, log = auto_train(cache_file, tcfg, fixed={**head_given, **({"lr": lr} if lr else {})}, out=out,
+                               progress=not quiet)
+    else:
+        head, log = train_head(cache_file, _H(**head_given), tcfg, out=out, progress=not quiet, restart=restart)
+    d = log.get("decision", {})
     m = head.info["metrics"]
-    verdict = ("no epoch beat the frozen encoder: saved the identity head" if head.config.passthrough
+    verdict = ("kept the frozen encoder (identity head): " + d.get("why", "") if head.config.passthrough
                else f"best epoch {log['best_epoch']}")
+    gain = d.get("dev_gain")
+    interval = (f", gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to {gain['high']:+.4f})"
+                if gain else "")
     click.echo(f"{out}: {verdict}; dev {select_metric} frozen {m['frozen'].get(select_metric, float('nan')):.4f} "
-               f"-> head {m['head'].get(select_metric, float('nan')):.4f} ({log['seconds']:.1f}s)")
+               f"-> head {m['head'].get(select_metric, float('nan')):.4f}{interval} ({log['seconds']:.1f}s)")
 
 
 def _settings(items: tuple[str, ...]) -> dict:
@@ -238,7 +280,7 @@ def _settings(items: tuple[str, ...]) -> dict:
 @click.argument("cache_file", type=click.Path(dir_okay=False))
 @click.option("--method", type=click.Choice(METHODS), default="semantic", show_default=True,
               help="where candidates come from: the frozen vectors, BM25, or both")
-@click.option("--k", type=int, default=8, show_default=True, help="negatives kept per query")
+@click.option("--k", type=click.IntRange(min=1), default=8, show_default=True, help="negatives kept per query")
 @click.option("--margin", type=float, default=0.05, show_default=True,
               help="drop candidates whose frozen cosine is above the gold's minus this (near-copies, "
                    "unlabelled positives)")
@@ -246,9 +288,9 @@ def _settings(items: tuple[str, ...]) -> dict:
 @click.option("--teacher", default=None,
               help="score gold + candidates with: semantic, bm25, hybrid, cache:PATH (another encoder's cache "
                    "of the same texts) or cross-encoder:NAME")
-@click.option("--silver", type=float, default=None,
+@click.option("--silver", type=click.FloatRange(0, 1), default=None,
               help="keep candidates with at least this teacher probability as silver pairs")
-@click.option("--bm25-weight", type=float, default=0.3, show_default=True, help="BM25's weight in hybrid scores")
+@click.option("--bm25-weight", type=click.FloatRange(min=0), default=0.3, show_default=True, help="BM25's weight in hybrid scores")
 @click.option("--name", default=None, help="name of the mined set (default: the method)")
 @click.option("--quiet", is_flag=True)
 def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight, name, quiet):
@@ -266,36 +308,48 @@ def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight,
 
 
 @cli.command("eval")
-@click.argument("cache_file", type=click.Path(dir_okay=False))
+@click.argument("cache_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--head", "head_path", type=click.Path(), default=None, help="head folder (omit: frozen only)")
 @click.option("--bm25", is_flag=True, help="add a BM25 baseline on the same candidates")
-@click.option("--block", type=int, default=500, show_default=True, help="queries per block, out-of-N protocol")
+@click.option("--block", type=click.IntRange(min=1), default=500, show_default=True,
+              help="queries per block, out-of-N protocol")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="write the results as JSON")
 @click.option("--index", default=None,
               help="full corpus through a FAISS index: a factory string, e.g. Flat (exact), HNSW32, 'IVF1024,Flat'")
-@click.option("--nprobe", type=int, default=None, help="IVF indexes: inverted lists searched per query")
-@click.option("--ef-search", type=int, default=None, help="HNSW indexes: search depth")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF indexes: inverted lists searched per query")
+@click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW indexes: search depth")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
-              help="write a Markdown report with plots and examples into this folder (needs --head)")
-def evaluate(cache_file, head_path, bm25, block, json_out, index, nprobe, ef_search, report_dir):
-    """Top-k retrieval (out-of-500 blocks and full corpus), frozen encoder beside the head."""
+              help="write a Markdown report with plots and examples into this folder (needs --head, one cache)")
+def evaluate(cache_files, head_path, bm25, block, json_out, index, nprobe, ef_search, report_dir):
+    """Top-k retrieval (out-of-500 blocks and full corpus), frozen encoder beside the head.
+
+    Several caches (the training domain and others) give one table each, then the head's
+    change against the frozen encoder on every cache side by side."""
     from .cache import open_cache
-    from .evaluate import evaluate_cache, format_table
+    from .evaluate import evaluate_cache, format_changes, format_table
     from .heads import load_head
 
     if report_dir and not head_path:
         raise click.UsageError("--report compares a head with its frozen encoder: pass --head")
-    c = open_cache(cache_file)
+    if report_dir and len(cache_files) > 1:
+        raise click.UsageError("--report describes one cache: pass one CACHE_FILE")
     head = load_head(head_path) if head_path else None
     search_kw = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
-    results = evaluate_cache(c, head=head, bm25=bm25, block=block, index=index, **search_kw)
-    click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts, "
-               f"encoder {c.encoder}" + (f", head {head_path}" if head_path else ""))
-    click.echo(format_table(results))
+    every = {}
+    for cache_file in cache_files:
+        c = open_cache(cache_file)
+        results = every[cache_file] = evaluate_cache(c, head=head, bm25=bm25, block=block, index=index, **search_kw)
+        click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts, "
+                   f"encoder {c.encoder}" + (f", head {head_path}" if head_path else ""))
+        click.echo(format_table(results))
+    if head is not None and len(cache_files) > 1:
+        click.echo("head - frozen, points:")
+        click.echo(format_changes(every))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps({"cache": str(cache_file), "head": head_path, "results": results},
-                                             indent=1))
+        payload = ({"cache": cache_files[0], "head": head_path, "results": every[cache_files[0]]}
+                   if len(cache_files) == 1 else {"head": head_path, "caches": every})
+        Path(json_out).write_text(json.dumps(payload, indent=1))
     if report_dir:
         from .report import write_report
 

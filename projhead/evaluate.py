@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 Scorer = Callable[[np.ndarray], np.ndarray]
+MISS = 2 ** 40  # the rank of a gold context that was not found at all (beyond any k)
 
 
 def dense_scorer(q: np.ndarray, c: np.ndarray) -> Scorer:
@@ -60,11 +61,11 @@ def excluding(scorer: Scorer, exclude: np.ndarray | None) -> Scorer:
 
 def gold_ranks(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
     """0-based rank of each row's gold column: candidates scoring >= gold, except gold.
-    A non-finite gold score (a diverged head, a broken scorer) is a miss: it ranks last,
-    behind every candidate, instead of comparing False with everything and ranking first."""
+    A non-finite gold score (a diverged head, a broken scorer) is a miss at every depth
+    (rank ``MISS``), instead of comparing False with everything and ranking first."""
     g = scores[np.arange(len(gold)), gold][:, None]  # (R, 1)
     r = (scores >= g).sum(axis=1) - 1
-    return np.where(np.isfinite(g[:, 0]), r, scores.shape[1])
+    return np.where(np.isfinite(g[:, 0]), r, MISS)
 
 
 def out_of_n(scorer: Scorer, q2c: np.ndarray, n: int = 500, ks=(1, 5, 10)) -> dict:
@@ -129,16 +130,11 @@ def both_protocols(scorer: Scorer, q2c: np.ndarray, block: int = 500) -> dict:
 
 
 def bm25_scorer(queries: list[str], contexts: list[str]) -> Scorer:
-    """BM25 (bm25s, Lucene variant, English stopwords, Snowball stemmer if installed) over
-    the distinct contexts; scores of every context for each query row."""
+    """BM25 (bm25s, Lucene variant, English stopwords, Snowball English stemmer) over the
+    distinct contexts; scores of every context for each query row."""
     import bm25s
 
-    try:
-        import Stemmer
-
-        stemmer = Stemmer.Stemmer("english")
-    except ImportError:
-        stemmer = None
+    stemmer = english_stemmer()
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(contexts, stopwords="en", stemmer=stemmer, show_progress=False),
                     show_progress=False)
@@ -151,6 +147,17 @@ def bm25_scorer(queries: list[str], contexts: list[str]) -> Scorer:
         return np.stack([retriever.get_scores(q_tokens[i]) if q_tokens[i] else empty for i in rows]).astype(np.float32)
 
     return score
+
+
+def english_stemmer():
+    """The Snowball English stemmer (PyStemmer, in the ``eval`` extra). Required, not
+    optional: without it BM25 ranks differently, and results must not depend on what happens
+    to be installed."""
+    try:
+        import Stemmer
+    except ImportError as e:
+        raise ImportError("BM25 needs PyStemmer: pip install 'projhead[eval]'") from e
+    return Stemmer.Stemmer("english")
 
 
 def _dense_protocols(q, c, q2c, block, index, search_kw, exclude=None) -> dict:
@@ -197,4 +204,19 @@ def format_table(results: dict) -> str:
     for s in systems:
         vals = [results[s][p][m] for p, m in cols]
         lines.append(f"| {s} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def format_changes(every: dict) -> str:
+    """Markdown table: per cache, the head's change against the frozen encoder (points)
+    on the headline metrics of both protocols."""
+    cols = [("out_of_500", "top1"), ("out_of_500", "top10"), ("full_corpus", "R@1"), ("full_corpus", "nDCG@10")]
+    lines = ["| cache | frozen full nDCG@10 | " + " | ".join(f"{'500' if p.startswith('out') else 'full'} {m}"
+                                                          for p, m in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for name, r in every.items():
+        vals = []
+        for p, m in cols:
+            key = p if p in r["head"] else next(k for k in r["head"] if k.startswith("out"))
+            vals.append(f"{100 * (r['head'][key][m] - r['frozen'][key][m]):+.1f}")
+        lines.append(f"| {name} | {100 * r['frozen']['full_corpus']['nDCG@10']:.1f} | " + " | ".join(vals) + " |")
     return "\n".join(lines)

@@ -321,6 +321,33 @@ def load_head(path: str | os.PathLike) -> Head:
     return head
 
 
+def _decision_lines(d: dict, selection: dict | None) -> list[str]:
+    """The model card's account of how the head was chosen and how far it may be trusted."""
+    lines = []
+    if selection:
+        lines += [f"## How it was chosen ({selection.get('mode')})", "",
+                  "Candidates trained on the cached vectors and scored on held-out queries ranked against every "
+                  "context of the training cache:", "", "| candidate | held-out score | frozen | best epoch | seconds |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['name']} | {c['score']:.4f} | {c['frozen']:.4f} | {c['best_epoch']}/{c['epochs']} | "
+                  f"{c['seconds']:.1f} |" for c in selection.get("candidates", [])]
+        lines += ["", f"Chosen: `{selection.get('chosen')}`.", ""]
+    g = d.get("dev_gain")
+    if g:
+        lines += [f"Held-out gain over the frozen encoder: {g['gain']:+.4f} (95% paired-bootstrap interval "
+                  f"{g['low']:+.4f} to {g['high']:+.4f}, {g['n']} queries); a head is kept only when the interval "
+                  "is above 0.", ""]
+    if d.get("alpha") is not None and d["alpha"] < 1:
+        lines += [f"Interpolated toward the frozen encoder: alpha {d['alpha']} (weights = frozen + alpha x "
+                  "(trained - frozen)).", ""]
+    if d.get("canaries"):
+        lines += ["## Other domains (canaries, nDCG@10)", "", "| canary | frozen | head |", "|---|---|---|"]
+        lines += [f"| {n} | {c['frozen']:.4f} | {c['head']:.4f} |" if c.get("head") is not None
+                  else f"| {n} | {c['frozen']:.4f} | |" for n, c in d["canaries"].items()]
+        lines.append("")
+    return lines
+
+
 def model_card(config: dict) -> str:
     """A short README for a saved head, generated from its config."""
     h = config["head"]
@@ -339,11 +366,13 @@ def model_card(config: dict) -> str:
         "```",
         "",
     ]
+    d = config.get("decision") or {}
     if h.get("passthrough"):
-        lines += ["**This head is the identity**: no training epoch beat the frozen encoder on the dev split, "
-                  "so model selection kept the frozen vectors.", ""]
+        lines += ["**This head is the identity**: model selection kept the frozen vectors"
+                  + (f" ({d['why']})." if d.get("why") else "."), ""]
+    lines += _decision_lines(d, config.get("selection"))
     if m:
-        lines += ["## Dev metrics (held-out split of the training cache)", "", "| | " + " | ".join(m.get("frozen", {})) + " |",
+        lines += ["## Held-out metrics (queries of the training cache not trained on, against all its contexts)", "", "| | " + " | ".join(m.get("frozen", {})) + " |",
                   "|---|" + "---|" * len(m.get("frozen", {}))]
         for row in ("frozen", "head"):
             if row in m:

@@ -110,6 +110,7 @@ class TrainConfig:
             bad("canary_tolerance", "in [0, 1)")
         if not 0 <= self.alpha <= 1:
             bad("alpha", "in [0, 1]")
+        self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json
 
     def sized(self, n_pairs: int) -> "TrainConfig":
         """The settings left to the data (None), fixed for ``n_pairs`` training pairs: the
@@ -120,6 +121,15 @@ class TrainConfig:
         steps = max(1, n_pairs // min(bs, max(n_pairs, 1)))
         epochs = self.epochs or int(min(200, max(8, math.ceil(self.min_steps / steps))))
         return replace(self, batch_size=bs, epochs=epochs, patience=self.patience or max(2, epochs // 4))
+
+
+def split_groups(cache: Cache, need: int = 5) -> list[str]:
+    """What a split keeps whole: the cache's groups (documents), or each query's gold
+    context when there are fewer than ``need`` groups (100 pairs of one article still get a
+    dev split, with no context on both sides)."""
+    if len(set(cache.groups)) >= need:
+        return cache.groups
+    return [f"context {i}" for i in cache.q2c]
 
 
 def split_by_group(groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -311,7 +321,7 @@ class _MemorySource:
     def __init__(self, cache: Cache, cfg: TrainConfig, rows: tuple[np.ndarray, np.ndarray] | None = None):
         Q, C, q2c = cache.queries, cache.contexts, cache.q2c
         train_rows, dev_rows = rows if rows is not None else split_by_group(
-            cache.groups, dev_fraction(cfg, len(q2c)), cfg.seed)
+            split_groups(cache), dev_fraction(cfg, len(q2c)), cfg.seed)
         self.group_ids = np.unique(np.asarray(cache.groups), return_inverse=True)[1]  # (Nq,) int
         if len(train_rows) == 0:
             raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
@@ -553,16 +563,25 @@ def fit(cache: Cache, hcfg: HeadConfig, cfg: TrainConfig, rows=None, ckpt: Path 
     the frozen encoder), the log, and every epoch's per-query dev ranks (``epoch_ranks``,
     epoch 0 = frozen). Without dev queries the last epoch is kept. A non-finite loss ends
     the run at the last good epoch, said in the log (``stopped``)."""
-    from tqdm.auto import tqdm
-
     _check(cfg, hcfg, cache)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     t_start = time.perf_counter()
     source = _StreamSource(cache, cfg) if cfg.stream else _MemorySource(cache, cfg, rows)
     cfg = source.cfg  # sized to the data
+    threads = torch.get_num_threads()
+    # small batches are tiny matrix products: one thread is as fast, and far faster when
+    # other processes share the cores (threads then wait on each other at every op)
+    torch.set_num_threads(cfg.threads or (1 if cfg.batch_size <= 512 else threads))
+    try:
+        return _fit(source, cfg, hcfg, ckpt, job, progress, canaries, t_start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canaries, t_start) -> dict:
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     dev = source.dev
     head, loss_fn, opt = setup(hcfg, cfg)
     init_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}

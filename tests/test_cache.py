@@ -288,5 +288,41 @@ def test_damaged_text_is_caught_by_the_texts_checksum(tmp_path):
     assert at > 0
     raw[at] = ord("Q")
     (tmp_path / "bad.h5").write_bytes(bytes(raw))
-    with pytest.raises(CacheError, match="bad.h5: damaged cache, its texts do not match their checksum"):
+    with pytest.raises(CacheError, match="bad.h5: damaged cache, its texts or index do not match their checksum"):
         open_cache(tmp_path / "bad.h5")
+
+
+def test_changed_groups_are_new_work_not_an_already_complete_cache(tmp_path):
+    """Groups drive the dev split and group batching: a cache of the same texts with other
+    groups must not be reused as if it were the same data."""
+    pairs = planted_pairs(n_groups=4)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    regrouped = planted_pairs(n_groups=4)
+    regrouped.groups = ["one document"] * len(regrouped)
+    with pytest.raises(CacheError, match="fingerprint"):
+        build_cache(regrouped, PlantedEncoder(regrouped), tmp_path / "c.h5", progress=False)
+    build_cache(regrouped, PlantedEncoder(regrouped), tmp_path / "c.h5", progress=False, overwrite=True)
+    assert set(open_cache(tmp_path / "c.h5").groups) == {"one document"}
+
+
+def test_a_damaged_group_or_index_is_caught_on_read(tmp_path):
+    import h5py
+
+    pairs = planted_pairs(n_groups=3)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        f["queries/context"][0] = f["queries/context"][1] + 1  # another context, still in range
+    with pytest.raises(CacheError, match="do not match their checksum \\(fingerprint\\)"):
+        open_cache(tmp_path / "c.h5")
+
+
+def test_subset_keeps_only_its_rows_and_their_contexts(tmp_path):
+    pairs = planted_pairs(n_groups=3)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    c = open_cache(tmp_path / "c.h5")
+    rows = np.array([7, 3, 20])
+    s = c.subset(rows)
+    assert s.query_texts == [c.query_texts[i] for i in rows]
+    np.testing.assert_array_equal(s.contexts[s.q2c], c.contexts[c.q2c[rows]])
+    assert [s.context_texts[i] for i in s.q2c] == [c.context_texts[i] for i in c.q2c[rows]]
+    assert s.attrs["n_queries"] == 3 and s.attrs["fingerprint"] != c.attrs["fingerprint"]

@@ -37,7 +37,7 @@ def test_end_to_end_with_minilm(tmp_path, capsys, monkeypatch):
     assert main(["info", str(cache), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_queries"] == 5
 
-    assert main(["train", str(cache), "--out", "head", "--epochs", "2", "--batch-size", "4",
+    assert main(["train", str(cache), "--out", "head", "--no-auto", "--epochs", "2", "--batch-size", "4",
                  "--dev-fraction", "0.5", "--quiet"]) == 0
     assert "dev mrr10 frozen" in capsys.readouterr().out
     for f in ("config.json", "model.safetensors", "README.md", "train_log.json", "training_curve.png"):
@@ -49,7 +49,13 @@ def test_end_to_end_with_minilm(tmp_path, capsys, monkeypatch):
     res = json.loads((tmp_path / "res.json").read_text())["results"]
     assert set(res) == {"frozen", "head", "bm25"}
     assert set(res["frozen"]) == {"out_of_500", "full_corpus"}
-    assert 0 <= res["head"]["out_of_500"]["top1"] <= 1
+    # the JSON holds what the library computes for this head on this cache, number for number
+    from projhead.cache import open_cache
+    from projhead.evaluate import evaluate_cache
+    from projhead.heads import load_head
+
+    again = evaluate_cache(open_cache(cache), head=load_head(tmp_path / "head"))
+    assert res["head"] == again["head"] and res["frozen"] == again["frozen"]
 
 
 def test_encoded_head_puts_the_head_behind_the_encoder(tmp_path, minilm):
@@ -90,3 +96,34 @@ def test_errors_are_one_clear_line(tmp_path, capsys, monkeypatch, argv, message)
 def test_unknown_loss_is_a_usage_error(capsys):
     assert main(["train", "x.h5", "--out", "h", "--loss", "magic"]) == 2
     assert "'magic' is not one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "{cache}", "--out", "h", "--lr", "-1"], "Invalid value for '--lr'"),
+    (["train", "{cache}", "--out", "h", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+    (["train", "{cache}", "--out", "h", "--dev-fraction", "1.5"], "Invalid value for '--dev-fraction'"),
+    (["train", "{cache}", "--out", "h", "--epochs", "0"], "Invalid value for '--epochs'"),
+    (["train", "{cache}", "--out", "h", "--alpha", "2"], "Invalid value for '--alpha'"),
+    (["eval", "{cache}", "--block", "0"], "Invalid value for '--block'"),
+    (["cache", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+    (["mine", "{cache}", "--k", "0"], "Invalid value for '--k'"),
+])
+def test_bad_arguments_name_the_option_without_a_traceback(planted_cache, tmp_path, capsys, argv, message):
+    cache = planted_cache(n_groups=2)
+    assert main([a.format(cache=cache) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "h").exists()  # nothing was written
+
+
+def test_eval_of_several_caches_shows_every_change(planted_cache, tmp_path, capsys):
+    from projhead.heads import HeadConfig
+    from projhead.train import TrainConfig, train_head
+
+    a, b = planted_cache("a.h5", n_groups=20), planted_cache("b.h5", n_groups=10, rotate=0.0)
+    train_head(a, HeadConfig(kind="linear"), TrainConfig(epochs=3, lr=0.05, decision="better"), out=tmp_path / "h",
+               progress=False)
+    assert main(["eval", str(a), str(b), "--head", str(tmp_path / "h"), "--json-out", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "head - frozen, points:" in out and f"| {a} |" in out and f"| {b} |" in out
+    assert set(json.loads((tmp_path / "r.json").read_text())["caches"]) == {str(a), str(b)}

@@ -63,6 +63,63 @@ def test_fingerprint_changes_with_any_text():
     assert a.fingerprint() == b.fingerprint()
     b.queries[1] = b.queries[1] + " "
     assert a.fingerprint() != b.fingerprint()
+    c = load_jsonl(FIXTURES / "pairs-tiny.jsonl")
+    c.groups[0] = c.groups[0] + " (another document)"
+    assert a.fingerprint() != c.fingerprint()  # groups are data: they decide splits and batches
+
+
+def _squad_file(tmp_path, answers):
+    doc = {"version": "1.1", "data": [{"title": "T", "paragraphs": [{
+        "context": "The cat sat on a mat. Later the cat slept.",
+        "qas": [{"id": "q1", "question": "Which animal slept?", "answers": answers}]}]}]}
+    (tmp_path / "s.json").write_text(json.dumps(doc))
+    return tmp_path / "s.json"
+
+
+def test_answer_start_places_an_answer_that_occurs_twice(tmp_path):
+    # "cat" is in both sentences; the official files say where (offset 32), the text alone cannot
+    p = load_squad(_squad_file(tmp_path, [{"text": "cat", "answer_start": 32}]), "sentence")
+    assert p.contexts[p.q2c[0]] == "Later the cat slept."
+    # without an offset (the shared rebuilt files), the first occurrence
+    p = load_squad(_squad_file(tmp_path, [{"text": "cat"}]), "sentence")
+    assert p.contexts[p.q2c[0]] == "The cat sat on a mat."
+    # an offset that does not point at the text falls back to the text search
+    p = load_squad(_squad_file(tmp_path, [{"text": "cat", "answer_start": 2}]), "sentence")
+    assert p.contexts[p.q2c[0]] == "The cat sat on a mat."
+
+
+def test_files_with_a_byte_order_mark_are_read(tmp_path):
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"query": "q", "context": "c"}\n')
+    assert load_jsonl(tmp_path / "bom.jsonl").queries == ["q"]
+    _squad_file(tmp_path, [{"text": "cat"}])
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "s.json").read_bytes())
+    assert len(load_squad(tmp_path / "bom.json", "paragraph")) == 1
+
+
+def test_quora_shared_sample_splits_by_pair_and_keeps_test_questions_out(data_dir):
+    train = load_pairs("quora", "train", data=data_dir)
+    test = load_pairs("quora", "dev", data=data_dir)
+    assert 3500 < test.meta["duplicate_pairs"] <= 3564  # the sample's duplicates, less any pair of one text twice
+    test_questions = set(test.queries) | {test.contexts[i] for i in test.q2c}
+    assert len(test) == test.meta["test_pairs"] == round(0.2 * test.meta["duplicate_pairs"])
+    assert not test_questions & (set(train.queries) | set(train.contexts))  # no test question is trained on
+    assert len(test.contexts) > 19000  # every question of the sample is a candidate
+    assert all(q != test.contexts[c] for q, c in zip(test.queries, test.q2c))
+    assert load_pairs("quora", "dev", data=data_dir).fingerprint() == test.fingerprint()  # a fixed split
+
+
+@pytest.mark.parametrize("content, message", [
+    ("id,qid1,qid2,question1,question2\n1,1,2,a,b\n", r"missing column\(s\) is_duplicate"),
+    ("id,qid1,qid2,question1,question2,is_duplicate\n1,1,2,a,b,yes\n", "line 2: is_duplicate must be 0 or 1"),
+    ("id,qid1,qid2,question1,question2,is_duplicate\n1,1,2,a,b,0\n", "no duplicate pairs"),
+])
+def test_quora_bad_input_names_file_and_problem(tmp_path, content, message):
+    from projhead.data import load_quora
+
+    (tmp_path / "q.csv").write_text(content)
+    with pytest.raises(DataError, match=message) as e:
+        load_quora(tmp_path / "q.csv")
+    assert "q.csv" in str(e.value)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -79,3 +79,45 @@ def test_bm25_query_of_stopwords_only_scores_zero():
     contexts = ["Dogs bark at night.", "Markets fell on Monday."]
     s = bm25_scorer(["What is it?", "why do dogs bark"], contexts)(np.array([0, 1]))
     assert (s[0] == 0).all() and s[1, 0] > 0
+
+
+def test_a_non_finite_gold_score_is_a_miss_not_a_hit():
+    from projhead.evaluate import MISS, full_corpus, gold_ranks, out_of_n
+
+    scores = np.array([[0.1, np.nan, 0.3], [np.nan, np.nan, np.nan], [0.9, 0.2, np.inf], [0.1, 0.5, 0.2]])
+    r = gold_ranks(scores, np.array([1, 0, 2, 1]))
+    assert r.tolist() == [MISS, MISS, MISS, 0]  # never counted as found, at any depth
+    nan_scorer = lambda rows: np.full((len(rows), 4), np.nan)  # noqa: E731
+    q2c = np.array([0, 1, 2, 3])
+    assert out_of_n(nan_scorer, q2c) == {"top1": 0.0, "top5": 0.0, "top10": 0.0, "mrr10": 0.0}
+    assert full_corpus(nan_scorer, q2c)["MRR@10"] == 0.0 and full_corpus(nan_scorer, q2c)["nDCG@10"] == 0.0
+
+
+def test_a_query_never_retrieves_its_own_text():
+    from projhead.evaluate import excluding, full_corpus, self_matches
+
+    # query 0's text is context 1; its gold is context 0, scored below itself
+    ex = self_matches(["a", "zz"], ["b", "a", "c"])
+    assert ex.tolist() == [1, -1]
+    scorer = lambda rows: np.array([[0.5, 1.0, 0.1], [0.1, 0.2, 0.9]])[rows]  # noqa: E731
+    q2c = np.array([0, 2])
+    assert full_corpus(scorer, q2c)["R@1"] == 0.5
+    assert full_corpus(excluding(scorer, ex), q2c)["R@1"] == 1.0
+
+
+def test_paired_bootstrap_sees_a_real_gain_and_not_noise():
+    from projhead.evaluate import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    real = paired_bootstrap(base + 0.05 + 0.01 * rng.standard_normal(400), base)
+    assert real["low"] > 0 and real["gain"] == pytest.approx(0.05, abs=0.005)
+    noise = paired_bootstrap(base + 0.2 * rng.standard_normal(400), base)
+    assert noise["low"] < 0 < noise["high"]
+
+
+def test_bm25_stems_with_the_declared_stemmer():
+    from projhead.evaluate import bm25_scorer
+
+    s = bm25_scorer(["running shoes"], ["she runs daily", "a red car", "the blue sky"])
+    assert s(np.array([0]))[0].argmax() == 0  # "running" reaches "runs" only through the stemmer

@@ -368,3 +368,15 @@ def test_distill_without_teacher_scores_says_what_to_do():
 
     with pytest.raises(LossError, match="projhead mine --teacher"):
         get_loss("distill").batch_loss(_tiny_head(), Batch(q=torch.randn(4, 8), c=torch.randn(4, 8)))
+
+
+def test_distill_called_on_embeddings_alone_refuses_instead_of_ignoring_the_teacher():
+    q = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    with pytest.raises(LossError, match="teacher scores"):
+        get_loss("distill")(q, q, torch.arange(4))
+
+
+@pytest.mark.parametrize("name", ["siglip", "byol"])
+def test_a_temperature_is_refused_by_losses_without_one(name):
+    with pytest.raises(LossError, match="does not take setting"):
+        get_loss(name, init_temperature=0.1)

@@ -49,3 +49,19 @@ def test_streaming_refuses_mined_sets(planted_cache):
     with pytest.raises(TrainError, match="--stream trains on plain pairs"):
         train_head(planted_cache(n_groups=4), HeadConfig(kind="linear"),
                    TrainConfig(stream=True, mined="semantic", hard_negatives=1), progress=False)
+
+
+def test_stream_batches_keep_groups_together(planted_cache):
+    """--batching group is honoured when streaming: a batch holds whole groups of its buffer."""
+    path = planted_cache(n_groups=40)
+    c = open_cache(path)
+    spans = {}
+    for batching in ("group", "random"):
+        src = _StreamSource(open_cache(path, load=False),
+                            TrainConfig(stream=True, stream_chunk=100, stream_buffer=8, batch_size=40,
+                                        dev_fraction=0.1, batching=batching))
+        ctx_group = {ci: g for ci, g in zip(c.q2c, c.groups)}
+        spans[batching] = np.mean([len({ctx_group[i] for i in b.context_ids.tolist()})
+                                   for b in src.epoch(np.random.default_rng(0))])
+        src.f.close()
+    assert spans["group"] <= 5 < spans["random"]  # 10 rows a group: 4-5 groups a batch, not ~20

@@ -1,4 +1,5 @@
 import json
+import math
 
 import torch
 
@@ -133,7 +134,7 @@ def test_kill_9_during_training_then_resume_gives_the_same_head(planted_cache, t
         from projhead.mine import mine
 
         mine(path, k=4, progress=False)
-    argv = ["train", str(path), "--kind", "residual", "--hidden", "16", "--dropout", "0.1", "--epochs", "5",
+    argv = ["train", str(path), "--no-auto", "--kind", "residual", "--hidden", "16", "--dropout", "0.1", "--epochs", "5",
             "--batch-size", "32", "--patience", "9", "--quiet", *extra]
     script = KILL_TRAIN.format(kill_after=kill_after, mid_epoch=mid_epoch, argv=argv + ["--out", str(tmp_path / "a")])
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -197,3 +198,163 @@ def test_chunked_loss_trains_like_the_plain_loss(planted_cache):
         heads.append(head.state_dict())
     for k in heads[0]:
         torch.testing.assert_close(heads[0][k], heads[1][k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_non_finite_loss_ends_training_at_the_last_good_epoch(planted_cache, monkeypatch):
+    from projhead.losses import ClipLoss
+
+    path = planted_cache(n_groups=60)
+    real, calls = ClipLoss.forward, []
+
+    def nan_after_two_epochs(self, *a, **k):
+        calls.append(1)
+        loss = real(self, *a, **k)
+        return loss * float("nan") if len(calls) > 2 * steps else loss
+
+    steps = 600 * 4 // 5 // 128  # training pairs / batch: one epoch of steps
+    monkeypatch.setattr(ClipLoss, "forward", nan_after_two_epochs)
+    head, log = train_head(path, HeadConfig(kind="linear", towers="query"),
+                           TrainConfig(epochs=6, batch_size=128, lr=0.02, dev_fraction=0.2, decision="better"),
+                           progress=False)
+    assert "non-finite training loss at epoch 3" in log["stopped"] and len(log["epochs"]) == 2
+    assert 1 <= log["best_epoch"] <= 2 and not head.config.passthrough
+    assert all(torch.isfinite(v).all() for v in head.state_dict().values())
+
+
+def test_identity_head_saves_identity_weights(planted_cache, tmp_path):
+    """A kept frozen encoder is saved as identity weights, not the last epoch's."""
+    from safetensors.torch import load_file
+
+    path = planted_cache(n_groups=30, rotate=0.0, noise=0.01)
+    for kind in ("linear", "residual"):
+        head, log = train_head(path, HeadConfig(kind=kind, hidden=8),
+                               TrainConfig(epochs=2, batch_size=64, lr=0.5, dev_fraction=0.2),
+                               out=tmp_path / kind, progress=False)
+        assert head.config.passthrough
+        w = load_file(str(tmp_path / kind / "model.safetensors"))
+        if kind == "linear":
+            torch.testing.assert_close(w["query.weight"], torch.eye(16))
+            assert not w["query.bias"].any()
+        else:
+            assert not w["query.mlp.3.weight"].any() and not w["query.mlp.3.bias"].any()
+
+
+def test_every_part_is_on_the_device_after_set_up():
+    """BYOL builds its target and predictor when it attaches to the head: they must move
+    with everything else (a meta device shows any part left on the CPU)."""
+    from projhead.train import setup
+
+    for loss in ("clip", "siglip", "byol"):
+        head, loss_fn, opt = setup(HeadConfig(in_dim=8, hidden=8), TrainConfig(loss=loss), device="meta")
+        devices = {p.device.type for m in (head, loss_fn) for p in m.parameters()}
+        devices |= {b.device.type for m in (head, loss_fn) for b in m.buffers()}
+        assert devices == {"meta"}, (loss, devices)
+        assert {p.device.type for g in opt.param_groups for p in g["params"]} == {"meta"}
+
+
+def test_scalars_and_biases_are_not_weight_decayed():
+    from projhead.train import setup
+
+    head, loss_fn, opt = setup(HeadConfig(in_dim=8, hidden=8), TrainConfig(loss="siglip", weight_decay=0.1))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(loss_fn.logit_scale) not in decayed and id(loss_fn.logit_bias) not in decayed
+    assert all(id(m.bias) not in decayed and id(m.weight) in decayed
+               for m in head.modules() if isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")
+@pytest.mark.parametrize("loss", ["clip", "byol"])
+def test_training_on_a_gpu_resumes_to_the_same_head(planted_cache, tmp_path, loss):
+    import projhead.train as T
+
+    path = planted_cache(n_groups=20)
+    cfg = TrainConfig(loss=loss, epochs=3, batch_size=32, device="cuda", decision="better")
+    ref, _ = train_head(path, HeadConfig(kind="residual", hidden=16), cfg, progress=False)
+    real, n = T._save_checkpoint, []
+    T._save_checkpoint = lambda *a, **k: (real(*a, **k), n.append(1),
+                                          (_ for _ in ()).throw(KeyboardInterrupt()) if len(n) == 1 else None)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_head(path, HeadConfig(kind="residual", hidden=16), cfg, out=tmp_path / "h", progress=False)
+    finally:
+        T._save_checkpoint = real
+    again, _ = train_head(path, HeadConfig(kind="residual", hidden=16), cfg, out=tmp_path / "h", progress=False)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"lr": -1}, "lr must be > 0"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"dev_fraction": 1.5}, r"dev_fraction must be in \[0, 1\)"),
+    ({"select_metric": "accuracy"}, "select_metric must be one of"),
+    ({"alpha": 2.0}, r"alpha must be in \[0, 1\]"),
+])
+def test_bad_training_settings_are_refused_by_name(settings, message):
+    from projhead.train import TrainError
+
+    with pytest.raises(TrainError, match=message):
+        TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (dict(loss="byol", init_temperature=0.1), "byol loss has no softmax temperature"),
+    (dict(loss="siglip", init_temperature=0.1), "siglip loss has no softmax temperature"),
+    (dict(loss="byol", learn_temperature=False), "no temperature to fix"),
+    (dict(loss="byol", mined="x", hard_negatives=1), "byol loss uses no negatives"),
+])
+def test_settings_a_loss_would_ignore_are_refused(planted_cache, cfg, message):
+    from projhead.train import TrainError
+
+    path = planted_cache(n_groups=10)
+    with pytest.raises(TrainError, match=message):
+        train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=1, **cfg), progress=False)
+
+
+def test_sizes_follow_the_data():
+    cfg = TrainConfig()
+    small, large = cfg.sized(450), cfg.sized(83000)
+    assert small.batch_size == 32 and small.epochs == math.ceil(300 / (450 // 32)) and small.patience >= 2
+    assert large.batch_size == 2048 and large.epochs == 8 and large.patience == 2
+    assert cfg.sized(100).epochs == 100 and cfg.sized(40).epochs == 200  # few pairs: many epochs, capped
+    fixed = TrainConfig(batch_size=64, epochs=3, patience=1).sized(450)
+    assert (fixed.batch_size, fixed.epochs, fixed.patience) == (64, 3, 1)
+
+
+def test_interpolation_moves_the_head_toward_the_frozen_encoder(planted_cache):
+    path = planted_cache(n_groups=30)
+    c = open_cache(path)
+    for kind, towers in (("linear", "separate"), ("residual", "query"), ("residual", "shared")):
+        head, _ = train_head(path, HeadConfig(kind=kind, towers=towers, hidden=16),
+                             TrainConfig(epochs=2, batch_size=64, lr=0.02, decision="better"), progress=False)
+        x = torch.from_numpy(c.queries[:50])
+        with torch.no_grad():
+            full = head.query(x)
+            head.interpolate(0.3)
+            want = torch.nn.functional.normalize(x + 0.3 * (full - x), dim=1)
+            torch.testing.assert_close(head.encode_queries(x), want, rtol=1e-5, atol=1e-6)
+            head.interpolate(0.0)
+            torch.testing.assert_close(head.encode_queries(x), torch.nn.functional.normalize(x, dim=1))
+
+
+def test_a_canary_that_the_head_hurts_shrinks_it(planted_cache, tmp_path):
+    """Trained to undo one rotation, the head scrambles data of another domain whose queries
+    already sit on their contexts: the canary catches it and the head is pulled back."""
+    train = planted_cache("train.h5", n_groups=40)
+    canary = planted_cache("canary.h5", n_groups=20, rotate=0.0, noise=0.3)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, decision="better")
+    head, log = train_head(train, HeadConfig(kind="linear", towers="query"), cfg, progress=False)
+    free = log["decision"]
+    assert free["alpha"] == 1.0 and not free["canaries"]
+    head, log = train_head(train, HeadConfig(kind="linear", towers="query"),
+                           TrainConfig(**{**cfg.__dict__, "canaries": [canary], "canary_tolerance": 0.01}),
+                           out=tmp_path / "h", progress=False)
+    d = log["decision"]
+    c = d["canaries"]["canary.h5"]
+    assert all("canaries" in e for e in log["epochs"]) and c["frozen"] > 0.9
+    if d["kept"] == "head":
+        assert d["alpha"] < 1.0 and c["frozen"] - c["head"] <= 0.01
+    else:
+        assert head.config.passthrough
+    assert "canary" in (tmp_path / "h" / "README.md").read_text()

@@ -1,0 +1,256 @@
+"""Small data: heads trained on 100 to 87,599 pairs, next to the frozen encoder, a one-matrix
+adapter recipe and fine-tuning the encoder itself.
+
+    PROJHEAD_DATA=../shared/data python bench/bench_small_data.py [--sizes 100 300 1000 3000 10000]
+        [--seeds 0 1 2] [--full] [--quora] [--finetune-sizes 300 1000] [--out bench/results/small_data]
+
+Training sets: SQuAD v1.1 train subsets (articles in a seeded random order, taken whole until
+the size is reached, the last one cut), the full train set (``--full``, seed 0) and the Quora
+duplicate-question sample (``--quora``: its train pairs, seeds as given). Every head is scored
+on SQuAD v1.1 dev (sentence contexts, both protocols) and on the Quora test pairs (every
+question of the sample is a candidate), so each row shows its own domain and the other one.
+
+Systems:
+- ``frozen``: all-MiniLM-L6-v2 as it is.
+- ``projhead``: ``projhead train`` defaults (model selection, ``projhead.select.auto_train``).
+- ``fixed``: ``projhead train --no-auto`` (one residual head, settings sized to the data).
+- ``adapter``: LlamaIndex's linear adapter recipe as its docs give it (query-side linear layer
+  from the identity, in-batch softmax over cosine x 20, batch 10, AdamW lr 2e-5 with 10,000
+  linear warm-up steps, 4 epochs); ``adapter-lr1e-3``: the same with lr 1e-3 and 100 warm-up steps.
+- ``finetune``: the encoder itself fine-tuned with sentence-transformers' in-batch softmax loss
+  (MultipleNegativesRankingLoss: cosine x 20, batch 32, AdamW lr 2e-5, 10% warm-up, 1 epoch),
+  then SQuAD dev and the Quora corpus encoded again (both times reported).
+Prints one line per (training set, system) and writes ``OUT.json`` and ``OUT.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import projhead
+from projhead.cache import Cache
+from projhead.data import load_pairs
+from projhead.encoders import DEFAULT_ENCODER, get_encoder
+from projhead.heads import Head, HeadConfig
+from projhead.select import auto_train
+
+WORK = Path("bench/work")
+
+
+def cache(enc, dataset: str, split: str, gran: str, data: str | None):
+    pairs = load_pairs(dataset, split, gran, data=data)
+    path = WORK / f"{dataset}-{split}-{pairs.meta['granularity']}-all-MiniLM-L6-v2.h5"
+    projhead.build_cache(pairs, enc, path, progress=False)
+    return projhead.open_cache(path)
+
+
+def subset_rows(groups: list[str], size: int, seed: int) -> np.ndarray:
+    """Rows of whole groups (articles) in a seeded random order, cut at ``size``."""
+    names, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    rows = []
+    for g in np.random.default_rng(seed).permutation(len(names)):
+        rows.extend(np.flatnonzero(inverse.reshape(-1) == g).tolist())
+        if len(rows) >= size:
+            break
+    return np.array(rows[:size])
+
+
+def adapter(train, lr: float, warmup: int, seed: int, epochs: int = 4, batch: int = 10, scale: float = 20.0) -> Head:
+    """LlamaIndex's linear adapter recipe, written out: a query-side linear layer from the
+    identity, cross-entropy over in-batch cosine x ``scale``, AdamW with linear warm-up
+    then linear decay (sentence-transformers' WarmupLinear)."""
+    torch.manual_seed(seed)
+    head = Head(HeadConfig(kind="linear", towers="query", in_dim=train.dim, encoder=train.encoder,
+                           encoder_weights_sha256=train.encoder_info.get("weights_sha256", "")))
+    lin = head.query
+    opt = torch.optim.AdamW(lin.parameters(), lr=lr)
+    Q, C = torch.from_numpy(train.queries), torch.from_numpy(train.contexts)
+    q2c = torch.from_numpy(train.q2c)
+    steps_per_epoch = math.ceil(len(q2c) / batch)
+    total, step = steps_per_epoch * epochs, 0
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = torch.from_numpy(rng.permutation(len(q2c)))
+        for b in range(steps_per_epoch):
+            idx = order[b * batch:(b + 1) * batch]
+            q = torch.nn.functional.normalize(lin(Q[idx]), dim=1)
+            c = C[q2c[idx]]
+            logits = scale * q @ c.T
+            labels = torch.arange(len(idx))
+            same = q2c[idx][None, :] == q2c[idx][:, None]  # rows sharing a gold are not negatives
+            logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), float("-inf"))
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            f = (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+            for g in opt.param_groups:
+                g["lr"] = lr * f
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    return head.eval()
+
+
+def finetune(train, seed: int, batch: int = 32, lr: float = 2e-5, scale: float = 20.0):
+    """The encoder itself, one epoch of in-batch softmax (MultipleNegativesRankingLoss)."""
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(seed)
+    path = get_encoder(DEFAULT_ENCODER).describe()["resolved"]
+    model = SentenceTransformer(path, device="cpu")
+    model.train()
+    q_text, c_text = train.query_texts, train.context_texts
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(q_text))
+    steps = math.ceil(len(order) / batch)
+    warm = max(1, int(0.1 * steps))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def embed(texts):
+        feats = model.tokenize(texts)
+        return torch.nn.functional.normalize(model(feats)["sentence_embedding"], dim=1)
+
+    for s in range(steps):
+        idx = order[s * batch:(s + 1) * batch]
+        gold = train.q2c[idx]
+        ctx, col = np.unique(gold, return_inverse=True)
+        q = embed([q_text[i] for i in idx])
+        c = embed([c_text[i] for i in ctx])
+        loss = torch.nn.functional.cross_entropy(scale * q @ c.T, torch.from_numpy(col.reshape(-1)))
+        f = (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm))
+        for g in opt.param_groups:
+            g["lr"] = lr * f
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model
+
+
+def encode_cache_with(model, ref):
+    """``ref``'s texts encoded by ``model``: a stand-in cache with the same queries and contexts."""
+    q = model.encode(ref.query_texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    c = model.encode(ref.context_texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    arrays = dict(ref._arrays, **{"queries/vectors": q.astype(np.float32), "contexts/vectors": c.astype(np.float32)})
+    return Cache(ref.path, dict(ref.attrs), arrays)
+
+
+def scores(results: dict, system: str) -> dict:
+    r = results[system]
+    return {"top1": r["out_of_500"]["top1"], "top10": r["out_of_500"]["top10"],
+            "R@1": r["full_corpus"]["R@1"], "nDCG@10": r["full_corpus"]["nDCG@10"]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100, 300, 1000, 3000, 10000])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--full", action="store_true", help="also the full SQuAD train set (seed 0)")
+    ap.add_argument("--quora", action="store_true", help="also the Quora train pairs")
+    ap.add_argument("--finetune-sizes", type=int, nargs="*", default=[])
+    ap.add_argument("--systems", nargs="+", default=["projhead", "fixed", "adapter", "adapter-lr1e-3"])
+    ap.add_argument("--out", default="bench/results/small_data")
+    args = ap.parse_args()
+    data = os.environ.get("PROJHEAD_DATA")
+    WORK.mkdir(parents=True, exist_ok=True)
+    enc = get_encoder(DEFAULT_ENCODER)
+    squad_train = cache(enc, "squad-v1.1", "train", "sentence", data)
+    evals = {"squad-dev": cache(enc, "squad-v1.1", "dev", "sentence", data),
+             "quora-test": cache(enc, "quora", "dev", "question", data)}
+    quora_train = cache(enc, "quora", "train", "question", data) if args.quora else None
+    frozen = {name: scores(projhead.evaluate_cache(c), "frozen") for name, c in evals.items()}
+    print("frozen " + "  ".join(f"{n}: {v}" for n, v in frozen.items()), flush=True)
+
+    jobs = [(f"squad-{size}", size, seed, squad_train.subset(subset_rows(squad_train.groups, size, seed)))
+            for size in args.sizes for seed in args.seeds]
+    if args.full:
+        jobs.append(("squad-full", len(squad_train.q2c), 0, squad_train))
+    if quora_train is not None:
+        jobs += [("quora", len(quora_train.q2c), seed, quora_train) for seed in args.seeds]
+
+    rows = []
+    for name, size, seed, train in jobs:
+        systems = {}
+        for system in args.systems:
+            t0 = time.perf_counter()
+            extra = {}
+            if system == "projhead":
+                head, log = auto_train(train, projhead.TrainConfig(seed=seed), progress=False)
+                extra = {"chosen": log["selection"]["chosen"], "kept": log["decision"]["kept"],
+                         "dev_gain": log["decision"].get("dev_gain")}
+            elif system == "fixed":
+                head, log = projhead.train_head(train, HeadConfig(), projhead.TrainConfig(seed=seed), progress=False)
+                extra = {"kept": log["decision"]["kept"]}
+            elif system == "adapter":
+                head = adapter(train, lr=2e-5, warmup=10000, seed=seed)
+            elif system == "adapter-lr1e-3":
+                head = adapter(train, lr=1e-3, warmup=100, seed=seed)
+            else:
+                raise SystemExit(f"unknown system {system}")
+            seconds = time.perf_counter() - t0
+            res = {ev: scores(projhead.evaluate_cache(c, head=head), "head") for ev, c in evals.items()}
+            systems[system] = {"train_seconds": seconds, **res, **extra}
+            print(f"{name:<12} seed {seed} n {len(train.q2c):>6} {system:<15} {seconds:7.1f}s  "
+                  + "  ".join(f"{ev} top1 {100 * r['top1']:.1f} nDCG@10 {100 * r['nDCG@10']:.1f}"
+                              for ev, r in res.items())
+                  + (f"  [{extra.get('chosen', '')} {extra.get('kept', '')}]" if extra else ""), flush=True)
+        if name.startswith("squad-") and size in args.finetune_sizes and seed == args.seeds[0]:
+            t0 = time.perf_counter()
+            model = finetune(train, seed)
+            t_train = time.perf_counter() - t0
+            res, t_enc = {}, 0.0
+            for ev, c in evals.items():
+                t1 = time.perf_counter()
+                re = encode_cache_with(model, c)
+                t_enc += time.perf_counter() - t1
+                res[ev] = scores(projhead.evaluate_cache(re), "frozen")
+            systems["finetune"] = {"train_seconds": t_train, "encode_seconds": t_enc, **res}
+            print(f"{name:<12} seed {seed} n {len(train.q2c):>6} {'finetune':<15} {t_train:7.1f}s + encode "
+                  f"{t_enc:.0f}s  " + "  ".join(f"{ev} top1 {100 * r['top1']:.1f} nDCG@10 {100 * r['nDCG@10']:.1f}"
+                                               for ev, r in res.items()), flush=True)
+        rows.append({"train_set": name, "size": int(len(train.q2c)), "seed": seed, "systems": systems})
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"bench": "small_data", "encoder": DEFAULT_ENCODER, "frozen": frozen, "rows": rows,
+              "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+    out.with_suffix(".md").write_text(table(result))
+    print(table(result))
+
+
+def table(result: dict) -> str:
+    """Mean over seeds (and the seed spread) per training set and system, percent."""
+    groups: dict = {}
+    for r in result["rows"]:
+        for system, v in r["systems"].items():
+            groups.setdefault((r["train_set"], system), []).append((r["size"], v))
+    lines = ["| training set | pairs | system | seeds | SQuAD dev top-1 | SQuAD dev nDCG@10 | Quora test nDCG@10 | "
+             "train s |", "|---|---|---|---|---|---|---|---|"]
+    f = result["frozen"]
+    lines.append(f"| (none) | 0 | frozen | | {100 * f['squad-dev']['top1']:.1f} | {100 * f['squad-dev']['nDCG@10']:.1f} "
+                 f"| {100 * f['quora-test']['nDCG@10']:.1f} | |")
+
+    def cell(vals):
+        m = 100 * np.mean(vals)
+        return f"{m:.1f}" if len(vals) == 1 else f"{m:.1f} ± {100 * np.std(vals):.1f}"
+
+    for (name, system), items in groups.items():
+        vs = [v for _, v in items]
+        size = int(np.mean([s for s, _ in items]))
+        secs = np.mean([v["train_seconds"] + v.get("encode_seconds", 0) for v in vs])
+        lines.append(f"| {name} | {size:,} | {system} | {len(vs)} | {cell([v['squad-dev']['top1'] for v in vs])} | "
+                     f"{cell([v['squad-dev']['nDCG@10'] for v in vs])} | {cell([v['quora-test']['nDCG@10'] for v in vs])}"
+                     f" | {secs:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Model selection: candidates, folds, and the rule that keeps the identity on noise."""
+import numpy as np
+import pytest
+
+from projhead.cache import open_cache
+from projhead.heads import load_head
+from projhead.select import CV_BELOW, auto_train, candidates, group_folds
+from projhead.train import TrainConfig
+
+
+def test_folds_keep_groups_whole_and_cover_every_row_once():
+    groups = [f"g{i // 3}" for i in range(60)] + [f"big{i // 30}" for i in range(60)]
+    folds = group_folds(groups, 5, seed=0)
+    rows = np.concatenate(folds)
+    assert sorted(rows.tolist()) == list(range(120))
+    for f in folds:
+        others = set(np.setdiff1d(rows, f).tolist())
+        assert not {groups[i] for i in f} & {groups[i] for i in others}
+    assert max(map(len, folds)) - min(map(len, folds)) <= 30  # balanced up to one group
+
+
+def test_candidates_by_size_and_fixed_settings():
+    small = [n for n, _, _ in candidates(1000)]
+    assert small == ["linear-query", "linear-separate", "residual-query", "residual-separate"]
+    assert [n for n, _, _ in candidates(CV_BELOW)] == ["linear-query", "residual-separate"]
+    fixed = candidates(1000, {"kind": "residual", "lr": 1e-4})
+    assert {h.kind for _, h, _ in fixed} == {"residual"} and len(fixed) == 2  # the two residual tower choices
+    assert all(t["lr"] == 1e-4 for _, _, t in fixed)
+
+
+def test_a_real_gain_is_kept_out_of_fold(planted_cache, tmp_path):
+    path = planted_cache(n_groups=40)  # queries rotated away from their contexts: a head can undo it
+    head, log = auto_train(path, TrainConfig(epochs=6), out=tmp_path / "h", progress=False)
+    sel = log["selection"]
+    assert sel["mode"] == "5-fold" and len(sel["candidates"]) == 4
+    assert log["decision"]["kept"] == "head" and not head.config.passthrough
+    g = log["decision"]["dev_gain"]
+    assert g["low"] > 0 and g["n"] == 400  # every query scored once, out of fold
+    c = open_cache(path)
+    saved = load_head(tmp_path / "h")
+    top1 = lambda h: (np.argmax(h.encode_queries(c.queries) @ h.encode_contexts(c.contexts).T, 1) == c.q2c).mean()  # noqa: E731
+    frozen = (np.argmax(c.queries @ c.contexts.T, 1) == c.q2c).mean()
+    assert top1(saved) > frozen + 0.3
+    card = (tmp_path / "h" / "README.md").read_text()
+    assert "How it was chosen (5-fold)" in card and "95% paired-bootstrap interval" in card
+
+
+def test_noise_keeps_the_identity(planted_cache, tmp_path):
+    # queries already sit on their contexts: whatever a head changes is noise or harm
+    path = planted_cache(n_groups=40, rotate=0.0, noise=0.6)
+    head, log = auto_train(path, TrainConfig(epochs=4, lr=5e-2), out=tmp_path / "h", progress=False)
+    assert head.config.passthrough and log["decision"]["kept"] == "identity"
+    assert "is not above 0" in log["decision"]["why"] or "beat the frozen encoder" in log["decision"]["why"]
+    c = open_cache(path)
+    np.testing.assert_allclose(load_head(tmp_path / "h").encode_queries(c.queries), c.queries, atol=1e-6)
+
+
+def test_one_document_still_gets_held_out_queries(planted_cache):
+    """A user's pairs from one document: folds fall back to contexts, never to no check."""
+    path = planted_cache(n_groups=1, contexts_per_group=60)
+    head, log = auto_train(path, TrainConfig(epochs=3), progress=False)
+    assert log["selection"]["mode"] == "5-fold" and log["decision"]["dev_gain"]["n"] == 120
+
+
+def test_stream_needs_one_configuration(planted_cache):
+    from projhead.train import TrainError
+
+    with pytest.raises(TrainError, match="--stream"):
+        auto_train(planted_cache(n_groups=5), TrainConfig(stream=True), progress=False)
