@@ -1,4 +1,4 @@
-"""Memory and time of one clip step at large batch sizes: plain vs chunked logits (issue 4).
+"""Memory and time of one clip step at large batch sizes: plain vs chunked logits.
 
     python bench/bench_batch_memory.py [--dim 384] [--chunk 4096] [--max-gb 18]
 

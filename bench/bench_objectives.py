@@ -1,4 +1,4 @@
-"""Every training objective on the same cached vectors: one table (issue 4).
+"""Every training objective on the same cached vectors: one table.
 
     PROJHEAD_DATA=../shared/data python bench/bench_objectives.py [--cache-dir bench/work] [--seed 0]
 

@@ -1,4 +1,4 @@
-"""Out-of-core training: a synthetic cache bigger than memory-friendly, trained with --stream (issue 7).
+"""Out-of-core training: a synthetic cache bigger than memory-friendly, trained with --stream.
 
     python bench/bench_out_of_core.py [--rows 5000000] [--dim 384] [--work bench/work]
 

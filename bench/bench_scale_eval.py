@@ -1,4 +1,4 @@
-"""Full-corpus retrieval over 1,000,000+ contexts with FAISS, exact and approximate (issue 7).
+"""Full-corpus retrieval over 1,000,000+ contexts with FAISS, exact and approximate.
 
     PROJHEAD_DATA=../shared/data python bench/bench_scale_eval.py [--contexts 1000000] [--cache-dir bench/work]
 

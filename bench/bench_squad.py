@@ -3,8 +3,8 @@
     PROJHEAD_DATA=../shared/data python bench/bench_squad.py [--cache-dir bench/work] [--seeds 0 1 2]
 
 Caches SQuAD v1.1 train (all 87,599 questions, sentence contexts) and dev (sentence and
-paragraph contexts) with the default encoder, trains the default head (``projhead train``
-defaults) once per seed, and scores frozen vs head vs BM25 on dev, both protocols, at both
+paragraph contexts) with the default encoder, trains a head with ``projhead train``'s
+defaults (model selection, ``projhead.select.auto_train``) once per seed, and scores frozen vs head vs BM25 on dev, both protocols, at both
 granularities. Prints one line per step with its wall time and writes
 bench/results/squad.json and bench/results/squad.md.
 """
@@ -24,6 +24,7 @@ import projhead
 from projhead.data import load_pairs
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.evaluate import format_table
+from projhead.select import auto_train
 
 
 def step(name: str, timings: dict):
@@ -65,15 +66,16 @@ def main():
     for seed in args.seeds:
         name = f"train seed {seed}"
         with step(name, timings):
-            head, log = projhead.train_head(caches[("train", "sentence")], projhead.HeadConfig(),
-                                             projhead.TrainConfig(seed=seed), out=Path(args.heads_dir) / f"seed{seed}",
-                                             progress=False)
+            head, log = auto_train(caches[("train", "sentence")], projhead.TrainConfig(seed=seed),
+                                   out=Path(args.heads_dir) / f"seed{seed}", progress=False)
         res = {}
         for gran in ("sentence", "paragraph"):
             with step(f"eval dev {gran} seed {seed}", timings):
                 res[gran] = projhead.evaluate_cache(caches[("dev", gran)], head=head, bm25=(seed == args.seeds[0]))
             print(format_table(res[gran]), flush=True)
-        runs.append({"seed": seed, "best_epoch": log["best_epoch"], "passthrough": log["passthrough"],
+        runs.append({"seed": seed, "chosen": log["selection"]["chosen"], "selection": log["selection"]["candidates"],
+                     "dev_gain": log["decision"].get("dev_gain"),
+                     "best_epoch": log["best_epoch"], "passthrough": log["passthrough"],
                      "epochs_run": len(log["epochs"]), "train_seconds": log["seconds"], "results": res,
                      "dev_split": {"frozen": log["frozen_dev"], "epochs": log["epochs"]}})
 

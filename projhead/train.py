@@ -701,9 +701,7 @@ def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.nd
     decided; the head is changed in place (``passthrough`` when the identity is kept)."""
     log = log if log is not None else {}
     trained = {k: v.clone() for k, v in head.state_dict().items()}
-    alphas = [a for a in (1.0, 0.75, 0.5, 0.25) if a <= cfg.alpha] if cfg.alpha > 0 else []
-    if cfg.alpha < 1.0 and cfg.alpha not in alphas:
-        alphas.insert(0, cfg.alpha)
+    alphas = [cfg.alpha] + [a for a in (0.75, 0.5, 0.25) if a < cfg.alpha]  # shrunk further only for canaries
     chosen, canary_now = None, {}
     for a in alphas:
         head.load_state_dict(trained)
@@ -757,6 +755,9 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     # the cache decides the input dimension and the encoder the head will accept
     hcfg = replace(head_config or HeadConfig(), in_dim=cache.dim, encoder=cache.encoder,
                    encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
+    if cfg.alpha < 1 and not Head(hcfg).can_interpolate():
+        raise TrainError(f"alpha {cfg.alpha} interpolates toward the frozen encoder, which only identity-initialised "
+                         "linear and residual heads of the encoder's dimension contain")
     canaries = [Canary(c) for c in cfg.canaries]
     for c in canaries:
         Head(hcfg).check_cache(c.cache)
