@@ -2,17 +2,17 @@
 head is interpolated toward the frozen encoder.
 
     PROJHEAD_DATA=../shared/data python bench/bench_ood.py [--seeds 0 1 2] [--alphas 1 0.75 0.5 0.25 0]
-        [--canaries] [--out bench/results/ood]
+        [--canary-seeds 0] [--out bench/results/ood]
 
-Trains ``projhead train``'s head on SQuAD v1.1 train (sentence contexts; alpha 1, no canaries),
-once per seed, then scores frozen + alpha x (head - frozen), in weight space (WiSE-FT), for
+Takes ``projhead train``'s head on SQuAD v1.1 train (sentence contexts; alpha 1, no canaries),
+one per seed (the heads ``bench_squad.py`` saved, or trained here the same way), then scores frozen + alpha x (head - frozen), in weight space (WiSE-FT), for
 each alpha on:
 - in domain: SQuAD v1.1 dev, sentence contexts (out-of-500 top-1, full-corpus nDCG@10);
 - canaries: SQuAD v1.1 dev with paragraph contexts (a granularity the head never saw) and the
   Quora duplicate-question test pairs (another task: every question of the sample is a candidate);
   nDCG@10 over the whole corpus.
-``--canaries`` adds a run per seed of ``projhead train --canary`` with both canaries (the
-head shrunk until neither loses more than half a point). Prints one line per (seed, alpha)
+``--canary-seeds`` adds, for those seeds, a run of ``projhead train --canary`` with both
+canaries (the head shrunk until neither loses more than half a point). Prints one line per (seed, alpha)
 and writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (in-domain gain against canary change).
 """
 from __future__ import annotations
@@ -55,7 +55,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25])
-    ap.add_argument("--canaries", action="store_true", help="also train with --canary (both canaries)")
+    ap.add_argument("--canary-seeds", type=int, nargs="*", default=[],
+                    help="seeds for which to also train with --canary (both canaries)")
+    ap.add_argument("--heads-dir", default="bench/work/heads",
+                    help="reuse the heads bench_squad.py saved there (seedN), else train them")
     ap.add_argument("--out", default="bench/results/ood")
     args = ap.parse_args()
     data = os.environ.get("PROJHEAD_DATA")
@@ -70,7 +73,13 @@ def main():
     rows = []
     for seed in args.seeds:
         t0 = time.perf_counter()
-        head, log = auto_train(train, projhead.TrainConfig(seed=seed), progress=False)
+        saved = Path(args.heads_dir) / f"seed{seed}"
+        if (saved / "config.json").exists():
+            head = projhead.load_head(saved)
+            chosen = head.info["selection"]["chosen"]
+        else:
+            head, log = auto_train(train, projhead.TrainConfig(seed=seed), out=saved, progress=False)
+            chosen = log["selection"]["chosen"]
         seconds = time.perf_counter() - t0
         trained = {k: v.clone() for k, v in head.state_dict().items()}
         for alpha in args.alphas:
@@ -78,10 +87,10 @@ def main():
             if alpha < 1:
                 head.interpolate(alpha)
             s = score(evals, head)
-            rows.append({"seed": seed, "alpha": alpha, "run": "sweep", "chosen": log["selection"]["chosen"],
+            rows.append({"seed": seed, "alpha": alpha, "run": "sweep", "chosen": chosen,
                          "train_seconds": seconds, "scores": s})
             print(f"seed {seed} alpha {alpha:.2f} " + line(s, frozen), flush=True)
-        if args.canaries:
+        if seed in args.canary_seeds:
             t0 = time.perf_counter()
             cfg = projhead.TrainConfig(seed=seed, canaries=[str(evals["squad-paragraph"].path),
                                                             str(evals["quora"].path)])
