@@ -2,7 +2,7 @@
 adapter recipe and fine-tuning the encoder itself.
 
     PROJHEAD_DATA=../shared/data python bench/bench_small_data.py [--sizes 100 300 1000 3000 10000]
-        [--seeds 0 1 2] [--full] [--quora] [--finetune-sizes 300 1000] [--out bench/results/small_data]
+        [--seeds 0 1 2] [--full] [--quora] [--quora-objectives] [--finetune-sizes 1000] [--out bench/results/small_data]
 
 Training sets: SQuAD v1.1 train subsets (articles in a seeded random order, taken whole until
 the size is reached, the last one cut), the full train set (``--full``, seed 0) and the Quora
@@ -20,6 +20,8 @@ Systems:
 - ``finetune``: the encoder itself fine-tuned with sentence-transformers' in-batch softmax loss
   (MultipleNegativesRankingLoss: cosine x 20, batch 32, AdamW lr 2e-5, 10% warm-up, 1 epoch),
   then SQuAD dev and the Quora corpus encoded again (both times reported).
+``--quora-objectives``: on the Quora pairs, ``clip`` against ``byol`` (one shared residual
+tower, ``--no-auto``, the best epoch kept whenever it is better on held-out pairs).
 Prints one line per (training set, system) and writes ``OUT.json`` and ``OUT.md``.
 """
 from __future__ import annotations
@@ -156,6 +158,8 @@ def main():
     ap.add_argument("--quora", action="store_true", help="also the Quora train pairs")
     ap.add_argument("--finetune-sizes", type=int, nargs="*", default=[])
     ap.add_argument("--systems", nargs="+", default=["projhead", "fixed", "adapter", "adapter-lr1e-3"])
+    ap.add_argument("--quora-objectives", action="store_true",
+                    help="Quora: also clip against byol, one shared residual tower, every epoch kept if better")
     ap.add_argument("--out", default="bench/results/small_data")
     args = ap.parse_args()
     data = os.environ.get("PROJHEAD_DATA")
@@ -201,6 +205,18 @@ def main():
                   + "  ".join(f"{ev} top1 {100 * r['top1']:.1f} nDCG@10 {100 * r['nDCG@10']:.1f}"
                               for ev, r in res.items())
                   + (f"  [{extra.get('chosen', '')} {extra.get('kept', '')}]" if extra else ""), flush=True)
+        if name == "quora" and args.quora_objectives:
+            for loss in ("clip", "byol"):
+                t0 = time.perf_counter()
+                head, log = projhead.train_head(train, HeadConfig(kind="residual", towers="shared"),
+                                                projhead.TrainConfig(loss=loss, seed=seed, decision="better"),
+                                                progress=False)
+                res = {ev: scores(projhead.evaluate_cache(c, head=head), "head") for ev, c in evals.items()}
+                systems[f"{loss}-shared"] = {"train_seconds": time.perf_counter() - t0, **res,
+                                             "kept": log["decision"]["kept"], "best_epoch": log["best_epoch"]}
+                print(f"{name:<12} seed {seed} {loss + '-shared':<15} " + "  ".join(
+                    f"{ev} nDCG@10 {100 * r['nDCG@10']:.1f}" for ev, r in res.items())
+                    + f"  [{log['decision']['kept']}, best epoch {log['best_epoch']}]", flush=True)
         if name.startswith("squad-") and size in args.finetune_sizes and seed == args.seeds[0]:
             t0 = time.perf_counter()
             model = finetune(train, seed)

@@ -7,7 +7,8 @@ The data flow, one module a step::
     cache.py     vectors -> HDF5, once, resumable
     heads.py     projection heads, saved as config.json + model.safetensors
     losses.py    training objectives on embeddings, one registry
-    train.py     the training loop over cached vectors
+    train.py     the training loop over cached vectors: one configuration, the keep-or-identity decision
+    select.py    model selection: candidate heads on held-out queries (`projhead train`'s default)
     evaluate.py  out-of-500 and full-corpus retrieval, BM25 baseline
     cli.py       `projhead ...`, arguments only
 
@@ -25,6 +26,10 @@ def __getattr__(name):
         from . import train
 
         return getattr(train, name)
+    if name == "auto_train":
+        from .select import auto_train
+
+        return auto_train
     if name in ("open_cache", "build_cache"):
         from . import cache
 
@@ -40,5 +45,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'projhead' has no attribute {name!r}")
 
 
-__all__ = ["Head", "HeadConfig", "HeadError", "load_head", "LOSSES", "get_loss", "TrainConfig", "train_head",
+__all__ = ["Head", "HeadConfig", "HeadError", "load_head", "LOSSES", "get_loss", "TrainConfig", "train_head", "auto_train",
            "open_cache", "build_cache", "evaluate_cache", "EncodedHead"]

@@ -319,6 +319,7 @@ def test_sizes_follow_the_data():
     assert large.batch_size == 2048 and large.epochs == 8 and large.patience == 2
     assert cfg.sized(100).epochs == 100 and cfg.sized(40).epochs == 200  # few pairs: many epochs, capped
     fixed = TrainConfig(batch_size=64, epochs=3, patience=1).sized(450)
+    assert TrainConfig().alpha is None  # ALPHA where the head can be interpolated
     assert (fixed.batch_size, fixed.epochs, fixed.patience) == (64, 3, 1)
 
 
@@ -346,7 +347,7 @@ def test_a_canary_that_the_head_hurts_shrinks_it(planted_cache, tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, decision="better")
     head, log = train_head(train, HeadConfig(kind="linear", towers="query"), cfg, progress=False)
     free = log["decision"]
-    assert free["alpha"] == 1.0 and not free["canaries"]
+    assert free["alpha"] == 0.9 and not free["canaries"]  # the default interpolation, nothing else
     head, log = train_head(train, HeadConfig(kind="linear", towers="query"),
                            TrainConfig(**{**cfg.__dict__, "canaries": [canary], "canary_tolerance": 0.01}),
                            out=tmp_path / "h", progress=False)
