@@ -4,7 +4,7 @@ head is interpolated toward the frozen encoder.
     PROJHEAD_DATA=../shared/data python bench/bench_ood.py [--seeds 0 1 2] [--alphas 1 0.75 0.5 0.25 0]
         [--canary-seeds 0] [--out bench/results/ood]
 
-Takes ``projhead train``'s head on SQuAD v1.1 train (sentence contexts; alpha 1, no canaries),
+Takes ``projhead train``'s head on SQuAD v1.1 train (sentence contexts; ``--alpha 1``, no canaries),
 one per seed (the heads ``bench_squad.py`` saved, or trained here the same way), then scores frozen + alpha x (head - frozen), in weight space (WiSE-FT), for
 each alpha on:
 - in domain: SQuAD v1.1 dev, sentence contexts (out-of-500 top-1, full-corpus nDCG@10);
@@ -31,6 +31,7 @@ import projhead
 from projhead.data import load_pairs
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.select import auto_train
+from projhead.train import ALPHA
 
 WORK = Path("bench/work")
 
@@ -58,7 +59,8 @@ def main():
     ap.add_argument("--canary-seeds", type=int, nargs="*", default=[],
                     help="seeds for which to also train with --canary (both canaries)")
     ap.add_argument("--heads-dir", default="bench/work/heads",
-                    help="reuse the heads bench_squad.py saved there (seedN), else train them")
+                    help="reuse the heads bench_squad.py saved there (seedN) if they were kept whole (alpha 1), "
+                         "else train them (seedN-alpha1)")
     ap.add_argument("--out", default="bench/results/ood")
     args = ap.parse_args()
     data = os.environ.get("PROJHEAD_DATA")
@@ -74,11 +76,12 @@ def main():
     for seed in args.seeds:
         t0 = time.perf_counter()
         saved = Path(args.heads_dir) / f"seed{seed}"
-        if (saved / "config.json").exists():
-            head = projhead.load_head(saved)
+        head = projhead.load_head(saved) if (saved / "config.json").exists() else None
+        if head is not None and head.info.get("decision", {}).get("alpha") == 1.0:  # a whole head: reuse it
             chosen = head.info["selection"]["chosen"]
         else:
-            head, log = auto_train(train, projhead.TrainConfig(seed=seed), out=saved, progress=False)
+            saved = saved.with_name(saved.name + "-alpha1")
+            head, log = auto_train(train, projhead.TrainConfig(seed=seed, alpha=1.0), out=saved, progress=False)
             chosen = log["selection"]["chosen"]
         seconds = time.perf_counter() - t0
         trained = {k: v.clone() for k, v in head.state_dict().items()}
@@ -160,6 +163,10 @@ def plot(result: dict, path: Path) -> None:
         ax.plot(xs, ys, marker=marker, label=f"{name} nDCG@10")
         for a, x, y in zip(alphas, xs, ys):
             ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if ALPHA in alphas:  # the default, marked
+            i = alphas.index(ALPHA)
+            ax.scatter([xs[i]], [ys[i]], s=160, facecolors="none", edgecolors="red", zorder=3,
+                       label="default (alpha 0.9)" if name == "quora" else None)
     ax.axhline(0, color="gray", ls="--")
     ax.axhline(-0.5, color="gray", ls=":", label="half a point lost")
     ax.set(xlabel="SQuAD dev sentence top-1 gain (points)", ylabel="canary change (points)",

@@ -1,6 +1,6 @@
 """SQuAD v1.1 end to end: cache train and dev, train the default head, evaluate.
 
-    PROJHEAD_DATA=../shared/data python bench/bench_squad.py [--cache-dir bench/work] [--seeds 0 1 2]
+    PROJHEAD_DATA=../shared/data python bench/bench_squad.py [--cache-dir bench/work] [--seeds 0 1 2] [--alpha 1]
 
 Caches SQuAD v1.1 train (all 87,599 questions, sentence contexts) and dev (sentence and
 paragraph contexts) with the default encoder, trains a head with ``projhead train``'s
@@ -44,6 +44,8 @@ def main():
     ap.add_argument("--cache-dir", default="bench/work")
     ap.add_argument("--heads-dir", default="bench/work/heads")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--alpha", type=float, default=None,
+                    help="interpolation toward the frozen encoder (default: projhead train's)")
     ap.add_argument("--out", default="bench/results/squad")
     args = ap.parse_args()
     data = os.environ.get("PROJHEAD_DATA")
@@ -66,7 +68,7 @@ def main():
     for seed in args.seeds:
         name = f"train seed {seed}"
         with step(name, timings):
-            head, log = auto_train(caches[("train", "sentence")], projhead.TrainConfig(seed=seed),
+            head, log = auto_train(caches[("train", "sentence")], projhead.TrainConfig(seed=seed, alpha=args.alpha),
                                    out=Path(args.heads_dir) / f"seed{seed}", progress=False)
         res = {}
         for gran in ("sentence", "paragraph"):

@@ -33,7 +33,7 @@ import numpy as np
 from .cache import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .heads import Head, HeadConfig
-from .train import Canary, TrainConfig, TrainError, _save, finish, fit, split_groups
+from .train import Canary, TrainConfig, TrainError, _save, finish, fit, split_groups, within_documents
 
 CV_BELOW = 5000  # queries: below this, k-fold selection (every query scored once, out of fold)
 FOLDS = 5
@@ -150,6 +150,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         _, name, hc, t, e_best, oof, tc = best
         boot = paired_bootstrap(f(oof[e_best]), f(oof[0]), seed=cfg.seed)
         keep = e_best > 0 and (boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0)
+        narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
         log.update(chosen=name, dev_gain=boot, frozen_dev=rank_metrics(oof[0]),
                    chosen_dev=rank_metrics(oof[e_best]))
         # the winner again on every pair, for the epochs that won out of fold (at least one)
@@ -157,11 +158,11 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                             dev_fraction=0.0)
         run = fit(cache, replace(base, **_head_dict(hc)), final_cfg, rows=(all_rows, all_rows[:0]), progress=False)
         head, run_log = run["head"], run["log"]
-        if keep:
+        if keep and not narrow:
             finish(head, final_cfg, None, None, canaries, run_log)
         else:
             head.reset_to_identity()
-            run_log["decision"] = {"kept": "identity", "why": _why(cfg, boot, e_best)}
+            run_log["decision"] = {"kept": "identity", "why": _why(cfg, boot, e_best) if not keep else narrow}
         frozen = log["frozen_dev"]
         decision = dict(run_log["decision"], dev_gain=boot, dev_head=log["chosen_dev"])
     else:
@@ -189,7 +190,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             run_log["decision"] = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder"}
         else:
             er = run["epoch_ranks"]
-            finish(head, final_cfg, run["dev"], er[0], canaries, run_log, er[run["best"]["epoch"]])
+            finish(head, final_cfg, run["dev"], er[0], canaries, run_log, er[run["best"]["epoch"]],
+                   narrow=within_documents(cache))
         frozen = run["frozen"]
         decision = run_log["decision"]
         log.update(dev_gain=decision.get("dev_gain"), frozen_dev=frozen, chosen_dev=decision.get("dev_head"))

@@ -127,13 +127,27 @@ class TrainConfig:
         return replace(self, batch_size=bs, epochs=epochs, patience=self.patience or max(2, epochs // 4))
 
 
-def split_groups(cache: Cache, need: int = 5) -> list[str]:
+MIN_GROUPS = 5  # documents needed before held-out queries can speak for documents not trained on
+
+
+def split_groups(cache: Cache, need: int = MIN_GROUPS) -> list[str]:
     """What a split keeps whole: the cache's groups (documents), or each query's gold
     context when there are fewer than ``need`` groups (100 pairs of one article still get a
-    dev split, with no context on both sides)."""
+    held-out split, with no context on both sides; see ``within_documents``)."""
     if len(set(cache.groups)) >= need:
         return cache.groups
     return [f"context {i}" for i in cache.q2c]
+
+
+def within_documents(cache: Cache) -> str | None:
+    """Why a held-out gain says nothing about other documents, if it does not: fewer than
+    ``MIN_GROUPS`` groups, so held-out queries share documents with the training pairs."""
+    n = len(set(cache.groups))
+    if n >= MIN_GROUPS:
+        return None
+    return (f"the pairs come from {n} document(s) (groups), so held-out queries share documents with the "
+            f"training pairs and say nothing about other documents; give each document its own group "
+            f"({MIN_GROUPS} or more), or pass --decision better to keep a head that helps within these documents")
 
 
 def split_by_group(groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -698,12 +712,14 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
 
 
 def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.ndarray | None, canaries=(),
-           log: dict | None = None, ranks_now: np.ndarray | None = None) -> dict:
+           log: dict | None = None, ranks_now: np.ndarray | None = None, narrow: str | None = None) -> dict:
     """After selection: interpolate toward the frozen encoder (``cfg.alpha``, default
     ``ALPHA`` for heads that start at the frozen encoder), shrink
     further while a canary loses more than ``canary_tolerance``, then decide on the dev
     queries whether the head replaces the identity (``cfg.decision``). Returns what was
-    decided; the head is changed in place (``passthrough`` when the identity is kept)."""
+    decided; the head is changed in place (``passthrough`` when the identity is kept).
+    ``narrow``: why the held-out queries cannot speak for other documents (``within_documents``);
+    the bootstrap decision then keeps the identity."""
     log = log if log is not None else {}
     trained = {k: v.clone() for k, v in head.state_dict().items()}
     alpha = cfg.alpha if cfg.alpha is not None else (ALPHA if head.can_interpolate() else 1.0)
@@ -731,10 +747,12 @@ def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.nd
         boot = paired_bootstrap(f(r), f(frozen_ranks), seed=cfg.seed)
         decision.update(dev_gain=boot, dev_head=rank_metrics(r))
         keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
-        decision["kept"] = "head" if keep else "identity"
+        decision["kept"] = "head" if keep and not (cfg.decision == "bootstrap" and narrow) else "identity"
         if not keep:
             decision["why"] = (f"dev {cfg.select_metric} gain {boot['gain']:+.4f} (95% interval {boot['low']:+.4f} "
                                f"to {boot['high']:+.4f}) is not above 0")
+        elif decision["kept"] == "identity":
+            decision["why"] = narrow
     else:
         decision["kept"] = "head"  # nothing to decide on: the caller decided (model selection with folds)
     if decision["kept"] == "identity":
@@ -778,7 +796,8 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
         head.reset_to_identity()
         log["decision"] = {"kept": "identity", "why": "no epoch beat the frozen encoder on the dev queries"}
     else:
-        finish(head, cfg, run["dev"], run["epoch_ranks"][0], canaries, log, run["epoch_ranks"][best["epoch"]])
+        finish(head, cfg, run["dev"], run["epoch_ranks"][0], canaries, log, run["epoch_ranks"][best["epoch"]],
+               narrow=within_documents(cache) if not cfg.stream else None)
     return _save(head, log, cache, run["cfg"], run["frozen"], out, ckpt)
 
 

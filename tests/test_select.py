@@ -55,11 +55,16 @@ def test_noise_keeps_the_identity(planted_cache, tmp_path):
     np.testing.assert_allclose(load_head(tmp_path / "h").encode_queries(c.queries), c.queries, atol=1e-6)
 
 
-def test_one_document_still_gets_held_out_queries(planted_cache):
-    """A user's pairs from one document: folds fall back to contexts, never to no check."""
+def test_one_document_still_gets_held_out_queries_but_no_head_by_default(planted_cache):
+    """A user's pairs from one document: folds fall back to contexts, never to no check; the
+    gain they show is within that document, so only --decision better keeps the head."""
     path = planted_cache(n_groups=1, contexts_per_group=60)
     head, log = auto_train(path, TrainConfig(epochs=3), progress=False)
     assert log["selection"]["mode"] == "5-fold" and log["decision"]["dev_gain"]["n"] == 120
+    assert log["decision"]["dev_gain"]["low"] > 0  # a real gain within the document (the rotation)...
+    assert head.config.passthrough and "come from 1 document(s)" in log["decision"]["why"]  # ...kept out
+    head, log = auto_train(path, TrainConfig(epochs=3, decision="better"), progress=False)
+    assert not head.config.passthrough and log["decision"]["kept"] == "head"
 
 
 def test_stream_needs_one_configuration(planted_cache):
