@@ -33,9 +33,9 @@ import numpy as np
 from .cache import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .heads import Head, HeadConfig
-from .train import Canary, TrainConfig, TrainError, _save, finish, fit, split_groups, within_documents
+from .train import SMALL, Canary, TrainConfig, TrainError, finish, fit, save_trained, split_groups, within_documents
 
-CV_BELOW = 5000  # queries: below this, k-fold selection (every query scored once, out of fold)
+CV_BELOW = SMALL  # queries: below this, k-fold selection (every query scored once, out of fold)
 FOLDS = 5
 HEAD_KEYS = ("kind", "towers", "hidden", "layers", "activation", "dropout", "init", "out_dim")
 
@@ -205,7 +205,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                    + (f"; dev {cfg.select_metric} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
                    + (f" ({decision['why']})" if decision.get("why") else "") + f"; {log['seconds']:.1f}s")
-    return _save(head, run_log, cache, final_cfg, frozen, out, extra={"selection": _brief(log)})
+    return save_trained(head, run_log, cache, final_cfg, frozen, out, extra={"selection": _brief(log)})
 
 
 def _why(cfg: TrainConfig, boot: dict, epoch: int) -> str:

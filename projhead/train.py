@@ -323,12 +323,15 @@ def _restore_optimizer(opt, groups: list, tensors: dict) -> None:
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+SMALL = 5000  # queries: under this, held-out shares grow (here) and selection uses folds (select.py)
+
+
 def dev_fraction(cfg: TrainConfig, n_queries: int) -> float:
-    """The dev share: as set, else 5%, or 20% under 5,000 queries (a dev split that can
+    """The dev share: as set, else 5%, or 20% under ``SMALL`` queries (a dev split that can
     tell a real gain from noise needs a few hundred queries)."""
     if cfg.dev_fraction is not None:
         return cfg.dev_fraction
-    return 0.05 if n_queries >= 5000 else 0.2
+    return 0.05 if n_queries >= SMALL else 0.2
 
 
 class _MemorySource:
@@ -798,10 +801,10 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     else:
         finish(head, cfg, run["dev"], run["epoch_ranks"][0], canaries, log, run["epoch_ranks"][best["epoch"]],
                narrow=within_documents(cache) if not cfg.stream else None)
-    return _save(head, log, cache, run["cfg"], run["frozen"], out, ckpt)
+    return save_trained(head, log, cache, run["cfg"], run["frozen"], out, ckpt)
 
 
-def _save(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: dict, out, ckpt=None,
+def save_trained(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: dict, out, ckpt=None,
           extra: dict | None = None) -> tuple[Head, dict]:
     """Record what was trained and decided in the head, and write the folder."""
     decision = log.get("decision", {})
