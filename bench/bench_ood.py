@@ -28,19 +28,12 @@ import numpy as np
 import torch
 
 import projhead
-from projhead.data import load_pairs
+from projhead.cache import cache_dataset
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.select import auto_train
 from projhead.train import ALPHA
 
 WORK = Path("bench/work")
-
-
-def cache(enc, dataset: str, split: str, gran: str, data: str | None):
-    pairs = load_pairs(dataset, split, gran, data=data)
-    path = WORK / f"{dataset}-{split}-{pairs.meta['granularity']}-all-MiniLM-L6-v2.h5"
-    projhead.build_cache(pairs, enc, path, progress=False)
-    return projhead.open_cache(path)
 
 
 def score(evals: dict, head) -> dict:
@@ -66,10 +59,10 @@ def main():
     data = os.environ.get("PROJHEAD_DATA")
     WORK.mkdir(parents=True, exist_ok=True)
     enc = get_encoder(DEFAULT_ENCODER)
-    train = cache(enc, "squad-v1.1", "train", "sentence", data)
-    evals = {"squad-sentence": cache(enc, "squad-v1.1", "dev", "sentence", data),
-             "squad-paragraph": cache(enc, "squad-v1.1", "dev", "paragraph", data),
-             "quora": cache(enc, "quora", "dev", "question", data)}
+    train = cache_dataset("squad-v1.1", "train", "sentence", enc, WORK, data)
+    evals = {"squad-sentence": cache_dataset("squad-v1.1", "dev", "sentence", enc, WORK, data),
+             "squad-paragraph": cache_dataset("squad-v1.1", "dev", "paragraph", enc, WORK, data),
+             "quora": cache_dataset("quora", "dev", "question", enc, WORK, data)}
     frozen = score(evals, None)
     print("frozen " + json.dumps(frozen), flush=True)
     rows = []

@@ -39,19 +39,12 @@ import torch
 
 import projhead
 from projhead.cache import Cache
-from projhead.data import load_pairs
+from projhead.cache import cache_dataset
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.heads import Head, HeadConfig
 from projhead.select import auto_train
 
 WORK = Path("bench/work")
-
-
-def cache(enc, dataset: str, split: str, gran: str, data: str | None):
-    pairs = load_pairs(dataset, split, gran, data=data)
-    path = WORK / f"{dataset}-{split}-{pairs.meta['granularity']}-all-MiniLM-L6-v2.h5"
-    projhead.build_cache(pairs, enc, path, progress=False)
-    return projhead.open_cache(path)
 
 
 def subset_rows(groups: list[str], size: int, seed: int) -> np.ndarray:
@@ -165,10 +158,10 @@ def main():
     data = os.environ.get("PROJHEAD_DATA")
     WORK.mkdir(parents=True, exist_ok=True)
     enc = get_encoder(DEFAULT_ENCODER)
-    squad_train = cache(enc, "squad-v1.1", "train", "sentence", data)
-    evals = {"squad-dev": cache(enc, "squad-v1.1", "dev", "sentence", data),
-             "quora-test": cache(enc, "quora", "dev", "question", data)}
-    quora_train = cache(enc, "quora", "train", "question", data) if args.quora else None
+    squad_train = cache_dataset("squad-v1.1", "train", "sentence", enc, WORK, data)
+    evals = {"squad-dev": cache_dataset("squad-v1.1", "dev", "sentence", enc, WORK, data),
+             "quora-test": cache_dataset("quora", "dev", "question", enc, WORK, data)}
+    quora_train = cache_dataset("quora", "train", "question", enc, WORK, data) if args.quora else None
     frozen = {name: scores(projhead.evaluate_cache(c), "frozen") for name, c in evals.items()}
     print("frozen " + "  ".join(f"{n}: {v}" for n, v in frozen.items()), flush=True)
 

@@ -15,13 +15,12 @@ overwrites) print one line ``error: ...`` and exit with status 2.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
 import click
 
-from .cache import CacheError
+from .cache import CacheError, cache_name
 from .data import DATASETS, DataError
 from .encoders import DEFAULT_ENCODER, EncoderError
 from .heads import HEAD_KINDS, TOWERS, HeadError
@@ -39,12 +38,6 @@ USER_ERRORS = (CacheError, DataError, EncoderError, HeadError, LossError, MineEr
 @click.version_option(package_name="projhead")
 def cli():
     """Train tiny projection heads on cached vectors of a frozen text encoder."""
-
-
-def default_cache_path(dataset: str, split: str, granularity: str, encoder: str, data: str | None) -> Path:
-    enc = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder.split(":", 1)[-1]).strip("-")
-    name = Path(data).stem.split(".")[0] if dataset == "jsonl" and data else f"{dataset}-{split}-{granularity}"
-    return Path("cache") / f"{name}-{enc}.h5"
 
 
 @cli.command()
@@ -91,8 +84,8 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
     from .encoders import get_encoder
 
     pairs = load_pairs(dataset, split, granularity, data=data, quac_history=quac_history)
-    out = Path(out) if out else default_cache_path(dataset, split, pairs.meta.get("granularity", granularity),
-                                                   encoder, data)
+    out = Path(out) if out else Path("cache") / cache_name(dataset, split, pairs.meta.get("granularity", granularity),
+                                                           encoder, data)
     click.echo(f"{pairs.meta.get('source')}: {len(pairs)} queries, {len(pairs.contexts)} distinct contexts "
                f"({pairs.meta.get('granularity')})", err=True)
     settings = {"normalize": not no_normalize, "device": device}

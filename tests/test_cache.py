@@ -326,3 +326,17 @@ def test_subset_keeps_only_its_rows_and_their_contexts(tmp_path):
     np.testing.assert_array_equal(s.contexts[s.q2c], c.contexts[c.q2c[rows]])
     assert [s.context_texts[i] for i in s.q2c] == [c.context_texts[i] for i in c.q2c[rows]]
     assert s.attrs["n_queries"] == 3 and s.attrs["fingerprint"] != c.attrs["fingerprint"]
+
+
+def test_cache_dataset_names_builds_and_reuses(tmp_path):
+    from conftest import FIXTURES
+    from projhead.cache import cache_dataset
+    from projhead.data import load_jsonl
+
+    src = FIXTURES / "pairs-tiny.jsonl"
+    enc = PlantedEncoder(load_jsonl(src))
+    c = cache_dataset("jsonl", "", "", enc, tmp_path, data=src)
+    assert c.path == tmp_path / "pairs-tiny-planted.h5" and len(c.q2c) == len(load_jsonl(src))
+    calls = enc.calls
+    assert cache_dataset("jsonl", "", "", enc, tmp_path, data=src).attrs["fingerprint"] == c.attrs["fingerprint"]
+    assert enc.calls == calls  # already there: nothing encoded again
