@@ -75,7 +75,7 @@ def main():
         write_s = write_synthetic_cache(path, args.rows, args.dim)
         print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {write_s:.0f}s", flush=True)
     head_dir = Path(args.work) / "heads" / "out-of-core"
-    cmd = [sys.executable, "-m", "projhead.cli", "train", str(path), "--out", str(head_dir), "--stream", "--epochs", "1",
+    cmd = [sys.executable, "-m", "projhead.cli", "train", str(path), "--out", str(head_dir), "--no-auto", "--stream", "--epochs", "1",
            "--batch-size", str(args.batch_size), "--dev-fraction", "0.01", "--quiet", "--restart"]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
