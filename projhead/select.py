@@ -154,8 +154,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         log.update(chosen=name, dev_gain=boot, frozen_dev=rank_metrics(oof[0]),
                    chosen_dev=rank_metrics(oof[e_best]))
         # the winner again on every pair, for the epochs that won out of fold (at least one)
-        final_cfg = replace(cfg, **t, epochs=max(1, e_best), batch_size=tc.batch_size, patience=max(1, e_best) + 1,
-                            dev_fraction=0.0)
+        final_cfg = replace(cfg, **{**t, "epochs": max(1, e_best), "batch_size": tc.batch_size,
+                                    "patience": max(1, e_best) + 1, "dev_fraction": 0.0})
         run = fit(cache, replace(base, **_head_dict(hc)), final_cfg, rows=(all_rows, all_rows[:0]), progress=False)
         head, run_log = run["head"], run["log"]
         if keep and not narrow:

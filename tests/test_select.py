@@ -45,6 +45,13 @@ def test_a_real_gain_is_kept_out_of_fold(planted_cache, tmp_path):
     assert "How it was chosen (5-fold)" in card and "95% paired-bootstrap interval" in card
 
 
+def test_fixed_training_settings_are_kept_through_the_refit(planted_cache):
+    head, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=3),
+                           fixed={"kind": "linear", "towers": "query", "batch_size": 16, "lr": 0.01}, progress=False)
+    assert [c["name"] for c in log["selection"]["candidates"]] == ["linear-query"]
+    assert log["selection"]["candidates"][0]["batch_size"] == 16 and head.info["training"]["batch_size"] == 16
+
+
 def test_noise_keeps_the_identity(planted_cache, tmp_path):
     # queries already sit on their contexts: whatever a head changes is noise or harm
     path = planted_cache(n_groups=40, rotate=0.0, noise=0.6)
