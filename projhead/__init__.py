@@ -2,7 +2,7 @@
 
 The data flow, one module a step::
 
-    data.py      texts: question -> context pairs (SQuAD, QuAC, JSONL)
+    data.py      texts: question -> context pairs (SQuAD, QuAC, Quora, JSONL)
     encoders.py  frozen encoder adapters (st:..., openclip:...)
     cache.py     vectors -> HDF5, once, resumable
     heads.py     projection heads, saved as config.json + model.safetensors
