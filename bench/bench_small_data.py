@@ -58,6 +58,14 @@ def subset_rows(groups: list[str], size: int, seed: int) -> np.ndarray:
     return np.array(rows[:size])
 
 
+def warmup_linear(step: int, warmup: int, total: int) -> float:
+    """sentence-transformers' WarmupLinear factor: linear warm-up over ``warmup`` steps, then
+    linear decay to 0 at ``total`` (used by both baselines, as their recipes do)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
 def adapter(train, lr: float, warmup: int, seed: int, epochs: int = 4, batch: int = 10, scale: float = 20.0) -> Head:
     """LlamaIndex's linear adapter recipe, written out: a query-side linear layer from the
     identity, cross-entropy over in-batch cosine x ``scale``, AdamW with linear warm-up
@@ -83,9 +91,8 @@ def adapter(train, lr: float, warmup: int, seed: int, epochs: int = 4, batch: in
             same = q2c[idx][None, :] == q2c[idx][:, None]  # rows sharing a gold are not negatives
             logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), float("-inf"))
             loss = torch.nn.functional.cross_entropy(logits, labels)
-            f = (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
             for g in opt.param_groups:
-                g["lr"] = lr * f
+                g["lr"] = lr * warmup_linear(step, warmup, total)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -119,9 +126,8 @@ def finetune(train, seed: int, batch: int = 32, lr: float = 2e-5, scale: float =
         q = embed([q_text[i] for i in idx])
         c = embed([c_text[i] for i in ctx])
         loss = torch.nn.functional.cross_entropy(scale * q @ c.T, torch.from_numpy(col.reshape(-1)))
-        f = (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm))
         for g in opt.param_groups:
-            g["lr"] = lr * f
+            g["lr"] = lr * warmup_linear(s, warm, steps)
         opt.zero_grad()
         loss.backward()
         opt.step()
