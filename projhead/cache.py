@@ -360,7 +360,11 @@ class Cache:
 
     @property
     def encoder_info(self) -> dict:
-        return json.loads(self.attrs["encoder_json"])
+        info = json.loads(self.attrs["encoder_json"])
+        settings = info.get("settings")
+        if isinstance(settings, dict) and "precision" not in settings and not info["name"].startswith("vectors:"):
+            settings["precision"] = "fp32"  # written before the precision was recorded: it was always fp32
+        return info
 
     @property
     def dim(self) -> int:

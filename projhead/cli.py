@@ -22,7 +22,7 @@ import click
 
 from .cache import CacheError, cache_name
 from .data import DATASETS, DataError
-from .encoders import DEFAULT_ENCODER, EncoderError
+from .encoders import DEFAULT_ENCODER, PRECISIONS, EncoderError
 from .heads import HEAD_KINDS, TOWERS, HeadError
 from .heads import HeadConfig as _H  # option defaults come from the dataclasses
 from .losses import LOSSES, LossError
@@ -57,7 +57,11 @@ def cli():
                    ".h5); repeatable")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="output HDF5 file (default: cache/DATASET-SPLIT-GRANULARITY-ENCODER.h5)")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="how the vectors are stored")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="the encoder's arithmetic: auto is bf16 on CPUs with native bf16 (AVX-512 BF16, AMX) and on GPUs "
+                   "that have it, fp16 on other GPUs, fp32 elsewhere; vectors are returned in float32 either way")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--shard-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="texts per resumable shard: the most work an interruption can lose")
@@ -72,8 +76,8 @@ def cli():
 @click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True, help="--ray: GPUs per actor")
 @click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def cache(dataset, split, granularity, data, quac_history, encoder, vector_files, out, dtype, batch_size, shard_size,
-          device, no_normalize, query_prefix, context_prefix, ray_address, ray_actors, ray_gpus_per_actor, overwrite,
+def cache(dataset, split, granularity, data, quac_history, encoder, vector_files, out, dtype, precision, batch_size,
+          shard_size, device, no_normalize, query_prefix, context_prefix, ray_address, ray_actors, ray_gpus_per_actor, overwrite,
           quiet):
     """Encode questions and contexts once with a frozen encoder into an HDF5 cache.
 
@@ -88,10 +92,12 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
                                                            encoder, data)
     click.echo(f"{pairs.meta.get('source')}: {len(pairs)} queries, {len(pairs.contexts)} distinct contexts "
                f"({pairs.meta.get('granularity')})", err=True)
-    settings = {"normalize": not no_normalize, "device": device}
+    settings = {"normalize": not no_normalize, "device": device, "precision": precision}
     if encoder.startswith("st:"):
         settings.update(query_prefix=query_prefix, context_prefix=context_prefix)
     if encoder.startswith("vectors:"):
+        if precision not in ("auto", "fp32"):
+            raise click.UsageError("--precision sets the encoder's arithmetic; imported vectors are not encoded")
         settings = {"normalize": not no_normalize, "files": vector_files,
                     "ids": dict(zip(pairs.query_ids, pairs.queries))}
     elif vector_files:
@@ -113,8 +119,9 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
     if res.status == "already complete":
         click.echo(f"{out}: already complete with these settings; nothing to do")
     else:
+        ran = open_cache(out, load=False).encoder_info["settings"].get("precision")
         click.echo(f"{out}: wrote {len(pairs)} query and {len(pairs.contexts)} context vectors "
-                   f"(dim {dim}, {dtype}) in {res.seconds:.1f}s")
+                   f"(dim {dim}, {dtype}" + (f", encoded in {ran}" if ran else "") + f") in {res.seconds:.1f}s")
 
 
 @cli.command()
@@ -133,6 +140,8 @@ def info(cache_file, as_json):
     click.echo(f"{cache_file}")
     click.echo(f"  encoder      {enc['name']}  ({enc.get('resolved')})")
     click.echo(f"  settings     {json.dumps(enc.get('settings'))}")
+    if "precision" in (enc.get("settings") or {}):
+        click.echo(f"  precision    {enc['settings']['precision']} (the encoder's arithmetic; vectors stored as {d['dtype']})")
     click.echo(f"  weights      sha256 {enc.get('weights_sha256', '')[:16]}...")
     click.echo(f"  data         {d['dataset']} {d['split']} ({d['granularity']}), source {d['meta'].get('source')}")
     click.echo(f"  queries      {d['n_queries']}")

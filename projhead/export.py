@@ -109,7 +109,8 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
     from .wrap import EncodedHead
 
     head = _as_head(head)
-    wrapped = EncodedHead(head, encoder=encoder, device="cpu")
+    # fp32: the exported folder runs in fp32 unless its user asks otherwise, and the check compares like with like
+    wrapped = EncodedHead(head, encoder=encoder, device="cpu", precision="fp32")
     enc = wrapped.encoder
     if not hasattr(enc, "model") or not enc.name.startswith("st:"):
         raise HeadError(f"sentence-transformers export needs an st: encoder, this head was trained on "
@@ -136,7 +137,8 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
     model.similarity_fn_name = "cosine" if head.config.normalize else "dot"
     out = Path(out)
     model.save(str(out))
-    report = {"format": "sentence-transformers", "path": str(out), "encoder": enc.name, "head": head.config.kind}
+    report = {"format": "sentence-transformers", "path": str(out), "encoder": enc.name, "head": head.config.kind,
+              "training_precision": head.info.get("encoder_build", {}).get("precision", "fp32")}
     texts = check_texts or ["who wrote hamlet?", "Hamlet is a tragedy written by William Shakespeare."]
     loaded = SentenceTransformer(str(out), device="cpu", local_files_only=True)
     report["max_abs_diff_query"] = float(np.abs(loaded.encode_query(texts) - wrapped.encode_queries(texts)).max())

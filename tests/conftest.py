@@ -110,4 +110,4 @@ def planted_cache(tmp_path):
 def minilm():
     from projhead.encoders import get_encoder
 
-    return get_encoder("st:all-MiniLM-L6-v2", device="cpu")
+    return get_encoder("st:all-MiniLM-L6-v2", device="cpu", precision="fp32")  # the reference arithmetic

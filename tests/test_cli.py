@@ -7,6 +7,7 @@ import pytest
 
 from conftest import FIXTURES
 from projhead.cli import main
+from projhead.encoders import cpu_flags
 
 
 def test_help_lists_every_command(capsys):
@@ -27,7 +28,8 @@ def test_end_to_end_with_minilm(tmp_path, capsys, monkeypatch):
     assert main(["cache", "--split", "train", "--data", str(data), "--quiet"]) == 0
     out = capsys.readouterr().out
     cache = tmp_path / "cache" / "squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5"
-    assert f"{cache.relative_to(tmp_path)}: wrote 5 query and 4 context vectors (dim 384, float32)" in out
+    ran = "bf16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "fp32"  # --precision auto
+    assert f"{cache.relative_to(tmp_path)}: wrote 5 query and 4 context vectors (dim 384, float32, encoded in {ran})" in out
     assert main(["cache", "--split", "train", "--data", str(data), "--quiet"]) == 0
     assert "already complete with these settings; nothing to do" in capsys.readouterr().out
 
@@ -56,6 +58,56 @@ def test_end_to_end_with_minilm(tmp_path, capsys, monkeypatch):
 
     again = evaluate_cache(open_cache(cache), head=load_head(tmp_path / "head"))
     assert res["head"] == again["head"] and res["frozen"] == again["frozen"]
+
+
+def test_precision_is_recorded_shown_and_part_of_the_cache_identity(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(FIXTURES / "squad-v1.1-tiny.json", tmp_path / "dev-v1.1.json")
+    args = ["cache", "--data", str(tmp_path), "--out", "c.h5", "--quiet"]
+    assert main(args + ["--precision", "bf16"]) == 0
+    assert "(dim 384, float32, encoded in bf16)" in capsys.readouterr().out
+    assert main(["info", "c.h5"]) == 0
+    assert "precision    bf16 (the encoder's arithmetic; vectors stored as float32)" in capsys.readouterr().out
+    before = (tmp_path / "c.h5").read_bytes()
+    assert main(args + ["--precision", "fp32"]) == 2  # other arithmetic, other vectors: not the same work
+    err = capsys.readouterr().err
+    assert "c.h5: exists and holds other work (settings:" in err and "'precision': 'bf16'" in err
+    assert (tmp_path / "c.h5").read_bytes() == before
+
+    # a head trained on the bf16 cache runs behind an encoder of any precision
+    import projhead
+    from projhead.cache import open_cache
+
+    projhead.train_head("c.h5", projhead.HeadConfig(kind="linear"), projhead.TrainConfig(epochs=1, batch_size=2,
+                        dev_fraction=0), out="h", progress=False)
+    assert projhead.load_head("h").info["encoder_build"]["precision"] == "bf16"
+    assert "encoded in bf16" in (tmp_path / "h" / "README.md").read_text()
+    model = projhead.EncodedHead("h", device="cpu", precision="fp32")
+    assert model.encoder.precision == "fp32"
+    c = open_cache("c.h5")
+    texts = [t.decode() if isinstance(t, bytes) else t for t in c.context_texts]
+    fp32 = model.encode_contexts(texts)  # (4, 384) from fp32 arithmetic, bf16 vectors in the cache
+    from_cache = model.head.encode_contexts(c.contexts)
+    cos = (fp32 * from_cache).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(from_cache, axis=1)
+    assert cos.min() > 0.995
+
+
+def test_cache_written_before_precision_was_recorded_reads_as_fp32(tmp_path, capsys, monkeypatch):
+    import h5py
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(FIXTURES / "squad-v1.1-tiny.json", tmp_path / "dev-v1.1.json")
+    args = ["cache", "--data", str(tmp_path), "--out", "c.h5", "--quiet", "--precision", "fp32"]
+    assert main(args) == 0
+    with h5py.File(tmp_path / "c.h5", "r+") as f:  # as an older projhead wrote it
+        info = json.loads(f.attrs["encoder_json"])
+        del info["settings"]["precision"], info["build"]["precision"]
+        f.attrs["encoder_json"] = json.dumps(info)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "already complete with these settings" in capsys.readouterr().out
+    assert main(["info", "c.h5"]) == 0
+    assert "precision    fp32" in capsys.readouterr().out
 
 
 def test_encoded_head_puts_the_head_behind_the_encoder(tmp_path, minilm):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,51 @@ def test_bad_encoder_names(name, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EncoderError, match=message):
         get_encoder(name, device="cpu")
+
+
+def test_precision_auto_follows_the_cpu_flags(monkeypatch):
+    from projhead import encoders
+
+    monkeypatch.setattr(encoders, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert encoders.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(encoders, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert encoders.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(encoders, "cpu_flags", lambda: {"avx2", "fma"})  # bf16 would be emulated: slower
+    assert encoders.resolve_precision("auto", "cpu") == "fp32"
+    assert encoders.resolve_precision("auto", "mps") == "fp32"
+    for p in ("fp32", "bf16", "fp16"):  # an explicit choice is kept
+        assert encoders.resolve_precision(p, "cpu") == p
+    with pytest.raises(EncoderError, match="precision must be one of auto, fp32, bf16, fp16, not 'int8'"):
+        encoders.resolve_precision("int8", "cpu")
+
+
+def test_cpu_flags_reads_this_machine():
+    from projhead.encoders import cpu_flags
+
+    flags = cpu_flags()
+    assert isinstance(flags, set)
+    if Path("/proc/cpuinfo").is_file() and "flags" in Path("/proc/cpuinfo").read_text():
+        assert "sse2" in flags or "fpu" in flags
+
+
+def test_minilm_bf16_vectors_are_float32_unit_and_close_to_fp32(minilm):
+    bf16 = get_encoder("st:all-MiniLM-L6-v2", device="cpu", precision="bf16")
+    a, b = minilm.encode(TEXTS), bf16.encode(TEXTS)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1, atol=1e-6)  # renormalised in float32
+    cos = (a * b).sum(1)
+    assert cos.min() > 0.995 and not np.array_equal(a, b)  # bf16 really ran, and stayed close
+    d = bf16.describe()
+    assert d["settings"]["precision"] == "bf16" and d["build"]["precision"] == "bf16"
+    # the weights are the same, so a head trained on either accepts the other
+    assert d["weights_sha256"] == minilm.describe()["weights_sha256"]
+    assert bf16.encode([]).shape == (0, 384)
+
+
+def test_openclip_precision_is_recorded_and_close(tiny_clip):
+    fp32 = get_encoder(tiny_clip, device="cpu", precision="fp32")
+    bf16 = get_encoder(tiny_clip, device="cpu", precision="bf16")
+    a, b = fp32.encode(TEXTS), bf16.encode(TEXTS)
+    assert b.dtype == np.float32 and (a * b).sum(1).min() > 0.99
+    assert fp32.describe()["settings"]["precision"] == "fp32"
+    assert bf16.describe()["build"] == {"normalize": True, "seed": 0, "precision": "bf16"}
