@@ -1,13 +1,21 @@
-"""projhead cache against plain encoding, same texts, one run.
+"""projhead cache against plain encoding, same texts, one run; and the encoder's precision.
 
     PROJHEAD_DATA=../shared/data python bench/bench_cache.py [--n 2000] [--clip-n 400]
+    PROJHEAD_DATA=../shared/data python bench/bench_cache.py --precision [--precision-n 1000]
 
-For sentence-transformers (the default MiniLM) and an open_clip text tower (ViT-B-32, random
-weights: no CLIP weights are reachable here; speed does not depend on the weight values),
+Default: for sentence-transformers (the default MiniLM) and an open_clip text tower (ViT-B-32,
+random weights: no CLIP weights are reachable here; speed does not depend on the weight values),
 encodes the same SQuAD dev texts with the plain library call and with ``build_cache``
 (which also deduplicates, shards to disk and writes the HDF5 file), and prints texts/s,
 the ratio, and the largest cosine difference between the two sets of vectors.
 Writes bench/results/cache.json.
+
+``--precision``: on the first N SQuAD v1.1 train questions and their sentences, plain
+sentence-transformers fp32 against ``build_cache`` in fp32, bf16 and what ``auto`` picks on this
+machine (runs interleaved, best of two), with the cosine of each text's vector to its fp32
+vector. Then fidelity where it counts: SQuAD v1.1 dev cached in fp32 and in bf16, scored
+frozen and with the default head (``projhead train`` on the fp32 train cache), both protocols.
+Writes bench/results/precision.json and .md.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ import torch
 
 from projhead.cache import build_cache, open_cache
 from projhead.data import Pairs, load_pairs
-from projhead.encoders import get_encoder
+from projhead.encoders import cpu_flags, get_encoder
 
 
 def texts_sample(n: int) -> Pairs:
@@ -60,14 +68,132 @@ def run(name: str, pairs: Pairs, enc, plain_fn, tmp: Path) -> dict:
     return row
 
 
+def cosines(a: np.ndarray, b: np.ndarray) -> dict:
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"min": float(cos.min()), "mean": float(cos.mean())}
+
+
+def train_sample(n: int) -> Pairs:
+    full = load_pairs("squad-v1.1", "train", "sentence", data=os.environ.get("PROJHEAD_DATA"))
+    ctx, local = np.unique(full.q2c[:n], return_inverse=True)
+    return Pairs(full.queries[:n], full.query_ids[:n], full.groups[:n], [full.contexts[i] for i in ctx], local,
+                 dict(full.meta, split=f"train[:{n}]"))
+
+
+def precision_speed(n: int, tmp: Path) -> tuple[list[dict], str]:
+    """texts/s of plain sentence-transformers fp32 and of build_cache in each precision."""
+    from projhead.encoders import resolve_precision
+
+    pairs = train_sample(n)
+    texts = pairs.queries + pairs.contexts
+    auto = resolve_precision("auto", "cpu")
+    encs = {p: get_encoder("st:all-MiniLM-L6-v2", device="cpu", precision=p) for p in ("fp32", "bf16")}
+    plain_model = encs["fp32"].model
+    best: dict[str, float] = {}
+    vecs: dict[str, np.ndarray] = {}
+    for rep in range(2):  # interleaved, best of two: both see the same machine state
+        t0 = time.perf_counter()
+        vecs["plain fp32"] = plain_model.encode(texts, batch_size=64, normalize_embeddings=True)
+        best["plain fp32"] = min(best.get("plain fp32", 1e9), time.perf_counter() - t0)
+        for p, enc in encs.items():
+            out = tmp / f"p-{p}-{rep}.h5"
+            t0 = time.perf_counter()
+            build_cache(pairs, enc, out, progress=False)
+            best[f"projhead {p}"] = min(best.get(f"projhead {p}", 1e9), time.perf_counter() - t0)
+            c = open_cache(out)
+            vecs[f"projhead {p}"] = np.concatenate([c.queries, c.contexts])
+    ref = vecs["projhead fp32"]
+    rows = []
+    for name, sec in best.items():
+        row = {"system": name, "texts": len(texts), "seconds": sec, "texts_per_s": len(texts) / sec,
+               "speedup_vs_plain_fp32": best["plain fp32"] / sec, "cosine_to_fp32": cosines(vecs[name], ref),
+               "auto": name == f"projhead {auto}"}
+        rows.append(row)
+        print(f"{name:15s} {len(texts):6d} texts  {row['texts_per_s']:7.1f}/s  x{row['speedup_vs_plain_fp32']:.2f} "
+              f"vs plain fp32  cosine to fp32 min {row['cosine_to_fp32']['min']:.5f} mean "
+              f"{row['cosine_to_fp32']['mean']:.6f}" + ("  <- auto" if row["auto"] else ""), flush=True)
+    return rows, auto
+
+
+def precision_fidelity(work: Path, head_dir: Path) -> dict:
+    """SQuAD v1.1 dev from an fp32 and a bf16 cache: frozen and default-head figures."""
+    import projhead
+    from projhead.cache import cache_dataset
+
+    data = os.environ.get("PROJHEAD_DATA")
+    fp32 = get_encoder("st:all-MiniLM-L6-v2", device="cpu", precision="fp32")
+    train = cache_dataset("squad-v1.1", "train", "sentence", fp32, work, data)
+    if not (head_dir / "config.json").is_file():
+        t0 = time.perf_counter()
+        projhead.auto_train(train, out=head_dir, progress=False)
+        print(f"default head trained on {train} in {time.perf_counter() - t0:.0f}s", flush=True)
+    head = projhead.load_head(head_dir)
+    dev = {"fp32": cache_dataset("squad-v1.1", "dev", "sentence", fp32, work, data)}
+    bf16_path = work / dev["fp32"].name.replace(".h5", "-bf16.h5")
+    t0 = time.perf_counter()
+    build_cache(load_pairs("squad-v1.1", "dev", "sentence", data=data),
+                get_encoder("st:all-MiniLM-L6-v2", device="cpu", precision="bf16"), bf16_path, progress=False)
+    dev["bf16"] = bf16_path
+    out = {"head": str(head_dir), "head_passthrough": head.config.passthrough, "caches": {}}
+    for p, path in dev.items():
+        c = open_cache(path)
+        res = projhead.evaluate_cache(c, head=head)
+        out["caches"][p] = {"path": str(path), "results": res}
+        for system in ("frozen", "head"):
+            r = res[system]
+            print(f"dev {p:5s} {system:6s} out-of-500 top1 {r['out_of_500']['top1']:.4f} top10 "
+                  f"{r['out_of_500']['top10']:.4f}  full-corpus R@1 {r['full_corpus']['R@1']:.4f} "
+                  f"nDCG@10 {r['full_corpus']['nDCG@10']:.4f}", flush=True)
+    a, b = open_cache(dev["fp32"]), open_cache(dev["bf16"])
+    out["cosine_bf16_to_fp32"] = cosines(np.concatenate([a.queries, a.contexts]), np.concatenate([b.queries, b.contexts]))
+    print(f"dev vectors bf16 vs fp32 cosine min {out['cosine_bf16_to_fp32']['min']:.5f} mean "
+          f"{out['cosine_bf16_to_fp32']['mean']:.6f}", flush=True)
+    return out
+
+
+def precision_table(r: dict) -> str:
+    lines = [f"Machine: {r['machine']['cpu_count']} cores, native bf16: "
+             f"{', '.join(r['machine']['cpu_bf16_flags']) or 'no'}; auto picks {r['auto']}.", "",
+             "| system | texts/s | vs plain fp32 | cosine to fp32 (min / mean) |", "|---|---|---|---|"]
+    for row in r["speed"]:
+        lines.append(f"| {row['system']}{' (auto)' if row['auto'] else ''} | {row['texts_per_s']:.1f} | "
+                     f"{row['speedup_vs_plain_fp32']:.2f}x | {row['cosine_to_fp32']['min']:.5f} / "
+                     f"{row['cosine_to_fp32']['mean']:.6f} |")
+    f = r["fidelity"]
+    lines += ["", "| SQuAD v1.1 dev cache | system | out-of-500 top-1 | top-10 | full-corpus R@1 | nDCG@10 |",
+              "|---|---|---|---|---|---|"]
+    for p, c in f["caches"].items():
+        for system in ("frozen", "head"):
+            x = c["results"][system]
+            lines.append(f"| {p} | {system} | {100 * x['out_of_500']['top1']:.2f} | {100 * x['out_of_500']['top10']:.2f} | "
+                         f"{100 * x['full_corpus']['R@1']:.2f} | {100 * x['full_corpus']['nDCG@10']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="dev questions for MiniLM")
     ap.add_argument("--clip-n", type=int, default=400, help="dev questions for open_clip")
     ap.add_argument("--clip-arch", default="ViT-B-32")
     ap.add_argument("--out", default="bench/results/cache.json")
+    ap.add_argument("--precision", action="store_true", help="the precision rows and fidelity instead")
+    ap.add_argument("--precision-n", type=int, default=1000, help="train questions for the speed rows")
+    ap.add_argument("--work", default="bench/work", help="where the SQuAD caches and the default head live")
     args = ap.parse_args()
     torch.manual_seed(0)
+    machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+               "cpu_bf16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})}
+    if args.precision:
+        with tempfile.TemporaryDirectory() as d:
+            rows, auto = precision_speed(args.precision_n, Path(d))
+        work = Path(args.work)
+        fidelity = precision_fidelity(work, work / "heads" / "default")
+        result = {"bench": "cache-precision", "machine": machine, "auto": auto, "speed": rows, "fidelity": fidelity}
+        out = Path("bench/results/precision.json")
+        out.write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(precision_table(result))
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+        return
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -85,8 +211,7 @@ def main():
             return np.concatenate(out)
 
         rows.append(run("openclip", texts_sample(args.clip_n), clip, plain_clip, tmp))
-    result = {"bench": "cache", "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                                            "torch_threads": torch.get_num_threads()}, "rows": rows}
+    result = {"bench": "cache", "machine": machine, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
