@@ -34,11 +34,11 @@ with h5py.File(path, "r") as f:
     index = build_index(chunks(), q.shape[1], factory)
     build = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ids = search(index, q, k=100, **kw)
+    scores, ids = search(index, q, k=100, **kw)
     search_s = time.perf_counter() - t0
     exact = f["exact_top10"][()]
 out = {"factory": factory, "search": kw, "build_seconds": build, "search_seconds": search_s,
-       "queries_per_second": len(q) / search_s, "metrics": topk_metrics(ids, q2c),
+       "queries_per_second": len(q) / search_s, "metrics": topk_metrics(ids, scores, q2c),
        "recall_at_10_vs_exact": overlap_at_k(ids[sample], exact, 10),
        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
 print(json.dumps(out))

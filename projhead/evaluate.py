@@ -22,19 +22,21 @@ context whose text is the query's own (duplicate-question data) is never a candi
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-Scorer = Callable[[np.ndarray], np.ndarray]
+Scorer = Callable[..., np.ndarray]  # scorer(rows, cols=None) -> (len(rows), len(cols) or Nc)
 MISS = 2 ** 40  # the rank of a gold context that was not found at all (beyond any k)
 
 
 def dense_scorer(q: np.ndarray, c: np.ndarray) -> Scorer:
-    """Dot product of query rows against all contexts (cosine for normalised vectors)."""
+    """Dot product of query rows against the contexts ``cols`` (all by default): cosine for
+    normalised vectors."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     c = np.ascontiguousarray(c, dtype=np.float32)
-    return lambda rows: q[rows] @ c.T  # (R, Nc)
+    return lambda rows, cols=None: q[rows] @ (c if cols is None else c[cols]).T  # (R, Nc or |cols|)
 
 
 def self_matches(query_texts: list[str], context_texts: list[str]) -> np.ndarray:
@@ -50,10 +52,14 @@ def excluding(scorer: Scorer, exclude: np.ndarray | None) -> Scorer:
     if exclude is None or not (exclude >= 0).any():
         return scorer
 
-    def score(rows):
-        s = scorer(rows)
-        r = np.flatnonzero(exclude[rows] >= 0)
-        s[r, exclude[rows][r]] = -np.inf
+    def score(rows, cols=None):
+        s = scorer(rows, cols)
+        ex = exclude[rows]
+        if cols is not None:  # the excluded context's column among cols, -1 where it is not one
+            pos = {int(c): j for j, c in enumerate(cols)}
+            ex = np.array([pos.get(int(e), -1) if e >= 0 else -1 for e in ex], dtype=np.int64)
+        r = np.flatnonzero(ex >= 0)
+        s[r, ex[r]] = -np.inf
         return s
 
     return score
@@ -68,18 +74,70 @@ def gold_ranks(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(g[:, 0]), r, MISS)
 
 
-def out_of_n(scorer: Scorer, q2c: np.ndarray, n: int = 500, ks=(1, 5, 10)) -> dict:
+@dataclass
+class SystemRanks:
+    """One system's ranks on every query, computed once and read by every metric and plot."""
+
+    block: np.ndarray  # (Nq,) gold rank among the distinct gold contexts of the query's block
+    full: np.ndarray  # (Nq,) gold rank among all contexts (MISS: not retrieved)
+    top: np.ndarray | None = None  # (Nq,) the top-1 context of the full corpus (None with an index)
+    top_score: np.ndarray | None = None  # (Nq,) its score
+
+
+def system_ranks(scorer: Scorer, q2c: np.ndarray, block: int = 500, full: bool = True) -> SystemRanks:
+    """Both protocols from one pass: each block of ``block`` queries is scored against every
+    context once (``full``), and the block's candidates are columns of those scores; with
+    ``full=False`` only the candidate columns are scored (the full corpus comes from an index)."""
     q2c = np.asarray(q2c)
-    ranks = []
-    for start in range(0, len(q2c), n):
-        rows = np.arange(start, min(start + n, len(q2c)))
+    n = len(q2c)
+    out = {k: [] for k in ("block", "full", "top", "top_score")}
+    for start in range(0, n, block):
+        rows = np.arange(start, min(start + block, n))
         cand, gold = np.unique(q2c[rows], return_inverse=True)  # distinct gold contexts of the block
-        scores = scorer(rows)[:, cand]  # (R, |cand|)
-        ranks.append(gold_ranks(scores, gold))
-    r = np.concatenate(ranks)
+        if not full:
+            out["block"].append(gold_ranks(scorer(rows, cand), gold))  # (R, |cand|)
+            continue
+        s = scorer(rows)  # (R, Nc)
+        out["full"].append(gold_ranks(s, q2c[rows]))
+        out["block"].append(gold_ranks(s[:, cand], gold))
+        top = s.argmax(1)
+        out["top"].append(top)
+        out["top_score"].append(s[np.arange(len(rows)), top])
+    cat = {k: np.concatenate(v) if v else None for k, v in out.items()}
+    if cat["block"] is None:
+        cat["block"] = np.zeros(0, np.int64)
+    return SystemRanks(cat["block"], cat["full"] if full else np.zeros(0, np.int64), cat["top"], cat["top_score"])
+
+
+def block_metrics(r: np.ndarray, ks=(1, 5, 10)) -> dict:
+    """The out-of-n protocol's figures from gold ranks among the block's candidates."""
     out = {f"top{k}": float((r < k).mean()) for k in ks}
     out["mrr10"] = float(np.where(r < 10, 1.0 / (r + 1), 0.0).mean())
     return out
+
+
+def corpus_metrics(r: np.ndarray, ks=(1, 5, 10, 100)) -> dict:
+    """The full-corpus figures from gold ranks among all contexts (MISS: not retrieved)."""
+    out = {f"R@{k}": float((r < k).mean()) for k in ks}
+    out["MRR@10"] = float(np.where(r < 10, 1.0 / (r + 1), 0.0).mean())
+    out["nDCG@10"] = float(np.where(r < 10, 1.0 / np.log2(np.minimum(r, 10) + 2), 0.0).mean())
+    return out
+
+
+def topk_ranks(ids: np.ndarray, scores: np.ndarray, q2c: np.ndarray) -> np.ndarray:
+    """Gold ranks from top-k lists (ids and scores, as an index returns them), with the same
+    tie rule as ``gold_ranks``: listed contexts scoring >= the gold count against it; a gold
+    not in the list is a miss (``MISS``)."""
+    hit = ids == np.asarray(q2c)[:, None]  # (Nq, k)
+    found = hit.any(1)
+    g = np.where(found, scores[np.arange(len(ids)), hit.argmax(1)], np.nan)[:, None]
+    r = ((scores >= g) & (ids >= 0)).sum(1) - 1
+    return np.where(found & np.isfinite(g[:, 0]), r, MISS)
+
+
+def out_of_n(scorer: Scorer, q2c: np.ndarray, n: int = 500, ks=(1, 5, 10)) -> dict:
+    """The out-of-n protocol alone: only the candidate columns are scored."""
+    return block_metrics(system_ranks(scorer, q2c, n, full=False).block, ks)
 
 
 def ranks(scorer: Scorer, q2c: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -90,11 +148,7 @@ def ranks(scorer: Scorer, q2c: np.ndarray, chunk: int = 1024) -> np.ndarray:
 
 
 def full_corpus(scorer: Scorer, q2c: np.ndarray, ks=(1, 5, 10, 100), chunk: int = 1024) -> dict:
-    r = ranks(scorer, q2c, chunk)
-    out = {f"R@{k}": float((r < k).mean()) for k in ks}
-    out["MRR@10"] = float(np.where(r < 10, 1.0 / (r + 1), 0.0).mean())
-    out["nDCG@10"] = float(np.where(r < 10, 1.0 / np.log2(r + 2), 0.0).mean())
-    return out
+    return corpus_metrics(ranks(scorer, q2c, chunk), ks)
 
 
 # Per-query scores from 0-based gold ranks: what model selection compares query by query.
@@ -124,9 +178,14 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0,
     return {"gain": float(d.mean()), "low": float(lo), "high": float(hi), "n": int(len(d))}
 
 
+def protocols(r: SystemRanks, block: int = 500) -> dict:
+    """Both protocols' figures from one system's ranks."""
+    return {"out_of_500" if block == 500 else f"out_of_{block}": block_metrics(r.block),
+            "full_corpus": corpus_metrics(r.full)}
+
+
 def both_protocols(scorer: Scorer, q2c: np.ndarray, block: int = 500) -> dict:
-    return {"out_of_500" if block == 500 else f"out_of_{block}": out_of_n(scorer, q2c, block),
-            "full_corpus": full_corpus(scorer, q2c)}
+    return protocols(system_ranks(scorer, q2c, block), block)
 
 
 def bm25_scorer(queries: list[str], contexts: list[str]) -> Scorer:
@@ -142,9 +201,10 @@ def bm25_scorer(queries: list[str], contexts: list[str]) -> Scorer:
 
     empty = np.zeros(len(contexts), dtype=np.float32)
 
-    def score(rows):
+    def score(rows, cols=None):
         # a query of stopwords only has no tokens: it scores 0 everywhere (bm25s would raise)
-        return np.stack([retriever.get_scores(q_tokens[i]) if q_tokens[i] else empty for i in rows]).astype(np.float32)
+        s = np.stack([retriever.get_scores(q_tokens[i]) if q_tokens[i] else empty for i in rows]).astype(np.float32)
+        return s if cols is None else s[:, cols]
 
     return score
 
@@ -160,39 +220,42 @@ def english_stemmer():
     return Stemmer.Stemmer("english")
 
 
-def _dense_protocols(q, c, q2c, block, index, search_kw, exclude=None) -> dict:
+def _dense_ranks(q, c, q2c, block, index, search_kw, exclude=None) -> SystemRanks:
+    scorer = excluding(dense_scorer(q, c), exclude)
     if index is None:
-        return both_protocols(excluding(dense_scorer(q, c), exclude), q2c, block)
-    from .search import build_index, search, topk_metrics
+        return system_ranks(scorer, q2c, block)
+    from .search import build_index, search
 
     chunks = (c[i:i + 65536] for i in range(0, len(c), 65536))
-    ids = search(build_index(chunks, c.shape[1], index), q, k=100, **search_kw)
-    name = "out_of_500" if block == 500 else f"out_of_{block}"
-    return {name: out_of_n(dense_scorer(q, c), q2c, block), "full_corpus": topk_metrics(ids, q2c)}
+    scores, ids = search(build_index(chunks, c.shape[1], index), q, k=100, **search_kw)
+    r = system_ranks(scorer, q2c, block, full=False)  # the blocks' candidate columns only
+    r.full = topk_ranks(ids, scores, q2c)
+    return r
 
 
 def evaluate_cache(cache, head=None, bm25: bool = False, block: int = 500, index: str | None = None,
-                   **search_kw) -> dict:
+                   return_ranks: bool = False, **search_kw):
     """Metrics of the frozen vectors, of ``head`` (if given) and of BM25 (if asked), both
     protocols, on every query of ``cache``. ``index``: a FAISS index-factory string
     (``Flat``, ``HNSW32``, ``IVF1024,Flat``...) for the full-corpus protocol (see
-    ``projhead.search``); ``search_kw``: ``nprobe``, ``ef_search``."""
+    ``projhead.search``); ``search_kw``: ``nprobe``, ``ef_search``. Each system's ranks are
+    computed once; ``return_ranks`` also returns them ({system: SystemRanks}, for the report)."""
     exclude = self_matches(cache.query_texts, cache.context_texts)
     if index is not None and (exclude >= 0).any():
         from .search import SearchError
 
         raise SearchError(f"{cache.path}: queries that are also contexts (duplicate-question data) are not "
                          "supported with index=; evaluate without an index")
-    results = {"frozen": _dense_protocols(cache.queries, cache.contexts, cache.q2c, block, index, search_kw,
-                                          exclude)}
+    every = {"frozen": _dense_ranks(cache.queries, cache.contexts, cache.q2c, block, index, search_kw, exclude)}
     if head is not None:
         head.check_cache(cache)
         q, c = head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)
-        results["head"] = _dense_protocols(q, c, cache.q2c, block, index, search_kw, exclude)
+        every["head"] = _dense_ranks(q, c, cache.q2c, block, index, search_kw, exclude)
     if bm25:
-        results["bm25"] = both_protocols(excluding(bm25_scorer(cache.query_texts, cache.context_texts), exclude),
-                                         cache.q2c, block)
-    return results
+        every["bm25"] = system_ranks(excluding(bm25_scorer(cache.query_texts, cache.context_texts), exclude),
+                                     cache.q2c, block)
+    results = {name: protocols(r, block) for name, r in every.items()}
+    return (results, every) if return_ranks else results
 
 
 def format_table(results: dict) -> str:

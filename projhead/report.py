@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import dense_scorer, gold_ranks, format_table, ranks
+from .evaluate import dense_scorer, format_table, system_ranks
 
 
 def _plt():
@@ -31,6 +31,28 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plot_log(log: dict, path: Path, metric: str) -> Path | None:
+    """Training loss and dev metric per epoch, frozen baseline dashed. Needs matplotlib."""
+    try:
+        plt = _plt()
+    except ImportError:
+        return None
+    ep = [e["epoch"] for e in log["epochs"]]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(ep, [e["train_loss"] for e in log["epochs"]], marker="o")
+    a.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    if log["frozen_dev"]:
+        b.plot([0] + ep, [log["frozen_dev"][metric]] + [e["dev"][metric] for e in log["epochs"]], marker="o",
+               label="head")
+        b.axhline(log["frozen_dev"][metric], ls="--", color="gray", label="frozen encoder")
+        b.set(xlabel="epoch", ylabel=f"held-out {metric}", title="held-out queries, all contexts")
+        b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _alignment(q: np.ndarray, c: np.ndarray, q2c: np.ndarray) -> dict:
@@ -48,30 +70,21 @@ def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:2]
 
 
-def _scan(scorer, q2c: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One pass over the queries: the gold's rank, and the index and score of the top-1 context."""
-    rank, idx, val = [], [], []
-    for start in range(0, len(q2c), chunk):
-        rows = np.arange(start, min(start + chunk, len(q2c)))
-        s = scorer(rows)
-        rank.append(gold_ranks(s, q2c[rows]))
-        i = s.argmax(1)
-        idx.append(i)
-        val.append(s[np.arange(len(i)), i])
-    return np.concatenate(rank), np.concatenate(idx), np.concatenate(val)
-
-
 def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: str | os.PathLike | None = None,
-                 n_examples: int = 5, n_points: int = 400, seed: int = 0) -> Path:
-    """Write the report folder (see module doc); returns the path of report.md."""
+                 n_examples: int = 5, n_points: int = 400, seed: int = 0, ranks: dict | None = None) -> Path:
+    """Write the report folder (see module doc); returns the path of report.md. ``ranks``:
+    the systems' ranks from ``evaluate_cache(..., return_ranks=True)``, so nothing is scored
+    twice (computed here when not given)."""
     plt = _plt()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     Q, C, q2c = cache.queries, cache.contexts, cache.q2c
     hq, hc = head.encode_queries(Q), head.encode_contexts(C)
-    frozen_s, head_s = dense_scorer(Q, C), dense_scorer(hq, hc)
-    r_frozen, top_f, val_f = _scan(frozen_s, q2c)
-    r_head, top_h, val_h = _scan(head_s, q2c)
+    if ranks is None or ranks["frozen"].top is None or ranks["head"].top is None:
+        ranks = {**(ranks or {}), "frozen": system_ranks(dense_scorer(Q, C), q2c),
+                 "head": system_ranks(dense_scorer(hq, hc), q2c)}
+    r_frozen, top_f, val_f = ranks["frozen"].full, ranks["frozen"].top, ranks["frozen"].top_score
+    r_head, top_h, val_h = ranks["head"].full, ranks["head"].top, ranks["head"].top_score
     lines = [f"# projhead report: `{head_path or 'head'}` on `{cache.path.name}`", "",
              f"{len(q2c)} queries, {len(C)} distinct contexts, encoder `{cache.encoder}`; "
              f"head: {head.config.kind} ({head.config.towers} towers)"
@@ -81,8 +94,6 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
     # training curve, redrawn from the log the trainer saved beside the head
     log_path = Path(head_path) / "train_log.json" if head_path else None
     if log_path is not None and log_path.is_file():
-        from .train import plot_log
-
         metric = head.info.get("training", {}).get("select_metric", "mrr10")
         plot_log(json.loads(log_path.read_text()), out / "training_curve.png", metric)
         lines += ["## Training", "", "![training curve](training_curve.png)", ""]
@@ -93,9 +104,11 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
     ax.plot(ks, [(r_frozen < k).mean() for k in ks], label="frozen encoder", color="gray", ls="--")
     ax.plot(ks, [(r_head < k).mean() for k in ks], label="head", color="C0")
     if "bm25" in results:
-        from .evaluate import bm25_scorer
+        if ranks.get("bm25") is None:
+            from .evaluate import bm25_scorer
 
-        r_bm25 = ranks(bm25_scorer(cache.query_texts, cache.context_texts), q2c)
+            ranks["bm25"] = system_ranks(bm25_scorer(cache.query_texts, cache.context_texts), q2c)
+        r_bm25 = ranks["bm25"].full
         ax.plot(ks, [(r_bm25 < k).mean() for k in ks], label="BM25", color="C2", ls=":")
     ax.set(xscale="log", xlabel="k", ylabel="recall@k (full corpus)", title="recall@k")
     ax.grid(alpha=0.3)

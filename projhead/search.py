@@ -4,8 +4,8 @@ Usage::
 
     from projhead.search import build_index, search, topk_metrics
     index = build_index(context_chunks, dim=384, factory="HNSW32")   # chunks: iterable of (n, D)
-    ids = search(index, queries, k=100)                              # (Nq, k) context rows
-    topk_metrics(ids, q2c)                                           # R@1/5/10/100, MRR@10, nDCG@10
+    scores, ids = search(index, queries, k=100)                      # (Nq, k) scores and context rows
+    topk_metrics(ids, scores, q2c)                                   # R@1/5/10/100, MRR@10, nDCG@10
 
     # projhead eval DEV.h5 --head heads/x --index "IVF1024,Flat" --nprobe 32
 
@@ -13,8 +13,9 @@ Usage::
 ``Flat`` is exact; ``HNSW32`` (a graph), ``IVF4096,Flat`` (inverted lists, ``nprobe`` lists
 searched) and ``IVF4096,PQ48`` (compressed, less memory) are approximate. Contexts are added
 chunk by chunk, and queries are searched chunk by chunk, so nothing but the index and one
-chunk is held in memory. A gold context outside the top ``k`` counts as a miss; with ``Flat``
-and k >= 100 the metrics equal ``evaluate.full_corpus`` (up to ties).
+chunk is held in memory. A gold context outside the top ``k`` counts as a miss; ties count
+against the gold as everywhere in projhead, so with ``Flat`` and k >= 100 the metrics equal
+``evaluate.full_corpus``.
 """
 from __future__ import annotations
 
@@ -68,8 +69,9 @@ def build_index(chunks: Iterable[np.ndarray], dim: int, factory: str = "Flat", t
 
 
 def search(index, queries: np.ndarray, k: int = 100, chunk: int = 4096, nprobe: int | None = None,
-           ef_search: int | None = None) -> np.ndarray:
-    """Top-``k`` context ids of every query row, (Nq, k) int64 (-1 where fewer exist)."""
+           ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` contexts of every query row: scores (Nq, k) float32 and context ids (Nq, k)
+    int64 (-1 where fewer exist)."""
     faiss = _faiss()
     if nprobe is not None:
         try:
@@ -78,11 +80,15 @@ def search(index, queries: np.ndarray, k: int = 100, chunk: int = 4096, nprobe: 
             raise SearchError("nprobe applies to IVF indexes only") from None
     if ef_search is not None and hasattr(index, "hnsw"):
         index.hnsw.efSearch = ef_search
-    out = []
+    scores, ids = [], []
     for start in range(0, len(queries), chunk):
         q = np.ascontiguousarray(queries[start:start + chunk], dtype=np.float32)
-        out.append(index.search(q, k)[1])
-    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+        s, i = index.search(q, k)
+        scores.append(s)
+        ids.append(i)
+    if not ids:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(scores), np.concatenate(ids)
 
 
 def exact_topk(queries: np.ndarray, context_chunks: Iterable[np.ndarray], k: int = 100) -> np.ndarray:
@@ -106,15 +112,12 @@ def exact_topk(queries: np.ndarray, context_chunks: Iterable[np.ndarray], k: int
     return best_i.numpy()
 
 
-def topk_metrics(ids: np.ndarray, q2c: np.ndarray, ks=(1, 5, 10, 100)) -> dict:
-    """Full-corpus metrics from top-k lists: the gold's position, a miss when absent."""
-    hit = ids == np.asarray(q2c)[:, None]
-    found = hit.any(1)
-    rank = np.where(found, hit.argmax(1), np.iinfo(np.int64).max)
-    out = {f"R@{k}": float((rank < k).mean()) for k in ks if k <= ids.shape[1]}
-    out["MRR@10"] = float(np.where(rank < 10, 1.0 / (rank + 1.0), 0.0).mean())
-    out["nDCG@10"] = float(np.where(rank < 10, 1.0 / np.log2(np.minimum(rank, 10) + 2.0), 0.0).mean())
-    return out
+def topk_metrics(ids: np.ndarray, scores: np.ndarray, q2c: np.ndarray, ks=(1, 5, 10, 100)) -> dict:
+    """Full-corpus metrics from top-k lists, with ``evaluate``'s tie rule (contexts scoring >=
+    the gold count against it) and metric code; a gold not listed is a miss."""
+    from .evaluate import corpus_metrics, topk_ranks
+
+    return corpus_metrics(topk_ranks(ids, scores, q2c), tuple(k for k in ks if k <= ids.shape[1]))
 
 
 def overlap_at_k(ids: np.ndarray, exact: np.ndarray, k: int = 10) -> float:

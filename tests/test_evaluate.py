@@ -87,7 +87,7 @@ def test_a_non_finite_gold_score_is_a_miss_not_a_hit():
     scores = np.array([[0.1, np.nan, 0.3], [np.nan, np.nan, np.nan], [0.9, 0.2, np.inf], [0.1, 0.5, 0.2]])
     r = gold_ranks(scores, np.array([1, 0, 2, 1]))
     assert r.tolist() == [MISS, MISS, MISS, 0]  # never counted as found, at any depth
-    nan_scorer = lambda rows: np.full((len(rows), 4), np.nan)  # noqa: E731
+    nan_scorer = lambda rows, cols=None: np.full((len(rows), 4 if cols is None else len(cols)), np.nan)  # noqa: E731
     q2c = np.array([0, 1, 2, 3])
     assert out_of_n(nan_scorer, q2c) == {"top1": 0.0, "top5": 0.0, "top10": 0.0, "mrr10": 0.0}
     assert full_corpus(nan_scorer, q2c)["MRR@10"] == 0.0 and full_corpus(nan_scorer, q2c)["nDCG@10"] == 0.0
@@ -99,7 +99,7 @@ def test_a_query_never_retrieves_its_own_text():
     # query 0's text is context 1; its gold is context 0, scored below itself
     ex = self_matches(["a", "zz"], ["b", "a", "c"])
     assert ex.tolist() == [1, -1]
-    scorer = lambda rows: np.array([[0.5, 1.0, 0.1], [0.1, 0.2, 0.9]])[rows]  # noqa: E731
+    scorer = lambda rows, cols=None: np.array([[0.5, 1.0, 0.1], [0.1, 0.2, 0.9]])[rows][:, slice(None) if cols is None else cols]  # noqa: E731
     q2c = np.array([0, 2])
     assert full_corpus(scorer, q2c)["R@1"] == 0.5
     assert full_corpus(excluding(scorer, ex), q2c)["R@1"] == 1.0
@@ -121,3 +121,47 @@ def test_bm25_stems_with_the_declared_stemmer():
 
     s = bm25_scorer(["running shoes"], ["she runs daily", "a red car", "the blue sky"])
     assert s(np.array([0]))[0].argmax() == 0  # "running" reaches "runs" only through the stemmer
+
+
+def test_one_pass_gives_both_protocols_and_the_top1():
+    from projhead.evaluate import corpus_metrics, block_metrics, system_ranks
+
+    rng = np.random.default_rng(3)
+    q, c = rng.normal(size=(1100, 8)).astype(np.float32), rng.normal(size=(700, 8)).astype(np.float32)
+    q2c = rng.integers(0, 700, 1100)
+    r = system_ranks(dense_scorer(q, c), q2c, 500)
+    assert block_metrics(r.block) == out_of_n(dense_scorer(q, c), q2c, n=500)
+    assert corpus_metrics(r.full) == full_corpus(dense_scorer(q, c), q2c)
+    np.testing.assert_array_equal(r.top, (q @ c.T).argmax(1))
+
+
+def test_out_of_n_scores_only_the_candidate_columns():
+    seen = []
+    q, c = np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32)
+
+    def scorer(rows, cols=None):
+        seen.append(cols)
+        return dense_scorer(q, c)(rows, cols)
+
+    assert out_of_n(scorer, np.array([0, 0, 2, 2]), n=2)["top1"] == 1.0
+    assert [list(x) for x in seen] == [[0], [2]]  # never all 4 contexts
+
+
+def test_excluded_context_among_candidate_columns():
+    from projhead.evaluate import excluding
+
+    q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    c = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], np.float32)
+    s = excluding(dense_scorer(q, c), np.array([0, -1]))
+    got = s(np.array([0, 1]), np.array([2, 0, 1]))  # columns in another order
+    assert np.isneginf(got[0, 1]) and np.isfinite(got[0, [0, 2]]).all() and np.isfinite(got[1]).all()
+
+
+def test_top_k_lists_count_ties_against_the_gold():
+    from projhead.evaluate import MISS, topk_ranks
+
+    ids = np.array([[3, 1, 2], [3, 1, 2], [0, 4, 5]])
+    scores = np.array([[0.9, 0.9, 0.5], [0.9, 0.8, 0.5], [0.9, 0.8, np.nan]], np.float32)
+    # query 0: gold 1 tied with 3 listed first: rank 1 as gold_ranks gives; query 1: rank 1; query 2: absent
+    np.testing.assert_array_equal(topk_ranks(ids, scores, np.array([1, 1, 7])), [1, 1, MISS])
+    np.testing.assert_array_equal(topk_ranks(ids[:1], scores[:1], np.array([3])), [1])  # the tie counts both ways

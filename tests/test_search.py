@@ -22,8 +22,8 @@ def _chunks(c, n=700):
 
 def test_flat_index_equals_brute_force_metrics():
     q, c, q2c = _data()
-    ids = search(build_index(_chunks(c), c.shape[1], "Flat"), q, k=100, chunk=64)
-    got, want = topk_metrics(ids, q2c), full_corpus(dense_scorer(q, c), q2c)
+    scores, ids = search(build_index(_chunks(c), c.shape[1], "Flat"), q, k=100, chunk=64)
+    got, want = topk_metrics(ids, scores, q2c), full_corpus(dense_scorer(q, c), q2c)
     for key in got:
         assert got[key] == pytest.approx(want[key]), key
     exact = exact_topk(q, _chunks(c), k=100)
@@ -34,16 +34,16 @@ def test_flat_index_equals_brute_force_metrics():
 def test_hnsw_recalls_most_of_the_exact_top_10():
     q, c, q2c = _data()
     exact = exact_topk(q, _chunks(c), k=10)
-    ids = search(build_index(_chunks(c), c.shape[1], "HNSW16"), q, k=10, ef_search=64)
+    scores, ids = search(build_index(_chunks(c), c.shape[1], "HNSW16"), q, k=10, ef_search=64)
     assert overlap_at_k(ids, exact, 10) > 0.8
-    assert topk_metrics(ids, q2c)["R@1"] > 0.9
+    assert topk_metrics(ids, scores, q2c)["R@1"] > 0.9
 
 
 def test_ivf_recall_grows_with_nprobe_and_is_exact_with_every_list():
     q, c, q2c = _data()
     exact = exact_topk(q, _chunks(c), k=10)
     index = build_index(_chunks(c), c.shape[1], "IVF32,Flat", train_size=2000)  # trained on 2000 rows only
-    recall = [overlap_at_k(search(index, q, k=10, nprobe=n), exact, 10) for n in (1, 4, 32)]
+    recall = [overlap_at_k(search(index, q, k=10, nprobe=n)[1], exact, 10) for n in (1, 4, 32)]
     assert recall[0] < recall[1] < recall[2] == 1.0
 
 
