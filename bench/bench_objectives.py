@@ -78,9 +78,9 @@ def main():
     if "hybrid" not in result["baselines"]:
         # the teacher of the mined sets, scored on dev: frozen MiniLM + 0.3 BM25, standardised per query
         from projhead.evaluate import both_protocols
-        from projhead.mine import _Scorer
+        from projhead.mine import CandidateScorer
 
-        teacher = _Scorer(dev, {"hybrid"}, MINED["semantic"].get("bm25_weight", 0.3))
+        teacher = CandidateScorer(dev, {"hybrid"}, MINED["semantic"].get("bm25_weight", 0.3))
         result["baselines"]["hybrid"] = both_protocols(lambda rows: teacher(rows)["hybrid"].numpy(), dev.q2c)
     train = projhead.open_cache(train_path)
     for name, tkw in ROWS.items():

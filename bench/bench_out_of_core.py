@@ -4,7 +4,7 @@
 
 Writes a synthetic projhead cache of --rows queries and --rows contexts, float16 (queries
 are a fixed random near-identity map of their context plus noise, so a head has something to
-learn), chunk by chunk without holding it in memory. Then runs ``projhead train --stream``
+learn) with projhead's own cache writer, block by block, reporting the writer's peak RSS. Then runs ``projhead train --stream``
 on it for one epoch in a child process and reports the child's peak RSS, the file size,
 what the in-memory trainer would hold (the vectors as float32), and pairs per second.
 Writes bench/results/out_of_core.json.
@@ -22,41 +22,50 @@ from pathlib import Path
 import numpy as np
 
 
-def write_synthetic_cache(path: Path, rows: int, dim: int, chunk: int = 250_000, seed: int = 0) -> float:
-    import h5py
+class Column:
+    """A text column made on demand (``f"{prefix}{i // div}"``): what the fingerprint hashes
+    without 5M strings in memory."""
 
-    from projhead.cache import FORMAT, FORMAT_VERSION
+    def __init__(self, prefix: str, n: int, div: int = 1):
+        self.prefix, self.n, self.div = prefix, n, div
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return (f"{self.prefix}{i // self.div}" for i in range(self.n))
+
+    def block(self, a: int, b: int) -> list[str]:
+        return [f"{self.prefix}{i // self.div}" for i in range(a, b)]
+
+
+def write_synthetic_cache(path: Path, rows: int, dim: int, chunk: int = 250_000, seed: int = 0) -> float:
+    """The cache through projhead's own writer (``CacheWriter``), block by block."""
+    from projhead.cache import CacheWriter, cache_attrs
+    from projhead.data import content_sha256
 
     rng = np.random.default_rng(seed)
     mix = np.eye(dim, dtype=np.float32) + 0.3 * rng.normal(size=(dim, dim)).astype(np.float32) / np.sqrt(dim)
+    cols = {"queries/text": Column("q", rows), "queries/id": Column("id", rows),
+            "queries/group": Column("g", rows, 100), "contexts/text": Column("c", rows)}
     t0 = time.perf_counter()
-    s = h5py.string_dtype("utf-8")
-    with h5py.File(path, "w", libver="latest") as f:
-        q, c = f.create_group("queries"), f.create_group("contexts")
-        qv = q.create_dataset("vectors", (rows, dim), "float16", chunks=(4096, dim), fletcher32=True)
-        cv = c.create_dataset("vectors", (rows, dim), "float16", chunks=(4096, dim), fletcher32=True)
-        qt, qi, qg = (q.create_dataset(k, (rows,), s) for k in ("text", "id", "group"))
-        ct = c.create_dataset("text", (rows,), s)
-        q.create_dataset("context", data=np.arange(rows, dtype=np.int64), chunks=True, fletcher32=True)
+    info = {"name": "synthetic:planted", "resolved": "bench_out_of_core.py", "settings": {"seed": seed},
+            "weights_sha256": "", "build": {}, "versions": {}}
+    with CacheWriter(path, rows, rows, dim, "float16") as w:
         for a in range(0, rows, chunk):
             b = min(a + chunk, rows)
             ctx = rng.normal(size=(b - a, dim)).astype(np.float32)
             ctx /= np.linalg.norm(ctx, axis=1, keepdims=True)
             que = ctx @ mix + 4.0 * rng.normal(size=ctx.shape).astype(np.float32) / np.sqrt(dim)
             que /= np.linalg.norm(que, axis=1, keepdims=True)
-            qv[a:b], cv[a:b] = que.astype(np.float16), ctx.astype(np.float16)
-            idx = range(a, b)
-            qt[a:b] = [f"q{i}" for i in idx]
-            qi[a:b] = [f"id{i}" for i in idx]
-            qg[a:b] = [f"g{i // 100}" for i in idx]
-            ct[a:b] = [f"c{i}" for i in idx]
-        info = {"name": "synthetic:planted", "resolved": "bench_out_of_core.py", "settings": {"seed": seed},
-                "weights_sha256": "", "build": {}, "versions": {}}
-        attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "encoder": info["name"],
-                 "encoder_json": json.dumps(info), "dim": dim, "dtype": "float16", "normalized": True,
-                 "dataset": "synthetic", "split": "train", "granularity": "sentence", "meta_json": "{}",
-                 "fingerprint": f"synthetic-{rows}-{dim}-{seed}", "n_queries": rows, "n_contexts": rows}
-        f.attrs.update(attrs)
+            w.write("queries/vectors", a, que)
+            w.write("contexts/vectors", a, ctx)
+            w.write("queries/context", a, np.arange(a, b, dtype=np.int64))
+            for key, col in cols.items():
+                w.write(key, a, col.block(a, b))
+        fingerprint = content_sha256(*cols.values(), np.arange(rows, dtype=np.int64))
+        meta = {"dataset": "synthetic", "split": "train", "granularity": "sentence"}
+        w.finish(cache_attrs(meta, info, fingerprint, time.perf_counter() - t0))
     return time.perf_counter() - t0
 
 
@@ -67,13 +76,26 @@ def main():
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--work", default="bench/work")
     ap.add_argument("--out", default="bench/results/out_of_core.json")
+    ap.add_argument("--write-only", action="store_true",
+                    help="only write the cache (a fresh file) and report the writer: bench/results/out_of_core_write.json")
     args = ap.parse_args()
     path = Path(args.work) / f"synthetic-{args.rows}x{args.dim}-fp16.h5"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_s = None
+    write_s = write_rss = None
+    if args.write_only and path.exists():
+        path.unlink()
     if not path.exists():
         write_s = write_synthetic_cache(path, args.rows, args.dim)
-        print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {write_s:.0f}s", flush=True)
+        write_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {write_s:.0f}s, peak RSS {write_rss:.2f} GB",
+              flush=True)
+    if args.write_only:
+        res = {"bench": "out_of_core_write", "rows": args.rows, "dim": args.dim, "dtype": "float16",
+               "file_gb": path.stat().st_size / 1e9, "write_seconds": write_s, "write_peak_rss_gb": write_rss,
+               "vectors_float32_gb": 2 * args.rows * args.dim * 4 / 1e9}
+        print(json.dumps(res, indent=1))
+        Path("bench/results/out_of_core_write.json").write_text(json.dumps(res, indent=1))
+        return
     head_dir = Path(args.work) / "heads" / "out-of-core"
     cmd = [sys.executable, "-m", "projhead.cli", "train", str(path), "--out", str(head_dir), "--no-auto", "--stream", "--epochs", "1",
            "--batch-size", str(args.batch_size), "--dev-fraction", "0.01", "--quiet", "--restart"]
@@ -95,7 +117,7 @@ def main():
            "peak_rss_gb": peak_mb / 1e3, "import_rss_gb": base_mb / 1e3, "train_wall_seconds": wall, "epoch_seconds": ep["seconds"],
            "pairs_per_second": log["n_train"] / ep["seconds"], "n_train": log["n_train"], "n_dev": log["n_dev"],
            "dev_frozen": log["frozen_dev"], "dev_head": ep["dev"], "batch_size": args.batch_size,
-           "write_seconds": write_s, "command": " ".join(cmd[1:])}
+           "write_seconds": write_s, "write_peak_rss_gb": write_rss, "command": " ".join(cmd[1:])}
     print(json.dumps(res, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))

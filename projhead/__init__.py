@@ -11,18 +11,26 @@ The data flow, one module a step::
     select.py    model selection: candidate heads on held-out queries (`projhead train`'s default)
     evaluate.py  out-of-500 and full-corpus retrieval, BM25 baseline
     cli.py       `projhead ...`, arguments only
+    config.py    the settings dataclasses and the names the CLI offers (no torch)
 
 Loading a head and applying it needs only torch, numpy, safetensors and h5py.
 """
-__version__ = "0.1.0"
-
-from .heads import Head, HeadConfig, HeadError, load_head  # noqa: E402
-from .losses import LOSSES, get_loss  # noqa: E402
+from ._version import __version__  # noqa: F401
+from .config import HeadConfig, HeadError, TrainConfig  # noqa: F401
 
 
 def __getattr__(name):
-    # Heavier pieces load on first use, so `import projhead` stays light for applying heads.
-    if name in ("TrainConfig", "train_head"):
+    # Everything else loads on first use: `import projhead` (and `projhead --help`) stays
+    # free of torch until a head or a loss is asked for.
+    if name in ("Head", "load_head"):
+        from . import heads
+
+        return getattr(heads, name)
+    if name in ("LOSSES", "get_loss"):
+        from . import losses
+
+        return getattr(losses, name)
+    if name == "train_head":
         from . import train
 
         return getattr(train, name)

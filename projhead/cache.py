@@ -16,7 +16,7 @@ File layout (format ``projhead-cache`` version 2)::
     /queries/context   (Nq,)   int64, row of the gold context in /contexts
     /contexts/vectors  (Nc, D) distinct contexts, each encoded once
     /contexts/text     (Nc,)   UTF-8 strings
-    /mined/NAME/...    optional, written by ``projhead mine`` (see ``write_mined``): hard
+    /mined/NAME/...    optional, written by ``projhead mine`` (see ``mine.write_mined``): hard
                        negatives, teacher scores and silver pairs, with their settings
     attributes on /: format, format_version, encoder, encoder_json (name, resolved path,
     settings, weights sha256), versions_json, dim, dtype, normalized, dataset, split,
@@ -45,10 +45,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ._version import __version__
 from .data import Pairs, content_sha256
+from .files import atomic_path, write_atomic
 
 FORMAT = "projhead-cache"
 FORMAT_VERSION = 2  # 2: the fingerprint covers groups too and is the read-time check of the texts
+
+
+WRITE_BLOCK = 65536  # rows of vectors gathered and written at a time: the most held in memory
 
 
 class CacheError(ValueError):
@@ -61,7 +66,7 @@ def _str_dtype():
     return h5py.string_dtype("utf-8")
 
 
-def _identity(encoder_info: dict, pairs: Pairs, dtype: str) -> dict:
+def job_identity(encoder_info: dict, pairs: Pairs, dtype: str) -> dict:
     """What must match for two runs to be the same work."""
     return {"encoder": encoder_info["name"], "weights_sha256": encoder_info["weights_sha256"],
             "settings": encoder_info["settings"], "fingerprint": pairs.fingerprint(),
@@ -82,48 +87,59 @@ def _plan(texts: list[str]) -> np.ndarray:
 
 
 def _write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+class ShardedVectors:
+    """The vectors of one role's distinct texts, as shard files on disk: ``rows(idx)`` gathers
+    any of them (memory: the rows asked for), so the cache file is written block by block."""
+
+    def __init__(self, parts: Path, role: str, order: np.ndarray, shard_size: int, dim: int):
+        self.parts, self.role, self.size, self.dim = parts, role, shard_size, dim
+        self.position = np.empty(len(order), np.int64)
+        self.position[order] = np.arange(len(order))  # text -> place in the encoding order
+
+    def shard(self, k: int) -> Path:
+        return self.parts / f"{self.role}-{k:06d}.npy"
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        pos = self.position[np.asarray(idx, dtype=np.int64)]
+        out = np.empty((len(pos), self.dim), np.float32)
+        for k in np.unique(pos // self.size):
+            sel = np.flatnonzero(pos // self.size == k)
+            shard = np.load(self.shard(int(k)), mmap_mode="r", allow_pickle=False)
+            out[sel] = shard[pos[sel] % self.size]
+            del shard
+        return out
 
 
 def _encode_role(encoder, texts: list[str], role: str, parts: Path, shard_size: int, batch_size: int,
-                 bar) -> np.ndarray:
+                 bar) -> ShardedVectors:
     """Encode the distinct ``texts`` shard by shard, skipping shards already on disk."""
     order = _plan(texts)
     dim = encoder.dim
-    out = np.empty((len(texts), dim), np.float32)
+    stored = ShardedVectors(parts, role, order, shard_size, dim)
     for k, start in enumerate(range(0, len(texts), shard_size)):
         rows = order[start:start + shard_size]
-        shard = parts / f"{role}-{k:06d}.npy"
-        vecs = None
+        shard = stored.shard(k)
+        ok = False
         if shard.exists():
             try:
-                vecs = np.load(shard, allow_pickle=False)
-                if vecs.shape != (len(rows), dim):
-                    vecs = None
+                ok = np.load(shard, mmap_mode="r", allow_pickle=False).shape == (len(rows), dim)
             except (ValueError, OSError):
-                vecs = None  # a damaged shard is redone
-        if vecs is None:
+                ok = False  # a damaged shard is redone
+        if not ok:
             vecs = encoder.encode([texts[i] for i in rows], batch_size=batch_size, role=role)
             if not np.isfinite(vecs).all():
                 raise CacheError(f"encoder {encoder.name} returned NaN or Inf for {role} texts "
                                  f"(shard {k}); nothing was written for this shard")
             _write_npy_atomic(shard, vecs.astype(np.float32))
-        out[rows] = vecs
         bar.update(len(rows))
-    return out
+    return stored
 
 
-def _lock(out: Path):
+def lock_output(out: Path):
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(out) + ".lock")
@@ -150,10 +166,10 @@ def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "flo
     out = Path(out)
     t0 = time.perf_counter()
     info = encoder.describe()
-    want = _identity(info, pairs, dtype)
+    want = job_identity(info, pairs, dtype)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        lock = _lock(out)
+        lock = lock_output(out)
     except OSError as e:
         raise CacheError(f"{out}: cannot write in {out.parent} ({e.strerror or e})") from e
     try:
@@ -170,7 +186,7 @@ def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "flo
         lock.release()
 
 
-def _start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, Path]:
+def start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, Path]:
     """What every cache builder checks before encoding (under the lock): a finished cache of
     the same work is kept (returns True), one of other work is refused; partial work of another
     job in ``OUT.parts/`` is refused unless ``overwrite``; the job's manifest is written."""
@@ -195,16 +211,14 @@ def _start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool,
             shutil.rmtree(parts)
     parts.mkdir(exist_ok=True)
     if not manifest.exists():
-        tmp = manifest.with_suffix(".tmp")
-        tmp.write_text(json.dumps(job, indent=1))
-        os.replace(tmp, manifest)
+        write_atomic(manifest, json.dumps(job, indent=1))
     return False, parts
 
 
 def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0):
     from tqdm.auto import tqdm
 
-    done, parts = _start_job(out, want, dict(want, shard_size=shard_size, batch_size=batch_size), overwrite)
+    done, parts = start_job(out, want, dict(want, shard_size=shard_size, batch_size=batch_size), overwrite)
     if done:
         return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
 
@@ -214,12 +228,17 @@ def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite,
     total = len(uq) + len(pairs.contexts)
     with tqdm(total=total, unit="texts", desc=f"encoding {out.name}", disable=not progress,
               smoothing=0.1) as bar:
-        qv = _encode_role(encoder, uq, "query", parts, shard_size, batch_size, bar)[q_inverse]
+        qv = _encode_role(encoder, uq, "query", parts, shard_size, batch_size, bar)
         cv = _encode_role(encoder, pairs.contexts, "context", parts, shard_size, batch_size, bar)
 
-    tmp = out.with_name(out.name + ".tmp.h5")
-    _write_h5(tmp, pairs, qv, cv, info, dtype, encode_seconds=time.perf_counter() - t0)
-    os.replace(tmp, out)
+    step = WRITE_BLOCK
+    with CacheWriter(out, len(pairs), len(pairs.contexts), encoder.dim, dtype) as w:
+        for a in range(0, len(pairs), step):
+            w.write("queries/vectors", a, qv.rows(q_inverse.reshape(-1)[a:a + step]))
+        for a in range(0, len(pairs.contexts), step):
+            w.write("contexts/vectors", a, cv.rows(np.arange(a, min(a + step, len(pairs.contexts)))))
+        write_texts(w, pairs)
+        w.finish(cache_attrs(pairs.meta, info, pairs.fingerprint(), time.perf_counter() - t0))
     shutil.rmtree(parts, ignore_errors=True)
     return CacheResult(out, "written", time.perf_counter() - t0, total)
 
@@ -228,99 +247,208 @@ def _versions(info: dict) -> dict:
     import h5py
 
     v = dict(info.get("versions", {}))
-    v.update({"projhead": _own_version(), "h5py": h5py.__version__, "numpy": np.__version__,
+    v.update({"projhead": __version__, "h5py": h5py.__version__, "numpy": np.__version__,
               "python": sys.version.split()[0], "platform": platform.platform()})
     return v
 
 
-def _own_version() -> str:
-    from . import __version__
+class CacheWriter:
+    """The one writer of cache files: datasets are created with their final shapes, vectors
+    are written in row blocks as they come (memory: one block), the attributes last; then
+    the file is synced and renamed into place (``files.atomic_path``), so a reader sees the
+    old file or the whole new one. Used by ``build_cache`` (blocks gathered from its shards),
+    the Ray builder (``vectors=False``: it links shard files as virtual datasets) and
+    ``bench/bench_out_of_core.py`` (5M rows)::
 
-    return __version__
+        with CacheWriter(path, n_queries, n_contexts, dim, "float16") as w:
+            w.write("queries/vectors", 0, block)          # (rows, dim), any dtype
+            w.write("queries/text", 0, texts)             # also queries/id, queries/group,
+            w.write("queries/context", 0, q2c)            # contexts/text, contexts/vectors
+            w.finish(attrs)                               # format, encoder, fingerprint...
+
+    A failed write (disk full, file size limit) raises OSError naming the file, and the
+    temporary file is removed.
+    """
+
+    def __init__(self, path: str | os.PathLike, n_queries: int, n_contexts: int, dim: int, dtype: str,
+                 vectors: bool = True, block: int = 4096):
+        self.path = Path(path)
+        self.shape = {"queries": n_queries, "contexts": n_contexts}
+        self.dim, self.dtype, self.vectors, self.block = dim, dtype, vectors, block
+        self.first: dict[str, np.ndarray] = {}  # the first rows of each role: whether vectors are unit length
+        self._atomic = atomic_path(self.path)
+        self.f = None
+
+    def __enter__(self) -> "CacheWriter":
+        import h5py
+
+        tmp = self._atomic.__enter__()
+        try:
+            self.raw = _GuardedFile(tmp)
+            # libver "latest": checksummed metadata, so a damaged file fails to open instead of
+            # feeding the reader garbage
+            self.f = h5py.File(self.raw, "w", libver="latest")
+            s = _str_dtype()
+            for role, n in self.shape.items():
+                g = self.f.create_group(role)
+                if self.vectors:
+                    # fletcher32: a checksum per chunk, so damaged vectors fail to read instead
+                    # of coming back as other numbers
+                    g.create_dataset("vectors", (n, self.dim), self.dtype, fletcher32=n > 0,
+                                     chunks=(max(1, min(self.block, n)), self.dim) if n else None)
+                g.create_dataset("text", (n,), s)
+            for key in ("id", "group"):
+                self.f["queries"].create_dataset(key, (self.shape["queries"],), s)
+            nq = self.shape["queries"]
+            self.f["queries"].create_dataset("context", (nq,), "int64", fletcher32=nq > 0,
+                                             chunks=(max(1, min(65536, nq)),) if nq else None)
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def write(self, key: str, start: int, values) -> None:
+        """Rows ``start ..`` of dataset ``key`` (e.g. ``queries/vectors``, ``contexts/text``)."""
+        self.raw.check()
+        if key.endswith("/vectors"):
+            values = np.asarray(values)
+            role = key.split("/")[0]
+            if role not in self.first and start == 0:
+                self.first[role] = values[:1000].astype(np.float32)
+            values = values.astype(self.dtype, copy=False)
+        elif not len(values):
+            return
+        self.f[key][start:start + len(values)] = values
+
+    def link(self, role: str, rows: list) -> None:
+        """``role/vectors`` as a virtual dataset over shard files [(relative path, start, stop)],
+        each holding a dataset ``vectors``; HDF5 finds them relative to the cache file."""
+        import h5py
+
+        layout = h5py.VirtualLayout(shape=(self.shape[role], self.dim), dtype=self.dtype)
+        for rel, a, b in rows:
+            layout[a:b] = h5py.VirtualSource(rel, "vectors", shape=(b - a, self.dim))
+        self.f[role].create_virtual_dataset("vectors", layout, fillvalue=np.nan)  # a missing shard reads as NaN
+        with h5py.File(self.path.parent / rows[0][0], "r") as shard:
+            self.first[role] = shard["vectors"][:1000].astype(np.float32)
+
+    def finish(self, attrs: dict) -> None:
+        """The file's attributes (see the module doc); ``normalized`` is measured here."""
+        first = [v for v in self.first.values() if len(v)]
+        norms = np.linalg.norm(np.concatenate(first), axis=1) if first else np.ones(1)
+        self.f.attrs.update({**attrs, "dim": self.dim, "dtype": self.dtype,
+                             "normalized": bool(np.allclose(norms, 1.0, atol=1e-3)),
+                             "n_queries": self.shape["queries"], "n_contexts": self.shape["contexts"],
+                             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    def _abort(self) -> None:
+        if self.f is not None:
+            with contextlib.suppress(Exception):
+                self.f.close()
+            self.f = None
+        with contextlib.suppress(Exception):
+            self.raw.close()
+        self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __exit__(self, kind, err, tb) -> None:
+        if kind is not None:
+            self._abort()
+            return
+        try:
+            self.f.close()  # HDF5 flushes here: a full disk fails here too
+            self.f = None
+            self.raw.close()
+            self.raw.check()
+        except BaseException:
+            self._abort()
+            raise
+        self._atomic.__exit__(None, None, None)  # fsync, rename
 
 
-def _virtual_vectors(group, rows: list, n: int, dim: int, dtype: str) -> None:
-    """``group/vectors`` as a virtual dataset over shard files [(relative path, start, stop)]
-    (``projhead cache --ray``); HDF5 finds the files relative to the cache file."""
-    import h5py
+class _GuardedFile(io.RawIOBase):
+    """The file HDF5 writes through. HDF5 turns a failed write (disk full, file size limit)
+    into an error and can then crash the process when it closes the file (seen here); so a
+    failed write is recorded and reported to HDF5 as done, later writes are dropped, and
+    ``check()`` raises the first failure as the clean OSError it was. The file is a temporary
+    that is then removed."""
 
-    layout = h5py.VirtualLayout(shape=(n, dim), dtype=dtype)
-    for rel, a, b in rows:
-        layout[a:b] = h5py.VirtualSource(rel, "vectors", shape=(b - a, dim))
-    group.create_virtual_dataset("vectors", layout, fillvalue=np.nan)  # a missing shard reads as NaN
+    def __init__(self, path: Path, mode: str = "w+b"):
+        self._f = open(path, mode)
+        self.name = str(path)
+        self.error: OSError | None = None
 
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
-def _first_rows(path: Path, rows: list, k: int = 1000) -> np.ndarray:
-    import h5py
+    def readable(self) -> bool:
+        return True
 
-    with h5py.File(path.parent / rows[0][0], "r") as f:
-        return f["vectors"][:k].astype(np.float32)
+    def writable(self) -> bool:
+        return True
 
+    def seekable(self) -> bool:
+        return True
 
-def _write_h5(path: Path, pairs: Pairs, qv: np.ndarray | None, cv: np.ndarray | None, info: dict, dtype: str,
-              encode_seconds: float, virtual: dict | None = None, dim: int | None = None) -> None:
-    import h5py
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
 
-    s = _str_dtype()
-    # The file is built in memory, then written with plain file I/O. HDF5 turns a failed
-    # write (disk full, file size limit) into a RuntimeError and can crash the process when
-    # it later closes the file (seen here); a Python write fails with a clean OSError.
-    buf = io.BytesIO()
-    # libver "latest": checksummed metadata, so a damaged file fails to open instead of
-    # feeding the reader garbage
-    with h5py.File(buf, "w", libver="latest") as f:
-        q = f.create_group("queries")
-        # fletcher32: a checksum per chunk, so damaged vectors fail to read instead of
-        # coming back as other numbers
-        if virtual is None:
-            q.create_dataset("vectors", data=qv.astype(dtype), chunks=True, fletcher32=True)
-        else:
-            _virtual_vectors(q, virtual["queries"], len(pairs), dim, dtype)
-        q.create_dataset("text", data=pairs.queries, dtype=s)
-        q.create_dataset("id", data=pairs.query_ids, dtype=s)
-        q.create_dataset("group", data=pairs.groups, dtype=s)
-        q.create_dataset("context", data=pairs.q2c, chunks=True, fletcher32=True)
-        c = f.create_group("contexts")
-        if virtual is None:
-            c.create_dataset("vectors", data=cv.astype(dtype), chunks=True, fletcher32=True)
-        else:
-            _virtual_vectors(c, virtual["contexts"], len(pairs.contexts), dim, dtype)
-            qv, cv = _first_rows(path, virtual["queries"]), _first_rows(path, virtual["contexts"])
-        c.create_dataset("text", data=pairs.contexts, dtype=s)
-        norms = np.linalg.norm(np.concatenate([qv[:1000], cv[:1000]]), axis=1)
-        a = f.attrs
-        a["format"] = FORMAT
-        a["format_version"] = FORMAT_VERSION
-        a["encoder"] = info["name"]
-        a["encoder_json"] = json.dumps(info)
-        a["versions_json"] = json.dumps(_versions(info))
-        a["dim"] = qv.shape[1]
-        a["dtype"] = dtype
-        a["normalized"] = bool(np.allclose(norms, 1.0, atol=1e-3))
-        a["dataset"] = str(pairs.meta.get("dataset", ""))
-        a["split"] = str(pairs.meta.get("split", ""))
-        a["granularity"] = str(pairs.meta.get("granularity", ""))
-        a["meta_json"] = json.dumps(pairs.meta)
-        a["fingerprint"] = pairs.fingerprint()
-        a["n_queries"] = len(pairs)
-        a["n_contexts"] = len(pairs.contexts)
-        a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        a["encode_seconds"] = encode_seconds  # this run's share (a resumed run counts its own part)
-    _write_buffer(path, buf)
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, b) -> int:
+        return self._f.readinto(b)
+
+    def write(self, b) -> int:
+        n = len(memoryview(b))
+        if self.error is None:
+            try:
+                self._f.write(b)
+                return n
+            except OSError as e:
+                self.error = e
+        self._f.seek(n, 1)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self._f.truncate(size)
+            except OSError as e:
+                self.error = e
+        return size if size is not None else self.tell()
+
+    def flush(self) -> None:
+        if self.error is None and not self._f.closed:
+            try:
+                self._f.flush()
+            except OSError as e:
+                self.error = e
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self.flush()
+            self._f.close()
+        super().close()
 
 
-def _write_buffer(path: Path, buf: io.BytesIO) -> None:
-    """Write an in-memory HDF5 file with plain file I/O (fails with a clean OSError, see
-    ``_write_h5``), synced to disk; a partial file is removed."""
-    try:
-        with open(path, "wb") as fh:
-            fh.write(buf.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise
+def cache_attrs(pairs_meta: dict, info: dict, fingerprint: str, encode_seconds: float) -> dict:
+    """The attributes every cache carries (the module doc lists them), but for the sizes,
+    which ``CacheWriter.finish`` adds."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "encoder": info["name"],
+            "encoder_json": json.dumps(info), "versions_json": json.dumps(_versions(info)),
+            "dataset": str(pairs_meta.get("dataset", "")), "split": str(pairs_meta.get("split", "")),
+            "granularity": str(pairs_meta.get("granularity", "")), "meta_json": json.dumps(pairs_meta),
+            "fingerprint": fingerprint,
+            "encode_seconds": encode_seconds}  # this run's share (a resumed run counts its own part)
+
+
+def write_texts(w: CacheWriter, pairs: Pairs) -> None:
+    w.write("queries/text", 0, pairs.queries)
+    w.write("queries/id", 0, pairs.query_ids)
+    w.write("queries/group", 0, pairs.groups)
+    w.write("queries/context", 0, np.asarray(pairs.q2c, dtype=np.int64))
+    w.write("contexts/text", 0, pairs.contexts)
 
 
 def _read_identity(path: Path) -> dict:
@@ -362,7 +490,7 @@ class Cache:
     def encoder_info(self) -> dict:
         info = json.loads(self.attrs["encoder_json"])
         settings = info.get("settings")
-        if isinstance(settings, dict) and "precision" not in settings and not info["name"].startswith("vectors:"):
+        if isinstance(settings, dict) and "precision" not in settings and info["name"].startswith(("st:", "openclip:")):
             settings["precision"] = "fp32"  # written before the precision was recorded: it was always fp32
         return info
 
@@ -403,76 +531,46 @@ class Cache:
         d["versions"] = json.loads(a.get("versions_json", "{}"))
         d["meta"] = json.loads(a.get("meta_json", "{}"))
         d["file_bytes"] = self.path.stat().st_size
-        d["mined"] = {name: self.mined(name)["settings"] for name in self.mined_sets}
+        d["mined"] = {name: self.mined_settings(name) for name in self.mined_sets}
         return d
 
-    def mined(self, name: str) -> dict:
-        """The mined set ``name`` (see ``write_mined``): its arrays and settings."""
+    def mined_settings(self, name: str) -> dict:
+        """The settings a mined set was made with (what ``projhead info`` shows)."""
         import h5py
 
-        if name not in self.mined_sets:
-            have = ", ".join(self.mined_sets) or "none"
-            raise CacheError(f"{self.path}: no mined set {name!r} (it has: {have}); "
-                             f"make one with: projhead mine {self.path} --name {name}")
-        nq, nc = int(self.attrs["n_queries"]), int(self.attrs["n_contexts"])
-        try:
-            with h5py.File(self.path, "r") as f:
-                g = f["mined"][name]
-                out = {k: g[k][()] for k in g}
-                settings = json.loads(g.attrs["settings_json"])
-        except (KeyError, OSError, ValueError, RuntimeError) as e:
-            raise CacheError(f"{self.path}: damaged mined set {name!r} ({e})") from e
-        neg = out.get("negatives")
-        k = neg.shape[1] if neg is not None and neg.ndim == 2 else -1
-        shapes = {"negatives": (nq, k), "negative_scores": (nq, k), "teacher": (nq, k + 1)}
-        for key, shape in shapes.items():
-            if key in out and out[key].shape != shape:
-                raise CacheError(f"{self.path}: mined set {name!r}: {key} has shape {out[key].shape}, "
-                                 f"expected {shape}")
-        silver = out.get("silver", np.zeros((0, 2), np.int64))
-        if neg is None or silver.ndim != 2 or silver.shape[1] != 2:
-            raise CacheError(f"{self.path}: mined set {name!r} is incomplete")
-        if (neg >= nc).any() or (neg < -1).any() or (len(silver) and (
-                silver[:, 0].min() < 0 or silver[:, 0].max() >= nq or silver[:, 1].min() < 0
-                or silver[:, 1].max() >= nc)):
-            raise CacheError(f"{self.path}: mined set {name!r} points outside the cache's queries or contexts")
-        out["silver"] = silver
-        out["settings"] = settings
-        return out
+        with h5py.File(self.path, "r") as f:
+            return json.loads(f["mined"][name].attrs["settings_json"])
+
+    def mined(self, name: str) -> dict:
+        """The mined set ``name``, checked against this cache (see ``mine.read_mined``)."""
+        from .mine import read_mined
+
+        return read_mined(self, name)
 
 
-def write_mined(path: str | os.PathLike, name: str, arrays: dict[str, np.ndarray], settings: dict) -> None:
-    """Store ``arrays`` as the mined set /mined/NAME of the cache at ``path`` (replacing a set of
-    that name): negatives (Nq, k) int64, -1 for none; negative_scores (Nq, k); teacher
-    (Nq, 1 + k) scores of [gold, negatives], NaN where none; silver (S, 2) rows (query,
-    context); silver_score (S,). The file is read, extended in memory and written to a
-    temporary name that replaces it: the cache is whole before and after, whatever happens."""
+def extend_cache(path: str | os.PathLike, fill, what: str) -> None:
+    """Add to the cache at ``path``: ``fill(h5py_file)`` runs on a copy opened for writing,
+    which then replaces the file (``files.atomic_path``), so the cache is whole before and
+    after whatever happens; memory stays bounded (the copy streams on disk). ``what`` names
+    the addition in errors. ``projhead mine`` stores its sets this way."""
     import h5py
 
     path = Path(path)
-    if not name or "/" in name:
-        raise CacheError(f"{path}: a mined set needs a plain name, not {name!r}")
     open_cache(path, load=False)  # a valid cache, or a clear error
-    lock = _lock(path)
-    tmp = path.with_name(path.name + ".tmp.h5")
+    lock = lock_output(path)
     try:
-        buf = io.BytesIO(path.read_bytes())
-        with h5py.File(buf, "r+", libver="latest") as f:
-            g = f.require_group("mined")
-            if name in g:
-                del g[name]
-            m = g.create_group(name)
-            for key, value in arrays.items():
-                m.create_dataset(key, data=value, chunks=True if np.asarray(value).size else None,
-                                 fletcher32=bool(np.asarray(value).size))
-            m.attrs["settings_json"] = json.dumps(settings)
-        _write_buffer(tmp, buf)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            shutil.copyfile(path, tmp)
+            raw = _GuardedFile(tmp, "r+b")
+            try:
+                with h5py.File(raw, "r+", libver="latest") as f:
+                    fill(f)
+                raw.close()
+                raw.check()
+            finally:
+                raw.close()
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise CacheError(f"{path}: cannot store mined set {name!r} ({e.strerror or e}); "
-                         "the cache file is untouched") from e
+        raise CacheError(f"{path}: cannot store {what} ({e.strerror or e}); the cache file is untouched") from e
     finally:
         lock.release()
 

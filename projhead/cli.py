@@ -21,15 +21,12 @@ from pathlib import Path
 import click
 
 from .cache import CacheError, cache_name
+from .config import HEAD_KINDS, LOSS_NAMES, MINE_METHODS, TOWERS, HeadError, LossError, MineError, TrainError
+from .config import HeadConfig as _H  # option defaults come from the dataclasses
+from .config import TrainConfig as _T
 from .data import DATASETS, DataError
 from .encoders import DEFAULT_ENCODER, PRECISIONS, EncoderError
-from .heads import HEAD_KINDS, TOWERS, HeadError
-from .heads import HeadConfig as _H  # option defaults come from the dataclasses
-from .losses import LOSSES, LossError
-from .mine import METHODS, MineError
 from .search import SearchError
-from .train import TrainConfig as _T
-from .train import TrainError, train_head
 
 USER_ERRORS = (CacheError, DataError, EncoderError, HeadError, LossError, MineError, SearchError, TrainError)
 
@@ -176,7 +173,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help=f"[{_H.activation}]")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"[{_H.dropout}]")
 @click.option("--init", type=click.Choice(["identity", "random"]), default=None, help=f"[{_H.init}]")
-@click.option("--loss", type=click.Choice(tuple(LOSSES)), default=_T.loss, show_default=True)
+@click.option("--loss", type=click.Choice(LOSS_NAMES), default=_T.loss, show_default=True)
 @click.option("--chunk-size", type=POS_INT, default=None,
               help="clip loss: compute batches larger than this in row blocks (exact gradients, less memory)")
 @click.option("--loss-setting", "loss_setting", multiple=True, metavar="KEY=VALUE",
@@ -253,6 +250,8 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
         head, log = auto_train(cache_file, tcfg, fixed={**head_given, **({"lr": lr} if lr else {})}, out=out,
                                progress=not quiet)
     else:
+        from .train import train_head
+
         head, log = train_head(cache_file, _H(**head_given), tcfg, out=out, progress=not quiet, restart=restart)
     d = log.get("decision", {})
     m = head.info["metrics"]
@@ -281,7 +280,7 @@ def _settings(items: tuple[str, ...]) -> dict:
 
 @cli.command()
 @click.argument("cache_file", type=click.Path(dir_okay=False))
-@click.option("--method", type=click.Choice(METHODS), default="semantic", show_default=True,
+@click.option("--method", type=click.Choice(MINE_METHODS), default="semantic", show_default=True,
               help="where candidates come from: the frozen vectors, BM25, or both")
 @click.option("--k", type=click.IntRange(min=1), default=8, show_default=True, help="negatives kept per query")
 @click.option("--margin", type=float, default=0.05, show_default=True,
@@ -341,7 +340,9 @@ def evaluate(cache_files, head_path, bm25, block, json_out, index, nprobe, ef_se
     every = {}
     for cache_file in cache_files:
         c = open_cache(cache_file)
-        results = every[cache_file] = evaluate_cache(c, head=head, bm25=bm25, block=block, index=index, **search_kw)
+        results, ranks = evaluate_cache(c, head=head, bm25=bm25, block=block, index=index, return_ranks=True,
+                                        **search_kw)
+        every[cache_file] = results
         click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts, "
                    f"encoder {c.encoder}" + (f", head {head_path}" if head_path else ""))
         click.echo(format_table(results))
@@ -356,7 +357,7 @@ def evaluate(cache_files, head_path, bm25, block, json_out, index, nprobe, ef_se
     if report_dir:
         from .report import write_report
 
-        click.echo(f"report: {write_report(c, head, report_dir, results, head_path=head_path)}")
+        click.echo(f"report: {write_report(c, head, report_dir, results, head_path=head_path, ranks=ranks)}")
 
 
 @cli.command()

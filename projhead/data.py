@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_path
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file and the problem."""
@@ -179,13 +181,12 @@ def resolve_data_file(dataset: str, split: str, data: str | os.PathLike | None =
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
     try:
-        urllib.request.urlretrieve(url, tmp)
+        with atomic_path(target) as tmp:
+            urllib.request.urlretrieve(url, tmp)
     except OSError as e:
         raise DataError(f"{dataset} {split}: not found in {where} and the download of {url} "
                         f"failed ({e}); pass --data or set PROJHEAD_DATA") from e
-    os.replace(tmp, target)
     return target
 
 

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheError, CacheResult, _identity, _lock, _start_job, _write_buffer, _write_h5
+from .cache import (CacheError, CacheResult, CacheWriter, cache_attrs, job_identity, lock_output, start_job,
+                    write_texts)
+from .files import write_atomic
 from .data import Pairs
 
 
@@ -64,9 +66,7 @@ class ShardEncoder:
             buf = io.BytesIO()  # built in memory, written with plain I/O, as the single-process cache
             with h5py.File(buf, "w", libver="latest") as f:
                 f.create_dataset("vectors", data=vecs.astype(self.dtype), chunks=True, fletcher32=True)
-            tmp = Path(f"{path}.tmp{os.getpid()}")
-            _write_buffer(tmp, buf)
-            os.replace(tmp, path)
+            write_atomic(path, buf.getbuffer())
             done.append(path)
         return {"path": np.array(done, dtype=object)}
 
@@ -102,12 +102,12 @@ def build_cache_ray(pairs: Pairs, encoder: str, out: str | os.PathLike, settings
     probe = get_encoder(encoder, **settings)  # the identity the cache records (and a clear error if it fails)
     info, dim = probe.describe(), probe.dim
     del probe
-    want = _identity(info, pairs, dtype)
+    want = job_identity(info, pairs, dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out)
+    lock = lock_output(out)
     try:
         job = dict(want, shard_size=shard_size, batch_size=batch_size, layout="ray-h5")
-        done, parts = _start_job(out, want, job, overwrite)
+        done, parts = start_job(out, want, job, overwrite)
         if done:
             return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
         work, layout = [], {"queries": [], "contexts": []}
@@ -140,11 +140,11 @@ def build_cache_ray(pairs: Pairs, encoder: str, out: str | os.PathLike, settings
             if missing or len(done) != len(work):
                 raise CacheError(f"{out}: Ray finished without writing {len(missing)} shards "
                                  f"(first: {missing[:1]}); rerun to redo only those")
-        tmp = out.with_name(out.name + ".tmp.h5")
-        virtual = {role: [(os.path.relpath(p, out.parent), a, b) for p, a, b in rows] for role, rows in layout.items()}
-        _write_h5(tmp, pairs, None, None, info, dtype, encode_seconds=time.perf_counter() - t0,
-                  virtual=virtual, dim=dim)
-        os.replace(tmp, out)
+        with CacheWriter(out, len(pairs), len(pairs.contexts), dim, dtype, vectors=False) as w:
+            for role, rows in layout.items():  # the shards, linked where they lie: no vector is copied
+                w.link(role, [(os.path.relpath(p, out.parent), a, b) for p, a, b in rows])
+            write_texts(w, pairs)
+            w.finish(cache_attrs(pairs.meta, info, pairs.fingerprint(), time.perf_counter() - t0))
         return CacheResult(out, "written", time.perf_counter() - t0, sum(len(w["texts"]) for w in work))
     finally:
         lock.release()

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .heads import _ACTIVATIONS, Head, HeadError, load_head
+from .heads import ACTIVATION_MODULES, Head, HeadError, load_head
 
 _CARRIES_IDENTITY = (nn.GELU, nn.ReLU, nn.SiLU)  # act(x) - act(-x) == x
 
@@ -56,7 +56,7 @@ def tower_modules(head: Head, role: str) -> list:
     tower = head.query if role == "query" else head.context
     mods: list = []
     layers = [] if cfg.passthrough or isinstance(tower, nn.Identity) else _linears(tower)
-    act_cls = _ACTIVATIONS[cfg.activation]
+    act_cls = ACTIVATION_MODULES[cfg.activation]
     if cfg.kind != "residual" or not layers:
         for i, lin in enumerate(layers):
             act = None if i == len(layers) - 1 else act_cls()

@@ -20,74 +20,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._version import __version__
+from .files import atomic_path, write_atomic
+from .config import ACTIVATIONS, HEAD_KINDS, TOWERS, HeadConfig, HeadError  # noqa: F401 (re-exported)
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy")
-HEAD_KINDS = ("linear", "mlp", "residual")
-TOWERS = ("separate", "shared", "query")
-_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
-
-
-class HeadError(ValueError):
-    """A head that cannot be built, loaded or applied; the message says why."""
-
-
-@dataclass
-class HeadConfig:
-    kind: str = "residual"  # linear | mlp | residual (x + MLP(x), last layer zero-initialised)
-    in_dim: int = 384  # dimension of the frozen encoder's vectors
-    out_dim: int | None = None  # output dimension; None keeps in_dim (residual needs in_dim)
-    hidden: int = 1024  # hidden width of mlp / residual
-    layers: int = 2  # linear layers in mlp / residual (>= 1 for mlp, >= 2 for residual)
-    activation: str = "gelu"  # gelu | relu | silu | tanh
-    dropout: float = 0.0  # dropout after each hidden activation (training only)
-    towers: str = "separate"  # separate query/context heads | shared | query (contexts stay frozen)
-    init: str = "identity"  # identity: step 0 equals the frozen encoder (linear, residual) | random
-    normalize: bool = True  # L2-normalise outputs (cosine similarity downstream)
-    passthrough: bool = False  # identity head: training kept the frozen encoder (no epoch beat it)
-    encoder: str = ""  # encoder the input vectors must come from ("" = unchecked)
-    encoder_weights_sha256: str = ""  # hash of that encoder's weights ("" = unchecked)
-
-    def __post_init__(self):
-        if self.kind not in HEAD_KINDS:
-            raise HeadError(f"unknown head kind {self.kind!r}; choose from {', '.join(HEAD_KINDS)}")
-        if self.towers not in TOWERS:
-            raise HeadError(f"unknown towers {self.towers!r}; choose from {', '.join(TOWERS)}")
-        if self.activation not in _ACTIVATIONS:
-            raise HeadError(f"unknown activation {self.activation!r}; choose from {', '.join(_ACTIVATIONS)}")
-        if self.init not in ("identity", "random"):
-            raise HeadError(f"init must be 'identity' or 'random', not {self.init!r}")
-        for name in ("in_dim", "output_dim", "hidden", "layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise HeadError(f"head setting {name} must be a positive integer, not {v!r}")
-        if self.kind == "residual" and self.output_dim != self.in_dim:
-            raise HeadError(f"a residual head keeps the dimension: out_dim {self.out_dim} != in_dim {self.in_dim}")
-        if self.kind == "residual" and self.layers < 2:
-            raise HeadError("a residual head needs layers >= 2")
-        if self.towers == "query" and self.output_dim != self.in_dim:
-            raise HeadError("towers='query' keeps contexts frozen, so out_dim must equal in_dim")
-        if not 0.0 <= self.dropout < 1.0:
-            raise HeadError(f"dropout must be in [0, 1), not {self.dropout}")
-
-    @property
-    def output_dim(self) -> int:
-        return self.out_dim or self.in_dim
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HeadConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise HeadError(f"unknown head settings {sorted(unknown)}")
-        return cls(**d)
+ACTIVATION_MODULES = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+assert tuple(ACTIVATION_MODULES) == ACTIVATIONS, "config.ACTIVATIONS names every activation module"
 
 
 def _mlp(cfg: HeadConfig, out_dim: int) -> nn.Sequential:
@@ -96,7 +44,7 @@ def _mlp(cfg: HeadConfig, out_dim: int) -> nn.Sequential:
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         mods.append(nn.Linear(a, b))
         if i < len(dims) - 2:
-            mods += [_ACTIVATIONS[cfg.activation](), nn.Dropout(cfg.dropout)]
+            mods += [ACTIVATION_MODULES[cfg.activation](), nn.Dropout(cfg.dropout)]
     return nn.Sequential(*mods)
 
 
@@ -241,20 +189,15 @@ class Head(nn.Module):
     def save(self, path: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
 
-        from . import __version__
-
         path = Path(path)
         config = {"projhead_version": __version__, "torch_version": torch.__version__,
                   "head": asdict(self.config), **self.info}
         try:
             path.mkdir(parents=True, exist_ok=True)
-            tmp = path / (WEIGHTS_NAME + ".tmp")
-            save_file(self.tensors(), str(tmp), metadata={"format": "pt", "projhead": __version__})
-            os.replace(tmp, path / WEIGHTS_NAME)
-            tmp = path / (CONFIG_NAME + ".tmp")
-            tmp.write_text(json.dumps(config, indent=2, default=_json_default))
-            os.replace(tmp, path / CONFIG_NAME)
-            (path / "README.md").write_text(model_card(config))
+            with atomic_path(path / WEIGHTS_NAME) as tmp:
+                save_file(self.tensors(), str(tmp), metadata={"format": "pt", "projhead": __version__})
+            write_atomic(path / CONFIG_NAME, json.dumps(config, indent=2, default=_json_default))
+            write_atomic(path / "README.md", model_card(config))
         except OSError as e:
             for name in (WEIGHTS_NAME, CONFIG_NAME):
                 with contextlib.suppress(OSError):

@@ -30,9 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-class LossError(ValueError):
-    """Unknown loss name or bad loss settings."""
+from .config import LOSS_NAMES, LossError
 
 
 @dataclass
@@ -426,6 +424,7 @@ LOSSES: dict[str, type[Objective]] = {
     "distill": DistillLoss,
     "byol": ByolLoss,
 }
+assert tuple(LOSSES) == LOSS_NAMES, "config.LOSS_NAMES names every loss (the CLI offers them without torch)"
 
 
 def get_loss(name: str, **settings) -> Objective:

@@ -26,25 +26,24 @@ CrossEncoder, for users with its weights). Silver pairs (Augmented SBERT): candi
 which the teacher gives at least ``silver`` of its probability (softmax over the
 standardised scores of gold + candidates) become extra (query, context) training pairs.
 
-Everything is stored as ``/mined/NAME`` in the cache (see ``cache.write_mined``); NAME
+Everything is stored as ``/mined/NAME`` in the cache (see ``write_mined``); NAME
 defaults to the method.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cache import Cache, open_cache, write_mined
+from .cache import Cache, CacheError, extend_cache, open_cache
+from .config import MINE_METHODS, MineError
 from .evaluate import bm25_scorer
 
-METHODS = ("semantic", "bm25", "hybrid")
-
-
-class MineError(ValueError):
-    """Mining cannot run with these settings; the message says why."""
+METHODS = MINE_METHODS
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +51,7 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
 
 
-class _Scorer:
+class CandidateScorer:
     """Full (R, Nc) scores of query rows, for every method in ``methods``: the frozen cosines
     and the BM25 scores are computed once per chunk and shared by the miner and its teacher."""
 
@@ -135,7 +134,7 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
     k_eff = min(k, nc - 1)
     if k_eff < 1:
         raise MineError(f"{cache.path}: one context only, nothing to mine")
-    scorer = _Scorer(cache, {method, teacher}, bm25_weight)
+    scorer = CandidateScorer(cache, {method, teacher}, bm25_weight)
     teach = _teacher(cache, teacher)
     negatives = np.full((nq, k_eff), -1, dtype=np.int64)
     neg_scores = np.full((nq, k_eff), np.nan, dtype=np.float32)
@@ -198,3 +197,59 @@ def _teacher_probability(scores: np.ndarray) -> np.ndarray:
     return z / z.sum(1, keepdims=True)
 
 
+def write_mined(path: str | os.PathLike, name: str, arrays: dict[str, np.ndarray], settings: dict) -> None:
+    """Store ``arrays`` as the mined set /mined/NAME of the cache at ``path`` (replacing a set of
+    that name): negatives (Nq, k) int64, -1 for none; negative_scores (Nq, k); teacher
+    (Nq, 1 + k) scores of [gold, negatives], NaN where none; silver (S, 2) rows (query,
+    context); silver_score (S,). The cache is whole before and after (``cache.extend_cache``)."""
+    path = Path(path)
+    if not name or "/" in name:
+        raise CacheError(f"{path}: a mined set needs a plain name, not {name!r}")
+
+    def fill(f):
+        g = f.require_group("mined")
+        if name in g:
+            del g[name]
+        m = g.create_group(name)
+        for key, value in arrays.items():
+            m.create_dataset(key, data=value, chunks=True if np.asarray(value).size else None,
+                             fletcher32=bool(np.asarray(value).size))
+        m.attrs["settings_json"] = json.dumps(settings)
+
+    extend_cache(path, fill, f"mined set {name!r}")
+
+
+def read_mined(cache: Cache, name: str) -> dict:
+    """The mined set ``name`` of ``cache`` (see ``write_mined``): its arrays and settings,
+    checked against the cache's sizes; a clear CacheError when absent or damaged."""
+    import h5py
+
+    if name not in cache.mined_sets:
+        have = ", ".join(cache.mined_sets) or "none"
+        raise CacheError(f"{cache.path}: no mined set {name!r} (it has: {have}); "
+                         f"make one with: projhead mine {cache.path} --name {name}")
+    nq, nc = int(cache.attrs["n_queries"]), int(cache.attrs["n_contexts"])
+    try:
+        with h5py.File(cache.path, "r") as f:
+            g = f["mined"][name]
+            out = {k: g[k][()] for k in g}
+            settings = json.loads(g.attrs["settings_json"])
+    except (KeyError, OSError, ValueError, RuntimeError) as e:
+        raise CacheError(f"{cache.path}: damaged mined set {name!r} ({e})") from e
+    neg = out.get("negatives")
+    k = neg.shape[1] if neg is not None and neg.ndim == 2 else -1
+    shapes = {"negatives": (nq, k), "negative_scores": (nq, k), "teacher": (nq, k + 1)}
+    for key, shape in shapes.items():
+        if key in out and out[key].shape != shape:
+            raise CacheError(f"{cache.path}: mined set {name!r}: {key} has shape {out[key].shape}, "
+                             f"expected {shape}")
+    silver = out.get("silver", np.zeros((0, 2), np.int64))
+    if neg is None or silver.ndim != 2 or silver.shape[1] != 2:
+        raise CacheError(f"{cache.path}: mined set {name!r} is incomplete")
+    if (neg >= nc).any() or (neg < -1).any() or (len(silver) and (
+            silver[:, 0].min() < 0 or silver[:, 0].max() >= nq or silver[:, 1].min() < 0
+            or silver[:, 1].max() >= nc)):
+        raise CacheError(f"{cache.path}: mined set {name!r} points outside the cache's queries or contexts")
+    out["silver"] = silver
+    out["settings"] = settings
+    return out

@@ -20,14 +20,13 @@ squared distance between head output and frozen vector) all pull that way.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,96 +34,10 @@ import torch
 
 from .cache import Cache, open_cache
 from .evaluate import PER_QUERY, dense_scorer, excluding, paired_bootstrap, rank_metrics, ranks, self_matches
+from .config import ALPHA, DECISIONS, SELECT_METRICS, SMALL, TrainConfig, TrainError  # noqa: F401 (re-exported)
+from .files import atomic_path
 from .heads import Head, HeadConfig
 from .losses import LOSSES, Batch, get_loss
-
-
-SELECT_METRICS = ("top1", "top5", "top10", "mrr10", "ndcg10")
-# The default interpolation toward the frozen encoder (bench_ood.py, SQuAD train heads, seeds
-# 0-2): at 0.9 in-domain nDCG@10 is unchanged (+2.3), top-1 +3.4 instead of +3.5, and SQuAD
-# paragraphs lose 0.2 nDCG@10 instead of 0.6; Quora -0.1 at both.
-ALPHA = 0.9
-DECISIONS = ("bootstrap", "better")
-
-
-@dataclass
-class TrainConfig:
-    loss: str = "clip"  # objective, a name in projhead.losses.LOSSES
-    epochs: int | None = None  # None: sized to the data, at least 8 and enough for min_steps steps (at most 200)
-    min_steps: int = 300  # with epochs=None: the fewest optimizer steps a run is given (small data: more epochs)
-    batch_size: int | None = None  # pairs per step; None: a sixteenth of the training pairs, within [32, 2048]
-    batching: str = "group"  # group: batches of whole shuffled groups (same-document negatives) | random
-    lr: float = 5e-4  # peak AdamW learning rate
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (weight matrices only: never scalars, biases, norms)
-    warmup: float = 0.05  # fraction of all steps spent warming the learning rate up from 0
-    init_temperature: float | None = None  # softmax temperature at step 0; None: 0.05 (losses without one refuse a value)
-    learn_temperature: bool = True  # learn the temperature (clamped at 1/100 as open_clip)
-    anchor_weight: float = 0.0  # weight of mean ||head(x) - x||^2: pulls outputs toward the frozen vectors
-    dev_fraction: float | None = None  # share of groups held out for selection; None: 5%, or 20% under 5,000 queries
-    select_metric: str = "mrr10"  # metric of the dev queries ranked against every context of the cache
-    decision: str = "bootstrap"  # bootstrap: keep a head only if the 95% interval of its dev gain is above 0 | better
-    patience: int | None = None  # epochs without a better dev metric before stopping; None: a quarter of the epochs, >= 2
-    seed: int = 0  # seeds the split, initialisation and batch order
-    threads: int = 0  # torch CPU threads (0: torch's default)
-    device: str = "cpu"  # cpu is plenty; cuda works for large caches
-    loss_settings: dict = field(default_factory=dict)  # extra settings for the loss (e.g. same_tower_weight)
-    mined: str = ""  # name of a mined set in the cache (projhead mine): hard negatives, teacher scores, silver pairs
-    hard_negatives: int = 0  # mined negatives per pair in each batch (drawn afresh each step from the set's k)
-    silver: bool = False  # also train on the mined set's silver pairs
-    stream: bool = False  # read the cache in chunks instead of whole: bounded memory for caches larger than RAM
-    stream_chunk: int = 65536  # stream: query rows read at a time
-    stream_buffer: int = 4  # stream: chunks shuffled together (rows mix within this many chunks)
-    canaries: list = field(default_factory=list)  # caches of other domains scored every epoch beside the frozen encoder
-    canary_tolerance: float = 0.005  # most nDCG@10 a canary may lose; the head is shrunk toward the frozen encoder until none does
-    alpha: float | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it
-
-    def __post_init__(self):
-        def bad(name, what):
-            raise TrainError(f"training setting {name} must be {what}, not {getattr(self, name)!r}")
-
-        for name in ("epochs", "batch_size", "patience"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                bad(name, "a positive integer (or None: sized to the data)")
-        for name in ("min_steps", "stream_chunk", "stream_buffer"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                bad(name, "a positive integer")
-        if not self.lr > 0:
-            bad("lr", "> 0")
-        if not self.weight_decay >= 0:
-            bad("weight_decay", ">= 0")
-        if not 0 <= self.warmup < 1:
-            bad("warmup", "in [0, 1)")
-        if self.init_temperature is not None and not self.init_temperature > 0:
-            bad("init_temperature", "> 0")
-        if not self.anchor_weight >= 0:
-            bad("anchor_weight", ">= 0")
-        if self.dev_fraction is not None and not 0 <= self.dev_fraction < 1:
-            bad("dev_fraction", "in [0, 1)")
-        if self.select_metric not in SELECT_METRICS:
-            bad("select_metric", f"one of {', '.join(SELECT_METRICS)}")
-        if self.decision not in DECISIONS:
-            bad("decision", f"one of {', '.join(DECISIONS)}")
-        if self.batching not in ("group", "random"):
-            bad("batching", "'group' or 'random'")
-        if not isinstance(self.hard_negatives, int) or self.hard_negatives < 0:
-            bad("hard_negatives", "an integer >= 0")
-        if not 0 <= self.canary_tolerance < 1:
-            bad("canary_tolerance", "in [0, 1)")
-        if self.alpha is not None and not 0 <= self.alpha <= 1:
-            bad("alpha", "in [0, 1]")
-        self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json
-
-    def sized(self, n_pairs: int) -> "TrainConfig":
-        """The settings left to the data (None), fixed for ``n_pairs`` training pairs: the
-        batch is a sixteenth of the pairs within [32, 2048] (small data gets steps, not one
-        batch per epoch), epochs give at least ``min_steps`` optimizer steps (at least 8,
-        at most 200), patience a quarter of the epochs."""
-        bs = self.batch_size or int(min(2048, max(32, n_pairs // 16)))
-        steps = max(1, n_pairs // min(bs, max(n_pairs, 1)))
-        epochs = self.epochs or int(min(200, max(8, math.ceil(self.min_steps / steps))))
-        return replace(self, batch_size=bs, epochs=epochs, patience=self.patience or max(2, epochs // 4))
 
 
 MIN_GROUPS = 5  # documents needed before held-out queries can speak for documents not trained on
@@ -267,24 +180,17 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
-class TrainError(ValueError):
-    """Training cannot start or resume; the message says why."""
-
-
 def _save_checkpoint(path: Path, job: dict, state: dict, tensors: dict[str, torch.Tensor]) -> None:
     """One file, replaced atomically: tensors (head, loss, optimiser, best epoch, torch RNG)
     in safetensors, everything else as JSON in its metadata. No pickle."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp),
-                  metadata={"job": json.dumps(job, default=str), "state": json.dumps(state, default=str)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp),
+                      metadata={"job": json.dumps(job, default=str), "state": json.dumps(state, default=str)})
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise TrainError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
                          "the previous checkpoint, if any, is kept") from e
 
@@ -323,7 +229,6 @@ def _restore_optimizer(opt, groups: list, tensors: dict) -> None:
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-SMALL = 5000  # queries: under this, held-out shares grow (here) and selection uses folds (select.py)
 
 
 def dev_fraction(cfg: TrainConfig, n_queries: int) -> float:
@@ -826,6 +731,8 @@ def save_trained(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: 
         out = Path(out)
         head.save(out)
         (out / "train_log.json").write_text(json.dumps(_jsonable(log), indent=1))
+        from .report import plot_log
+
         plot_log(log, out / "training_curve.png", cfg.select_metric)
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()  # the finished head replaces it
@@ -840,28 +747,3 @@ def _jsonable(x):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     return x
-
-
-def plot_log(log: dict, path: Path, metric: str) -> Path | None:
-    """Training loss and dev metric per epoch, frozen baseline dashed. Needs matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    ep = [e["epoch"] for e in log["epochs"]]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a.plot(ep, [e["train_loss"] for e in log["epochs"]], marker="o")
-    a.set(xlabel="epoch", ylabel="train loss", title="training loss")
-    if log["frozen_dev"]:
-        b.plot([0] + ep, [log["frozen_dev"][metric]] + [e["dev"][metric] for e in log["epochs"]], marker="o",
-               label="head")
-        b.axhline(log["frozen_dev"][metric], ls="--", color="gray", label="frozen encoder")
-        b.set(xlabel="epoch", ylabel=f"dev {metric} (out-of-500)", title="dev split")
-        b.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -236,7 +236,7 @@ def test_file_size_limit_gives_clear_error_and_keeps_shards(tmp_path):
                                                                    out=out)], capture_output=True, text=True)
     assert r.returncode == 3, r.stderr
     assert "File too large" in r.stdout and "finished shards are kept" in r.stdout
-    assert not os.path.exists(out) and not (tmp_path / "c.h5.tmp.h5").exists()
+    assert not os.path.exists(out) and not list(tmp_path.glob("c.h5.tmp*"))
     shards = len(list((tmp_path / "c.h5.parts").glob("*.npy")))
     assert shards == -(-200 // 16) + -(-100 // 16)  # 200 queries, 100 contexts
     pairs = planted_pairs(n_groups=20)
@@ -340,3 +340,49 @@ def test_cache_dataset_names_builds_and_reuses(tmp_path):
     calls = enc.calls
     assert cache_dataset("jsonl", "", "", enc, tmp_path, data=src).attrs["fingerprint"] == c.attrs["fingerprint"]
     assert enc.calls == calls  # already there: nothing encoded again
+
+
+def test_the_file_is_written_in_blocks_from_the_shards(tmp_path, monkeypatch):
+    import projhead.cache as pc
+
+    pairs = planted_pairs(n_groups=20)
+    ref = tmp_path / "ref.h5"
+    build_cache(pairs, PlantedEncoder(pairs), ref, shard_size=16, progress=False)
+    sizes = []
+    real = pc.ShardedVectors.rows
+
+    def rows(self, idx):
+        sizes.append(len(idx))
+        return real(self, idx)
+
+    monkeypatch.setattr(pc, "WRITE_BLOCK", 32)
+    monkeypatch.setattr(pc.ShardedVectors, "rows", rows)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", shard_size=16, progress=False)
+    assert max(sizes) == 32 and sum(sizes) == len(pairs) + len(pairs.contexts)  # never all vectors at once
+    a, b = open_cache(tmp_path / "c.h5"), open_cache(ref)
+    np.testing.assert_array_equal(a.queries, b.queries)
+    np.testing.assert_array_equal(a.contexts, b.contexts)
+    assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
+
+
+def test_cache_writer_makes_a_readable_cache_block_by_block(tmp_path):
+    from projhead.cache import CacheWriter, cache_attrs, write_texts
+
+    pairs = planted_pairs(n_groups=4)
+    enc = PlantedEncoder(pairs)
+    qv, cv = enc.encode(pairs.queries), enc.encode(pairs.contexts)
+    out = tmp_path / "w.h5"
+    with CacheWriter(out, len(pairs), len(pairs.contexts), enc.dim, "float16", block=8) as w:
+        for a in range(0, len(pairs), 7):  # blocks that do not line up with the chunks
+            w.write("queries/vectors", a, qv[a:a + 7])
+        w.write("contexts/vectors", 0, cv)
+        write_texts(w, pairs)
+        w.finish(cache_attrs(pairs.meta, enc.describe(), pairs.fingerprint(), 0.0))
+        assert not out.exists()  # renamed into place only when whole
+    c = open_cache(out)  # checks format, fingerprint of the texts, finite vectors
+    assert c.attrs["dtype"] == "float16" and bool(c.attrs["normalized"])
+    np.testing.assert_allclose(c.queries, qv, atol=1e-3)
+    with pytest.raises(ValueError, match="boom"):
+        with CacheWriter(tmp_path / "x.h5", 2, 2, 4, "float32") as w:
+            raise ValueError("boom")
+    assert not list(tmp_path.glob("x.h5*"))  # nothing left behind

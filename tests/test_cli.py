@@ -179,3 +179,18 @@ def test_eval_of_several_caches_shows_every_change(planted_cache, tmp_path, caps
     out = capsys.readouterr().out
     assert "head - frozen, points:" in out and f"| {a} |" in out and f"| {b} |" in out
     assert set(json.loads((tmp_path / "r.json").read_text())["caches"]) == {str(a), str(b)}
+
+
+def test_help_and_info_start_without_torch(planted_cache):
+    """`projhead --help` and `projhead info` need no torch: they start fast (bench_startup.py)."""
+    import subprocess
+    import sys
+
+    path = planted_cache()
+    probe = ("import sys; from projhead.cli import main\n"
+             "for argv in (['--help'], ['cache', '--help'], ['train', '--help'], ['info', sys.argv[1]]):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "assert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')")
+    res = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr
+    assert "encoder" in res.stdout and "--precision" in res.stdout

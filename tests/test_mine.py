@@ -104,7 +104,7 @@ def test_a_failed_write_keeps_the_cache_whole(planted_cache, monkeypatch):
     monkeypatch.setattr(os, "replace", real)
     assert path.read_bytes() == data
     assert open_cache(path).mined_sets == ["semantic"]
-    assert not list(path.parent.glob("*.tmp.h5"))
+    assert not list(path.parent.glob("*.tmp*"))
 
 
 def test_training_with_hard_negatives_never_uses_dev_contexts(planted_cache):

@@ -1,0 +1,182 @@
+"""Settings: what a head is and how it is trained, and the names the command line offers.
+
+Usage::
+
+    from projhead.config import HeadConfig, TrainConfig
+    HeadConfig(kind="linear", towers="query")
+    TrainConfig(loss="clip", lr=1e-3).sized(n_pairs=1000)   # the data-sized settings filled in
+
+Dataclasses with a comment per field; a run writes them as JSON next to its outputs. This
+module needs no torch: ``projhead --help`` and ``projhead info`` start without loading it.
+``heads.py``, ``train.py``, ``losses.py`` and ``mine.py`` use these names and raise these errors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+
+LOSS_NAMES = ("clip", "samtone", "siglip", "distill", "byol")  # the keys of losses.LOSSES, in its order
+MINE_METHODS = ("semantic", "bm25", "hybrid")  # how projhead mine finds candidates
+
+
+class LossError(ValueError):
+    """Unknown loss name or bad loss settings."""
+
+
+class MineError(ValueError):
+    """Mining cannot run with these settings; the message says why."""
+
+
+HEAD_KINDS = ("linear", "mlp", "residual")
+TOWERS = ("separate", "shared", "query")
+ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
+
+
+class HeadError(ValueError):
+    """A head that cannot be built, loaded or applied; the message says why."""
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "residual"  # linear | mlp | residual (x + MLP(x), last layer zero-initialised)
+    in_dim: int = 384  # dimension of the frozen encoder's vectors
+    out_dim: int | None = None  # output dimension; None keeps in_dim (residual needs in_dim)
+    hidden: int = 1024  # hidden width of mlp / residual
+    layers: int = 2  # linear layers in mlp / residual (>= 1 for mlp, >= 2 for residual)
+    activation: str = "gelu"  # gelu | relu | silu | tanh
+    dropout: float = 0.0  # dropout after each hidden activation (training only)
+    towers: str = "separate"  # separate query/context heads | shared | query (contexts stay frozen)
+    init: str = "identity"  # identity: step 0 equals the frozen encoder (linear, residual) | random
+    normalize: bool = True  # L2-normalise outputs (cosine similarity downstream)
+    passthrough: bool = False  # identity head: training kept the frozen encoder (no epoch beat it)
+    encoder: str = ""  # encoder the input vectors must come from ("" = unchecked)
+    encoder_weights_sha256: str = ""  # hash of that encoder's weights ("" = unchecked)
+
+    def __post_init__(self):
+        if self.kind not in HEAD_KINDS:
+            raise HeadError(f"unknown head kind {self.kind!r}; choose from {', '.join(HEAD_KINDS)}")
+        if self.towers not in TOWERS:
+            raise HeadError(f"unknown towers {self.towers!r}; choose from {', '.join(TOWERS)}")
+        if self.activation not in ACTIVATIONS:
+            raise HeadError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        if self.init not in ("identity", "random"):
+            raise HeadError(f"init must be 'identity' or 'random', not {self.init!r}")
+        for name in ("in_dim", "output_dim", "hidden", "layers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise HeadError(f"head setting {name} must be a positive integer, not {v!r}")
+        if self.kind == "residual" and self.output_dim != self.in_dim:
+            raise HeadError(f"a residual head keeps the dimension: out_dim {self.out_dim} != in_dim {self.in_dim}")
+        if self.kind == "residual" and self.layers < 2:
+            raise HeadError("a residual head needs layers >= 2")
+        if self.towers == "query" and self.output_dim != self.in_dim:
+            raise HeadError("towers='query' keeps contexts frozen, so out_dim must equal in_dim")
+        if not 0.0 <= self.dropout < 1.0:
+            raise HeadError(f"dropout must be in [0, 1), not {self.dropout}")
+
+    @property
+    def output_dim(self) -> int:
+        return self.out_dim or self.in_dim
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeadConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise HeadError(f"unknown head settings {sorted(unknown)}")
+        return cls(**d)
+
+
+class TrainError(ValueError):
+    """Training cannot start or resume; the message says why."""
+
+
+SELECT_METRICS = ("top1", "top5", "top10", "mrr10", "ndcg10")
+# The default interpolation toward the frozen encoder (bench_ood.py, SQuAD train heads, seeds
+# 0-2): at 0.9 in-domain nDCG@10 is unchanged (+2.3), top-1 +3.4 instead of +3.5, and SQuAD
+# paragraphs lose 0.2 nDCG@10 instead of 0.6; Quora -0.1 at both.
+ALPHA = 0.9
+DECISIONS = ("bootstrap", "better")
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "clip"  # objective, a name in projhead.losses.LOSSES
+    epochs: int | None = None  # None: sized to the data, at least 8 and enough for min_steps steps (at most 200)
+    min_steps: int = 300  # with epochs=None: the fewest optimizer steps a run is given (small data: more epochs)
+    batch_size: int | None = None  # pairs per step; None: a sixteenth of the training pairs, within [32, 2048]
+    batching: str = "group"  # group: batches of whole shuffled groups (same-document negatives) | random
+    lr: float = 5e-4  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (weight matrices only: never scalars, biases, norms)
+    warmup: float = 0.05  # fraction of all steps spent warming the learning rate up from 0
+    init_temperature: float | None = None  # softmax temperature at step 0; None: 0.05 (losses without one refuse a value)
+    learn_temperature: bool = True  # learn the temperature (clamped at 1/100 as open_clip)
+    anchor_weight: float = 0.0  # weight of mean ||head(x) - x||^2: pulls outputs toward the frozen vectors
+    dev_fraction: float | None = None  # share of groups held out for selection; None: 5%, or 20% under 5,000 queries
+    select_metric: str = "mrr10"  # metric of the dev queries ranked against every context of the cache
+    decision: str = "bootstrap"  # bootstrap: keep a head only if the 95% interval of its dev gain is above 0 | better
+    patience: int | None = None  # epochs without a better dev metric before stopping; None: a quarter of the epochs, >= 2
+    seed: int = 0  # seeds the split, initialisation and batch order
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    device: str = "cpu"  # cpu is plenty; cuda works for large caches
+    loss_settings: dict = field(default_factory=dict)  # extra settings for the loss (e.g. same_tower_weight)
+    mined: str = ""  # name of a mined set in the cache (projhead mine): hard negatives, teacher scores, silver pairs
+    hard_negatives: int = 0  # mined negatives per pair in each batch (drawn afresh each step from the set's k)
+    silver: bool = False  # also train on the mined set's silver pairs
+    stream: bool = False  # read the cache in chunks instead of whole: bounded memory for caches larger than RAM
+    stream_chunk: int = 65536  # stream: query rows read at a time
+    stream_buffer: int = 4  # stream: chunks shuffled together (rows mix within this many chunks)
+    canaries: list = field(default_factory=list)  # caches of other domains scored every epoch beside the frozen encoder
+    canary_tolerance: float = 0.005  # most nDCG@10 a canary may lose; the head is shrunk toward the frozen encoder until none does
+    alpha: float | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it
+
+    def __post_init__(self):
+        def bad(name, what):
+            raise TrainError(f"training setting {name} must be {what}, not {getattr(self, name)!r}")
+
+        for name in ("epochs", "batch_size", "patience"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                bad(name, "a positive integer (or None: sized to the data)")
+        for name in ("min_steps", "stream_chunk", "stream_buffer"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, "a positive integer")
+        if not self.lr > 0:
+            bad("lr", "> 0")
+        if not self.weight_decay >= 0:
+            bad("weight_decay", ">= 0")
+        if not 0 <= self.warmup < 1:
+            bad("warmup", "in [0, 1)")
+        if self.init_temperature is not None and not self.init_temperature > 0:
+            bad("init_temperature", "> 0")
+        if not self.anchor_weight >= 0:
+            bad("anchor_weight", ">= 0")
+        if self.dev_fraction is not None and not 0 <= self.dev_fraction < 1:
+            bad("dev_fraction", "in [0, 1)")
+        if self.select_metric not in SELECT_METRICS:
+            bad("select_metric", f"one of {', '.join(SELECT_METRICS)}")
+        if self.decision not in DECISIONS:
+            bad("decision", f"one of {', '.join(DECISIONS)}")
+        if self.batching not in ("group", "random"):
+            bad("batching", "'group' or 'random'")
+        if not isinstance(self.hard_negatives, int) or self.hard_negatives < 0:
+            bad("hard_negatives", "an integer >= 0")
+        if not 0 <= self.canary_tolerance < 1:
+            bad("canary_tolerance", "in [0, 1)")
+        if self.alpha is not None and not 0 <= self.alpha <= 1:
+            bad("alpha", "in [0, 1]")
+        self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json
+
+    def sized(self, n_pairs: int) -> "TrainConfig":
+        """The settings left to the data (None), fixed for ``n_pairs`` training pairs: the
+        batch is a sixteenth of the pairs within [32, 2048] (small data gets steps, not one
+        batch per epoch), epochs give at least ``min_steps`` optimizer steps (at least 8,
+        at most 200), patience a quarter of the epochs."""
+        bs = self.batch_size or int(min(2048, max(32, n_pairs // 16)))
+        steps = max(1, n_pairs // min(bs, max(n_pairs, 1)))
+        epochs = self.epochs or int(min(200, max(8, math.ceil(self.min_steps / steps))))
+        return replace(self, batch_size=bs, epochs=epochs, patience=self.patience or max(2, epochs // 4))
+
+
+SMALL = 5000  # queries: under this, held-out shares grow (here) and selection uses folds (select.py)

@@ -1,0 +1,48 @@
+"""Writing a file so that readers find the old file or the whole new one, never half of one.
+
+Usage::
+
+    from projhead.files import atomic_path, write_atomic
+    write_atomic("cache/x.json", b"...")             # bytes or text
+    with atomic_path("heads/h/model.safetensors") as tmp:
+        save_file(tensors, str(tmp))                 # any writer that takes a path
+
+The work goes to a temporary name beside the target (same folder, so the rename cannot
+cross file systems); when it succeeds the file is synced to disk and renamed over the target
+in one step. When anything fails, or the process is interrupted, the temporary file is
+removed and the target is untouched. Every file projhead writes goes through here: cache
+shards and files, mined sets, heads, checkpoints, downloads.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path to write; renamed to ``path`` when the block ends without error."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | bytearray | memoryview | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically. Plain file I/O: a full disk fails
+    with a clean OSError naming the file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
