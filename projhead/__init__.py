@@ -2,16 +2,24 @@
 
 The data flow, one module a step::
 
-    data.py      texts: question -> context pairs (SQuAD, QuAC, Quora, JSONL)
-    encoders.py  frozen encoder adapters (st:..., openclip:...)
-    cache.py     vectors -> HDF5, once, resumable
-    heads.py     projection heads, saved as config.json + model.safetensors
-    losses.py    training objectives on embeddings, one registry
-    train.py     the training loop over cached vectors: one configuration, the keep-or-identity decision
-    select.py    model selection: candidate heads on held-out queries (`projhead train`'s default)
-    evaluate.py  out-of-500 and full-corpus retrieval, BM25 baseline
-    cli.py       `projhead ...`, arguments only
-    config.py    the settings dataclasses and the names the CLI offers (no torch)
+    data.py        texts: question -> context pairs (SQuAD, QuAC, Quora, JSONL)
+    encoders.py    frozen encoder adapters (st:..., openclip:..., vectors:...), their precision
+    cache.py       vectors -> HDF5, once, resumable; the one cache writer
+    distributed.py the same on a Ray cluster
+    mine.py        hard negatives, teacher scores, silver pairs, stored in the cache
+    config.py      head and training settings (dataclasses), the CLI's names, user errors (no torch)
+    heads.py       projection heads, saved as config.json + model.safetensors
+    losses.py      training objectives on embeddings, one registry
+    batches.py     splits, held-out queries and batches: what the training loop reads
+    checkpoint.py  a run's checkpoint (safetensors)
+    train.py       the training loop over cached vectors: one configuration, the keep-or-identity decision
+    select.py      model selection: candidate heads on held-out queries (`projhead train`'s default)
+    evaluate.py    ranks once per system: out-of-500 and full-corpus retrieval, BM25 baseline
+    search.py      full-corpus retrieval at scale (FAISS)
+    report.py      Markdown and plots
+    export.py      sentence-transformers folder, ONNX
+    files.py       atomic file writes
+    cli.py         `projhead ...`, arguments only
 
 Loading a head and applying it needs only torch, numpy, safetensors and h5py.
 """

@@ -257,7 +257,7 @@ class CacheWriter:
     are written in row blocks as they come (memory: one block), the attributes last; then
     the file is synced and renamed into place (``files.atomic_path``), so a reader sees the
     old file or the whole new one. Used by ``build_cache`` (blocks gathered from its shards),
-    the Ray builder (``vectors=False``: it links shard files as virtual datasets) and
+    the Ray builder (``vectors=False``: ``distributed.link_shards`` makes them virtual datasets) and
     ``bench/bench_out_of_core.py`` (5M rows)::
 
         with CacheWriter(path, n_queries, n_contexts, dim, "float16") as w:
@@ -319,18 +319,6 @@ class CacheWriter:
         elif not len(values):
             return
         self.f[key][start:start + len(values)] = values
-
-    def link(self, role: str, rows: list) -> None:
-        """``role/vectors`` as a virtual dataset over shard files [(relative path, start, stop)],
-        each holding a dataset ``vectors``; HDF5 finds them relative to the cache file."""
-        import h5py
-
-        layout = h5py.VirtualLayout(shape=(self.shape[role], self.dim), dtype=self.dtype)
-        for rel, a, b in rows:
-            layout[a:b] = h5py.VirtualSource(rel, "vectors", shape=(b - a, self.dim))
-        self.f[role].create_virtual_dataset("vectors", layout, fillvalue=np.nan)  # a missing shard reads as NaN
-        with h5py.File(self.path.parent / rows[0][0], "r") as shard:
-            self.first[role] = shard["vectors"][:1000].astype(np.float32)
 
     def finish(self, attrs: dict) -> None:
         """The file's attributes (see the module doc); ``normalized`` is measured here."""

@@ -71,6 +71,20 @@ class ShardEncoder:
         return {"path": np.array(done, dtype=object)}
 
 
+def link_shards(w: CacheWriter, role: str, rows: list) -> None:
+    """``role/vectors`` of the cache being written as a virtual dataset over shard files
+    [(path relative to the cache, start, stop)], each holding a dataset ``vectors``: no vector
+    is copied; HDF5 finds the files relative to the cache file, a missing one reads as NaN."""
+    import h5py
+
+    layout = h5py.VirtualLayout(shape=(w.shape[role], w.dim), dtype=w.dtype)
+    for rel, a, b in rows:
+        layout[a:b] = h5py.VirtualSource(rel, "vectors", shape=(b - a, w.dim))
+    w.f[role].create_virtual_dataset("vectors", layout, fillvalue=np.nan)
+    with h5py.File(w.path.parent / rows[0][0], "r") as shard:
+        w.first[role] = shard["vectors"][:1000].astype(np.float32)
+
+
 def _shards(n: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
@@ -142,7 +156,7 @@ def build_cache_ray(pairs: Pairs, encoder: str, out: str | os.PathLike, settings
                                  f"(first: {missing[:1]}); rerun to redo only those")
         with CacheWriter(out, len(pairs), len(pairs.contexts), dim, dtype, vectors=False) as w:
             for role, rows in layout.items():  # the shards, linked where they lie: no vector is copied
-                w.link(role, [(os.path.relpath(p, out.parent), a, b) for p, a, b in rows])
+                link_shards(w, role, [(os.path.relpath(p, out.parent), a, b) for p, a, b in rows])
             write_texts(w, pairs)
             w.finish(cache_attrs(pairs.meta, info, pairs.fingerprint(), time.perf_counter() - t0))
         return CacheResult(out, "written", time.perf_counter() - t0, sum(len(w["texts"]) for w in work))

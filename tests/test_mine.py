@@ -108,24 +108,24 @@ def test_a_failed_write_keeps_the_cache_whole(planted_cache, monkeypatch):
 
 
 def test_training_with_hard_negatives_never_uses_dev_contexts(planted_cache):
-    import projhead.train as T
+    import projhead.batches as T
 
     path = planted_cache(n_groups=40)
     mine(path, k=6, margin=None, progress=False)
     c = open_cache(path)
     seen = []
-    real = T._batch
+    real = T.make_batch
 
     def spy(*a, **k):
         b = real(*a, **k)
         seen.append(b.negative_ids.numpy().copy())
         return b
-    T._batch = spy
+    T.make_batch = spy
     try:
         cfg = TrainConfig(epochs=2, batch_size=64, mined="semantic", hard_negatives=3, dev_fraction=0.2)
         train_head(path, HeadConfig(kind="linear", towers="query"), cfg, progress=False)
     finally:
-        T._batch = real
+        T.make_batch = real
     _, dev_rows = split_by_group(c.groups, 0.2, 0)
     dev_ctx = set(c.q2c[dev_rows].tolist())
     used = np.concatenate([s.ravel() for s in seen])

@@ -4,7 +4,8 @@ import pytest
 
 from projhead.cache import open_cache
 from projhead.heads import HeadConfig
-from projhead.train import TrainConfig, TrainError, _StreamSource, train_head
+from projhead.batches import StreamSource
+from projhead.train import TrainConfig, TrainError, train_head
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -25,7 +26,7 @@ def test_streaming_training_learns_the_planted_rotation(tmp_path, dtype):
 def test_an_epoch_visits_each_training_row_at_most_once_and_never_a_dev_row(planted_cache):
     path = planted_cache(n_groups=40)
     cfg = TrainConfig(stream=True, stream_chunk=37, stream_buffer=3, batch_size=32, dev_fraction=0.2)
-    src = _StreamSource(open_cache(path, load=False), cfg)
+    src = StreamSource(open_cache(path, load=False), cfg)
     loads = []
     real = src._load
     src._load = lambda ids: (loads.append(len(ids)), real(ids))[1]
@@ -57,7 +58,7 @@ def test_stream_batches_keep_groups_together(planted_cache):
     c = open_cache(path)
     spans = {}
     for batching in ("group", "random"):
-        src = _StreamSource(open_cache(path, load=False),
+        src = StreamSource(open_cache(path, load=False),
                             TrainConfig(stream=True, stream_chunk=100, stream_buffer=8, batch_size=40,
                                         dev_fraction=0.1, batching=batching))
         ctx_group = {ci: g for ci, g in zip(c.q2c, c.groups)}

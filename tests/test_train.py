@@ -101,7 +101,7 @@ def test_group_batching_keeps_groups_together():
 KILL_TRAIN = """
 import os, signal, sys
 import projhead.train as T
-real, n = T._save_checkpoint, [0]
+real, n = T.save_checkpoint, [0]
 def save(*a, **k):
     n[0] += 1
     if {mid_epoch} and n[0] == {kill_after} + 1:
@@ -109,7 +109,7 @@ def save(*a, **k):
     real(*a, **k)
     if not {mid_epoch} and n[0] == {kill_after}:
         os.kill(os.getpid(), signal.SIGKILL)  # right after a checkpoint
-T._save_checkpoint = save
+T.save_checkpoint = save
 from projhead.cli import main
 sys.exit(main({argv!r}))
 """
@@ -160,14 +160,14 @@ def test_checkpoint_of_other_settings_is_refused(planted_cache, tmp_path):
     path = planted_cache(n_groups=10)
     import projhead.train as T
 
-    real = T._save_checkpoint
-    T._save_checkpoint = lambda *a, **k: (real(*a, **k), (_ for _ in ()).throw(KeyboardInterrupt()))
+    real = T.save_checkpoint
+    T.save_checkpoint = lambda *a, **k: (real(*a, **k), (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         with pytest.raises(KeyboardInterrupt):
             train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16), out=tmp_path / "h",
                        progress=False)
     finally:
-        T._save_checkpoint = real
+        T.save_checkpoint = real
     with pytest.raises(TrainError, match="checkpoint of a run with other settings \\(train\\)"):
         train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16, lr=0.1), out=tmp_path / "h",
                    progress=False)
@@ -270,14 +270,14 @@ def test_training_on_a_gpu_resumes_to_the_same_head(planted_cache, tmp_path, los
     path = planted_cache(n_groups=20)
     cfg = TrainConfig(loss=loss, epochs=3, batch_size=32, device="cuda", decision="better")
     ref, _ = train_head(path, HeadConfig(kind="residual", hidden=16), cfg, progress=False)
-    real, n = T._save_checkpoint, []
-    T._save_checkpoint = lambda *a, **k: (real(*a, **k), n.append(1),
+    real, n = T.save_checkpoint, []
+    T.save_checkpoint = lambda *a, **k: (real(*a, **k), n.append(1),
                                           (_ for _ in ()).throw(KeyboardInterrupt()) if len(n) == 1 else None)
     try:
         with pytest.raises(KeyboardInterrupt):
             train_head(path, HeadConfig(kind="residual", hidden=16), cfg, out=tmp_path / "h", progress=False)
     finally:
-        T._save_checkpoint = real
+        T.save_checkpoint = real
     again, _ = train_head(path, HeadConfig(kind="residual", hidden=16), cfg, out=tmp_path / "h", progress=False)
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v)

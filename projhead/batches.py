@@ -1,0 +1,316 @@
+"""What the training loop reads: held-out splits, batch order, and batches of cached vectors.
+
+Usage::
+
+    from projhead.batches import MemorySource, StreamSource, split_by_group
+    source = MemorySource(cache, cfg)          # or StreamSource(path, cfg) for caches larger than memory
+    for batch in source.epoch(rng): ...        # losses.Batch of frozen vectors (and mined negatives)
+    source.dev.ranks(head)                     # held-out queries against every context
+
+Splits keep whole groups (documents) on one side, so held-out contexts are never trained on;
+with fewer than ``MIN_GROUPS`` groups, each gold context is its own group. Batches are built
+from whole shuffled groups (in-batch negatives from the same document) or at random; mined
+negatives and silver pairs that touch the held-out split are dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+
+from .cache import Cache
+from .config import SMALL, TrainConfig, TrainError
+from .evaluate import dense_scorer, excluding, ranks, self_matches
+from .heads import Head
+from .losses import Batch
+
+
+MIN_GROUPS = 5  # documents needed before held-out queries can speak for documents not trained on
+
+
+def split_groups(cache: Cache, need: int = MIN_GROUPS) -> list[str]:
+    """What a split keeps whole: the cache's groups (documents), or each query's gold
+    context when there are fewer than ``need`` groups (100 pairs of one article still get a
+    held-out split, with no context on both sides; see ``within_documents``)."""
+    if len(set(cache.groups)) >= need:
+        return cache.groups
+    return [f"context {i}" for i in cache.q2c]
+
+
+def within_documents(cache: Cache) -> str | None:
+    """Why a held-out gain says nothing about other documents, if it does not: fewer than
+    ``MIN_GROUPS`` groups, so held-out queries share documents with the training pairs."""
+    n = len(set(cache.groups))
+    if n >= MIN_GROUPS:
+        return None
+    return (f"the pairs come from {n} document(s) (groups), so held-out queries share documents with the "
+            f"training pairs and say nothing about other documents; give each document its own group "
+            f"({MIN_GROUPS} or more), or pass --decision better to keep a head that helps within these documents")
+
+
+def split_by_group(groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and dev query rows; whole groups go to one side, so no dev context is trained on."""
+    names = np.array(sorted(set(groups)))
+    rng = np.random.default_rng(seed)
+    n_dev = max(1, int(round(fraction * len(names)))) if fraction > 0 and len(names) > 1 else 0
+    dev_names = set(rng.choice(names, size=n_dev, replace=False).tolist()) if n_dev else set()
+    is_dev = np.array([g in dev_names for g in groups])
+    return np.flatnonzero(~is_dev), np.flatnonzero(is_dev)
+
+
+def epoch_order(train_rows: np.ndarray, group_ids: np.ndarray, batching: str, rng) -> np.ndarray:
+    """Row order for one epoch. ``group`` shuffles the groups (articles), then the rows inside
+    each, and lays them end to end: a batch holds a few whole documents, so most in-batch
+    negatives come from the same document, the hard case retrieval meets. ``random`` is a
+    plain shuffle."""
+    if batching == "random":
+        return rng.permutation(train_rows)
+    if batching != "group":
+        raise ValueError(f"batching must be 'group' or 'random', not {batching!r}")
+    g = group_ids[train_rows]
+    rank = rng.permutation(int(g.max()) + 1)
+    key = rank[g]  # shuffled position of each row's group
+    jitter = rng.random(len(train_rows))  # shuffles rows within a group
+    return train_rows[np.lexsort((jitter, key))]
+
+
+class DevSet:
+    """Held-out queries ranked against candidate contexts (in memory: every context of the
+    cache, so small data still gives a metric that can move), with each query's own text
+    left out (duplicate-question data). ``ranks(head)`` gives the per-query ranks that
+    model selection and the bootstrap compare; ``None`` is the frozen encoder."""
+
+    def __init__(self, q: np.ndarray, c: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None = None):
+        self.q, self.c, self.gold = q, c, np.asarray(gold, np.int64)
+        self.exclude = exclude
+
+    def __len__(self) -> int:
+        return len(self.gold)
+
+    def ranks(self, head: Head | None) -> np.ndarray:
+        q, c = (self.q, self.c) if head is None else (head.encode_queries(self.q), head.encode_contexts(self.c))
+        return ranks(excluding(dense_scorer(q, c), self.exclude), self.gold)
+
+
+def spread(x: np.ndarray) -> float:
+    """How spread out vectors are: the mean per-dimension standard deviation of the
+    L2-normalised rows, times sqrt(D). 0 when every vector is the same (collapse); about 1
+    for directions spread evenly over the sphere."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+    return float(x.std(0).mean() * math.sqrt(x.shape[1]))
+
+
+class MinedSet:
+    """A mined set prepared for training: negatives and silver pairs that touch the dev split
+    are dropped (dev contexts stay unseen), silver contexts are removed from their query's
+    negatives (a positive is never a negative)."""
+
+    def __init__(self, cache: Cache, cfg: TrainConfig, train_rows: np.ndarray, dev_ctx: np.ndarray):
+        m = cache.mined(cfg.mined)
+        dev = np.zeros(len(cache.contexts), dtype=bool)
+        dev[dev_ctx] = True
+        neg = m["negatives"].copy()
+        neg[(neg >= 0) & dev[neg.clip(min=0)]] = -1
+        self.negatives = neg  # (Nq, k)
+        self.teacher = m.get("teacher")  # (Nq, 1 + k) or None
+        silver = m["silver"]
+        in_train = np.zeros(len(cache.q2c), dtype=bool)
+        in_train[train_rows] = True
+        self.silver = silver[in_train[silver[:, 0]] & ~dev[silver[:, 1]]] if cfg.silver else silver[:0]
+        for qrow, crow in self.silver:
+            neg[qrow][neg[qrow] == crow] = -1
+
+    def draw(self, qrows: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+        """n negatives per row, drawn without replacement from its valid ones (-1 pads);
+        and the columns they came from (for the teacher scores)."""
+        cand = self.negatives[qrows]  # (B, k)
+        key = rng.random(cand.shape) + (cand < 0) * 2.0  # padding sorts last
+        cols = np.argsort(key, axis=1)[:, :n]
+        return np.take_along_axis(cand, cols, 1), cols
+
+
+def _subset(q2c: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Context rows used by ``rows`` and the re-indexed q2c."""
+    ctx, local = np.unique(q2c[rows], return_inverse=True)
+    return ctx, local
+
+
+def make_batch(idx: np.ndarray, pair_q, pair_c, Qt, Ct, mined: MinedSet | None, cfg: TrainConfig, rng) -> Batch:
+    """The frozen vectors of the pairs ``idx``, with mined negatives and teacher scores."""
+    qrows, crows = pair_q[idx], pair_c[idx]
+    dev = Qt.device
+    batch = Batch(q=Qt[torch.from_numpy(qrows).to(dev)], c=Ct[torch.from_numpy(crows).to(dev)],
+                  context_ids=torch.from_numpy(crows).to(dev),
+                  query_ids=torch.from_numpy(qrows).to(dev) if mined is not None and len(mined.silver) else None)
+    if mined is not None and cfg.hard_negatives:
+        neg, cols = mined.draw(qrows, cfg.hard_negatives, rng)
+        neg_t = torch.from_numpy(neg).to(dev)
+        batch.negatives = Ct[neg_t.clamp_min(0)]  # (B, n, D); padding rows are masked by id -1
+        batch.negative_ids = neg_t
+        if mined.teacher is not None:
+            t = mined.teacher[qrows]  # (B, 1 + k): gold, then the mined negatives
+            chosen = np.where(neg >= 0, np.take_along_axis(t[:, 1:], cols, 1), np.nan)
+            batch.teacher = torch.from_numpy(np.concatenate([t[:, :1], chosen], axis=1)).to(dev)
+    return batch
+
+
+def dev_fraction(cfg: TrainConfig, n_queries: int) -> float:
+    """The dev share: as set, else 5%, or 20% under ``SMALL`` queries (a dev split that can
+    tell a real gain from noise needs a few hundred queries)."""
+    if cfg.dev_fraction is not None:
+        return cfg.dev_fraction
+    return 0.05 if n_queries >= SMALL else 0.2
+
+
+class MemorySource:
+    """Training pairs from a cache held in memory (the default): any batching, mined
+    negatives, silver pairs. ``rows``: (train rows, dev rows) to use instead of the
+    group split (model selection with folds passes its own)."""
+
+    def __init__(self, cache: Cache, cfg: TrainConfig, rows: tuple[np.ndarray, np.ndarray] | None = None):
+        Q, C, q2c = cache.queries, cache.contexts, cache.q2c
+        train_rows, dev_rows = rows if rows is not None else split_by_group(
+            split_groups(cache), dev_fraction(cfg, len(q2c)), cfg.seed)
+        self.group_ids = np.unique(np.asarray(cache.groups), return_inverse=True)[1]  # (Nq,) int
+        if len(train_rows) == 0:
+            raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
+        dev_ctx = np.unique(q2c[dev_rows])
+        exclude = self_matches([cache.query_texts[i] for i in dev_rows], cache.context_texts)
+        self.dev = DevSet(Q[dev_rows], C, q2c[dev_rows], exclude)
+        self.spread_sample = Q[dev_rows] if len(dev_rows) else Q[:4096]
+        self.mined = mined = MinedSet(cache, cfg, train_rows, dev_ctx) if cfg.mined else None
+        if cfg.loss == "distill" and (mined.teacher is None or not cfg.hard_negatives or cfg.silver):
+            raise TrainError(f"the distill loss needs teacher scores (projhead mine --teacher; mined set "
+                             f"{cfg.mined!r} has {'some' if mined.teacher is not None else 'none'}), "
+                             "--hard-negatives N >= 1, and no --silver")
+        # training pairs: (query row, context row); gold pairs of the train split, then silver pairs
+        self.pair_q = np.concatenate([train_rows, mined.silver[:, 0] if mined else []]).astype(np.int64)
+        self.pair_c = np.concatenate([q2c[train_rows], mined.silver[:, 1] if mined else []]).astype(np.int64)
+        self.n_train, self.n_silver = int(len(train_rows)), int(len(mined.silver)) if mined else 0
+        self.Qt = torch.from_numpy(Q).to(cfg.device)  # (Nq, D)
+        self.Ct = torch.from_numpy(C).to(cfg.device)  # (Nc, D)
+        self.cfg = cfg = cfg.sized(len(self.pair_q))
+        self.bs = min(cfg.batch_size, len(self.pair_q))
+        self.steps_per_epoch = max(1, len(self.pair_q) // self.bs)  # drop the ragged last batch
+
+    def epoch(self, rng):
+        order = epoch_order(np.arange(len(self.pair_q)), self.group_ids[self.pair_q], self.cfg.batching, rng)
+        for b in range(self.steps_per_epoch):
+            yield make_batch(order[b * self.bs:(b + 1) * self.bs], self.pair_q, self.pair_c, self.Qt, self.Ct,
+                         self.mined, self.cfg, rng)
+
+
+def _in_dev(groups, fraction: float, seed: int) -> np.ndarray:
+    """Streaming dev split: a group is held out when a hash of (seed, group) falls below
+    ``fraction``; decided chunk by chunk, without the list of all groups."""
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{g}".encode(), digest_size=8).digest(), "little")
+                     < fraction * 2.0 ** 64 for g in groups], dtype=bool)
+
+
+def _read_rows(dset, rows: np.ndarray) -> np.ndarray:
+    """dset[rows] as float32 for any row order: one contiguous read when the rows are close
+    together (contexts follow their queries in a cache), else a sorted fancy read."""
+    uniq, inv = np.unique(rows, return_inverse=True)
+    lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+    if hi - lo <= 4 * len(uniq) + 1024:
+        vec = dset[lo:hi][uniq - lo]
+    else:
+        vec = dset[uniq]
+    return vec.astype(np.float32, copy=False)[inv]
+
+
+class StreamSource:
+    """Training pairs read from the HDF5 file chunk by chunk, for caches larger than memory.
+    Per epoch the chunks (``stream_chunk`` query rows each) are shuffled, ``stream_buffer`` of
+    them are read together with their gold contexts and their rows shuffled, and batches are
+    cut from that buffer (rows left over join the next buffer). Memory: the buffer, one batch,
+    the dev split and the (Nq,) index. The dev split holds out whole groups chosen by a hash
+    (``_in_dev``), so it differs from the in-memory split. Plain pairs only: no mined
+    negatives or silver pairs (they need random access), and batching is by chunk order."""
+
+    def __init__(self, cache: Cache, cfg: TrainConfig):
+        import h5py
+
+        if cfg.mined or cfg.hard_negatives or cfg.silver:
+            raise TrainError("--stream trains on plain pairs: mined negatives, silver pairs and distill need the "
+                             "cache in memory")
+        self.path = cache.path
+        self.f = h5py.File(cache.path, "r")
+        self.Qd, self.Cd = self.f["queries/vectors"], self.f["contexts/vectors"]
+        self.q2c = self.f["queries/context"][()].astype(np.int64)
+        n, step = len(self.q2c), cfg.stream_chunk
+        self.chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
+        self.train_mask = np.ones(n, dtype=bool)
+        dev_q = []
+        fraction = dev_fraction(cfg, n)
+        group_hash = np.zeros(n, dtype=np.int64)  # batching by group without the list of all groups
+        for a, b in self.chunks:  # one pass: the dev split, decided by group
+            names = [g.decode() for g in self.f["queries/group"][a:b]]
+            group_hash[a:b] = [int.from_bytes(hashlib.blake2b(g.encode(), digest_size=7).digest(), "little")
+                               for g in names]
+            dev = _in_dev(names, fraction, cfg.seed)
+            self.train_mask[a:b] = ~dev
+            if dev.any():
+                dev_q.append(self.Qd[a:b][dev].astype(np.float32))
+        dev_rows = np.flatnonzero(~self.train_mask)
+        d = cache.dim
+        self.group_hash = group_hash
+        if len(dev_rows):  # dev queries against the dev contexts: all contexts may not fit in memory
+            dev_ctx, dev_q2c = _subset(self.q2c, dev_rows)
+            self.dev = DevSet(np.concatenate(dev_q), _read_rows(self.Cd, dev_ctx), dev_q2c)
+        else:
+            self.dev = DevSet(np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64))
+        self.n_train, self.n_silver = int(self.train_mask.sum()), 0
+        if self.n_train == 0:
+            raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
+        self.spread_sample = self.dev.q if len(dev_rows) else self.Qd[:4096].astype(np.float32)
+        self.cfg = cfg = cfg.sized(self.n_train)
+        self.bs = min(cfg.batch_size, self.n_train)
+        self.steps_per_epoch = max(1, self.n_train // self.bs)
+
+    def _load(self, chunk_ids) -> tuple[np.ndarray, ...]:
+        qs, cs, ids, groups = [], [], [], []
+        for i in chunk_ids:
+            a, b = self.chunks[i]
+            keep = self.train_mask[a:b]
+            q = self.Qd[a:b][keep].astype(np.float32)
+            ctx = self.q2c[a:b][keep]
+            if len(ctx):
+                qs.append(q)
+                cs.append(_read_rows(self.Cd, ctx))
+                ids.append(ctx)
+                groups.append(self.group_hash[a:b][keep])
+        if not qs:
+            d = self.Qd.shape[1]
+            return (np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64),
+                    np.zeros(0, np.int64))
+        q, c = np.concatenate(qs), np.concatenate(cs)
+        if not (np.isfinite(q).all() and np.isfinite(c).all()):
+            raise TrainError(f"{self.path}: NaN or Inf in the vectors of query rows "
+                             f"{self.chunks[chunk_ids[0]][0]}.. (chunk read while streaming)")
+        return q, c, np.concatenate(ids), np.concatenate(groups)
+
+    def epoch(self, rng):
+        """Batches of one epoch: buffers of shuffled chunks, ordered inside a buffer as
+        ``epoch_order`` does (``group``: whole groups of the buffer together)."""
+        dev = self.cfg.device
+        order = rng.permutation(len(self.chunks))
+        left = None
+        made = 0
+        for g in range(0, len(order), self.cfg.stream_buffer):
+            buf = self._load(order[g:g + self.cfg.stream_buffer])
+            if left is not None:
+                buf = tuple(np.concatenate([x, y]) for x, y in zip(left, buf))
+            gid = np.unique(buf[3], return_inverse=True)[1].reshape(-1)
+            perm = epoch_order(np.arange(len(gid)), gid, self.cfg.batching, rng) if len(gid) else gid
+            q, c, ids, grp = (x[perm] for x in buf)
+            full = len(ids) // self.bs * self.bs
+            for s in range(0, full, self.bs):
+                if made == self.steps_per_epoch:
+                    return
+                made += 1
+                yield Batch(q=torch.from_numpy(q[s:s + self.bs]).to(dev), c=torch.from_numpy(c[s:s + self.bs]).to(dev),
+                            context_ids=torch.from_numpy(ids[s:s + self.bs]).to(dev))
+            left = (q[full:], c[full:], ids[full:], grp[full:])
