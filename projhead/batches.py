@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from .cache import Cache
+from .cache import Cache, read_rows
 from .config import SMALL, TrainConfig, TrainError
 from .evaluate import dense_scorer, excluding, ranks, self_matches
 from .heads import Head
@@ -209,18 +209,6 @@ def _in_dev(groups, fraction: float, seed: int) -> np.ndarray:
                      < fraction * 2.0 ** 64 for g in groups], dtype=bool)
 
 
-def _read_rows(dset, rows: np.ndarray) -> np.ndarray:
-    """dset[rows] as float32 for any row order: one contiguous read when the rows are close
-    together (contexts follow their queries in a cache), else a sorted fancy read."""
-    uniq, inv = np.unique(rows, return_inverse=True)
-    lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-    if hi - lo <= 4 * len(uniq) + 1024:
-        vec = dset[lo:hi][uniq - lo]
-    else:
-        vec = dset[uniq]
-    return vec.astype(np.float32, copy=False)[inv]
-
-
 class StreamSource:
     """Training pairs read from the HDF5 file chunk by chunk, for caches larger than memory.
     Per epoch the chunks (``stream_chunk`` query rows each) are shuffled, ``stream_buffer`` of
@@ -259,7 +247,7 @@ class StreamSource:
         self.group_hash = group_hash
         if len(dev_rows):  # dev queries against the dev contexts: all contexts may not fit in memory
             dev_ctx, dev_q2c = _subset(self.q2c, dev_rows)
-            self.dev = DevSet(np.concatenate(dev_q), _read_rows(self.Cd, dev_ctx), dev_q2c)
+            self.dev = DevSet(np.concatenate(dev_q), read_rows(self.Cd, dev_ctx), dev_q2c)
         else:
             self.dev = DevSet(np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64))
         self.n_train, self.n_silver = int(self.train_mask.sum()), 0
@@ -279,7 +267,7 @@ class StreamSource:
             ctx = self.q2c[a:b][keep]
             if len(ctx):
                 qs.append(q)
-                cs.append(_read_rows(self.Cd, ctx))
+                cs.append(read_rows(self.Cd, ctx))
                 ids.append(ctx)
                 groups.append(self.group_hash[a:b][keep])
         if not qs:

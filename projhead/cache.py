@@ -585,6 +585,35 @@ def cache_dataset(dataset: str, split: str, granularity: str, encoder, folder: s
     return open_cache(path)
 
 
+def read_rows(dset, rows: np.ndarray) -> np.ndarray:
+    """dset[rows] as float32 for any row order: one contiguous read when the rows are close
+    together (contexts follow their queries in a cache), else a sorted fancy read."""
+    uniq, inv = np.unique(rows, return_inverse=True)
+    if len(uniq) == 0:
+        return np.zeros((0,) + dset.shape[1:], np.float32)
+    lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+    if hi - lo <= 4 * len(uniq) + 1024:
+        vec = dset[lo:hi][uniq - lo]
+    else:
+        vec = dset[uniq]
+    return vec.astype(np.float32, copy=False)[inv]
+
+
+class TextColumn:
+    """A text dataset of the file read in chunks: what ``content_sha256`` and other one-pass
+    readers iterate without holding every string."""
+
+    def __init__(self, dset, chunk: int = 65536):
+        self.dset, self.chunk = dset, chunk
+
+    def __len__(self) -> int:
+        return self.dset.shape[0]
+
+    def __iter__(self):
+        for a in range(0, len(self), self.chunk):
+            yield from (t.decode("utf-8") for t in self.dset[a:a + self.chunk])
+
+
 def open_cache(path: str | os.PathLike, check_finite: bool = True, load: bool = True) -> Cache:
     """Open and validate a finished cache; errors name the file and the problem."""
     import h5py

@@ -328,7 +328,7 @@ def evaluate(cache_files, head_path, bm25, block, json_out, index, nprobe, ef_se
     Several caches (the training domain and others) give one table each, then the head's
     change against the frozen encoder on every cache side by side."""
     from .cache import open_cache
-    from .evaluate import evaluate_cache, format_changes, format_table
+    from .evaluate import bm25_ranks, evaluate_cache, evaluate_streamed, format_changes, format_table, protocols
     from .heads import load_head
 
     if report_dir and not head_path:
@@ -339,9 +339,14 @@ def evaluate(cache_files, head_path, bm25, block, json_out, index, nprobe, ef_se
     search_kw = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
     every = {}
     for cache_file in cache_files:
-        c = open_cache(cache_file)
-        results, ranks = evaluate_cache(c, head=head, bm25=bm25, block=block, index=index, return_ranks=True,
-                                        **search_kw)
+        if index:  # streamed from the file: memory is the index and one chunk
+            results, ranks = evaluate_streamed(cache_file, head=head, index=index, block=block, **search_kw), None
+            c = open_cache(cache_file, load=bm25 or bool(report_dir))  # BM25 and the report need the texts
+            if bm25:
+                results["bm25"] = protocols(bm25_ranks(c, block), block)
+        else:
+            c = open_cache(cache_file)
+            results, ranks = evaluate_cache(c, head=head, bm25=bm25, block=block, return_ranks=True)
         every[cache_file] = results
         click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts, "
                    f"encoder {c.encoder}" + (f", head {head_path}" if head_path else ""))

@@ -220,6 +220,13 @@ def english_stemmer():
     return Stemmer.Stemmer("english")
 
 
+def bm25_ranks(cache, block: int = 500, exclude: np.ndarray | None = None) -> SystemRanks:
+    """BM25's ranks on a cache held in memory (its texts)."""
+    if exclude is None:
+        exclude = self_matches(cache.query_texts, cache.context_texts)
+    return system_ranks(excluding(bm25_scorer(cache.query_texts, cache.context_texts), exclude), cache.q2c, block)
+
+
 def _dense_ranks(q, c, q2c, block, index, search_kw, exclude=None) -> SystemRanks:
     scorer = excluding(dense_scorer(q, c), exclude)
     if index is None:
@@ -252,10 +259,75 @@ def evaluate_cache(cache, head=None, bm25: bool = False, block: int = 500, index
         q, c = head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)
         every["head"] = _dense_ranks(q, c, cache.q2c, block, index, search_kw, exclude)
     if bm25:
-        every["bm25"] = system_ranks(excluding(bm25_scorer(cache.query_texts, cache.context_texts), exclude),
-                                     cache.q2c, block)
+        every["bm25"] = bm25_ranks(cache, block, exclude)
     results = {name: protocols(r, block) for name, r in every.items()}
     return (results, every) if return_ranks else results
+
+
+def _text_hashes(column) -> np.ndarray:
+    """8-byte hashes of a text column, read in chunks: set operations on millions of texts
+    without holding the strings."""
+    import hashlib
+
+    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+                        for t in column), dtype=np.uint64, count=len(column))
+
+
+def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, chunk: int = 65536,
+                      **search_kw) -> dict:
+    """``evaluate_cache`` with an index, reading the cache file in chunks (``projhead eval
+    --index``): contexts stream into the FAISS index, queries are read a block at a time and
+    searched, and each block's candidate contexts are read for the out-of-500 protocol. Memory
+    is the index, one chunk and 8 bytes a query; the fingerprint of the texts is checked in
+    the same streaming way."""
+    import h5py
+
+    from .cache import CacheError, TextColumn, open_cache, read_rows
+    from .data import content_sha256
+    from .search import SearchError, build_index, search
+
+    cache = open_cache(path, load=False)  # format, attributes and shapes
+    if head is not None:
+        head.check_cache(cache)
+    systems = {"frozen": (lambda x: x, lambda x: x)}
+    if head is not None:
+        systems["head"] = (head.encode_queries, head.encode_contexts)
+
+    def finite(x, what, a):
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise CacheError(f"{cache.path}: {what} holds NaN or Inf (first: row {a + int(np.flatnonzero(bad)[0])})")
+        return x
+
+    with h5py.File(cache.path, "r") as f:
+        Qd, Cd = f["queries/vectors"], f["contexts/vectors"]
+        q2c = f["queries/context"][()].astype(np.int64)  # (Nq,)
+        texts = [TextColumn(f[k], chunk) for k in ("queries/text", "queries/id", "queries/group", "contexts/text")]
+        if cache.attrs["fingerprint"] != content_sha256(*texts, q2c):
+            raise CacheError(f"{cache.path}: damaged cache, its texts or index do not match their checksum (fingerprint)")
+        if np.isin(_text_hashes(texts[0]), _text_hashes(texts[3])).any():
+            raise SearchError(f"{cache.path}: queries that are also contexts (duplicate-question data) are not "
+                              "supported with an index; evaluate without one")
+        results = {}
+        for name, (fq, fc) in systems.items():
+            contexts = (fc(finite(Cd[a:a + chunk].astype(np.float32), "contexts/vectors", a))
+                        for a in range(0, len(Cd), chunk))
+            idx = build_index(contexts, cache.dim if head is None or name == "frozen" else head.config.output_dim,
+                              index)
+            blocks, full = [], []
+            for a in range(0, len(q2c), block):
+                gold_ctx = q2c[a:a + block]
+                q = np.asarray(fq(finite(Qd[a:a + block].astype(np.float32), "queries/vectors", a)), np.float32)
+                cand, gold = np.unique(gold_ctx, return_inverse=True)
+                c = np.asarray(fc(read_rows(Cd, cand)), np.float32)
+                blocks.append(gold_ranks(q @ c.T, gold))  # (R, |cand|): the block's candidates only
+                scores, ids = search(idx, q, k=100, **search_kw)
+                full.append(topk_ranks(ids, scores, gold_ctx))
+            del idx
+            r = SystemRanks(np.concatenate(blocks) if blocks else np.zeros(0, np.int64),
+                            np.concatenate(full) if full else np.zeros(0, np.int64))
+            results[name] = protocols(r, block)
+    return results
 
 
 def format_table(results: dict) -> str:

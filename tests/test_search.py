@@ -67,3 +67,40 @@ def test_eval_cli_with_an_index(planted_cache, tmp_path):
     b = json.loads((tmp_path / "b.json").read_text())["results"]["frozen"]["full_corpus"]
     assert a == pytest.approx(b)
     assert main(["eval", str(path), "--index", "Bogus"]) == 2
+
+
+def test_streamed_eval_equals_the_in_memory_protocols(planted_cache, monkeypatch):
+    import projhead.cache as pc
+    from projhead.cache import open_cache
+    from projhead.evaluate import evaluate_cache, evaluate_streamed
+    from projhead.heads import Head, HeadConfig
+
+    path = planted_cache(n_groups=30)
+    c = open_cache(path)
+    head = Head(HeadConfig(kind="linear", in_dim=c.dim, init="random"))
+    want = evaluate_cache(c, head=head)  # brute force, every context in memory
+    loads = []
+    real = pc.open_cache
+    monkeypatch.setattr(pc, "open_cache", lambda p, *a, **k: (loads.append(k.get("load", True)), real(p, *a, **k))[1])
+    got = evaluate_streamed(path, head=head, index="Flat", block=500, chunk=37)  # chunks that do not divide anything
+    assert loads == [False]  # the vectors are never loaded whole
+    for system in ("frozen", "head"):
+        for protocol in ("out_of_500", "full_corpus"):
+            assert got[system][protocol] == pytest.approx(want[system][protocol], abs=1e-12), (system, protocol)
+
+
+def test_streamed_eval_checks_the_texts_and_refuses_self_matches(planted_cache, tmp_path):
+    import shutil
+
+    import h5py
+
+    from projhead.cache import CacheError
+    from projhead.evaluate import evaluate_streamed
+
+    path = planted_cache(n_groups=5)
+    bad = tmp_path / "bad.h5"
+    shutil.copy(path, bad)
+    with h5py.File(bad, "r+") as f:
+        f["contexts/text"][0] = "changed"
+    with pytest.raises(CacheError, match="do not match their checksum"):
+        evaluate_streamed(bad, index="Flat")
