@@ -94,6 +94,12 @@ def test_precision_auto_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(encoders, "cpu_flags", lambda: {"avx2", "fma"})  # bf16 would be emulated: slower
     assert encoders.resolve_precision("auto", "cpu") == "fp32"
     assert encoders.resolve_precision("auto", "mps") == "fp32"
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert encoders.resolve_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a T4: half is fp16
+    assert encoders.resolve_precision("auto", "cuda:1") == "fp16"
     for p in ("fp32", "bf16", "fp16"):  # an explicit choice is kept
         assert encoders.resolve_precision(p, "cpu") == p
     with pytest.raises(EncoderError, match="precision must be one of auto, fp32, bf16, fp16, not 'int8'"):
