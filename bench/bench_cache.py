@@ -115,6 +115,81 @@ def precision_speed(n: int, tmp: Path) -> tuple[list[dict], str]:
     return rows, auto
 
 
+def machine_gap(n: int) -> dict:
+    """Where the rest of the encoding time goes on this machine (the same train texts):
+    tokenisation alone, batch size, torch threads, and ONNX Runtime as a back end (the model
+    exported with torch.onnx, mean pooling and normalisation as sentence-transformers does)."""
+    pairs = train_sample(n)
+    texts = sorted(pairs.queries + pairs.contexts, key=len, reverse=True)
+    enc = get_encoder("st:all-MiniLM-L6-v2", device="cpu", precision="fp32")
+    model, tok = enc.model, enc.model.tokenizer
+    ref = model.encode(texts, batch_size=64, normalize_embeddings=True)
+
+    def timed(fn):
+        best = 1e9
+        for _ in range(2):
+            t0 = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - t0)
+        return best, out
+
+    rows = {}
+    t_tok, _ = timed(lambda: [tok(texts[i:i + 64], padding=True, truncation=True, max_length=model.max_seq_length)
+                              for i in range(0, len(texts), 64)])
+    t_ref, _ = timed(lambda: model.encode(texts, batch_size=64, normalize_embeddings=True))
+    rows["torch fp32, batch 64, %d threads" % torch.get_num_threads()] = t_ref
+    rows["tokenisation alone (share of the above)"] = t_tok
+    for bs in (16, 256):
+        rows[f"torch fp32, batch {bs}"] = timed(lambda: model.encode(texts, batch_size=bs, normalize_embeddings=True))[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows["torch fp32, 1 thread"] = timed(lambda: model.encode(texts, batch_size=64, normalize_embeddings=True))[0]
+    torch.set_num_threads(threads)
+    out = {"texts": len(texts), "seconds": rows}
+    try:
+        import onnxruntime as ort
+
+        bert = model[0].auto_model
+
+        class Body(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, ids, mask):
+                return self.m(input_ids=ids, attention_mask=mask).last_hidden_state
+
+        with tempfile.TemporaryDirectory() as d:
+            onnx_path = str(Path(d) / "minilm.onnx")
+            b = tok(texts[:4], padding=True, return_tensors="pt")
+            torch.onnx.export(Body(bert).eval(), (b["input_ids"], b["attention_mask"]), onnx_path,
+                              input_names=["ids", "mask"], output_names=["h"], opset_version=17, dynamo=False,
+                              dynamic_axes={"ids": {0: "b", 1: "l"}, "mask": {0: "b", 1: "l"}, "h": {0: "b", 1: "l"}})
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+
+            def run_ort():
+                vecs = []
+                for i in range(0, len(texts), 64):
+                    t = tok(texts[i:i + 64], padding=True, truncation=True, max_length=model.max_seq_length,
+                            return_tensors="np")
+                    h = sess.run(None, {"ids": t["input_ids"].astype(np.int64), "mask": t["attention_mask"].astype(np.int64)})[0]
+                    m = t["attention_mask"][..., None]
+                    v = (h * m).sum(1) / m.sum(1)
+                    vecs.append(v / np.linalg.norm(v, axis=1, keepdims=True))
+                return np.concatenate(vecs)
+
+            t_ort, vecs = timed(run_ort)
+        rows["onnxruntime fp32, batch 64"] = t_ort
+        out["onnxruntime_cosine_to_torch"] = cosines(vecs, ref)
+    except Exception as e:  # an optional back end: say why it is missing
+        out["onnxruntime_error"] = f"{type(e).__name__}: {e}"
+    for name, sec in rows.items():
+        print(f"{name:45s} {sec:6.2f}s  ({len(texts) / sec:6.1f} texts/s)", flush=True)
+    return out
+
+
 def precision_fidelity(work: Path, head_dir: Path) -> dict:
     """SQuAD v1.1 dev from an fp32 and a bf16 cache: frozen and default-head figures."""
     import projhead
@@ -159,6 +234,14 @@ def precision_table(r: dict) -> str:
         lines.append(f"| {row['system']}{' (auto)' if row['auto'] else ''} | {row['texts_per_s']:.1f} | "
                      f"{row['speedup_vs_plain_fp32']:.2f}x | {row['cosine_to_fp32']['min']:.5f} / "
                      f"{row['cosine_to_fp32']['mean']:.6f} |")
+    g = r.get("machine_gap", {})
+    if g:
+        base = next(iter(g["seconds"].values()))
+        lines += ["", f"Where the time goes ({g['texts']} texts, fp32):", "", "| setting | seconds | vs batch 64 |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {v:.2f} | {base / v:.2f}x |" for k, v in g["seconds"].items()]
+        if "onnxruntime_cosine_to_torch" in g:
+            lines.append(f"\nONNX Runtime vectors vs torch: cosine min {g['onnxruntime_cosine_to_torch']['min']:.6f}.")
     f = r["fidelity"]
     lines += ["", "| SQuAD v1.1 dev cache | system | out-of-500 top-1 | top-10 | full-corpus R@1 | nDCG@10 |",
               "|---|---|---|---|---|---|"]
@@ -186,9 +269,11 @@ def main():
     if args.precision:
         with tempfile.TemporaryDirectory() as d:
             rows, auto = precision_speed(args.precision_n, Path(d))
+        gap = machine_gap(args.precision_n)
         work = Path(args.work)
         fidelity = precision_fidelity(work, work / "heads" / "default")
-        result = {"bench": "cache-precision", "machine": machine, "auto": auto, "speed": rows, "fidelity": fidelity}
+        result = {"bench": "cache-precision", "machine": machine, "auto": auto, "speed": rows, "machine_gap": gap,
+                  "fidelity": fidelity}
         out = Path("bench/results/precision.json")
         out.write_text(json.dumps(result, indent=1))
         out.with_suffix(".md").write_text(precision_table(result))
