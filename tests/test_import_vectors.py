@@ -96,3 +96,28 @@ def test_bad_vector_files_are_named(tmp_path):
     enc = get_encoder("vectors:x", files=[tmp_path / "q.npy"])
     with pytest.raises(EncoderError, match="15 query texts have no vector in .*q.npy"):
         enc.encode(pairs.queries, role="query")
+
+
+def test_vectors_stay_in_their_files_until_a_text_needs_them(tmp_path, monkeypatch):
+    import h5py
+
+    from projhead.encoders import VectorFile
+
+    rng = np.random.default_rng(0)
+    vec = rng.normal(size=(5000, 8)).astype(np.float32)
+    texts = [f"text {i}" for i in range(5000)]
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f["vectors"], f["text"] = vec, texts
+    vec[7, 1] = np.nan
+    np.save(tmp_path / "late.npy", np.stack([vec[7] + 0, vec[9] * 2]))  # a later file overrides text 9
+    (tmp_path / "late.jsonl").write_text(json.dumps("text 7") + "\n" + json.dumps("text 9"))
+    asked = []
+    real = VectorFile.rows
+    monkeypatch.setattr(VectorFile, "rows", lambda self, idx: (asked.append(len(idx)), real(self, idx))[1])
+    enc = get_encoder("vectors:x", files=[tmp_path / "big.h5", tmp_path / "late.npy"])
+    assert asked == []  # opening reads keys only
+    got = enc.encode(["text 3", "text 9", "text 4999"])
+    np.testing.assert_array_equal(got, np.stack([vec[3], vec[9] * 2, vec[4999]]))
+    assert sum(asked) == 3  # three rows read, not 5,000
+    with pytest.raises(EncoderError, match="late.npy: row 0 holds NaN or Inf"):
+        enc.encode(["text 7"])
