@@ -69,6 +69,77 @@ def write_synthetic_cache(path: Path, rows: int, dim: int, chunk: int = 250_000,
     return time.perf_counter() - t0
 
 
+def write_user_files(folder: Path, rows: int, dim: int, chunk: int = 250_000, seed: int = 0) -> dict:
+    """What a user with an embedding API has: pairs.jsonl (query, context, id, group) and
+    vectors.npy (float16, queries then contexts) with vectors.jsonl naming each row's text and
+    role. The same synthetic task as the cache above."""
+    rng = np.random.default_rng(seed)
+    mix = np.eye(dim, dtype=np.float32) + 0.3 * rng.normal(size=(dim, dim)).astype(np.float32) / np.sqrt(dim)
+    folder.mkdir(parents=True, exist_ok=True)
+    vec = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(2 * rows, dim))
+    t0 = time.perf_counter()
+    with open(folder / "pairs.jsonl", "w") as pairs, open(folder / "vectors.jsonl", "w") as keys:
+        for a in range(0, rows, chunk):
+            b = min(a + chunk, rows)
+            ctx = rng.normal(size=(b - a, dim)).astype(np.float32)
+            ctx /= np.linalg.norm(ctx, axis=1, keepdims=True)
+            que = ctx @ mix + 4.0 * rng.normal(size=ctx.shape).astype(np.float32) / np.sqrt(dim)
+            que /= np.linalg.norm(que, axis=1, keepdims=True)
+            vec[a:b], vec[rows + a:rows + b] = que, ctx
+            pairs.writelines(f'{{"query": "q{i}", "context": "c{i}", "id": "id{i}", "group": "g{i // 100}"}}\n'
+                             for i in range(a, b))
+            keys.writelines(f'{{"text": "q{i}", "role": "query"}}\n' for i in range(a, b))
+        keys.writelines(f'{{"text": "c{i}", "role": "context"}}\n' for i in range(rows))
+    vec.flush()
+    del vec
+    return {"seconds": time.perf_counter() - t0,
+            "bytes": sum((folder / n).stat().st_size for n in ("pairs.jsonl", "vectors.npy", "vectors.jsonl"))}
+
+
+def child(cmd: list[str]) -> dict:
+    """Run a projhead command in a fresh process: wall time and that process's peak RSS."""
+    code = ("import resource, sys; from projhead.cli import main; rc = main(sys.argv[1:]); "
+            "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode:
+        sys.exit(f"projhead {' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    kb = int(r.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+    return {"command": "projhead " + " ".join(cmd), "seconds": wall, "peak_rss_gb": kb / 1e6}
+
+
+def byo(args) -> None:
+    """A user's vectors become a cache through `projhead cache`, then `projhead train --stream`."""
+    folder = Path(args.work) / f"byo-{args.rows}x{args.dim}"
+    made = None
+    if not (folder / "vectors.jsonl").exists():
+        # in a process of its own: a child inherits its parent's peak RSS on Linux, so the
+        # measured commands must start from a small parent
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--make-user-files", str(folder), "--rows", str(args.rows),
+                        "--dim", str(args.dim)], check=True)
+        made = {"seconds": time.perf_counter() - t0, "bytes": sum(p.stat().st_size for p in folder.iterdir())}
+    cache = folder / "cache.h5"
+    res = {"bench": "out_of_core_byo", "rows": args.rows, "dim": args.dim, "files": made}
+    res["cache"] = child(["cache", "--dataset", "jsonl", "--data", str(folder / "pairs.jsonl"), "--encoder",
+                          "vectors:synthetic", "--vectors", str(folder / "vectors.npy"), "--dtype", "float16",
+                          "--out", str(cache), "--quiet", "--overwrite"])
+    res["cache"]["file_gb"] = cache.stat().st_size / 1e9
+    print(json.dumps(res["cache"]), flush=True)
+    if not args.no_train:
+        res["train"] = child(["train", str(cache), "--out", str(folder / "head"), "--no-auto", "--stream", "--epochs",
+                              "1", "--batch-size", str(args.batch_size), "--dev-fraction", "0.01", "--quiet",
+                              "--restart"])
+        log = json.loads((folder / "head" / "train_log.json").read_text())
+        res["train"].update(n_train=log["n_train"], epoch_seconds=log["epochs"][0]["seconds"],
+                            pairs_per_second=log["n_train"] / log["epochs"][0]["seconds"])
+        print(json.dumps(res["train"]), flush=True)
+    out = Path(args.out).with_name("out_of_core_byo.json")
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=5_000_000)
@@ -76,9 +147,18 @@ def main():
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--work", default="bench/work")
     ap.add_argument("--out", default="bench/results/out_of_core.json")
+    ap.add_argument("--byo", action="store_true",
+                    help="your own vectors: pairs.jsonl + vectors.npy through `projhead cache --encoder vectors:NAME`, "
+                         "then `projhead train --stream`, each with its peak RSS: bench/results/out_of_core_byo.json")
+    ap.add_argument("--no-train", action="store_true", help="--byo: only the cache step")
+    ap.add_argument("--make-user-files", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--write-only", action="store_true",
                     help="only write the cache (a fresh file) and report the writer: bench/results/out_of_core_write.json")
     args = ap.parse_args()
+    if args.make_user_files:
+        return write_user_files(Path(args.make_user_files), args.rows, args.dim)
+    if args.byo:
+        return byo(args)
     path = Path(args.work) / f"synthetic-{args.rows}x{args.dim}-fp16.h5"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_s = write_rss = None

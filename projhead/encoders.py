@@ -319,8 +319,15 @@ class VectorFile:
         elif self.suffix == ".npy":
             import json
 
-            self._vectors = np.load(path, mmap_mode="r", allow_pickle=False)
-            self.shape = self._vectors.shape
+            with open(path, "rb") as f:  # the header only: rows are read on demand (see rows)
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                self._offset = f.tell()
+            if fortran or dtype.hasobject:
+                raise EncoderError(f"{path}: a C-order numeric array is needed (got {dtype}, fortran order {fortran})")
+            self.shape, self._dtype = shape, dtype
+            self._vectors = None
             side = path.with_suffix(".jsonl")
             if not side.is_file():
                 raise EncoderError(f"{path}: a .npy file needs {side.name} beside it (one text or id per row)")
@@ -333,8 +340,8 @@ class VectorFile:
                         if not isinstance(r, str) and (not isinstance(r, dict) or ("text" not in r and "id" not in r)):
                             raise EncoderError(f"{side}: every line must be a JSON string or an object with 'text' or 'id'")
                         n += 1
-            if n != len(self._vectors):
-                raise EncoderError(f"{side}: {n} rows for the {len(self._vectors)} vectors of {path.name}")
+            if n != shape[0]:
+                raise EncoderError(f"{side}: {n} rows for the {shape[0]} vectors of {path.name}")
         elif self.suffix in (".h5", ".hdf5"):
             import h5py
 
@@ -395,6 +402,28 @@ class VectorFile:
                 roles = f["role"][a:a + chunk] if "role" in f else [None] * len(vals)
                 yield [(kind, text(v), None if r is None else text(r)) for v, r in zip(vals, roles)]
 
+    def _npy_rows(self, idx: np.ndarray) -> np.ndarray:
+        """Rows of the .npy file by positioned reads, one per run of consecutive rows: no
+        memory map, so reading every vector once never adds the file to this process's memory."""
+        import os
+
+        uniq, inv = np.unique(idx, return_inverse=True)
+        row_bytes = int(np.prod(self.shape[1:])) * self._dtype.itemsize
+        out = np.empty((len(uniq),) + tuple(self.shape[1:]), self._dtype)
+        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)  # where a run of consecutive rows begins
+        ends = np.append(starts[1:], len(uniq))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for a, b in zip(starts, ends):
+                n = (b - a) * row_bytes
+                buf = os.pread(fd, n, self._offset + int(uniq[a]) * row_bytes)
+                if len(buf) != n:
+                    raise EncoderError(f"{self.path}: truncated file (rows {uniq[a]}..{uniq[b - 1]} are missing)")
+                out[a:b] = np.frombuffer(buf, self._dtype).reshape((b - a,) + tuple(self.shape[1:]))
+        finally:
+            os.close(fd)
+        return out.astype(np.float32, copy=False)[inv]
+
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """The vectors of rows ``idx`` (any order), float32."""
         from .cache import read_rows
@@ -406,7 +435,7 @@ class VectorFile:
                 self._vectors = np.asarray(col.to_pylist(), dtype=np.float32).reshape(len(self), -1)
             return self._vectors[idx]
         if self.suffix == ".npy":
-            return np.asarray(self._vectors[idx], dtype=np.float32)
+            return self._npy_rows(idx)
         if self._parts is None:
             return read_rows(self._h5["vectors"], idx)
         nq = len(self._parts[0][2])
