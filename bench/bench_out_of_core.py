@@ -39,25 +39,32 @@ class Column:
         return [f"{self.prefix}{i // self.div}" for i in range(a, b)]
 
 
+def synthetic_blocks(rows: int, dim: int, chunk: int, seed: int):
+    """(start, stop, queries, contexts) blocks of the synthetic task: unit contexts, and queries
+    a fixed random near-identity map of their context plus noise (a head has something to learn)."""
+    rng = np.random.default_rng(seed)
+    mix = np.eye(dim, dtype=np.float32) + 0.3 * rng.normal(size=(dim, dim)).astype(np.float32) / np.sqrt(dim)
+    for a in range(0, rows, chunk):
+        b = min(a + chunk, rows)
+        ctx = rng.normal(size=(b - a, dim)).astype(np.float32)
+        ctx /= np.linalg.norm(ctx, axis=1, keepdims=True)
+        que = ctx @ mix + 4.0 * rng.normal(size=ctx.shape).astype(np.float32) / np.sqrt(dim)
+        que /= np.linalg.norm(que, axis=1, keepdims=True)
+        yield a, b, que, ctx
+
+
 def write_synthetic_cache(path: Path, rows: int, dim: int, chunk: int = 250_000, seed: int = 0) -> float:
     """The cache through projhead's own writer (``CacheWriter``), block by block."""
     from projhead.cache import CacheWriter, cache_attrs
     from projhead.data import content_sha256
 
-    rng = np.random.default_rng(seed)
-    mix = np.eye(dim, dtype=np.float32) + 0.3 * rng.normal(size=(dim, dim)).astype(np.float32) / np.sqrt(dim)
     cols = {"queries/text": Column("q", rows), "queries/id": Column("id", rows),
             "queries/group": Column("g", rows, 100), "contexts/text": Column("c", rows)}
     t0 = time.perf_counter()
     info = {"name": "synthetic:planted", "resolved": "bench_out_of_core.py", "settings": {"seed": seed},
             "weights_sha256": "", "build": {}, "versions": {}}
     with CacheWriter(path, rows, rows, dim, "float16") as w:
-        for a in range(0, rows, chunk):
-            b = min(a + chunk, rows)
-            ctx = rng.normal(size=(b - a, dim)).astype(np.float32)
-            ctx /= np.linalg.norm(ctx, axis=1, keepdims=True)
-            que = ctx @ mix + 4.0 * rng.normal(size=ctx.shape).astype(np.float32) / np.sqrt(dim)
-            que /= np.linalg.norm(que, axis=1, keepdims=True)
+        for a, b, que, ctx in synthetic_blocks(rows, dim, chunk, seed):
             w.write("queries/vectors", a, que)
             w.write("contexts/vectors", a, ctx)
             w.write("queries/context", a, np.arange(a, b, dtype=np.int64))
@@ -73,18 +80,11 @@ def write_user_files(folder: Path, rows: int, dim: int, chunk: int = 250_000, se
     """What a user with an embedding API has: pairs.jsonl (query, context, id, group) and
     vectors.npy (float16, queries then contexts) with vectors.jsonl naming each row's text and
     role. The same synthetic task as the cache above."""
-    rng = np.random.default_rng(seed)
-    mix = np.eye(dim, dtype=np.float32) + 0.3 * rng.normal(size=(dim, dim)).astype(np.float32) / np.sqrt(dim)
     folder.mkdir(parents=True, exist_ok=True)
     vec = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(2 * rows, dim))
     t0 = time.perf_counter()
     with open(folder / "pairs.jsonl", "w") as pairs, open(folder / "vectors.jsonl", "w") as keys:
-        for a in range(0, rows, chunk):
-            b = min(a + chunk, rows)
-            ctx = rng.normal(size=(b - a, dim)).astype(np.float32)
-            ctx /= np.linalg.norm(ctx, axis=1, keepdims=True)
-            que = ctx @ mix + 4.0 * rng.normal(size=ctx.shape).astype(np.float32) / np.sqrt(dim)
-            que /= np.linalg.norm(que, axis=1, keepdims=True)
+        for a, b, que, ctx in synthetic_blocks(rows, dim, chunk, seed):
             vec[a:b], vec[rows + a:rows + b] = que, ctx
             pairs.writelines(f'{{"query": "q{i}", "context": "c{i}", "id": "id{i}", "group": "g{i // 100}"}}\n'
                              for i in range(a, b))
