@@ -201,7 +201,7 @@ def precision_fidelity(work: Path, head_dir: Path) -> dict:
     if not (head_dir / "config.json").is_file():
         t0 = time.perf_counter()
         projhead.auto_train(train, out=head_dir, progress=False)
-        print(f"default head trained on {train} in {time.perf_counter() - t0:.0f}s", flush=True)
+        print(f"default head trained on {train.path} in {time.perf_counter() - t0:.0f}s", flush=True)
     head = projhead.load_head(head_dir)
     dev = {"fp32": cache_dataset("squad-v1.1", "dev", "sentence", fp32, work, data)}
     bf16_path = work / dev["fp32"].name.replace(".h5", "-bf16.h5")
