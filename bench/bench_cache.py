@@ -203,9 +203,8 @@ def precision_fidelity(work: Path, head_dir: Path) -> dict:
         projhead.auto_train(train, out=head_dir, progress=False)
         print(f"default head trained on {train.path} in {time.perf_counter() - t0:.0f}s", flush=True)
     head = projhead.load_head(head_dir)
-    dev = {"fp32": cache_dataset("squad-v1.1", "dev", "sentence", fp32, work, data)}
+    dev = {"fp32": cache_dataset("squad-v1.1", "dev", "sentence", fp32, work, data).path}
     bf16_path = work / dev["fp32"].name.replace(".h5", "-bf16.h5")
-    t0 = time.perf_counter()
     build_cache(load_pairs("squad-v1.1", "dev", "sentence", data=data),
                 get_encoder("st:all-MiniLM-L6-v2", device="cpu", precision="bf16"), bf16_path, progress=False)
     dev["bf16"] = bf16_path
