@@ -53,7 +53,7 @@ def synthetic_blocks(rows: int, dim: int, chunk: int, seed: int):
         yield a, b, que, ctx
 
 
-def write_synthetic_cache(path: Path, rows: int, dim: int, chunk: int = 250_000, seed: int = 0) -> float:
+def write_synthetic_cache(path: Path, rows: int, dim: int, chunk: int = 65_536, seed: int = 0) -> float:
     """The cache through projhead's own writer (``CacheWriter``), block by block."""
     from projhead.cache import CacheWriter, cache_attrs
     from projhead.data import content_sha256
@@ -76,7 +76,7 @@ def write_synthetic_cache(path: Path, rows: int, dim: int, chunk: int = 250_000,
     return time.perf_counter() - t0
 
 
-def write_user_files(folder: Path, rows: int, dim: int, chunk: int = 250_000, seed: int = 0) -> dict:
+def write_user_files(folder: Path, rows: int, dim: int, chunk: int = 65_536, seed: int = 0) -> dict:
     """What a user with an embedding API has: pairs.jsonl (query, context, id, group) and
     vectors.npy (float16, queries then contexts) with vectors.jsonl naming each row's text and
     role. The same synthetic task as the cache above."""
