@@ -96,7 +96,7 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
         if precision not in ("auto", "fp32"):
             raise click.UsageError("--precision sets the encoder's arithmetic; imported vectors are not encoded")
         settings = {"normalize": not no_normalize, "files": vector_files,
-                    "ids": dict(zip(pairs.query_ids, pairs.queries))}
+                    "ids": lambda: dict(zip(pairs.query_ids, pairs.queries))}
     elif vector_files:
         raise click.UsageError("--vectors goes with --encoder vectors:NAME")
     if ray_address:

@@ -474,7 +474,8 @@ class VectorsEncoder:
     read from ``files`` (see ``VectorFile``) and looked up by text, so a head can be trained on
     them without re-encoding. NAME labels the model that made them; a head trained on
     ``vectors:NAME`` accepts only caches of the same NAME. ``ids``: a mapping from query id to
-    query text, for files keyed by id (``projhead cache`` passes the data's).
+    query text, or a function that makes one, for files keyed by id (``projhead cache`` passes
+    the data's, made only if a file is keyed by id).
 
     Memory: a 128-bit hash, a file number and a row per vector (about 32 bytes); the vectors
     stay in their files (.npy memory-mapped, HDF5 read by rows) until a shard asks for them."""
@@ -489,6 +490,13 @@ class VectorsEncoder:
         self.normalize = normalize
         self.dim = None
         self.sources: list[VectorFile] = []
+        resolved: dict = {}
+
+        def id_table() -> dict:  # built on the first id-keyed row only: files keyed by text never pay for it
+            if not resolved:
+                resolved["ids"] = (ids() if callable(ids) else ids) or {}
+            return resolved["ids"]
+
         hashes, src, row = [], [], []  # per chunk: (n, 2) uint64, so Python holds one chunk of keys at a time
         for k, f in enumerate(self.files):
             vf = VectorFile(f)
@@ -498,11 +506,11 @@ class VectorsEncoder:
             self.sources.append(vf)
             n = 0
             for chunk in vf.keys():
-                missing = [v for kind, v, _ in chunk if kind == "id" and v not in (ids or {})]
+                missing = [v for kind, v, _ in chunk if kind == "id" and v not in id_table()]
                 if missing:
                     raise EncoderError(f"{f}: {len(missing)} ids are not query ids of the data "
                                        f"(first: {missing[0]!r}); contexts must be keyed by text")
-                keyed = [(ids[key], "query") if kind == "id" else (key, role) for kind, key, role in chunk]
+                keyed = [(id_table()[key], "query") if kind == "id" else (key, role) for kind, key, role in chunk]
                 # a query id is the vector of that query's text; "document" is the context role
                 hashes.append(np.array([_key_hash("context" if r == "document" else (r or "*"), key)
                                         for key, r in keyed], dtype=np.uint64).reshape(-1, 2))
