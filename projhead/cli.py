@@ -80,15 +80,22 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
 
     Resumable: an interrupted run continues where it stopped. A finished cache with the same
     settings is left alone; one made with other settings is never overwritten silently."""
-    from .cache import build_cache, open_cache
-    from .data import load_pairs
+    from .cache import build_cache, cache_jsonl_vectors, open_cache
+    from .data import JSONL_META, iter_jsonl, load_pairs
     from .encoders import get_encoder
 
-    pairs = load_pairs(dataset, split, granularity, data=data, quac_history=quac_history)
-    out = Path(out) if out else Path("cache") / cache_name(dataset, split, pairs.meta.get("granularity", granularity),
-                                                           encoder, data)
-    click.echo(f"{pairs.meta.get('source')}: {len(pairs)} queries, {len(pairs.contexts)} distinct contexts "
-               f"({pairs.meta.get('granularity')})", err=True)
+    # your own vectors for a JSONL of pairs: streamed from the files, the texts are never all in memory
+    streamed = dataset == "jsonl" and encoder.startswith("vectors:") and not ray_address
+    if streamed:
+        if data is None:
+            raise DataError("dataset 'jsonl' needs a file: pass --data FILE.jsonl")
+        pairs, unit = None, JSONL_META["granularity"]
+    else:
+        pairs = load_pairs(dataset, split, granularity, data=data, quac_history=quac_history)
+        unit = pairs.meta.get("granularity", granularity)
+        click.echo(f"{pairs.meta.get('source')}: {len(pairs)} queries, {len(pairs.contexts)} distinct contexts "
+                   f"({unit})", err=True)
+    out = Path(out) if out else Path("cache") / cache_name(dataset, split, unit, encoder, data)
     settings = {"normalize": not no_normalize, "device": device, "precision": precision}
     if encoder.startswith("st:"):
         settings.update(query_prefix=query_prefix, context_prefix=context_prefix)
@@ -96,7 +103,8 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
         if precision not in ("auto", "fp32"):
             raise click.UsageError("--precision sets the encoder's arithmetic; imported vectors are not encoded")
         settings = {"normalize": not no_normalize, "files": vector_files,
-                    "ids": lambda: dict(zip(pairs.query_ids, pairs.queries))}
+                    "ids": (lambda: {qid: q for q, _, qid, _ in iter_jsonl(Path(data))}) if streamed
+                    else (lambda: dict(zip(pairs.query_ids, pairs.queries)))}
     elif vector_files:
         raise click.UsageError("--vectors goes with --encoder vectors:NAME")
     if ray_address:
@@ -110,14 +118,18 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
         dim = open_cache(out, load=False).dim
     else:
         enc = get_encoder(encoder, **settings)
-        res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size,
-                          overwrite=overwrite, progress=not quiet)
+        if streamed:
+            res = cache_jsonl_vectors(data, enc, out, dtype=dtype, overwrite=overwrite)
+        else:
+            res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size,
+                              overwrite=overwrite, progress=not quiet)
         dim = enc.dim
     if res.status == "already complete":
         click.echo(f"{out}: already complete with these settings; nothing to do")
     else:
-        ran = open_cache(out, load=False).encoder_info["settings"].get("precision")
-        click.echo(f"{out}: wrote {len(pairs)} query and {len(pairs.contexts)} context vectors "
+        done = open_cache(out, load=False)
+        ran = done.encoder_info["settings"].get("precision")
+        click.echo(f"{out}: wrote {done.attrs['n_queries']} query and {done.attrs['n_contexts']} context vectors "
                    f"(dim {dim}, {dtype}" + (f", encoded in {ran}" if ran else "") + f") in {res.seconds:.1f}s")
 
 

@@ -341,12 +341,11 @@ def load_quac(path: Path, history: int = 0, split: str = "", granularity: str = 
     return table.build(meta, str(path))
 
 
-def load_jsonl(path: Path, query_key: str = "query", context_key: str = "context",
-               id_key: str = "id", group_key: str = "group") -> Pairs:
-    """One JSON object per line with at least ``query`` and ``context``; ``id`` and
-    ``group`` are optional (default: the line number and the context)."""
+def iter_jsonl(path: Path, query_key: str = "query", context_key: str = "context", id_key: str = "id",
+               group_key: str = "group"):
+    """(query, context, id, group) of each line, read one line at a time: ``load_jsonl`` and the
+    streaming import read through here, with the same errors naming the file and line."""
     path = Path(path)
-    table = _ContextTable()
     opener = gzip.open if str(path).endswith(".gz") else open
     try:  # utf-8-sig: a byte-order mark (spreadsheet exports) is read, not taken for malformed JSON
         with opener(path, "rt", encoding="utf-8-sig") as f:
@@ -364,15 +363,26 @@ def load_jsonl(path: Path, query_key: str = "query", context_key: str = "context
                         raise DataError(f"{path}: line {n}: missing key {key!r}")
                 query = _text(row[query_key], path, f"line {n} {query_key!r}")
                 context = _text(row[context_key], path, f"line {n} {context_key!r}")
-                table.add(query, context, str(row.get(id_key, n)), str(row.get(group_key, context)))
+                yield query, context, str(row.get(id_key, n)), str(row.get(group_key, context))
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{path}: cannot read ({e})") from e
-    meta = {"dataset": "jsonl", "split": "", "granularity": "as-given", "source": str(path)}
-    return table.build(meta, str(path))
+
+
+JSONL_META = {"dataset": "jsonl", "split": "", "granularity": "as-given"}
+
+
+def load_jsonl(path: Path, query_key: str = "query", context_key: str = "context",
+               id_key: str = "id", group_key: str = "group") -> Pairs:
+    """One JSON object per line with at least ``query`` and ``context``; ``id`` and
+    ``group`` are optional (default: the line number and the context)."""
+    table = _ContextTable()
+    for query, context, qid, group in iter_jsonl(path, query_key, context_key, id_key, group_key):
+        table.add(query, context, qid, group)
+    return table.build(dict(JSONL_META, source=str(path)), str(path))
 
 
 QUORA_COLUMNS = ("qid1", "qid2", "question1", "question2", "is_duplicate")

@@ -121,3 +121,52 @@ def test_vectors_stay_in_their_files_until_a_text_needs_them(tmp_path, monkeypat
     assert sum(asked) == 3  # three rows read, not 5,000
     with pytest.raises(EncoderError, match="late.npy: row 0 holds NaN or Inf"):
         enc.encode(["text 7"])
+
+
+def _jsonl(tmp_path, pairs):
+    rows = [{"query": q, "context": pairs.contexts[c], "id": qid, "group": g}
+            for q, c, qid, g in zip(pairs.queries, pairs.q2c, pairs.query_ids, pairs.groups)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_streamed_import_writes_the_cache_build_cache_writes(tmp_path):
+    from projhead.cache import CacheError, cache_jsonl_vectors
+    from projhead.data import load_jsonl
+
+    pairs0 = planted_pairs(n_groups=6)
+    data = _jsonl(tmp_path, pairs0)
+    pairs = load_jsonl(data)  # the same data as build_cache sees it (ids, groups, distinct contexts)
+    enc, qv, cv = _vectors(pairs)
+    files = _write("npy", tmp_path, pairs, qv, cv)
+    imported = get_encoder("vectors:planted-api", files=files)
+    build_cache(pairs, imported, tmp_path / "built.h5", dtype="float16", progress=False)
+    res = cache_jsonl_vectors(data, imported, tmp_path / "streamed.h5", dtype="float16", block=7)
+    assert res.status == "written"
+    a, b = open_cache(tmp_path / "built.h5"), open_cache(tmp_path / "streamed.h5")  # texts checked on read
+    np.testing.assert_array_equal(a.queries, b.queries)
+    np.testing.assert_array_equal(a.contexts, b.contexts)
+    np.testing.assert_array_equal(a.q2c, b.q2c)
+    for k in ("fingerprint", "dataset", "split", "granularity", "dtype", "n_contexts", "encoder_json"):
+        assert a.attrs[k] == b.attrs[k], k
+    assert cache_jsonl_vectors(data, imported, tmp_path / "streamed.h5", dtype="float16").status == "already complete"
+    with pytest.raises(CacheError, match="exists and holds other work"):
+        cache_jsonl_vectors(data, imported, tmp_path / "streamed.h5", dtype="float32")
+
+
+def test_streamed_import_refuses_duplicate_ids_and_bad_lines(tmp_path):
+    from projhead.cache import cache_jsonl_vectors
+    from projhead.data import DataError
+
+    pairs = planted_pairs(n_groups=2)
+    enc, qv, cv = _vectors(pairs)
+    imported = get_encoder("vectors:x", files=_write("h5", tmp_path, pairs, qv, cv))
+    rows = [{"query": pairs.queries[0], "context": "c", "id": "same"}, {"query": pairs.queries[1], "context": "d", "id": "same"}]
+    (tmp_path / "dup.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataError, match="dup.jsonl: duplicate query id 'same'"):
+        cache_jsonl_vectors(tmp_path / "dup.jsonl", imported, tmp_path / "o.h5")
+    (tmp_path / "bad.jsonl").write_text('{"query": "a", "context": "b"}\n{"query": "a"')
+    with pytest.raises(DataError, match="bad.jsonl: line 2: malformed JSON"):
+        cache_jsonl_vectors(tmp_path / "bad.jsonl", imported, tmp_path / "o.h5")
+    assert not (tmp_path / "o.h5").exists()
