@@ -66,13 +66,12 @@ def _str_dtype():
     return h5py.string_dtype("utf-8")
 
 
-def job_identity(encoder_info: dict, pairs: Pairs, dtype: str, fingerprint: str | None = None) -> dict:
-    """What must match for two runs to be the same work (``fingerprint``: of ``pairs``, when
-    already known)."""
+def job_identity(encoder_info: dict, meta: dict, fingerprint: str, dtype: str) -> dict:
+    """What must match for two runs to be the same work: the encoder, the data (its metadata
+    and fingerprint) and the stored dtype."""
     return {"encoder": encoder_info["name"], "weights_sha256": encoder_info["weights_sha256"],
-            "settings": encoder_info["settings"], "fingerprint": fingerprint or pairs.fingerprint(),
-            "dataset": pairs.meta.get("dataset"), "split": pairs.meta.get("split"),
-            "granularity": pairs.meta.get("granularity"), "dtype": dtype}
+            "settings": encoder_info["settings"], "fingerprint": fingerprint, "dataset": meta.get("dataset"),
+            "split": meta.get("split"), "granularity": meta.get("granularity"), "dtype": dtype}
 
 
 def _describe_mismatch(have: dict, want: dict) -> str:
@@ -167,7 +166,7 @@ def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "flo
     out = Path(out)
     t0 = time.perf_counter()
     info = encoder.describe()
-    want = job_identity(info, pairs, dtype)
+    want = job_identity(info, pairs.meta, pairs.fingerprint(), dtype)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         lock = lock_output(out)
@@ -647,14 +646,8 @@ def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike
                "queries/group": _Lines(data, 3, n), "contexts/text": _Lines(data, 1, int(is_first.sum()), is_first)}
     fingerprint = content_sha256(*columns.values(), q2c)
     meta = dict(JSONL_META, source=str(data))
-
-    class _Meta:  # what job_identity reads of a Pairs
-        pass
-
-    pairs = _Meta()
-    pairs.meta = meta
     info = encoder.describe()
-    want = job_identity(info, pairs, dtype, fingerprint)
+    want = job_identity(info, meta, fingerprint, dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = lock_output(out)
     try:

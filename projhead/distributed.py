@@ -116,7 +116,7 @@ def build_cache_ray(pairs: Pairs, encoder: str, out: str | os.PathLike, settings
     probe = get_encoder(encoder, **settings)  # the identity the cache records (and a clear error if it fails)
     info, dim = probe.describe(), probe.dim
     del probe
-    want = job_identity(info, pairs, dtype)
+    want = job_identity(info, pairs.meta, pairs.fingerprint(), dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = lock_output(out)
     try:
