@@ -106,8 +106,9 @@ class ShardedVectors:
     def rows(self, idx: np.ndarray) -> np.ndarray:
         pos = self.position[np.asarray(idx, dtype=np.int64)]
         out = np.empty((len(pos), self.dim), np.float32)
-        for k in np.unique(pos // self.size):
-            sel = np.flatnonzero(pos // self.size == k)
+        by_shard = np.argsort(pos // self.size, kind="stable")  # rows grouped by shard, one pass
+        shards, starts = np.unique(pos[by_shard] // self.size, return_index=True)
+        for k, sel in zip(shards, np.split(by_shard, starts[1:])):
             shard = np.load(self.shard(int(k)), mmap_mode="r", allow_pickle=False)
             out[sel] = shard[pos[sel] % self.size]
             del shard
@@ -238,7 +239,7 @@ def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite,
         for a in range(0, len(pairs.contexts), step):
             w.write("contexts/vectors", a, cv.rows(np.arange(a, min(a + step, len(pairs.contexts)))))
         write_texts(w, pairs)
-        w.finish(cache_attrs(pairs.meta, info, pairs.fingerprint(), time.perf_counter() - t0))
+        w.finish(cache_attrs(pairs.meta, info, want["fingerprint"], time.perf_counter() - t0))
     shutil.rmtree(parts, ignore_errors=True)
     return CacheResult(out, "written", time.perf_counter() - t0, total)
 

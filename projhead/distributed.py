@@ -158,7 +158,7 @@ def build_cache_ray(pairs: Pairs, encoder: str, out: str | os.PathLike, settings
             for role, rows in layout.items():  # the shards, linked where they lie: no vector is copied
                 link_shards(w, role, [(os.path.relpath(p, out.parent), a, b) for p, a, b in rows])
             write_texts(w, pairs)
-            w.finish(cache_attrs(pairs.meta, info, pairs.fingerprint(), time.perf_counter() - t0))
+            w.finish(cache_attrs(pairs.meta, info, want["fingerprint"], time.perf_counter() - t0))
         return CacheResult(out, "written", time.perf_counter() - t0, sum(len(w["texts"]) for w in work))
     finally:
         lock.release()

@@ -276,7 +276,7 @@ class VectorFile:
 
     - ``.parquet``: columns ``vector`` (or ``embedding``), ``text`` or ``id``, optional ``role``
       (the vector column is read whole when first needed);
-    - ``.npy``: an (N, D) array (memory-mapped), with ``SAME_NAME.jsonl`` beside it: one line per
+    - ``.npy``: an (N, D) array (rows read by position), with ``SAME_NAME.jsonl`` beside it: one line per
       row, a JSON string (the text) or an object with ``text`` or ``id`` and optional ``role``;
     - ``.h5`` / ``.hdf5``: datasets ``vectors``, ``text`` or ``id``, optional ``role``; or a
       projhead cache (its queries and contexts, with their roles).
@@ -478,7 +478,7 @@ class VectorsEncoder:
     the data's, made only if a file is keyed by id).
 
     Memory: a 128-bit hash, a file number and a row per vector (about 32 bytes); the vectors
-    stay in their files (.npy memory-mapped, HDF5 read by rows) until a shard asks for them."""
+    stay in their files (.npy and HDF5 read by rows) until a shard asks for them."""
 
     prefix = "vectors"
 
