@@ -228,7 +228,11 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help="metric of the held-out queries ranked against every context of the cache")
 @click.option("--decision", type=click.Choice(["bootstrap", "better"]), default=_T.decision, show_default=True,
               help="bootstrap: replace the frozen encoder only if the 95%% interval of the dev gain is above 0")
-@click.option("--patience", type=POS_INT, default=None, help="epochs without a better dev metric [a quarter of the epochs]")
+@click.option("--patience", type=POS_INT, default=None,
+              help="epochs below the best dev metric by more than noise before stopping [a quarter of the epochs]")
+@click.option("--stop-epoch", type=POS_INT, default=None,
+              help="end the run after this epoch; the learning-rate schedule still spans --epochs "
+                   "(how model selection trains its winner on all pairs)")
 @click.option("--seed", type=int, default=_T.seed, show_default=True)
 @click.option("--device", default=_T.device, show_default=True)
 @click.option("--restart", is_flag=True, help="discard a checkpoint left in --out by an interrupted run")
@@ -236,7 +240,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
           loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, min_steps,
           batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, alpha, canaries,
-          canary_tolerance, dev_fraction, select_metric, decision, patience, seed, device, restart, quiet):
+          canary_tolerance, dev_fraction, select_metric, decision, patience, stop_epoch, seed, device, restart,
+          quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
     By default a few candidate heads are compared on held-out queries (k-fold on small
@@ -250,7 +255,8 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
               lr=lr or _T.lr, weight_decay=weight_decay, init_temperature=temperature,
               learn_temperature=not fixed_temperature, anchor_weight=anchor_weight, alpha=alpha,
               canaries=list(canaries), canary_tolerance=canary_tolerance, dev_fraction=dev_fraction,
-              select_metric=select_metric, decision=decision, patience=patience, seed=seed, device=device,
+              select_metric=select_metric, decision=decision, patience=patience, stop_epoch=stop_epoch, seed=seed,
+              device=device,
               loss_settings={**_settings(loss_setting), **({"chunk_size": chunk_size} if chunk_size else {})},
               mined=mined, hard_negatives=hard_negatives, silver=silver, stream=stream, stream_chunk=stream_chunk,
               stream_buffer=stream_buffer)
@@ -268,7 +274,10 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
     d = log.get("decision", {})
     m = head.info["metrics"]
     verdict = ("kept the frozen encoder (identity head): " + d.get("why", "") if head.config.passthrough
-               else f"best epoch {log['best_epoch']}")
+               else f"kept epoch {log['best_epoch']}" + (f" (highest dev metric at epoch {log['peak_epoch']}, "
+                                                           "later epochs within noise of it)"
+                                                           if log.get("peak_epoch", log["best_epoch"]) != log["best_epoch"]
+                                                           else ""))
     gain = d.get("dev_gain")
     interval = (f", gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to {gain['high']:+.4f})"
                 if gain else "")

@@ -104,6 +104,7 @@ class TrainConfig:
     loss: str = "clip"  # objective, a name in projhead.losses.LOSSES
     epochs: int | None = None  # None: sized to the data, at least 8 and enough for min_steps steps (at most 200)
     min_steps: int = 300  # with epochs=None: the fewest optimizer steps a run is given (small data: more epochs)
+    stop_epoch: int | None = None  # end the run after this epoch; the learning-rate schedule still spans all epochs
     batch_size: int | None = None  # pairs per step; None: a sixteenth of the training pairs, within [32, 2048]
     batching: str = "group"  # group: batches of whole shuffled groups (same-document negatives) | random
     lr: float = 5e-4  # peak AdamW learning rate
@@ -115,7 +116,7 @@ class TrainConfig:
     dev_fraction: float | None = None  # share of groups held out for selection; None: 5%, or 20% under 5,000 queries
     select_metric: str = "mrr10"  # metric of the dev queries ranked against every context of the cache
     decision: str = "bootstrap"  # bootstrap: keep a head only if the 95% interval of its dev gain is above 0 | better
-    patience: int | None = None  # epochs without a better dev metric before stopping; None: a quarter of the epochs, >= 2
+    patience: int | None = None  # epochs below the best dev metric by more than noise before stopping; None: a quarter of the epochs, >= 2
     seed: int = 0  # seeds the split, initialisation and batch order
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "cpu"  # cpu is plenty; cuda works for large caches
@@ -134,7 +135,7 @@ class TrainConfig:
         def bad(name, what):
             raise TrainError(f"training setting {name} must be {what}, not {getattr(self, name)!r}")
 
-        for name in ("epochs", "batch_size", "patience"):
+        for name in ("epochs", "batch_size", "patience", "stop_epoch"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 bad(name, "a positive integer (or None: sized to the data)")

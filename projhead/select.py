@@ -12,10 +12,11 @@ ranked against every context of the cache. Cheap, because the encoder never runs
 
 - Under ``CV_BELOW`` (5,000) queries the data is cut into ``folds`` (5) of whole groups;
   each candidate is trained once per fold for a fixed number of epochs, and every query is
-  scored out of fold, epoch by epoch. The best (candidate, epoch) by the mean out-of-fold
-  metric wins; then the winner is trained again on all pairs for that many epochs.
+  scored out of fold, epoch by epoch. Each candidate's epoch is the latest whose mean
+  out-of-fold metric is within noise of its highest (``kept_epoch``); the best candidate
+  wins, and is trained again on all pairs on the same schedule, ended at that epoch.
 - From ``CV_BELOW`` queries on, one dev split of whole groups; each candidate stops early on
-  it and the best keeps its best epoch.
+  it and keeps its latest epoch within noise of its best (``fit``); the best candidate wins.
 
 Either way the winner replaces the identity only if the paired bootstrap over the held-out
 queries puts its gain above 0 (``TrainConfig.decision``); the log keeps every candidate's
@@ -33,7 +34,8 @@ import numpy as np
 from .cache import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .heads import Head, HeadConfig
-from .train import SMALL, Canary, TrainConfig, TrainError, finish, fit, save_trained, split_groups, within_documents
+from .train import (SMALL, Canary, TrainConfig, TrainError, finish, fit, save_trained, split_groups, within_documents,
+                    within_noise)
 
 CV_BELOW = SMALL  # queries: below this, k-fold selection (every query scored once, out of fold)
 FOLDS = 5
@@ -138,7 +140,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                     per_epoch[e].append(er[min(e, last)])  # a run stopped by a non-finite loss keeps its last
             oof = [np.concatenate(p) for p in per_epoch]
             scores = [float(f(r).mean()) for r in oof]
-            e_best = int(np.argmax(scores))
+            e_best = kept_epoch(oof, scores, cfg)
             entry = {"name": name, "head": _head_dict(hc), "train": t, "epochs": tc.epochs,
                      "batch_size": tc.batch_size, "best_epoch": e_best, "score": scores[e_best],
                      "frozen": scores[0], "seconds": time.perf_counter() - s0}
@@ -153,9 +155,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
         log.update(chosen=name, dev_gain=boot, frozen_dev=rank_metrics(oof[0]),
                    chosen_dev=rank_metrics(oof[e_best]))
-        # the winner again on every pair, for the epochs that won out of fold (at least one)
-        final_cfg = replace(cfg, **{**t, "epochs": max(1, e_best), "batch_size": tc.batch_size,
-                                    "patience": max(1, e_best) + 1, "dev_fraction": 0.0})
+        # the winner again on every pair: the schedule of the folds, ended at the epoch that won
+        final_cfg = replace(cfg, **{**t, "epochs": tc.epochs, "stop_epoch": max(1, e_best),
+                                    "batch_size": tc.batch_size, "patience": tc.epochs + 1, "dev_fraction": 0.0})
         run = fit(cache, replace(base, **_head_dict(hc)), final_cfg, rows=(all_rows, all_rows[:0]), progress=False)
         head, run_log = run["head"], run["log"]
         if keep and not narrow:
@@ -206,6 +208,15 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
                    + (f" ({decision['why']})" if decision.get("why") else "") + f"; {log['seconds']:.1f}s")
     return save_trained(head, run_log, cache, final_cfg, frozen, out, extra={"selection": _brief(log)})
+
+
+def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -> int:
+    """The epoch to keep from per-epoch held-out ranks (0 = frozen): the latest one whose
+    metric is within noise of the highest (as ``fit`` keeps epochs), or 0 if none beat it."""
+    peak = int(np.argmax(scores))
+    if peak == 0:
+        return 0
+    return next((e for e in range(len(scores) - 1, peak, -1) if within_noise(ranks[e], ranks[peak], cfg)), peak)
 
 
 def _why(cfg: TrainConfig, boot: dict, epoch: int) -> str:

@@ -168,7 +168,10 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
                         "steps_per_epoch": source.steps_per_epoch},
            "canaries_frozen": {c.name: c.frozen for c in canaries}}
     epoch_ranks = {0: frozen_ranks}
+    # best: the highest dev metric so far; kept: the latest epoch not below it by more than
+    # noise, the one returned (the schedule runs on while the metric only wobbles)
     best = {"score": frozen.get(cfg.select_metric, -math.inf), "epoch": 0, "state": None, "metrics": frozen}
+    kept = best
     step, bad_epochs, first_epoch = 0, 0, 1
     resumed = load_checkpoint(ckpt, job) if ckpt is not None else None
     if resumed is not None:
@@ -180,11 +183,15 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
         rng.bit_generator.state = state["numpy_rng"]
         step, bad_epochs, first_epoch, log = state["step"], state["bad_epochs"], state["epoch"] + 1, state["log"]
         best = dict(state["best"], state={k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None)
+        kept = (dict(state["kept"], state={k[5:]: v for k, v in tensors.items() if k.startswith("kept.")} or None)
+                if "kept" in state else best)  # a checkpoint written before epochs were kept within noise
         epoch_ranks.update({int(k[6:]): v.numpy() for k, v in tensors.items() if k.startswith("ranks.")})
         if progress:
             print(f"resuming from {ckpt} after epoch {state['epoch']}", flush=True)
-    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not progress)
-    for epoch in range(first_epoch, cfg.epochs + 1):
+    last_epoch = min(cfg.epochs, cfg.stop_epoch or cfg.epochs)
+    bar = tqdm(total=source.steps_per_epoch * last_epoch, initial=step, desc="training", unit="step",
+               disable=not progress)
+    for epoch in range(first_epoch, last_epoch + 1):
         if bad_epochs >= cfg.patience or log.get("stopped"):
             break  # a resumed run that had already stopped
         t0 = time.perf_counter()
@@ -236,9 +243,12 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
                                 for k, v in canary_scores.items())
                       + f"  (frozen {cfg.select_metric} {frozen.get(cfg.select_metric, float('nan')):.4f})")
         if score > best["score"]:
-            best = {"score": score, "epoch": epoch, "metrics": metrics,
-                    "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
+            best = kept = {"score": score, "epoch": epoch, "metrics": metrics,
+                           "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
             bad_epochs = 0
+        elif has_dev and best["epoch"] > 0 and within_noise(r, epoch_ranks[best["epoch"]], cfg):
+            kept = {"score": score, "epoch": epoch, "metrics": metrics,
+                    "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
         else:
             bad_epochs += 1
         if ckpt is not None:
@@ -246,11 +256,13 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
             tensors = {**{f"head.{k}": v for k, v in head.state_dict().items()},
                        **{f"loss.{k}": v for k, v in loss_fn.state_dict().items()},
                        **{f"best.{k}": v for k, v in (best["state"] or {}).items()},
+                       **{f"kept.{k}": v for k, v in (kept["state"] or {}).items()},
                        **{f"ranks.{e}": torch.from_numpy(np.asarray(v, np.int64)) for e, v in epoch_ranks.items()},
                        **opt_tensors, **rng_state(cfg.device)}
             save_checkpoint(ckpt, job, {"epoch": epoch, "step": step, "bad_epochs": bad_epochs, "log": log,
                                          "numpy_rng": rng.bit_generator.state, **opt_json,
-                                         "best": {k: v for k, v in best.items() if k != "state"}}, tensors)
+                                         "best": {k: v for k, v in best.items() if k != "state"},
+                                         "kept": {k: v for k, v in kept.items() if k != "state"}}, tensors)
         if bad_epochs >= cfg.patience:
             break
     bar.close()
@@ -258,11 +270,19 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
         source.f.close()
     head = head.cpu()
     # no epoch beat the frozen vectors: the step-0 weights (identity for identity-initialised heads)
-    head.load_state_dict(best["state"] if best["state"] is not None else init_state)
+    head.load_state_dict(kept["state"] if kept["state"] is not None else init_state)
     head.eval()
-    log.update(best_epoch=best["epoch"], seconds=time.perf_counter() - t_start)
-    return {"head": head, "log": log, "best": best, "epoch_ranks": epoch_ranks, "frozen": frozen, "cfg": cfg,
+    log.update(best_epoch=kept["epoch"], peak_epoch=best["epoch"], seconds=time.perf_counter() - t_start)
+    return {"head": head, "log": log, "best": kept, "epoch_ranks": epoch_ranks, "frozen": frozen, "cfg": cfg,
             "dev": dev}
+
+
+def within_noise(ranks: np.ndarray, best_ranks: np.ndarray, cfg: TrainConfig) -> bool:
+    """Is an epoch's dev metric below the best epoch's by no more than noise (the 95% paired
+    bootstrap interval of the difference reaches 0)? Such an epoch is kept over the best: the
+    run has trained longer, and the held-out queries cannot tell the two apart."""
+    f = PER_QUERY[cfg.select_metric]
+    return paired_bootstrap(f(ranks), f(best_ranks), seed=cfg.seed)["high"] >= 0
 
 
 def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.ndarray | None, canaries=(),

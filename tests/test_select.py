@@ -79,3 +79,47 @@ def test_stream_needs_one_configuration(planted_cache):
 
     with pytest.raises(TrainError, match="--stream"):
         auto_train(planted_cache(n_groups=5), TrainConfig(stream=True), progress=False)
+
+
+def test_the_kept_epoch_is_the_latest_within_noise_of_the_best():
+    from projhead.select import kept_epoch
+
+    rng = np.random.default_rng(0)
+    frozen = np.full(1000, 6)
+    peak = rng.integers(0, 3, 1000)
+    wobble = peak.copy()
+    wobble[rng.choice(1000, 100, replace=False)] = rng.integers(0, 3, 100)
+    drop = peak + 2
+
+    def pick(epochs):
+        scores = [float((1 / (1 + r)).mean()) for r in epochs]
+        return kept_epoch(epochs, scores, TrainConfig())
+
+    assert pick([frozen, peak, wobble, wobble]) == 3  # trained longer, held-out cannot tell
+    assert pick([frozen, peak, wobble, drop]) == 2  # the last epoch is clearly worse
+    assert pick([frozen, drop, peak, drop]) == 2
+    assert pick([frozen, frozen + 1, frozen + 2]) == 0  # nothing beat the frozen encoder
+
+
+def test_the_winner_is_refit_on_the_schedule_of_the_folds(planted_cache):
+    head, log = auto_train(planted_cache(n_groups=40), TrainConfig(epochs=6),
+                           fixed={"kind": "linear", "towers": "query"}, progress=False)
+    cand = log["selection"]["candidates"][0]
+    training = head.info["training"]
+    assert training["epochs"] == 6 and training["stop_epoch"] == max(1, cand["best_epoch"])
+    assert len(log["epochs"]) == training["stop_epoch"]
+
+
+def test_stop_epoch_ends_the_run_on_the_full_schedule(planted_cache):
+    from projhead.heads import HeadConfig
+    from projhead.train import train_head
+
+    path = planted_cache(n_groups=30)
+    cfg = TrainConfig(epochs=6, batch_size=64, dev_fraction=0.0, decision="better", alpha=1.0)
+    _, whole = train_head(path, HeadConfig(kind="linear", towers="query"), cfg, progress=False)
+    _, cut = train_head(path, HeadConfig(kind="linear", towers="query"),
+                        TrainConfig(**{**cfg.__dict__, "stop_epoch": 2}), progress=False)
+    assert len(cut["epochs"]) == 2 and len(whole["epochs"]) == 6
+    for a, b in zip(cut["epochs"], whole["epochs"][:2]):  # the same steps at the same learning rates
+        assert a["lr"] == b["lr"] and a["train_loss"] == b["train_loss"]
+    assert cut["epochs"][-1]["lr"] > whole["epochs"][-1]["lr"]

@@ -359,3 +359,43 @@ def test_a_canary_that_the_head_hurts_shrinks_it(planted_cache, tmp_path):
     else:
         assert head.config.passthrough
     assert "canary" in (tmp_path / "h" / "README.md").read_text()
+
+
+def test_an_epoch_within_noise_of_the_best_is_kept_over_it(planted_cache, monkeypatch):
+    """The run keeps the latest epoch whose dev metric is not below the best by more than
+    noise; only epochs clearly below it count toward patience."""
+    from projhead.batches import DevSet
+
+    def script(n):
+        half = (np.arange(n) >= n // 2).astype(np.int64)  # half the queries first, half second
+        wobble = half.copy()
+        wobble[:3], wobble[-2:] = 1, 0  # three queries lose a place, two gain one: a little lower, noise
+        return [np.full(n, 5), half, wobble, np.full(n, 4)]
+
+    calls = []
+
+    def scripted(self, head):
+        calls.append(1)
+        steps = script(len(self))
+        return steps[min(len(calls), len(steps)) - 1]
+
+    monkeypatch.setattr(DevSet, "ranks", scripted)
+    path = planted_cache(n_groups=60)
+    head, log = train_head(path, HeadConfig(kind="linear", towers="query"),
+                           TrainConfig(epochs=6, batch_size=128, lr=0.02, dev_fraction=0.2, patience=1,
+                                       decision="better", alpha=1.0), progress=False)
+    assert len(log["epochs"]) == 3  # epoch 3 is clearly worse: patience 1 ends the run
+    assert log["peak_epoch"] == 1 and log["best_epoch"] == 2
+
+
+def test_within_noise_tells_a_wobble_from_a_drop():
+    from projhead.train import within_noise
+
+    rng = np.random.default_rng(0)
+    best = rng.integers(0, 5, 2000)
+    wobble = best.copy()
+    moved = rng.choice(2000, 200, replace=False)
+    wobble[moved] = rng.integers(0, 5, 200)  # a tenth of the queries reshuffled
+    assert within_noise(best, best, TrainConfig())
+    assert within_noise(wobble, best, TrainConfig())
+    assert not within_noise(best + 1, best, TrainConfig())
