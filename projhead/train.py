@@ -10,13 +10,17 @@ Usage::
 The loop, nanoGPT-style: hold out a dev split (whole groups, i.e. articles, so dev contexts
 are unseen), score the frozen vectors on it, then per epoch: shuffle, step over batches of
 (query, gold context) pairs with AdamW and warm-up + cosine decay, clamp the temperature,
-score the dev split with the out-of-500 protocol. The best epoch by ``select_metric`` is
-kept; if no epoch beats the frozen vectors, the saved head is the identity (passthrough),
-so a head never ships worse than the encoder it sits on, as measured on the dev split.
+rank the dev queries against every context of the cache. The epoch kept is the latest whose
+``select_metric`` is within noise of the best epoch's (a paired bootstrap over the dev
+queries): the schedule runs on while the metric only wobbles, and stops after ``patience``
+epochs clearly below the best. If no epoch beats the frozen vectors, or the gain is within
+noise (``decision``), the saved head is the identity (passthrough), so a head never ships
+worse than the encoder it sits on, as measured on the dev split.
 
 Heads should stay close to the frozen encoder unless the data says otherwise: identity
-initialisation, early stopping (``patience``) and ``anchor_weight`` (a penalty on the mean
-squared distance between head output and frozen vector) all pull that way.
+initialisation, early stopping (``patience``), interpolation toward the frozen encoder
+(``alpha``) and ``anchor_weight`` (a penalty on the mean squared distance between head
+output and frozen vector) all pull that way.
 """
 from __future__ import annotations
 
@@ -131,8 +135,8 @@ def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
 def fit(cache: Cache, hcfg: HeadConfig, cfg: TrainConfig, rows=None, ckpt: Path | None = None,
         job: dict | None = None, progress: bool = True, canaries=()) -> dict:
     """One training run: epochs over the training pairs, each scored on the dev queries.
-    Returns the head with its best epoch's weights (or its step-0 weights when no epoch beat
-    the frozen encoder), the log, and every epoch's per-query dev ranks (``epoch_ranks``,
+    Returns the head with its kept epoch's weights (the latest within noise of the best;
+    step-0 weights when no epoch beat the frozen encoder), the log, and every epoch's per-query dev ranks (``epoch_ranks``,
     epoch 0 = frozen). Without dev queries the last epoch is kept. A non-finite loss ends
     the run at the last good epoch, said in the log (``stopped``)."""
     _check(cfg, hcfg, cache)
@@ -341,8 +345,9 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     """Train, select and (if ``out``) save a head; returns it and the training log.
 
     Settings left as None are sized to the data (``TrainConfig.sized``). The dev queries
-    are ranked against every context of the cache; the best epoch is kept only if its gain
-    over the frozen encoder is more than noise (``decision``), else the head is the identity.
+    are ranked against every context of the cache; the kept epoch (the latest within noise
+    of the best) replaces the identity only if its gain over the frozen encoder is more than
+    noise (``decision``), else the head is the identity.
 
     With ``out``, a checkpoint is written after every epoch to ``out/checkpoint.safetensors``;
     a run stopped in any way resumes from it when called again with the same settings and
