@@ -173,7 +173,9 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0,
     if len(d) == 0:
         return {"gain": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
     rng = np.random.default_rng(seed)
-    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n)])
+    block = max(1, min(n, 2_000_000 // len(d)))  # resamples drawn a block at a time (the same draws as one by one)
+    means = np.concatenate([d[rng.integers(0, len(d), (min(block, n - i), len(d)))].mean(1)
+                            for i in range(0, n, block)])
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return {"gain": float(d.mean()), "low": float(lo), "high": float(hi), "n": int(len(d))}
 
