@@ -2,7 +2,8 @@
 adapter recipe and fine-tuning the encoder itself.
 
     PROJHEAD_DATA=../shared/data python bench/bench_small_data.py [--sizes 100 300 1000 3000 10000]
-        [--seeds 0 1 2] [--full] [--quora] [--quora-objectives] [--finetune-sizes 1000] [--out bench/results/small_data]
+        [--seeds 0 1 2] [--full] [--quora] [--quora-objectives] [--finetune-sizes 1000] [--encoder-layers N]
+        [--out bench/results/small_data]
 
 Training sets: SQuAD v1.1 train subsets (articles in a seeded random order, taken whole until
 the size is reached, the last one cut), the full train set (``--full``, seed 0) and the Quora
@@ -22,6 +23,9 @@ Systems:
   then SQuAD dev and the Quora corpus encoded again (both times reported).
 ``--quora-objectives``: on the Quora pairs, ``clip`` against ``byol`` (one shared residual
 tower, ``--no-auto``, the best epoch kept whenever it is better on held-out pairs).
+``--encoder-layers N``: every cache encoded again by the default encoder cut to its first N
+transformer layers, a weaker frozen encoder (real weights) that knows these data less well,
+so heads have something to gain: does model selection keep a real gain from few pairs?
 Prints one line per (training set, system) and writes ``OUT.json`` and ``OUT.md``.
 """
 from __future__ import annotations
@@ -135,6 +139,19 @@ def finetune(train, seed: int, batch: int = 32, lr: float = 2e-5, scale: float =
     return model
 
 
+def truncated_encoder(layers: int):
+    """The default encoder cut to its first ``layers`` transformer layers (same tokenizer and
+    mean pooling): real weights, a weaker encoder."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(get_encoder(DEFAULT_ENCODER).describe()["resolved"], device="cpu")
+    stack = model[0].auto_model.encoder.layer
+    if not 1 <= layers < len(stack):
+        raise SystemExit(f"--encoder-layers must be between 1 and {len(stack) - 1}")
+    model[0].auto_model.encoder.layer = stack[:layers]
+    return model.eval()
+
+
 def encode_cache_with(model, ref):
     """``ref``'s texts encoded by ``model``: a stand-in cache with the same queries and contexts."""
     q = model.encode(ref.query_texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
@@ -159,8 +176,13 @@ def main():
     ap.add_argument("--systems", nargs="+", default=["projhead", "fixed", "adapter", "adapter-lr1e-3"])
     ap.add_argument("--quora-objectives", action="store_true",
                     help="Quora: also clip against byol, one shared residual tower, every epoch kept if better")
+    ap.add_argument("--encoder-layers", type=int, default=0,
+                    help="cut the encoder to its first N transformer layers: a weaker frozen encoder, "
+                         "one that knows the data less well (every cache is encoded again with it)")
     ap.add_argument("--out", default="bench/results/small_data")
     args = ap.parse_args()
+    if args.encoder_layers and args.finetune_sizes:
+        raise SystemExit("--finetune-sizes fine-tunes the whole encoder: not with --encoder-layers")
     data = os.environ.get("PROJHEAD_DATA")
     WORK.mkdir(parents=True, exist_ok=True)
     enc = get_encoder(DEFAULT_ENCODER)
@@ -168,13 +190,20 @@ def main():
     evals = {"squad-dev": cache_dataset("squad-v1.1", "dev", "sentence", enc, WORK, data),
              "quora-test": cache_dataset("quora", "dev", "question", enc, WORK, data)}
     quora_train = cache_dataset("quora", "train", "question", enc, WORK, data) if args.quora else None
+    weaker = truncated_encoder(args.encoder_layers) if args.encoder_layers else None
+    if weaker is not None:
+        evals = {name: encode_cache_with(weaker, c) for name, c in evals.items()}
+        quora_train = encode_cache_with(weaker, quora_train) if quora_train is not None else None
     frozen = {name: scores(projhead.evaluate_cache(c), "frozen") for name, c in evals.items()}
     print("frozen " + "  ".join(f"{n}: {v}" for n, v in frozen.items()), flush=True)
 
-    jobs = [(f"squad-{size}", size, seed, squad_train.subset(subset_rows(squad_train.groups, size, seed)))
+    def own(c):  # a training set's vectors from the encoder under test
+        return encode_cache_with(weaker, c) if weaker is not None else c
+
+    jobs = [(f"squad-{size}", size, seed, own(squad_train.subset(subset_rows(squad_train.groups, size, seed))))
             for size in args.sizes for seed in args.seeds]
     if args.full:
-        jobs.append(("squad-full", len(squad_train.q2c), 0, squad_train))
+        jobs.append(("squad-full", len(squad_train.q2c), 0, own(squad_train)))
     if quora_train is not None:
         jobs += [("quora", len(quora_train.q2c), seed, quora_train) for seed in args.seeds]
 
@@ -234,7 +263,8 @@ def main():
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"bench": "small_data", "encoder": DEFAULT_ENCODER, "frozen": frozen, "rows": rows,
+    result = {"bench": "small_data", "encoder": DEFAULT_ENCODER, "encoder_layers": args.encoder_layers or None,
+              "frozen": frozen, "rows": rows,
               "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
     out.with_suffix(".md").write_text(table(result))
@@ -247,10 +277,12 @@ def table(result: dict) -> str:
     for r in result["rows"]:
         for system, v in r["systems"].items():
             groups.setdefault((r["train_set"], system), []).append((r["size"], v))
-    lines = ["| training set | pairs | system | seeds | SQuAD dev top-1 | SQuAD dev nDCG@10 | Quora test nDCG@10 | "
-             "train s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"Encoder: {result['encoder']}" + (f" cut to its first {result['encoder_layers']} layers"
+                                             if result.get("encoder_layers") else "") + ". Percent, mean ± std over seeds.",
+             "", "| training set | pairs | system | seeds | heads kept | SQuAD dev top-1 | SQuAD dev nDCG@10 | "
+             "Quora test nDCG@10 | train s |", "|---|---|---|---|---|---|---|---|---|"]
     f = result["frozen"]
-    lines.append(f"| (none) | 0 | frozen | | {100 * f['squad-dev']['top1']:.1f} | {100 * f['squad-dev']['nDCG@10']:.1f} "
+    lines.append(f"| (none) | 0 | frozen | | | {100 * f['squad-dev']['top1']:.1f} | {100 * f['squad-dev']['nDCG@10']:.1f} "
                  f"| {100 * f['quora-test']['nDCG@10']:.1f} | |")
 
     def cell(vals):
@@ -261,7 +293,8 @@ def table(result: dict) -> str:
         vs = [v for _, v in items]
         size = int(np.mean([s for s, _ in items]))
         secs = np.mean([v["train_seconds"] + v.get("encode_seconds", 0) for v in vs])
-        lines.append(f"| {name} | {size:,} | {system} | {len(vs)} | {cell([v['squad-dev']['top1'] for v in vs])} | "
+        kept = (f"{sum(v['kept'] == 'head' for v in vs)} of {len(vs)}" if all("kept" in v for v in vs) else "")
+        lines.append(f"| {name} | {size:,} | {system} | {len(vs)} | {kept} | {cell([v['squad-dev']['top1'] for v in vs])} | "
                      f"{cell([v['squad-dev']['nDCG@10'] for v in vs])} | {cell([v['quora-test']['nDCG@10'] for v in vs])}"
                      f" | {secs:.0f} |")
     return "\n".join(lines) + "\n"
