@@ -211,12 +211,14 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
 
 
 def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -> int:
-    """The epoch to keep from per-epoch held-out ranks (0 = frozen): the latest one whose
-    metric is within noise of the highest (as ``fit`` keeps epochs), or 0 if none beat it."""
+    """The epoch to keep from per-epoch held-out ranks (0 = frozen): the latest one within
+    noise of the highest and clearly above the frozen encoder (``within_noise``, as ``fit``
+    keeps epochs), else the highest; 0 if none beat the frozen encoder."""
     peak = int(np.argmax(scores))
     if peak == 0:
         return 0
-    return next((e for e in range(len(scores) - 1, peak, -1) if within_noise(ranks[e], ranks[peak], cfg)), peak)
+    return next((e for e in range(len(scores) - 1, peak, -1)
+                 if within_noise(ranks[e], ranks[peak], r0=ranks[0], cfg=cfg)), peak)
 
 
 def _why(cfg: TrainConfig, boot: dict, epoch: int) -> str:

@@ -250,7 +250,7 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
             best = kept = {"score": score, "epoch": epoch, "metrics": metrics,
                            "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
             bad_epochs = 0
-        elif has_dev and best["epoch"] > 0 and within_noise(r, epoch_ranks[best["epoch"]], cfg):
+        elif has_dev and best["epoch"] > 0 and within_noise(r, epoch_ranks[best["epoch"]], r0=frozen_ranks, cfg=cfg):
             kept = {"score": score, "epoch": epoch, "metrics": metrics,
                     "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
         else:
@@ -281,12 +281,17 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
             "dev": dev}
 
 
-def within_noise(ranks: np.ndarray, best_ranks: np.ndarray, cfg: TrainConfig) -> bool:
-    """Is an epoch's dev metric below the best epoch's by no more than noise (the 95% paired
-    bootstrap interval of the difference reaches 0)? Such an epoch is kept over the best: the
-    run has trained longer, and the held-out queries cannot tell the two apart."""
+def within_noise(ranks: np.ndarray, best_ranks: np.ndarray, r0: np.ndarray, cfg: TrainConfig) -> bool:
+    """May a later epoch be kept over the best one? Only if its dev metric is below the best's
+    by no more than noise (the 95% paired-bootstrap interval of the difference reaches 0) and
+    still clearly above the frozen encoder's (``r0``; that interval above 0): the run has
+    trained longer, the held-out queries cannot tell it from the best, and they say it helps.
+    On a few hundred queries most epochs are within noise of each other, but not clearly
+    better than the frozen encoder, so a small run keeps its best epoch, the least drift."""
     f = PER_QUERY[cfg.select_metric]
-    return paired_bootstrap(f(ranks), f(best_ranks), seed=cfg.seed)["high"] >= 0
+    now = f(ranks)
+    return (paired_bootstrap(now, f(best_ranks), seed=cfg.seed)["high"] >= 0
+            and paired_bootstrap(now, f(r0), seed=cfg.seed)["low"] > 0)
 
 
 def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.ndarray | None, canaries=(),

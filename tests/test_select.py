@@ -99,6 +99,13 @@ def test_the_kept_epoch_is_the_latest_within_noise_of_the_best():
     assert pick([frozen, peak, wobble, drop]) == 2  # the last epoch is clearly worse
     assert pick([frozen, drop, peak, drop]) == 2
     assert pick([frozen, frozen + 1, frozen + 2]) == 0  # nothing beat the frozen encoder
+    later = peak.copy()
+    later[np.flatnonzero(peak == 0)[:4]] += 1
+    later[np.flatnonzero(peak == 2)[-10:]] -= 1  # four queries lose half their score, ten gain a little
+    near = later.copy()
+    near[np.flatnonzero(later < 2)[0]] += 1  # a frozen encoder one query behind the later epoch
+    assert pick([frozen, peak, later]) == 2
+    assert pick([near, peak, later]) == 1  # the later epoch is not clearly above frozen: the best is kept
 
 
 def test_the_winner_is_refit_on_the_schedule_of_the_folds(planted_cache):

@@ -396,6 +396,34 @@ def test_within_noise_tells_a_wobble_from_a_drop():
     wobble = best.copy()
     moved = rng.choice(2000, 200, replace=False)
     wobble[moved] = rng.integers(0, 5, 200)  # a tenth of the queries reshuffled
-    assert within_noise(best, best, TrainConfig())
-    assert within_noise(wobble, best, TrainConfig())
-    assert not within_noise(best + 1, best, TrainConfig())
+    frozen = best + 3
+    assert within_noise(best, best, frozen, TrainConfig())
+    assert within_noise(wobble, best, frozen, TrainConfig())
+    assert not within_noise(best + 1, best, frozen, TrainConfig())  # clearly below the best
+    assert not within_noise(wobble, best, wobble, TrainConfig())  # not clearly above the frozen encoder
+
+
+def test_a_later_epoch_not_clearly_above_the_frozen_encoder_is_not_kept(planted_cache, monkeypatch):
+    """On a few held-out queries every epoch is within noise of the best; a later one is kept
+    only while the queries also say it beats the frozen encoder, so small runs keep their best."""
+    from projhead.batches import DevSet
+
+    def script(n):
+        frozen = (np.arange(n) >= n // 2).astype(np.int64)
+        peak, later = frozen.copy(), frozen.copy()
+        peak[-2:] = 0  # two queries better than frozen
+        later[-1:] = 0  # one: within noise of the peak, and of the frozen encoder
+        return [frozen, peak, later]
+
+    calls = []
+
+    def scripted(self, head):
+        calls.append(1)
+        steps = script(len(self))
+        return steps[min(len(calls), len(steps)) - 1]
+
+    monkeypatch.setattr(DevSet, "ranks", scripted)
+    head, log = train_head(planted_cache(n_groups=60), HeadConfig(kind="linear", towers="query"),
+                           TrainConfig(epochs=6, batch_size=128, lr=0.02, dev_fraction=0.2, patience=1,
+                                       decision="better", alpha=1.0), progress=False)
+    assert len(log["epochs"]) == 2 and log["peak_epoch"] == log["best_epoch"] == 1
