@@ -361,16 +361,10 @@ def test_a_canary_that_the_head_hurts_shrinks_it(planted_cache, tmp_path):
     assert "canary" in (tmp_path / "h" / "README.md").read_text()
 
 
-def test_an_epoch_within_noise_of_the_best_is_kept_over_it(planted_cache, monkeypatch):
-    """The run keeps the latest epoch whose dev metric is not below the best by more than
-    noise; only epochs clearly below it count toward patience."""
+def _train_on_scripted_dev_ranks(planted_cache, monkeypatch, script):
+    """Train with the dev ranks of each call (frozen, then epoch 1, 2, ...) given by
+    ``script(n_dev)``: the epoch-keeping rule seen in isolation from the training itself."""
     from projhead.batches import DevSet
-
-    def script(n):
-        half = (np.arange(n) >= n // 2).astype(np.int64)  # half the queries first, half second
-        wobble = half.copy()
-        wobble[:3], wobble[-2:] = 1, 0  # three queries lose a place, two gain one: a little lower, noise
-        return [np.full(n, 5), half, wobble, np.full(n, 4)]
 
     calls = []
 
@@ -380,10 +374,22 @@ def test_an_epoch_within_noise_of_the_best_is_kept_over_it(planted_cache, monkey
         return steps[min(len(calls), len(steps)) - 1]
 
     monkeypatch.setattr(DevSet, "ranks", scripted)
-    path = planted_cache(n_groups=60)
-    head, log = train_head(path, HeadConfig(kind="linear", towers="query"),
-                           TrainConfig(epochs=6, batch_size=128, lr=0.02, dev_fraction=0.2, patience=1,
-                                       decision="better", alpha=1.0), progress=False)
+    _, log = train_head(planted_cache(n_groups=60), HeadConfig(kind="linear", towers="query"),
+                        TrainConfig(epochs=6, batch_size=128, lr=0.02, dev_fraction=0.2, patience=1,
+                                    decision="better", alpha=1.0), progress=False)
+    return log
+
+
+def test_an_epoch_within_noise_of_the_best_is_kept_over_it(planted_cache, monkeypatch):
+    """The run keeps the latest epoch whose dev metric is not below the best by more than
+    noise; only epochs clearly below it count toward patience."""
+    def script(n):
+        half = (np.arange(n) >= n // 2).astype(np.int64)  # half the queries first, half second
+        wobble = half.copy()
+        wobble[:3], wobble[-2:] = 1, 0  # three queries lose a place, two gain one: a little lower, noise
+        return [np.full(n, 5), half, wobble, np.full(n, 4)]
+
+    log = _train_on_scripted_dev_ranks(planted_cache, monkeypatch, script)
     assert len(log["epochs"]) == 3  # epoch 3 is clearly worse: patience 1 ends the run
     assert log["peak_epoch"] == 1 and log["best_epoch"] == 2
 
@@ -406,8 +412,6 @@ def test_within_noise_tells_a_wobble_from_a_drop():
 def test_a_later_epoch_not_clearly_above_the_frozen_encoder_is_not_kept(planted_cache, monkeypatch):
     """On a few held-out queries every epoch is within noise of the best; a later one is kept
     only while the queries also say it beats the frozen encoder, so small runs keep their best."""
-    from projhead.batches import DevSet
-
     def script(n):
         frozen = (np.arange(n) >= n // 2).astype(np.int64)
         peak, later = frozen.copy(), frozen.copy()
@@ -415,15 +419,5 @@ def test_a_later_epoch_not_clearly_above_the_frozen_encoder_is_not_kept(planted_
         later[-1:] = 0  # one: within noise of the peak, and of the frozen encoder
         return [frozen, peak, later]
 
-    calls = []
-
-    def scripted(self, head):
-        calls.append(1)
-        steps = script(len(self))
-        return steps[min(len(calls), len(steps)) - 1]
-
-    monkeypatch.setattr(DevSet, "ranks", scripted)
-    head, log = train_head(planted_cache(n_groups=60), HeadConfig(kind="linear", towers="query"),
-                           TrainConfig(epochs=6, batch_size=128, lr=0.02, dev_fraction=0.2, patience=1,
-                                       decision="better", alpha=1.0), progress=False)
+    log = _train_on_scripted_dev_ranks(planted_cache, monkeypatch, script)
     assert len(log["epochs"]) == 2 and log["peak_epoch"] == log["best_epoch"] == 1
