@@ -229,7 +229,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--decision", type=click.Choice(["bootstrap", "better"]), default=_T.decision, show_default=True,
               help="bootstrap: replace the frozen encoder only if the 95%% interval of the dev gain is above 0")
 @click.option("--patience", type=POS_INT, default=None,
-              help="epochs below the best dev metric by more than noise before stopping [a quarter of the epochs]")
+              help="epochs that cannot be kept (neither the best dev metric nor within noise of it and clearly "
+                   "above the frozen encoder) before stopping [a quarter of the epochs]")
 @click.option("--stop-epoch", type=POS_INT, default=None,
               help="end the run after this epoch; the learning-rate schedule still spans --epochs "
                    "(how model selection trains its winner on all pairs)")
@@ -273,11 +274,10 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
         head, log = train_head(cache_file, _H(**head_given), tcfg, out=out, progress=not quiet, restart=restart)
     d = log.get("decision", {})
     m = head.info["metrics"]
+    peak = log.get("peak_epoch", log["best_epoch"])
+    later = f" (highest dev metric at epoch {peak}; later ones within noise of it)" if peak != log["best_epoch"] else ""
     verdict = ("kept the frozen encoder (identity head): " + d.get("why", "") if head.config.passthrough
-               else f"kept epoch {log['best_epoch']}" + (f" (highest dev metric at epoch {log['peak_epoch']}, "
-                                                           "later epochs within noise of it)"
-                                                           if log.get("peak_epoch", log["best_epoch"]) != log["best_epoch"]
-                                                           else ""))
+               else f"kept epoch {log['best_epoch']}{later}")
     gain = d.get("dev_gain")
     interval = (f", gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to {gain['high']:+.4f})"
                 if gain else "")

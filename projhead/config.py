@@ -116,7 +116,7 @@ class TrainConfig:
     dev_fraction: float | None = None  # share of groups held out for selection; None: 5%, or 20% under 5,000 queries
     select_metric: str = "mrr10"  # metric of the dev queries ranked against every context of the cache
     decision: str = "bootstrap"  # bootstrap: keep a head only if the 95% interval of its dev gain is above 0 | better
-    patience: int | None = None  # epochs below the best dev metric by more than noise before stopping; None: a quarter of the epochs, >= 2
+    patience: int | None = None  # epochs that cannot be kept (train.within_noise) before stopping; None: a quarter of the epochs, >= 2
     seed: int = 0  # seeds the split, initialisation and batch order
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "cpu"  # cpu is plenty; cuda works for large caches

@@ -11,11 +11,12 @@ The loop, nanoGPT-style: hold out a dev split (whole groups, i.e. articles, so d
 are unseen), score the frozen vectors on it, then per epoch: shuffle, step over batches of
 (query, gold context) pairs with AdamW and warm-up + cosine decay, clamp the temperature,
 rank the dev queries against every context of the cache. The epoch kept is the latest whose
-``select_metric`` is within noise of the best epoch's (a paired bootstrap over the dev
-queries): the schedule runs on while the metric only wobbles, and stops after ``patience``
-epochs clearly below the best. If no epoch beats the frozen vectors, or the gain is within
-noise (``decision``), the saved head is the identity (passthrough), so a head never ships
-worse than the encoder it sits on, as measured on the dev split.
+``select_metric`` is within noise of the best epoch's and clearly above the frozen vectors'
+(``within_noise``: paired bootstraps over the dev queries), else the best: the schedule runs
+on while the metric only wobbles, and stops after ``patience`` epochs that cannot be kept.
+If no epoch beats the frozen vectors, or the gain is within noise (``decision``), the saved
+head is the identity (passthrough), so a head never ships worse than the encoder it sits
+on, as measured on the dev split.
 
 Heads should stay close to the frozen encoder unless the data says otherwise: identity
 initialisation, early stopping (``patience``), interpolation toward the frozen encoder
@@ -135,9 +136,9 @@ def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
 def fit(cache: Cache, hcfg: HeadConfig, cfg: TrainConfig, rows=None, ckpt: Path | None = None,
         job: dict | None = None, progress: bool = True, canaries=()) -> dict:
     """One training run: epochs over the training pairs, each scored on the dev queries.
-    Returns the head with its kept epoch's weights (the latest within noise of the best;
-    step-0 weights when no epoch beat the frozen encoder), the log, and every epoch's per-query dev ranks (``epoch_ranks``,
-    epoch 0 = frozen). Without dev queries the last epoch is kept. A non-finite loss ends
+    Returns the head with its kept epoch's weights (``within_noise``; step-0 weights when
+    no epoch beat the frozen encoder), the log, and every epoch's per-query dev ranks
+    (``epoch_ranks``, epoch 0 = frozen). Without dev queries the last epoch is kept. A non-finite loss ends
     the run at the last good epoch, said in the log (``stopped``)."""
     _check(cfg, hcfg, cache)
     t_start = time.perf_counter()
@@ -172,8 +173,8 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
                         "steps_per_epoch": source.steps_per_epoch},
            "canaries_frozen": {c.name: c.frozen for c in canaries}}
     epoch_ranks = {0: frozen_ranks}
-    # best: the highest dev metric so far; kept: the latest epoch not below it by more than
-    # noise, the one returned (the schedule runs on while the metric only wobbles)
+    # best: the highest dev metric so far; kept: the one returned, the latest epoch within
+    # noise of the best and clearly above the frozen vectors (the best itself if none is)
     best = {"score": frozen.get(cfg.select_metric, -math.inf), "epoch": 0, "state": None, "metrics": frozen}
     kept = best
     step, bad_epochs, first_epoch = 0, 0, 1
