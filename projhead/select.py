@@ -133,7 +133,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             per_epoch = [[] for _ in range(tc.epochs + 1)]
             for rows in fold_rows:
                 run = fit(cache, replace(base, **_head_dict(hc)), tc, rows=(np.setdiff1d(all_rows, rows), rows),
-                          progress=False)
+                          progress=False, keep_later=False)  # the epoch is chosen below, out of fold
                 er = run["epoch_ranks"]
                 last = max(er)
                 for e in range(tc.epochs + 1):

@@ -134,11 +134,13 @@ def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
 
 
 def fit(cache: Cache, hcfg: HeadConfig, cfg: TrainConfig, rows=None, ckpt: Path | None = None,
-        job: dict | None = None, progress: bool = True, canaries=()) -> dict:
+        job: dict | None = None, progress: bool = True, canaries=(), keep_later: bool = True) -> dict:
     """One training run: epochs over the training pairs, each scored on the dev queries.
     Returns the head with its kept epoch's weights (``within_noise``; step-0 weights when
     no epoch beat the frozen encoder), the log, and every epoch's per-query dev ranks
-    (``epoch_ranks``, epoch 0 = frozen). Without dev queries the last epoch is kept. A non-finite loss ends
+    (``epoch_ranks``, epoch 0 = frozen). Without dev queries the last epoch is kept.
+    ``keep_later=False``: the best epoch, no within-noise checks (for callers that choose the
+    epoch from ``epoch_ranks`` themselves, as model selection's folds do). A non-finite loss ends
     the run at the last good epoch, said in the log (``stopped``)."""
     _check(cfg, hcfg, cache)
     t_start = time.perf_counter()
@@ -149,12 +151,12 @@ def fit(cache: Cache, hcfg: HeadConfig, cfg: TrainConfig, rows=None, ckpt: Path 
     # other processes share the cores (threads then wait on each other at every op)
     torch.set_num_threads(cfg.threads or (1 if cfg.batch_size <= 512 else threads))
     try:
-        return _fit(source, cfg, hcfg, ckpt, job, progress, canaries, t_start)
+        return _fit(source, cfg, hcfg, ckpt, job, progress, canaries, t_start, keep_later)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canaries, t_start) -> dict:
+def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canaries, t_start, keep_later) -> dict:
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -251,7 +253,8 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
             best = kept = {"score": score, "epoch": epoch, "metrics": metrics,
                            "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
             bad_epochs = 0
-        elif has_dev and best["epoch"] > 0 and within_noise(r, epoch_ranks[best["epoch"]], r0=frozen_ranks, cfg=cfg):
+        elif (keep_later and has_dev and best["epoch"] > 0
+              and within_noise(r, epoch_ranks[best["epoch"]], r0=frozen_ranks, cfg=cfg)):
             kept = {"score": score, "epoch": epoch, "metrics": metrics,
                     "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
         else:
