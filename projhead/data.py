@@ -17,7 +17,6 @@ users with internet; nothing is downloaded in tests).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_path
+from .hashing import columns_sha256
 
 
 class DataError(ValueError):
@@ -65,17 +65,8 @@ class Pairs:
 
 def content_sha256(queries, query_ids, groups, contexts, q2c=None) -> str:
     """sha256 over text columns (each length-prefixed, so no two layouts collide) and, if
-    given, the query -> context index."""
-    h = hashlib.sha256()
-    for texts in (queries, query_ids, groups, contexts):
-        h.update(len(texts).to_bytes(8, "little"))
-        for t in texts:
-            b = t.encode("utf-8")
-            h.update(len(b).to_bytes(8, "little"))
-            h.update(b)
-    if q2c is not None:
-        h.update(np.asarray(q2c).astype("<i8").tobytes())
-    return h.hexdigest()
+    given, the query -> context index (``hashing.columns_sha256``)."""
+    return columns_sha256([queries, query_ids, groups, contexts], [] if q2c is None else [q2c])
 
 
 class _ContextTable:

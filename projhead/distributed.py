@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import (CacheError, CacheResult, CacheWriter, cache_attrs, job_identity, lock_output, start_job,
-                    write_texts)
+from .cache_build import CacheResult, start_job, write_texts
+from .cache_writer import CacheWriter, lock_output
+from .cachefile import CacheError, cache_attrs, job_identity
 from .files import write_atomic
 from .data import Pairs
 

@@ -18,6 +18,8 @@ import hashlib
 
 import numpy as np
 
+from .hashing import text_hashes
+
 DEFAULT_ENCODER = "st:all-MiniLM-L6-v2"
 _MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -426,7 +428,7 @@ class VectorFile:
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """The vectors of rows ``idx`` (any order), float32."""
-        from .cache import read_rows
+        from .cachefile import read_rows
 
         idx = np.asarray(idx, dtype=np.int64)
         if self.suffix == ".parquet":
@@ -463,10 +465,15 @@ def read_vector_file(path) -> dict:
             "role": roles if all(r is not None for r in roles) else None}
 
 
-def _key_hash(role: str, text: str) -> tuple[int, int]:
-    """128 bits of (role, text): collisions are beyond reach at any file size."""
-    d = hashlib.blake2b(role.encode() + b"\x00" + text.encode(), digest_size=16).digest()
-    return int.from_bytes(d[:8], "little"), int.from_bytes(d[8:], "little")
+def _key_hashes(keyed) -> np.ndarray:
+    """(N, 2) uint64: 128 bits of each (text, role), role first: collisions are beyond reach
+    at any file size."""
+    out = np.zeros((len(keyed), 2), np.uint64)
+    roles = np.array([r for _, r in keyed], dtype=object)
+    for role in set(roles.tolist()):
+        sel = np.flatnonzero(roles == role)
+        out[sel] = text_hashes((keyed[i][0] for i in sel), prefix=role + "\0")
+    return out
 
 
 class VectorsEncoder:
@@ -512,8 +519,7 @@ class VectorsEncoder:
                                        f"(first: {missing[0]!r}); contexts must be keyed by text")
                 keyed = [(id_table()[key], "query") if kind == "id" else (key, role) for kind, key, role in chunk]
                 # a query id is the vector of that query's text; "document" is the context role
-                hashes.append(np.array([_key_hash("context" if r == "document" else (r or "*"), key)
-                                        for key, r in keyed], dtype=np.uint64).reshape(-1, 2))
+                hashes.append(_key_hashes([(key, "context" if r == "document" else (r or "*")) for key, r in keyed]))
                 n += len(chunk)
             if n != len(vf):
                 raise EncoderError(f"{f}: {n} keys for {len(vf)} vectors")
@@ -532,7 +538,7 @@ class VectorsEncoder:
 
     def _find(self, role: str, texts: list[str]) -> np.ndarray:
         """Index into the key table of each (role, text), -1 where absent."""
-        h = np.array([_key_hash(role, t) for t in texts], dtype=np.uint64).reshape(-1, 2)
+        h = text_hashes(texts, prefix=role + "\0")
         pos = np.searchsorted(self._hi, h[:, 0], side="left")
         out = np.full(len(texts), -1, np.int64)
         for i, (p, (a, b)) in enumerate(zip(pos, h)):  # equal high halves are rare: a short scan

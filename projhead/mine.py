@@ -34,14 +34,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cache import Cache, CacheError, extend_cache, open_cache
+from .cache_reader import Cache, open_cache
+from .cache_writer import add_section
 from .config import MINE_METHODS, MineError
-from .evaluate import bm25_scorer
+from .metrics import bm25_scorer
 
 METHODS = MINE_METHODS
 
@@ -199,57 +199,7 @@ def _teacher_probability(scores: np.ndarray) -> np.ndarray:
 
 def write_mined(path: str | os.PathLike, name: str, arrays: dict[str, np.ndarray], settings: dict) -> None:
     """Store ``arrays`` as the mined set /mined/NAME of the cache at ``path`` (replacing a set of
-    that name): negatives (Nq, k) int64, -1 for none; negative_scores (Nq, k); teacher
-    (Nq, 1 + k) scores of [gold, negatives], NaN where none; silver (S, 2) rows (query,
-    context); silver_score (S,). The cache is whole before and after (``cache.extend_cache``)."""
-    path = Path(path)
-    if not name or "/" in name:
-        raise CacheError(f"{path}: a mined set needs a plain name, not {name!r}")
-
-    def fill(f):
-        g = f.require_group("mined")
-        if name in g:
-            del g[name]
-        m = g.create_group(name)
-        for key, value in arrays.items():
-            m.create_dataset(key, data=value, chunks=True if np.asarray(value).size else None,
-                             fletcher32=bool(np.asarray(value).size))
-        m.attrs["settings_json"] = json.dumps(settings)
-
-    extend_cache(path, fill, f"mined set {name!r}")
-
-
-def read_mined(cache: Cache, name: str) -> dict:
-    """The mined set ``name`` of ``cache`` (see ``write_mined``): its arrays and settings,
-    checked against the cache's sizes; a clear CacheError when absent or damaged."""
-    import h5py
-
-    if name not in cache.mined_sets:
-        have = ", ".join(cache.mined_sets) or "none"
-        raise CacheError(f"{cache.path}: no mined set {name!r} (it has: {have}); "
-                         f"make one with: projhead mine {cache.path} --name {name}")
-    nq, nc = int(cache.attrs["n_queries"]), int(cache.attrs["n_contexts"])
-    try:
-        with h5py.File(cache.path, "r") as f:
-            g = f["mined"][name]
-            out = {k: g[k][()] for k in g}
-            settings = json.loads(g.attrs["settings_json"])
-    except (KeyError, OSError, ValueError, RuntimeError) as e:
-        raise CacheError(f"{cache.path}: damaged mined set {name!r} ({e})") from e
-    neg = out.get("negatives")
-    k = neg.shape[1] if neg is not None and neg.ndim == 2 else -1
-    shapes = {"negatives": (nq, k), "negative_scores": (nq, k), "teacher": (nq, k + 1)}
-    for key, shape in shapes.items():
-        if key in out and out[key].shape != shape:
-            raise CacheError(f"{cache.path}: mined set {name!r}: {key} has shape {out[key].shape}, "
-                             f"expected {shape}")
-    silver = out.get("silver", np.zeros((0, 2), np.int64))
-    if neg is None or silver.ndim != 2 or silver.shape[1] != 2:
-        raise CacheError(f"{cache.path}: mined set {name!r} is incomplete")
-    if (neg >= nc).any() or (neg < -1).any() or (len(silver) and (
-            silver[:, 0].min() < 0 or silver[:, 0].max() >= nq or silver[:, 1].min() < 0
-            or silver[:, 1].max() >= nc)):
-        raise CacheError(f"{cache.path}: mined set {name!r} points outside the cache's queries or contexts")
-    out["silver"] = silver
-    out["settings"] = settings
-    return out
+    that name); their layout is ``cachefile.Mined``'s, and they are checked before anything is
+    written. The cache is whole before and after (``cache_writer.add_section``); read a set
+    back with ``Cache.mined(NAME)``."""
+    add_section(path, "mined", arrays, {"settings_json": json.dumps(settings)}, instance=name)

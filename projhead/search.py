@@ -115,7 +115,7 @@ def exact_topk(queries: np.ndarray, context_chunks: Iterable[np.ndarray], k: int
 def topk_metrics(ids: np.ndarray, scores: np.ndarray, q2c: np.ndarray, ks=(1, 5, 10, 100)) -> dict:
     """Full-corpus metrics from top-k lists, with ``evaluate``'s tie rule (contexts scoring >=
     the gold count against it) and metric code; a gold not listed is a miss."""
-    from .evaluate import corpus_metrics, topk_ranks
+    from .metrics import corpus_metrics, topk_ranks
 
     return corpus_metrics(topk_ranks(ids, scores, q2c), tuple(k for k in ks if k <= ids.shape[1]))
 

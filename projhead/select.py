@@ -31,7 +31,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .cache import Cache, open_cache
+from .cache_reader import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .heads import Head, HeadConfig
 from .train import (SMALL, Canary, TrainConfig, TrainError, finish, fit, save_trained, split_groups, within_documents,

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import Cache, open_cache
+from .cache_reader import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics, self_matches
 from .config import ALPHA, DECISIONS, SELECT_METRICS, SMALL, TrainConfig, TrainError  # noqa: F401 (re-exported)
 from .batches import (MIN_GROUPS, DevSet, MemorySource, StreamSource, dev_fraction, epoch_order,  # noqa: F401

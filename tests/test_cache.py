@@ -249,7 +249,7 @@ def test_file_size_limit_gives_clear_error_and_keeps_shards(tmp_path):
 def test_disk_full_keeps_finished_work_and_the_old_file(tmp_path, monkeypatch):
     import errno
 
-    import projhead.cache as pc
+    import projhead.cache_build as pc
 
     pairs = planted_pairs(n_groups=5)
     out = tmp_path / "c.h5"
@@ -343,7 +343,7 @@ def test_cache_dataset_names_builds_and_reuses(tmp_path):
 
 
 def test_the_file_is_written_in_blocks_from_the_shards(tmp_path, monkeypatch):
-    import projhead.cache as pc
+    import projhead.cache_build as pc
 
     pairs = planted_pairs(n_groups=20)
     ref = tmp_path / "ref.h5"

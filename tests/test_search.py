@@ -70,7 +70,7 @@ def test_eval_cli_with_an_index(planted_cache, tmp_path):
 
 
 def test_streamed_eval_equals_the_in_memory_protocols(planted_cache, monkeypatch):
-    import projhead.cache as pc
+    import projhead.cache_reader as pc
     from projhead.cache import open_cache
     from projhead.evaluate import evaluate_cache, evaluate_streamed
     from projhead.heads import Head, HeadConfig

@@ -1,0 +1,196 @@
+"""The resumable encode job: pairs -> encoder -> cache file, whatever interrupts it.
+
+Usage::
+
+    from projhead.cache_build import build_cache
+    build_cache(pairs, encoder, "cache/squad-dev.h5")   # resumable, idempotent
+
+How it stays safe: work goes into a folder ``OUT.parts/`` of shards (``.npy``), each
+written to a temporary name and renamed, so a shard is either whole or absent, whatever
+kills the process. A rerun encodes only missing shards; shards cover fixed, deterministic
+slices of the length-sorted texts, so the result is bit-identical to an uninterrupted run.
+When all shards exist they are joined, block by block, by the one writer
+(``cache_writer.CacheWriter``) into ``OUT.tmp.h5``, which is renamed to ``OUT``: a finished
+cache is never half written, and an older file at ``OUT`` survives until then. The file's
+layout is ``cachefile``'s.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cache_reader import read_identity
+from .cache_writer import CacheWriter, lock_output
+from .cachefile import CacheError, cache_attrs, describe_mismatch, job_identity
+from .data import Pairs
+from .files import atomic_path, write_atomic
+
+WRITE_BLOCK = 65536  # rows of vectors gathered and written at a time: the most held in memory
+
+
+def _plan(texts: list[str]) -> np.ndarray:
+    """Order of encoding: longest first (stable), so each batch pads little and the first
+    batches show the slowest rate."""
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    return np.argsort(-lengths, kind="stable")
+
+
+def _write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+class ShardedVectors:
+    """The vectors of one role's distinct texts, as shard files on disk: ``rows(idx)`` gathers
+    any of them (memory: the rows asked for), so the cache file is written block by block."""
+
+    def __init__(self, parts: Path, role: str, order: np.ndarray, shard_size: int, dim: int):
+        self.parts, self.role, self.size, self.dim = parts, role, shard_size, dim
+        self.position = np.empty(len(order), np.int64)
+        self.position[order] = np.arange(len(order))  # text -> place in the encoding order
+
+    def shard(self, k: int) -> Path:
+        return self.parts / f"{self.role}-{k:06d}.npy"
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        pos = self.position[np.asarray(idx, dtype=np.int64)]
+        out = np.empty((len(pos), self.dim), np.float32)
+        by_shard = np.argsort(pos // self.size, kind="stable")  # rows grouped by shard, one pass
+        shards, starts = np.unique(pos[by_shard] // self.size, return_index=True)
+        for k, sel in zip(shards, np.split(by_shard, starts[1:])):
+            shard = np.load(self.shard(int(k)), mmap_mode="r", allow_pickle=False)
+            out[sel] = shard[pos[sel] % self.size]
+            del shard
+        return out
+
+
+def _encode_role(encoder, texts: list[str], role: str, parts: Path, shard_size: int, batch_size: int,
+                 bar) -> ShardedVectors:
+    """Encode the distinct ``texts`` shard by shard, skipping shards already on disk."""
+    order = _plan(texts)
+    dim = encoder.dim
+    stored = ShardedVectors(parts, role, order, shard_size, dim)
+    for k, start in enumerate(range(0, len(texts), shard_size)):
+        rows = order[start:start + shard_size]
+        shard = stored.shard(k)
+        ok = False
+        if shard.exists():
+            try:
+                ok = np.load(shard, mmap_mode="r", allow_pickle=False).shape == (len(rows), dim)
+            except (ValueError, OSError):
+                ok = False  # a damaged shard is redone
+        if not ok:
+            vecs = encoder.encode([texts[i] for i in rows], batch_size=batch_size, role=role)
+            if not np.isfinite(vecs).all():
+                raise CacheError(f"encoder {encoder.name} returned NaN or Inf for {role} texts "
+                                 f"(shard {k}); nothing was written for this shard")
+            _write_npy_atomic(shard, vecs.astype(np.float32))
+        bar.update(len(rows))
+    return stored
+
+
+@dataclass
+class CacheResult:
+    path: Path
+    status: str  # "written" or "already complete"
+    seconds: float
+    texts_encoded: int
+
+
+def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "float32", batch_size: int = 64,
+                shard_size: int = 2048, overwrite: bool = False, progress: bool = True) -> CacheResult:
+    """Encode ``pairs`` with ``encoder`` into the HDF5 file ``out`` (see module doc)."""
+    if dtype not in ("float32", "float16"):
+        raise CacheError(f"dtype must be float32 or float16, not {dtype!r}")
+    out = Path(out)
+    t0 = time.perf_counter()
+    info = encoder.describe()
+    want = job_identity(info, pairs.meta, pairs.fingerprint(), dtype)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = lock_output(out)
+    except OSError as e:
+        raise CacheError(f"{out}: cannot write in {out.parent} ({e.strerror or e})") from e
+    try:
+        return _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0)
+    except OSError as e:  # disk full, read-only folder, quota...: name it, keep what is done
+        parts = Path(str(out) + ".parts")
+        kept = len(list(parts.glob("*.npy"))) if parts.is_dir() else 0
+        raise CacheError(f"{out}: cannot write {e.filename or ''} ({e.strerror or e}); "
+                         f"{kept} finished shards are kept in {parts}, and the same command resumes from them"
+                         + ("; the existing cache file is untouched" if out.exists() else "")) from e
+    finally:
+        # the lock file stays: deleting it would let a third process lock a new file
+        # while a second still holds the old one
+        lock.release()
+
+
+def start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, Path]:
+    """What every cache builder checks before encoding (under the lock): a finished cache of
+    the same work is kept (returns True), one of other work is refused; partial work of another
+    job in ``OUT.parts/`` is refused unless ``overwrite``; the job's manifest is written."""
+    if out.exists() and not overwrite:
+        have = read_identity(out)
+        if have == want:
+            return True, Path(str(out) + ".parts")
+        raise CacheError(f"{out}: exists and holds other work ({describe_mismatch(have, want)}); "
+                         "refusing to overwrite: pass --overwrite or choose another path")
+    parts = Path(str(out) + ".parts")
+    manifest = parts / "manifest.json"
+    if parts.exists():
+        try:
+            old = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != job:
+            if not overwrite:
+                raise CacheError(f"{parts}: partial work from a different run "
+                                 f"({describe_mismatch(old or {}, job) or 'unreadable manifest'}); "
+                                 "pass --overwrite to discard it")
+            shutil.rmtree(parts)
+    parts.mkdir(exist_ok=True)
+    if not manifest.exists():
+        write_atomic(manifest, json.dumps(job, indent=1))
+    return False, parts
+
+
+def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0):
+    from tqdm.auto import tqdm
+
+    done, parts = start_job(out, want, dict(want, shard_size=shard_size, batch_size=batch_size), overwrite)
+    if done:
+        return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
+
+    # Encode distinct query texts once (a few questions repeat), and distinct contexts.
+    uq, q_inverse = np.unique(np.array(pairs.queries, dtype=object), return_inverse=True)
+    uq = list(uq)
+    total = len(uq) + len(pairs.contexts)
+    with tqdm(total=total, unit="texts", desc=f"encoding {out.name}", disable=not progress,
+              smoothing=0.1) as bar:
+        qv = _encode_role(encoder, uq, "query", parts, shard_size, batch_size, bar)
+        cv = _encode_role(encoder, pairs.contexts, "context", parts, shard_size, batch_size, bar)
+
+    step = WRITE_BLOCK
+    with CacheWriter(out, len(pairs), len(pairs.contexts), encoder.dim, dtype) as w:
+        for a in range(0, len(pairs), step):
+            w.write("queries/vectors", a, qv.rows(q_inverse.reshape(-1)[a:a + step]))
+        for a in range(0, len(pairs.contexts), step):
+            w.write("contexts/vectors", a, cv.rows(np.arange(a, min(a + step, len(pairs.contexts)))))
+        write_texts(w, pairs)
+        w.finish(cache_attrs(pairs.meta, info, want["fingerprint"], time.perf_counter() - t0))
+    shutil.rmtree(parts, ignore_errors=True)
+    return CacheResult(out, "written", time.perf_counter() - t0, total)
+
+
+def write_texts(w: CacheWriter, pairs: Pairs) -> None:
+    w.write("queries/text", 0, pairs.queries)
+    w.write("queries/id", 0, pairs.query_ids)
+    w.write("queries/group", 0, pairs.groups)
+    w.write("queries/context", 0, np.asarray(pairs.q2c, dtype=np.int64))
+    w.write("contexts/text", 0, pairs.contexts)

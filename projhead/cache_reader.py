@@ -1,0 +1,225 @@
+"""Reading a finished cache: ``open_cache`` checks it and returns a ``Cache``.
+
+Usage::
+
+    from projhead.cache_reader import open_cache
+    c = open_cache("cache/squad-dev.h5")              # pairs in memory, every check run
+    c.queries, c.contexts, c.q2c, c.attrs["encoder"]
+    c.sections                                        # {"pairs": [""], "mined": ["mined/semantic"]}
+    c.read("mined", "semantic")                       # any section's arrays, checked
+    open_cache(path, load=False)                      # header and shapes only, nothing loaded
+
+What is checked is what each section declares (``cachefile``): this module knows no
+section but the pairs, which it holds in memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .cachefile import (HEADER_SIZES, SECTIONS, CacheError, TextColumn, check_shapes, check_values, fingerprint,
+                        read_header, read_rows)
+
+__all__ = ["Cache", "CacheError", "TextColumn", "open_cache", "read_identity", "read_rows"]
+
+_DAMAGE = (KeyError, OSError, ValueError, RuntimeError, TypeError, UnicodeDecodeError)
+
+
+class Cache:
+    """A finished cache, its pairs read into memory (vectors as float32)."""
+
+    def __init__(self, path: Path, attrs: dict, arrays: dict | None, sections: dict | None = None):
+        self.path = path
+        self.attrs = attrs
+        self._arrays = arrays
+        self.sections = sections or {"pairs": [""]}  # section name -> instances (group paths) in the file
+
+    @property
+    def mined_sets(self) -> list[str]:
+        """Names of the mined sets stored in the file."""
+        return [w.split("/", 1)[1] for w in self.sections.get("mined", [])]
+
+    def _get(self, key):
+        if self._arrays is None:
+            raise CacheError(f"{self.path}: opened without loading arrays")
+        return self._arrays[key]
+
+    @property
+    def encoder(self) -> str:
+        return self.attrs["encoder"]
+
+    @property
+    def encoder_info(self) -> dict:
+        info = json.loads(self.attrs["encoder_json"])
+        settings = info.get("settings")
+        if isinstance(settings, dict) and "precision" not in settings and info["name"].startswith(("st:", "openclip:")):
+            settings["precision"] = "fp32"  # written before the precision was recorded: it was always fp32
+        return info
+
+    @property
+    def dim(self) -> int:
+        return int(self.attrs["dim"])
+
+    queries = property(lambda self: self._get("queries/vectors"))  # (Nq, D) float32
+    contexts = property(lambda self: self._get("contexts/vectors"))  # (Nc, D) float32
+    q2c = property(lambda self: self._get("queries/context"))  # (Nq,) int64
+    query_texts = property(lambda self: self._get("queries/text"))
+    query_ids = property(lambda self: self._get("queries/id"))
+    groups = property(lambda self: self._get("queries/group"))
+    context_texts = property(lambda self: self._get("contexts/text"))
+
+    def subset(self, rows) -> "Cache":
+        """The queries ``rows`` (in that order) with only their gold contexts, in memory: a
+        smaller training set without encoding anything again (learning curves, a slice of
+        the data). Its fingerprint is of its own content; other sections are not carried."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ctx, local = np.unique(self.q2c[rows], return_inverse=True)
+        arrays = {"queries/vectors": self.queries[rows], "contexts/vectors": self.contexts[ctx],
+                  "queries/context": local.reshape(-1).astype(np.int64),
+                  "queries/text": [self.query_texts[i] for i in rows],
+                  "queries/id": [self.query_ids[i] for i in rows],
+                  "queries/group": [self.groups[i] for i in rows],
+                  "contexts/text": [self.context_texts[i] for i in ctx]}
+        fp = fingerprint(SECTIONS["pairs"], arrays)
+        attrs = dict(self.attrs, n_queries=len(rows), n_contexts=len(ctx), split=f"{self.attrs['split']}[subset]",
+                     fingerprint=fp)
+        return Cache(self.path, attrs, arrays)
+
+    def describe(self) -> dict:
+        """Everything worth printing about the cache."""
+        a = self.attrs
+        d = {k: (v.item() if hasattr(v, "item") else v) for k, v in a.items() if not k.endswith("_json")}
+        d["encoder_info"] = self.encoder_info
+        d["versions"] = json.loads(a.get("versions_json", "{}"))
+        d["meta"] = json.loads(a.get("meta_json", "{}"))
+        d["file_bytes"] = self.path.stat().st_size
+        d["sections"] = {w or name: self.section_attrs(name, w) for name, ws in self.sections.items() for w in ws}
+        d["mined"] = {name: self.mined_settings(name) for name in self.mined_sets}
+        return d
+
+    def section_attrs(self, name: str, where: str) -> dict:
+        """The sizes and attributes of one section instance (what ``projhead info`` lists)."""
+        import h5py
+
+        section = SECTIONS[name]
+        with h5py.File(self.path, "r") as f:
+            shapes = {c.name: f[section.key(where, c)].shape for c in section.columns if section.key(where, c) in f}
+            attrs = {k: (json.loads(v) if k.endswith("_json") else v.item() if hasattr(v, "item") else v)
+                     for k, v in (f[where].attrs.items() if where else ())}
+        sizes = section.sizes({}, shapes)
+        return {"section": name, "sizes": {k: v for k, v in sizes.items() if k not in HEADER_SIZES}, **attrs}
+
+    def mined_settings(self, name: str) -> dict:
+        """The settings a mined set was made with (what ``projhead info`` shows)."""
+        return self.section_attrs("mined", f"mined/{name}").get("settings_json", {})
+
+    def read(self, name: str, instance: str | None = None) -> dict:
+        """The arrays of a section instance (``instance``: for named sections, e.g. a mined
+        set's name), every check of the section run; its group's attributes under "attrs"."""
+        import h5py
+
+        section = SECTIONS[name]
+        where = section.where(instance)
+        if where not in self.sections.get(name, []):
+            have = ", ".join(w.split("/", 1)[-1] for w in self.sections.get(name, [])) or "none"
+            raise CacheError(f"{self.path}: no {name} section {instance or ''!r} (it has: {have})")
+        try:
+            with h5py.File(self.path, "r") as f:
+                sizes = check_shapes(self.path, section, where, f, _header_sizes(self.attrs))
+                data = {c.name: f[section.key(where, c)][()] for c in section.columns
+                        if section.key(where, c) in f}
+                data = {k: ([s.decode("utf-8") for s in v] if v.dtype == object else v) for k, v in data.items()}
+                check_values(self.path, section, where, data, sizes, self.attrs, section.stored_fingerprint(f, where))
+                attrs = dict(f[where].attrs) if where else {}
+        except CacheError:
+            raise
+        except _DAMAGE as e:
+            raise CacheError(f"{self.path}: damaged {section.label(where)}, cannot read it ({e})") from e
+        data["attrs"] = attrs
+        return data
+
+    def mined(self, name: str) -> dict:
+        """The mined set ``name`` (see ``cachefile.Mined``): its arrays and "settings", checked
+        against this cache; a clear CacheError when absent or damaged."""
+        if name not in self.mined_sets:
+            have = ", ".join(self.mined_sets) or "none"
+            raise CacheError(f"{self.path}: no mined set {name!r} (it has: {have}); "
+                             f"make one with: projhead mine {self.path} --name {name}")
+        out = self.read("mined", name)
+        out.setdefault("silver", np.zeros((0, 2), np.int64))
+        out["settings"] = json.loads(out.pop("attrs")["settings_json"])
+        return out
+
+
+def _header_sizes(attrs: dict) -> dict:
+    return {k: int(attrs[k]) for k in HEADER_SIZES}
+
+
+def open_cache(path: str | os.PathLike, check_finite: bool = True, load: bool = True) -> Cache:
+    """Open and validate a finished cache; errors name the file and the problem."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        hint = f" (an unfinished run left {path}.parts/: rerun projhead cache)" if Path(str(path) + ".parts").exists() else ""
+        raise CacheError(f"{path}: no such cache file{hint}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CacheError(f"{path}: not a readable HDF5 file ({e})") from e
+    try:
+        with f:
+            return _read(path, f, check_finite, load)
+    except CacheError:
+        raise
+    except _DAMAGE as e:
+        # checksummed metadata (libver "latest") turns damage into errors like these
+        raise CacheError(f"{path}: damaged cache, cannot read it ({e})") from e
+
+
+def _read(path: Path, f, check_finite: bool, load: bool) -> Cache:
+    attrs = read_header(path, f)
+    sections = {name: s.instances(f) for name, s in SECTIONS.items()}
+    sections = {k: v for k, v in sections.items() if v}
+    pairs = SECTIONS["pairs"]
+    sizes = check_shapes(path, pairs, "", f, _header_sizes(attrs))
+    arrays = None
+    if load:
+        arrays = {c.name: f[c.name][()] for c in pairs.columns}
+        for c in pairs.columns:
+            if c.kind == "text":
+                arrays[c.name] = [s.decode("utf-8") for s in arrays[c.name]]
+            elif c.kind == "vectors":
+                arrays[c.name] = arrays[c.name].astype(np.float32, copy=False)
+            else:
+                arrays[c.name] = arrays[c.name].astype(np.int64)
+        checked = arrays if check_finite else {k: v for k, v in arrays.items() if not k.endswith("/vectors")}
+
+        def hint(key):
+            return (f" (a virtual dataset: are the shard files in {path.name}.parts/ beside it?)"
+                    if f[key].is_virtual else "")
+        # HDF5 cannot checksum variable-length strings (they live in a heap that fletcher32
+        # does not cover), so the content hash is recomputed from what was read
+        check_values(path, pairs, "", checked, sizes, attrs, pairs.stored_fingerprint(f, ""), hint)
+    return Cache(path, attrs, arrays, sections)
+
+
+def read_identity(path: Path) -> dict:
+    """The identity of the work in the cache at ``path`` (``cachefile.job_identity``)."""
+    import h5py
+
+    c = open_cache(path, check_finite=False, load=False)
+    enc = c.encoder_info
+    out = {"encoder": enc["name"], "weights_sha256": enc.get("weights_sha256"), "settings": enc.get("settings"),
+           "fingerprint": c.attrs["fingerprint"], "dataset": c.attrs["dataset"], "split": c.attrs["split"],
+           "granularity": c.attrs["granularity"], "dtype": c.attrs["dtype"]}
+    with h5py.File(path, "r") as f:
+        more = {w: f[w].attrs.get("fingerprint") for name, ws in c.sections.items() for w in ws
+                if SECTIONS[name].identity and w}
+    if more:
+        out["sections"] = more
+    return out
+
