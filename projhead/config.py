@@ -27,6 +27,10 @@ class MineError(ValueError):
     """Mining cannot run with these settings; the message says why."""
 
 
+class EncoderError(ValueError):
+    """Unknown or unusable encoder name, or vectors that cannot be used; the message says why."""
+
+
 HEAD_KINDS = ("linear", "mlp", "residual")
 TOWERS = ("separate", "shared", "query")
 ACTIVATIONS = ("gelu", "relu", "silu", "tanh")

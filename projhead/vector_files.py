@@ -1,0 +1,335 @@
+"""Vectors a user already has: vector files, and the ``vectors:NAME`` encoder that looks them up.
+
+Usage::
+
+    from projhead.vector_files import VectorsEncoder, read_vector_file
+    enc = VectorsEncoder("my-api", files=["q.npy", "c.parquet"])   # get_encoder("vectors:my-api", files=...)
+    enc.encode(texts, role="query")                                 # (N, D) float32, looked up by text
+    read_vector_file("small.npy")                                   # a small file whole
+
+A head trained on ``vectors:NAME`` accepts only caches of the same NAME (``encoders``
+registers this adapter beside the models it runs).
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from .config import EncoderError
+from .hashing import text_hashes
+
+
+def _file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class VectorFile:
+    """A file of vectors a user already has, opened without reading its vectors: ``dim``,
+    ``len()``, ``keys(chunk)`` (lists of (kind "text" or "id", value, role or None), chunk by
+    chunk) and ``rows(idx)`` ((len(idx), dim) float32, read on demand). Formats:
+
+    - ``.parquet``: columns ``vector`` (or ``embedding``), ``text`` or ``id``, optional ``role``
+      (the vector column is read whole when first needed);
+    - ``.npy``: an (N, D) array (rows read by position), with ``SAME_NAME.jsonl`` beside it: one line per
+      row, a JSON string (the text) or an object with ``text`` or ``id`` and optional ``role``;
+    - ``.h5`` / ``.hdf5``: datasets ``vectors``, ``text`` or ``id``, optional ``role``; or a
+      projhead cache (its queries and contexts, with their roles).
+    """
+
+    def __init__(self, path):
+        from pathlib import Path
+
+        self.path = path = Path(path)
+        if not path.is_file():
+            raise EncoderError(f"{path}: no such vector file")
+        self.suffix = path.suffix.lower()
+        try:
+            self._open()
+        except EncoderError:
+            raise
+        except Exception as e:  # malformed files come in many classes: name the file
+            raise EncoderError(f"{path}: cannot read vectors ({type(e).__name__}: {e})") from None
+        if len(self.shape) != 2 or self.shape[0] == 0:
+            raise EncoderError(f"{path}: expected a non-empty (N, D) table of vectors, got shape {self.shape}")
+        self.dim = int(self.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def _open(self) -> None:
+        path = self.path
+        if self.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            self._pq = pq.ParquetFile(path)
+            names = self._pq.schema_arrow.names
+            self._col = "vector" if "vector" in names else "embedding"
+            if self._col not in names:
+                raise EncoderError(f"{path}: no 'vector' or 'embedding' column (has {names})")
+            self._key_cols = [k for k in ("text", "id", "role") if k in names]
+            first = self._pq.read_row_group(0, columns=[self._col]).column(0)[0].as_py() if self._pq.num_row_groups else []
+            self.shape = (self._pq.metadata.num_rows, len(first or []))
+            self._vectors = None
+        elif self.suffix == ".npy":
+            import json
+
+            with open(path, "rb") as f:  # the header only: rows are read on demand (see rows)
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                self._offset = f.tell()
+            if fortran or dtype.hasobject:
+                raise EncoderError(f"{path}: a C-order numeric array is needed (got {dtype}, fortran order {fortran})")
+            self.shape, self._dtype = shape, dtype
+            self._vectors = None
+            side = path.with_suffix(".jsonl")
+            if not side.is_file():
+                raise EncoderError(f"{path}: a .npy file needs {side.name} beside it (one text or id per row)")
+            self._side = side
+            n = 0
+            with open(side, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        r = json.loads(line)
+                        if not isinstance(r, str) and (not isinstance(r, dict) or ("text" not in r and "id" not in r)):
+                            raise EncoderError(f"{side}: every line must be a JSON string or an object with 'text' or 'id'")
+                        n += 1
+            if n != shape[0]:
+                raise EncoderError(f"{side}: {n} rows for the {shape[0]} vectors of {path.name}")
+        elif self.suffix in (".h5", ".hdf5"):
+            import h5py
+
+            self._h5 = f = h5py.File(path, "r")
+            if f.attrs.get("format") == "projhead-cache":
+                self._parts = [("query", f["queries/text"], f["queries/vectors"]),
+                               ("context", f["contexts/text"], f["contexts/vectors"])]
+                self.shape = (sum(len(p[2]) for p in self._parts), f["queries/vectors"].shape[1])
+            else:
+                if "vectors" not in f:
+                    raise EncoderError(f"{path}: no 'vectors' dataset (has {sorted(f)})")
+                self._parts = None
+                self.shape = f["vectors"].shape
+                self._key_cols = [k for k in ("text", "id", "role") if k in f]
+        else:
+            raise EncoderError(f"{path}: unknown vector file type {self.suffix!r} (use .parquet, .npy + .jsonl, .h5)")
+        if self.suffix in (".parquet", ".h5", ".hdf5") and getattr(self, "_parts", None) is None:
+            if "text" not in self._key_cols and "id" not in self._key_cols:
+                raise EncoderError(f"{path}: no 'text' or 'id' for the vectors: cannot tell which text each belongs to")
+
+    def keys(self, chunk: int = 65536):
+        """(kind, value, role) of every row, a list per chunk, in row order."""
+        def text(v):
+            return v.decode() if isinstance(v, bytes) else str(v)
+
+        if self.suffix == ".npy":
+            import json
+
+            out = []
+            with open(self._side, encoding="utf-8") as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    r = json.loads(line)
+                    r = {"text": r} if isinstance(r, str) else r
+                    kind = "text" if "text" in r else "id"
+                    out.append((kind, str(r[kind]), str(r["role"]) if "role" in r else None))
+                    if len(out) == chunk:
+                        yield out
+                        out = []
+            if out:
+                yield out
+        elif self.suffix == ".parquet":
+            for g in range(self._pq.num_row_groups):
+                t = self._pq.read_row_group(g, columns=self._key_cols)
+                cols = {k: t.column(k).to_pylist() for k in self._key_cols}
+                kind = "text" if "text" in cols else "id"
+                roles = cols.get("role") or [None] * t.num_rows
+                yield [(kind, text(v), None if r is None else text(r)) for v, r in zip(cols[kind], roles)]
+        elif self._parts is not None:  # a projhead cache
+            for role, texts, _ in self._parts:
+                for a in range(0, len(texts), chunk):
+                    yield [("text", text(v), role) for v in texts[a:a + chunk]]
+        else:
+            f, kind = self._h5, "text" if "text" in self._key_cols else "id"
+            for a in range(0, len(self), chunk):
+                vals = f[kind][a:a + chunk]
+                roles = f["role"][a:a + chunk] if "role" in f else [None] * len(vals)
+                yield [(kind, text(v), None if r is None else text(r)) for v, r in zip(vals, roles)]
+
+    def _npy_rows(self, idx: np.ndarray) -> np.ndarray:
+        """Rows of the .npy file by positioned reads, one per run of consecutive rows: no
+        memory map, so reading every vector once never adds the file to this process's memory."""
+        import os
+
+        uniq, inv = np.unique(idx, return_inverse=True)
+        row_bytes = int(np.prod(self.shape[1:])) * self._dtype.itemsize
+        out = np.empty((len(uniq),) + tuple(self.shape[1:]), self._dtype)
+        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)  # where a run of consecutive rows begins
+        ends = np.append(starts[1:], len(uniq))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for a, b in zip(starts, ends):
+                n = (b - a) * row_bytes
+                buf = os.pread(fd, n, self._offset + int(uniq[a]) * row_bytes)
+                if len(buf) != n:
+                    raise EncoderError(f"{self.path}: truncated file (rows {uniq[a]}..{uniq[b - 1]} are missing)")
+                out[a:b] = np.frombuffer(buf, self._dtype).reshape((b - a,) + tuple(self.shape[1:]))
+        finally:
+            os.close(fd)
+        return out.astype(np.float32, copy=False)[inv]
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """The vectors of rows ``idx`` (any order), float32."""
+        from .cachefile import read_rows
+
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.suffix == ".parquet":
+            if self._vectors is None:
+                col = self._pq.read(columns=[self._col]).column(0)
+                self._vectors = np.asarray(col.to_pylist(), dtype=np.float32).reshape(len(self), -1)
+            return self._vectors[idx]
+        if self.suffix == ".npy":
+            return self._npy_rows(idx)
+        if self._parts is None:
+            return read_rows(self._h5["vectors"], idx)
+        nq = len(self._parts[0][2])
+        out = np.empty((len(idx), self.dim), np.float32)
+        for k, (_, _, dset) in enumerate(self._parts):
+            sel = np.flatnonzero(idx < nq) if k == 0 else np.flatnonzero(idx >= nq)
+            if len(sel):
+                out[sel] = read_rows(dset, idx[sel] - (0 if k == 0 else nq))
+        return out
+
+
+def read_vector_file(path) -> dict:
+    """A small vector file whole: {"vectors": (N, D) float32, "keys": N pairs ("text" or "id",
+    value), "role": N strings or None}; NaN or Inf vectors are refused (see ``VectorFile``)."""
+    vf = VectorFile(path)
+    rows = [k for chunk in vf.keys() for k in chunk]
+    if len(rows) != len(vf):
+        raise EncoderError(f"{path}: {len(rows)} keys for {len(vf)} vectors")
+    vectors = vf.rows(np.arange(len(vf)))
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise EncoderError(f"{path}: {int(bad.sum())} vectors hold NaN or Inf (first: row {int(np.flatnonzero(bad)[0])})")
+    roles = [r for _, _, r in rows]
+    return {"vectors": vectors, "keys": [(k, v) for k, v, _ in rows],
+            "role": roles if all(r is not None for r in roles) else None}
+
+
+def _key_hashes(keyed) -> np.ndarray:
+    """(N, 2) uint64: 128 bits of each (text, role), role first: collisions are beyond reach
+    at any file size."""
+    out = np.zeros((len(keyed), 2), np.uint64)
+    roles = np.array([r for _, r in keyed], dtype=object)
+    for role in set(roles.tolist()):
+        sel = np.flatnonzero(roles == role)
+        out[sel] = text_hashes((keyed[i][0] for i in sel), prefix=role + "\0")
+    return out
+
+
+class VectorsEncoder:
+    """``vectors:NAME``: vectors a user already has (an embedding API, another pipeline),
+    read from ``files`` (see ``VectorFile``) and looked up by text, so a head can be trained on
+    them without re-encoding. NAME labels the model that made them; a head trained on
+    ``vectors:NAME`` accepts only caches of the same NAME. ``ids``: a mapping from query id to
+    query text, or a function that makes one, for files keyed by id (``projhead cache`` passes
+    the data's, made only if a file is keyed by id).
+
+    Memory: a 128-bit hash, a file number and a row per vector (about 32 bytes); the vectors
+    stay in their files (.npy and HDF5 read by rows) until a shard asks for them."""
+
+    prefix = "vectors"
+
+    def __init__(self, spec: str, files=(), ids: dict | None = None, normalize: bool = False, device=None):
+        if not files:
+            raise EncoderError(f"encoder 'vectors:{spec}' reads vectors from files: pass --vectors FILE")
+        self.name = f"vectors:{spec}"
+        self.files = [str(f) for f in files]
+        self.normalize = normalize
+        self.dim = None
+        self.sources: list[VectorFile] = []
+        resolved: dict = {}
+
+        def id_table() -> dict:  # built on the first id-keyed row only: files keyed by text never pay for it
+            if not resolved:
+                resolved["ids"] = (ids() if callable(ids) else ids) or {}
+            return resolved["ids"]
+
+        hashes, src, row = [], [], []  # per chunk: (n, 2) uint64, so Python holds one chunk of keys at a time
+        for k, f in enumerate(self.files):
+            vf = VectorFile(f)
+            if self.dim is not None and vf.dim != self.dim:
+                raise EncoderError(f"{f}: vectors of dim {vf.dim}, other files have {self.dim}")
+            self.dim = vf.dim
+            self.sources.append(vf)
+            n = 0
+            for chunk in vf.keys():
+                missing = [v for kind, v, _ in chunk if kind == "id" and v not in id_table()]
+                if missing:
+                    raise EncoderError(f"{f}: {len(missing)} ids are not query ids of the data "
+                                       f"(first: {missing[0]!r}); contexts must be keyed by text")
+                keyed = [(id_table()[key], "query") if kind == "id" else (key, role) for kind, key, role in chunk]
+                # a query id is the vector of that query's text; "document" is the context role
+                hashes.append(_key_hashes([(key, "context" if r == "document" else (r or "*")) for key, r in keyed]))
+                n += len(chunk)
+            if n != len(vf):
+                raise EncoderError(f"{f}: {n} keys for {len(vf)} vectors")
+            src.append(np.full(n, k, np.int32))
+            row.append(np.arange(n, dtype=np.int64))
+        h = np.concatenate(hashes)
+        hi, lo = h[:, 0].copy(), h[:, 1].copy()
+        del h, hashes
+        src, row = np.concatenate(src), np.concatenate(row)
+        order = np.lexsort((np.arange(len(hi)), lo, hi))  # by key, then file order: the last one wins
+        hi, lo, src, row = hi[order], lo[order], src[order], row[order]
+        last = np.ones(len(hi), bool)
+        last[:-1] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        self._hi, self._lo, self._src, self._row = hi[last], lo[last], src[last], row[last]
+        self.sha256 = {f: _file_sha256(f) for f in self.files}
+
+    def _find(self, role: str, texts: list[str]) -> np.ndarray:
+        """Index into the key table of each (role, text), -1 where absent."""
+        h = text_hashes(texts, prefix=role + "\0")
+        pos = np.searchsorted(self._hi, h[:, 0], side="left")
+        out = np.full(len(texts), -1, np.int64)
+        for i, (p, (a, b)) in enumerate(zip(pos, h)):  # equal high halves are rare: a short scan
+            while p < len(self._hi) and self._hi[p] == a:
+                if self._lo[p] == b:
+                    out[i] = p
+                    break
+                p += 1
+        return out
+
+    def encode(self, texts: list[str], batch_size: int = 64, role: str = "query") -> np.ndarray:
+        texts = list(texts)
+        at = self._find(role, texts)
+        if (at < 0).any():
+            gap = np.flatnonzero(at < 0)
+            at[gap] = self._find("*", [texts[i] for i in gap])
+        if (at < 0).any():
+            missing = [texts[i] for i in np.flatnonzero(at < 0)]
+            raise EncoderError(f"{len(missing)} {role} texts have no vector in {', '.join(self.files)} "
+                               f"(first: {missing[0][:80]!r}); every text of the data needs one")
+        x = np.empty((len(texts), self.dim), np.float32)
+        for k in np.unique(self._src[at]):
+            sel = np.flatnonzero(self._src[at] == k)
+            rows = self._row[at[sel]]
+            x[sel] = v = self.sources[k].rows(rows)
+            bad = ~np.isfinite(v).all(axis=1)
+            if bad.any():
+                raise EncoderError(f"{self.files[k]}: row {int(rows[np.flatnonzero(bad)[0]])} holds NaN or Inf")
+        if self.normalize:
+            x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+        return x
+
+    def describe(self) -> dict:
+        return {"name": self.name, "resolved": self.files,
+                "settings": {"normalize": self.normalize, "files_sha256": self.sha256},
+                # no model weights to hash: heads check the NAME only
+                "weights_sha256": "", "build": {"normalize": self.normalize}, "versions": {}}
