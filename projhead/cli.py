@@ -137,7 +137,7 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
 @click.argument("cache_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def info(cache_file, as_json):
-    """Print what is in a cache: encoder, settings, sizes, fingerprint, versions."""
+    """Print what is in a cache: encoder, settings, sizes, fingerprint, versions, sections."""
     from .cache import open_cache
 
     c = open_cache(cache_file, load=False)
@@ -161,6 +161,10 @@ def info(cache_file, as_json):
     click.echo(f"  created      {d.get('created')}{took}, format {d['format']} v{d['format_version']}, "
                f"{d['file_bytes'] / 1e6:.1f} MB")
     click.echo("  versions     " + ", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "platform"))
+    for where, s in d["sections"].items():  # the pairs, then any other section (mined sets...)
+        sizes = ", ".join(f"{k} {v}" for k, v in s["sizes"].items())
+        made = s.get("settings_json", {}).get("method")
+        click.echo(f"  section      {where}" + (f" ({sizes})" if sizes else "") + (f", by {made}" if made else ""))
 
 
 POS_INT = click.IntRange(min=1)

@@ -1,5 +1,7 @@
 """Mining hard negatives, teacher scores and silver pairs; training on them."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -183,7 +185,7 @@ def test_byol_trains_and_reports_its_spread(planted_cache, views):
     assert all(np.isfinite(e["train_loss"]) for e in log["epochs"])
 
 
-def test_mine_cli(planted_cache):
+def test_mine_cli(planted_cache, capsys):
     from projhead.cli import main
 
     path = planted_cache(n_groups=8)
@@ -191,6 +193,10 @@ def test_mine_cli(planted_cache):
                  "--name", "lex", "--quiet"]) == 0
     assert open_cache(path).mined("lex")["settings"]["teacher"] == "hybrid"
     assert main(["info", str(path), "--json"]) == 0
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  section      pairs\n" in out
+    assert re.search(r"  section      mined/lex \(k 3, silver \d+\), by bm25\n", out), out
     assert main(["mine", str(path), "--teacher", "nope", "--quiet"]) == 2
 
 
