@@ -8,13 +8,13 @@ both protocols). One line per configuration; writes bench/results/ablation.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import projhead
+from squad_runs import squad_run
 
 VARIANTS = {
     "default (group batching, separate towers, clip)": ({}, {}),
@@ -27,15 +27,8 @@ VARIANTS = {
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cache-dir", default="bench/work")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", nargs="*", help="names of variants to run (default: all)")
-    ap.add_argument("--out", default="bench/results/ablation.json")
-    args = ap.parse_args()
-    d = Path(args.cache_dir)
-    train = projhead.open_cache(d / "squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5")
-    dev = projhead.open_cache(d / "squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5")
+    args, train_path, dev_path = squad_run("bench/results/ablation.json", "names of variants to run")
+    train, dev = projhead.open_cache(train_path), projhead.open_cache(dev_path)
     rows = []
     for name, (tkw, hkw) in VARIANTS.items():
         if args.only and name not in args.only:

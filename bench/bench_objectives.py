@@ -12,7 +12,6 @@ Writes bench/results/objectives.json and objectives.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import projhead
 from projhead.mine import mine
+from squad_runs import md_row, squad_run
 
 MINED = {
     "semantic": dict(method="semantic", k=8, margin=0.05, teacher="hybrid", silver=0.5),
@@ -54,15 +54,8 @@ def pct(x):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cache-dir", default="bench/work")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", nargs="*", help="row names to run (default: all)")
-    ap.add_argument("--out", default="bench/results/objectives.json")
-    args = ap.parse_args()
-    d = Path(args.cache_dir)
-    train_path = d / "squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5"
-    dev = projhead.open_cache(d / "squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5")
+    args, train_path, dev_path = squad_run("bench/results/objectives.json", "row names to run")
+    dev = projhead.open_cache(dev_path)
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
     result.update(bench="objectives", seed=args.seed, mined=result.get("mined", {}), rows=result.get("rows", {}))
@@ -110,19 +103,20 @@ def main():
 
 
 def table(result) -> str:
-    lines = ["| objective | 500 top-1 | 500 top-10 | full R@1 | full nDCG@10 | spread | best epoch | train s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for sys_name, res in result["baselines"].items():
+    lines = [md_row("objective", "500 top-1", "500 top-10", "full R@1", "full nDCG@10", "spread", "best epoch",
+                    "train s"), md_row(*["---"] * 8).replace(" ", "")]
+    labels = {"frozen": "frozen MiniLM (no head)", "bm25": "BM25", "hybrid": "hybrid teacher (frozen + 0.3 BM25; not a head)"}
+
+    def figures(res):
         o, f = res["out_of_500"], res["full_corpus"]
-        label = {"frozen": "frozen MiniLM (no head)", "bm25": "BM25",
-                 "hybrid": "hybrid teacher (frozen + 0.3 BM25; not a head)"}[sys_name]
-        lines.append(f"| {label} | {pct(o['top1'])} | {pct(o['top10'])} | {pct(f['R@1'])} | {pct(f['nDCG@10'])} "
-                     "| | | |")
+        return pct(o["top1"]), pct(o["top10"]), pct(f["R@1"]), pct(f["nDCG@10"])
+
+    for sys_name, res in result["baselines"].items():
+        lines.append(md_row(labels[sys_name], *figures(res), "", "", ""))
     for name, row in result["rows"].items():
-        o, f = row["results"]["out_of_500"], row["results"]["full_corpus"]
-        lines.append(f"| {name} | {pct(o['top1'])} | {pct(o['top10'])} | {pct(f['R@1'])} | {pct(f['nDCG@10'])} | "
-                     f"{row['spread']:.2f} | {row['best_epoch']}{' (frozen kept)' if row['passthrough'] else ''} | "
-                     f"{row['train_seconds']:.0f} |")
+        kept = " (frozen kept)" if row["passthrough"] else ""
+        lines.append(md_row(name, *figures(row["results"]), f"{row['spread']:.2f}", f"{row['best_epoch']}{kept}",
+                            f"{row['train_seconds']:.0f}"))
     return "\n".join(lines) + "\n"
 
 
