@@ -3,8 +3,16 @@
 The data flow, one module a step::
 
     data.py        texts: question -> context pairs (SQuAD, QuAC, Quora, JSONL)
+    hashing.py     text hashes: checksums of columns, 128-bit keys
     encoders.py    frozen encoder adapters (st:..., openclip:..., vectors:...), their precision
-    cache.py       vectors -> HDF5, once, resumable; the one cache writer
+    vector_files.py vectors a user already has (vectors:NAME)
+    cachefile.py   the cache file format: header and named sections, their checks
+    cache_reader.py open_cache, Cache
+    cache_writer.py the one cache writer; sections added to a finished cache
+    cache_build.py vectors -> HDF5, once, resumable
+    cache_import.py a JSONL of pairs with the user's own vectors -> cache
+    cache_naming.py cache file names; a dataset cached in one call
+    cache.py       the cache's names, in one import
     distributed.py the same on a Ray cluster
     mine.py        hard negatives, teacher scores, silver pairs, stored in the cache
     config.py      head and training settings (dataclasses), the CLI's names, user errors (no torch)
@@ -14,7 +22,8 @@ The data flow, one module a step::
     checkpoint.py  a run's checkpoint (safetensors)
     train.py       the training loop over cached vectors: one configuration, the keep-or-identity decision
     select.py      model selection: candidate heads on held-out queries (`projhead train`'s default)
-    evaluate.py    ranks once per system: out-of-500 and full-corpus retrieval, BM25 baseline
+    metrics.py     scorers (dense, BM25), ranks, both protocols' figures, paired bootstrap
+    evaluate.py    ranks once per system on a cache: out-of-500 and full-corpus retrieval, BM25 baseline
     search.py      full-corpus retrieval at scale (FAISS)
     report.py      Markdown and plots
     export.py      sentence-transformers folder, ONNX
