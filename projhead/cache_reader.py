@@ -7,6 +7,8 @@ Usage::
     c.queries, c.contexts, c.q2c, c.attrs["encoder"]
     c.sections                                        # {"pairs": [""], "mined": ["mined/semantic"]}
     c.read("mined", "semantic")                       # any section's arrays, checked
+    with c.section_data("mined", "semantic") as d:    # or its datasets, checked in chunks,
+        d["negatives"][:100]                          # then read lazily
     open_cache(path, load=False)                      # header and shapes only, nothing loaded
 
 What is checked is what each section declares (``cachefile``): this module knows no
@@ -14,6 +16,7 @@ section but the pairs, which it holds in memory.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -116,9 +119,12 @@ class Cache:
         """The settings a mined set was made with (what ``projhead info`` shows)."""
         return self.section_attrs("mined", f"mined/{name}").get("settings_json", {})
 
-    def read(self, name: str, instance: str | None = None) -> dict:
-        """The arrays of a section instance (``instance``: for named sections, e.g. a mined
-        set's name), every check of the section run; its group's attributes under "attrs"."""
+    @contextlib.contextmanager
+    def section_data(self, name: str, instance: str | None = None, check: bool = True):
+        """The columns of a section instance as h5py datasets, {column name: dataset}, for
+        lazy reads (slices, ``read_rows``, ``TextColumn``) while the block lasts; ``check``:
+        its values, index ranges and fingerprint are checked first, a chunk at a time, so
+        nothing is held whole. ``instance``: for named sections (a mined set's name)."""
         import h5py
 
         section = SECTIONS[name]
@@ -127,19 +133,35 @@ class Cache:
             have = ", ".join(w.split("/", 1)[-1] for w in self.sections.get(name, [])) or "none"
             raise CacheError(f"{self.path}: no {name} section {instance or ''!r} (it has: {have})")
         try:
-            with h5py.File(self.path, "r") as f:
+            f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise CacheError(f"{self.path}: not a readable HDF5 file ({e})") from e
+        with f:
+            try:
                 sizes = check_shapes(self.path, section, where, f, _header_sizes(self.attrs))
-                data = {c.name: f[section.key(where, c)][()] for c in section.columns
-                        if section.key(where, c) in f}
-                data = {k: ([s.decode("utf-8") for s in v] if v.dtype == object else v) for k, v in data.items()}
-                check_values(self.path, section, where, data, sizes, self.attrs, section.stored_fingerprint(f, where))
-                attrs = dict(f[where].attrs) if where else {}
-        except CacheError:
-            raise
-        except _DAMAGE as e:
-            raise CacheError(f"{self.path}: damaged {section.label(where)}, cannot read it ({e})") from e
-        data["attrs"] = attrs
-        return data
+                data = {c.name: f[section.key(where, c)] for c in section.columns if section.key(where, c) in f}
+                if check:
+                    check_values(self.path, section, where, data, sizes, self.attrs,
+                                 section.stored_fingerprint(f, where))
+            except CacheError:
+                raise
+            except _DAMAGE as e:
+                raise CacheError(f"{self.path}: damaged {section.label(where)}, cannot read it ({e})") from e
+            yield data
+
+    def read(self, name: str, instance: str | None = None) -> dict:
+        """The arrays of a section instance, whole (texts as lists), every check of the section
+        run; its group's attributes under "attrs". See ``section_data`` to read lazily."""
+        with self.section_data(name, instance) as data:
+            try:
+                out = {k: d[()] for k, d in data.items()}
+                where = SECTIONS[name].where(instance)
+                attrs = dict(next(iter(data.values())).file[where].attrs) if where and data else {}
+            except _DAMAGE as e:
+                raise CacheError(f"{self.path}: damaged section {name!r}, cannot read it ({e})") from e
+        out = {k: ([s.decode("utf-8") for s in v] if v.dtype == object else v) for k, v in out.items()}
+        out["attrs"] = attrs
+        return out
 
     def mined(self, name: str) -> dict:
         """The mined set ``name`` (see ``cachefile.Mined``): its arrays and "settings", checked

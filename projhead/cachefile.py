@@ -186,7 +186,8 @@ def _check_index(path, section, where, c: Column, x: np.ndarray, sizes: dict) ->
         if c.missing is not None:
             v = v[v != c.missing]
         if len(v) and (v.min() < 0 or v.max() >= sizes[of]):
-            raise CacheError(f"{path}: {section.key(where, c)} points outside the {sizes[of]} rows of {of[2:] if of.startswith('n_') else of}")
+            what = of[2:] if of.startswith("n_") else of
+            raise CacheError(f"{path}: {section.key(where, c)} points outside the {sizes[of]} rows of {what}")
 
 
 class TextColumn:

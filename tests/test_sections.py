@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import PlantedEncoder, planted_pairs
-from projhead.cache import (SECTIONS, CacheError, CacheWriter, Column, Section, add_section, cache_attrs, open_cache,
-                            read_identity, register_section, write_texts)
+from projhead.cache import (SECTIONS, CacheError, CacheWriter, Column, Section, TextColumn, add_section, cache_attrs,
+                            open_cache, read_identity, read_rows, register_section, write_texts)
 
 
 @pytest.fixture
@@ -66,6 +66,9 @@ def test_a_registered_section_round_trips_and_its_damage_is_named(turns, tmp_pat
     np.testing.assert_array_equal(got["weight"], weight)
     assert got["text"] == texts
     assert c.describe()["sections"]["toy_turns"]["sizes"] == {"n_turns": n}
+    with c.section_data("toy_turns") as d:  # checked in chunks, then read lazily
+        np.testing.assert_array_equal(read_rows(d["vectors"], np.array([7, 2, 7])), tv[[7, 2, 7]])
+        assert list(TextColumn(d["text"], chunk=4)) == texts
 
     # identity: the section's fingerprint is part of the work; other turn texts are other work
     ident = read_identity(path)
@@ -87,6 +90,9 @@ def test_a_registered_section_round_trips_and_its_damage_is_named(turns, tmp_pat
         g["weight"][3] = np.nan
     with pytest.raises(CacheError, match=r"bad.h5: toy_turns/weight holds NaN or Inf in 1 rows \(first: row 3\)"):
         damaged(nan)()
+    with pytest.raises(CacheError, match="toy_turns/weight holds NaN"):
+        with open_cache(tmp_path / "bad.h5").section_data("toy_turns"):
+            pass
 
     def text(g):
         g["text"][4] = "a changed turn"
