@@ -141,3 +141,54 @@ def test_streaming_memory_does_not_grow_with_the_cache(tmp_path):
             tracemalloc.stop()
         peaks.append(peak)
     assert peaks[1] < 1.5 * peaks[0], peaks  # with per-row arrays of the cache: 2x
+
+
+@pytest.mark.parametrize("batching", ["group", "random"])
+def test_stream_batches_are_the_in_memory_cache_read_as_documented(planted_cache, batching):
+    """The batches and dev split of a streamed epoch, rebuilt from the whole cache in memory as
+    the class documents them: chunks shuffled, ``stream_buffer`` at a time with the rows left
+    over, ordered by ``epoch_order`` over the buffer's groups; the dev split is ``_in_dev``."""
+    from projhead.batches import _group_keys, _in_dev, epoch_order
+
+    path = planted_cache(n_groups=40)
+    c = open_cache(path)
+    cfg = TrainConfig(stream=True, stream_chunk=37, stream_buffer=3, batch_size=32, dev_fraction=0.2,
+                      batching=batching)
+    src = StreamSource(open_cache(path, load=False), cfg)
+    dev = _in_dev(c.groups, 0.2, cfg.seed)
+    np.testing.assert_array_equal(src.dev_rows, np.flatnonzero(dev))
+    np.testing.assert_array_equal(src.dev.q, c.queries[dev])
+    keys = _group_keys(c.groups)
+    rng = np.random.default_rng(3)
+    order, want, left = rng.permutation(len(src.chunks)), [], np.zeros(0, np.int64)
+    for g in range(0, len(order), 3):
+        rows = np.concatenate([left] + [np.arange(*src.chunks[i]) for i in order[g:g + 3]])
+        rows = rows[~dev[rows]] if len(rows) else rows
+        rows = rows[epoch_order(np.arange(len(rows)), np.unique(keys[rows], return_inverse=True)[1].reshape(-1),
+                                batching, rng)]
+        full = len(rows) // 32 * 32
+        want += [rows[s:s + 32] for s in range(0, full, 32)]
+        left = rows[full:]
+    got = list(src.epoch(np.random.default_rng(3)))
+    assert len(got) == src.steps_per_epoch and len(want) >= len(got)
+    for b, rows in zip(got, want):
+        np.testing.assert_array_equal(b.q.numpy(), c.queries[rows])
+        np.testing.assert_array_equal(b.c.numpy(), c.contexts[c.q2c[rows]])
+        np.testing.assert_array_equal(b.context_ids.numpy(), c.q2c[rows])
+    src.f.close()
+
+
+def test_gather_rows_reads_any_row_order_a_block_at_a_time(tmp_path):
+    import h5py
+
+    from projhead.batches import gather_rows
+
+    x = np.random.default_rng(0).normal(size=(50_000, 4)).astype(np.float16)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["x"] = x
+        rng = np.random.default_rng(1)
+        near = 2000 + rng.integers(0, 300, size=900)  # close together: contiguous reads
+        far = rng.integers(0, 50_000, size=900)  # spread out: sorted fancy reads
+        for rows in (near, far, np.concatenate([far, near]), near[:0]):
+            out = gather_rows(f["x"], rows, np.empty((len(rows), 4), np.float16), block=128)
+            np.testing.assert_array_equal(out, x[rows])
