@@ -92,7 +92,9 @@ class DevSet:
         return len(self.gold)
 
     def ranks(self, head: Head | None) -> np.ndarray:
-        q, c = (self.q, self.c) if head is None else (head.encode_queries(self.q), head.encode_contexts(self.c))
+        q, c = self.q.astype(np.float32, copy=False), self.c.astype(np.float32, copy=False)  # float16 when streamed
+        if head is not None:
+            q, c = head.encode_queries(q), head.encode_contexts(c)
         return ranks(excluding(dense_scorer(q, c), self.exclude), self.gold, self.chunk)
 
 
@@ -234,6 +236,22 @@ def gather_rows(dset, rows: np.ndarray, out: np.ndarray, block: int = 8192) -> n
     return out
 
 
+def return_freed_memory() -> None:
+    """Have glibc's malloc give every block of 1 MB or more its own mapping, returned to the
+    system when freed. By default that threshold rises with the blocks freed (up to 32 MB), so
+    a training loop's batches, outputs and gradients (a few MB each, freed every step) pile
+    up in the heap and hold their memory; streamed training asks for memory bounded by its
+    buffer. Process-wide; nothing where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 class StreamSource:
     """Training pairs read from the HDF5 file chunk by chunk, for caches larger than memory.
     Per epoch the chunks (``stream_chunk`` query rows each) are shuffled, ``stream_buffer`` of
@@ -254,6 +272,7 @@ class StreamSource:
         if cfg.mined or cfg.hard_negatives or cfg.silver:
             raise TrainError("--stream trains on plain pairs: mined negatives, silver pairs and distill need the "
                              "cache in memory")
+        return_freed_memory()
         self.path = cache.path
         self.f = h5py.File(cache.path, "r")
         self.Qd, self.Cd = self.f["queries/vectors"], self.f["contexts/vectors"]
@@ -266,14 +285,14 @@ class StreamSource:
             dev = _in_dev((g.decode() for g in self.Gd[a:b]), fraction, cfg.seed)
             if dev.any():
                 dev_rows.append(a + np.flatnonzero(dev))
-                dev_q.append(self.Qd[a:b][dev].astype(np.float32))
+                dev_q.append(self.Qd[a:b][dev])
                 dev_gold.append(self.Kd[a:b][dev].astype(np.int64))
         self.dev_rows = np.concatenate(dev_rows) if dev_rows else np.zeros(0, np.int64)  # sorted
         d = cache.dim
         if len(self.dev_rows):  # dev queries against the dev contexts: all contexts may not fit in memory
             dev_ctx, dev_q2c = _subset(np.concatenate(dev_gold), np.arange(len(self.dev_rows)))
-            c = gather_rows(self.Cd, dev_ctx, np.empty((len(dev_ctx), d), self.Cd.dtype)).astype(np.float32)
-            self.dev = DevSet(np.concatenate(dev_q), c, dev_q2c)
+            c = gather_rows(self.Cd, dev_ctx, np.empty((len(dev_ctx), d), self.Cd.dtype))
+            self.dev = DevSet(np.concatenate(dev_q), c, dev_q2c)  # in the file's dtype, float32 when ranked
             self.dev.chunk = max(1, self.DEV_BLOCK // len(dev_ctx))
         else:
             self.dev = DevSet(np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64))
@@ -281,10 +300,14 @@ class StreamSource:
         self.n_train, self.n_silver = int(n - len(self.dev_rows)), 0
         if self.n_train == 0:
             raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
-        self.spread_sample = self.dev.q if len(self.dev_rows) else self.Qd[:4096].astype(np.float32)
         self.cfg = cfg = cfg.sized(self.n_train)
         self.bs = min(cfg.batch_size, self.n_train)
         self.steps_per_epoch = max(1, self.n_train // self.bs)
+
+    @property
+    def spread_sample(self) -> np.ndarray:
+        """The dev queries (the first 4,096 queries without a dev split), as float32."""
+        return (self.dev.q if len(self.dev_rows) else self.Qd[:4096]).astype(np.float32)
 
     def _keep(self, a: int, b: int) -> np.ndarray:
         """Which rows of ``a:b`` are training rows (not in the dev split)."""
