@@ -258,7 +258,7 @@ class StreamSource:
     them are read together with their gold contexts and their rows shuffled, and batches are
     cut from that buffer (rows left over join the next buffer). Memory: one buffer of vectors
     in the file's dtype (a batch is turned to float32 when it is cut), and the dev split;
-    nothing a row of the whole cache: the gold contexts and groups are read with their
+    nothing per row of the whole cache: the gold contexts and groups are read with their
     chunk, and the training rows of a chunk are the ones not in the dev split. The dev split
     holds out whole groups chosen by a hash (``_in_dev``), so it differs from the in-memory
     split. Plain pairs only: no mined negatives or silver pairs (they need random access),
