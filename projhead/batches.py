@@ -83,6 +83,7 @@ class DevSet:
     model selection and the bootstrap compare; ``None`` is the frozen encoder."""
 
     chunk = 1024  # queries scored at a time
+    block = None  # rows a head encodes at a time (None: all; streamed: float16 vectors a block at a time)
 
     def __init__(self, q: np.ndarray, c: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None = None):
         self.q, self.c, self.gold = q, c, np.asarray(gold, np.int64)
@@ -91,10 +92,19 @@ class DevSet:
     def __len__(self) -> int:
         return len(self.gold)
 
+    def _encode(self, encode, x: np.ndarray) -> np.ndarray:
+        if self.block is None:
+            return encode(x)
+        out = None
+        for a in range(0, len(x), self.block):
+            y = encode(x[a:a + self.block].astype(np.float32))
+            out = np.empty((len(x),) + y.shape[1:], np.float32) if out is None else out
+            out[a:a + len(y)] = y
+        return out
+
     def ranks(self, head: Head | None) -> np.ndarray:
-        q, c = self.q.astype(np.float32, copy=False), self.c.astype(np.float32, copy=False)  # float16 when streamed
-        if head is not None:
-            q, c = head.encode_queries(q), head.encode_contexts(c)
+        q = self._encode(lambda x: x if head is None else head.encode_queries(x), self.q)
+        c = self._encode(lambda x: x if head is None else head.encode_contexts(x), self.c)
         return ranks(excluding(dense_scorer(q, c), self.exclude), self.gold, self.chunk)
 
 
@@ -264,7 +274,7 @@ class StreamSource:
     split. Plain pairs only: no mined negatives or silver pairs (they need random access),
     and batching is by chunk order."""
 
-    DEV_BLOCK = 1 << 24  # dev scores computed at a time (floats): 64 MB, whatever the dev split's size
+    DEV_BLOCK = 1 << 22  # dev scores computed at a time (floats): 16 MB, whatever the dev split's size
 
     def __init__(self, cache: Cache, cfg: TrainConfig):
         import h5py
@@ -293,7 +303,7 @@ class StreamSource:
             dev_ctx, dev_q2c = _subset(np.concatenate(dev_gold), np.arange(len(self.dev_rows)))
             c = gather_rows(self.Cd, dev_ctx, np.empty((len(dev_ctx), d), self.Cd.dtype))
             self.dev = DevSet(np.concatenate(dev_q), c, dev_q2c)  # in the file's dtype, float32 when ranked
-            self.dev.chunk = max(1, self.DEV_BLOCK // len(dev_ctx))
+            self.dev.chunk, self.dev.block = max(1, self.DEV_BLOCK // len(dev_ctx)), 8192
         else:
             self.dev = DevSet(np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64))
         del dev_q, dev_gold

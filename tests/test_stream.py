@@ -4,7 +4,7 @@ import pytest
 
 from projhead.cache import open_cache
 from projhead.heads import HeadConfig
-from projhead.batches import StreamSource
+from projhead.batches import DevSet, StreamSource
 from projhead.train import TrainConfig, TrainError, train_head
 
 
@@ -158,6 +158,9 @@ def test_stream_batches_are_the_in_memory_cache_read_as_documented(planted_cache
     dev = _in_dev(c.groups, 0.2, cfg.seed)
     np.testing.assert_array_equal(src.dev_rows, np.flatnonzero(dev))
     np.testing.assert_array_equal(src.dev.q, c.queries[dev])
+    src.dev.block = 7  # ranked a few rows at a time: the same ranks as all at once
+    whole = DevSet(src.dev.q, src.dev.c, src.dev.gold)
+    np.testing.assert_array_equal(src.dev.ranks(None), whole.ranks(None))
     keys = _group_keys(c.groups)
     rng = np.random.default_rng(3)
     order, want, left = rng.permutation(len(src.chunks)), [], np.zeros(0, np.int64)
