@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from .cache import Cache, read_rows
+from .cache import Cache
 from .config import SMALL, TrainConfig, TrainError
 from .evaluate import dense_scorer, excluding, ranks, self_matches
 from .heads import Head
@@ -82,6 +82,9 @@ class DevSet:
     left out (duplicate-question data). ``ranks(head)`` gives the per-query ranks that
     model selection and the bootstrap compare; ``None`` is the frozen encoder."""
 
+    chunk = 1024  # queries scored at a time
+    block = None  # rows a head encodes at a time (None: all; streamed: float16 vectors a block at a time)
+
     def __init__(self, q: np.ndarray, c: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None = None):
         self.q, self.c, self.gold = q, c, np.asarray(gold, np.int64)
         self.exclude = exclude
@@ -89,9 +92,20 @@ class DevSet:
     def __len__(self) -> int:
         return len(self.gold)
 
+    def _encode(self, encode, x: np.ndarray) -> np.ndarray:
+        if self.block is None:
+            return encode(x)
+        out = None
+        for a in range(0, len(x), self.block):
+            y = encode(x[a:a + self.block].astype(np.float32))
+            out = np.empty((len(x),) + y.shape[1:], np.float32) if out is None else out
+            out[a:a + len(y)] = y
+        return out
+
     def ranks(self, head: Head | None) -> np.ndarray:
-        q, c = (self.q, self.c) if head is None else (head.encode_queries(self.q), head.encode_contexts(self.c))
-        return ranks(excluding(dense_scorer(q, c), self.exclude), self.gold)
+        q = self._encode(lambda x: x if head is None else head.encode_queries(x), self.q)
+        c = self._encode(lambda x: x if head is None else head.encode_contexts(x), self.c)
+        return ranks(excluding(dense_scorer(q, c), self.exclude), self.gold, self.chunk)
 
 
 def spread(x: np.ndarray) -> float:
@@ -209,14 +223,58 @@ def _in_dev(groups, fraction: float, seed: int) -> np.ndarray:
                      < fraction * 2.0 ** 64 for g in groups], dtype=bool)
 
 
+def _group_keys(groups) -> np.ndarray:
+    """A number per group name (its 7-byte hash): what ``epoch_order`` sorts a buffer by."""
+    return np.array([int.from_bytes(hashlib.blake2b(g.encode(), digest_size=7).digest(), "little") for g in groups],
+                    dtype=np.int64)
+
+
+def gather_rows(dset, rows: np.ndarray, out: np.ndarray, block: int = 8192) -> np.ndarray:
+    """``out[:] = dset[rows]`` in the file's dtype, ``block`` sorted rows per read: a
+    contiguous slice where they lie close together (contexts follow their queries), else a
+    sorted fancy read. Memory: ``out`` and one block."""
+    order = np.argsort(rows, kind="stable")
+    ranked = rows[order]
+    for i in range(0, len(ranked), block):
+        part = ranked[i:i + block]
+        lo, hi = int(part[0]), int(part[-1]) + 1
+        if hi - lo <= 4 * len(part) + 1024:
+            out[order[i:i + block]] = dset[lo:hi][part - lo]
+        else:
+            uniq, inv = np.unique(part, return_inverse=True)
+            out[order[i:i + block]] = dset[uniq][inv.reshape(-1)]
+    return out
+
+
+def return_freed_memory() -> None:
+    """Have glibc's malloc give every block of 1 MB or more its own mapping, returned to the
+    system when freed. By default that threshold rises with the blocks freed (up to 32 MB), so
+    a training loop's batches, outputs and gradients (a few MB each, freed every step) pile
+    up in the heap and hold their memory; streamed training asks for memory bounded by its
+    buffer. Process-wide; nothing where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 class StreamSource:
     """Training pairs read from the HDF5 file chunk by chunk, for caches larger than memory.
     Per epoch the chunks (``stream_chunk`` query rows each) are shuffled, ``stream_buffer`` of
     them are read together with their gold contexts and their rows shuffled, and batches are
-    cut from that buffer (rows left over join the next buffer). Memory: the buffer, one batch,
-    the dev split and the (Nq,) index. The dev split holds out whole groups chosen by a hash
-    (``_in_dev``), so it differs from the in-memory split. Plain pairs only: no mined
-    negatives or silver pairs (they need random access), and batching is by chunk order."""
+    cut from that buffer (rows left over join the next buffer). Memory: one buffer of vectors
+    in the file's dtype (a batch is turned to float32 when it is cut), and the dev split;
+    nothing per row of the whole cache: the gold contexts and groups are read with their
+    chunk, and the training rows of a chunk are the ones not in the dev split. The dev split
+    holds out whole groups chosen by a hash (``_in_dev``), so it differs from the in-memory
+    split. Plain pairs only: no mined negatives or silver pairs (they need random access),
+    and batching is by chunk order."""
+
+    DEV_BLOCK = 1 << 22  # dev scores computed at a time (floats): 16 MB, whatever the dev split's size
 
     def __init__(self, cache: Cache, cfg: TrainConfig):
         import h5py
@@ -224,61 +282,77 @@ class StreamSource:
         if cfg.mined or cfg.hard_negatives or cfg.silver:
             raise TrainError("--stream trains on plain pairs: mined negatives, silver pairs and distill need the "
                              "cache in memory")
+        return_freed_memory()
         self.path = cache.path
         self.f = h5py.File(cache.path, "r")
         self.Qd, self.Cd = self.f["queries/vectors"], self.f["contexts/vectors"]
-        self.q2c = self.f["queries/context"][()].astype(np.int64)
-        n, step = len(self.q2c), cfg.stream_chunk
+        self.Kd, self.Gd = self.f["queries/context"], self.f["queries/group"]
+        n, step = self.Kd.shape[0], cfg.stream_chunk
         self.chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
-        self.train_mask = np.ones(n, dtype=bool)
-        dev_q = []
         fraction = dev_fraction(cfg, n)
-        group_hash = np.zeros(n, dtype=np.int64)  # batching by group without the list of all groups
+        dev_rows, dev_q, dev_gold = [], [], []
         for a, b in self.chunks:  # one pass: the dev split, decided by group
-            names = [g.decode() for g in self.f["queries/group"][a:b]]
-            group_hash[a:b] = [int.from_bytes(hashlib.blake2b(g.encode(), digest_size=7).digest(), "little")
-                               for g in names]
-            dev = _in_dev(names, fraction, cfg.seed)
-            self.train_mask[a:b] = ~dev
+            dev = _in_dev((g.decode() for g in self.Gd[a:b]), fraction, cfg.seed)
             if dev.any():
-                dev_q.append(self.Qd[a:b][dev].astype(np.float32))
-        dev_rows = np.flatnonzero(~self.train_mask)
+                dev_rows.append(a + np.flatnonzero(dev))
+                dev_q.append(self.Qd[a:b][dev])
+                dev_gold.append(self.Kd[a:b][dev].astype(np.int64))
+        self.dev_rows = np.concatenate(dev_rows) if dev_rows else np.zeros(0, np.int64)  # sorted
         d = cache.dim
-        self.group_hash = group_hash
-        if len(dev_rows):  # dev queries against the dev contexts: all contexts may not fit in memory
-            dev_ctx, dev_q2c = _subset(self.q2c, dev_rows)
-            self.dev = DevSet(np.concatenate(dev_q), read_rows(self.Cd, dev_ctx), dev_q2c)
+        if len(self.dev_rows):  # dev queries against the dev contexts: all contexts may not fit in memory
+            dev_ctx, dev_q2c = _subset(np.concatenate(dev_gold), np.arange(len(self.dev_rows)))
+            c = gather_rows(self.Cd, dev_ctx, np.empty((len(dev_ctx), d), self.Cd.dtype))
+            self.dev = DevSet(np.concatenate(dev_q), c, dev_q2c)  # in the file's dtype, float32 when ranked
+            self.dev.chunk, self.dev.block = max(1, self.DEV_BLOCK // len(dev_ctx)), 8192
         else:
             self.dev = DevSet(np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64))
-        self.n_train, self.n_silver = int(self.train_mask.sum()), 0
+        del dev_q, dev_gold
+        self.n_train, self.n_silver = int(n - len(self.dev_rows)), 0
         if self.n_train == 0:
             raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
-        self.spread_sample = self.dev.q if len(dev_rows) else self.Qd[:4096].astype(np.float32)
         self.cfg = cfg = cfg.sized(self.n_train)
         self.bs = min(cfg.batch_size, self.n_train)
         self.steps_per_epoch = max(1, self.n_train // self.bs)
 
-    def _load(self, chunk_ids) -> tuple[np.ndarray, ...]:
-        qs, cs, ids, groups = [], [], [], []
-        for i in chunk_ids:
+    @property
+    def spread_sample(self) -> np.ndarray:
+        """The dev queries (the first 4,096 queries without a dev split), as float32."""
+        return (self.dev.q if len(self.dev_rows) else self.Qd[:4096]).astype(np.float32)
+
+    def _keep(self, a: int, b: int) -> np.ndarray:
+        """Which rows of ``a:b`` are training rows (not in the dev split)."""
+        lo, hi = np.searchsorted(self.dev_rows, [a, b])
+        keep = np.ones(b - a, dtype=bool)
+        keep[self.dev_rows[lo:hi] - a] = False
+        return keep
+
+    def _load(self, chunk_ids, left=None) -> tuple[np.ndarray, ...]:
+        """The training rows of ``chunk_ids`` after the rows ``left`` over from the last buffer:
+        queries and gold contexts (file dtype), context rows and group keys."""
+        keeps = [self._keep(*self.chunks[i]) for i in chunk_ids]
+        have = len(left[0]) if left is not None else 0
+        n = have + sum(int(k.sum()) for k in keeps)
+        d = self.Qd.shape[1]
+        q, c = np.empty((n, d), self.Qd.dtype), np.empty((n, d), self.Cd.dtype)
+        ids, groups = np.empty(n, np.int64), np.empty(n, np.int64)
+        if have:
+            for out, x in zip((q, c, ids, groups), left):
+                out[:have] = x
+        p = have
+        for i, keep in zip(chunk_ids, keeps):
             a, b = self.chunks[i]
-            keep = self.train_mask[a:b]
-            q = self.Qd[a:b][keep].astype(np.float32)
-            ctx = self.q2c[a:b][keep]
-            if len(ctx):
-                qs.append(q)
-                cs.append(read_rows(self.Cd, ctx))
-                ids.append(ctx)
-                groups.append(self.group_hash[a:b][keep])
-        if not qs:
-            d = self.Qd.shape[1]
-            return (np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64),
-                    np.zeros(0, np.int64))
-        q, c = np.concatenate(qs), np.concatenate(cs)
-        if not (np.isfinite(q).all() and np.isfinite(c).all()):
-            raise TrainError(f"{self.path}: NaN or Inf in the vectors of query rows "
-                             f"{self.chunks[chunk_ids[0]][0]}.. (chunk read while streaming)")
-        return q, c, np.concatenate(ids), np.concatenate(groups)
+            k = int(keep.sum())
+            if k == 0:
+                continue
+            np.compress(keep, self.Qd[a:b], axis=0, out=q[p:p + k])
+            ids[p:p + k] = self.Kd[a:b][keep]
+            gather_rows(self.Cd, ids[p:p + k], c[p:p + k])
+            groups[p:p + k] = _group_keys(g.decode() for g in self.Gd[a:b][keep])
+            if not (np.isfinite(q[p:p + k]).all() and np.isfinite(c[p:p + k]).all()):
+                raise TrainError(f"{self.path}: NaN or Inf in the vectors of query rows "
+                                 f"{a}..{b - 1} or their contexts (chunk read while streaming)")
+            p += k
+        return q, c, ids, groups
 
     def epoch(self, rng):
         """Batches of one epoch: buffers of shuffled chunks, ordered inside a buffer as
@@ -288,17 +362,19 @@ class StreamSource:
         left = None
         made = 0
         for g in range(0, len(order), self.cfg.stream_buffer):
-            buf = self._load(order[g:g + self.cfg.stream_buffer])
-            if left is not None:
-                buf = tuple(np.concatenate([x, y]) for x, y in zip(left, buf))
-            gid = np.unique(buf[3], return_inverse=True)[1].reshape(-1)
+            q, c, ids, grp = self._load(order[g:g + self.cfg.stream_buffer], left)
+            left = None
+            gid = np.unique(grp, return_inverse=True)[1].reshape(-1)
             perm = epoch_order(np.arange(len(gid)), gid, self.cfg.batching, rng) if len(gid) else gid
-            q, c, ids, grp = (x[perm] for x in buf)
             full = len(ids) // self.bs * self.bs
             for s in range(0, full, self.bs):
                 if made == self.steps_per_epoch:
                     return
                 made += 1
-                yield Batch(q=torch.from_numpy(q[s:s + self.bs]).to(dev), c=torch.from_numpy(c[s:s + self.bs]).to(dev),
-                            context_ids=torch.from_numpy(ids[s:s + self.bs]).to(dev))
-            left = (q[full:], c[full:], ids[full:], grp[full:])
+                rows = perm[s:s + self.bs]
+                yield Batch(q=torch.from_numpy(q[rows].astype(np.float32)).to(dev),
+                            c=torch.from_numpy(c[rows].astype(np.float32)).to(dev),
+                            context_ids=torch.from_numpy(ids[rows]).to(dev))
+            rest = perm[full:]
+            left = (q[rest], c[rest], ids[rest], grp[rest])
+            del q, c, ids, grp  # the next buffer is read after this one is freed

@@ -129,8 +129,8 @@ class TrainConfig:
     hard_negatives: int = 0  # mined negatives per pair in each batch (drawn afresh each step from the set's k)
     silver: bool = False  # also train on the mined set's silver pairs
     stream: bool = False  # read the cache in chunks instead of whole: bounded memory for caches larger than RAM
-    stream_chunk: int = 65536  # stream: query rows read at a time
-    stream_buffer: int = 4  # stream: chunks shuffled together (rows mix within this many chunks)
+    stream_chunk: int = 16384  # stream: query rows read at a time
+    stream_buffer: int = 8  # stream: chunks shuffled together (rows mix within this many chunks)
     canaries: list = field(default_factory=list)  # caches of other domains scored every epoch beside the frozen encoder
     canary_tolerance: float = 0.005  # most nDCG@10 a canary may lose; the head is shrunk toward the frozen encoder until none does
     alpha: float | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it

@@ -4,7 +4,7 @@ import pytest
 
 from projhead.cache import open_cache
 from projhead.heads import HeadConfig
-from projhead.batches import StreamSource
+from projhead.batches import DevSet, StreamSource
 from projhead.train import TrainConfig, TrainError, train_head
 
 
@@ -29,14 +29,14 @@ def test_an_epoch_visits_each_training_row_at_most_once_and_never_a_dev_row(plan
     src = StreamSource(open_cache(path, load=False), cfg)
     loads = []
     real = src._load
-    src._load = lambda ids: (loads.append(len(ids)), real(ids))[1]
+    src._load = lambda ids, left=None: (loads.append(len(ids)), real(ids, left))[1]
     seen = np.concatenate([b.context_ids.numpy() for b in src.epoch(np.random.default_rng(0))])
     c = open_cache(path)
     rows_per_context = np.bincount(c.q2c)
     counts = np.bincount(seen, minlength=len(c.contexts))
     assert (counts <= rows_per_context).all()  # no pair twice
     assert len(seen) == src.steps_per_epoch * 32 and len(seen) > src.n_train - 32
-    dev_rows = np.flatnonzero(~src.train_mask)
+    dev_rows = src.dev_rows
     assert len(dev_rows) and len(src.dev) == len(dev_rows)
     assert not set(seen.tolist()) & set(c.q2c[dev_rows].tolist())  # no dev context is trained on
     assert max(loads) <= 3  # never more than stream_buffer chunks in memory
@@ -66,3 +66,132 @@ def test_stream_batches_keep_groups_together(planted_cache):
                                    for b in src.epoch(np.random.default_rng(0))])
         src.f.close()
     assert spans["group"] <= 5 < spans["random"]  # 10 rows a group: 4-5 groups a batch, not ~20
+
+
+def _long_cache(path, rows: int, dim: int = 8):
+    """A cache of ``rows`` pairs written through the cache writer (groups of 100 rows), with
+    no texts to encode: long enough that a per-row array of the whole cache would show."""
+    from projhead.cache import CacheWriter, cache_attrs
+
+    rng = np.random.default_rng(0)
+    info = {"name": "synthetic:test", "settings": {}, "weights_sha256": "", "build": {}, "versions": {}}
+    with CacheWriter(path, rows, rows, dim, "float16") as w:
+        for a in range(0, rows, 10_000):
+            b = min(a + 10_000, rows)
+            w.write("queries/vectors", a, rng.normal(size=(b - a, dim)))
+            w.write("contexts/vectors", a, rng.normal(size=(b - a, dim)))
+            w.write("queries/context", a, np.arange(a, b, dtype=np.int64))
+            for key, prefix in (("queries/text", "q"), ("queries/id", "id"), ("contexts/text", "c")):
+                w.write(key, a, [f"{prefix}{i}" for i in range(a, b)])
+            w.write("queries/group", a, [f"g{i // 100}" for i in range(a, b)])
+        w.finish(cache_attrs({"dataset": "synthetic", "split": "train", "granularity": "sentence"}, info, "-", 0.0))
+    return path
+
+
+STREAM = dict(stream=True, stream_chunk=1000, stream_buffer=2, batch_size=256, dev_fraction=0.01)
+
+
+def test_streaming_never_reads_a_whole_column(tmp_path, monkeypatch):
+    """Every read of a per-row dataset while streaming covers one chunk (or the dev split):
+    no column of the whole cache (gold contexts, groups, a mask) is held."""
+    import h5py
+
+    rows = 20_000
+    path = _long_cache(tmp_path / "long.h5", rows)
+    reads = []
+
+    class Recorded:
+        def __init__(self, dset):
+            self.dset, self.shape, self.dtype = dset, dset.shape, dset.dtype
+
+        def __getitem__(self, key):
+            out = self.dset[key]
+            reads.append((self.dset.name, len(out)))
+            return out
+
+    class RecordingFile(h5py.File):
+        def __getitem__(self, key):
+            item = super().__getitem__(key)
+            return Recorded(item) if isinstance(item, h5py.Dataset) else item
+
+    monkeypatch.setattr(h5py, "File", RecordingFile)
+    src = StreamSource(open_cache(path, load=False), TrainConfig(**STREAM))
+    n = sum(len(b.context_ids) for b in src.epoch(np.random.default_rng(0)))
+    src.f.close()
+    assert n > rows * 0.9 and {name for name, _ in reads} >= {"/queries/vectors", "/queries/context", "/queries/group",
+                                                               "/contexts/vectors"}
+    assert len(src.dev) and max(k for _, k in reads) <= max(1000, len(src.dev))
+
+
+def test_streaming_memory_does_not_grow_with_the_cache(tmp_path):
+    """Peak Python/numpy memory of setting up and running one epoch is the same for a cache 4
+    times longer with the same chunk and buffer settings (a per-row array would grow it 4x)."""
+    import tracemalloc
+
+    peaks = []
+    for rows in (20_000, 80_000):
+        path = _long_cache(tmp_path / f"long{rows}.h5", rows)
+        for _ in range(2):  # the first run also pays for one-off imports and caches
+            tracemalloc.start()
+            src = StreamSource(open_cache(path, load=False), TrainConfig(**STREAM))
+            for _ in src.epoch(np.random.default_rng(0)):
+                pass
+            src.f.close()
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        peaks.append(peak)
+    assert peaks[1] < 1.5 * peaks[0], peaks  # with per-row arrays of the cache: 2x
+
+
+@pytest.mark.parametrize("batching", ["group", "random"])
+def test_stream_batches_are_the_in_memory_cache_read_as_documented(planted_cache, batching):
+    """The batches and dev split of a streamed epoch, rebuilt from the whole cache in memory as
+    the class documents them: chunks shuffled, ``stream_buffer`` at a time with the rows left
+    over, ordered by ``epoch_order`` over the buffer's groups; the dev split is ``_in_dev``."""
+    from projhead.batches import _group_keys, _in_dev, epoch_order
+
+    path = planted_cache(n_groups=40)
+    c = open_cache(path)
+    cfg = TrainConfig(stream=True, stream_chunk=37, stream_buffer=3, batch_size=32, dev_fraction=0.2,
+                      batching=batching)
+    src = StreamSource(open_cache(path, load=False), cfg)
+    dev = _in_dev(c.groups, 0.2, cfg.seed)
+    np.testing.assert_array_equal(src.dev_rows, np.flatnonzero(dev))
+    np.testing.assert_array_equal(src.dev.q, c.queries[dev])
+    src.dev.block = 7  # ranked a few rows at a time: the same ranks as all at once
+    whole = DevSet(src.dev.q, src.dev.c, src.dev.gold)
+    np.testing.assert_array_equal(src.dev.ranks(None), whole.ranks(None))
+    keys = _group_keys(c.groups)
+    rng = np.random.default_rng(3)
+    order, want, left = rng.permutation(len(src.chunks)), [], np.zeros(0, np.int64)
+    for g in range(0, len(order), 3):
+        rows = np.concatenate([left] + [np.arange(*src.chunks[i]) for i in order[g:g + 3]])
+        rows = rows[~dev[rows]] if len(rows) else rows
+        rows = rows[epoch_order(np.arange(len(rows)), np.unique(keys[rows], return_inverse=True)[1].reshape(-1),
+                                batching, rng)]
+        full = len(rows) // 32 * 32
+        want += [rows[s:s + 32] for s in range(0, full, 32)]
+        left = rows[full:]
+    got = list(src.epoch(np.random.default_rng(3)))
+    assert len(got) == src.steps_per_epoch and len(want) >= len(got)
+    for b, rows in zip(got, want):
+        np.testing.assert_array_equal(b.q.numpy(), c.queries[rows])
+        np.testing.assert_array_equal(b.c.numpy(), c.contexts[c.q2c[rows]])
+        np.testing.assert_array_equal(b.context_ids.numpy(), c.q2c[rows])
+    src.f.close()
+
+
+def test_gather_rows_reads_any_row_order_a_block_at_a_time(tmp_path):
+    import h5py
+
+    from projhead.batches import gather_rows
+
+    x = np.random.default_rng(0).normal(size=(50_000, 4)).astype(np.float16)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["x"] = x
+        rng = np.random.default_rng(1)
+        near = 2000 + rng.integers(0, 300, size=900)  # close together: contiguous reads
+        far = rng.integers(0, 50_000, size=900)  # spread out: sorted fancy reads
+        for rows in (near, far, np.concatenate([far, near]), near[:0]):
+            out = gather_rows(f["x"], rows, np.empty((len(rows), 4), np.float16), block=128)
+            np.testing.assert_array_equal(out, x[rows])
