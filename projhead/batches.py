@@ -31,12 +31,43 @@ MIN_GROUPS = 5  # documents needed before held-out queries can speak for documen
 
 
 def split_groups(cache: Cache, need: int = MIN_GROUPS) -> list[str]:
-    """What a split keeps whole: the cache's groups (documents), or each query's gold
-    context when there are fewer than ``need`` groups (100 pairs of one article still get a
-    held-out split, with no context on both sides; see ``within_documents``)."""
+    """What a split keeps whole: the cache's groups (documents), merged where they share a gold
+    context (``joined_by_gold``), or each query's gold context when there are fewer than ``need``
+    groups (100 pairs of one article still get a held-out split, with no context on both sides;
+    see ``within_documents``)."""
     if len(set(cache.groups)) >= need:
-        return cache.groups
+        return joined_by_gold(cache.groups, cache.q2c)
     return [f"context {i}" for i in cache.q2c]
+
+
+def gold_components(group_ids: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Per row, the smallest group id connected to its group through shared gold contexts
+    (rows of groups a and b with one gold context in common, and so on transitively): label
+    propagation over the groups-contexts graph, one vectorised sweep per step of its diameter."""
+    group_ids, gold = np.asarray(group_ids, np.int64), np.asarray(gold, np.int64)
+    if not len(gold):
+        return group_ids
+    _, ctx = np.unique(gold, return_inverse=True)
+    label = np.arange(int(group_ids.max()) + 1)  # per group
+    while True:
+        per_ctx = np.full(int(ctx.max()) + 1, np.iinfo(np.int64).max)
+        np.minimum.at(per_ctx, ctx, label[group_ids])
+        new = label.copy()
+        np.minimum.at(new, group_ids, per_ctx[ctx])
+        new = new[new]  # jump: a label points at a group whose own label may be smaller
+        if np.array_equal(new, label):
+            return label[group_ids]
+        label = new
+
+
+def joined_by_gold(groups: list[str], gold: np.ndarray) -> list[str]:
+    """``groups`` with every set of groups that share a gold context (the same context row:
+    one answer text under several documents, duplicate questions) named after its first
+    member, so a split keeping these whole never holds out a query whose gold context is the
+    gold of a training query. Groups that share nothing keep their names."""
+    names, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    comp = gold_components(inverse.reshape(-1), gold)
+    return names[comp].tolist()
 
 
 def within_documents(cache: Cache) -> str | None:
@@ -50,8 +81,12 @@ def within_documents(cache: Cache) -> str | None:
             f"({MIN_GROUPS} or more), or pass --decision better to keep a head that helps within these documents")
 
 
-def split_by_group(groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and dev query rows; whole groups go to one side, so no dev context is trained on."""
+def split_by_group(groups: list[str], fraction: float, seed: int, gold: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Train and dev query rows; whole groups go to one side, so no dev context is trained on.
+    ``gold``: each row's gold context row; groups sharing one are kept together (``joined_by_gold``)."""
+    if gold is not None:
+        groups = joined_by_gold(groups, gold)
     names = np.array(sorted(set(groups)))
     rng = np.random.default_rng(seed)
     n_dev = max(1, int(round(fraction * len(names)))) if fraction > 0 and len(names) > 1 else 0
@@ -226,22 +261,35 @@ class StreamSource:
                              "cache in memory")
         self.path = cache.path
         self.f = h5py.File(cache.path, "r")
+        try:
+            self._open(cache, cfg)
+        except BaseException:
+            self.f.close()
+            raise
+
+    def close(self) -> None:
+        self.f.close()
+
+    def _open(self, cache: Cache, cfg: TrainConfig) -> None:
         self.Qd, self.Cd = self.f["queries/vectors"], self.f["contexts/vectors"]
         self.q2c = self.f["queries/context"][()].astype(np.int64)
         n, step = len(self.q2c), cfg.stream_chunk
         self.chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
-        self.train_mask = np.ones(n, dtype=bool)
-        dev_q = []
+        in_dev = np.zeros(n, dtype=bool)
         fraction = dev_fraction(cfg, n)
         group_hash = np.zeros(n, dtype=np.int64)  # batching by group without the list of all groups
         for a, b in self.chunks:  # one pass: the dev split, decided by group
             names = [g.decode() for g in self.f["queries/group"][a:b]]
             group_hash[a:b] = [int.from_bytes(hashlib.blake2b(g.encode(), digest_size=7).digest(), "little")
                                for g in names]
-            dev = _in_dev(names, fraction, cfg.seed)
-            self.train_mask[a:b] = ~dev
-            if dev.any():
-                dev_q.append(self.Qd[a:b][dev].astype(np.float32))
+            in_dev[a:b] = _in_dev(names, fraction, cfg.seed)
+        # groups that share a gold context go together, as the group of their smallest hash decides
+        gid = np.unique(group_hash, return_inverse=True)[1].reshape(-1)
+        first = np.full(int(gid.max()) + 1 if n else 0, n, np.int64)
+        np.minimum.at(first, gid, np.arange(n))  # a row of each group
+        self.train_mask = ~in_dev[first[gold_components(gid, self.q2c)]]
+        dev_q = [self.Qd[a:b][~self.train_mask[a:b]].astype(np.float32) for a, b in self.chunks
+                 if not self.train_mask[a:b].all()]
         dev_rows = np.flatnonzero(~self.train_mask)
         d = cache.dim
         self.group_hash = group_hash

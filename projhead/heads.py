@@ -279,7 +279,8 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
     if g:
         lines += [f"Held-out gain over the frozen encoder: {g['gain']:+.4f} (95% paired-bootstrap interval "
                   f"{g['low']:+.4f} to {g['high']:+.4f}, {g['n']} queries); a head is kept only when the interval "
-                  "is above 0.", ""]
+                  "is above 0." + (f" Measured on the head as saved ({d['measured']})." if d.get("measured") else ""),
+                  ""]
     if d.get("alpha") is not None and d["alpha"] < 1:
         lines += [f"Interpolated toward the frozen encoder: alpha {d['alpha']} (weights = frozen + alpha x "
                   "(trained - frozen)).", ""]

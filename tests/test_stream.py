@@ -66,3 +66,71 @@ def test_stream_batches_keep_groups_together(planted_cache):
                                    for b in src.epoch(np.random.default_rng(0))])
         src.f.close()
     assert spans["group"] <= 5 < spans["random"]  # 10 rows a group: 4-5 groups a batch, not ~20
+
+
+def test_the_streamed_file_is_closed_when_training_fails(planted_cache, monkeypatch):
+    import projhead.train as T
+
+    opened = []
+
+    class Failing(StreamSource):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            opened.append(self.f)
+
+        def epoch(self, rng):
+            raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(T, "StreamSource", Failing)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        train_head(planted_cache(n_groups=10), HeadConfig(kind="linear"), TrainConfig(stream=True, epochs=2),
+                   progress=False)
+    assert len(opened) == 1 and not opened[0].id.valid
+
+
+def test_the_streamed_file_is_closed_when_the_split_is_refused(planted_cache, monkeypatch):
+    import h5py
+
+    opened = []
+    real = h5py.File
+
+    def spy(*a, **k):
+        opened.append(real(*a, **k))
+        return opened[-1]
+
+    monkeypatch.setattr(h5py, "File", spy)
+    path = planted_cache(n_groups=10)
+    with pytest.raises(TrainError, match="no training rows left"):
+        StreamSource(open_cache(path, load=False), TrainConfig(stream=True, dev_fraction=0.999999))
+    assert opened and not any(f.id.valid for f in opened)
+
+
+def test_the_stream_split_keeps_groups_that_share_a_gold_context_together(tmp_path):
+    from conftest import PlantedEncoder
+    from projhead.cache import build_cache
+    from projhead.data import Pairs
+
+    # every article shares its first context with the next one: one chain, so one side holds all
+    queries, groups, contexts, q2c = [], [], [], []
+    for g in range(40):
+        contexts.append(f"context {g}")
+        for j in range(3):
+            queries.append(f"q{j} {g}")
+            groups.append(f"article {g}")
+            q2c.append(len(contexts) - 1)
+        if g:
+            queries.append(f"also {g}")
+            groups.append(f"article {g}")
+            q2c.append(len(contexts) - 2)
+    pairs = Pairs(queries, [f"i{i}" for i in range(len(queries))], groups, contexts, np.array(q2c),
+                  {"dataset": "planted", "split": "train", "granularity": "sentence"})
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    c = open_cache(tmp_path / "c.h5", load=False)
+    for seed in range(6):
+        try:
+            src = StreamSource(c, TrainConfig(stream=True, dev_fraction=0.3, seed=seed))
+        except TrainError:
+            continue  # the whole chain held out: nothing left to train on, refused
+        gold = src.q2c
+        assert not set(gold[~src.train_mask]) & set(gold[src.train_mask])
+        src.close()
