@@ -199,21 +199,27 @@ def dev_fraction(cfg: TrainConfig, n_queries: int) -> float:
     return 0.05 if n_queries >= SMALL else 0.2
 
 
+def held_out(cache: Cache, rows: np.ndarray) -> DevSet:
+    """The queries ``rows`` ranked against every context of the cache, each query's own text left out."""
+    exclude = self_matches([cache.query_texts[i] for i in rows], cache.context_texts)
+    return DevSet(cache.queries[rows], cache.contexts, cache.q2c[rows], exclude)
+
+
 class MemorySource:
     """Training pairs from a cache held in memory (the default): any batching, mined
-    negatives, silver pairs. ``rows``: (train rows, dev rows) to use instead of the
-    group split (model selection with folds passes its own)."""
+    negatives, silver pairs. ``rows``: (train rows, dev rows[, other held-out rows]) to use
+    instead of the group split (model selection passes its own; the contexts of other held-out
+    rows are kept out of mined negatives too)."""
 
     def __init__(self, cache: Cache, cfg: TrainConfig, rows: tuple[np.ndarray, np.ndarray] | None = None):
         Q, C, q2c = cache.queries, cache.contexts, cache.q2c
-        train_rows, dev_rows = rows if rows is not None else split_by_group(
+        train_rows, dev_rows, *also_held = rows if rows is not None else split_by_group(
             split_groups(cache), dev_fraction(cfg, len(q2c)), cfg.seed)
         self.group_ids = np.unique(np.asarray(cache.groups), return_inverse=True)[1]  # (Nq,) int
         if len(train_rows) == 0:
             raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
-        dev_ctx = np.unique(q2c[dev_rows])
-        exclude = self_matches([cache.query_texts[i] for i in dev_rows], cache.context_texts)
-        self.dev = DevSet(Q[dev_rows], C, q2c[dev_rows], exclude)
+        dev_ctx = np.unique(q2c[np.concatenate([dev_rows, *also_held]).astype(np.int64)])
+        self.dev = held_out(cache, dev_rows)
         self.spread_sample = Q[dev_rows] if len(dev_rows) else Q[:4096]
         self.mined = mined = MinedSet(cache, cfg, train_rows, dev_ctx) if cfg.mined else None
         if cfg.loss == "distill" and (mined.teacher is None or not cfg.hard_negatives or cfg.silver):

@@ -36,8 +36,8 @@ from .cache import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .heads import Head, HeadConfig
 from .checkpoint import CHECKPOINT_NAME
-from .train import (SMALL, Canary, TrainConfig, TrainError, finish, fit, joined_by_gold, save_trained, split_groups,
-                    within_documents, within_noise)
+from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
+                    save_trained, split_by_group, split_groups, within_documents, within_noise)
 
 CV_BELOW = SMALL  # queries: below this, k-fold selection (every query scored once, out of fold)
 FOLDS = 5
@@ -145,6 +145,10 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         fold_rows = group_folds(groups, k, cfg.seed)
         all_rows = np.arange(n)
         n_train = n - n // k
+        # out-of-fold ranks come in fold order; half the queries (whole groups) choose, the others decide
+        choose_rows, decide_rows = _halves(groups, all_rows, cfg.seed, log)
+        order = np.concatenate(fold_rows)
+        sel, dec = np.flatnonzero(np.isin(order, choose_rows)), np.flatnonzero(np.isin(order, decide_rows))
         best = None
         for name, hc, t in cands:
             tc = replace(cfg, **t).sized(n_train)
@@ -156,8 +160,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             # only epochs every fold trained are candidates (--stop-epoch, or a fold stopped by a non-finite loss)
             trained = min(max(run["epoch_ranks"]) for run in runs)
             oof = [np.concatenate([run["epoch_ranks"][e] for run in runs]) for e in range(trained + 1)]
-            scores = [float(f(r).mean()) for r in oof]
-            e_best = kept_epoch(oof, scores, cfg)
+            scores = [float(f(r[sel]).mean()) for r in oof]
+            e_best = kept_epoch([r[sel] for r in oof], scores, cfg)
             stopped = next((run["log"]["stopped"] for run in runs if run["log"].get("stopped")), None)
             entry = {"name": name, "head": _head_dict(hc), "train": t, "epochs": tc.epochs, "trained_epochs": trained,
                      "batch_size": tc.batch_size, "best_epoch": e_best, "score": scores[e_best],
@@ -170,7 +174,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             if best is None or scores[e_best] > best[0]:
                 best = (scores[e_best], name, hc, t, e_best, oof, tc)
         _, name, hc, t, e_best, oof, tc = best
-        log.update(chosen=name, frozen_dev=rank_metrics(oof[0]), chosen_dev_trained=rank_metrics(oof[e_best]))
+        log.update(chosen=name, frozen_dev=rank_metrics(oof[0][dec]), chosen_dev_trained=rank_metrics(oof[e_best][dec]))
         # the winner again on every pair: the schedule of the folds, ended at the epoch that won (never
         # later than the folds trained, so never past --stop-epoch)
         final_cfg = replace(cfg, **{**t, "epochs": tc.epochs, "stop_epoch": max(1, e_best),
@@ -187,8 +191,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             decision = finish(head, final_cfg, None, None, canaries, run_log)  # alpha, shrunk for canaries
             if decision["kept"] == "head":  # decide on the head as saved: its alpha, out of fold
                 a = decision["alpha"]
-                r = oof[e_best] if a == 1.0 else _out_of_fold(cache, hcfg, tc, fold_rows, e_best, a)
-                boot = paired_bootstrap(f(r), f(oof[0]), seed=cfg.seed)
+                r = (oof[e_best] if a == 1.0 else _out_of_fold(cache, hcfg, tc, fold_rows, e_best, a))[dec]
+                boot = paired_bootstrap(f(r), f(oof[0][dec]), seed=cfg.seed)
                 keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
                 narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
                 decision.update(dev_gain=boot, dev_head=rank_metrics(r),
@@ -198,10 +202,17 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                     decision.update(kept="identity", why=_why(cfg, boot) if not keep else narrow)
         log.update(dev_gain=decision.get("dev_gain"), chosen_dev=decision.get("dev_head"))
     else:
+        if cfg.dev_fraction == 0:
+            raise TrainError("model selection chooses and decides on held-out queries: --dev-fraction must be above 0")
+        # held-out groups: half choose (early stopping, the kept epoch, the candidate), the others decide
+        train_rows, held = split_by_group(groups, dev_fraction(cfg, n), cfg.seed)
+        choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
+        decide = held_out(cache, decide_rows)
         best = None
         for name, hc, t in cands:
             s0 = time.perf_counter()
-            run = fit(cache, replace(base, **_head_dict(hc)), replace(cfg, **t), progress=False, canaries=canaries)
+            run = fit(cache, replace(base, **_head_dict(hc)), replace(cfg, **t), rows=(train_rows, choose_rows, decide_rows),
+                      progress=False, canaries=canaries)
             rl = run["log"]
             score = run["best"]["score"] if run["best"]["state"] is not None else -math.inf
             entry = {"name": name, "head": _head_dict(hc), "train": t, "epochs": rl["settings"]["epochs"],
@@ -217,14 +228,13 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         _, name, run, final_cfg = best
         head, run_log = run["head"], run["log"]
         log["chosen"] = name
+        r0 = decide.ranks(None)
         if run["best"]["state"] is None:
             head.reset_to_identity()
             run_log["decision"] = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder"}
         else:
-            er = run["epoch_ranks"]
-            finish(head, final_cfg, run["dev"], er[0], canaries, run_log, er[run["best"]["epoch"]],
-                   narrow=within_documents(cache))
-        frozen = run["frozen"]
+            finish(head, final_cfg, decide, r0, canaries, run_log, narrow=within_documents(cache))
+        frozen = rank_metrics(r0)
         decision = run_log["decision"]
         log.update(dev_gain=decision.get("dev_gain"), frozen_dev=frozen, chosen_dev=decision.get("dev_head"))
         final_cfg = run["cfg"]
@@ -262,6 +272,22 @@ def _out_of_fold(cache: Cache, hcfg: HeadConfig, tc: TrainConfig, fold_rows: lis
                   progress=False, keep_later=False, keep_last=True)
         out.append(run["dev"].ranks(run["head"].interpolate(alpha)))
     return np.concatenate(out)
+
+
+def _halves(groups: list[str], rows: np.ndarray, seed: int, log: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out ``rows`` cut in two by whole groups: the queries that choose (candidate, epoch)
+    and the ones that decide whether the chosen head beats the frozen encoder. The decision
+    then tests one head on queries that took no part in choosing it, so under no real gain it
+    keeps a head about as often as its interval says (bench_null.py), not once per look.
+    Rows of one group cannot be cut: they then both choose and decide (said in the log)."""
+    rows = np.asarray(rows, np.int64)
+    if len({groups[i] for i in rows}) < 2:
+        log.update(choose_queries=len(rows), decide_queries=len(rows),
+                   halves="held-out queries of one group: the same queries choose and decide")
+        return rows, rows
+    a, b = group_folds([groups[i] for i in rows], 2, seed + 1)
+    log.update(choose_queries=len(a), decide_queries=len(b))
+    return np.sort(rows[a]), np.sort(rows[b])
 
 
 def _not_used(cfg: TrainConfig, k: int) -> list[str]:

@@ -40,7 +40,8 @@ from .cache import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics, self_matches
 from .config import ALPHA, DECISIONS, SELECT_METRICS, SMALL, TrainConfig, TrainError  # noqa: F401 (re-exported)
 from .batches import (MIN_GROUPS, DevSet, MemorySource, StreamSource, dev_fraction, epoch_order,  # noqa: F401
-                      joined_by_gold, make_batch, split_by_group, split_groups, spread, within_documents)
+                      held_out, joined_by_gold, make_batch, split_by_group, split_groups, spread,
+                      within_documents)
 from .checkpoint import (CHECKPOINT_NAME, load_checkpoint, optimizer_tensors, restore_optimizer, rng_state,
                          save_checkpoint, set_rng_state)
 from .heads import Head, HeadConfig

@@ -35,7 +35,8 @@ def test_a_real_gain_is_kept_out_of_fold(planted_cache, tmp_path):
     assert sel["mode"] == "5-fold" and len(sel["candidates"]) == 4
     assert log["decision"]["kept"] == "head" and not head.config.passthrough
     g = log["decision"]["dev_gain"]
-    assert g["low"] > 0 and g["n"] == 400  # every query scored once, out of fold
+    assert g["low"] > 0 and sel["choose_queries"] + sel["decide_queries"] == 400  # every query once, out of fold
+    assert g["n"] == sel["decide_queries"] >= 150  # half of them (whole groups) decide; the others chose
     c = open_cache(path)
     saved = load_head(tmp_path / "h")
     top1 = lambda h: (np.argmax(h.encode_queries(c.queries) @ h.encode_contexts(c.contexts).T, 1) == c.q2c).mean()  # noqa: E731
@@ -67,7 +68,9 @@ def test_one_document_still_gets_held_out_queries_but_no_head_by_default(planted
     gain they show is within that document, so only --decision better keeps the head."""
     path = planted_cache(n_groups=1, contexts_per_group=60)
     head, log = auto_train(path, TrainConfig(epochs=3), progress=False)
-    assert log["selection"]["mode"] == "5-fold" and log["decision"]["dev_gain"]["n"] == 120
+    sel = log["selection"]
+    assert sel["mode"] == "5-fold" and sel["choose_queries"] + sel["decide_queries"] == 120
+    assert log["decision"]["dev_gain"]["n"] == sel["decide_queries"]
     assert log["decision"]["dev_gain"]["low"] > 0  # a real gain within the document (the rotation)...
     assert head.config.passthrough and "come from 1 document(s)" in log["decision"]["why"]  # ...kept out
     head, log = auto_train(path, TrainConfig(epochs=3, decision="better"), progress=False)
@@ -139,7 +142,7 @@ def _linear_query(**extra):
 def test_stop_epoch_bounds_the_epochs_selection_may_pick_and_the_refit(planted_cache):
     """Folds stopped at --stop-epoch: no epoch they did not train is a candidate, and the head
     saved trains no further than the user said."""
-    head, log = auto_train(planted_cache(n_groups=40), TrainConfig(epochs=6, stop_epoch=2), fixed=_linear_query(),
+    head, log = auto_train(planted_cache(n_groups=40), TrainConfig(epochs=6, stop_epoch=2), fixed=_linear_query(lr=1e-2),
                            progress=False)
     cand = log["selection"]["candidates"][0]
     assert 1 <= cand["best_epoch"] <= 2 and head.info["training"]["stop_epoch"] <= 2 and len(log["epochs"]) <= 2
@@ -209,10 +212,10 @@ def test_the_decision_is_on_the_head_as_saved(planted_cache, tmp_path):
     """k-fold: the gain that decides, and the one reported, are the saved head's (here alpha 0:
     the frozen encoder itself, which cannot be a gain), not the fold heads' at alpha 1."""
     path = planted_cache(n_groups=40)
-    head, log = auto_train(path, TrainConfig(epochs=6, alpha=0.0), fixed=_linear_query(), progress=False)
+    head, log = auto_train(path, TrainConfig(epochs=6, alpha=0.0), fixed=_linear_query(lr=1e-2), progress=False)
     d = log["decision"]
     assert d["dev_gain"]["gain"] == 0 and d["kept"] == "identity" and head.config.passthrough
-    head, log = auto_train(path, TrainConfig(epochs=6), fixed=_linear_query(), out=tmp_path / "h", progress=False)
+    head, log = auto_train(path, TrainConfig(epochs=6), fixed=_linear_query(lr=1e-2), out=tmp_path / "h", progress=False)
     d = log["decision"]
     assert d["kept"] == "head" and d["alpha"] == 0.9 and "alpha 0.9" in d["measured"]
     assert head.info["metrics"]["head"] == d["dev_head"] != log["selection"]["chosen_dev_trained"]
@@ -261,3 +264,26 @@ def test_settings_selection_does_not_use_are_said(planted_cache, tmp_path):
     _, log = auto_train(planted_cache(name="b.h5", n_groups=20), TrainConfig(epochs=3, patience=2),
                         fixed=_linear_query(), progress=False, folds=0)
     assert log["selection"]["not_used"] == []  # a dev split stops on patience
+
+
+@pytest.mark.parametrize("folds", [0, 5])
+def test_the_queries_that_decide_took_no_part_in_choosing(planted_cache, monkeypatch, folds):
+    """Under no real gain, choosing the best of many candidates and epochs on the queries that
+    then decide keeps a head far more often than the interval says: the two are cut apart."""
+    import projhead.select as S
+
+    seen = {}
+    real_halves, real_boot = S._halves, S.paired_bootstrap
+    monkeypatch.setattr(S, "_halves", lambda *a: seen.setdefault("halves", real_halves(*a)))
+    monkeypatch.setattr(S, "kept_epoch", lambda ranks, scores, cfg: seen.setdefault("chosen_on", len(ranks[0])) and 1)
+    path = planted_cache(n_groups=40)
+    head, log = auto_train(path, TrainConfig(epochs=2, dev_fraction=0.5), fixed=_linear_query(), progress=False,
+                           folds=folds)
+    choose, decide = seen["halves"]
+    groups = open_cache(path).groups
+    assert len(choose) and len(decide) and not {groups[i] for i in choose} & {groups[i] for i in decide}
+    assert log["decision"]["dev_gain"]["n"] == len(decide) == log["selection"]["decide_queries"]
+    if folds:
+        assert seen["chosen_on"] == len(choose)
+    else:
+        assert log["n_dev"] == len(choose)  # the run's own held-out queries (early stopping, the epoch kept)
