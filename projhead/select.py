@@ -10,17 +10,25 @@ A few candidate heads (``candidates``), from a one-matrix query adapter to the r
 on both towers, are trained on the cached vectors and scored on queries they did not see,
 ranked against every context of the cache. Cheap, because the encoder never runs.
 
+Groups are kept whole, and groups that share a gold context go together (``split_groups``),
+so no held-out query's gold context is trained on. The held-out queries are cut in two by
+groups (``_halves``): one half chooses (candidate and epoch), the other decides.
+
 - Under ``CV_BELOW`` (5,000) queries the data is cut into ``folds`` (5) of whole groups;
   each candidate is trained once per fold for a fixed number of epochs, and every query is
-  scored out of fold, epoch by epoch. Each candidate's epoch is the latest whose mean
-  out-of-fold metric is within noise of its highest (``kept_epoch``); the best candidate
-  wins, and is trained again on all pairs on the same schedule, ended at that epoch.
+  scored out of fold, epoch by epoch; only epochs every fold trained count. Each candidate's
+  epoch is the latest whose mean out-of-fold metric on the choosing queries is within noise of
+  its highest (``kept_epoch``); the best candidate wins, and is trained again on all pairs on
+  the same schedule, ended at that epoch.
 - From ``CV_BELOW`` queries on, one dev split of whole groups; each candidate stops early on
-  it and keeps its latest epoch within noise of its best (``fit``); the best candidate wins.
+  its choosing half and keeps its latest epoch within noise of its best (``fit``); the best
+  candidate wins.
 
-Either way the winner replaces the identity only if the paired bootstrap over the held-out
-queries puts its gain above 0 (``TrainConfig.decision``); the log keeps every candidate's
-score and time, and the gain with its 95% interval.
+Either way the winner is interpolated (``alpha``) and shrunk for canaries as it will be saved,
+and replaces the identity only if the paired bootstrap over the deciding queries puts the
+gain of that head above 0 (``TrainConfig.decision``; in k-fold mode the fold heads are
+interpolated the same way and scored out of fold). The log keeps every candidate's score and
+time, and the gain with its 95% interval.
 """
 from __future__ import annotations
 
@@ -196,7 +204,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                 keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
                 narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
                 decision.update(dev_gain=boot, dev_head=rank_metrics(r),
-                                measured=f"out of fold: each fold's {name} head at epoch {e_best}, alpha {a:g}")
+                                measured=f"out of fold, each fold's {name} head at epoch {e_best}, alpha {a:g}, on "
+                                         f"the {len(dec)} held-out queries that did not choose it")
                 if not keep or narrow:
                     head.reset_to_identity()
                     decision.update(kept="identity", why=_why(cfg, boot) if not keep else narrow)
@@ -233,7 +242,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             head.reset_to_identity()
             run_log["decision"] = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder"}
         else:
-            finish(head, final_cfg, decide, r0, canaries, run_log, narrow=within_documents(cache))
+            d = finish(head, final_cfg, decide, r0, canaries, run_log, narrow=within_documents(cache))
+            if d.get("measured"):
+                d["measured"] = f"alpha {d['alpha']:g}, on the {len(decide)} held-out queries that did not choose it"
         frozen = rank_metrics(r0)
         decision = run_log["decision"]
         log.update(dev_gain=decision.get("dev_gain"), frozen_dev=frozen, chosen_dev=decision.get("dev_head"))

@@ -170,29 +170,14 @@ def test_a_fold_stopped_early_bounds_the_candidate_epochs(planted_cache, monkeyp
 
 
 def test_no_held_out_gold_context_is_a_training_gold_in_any_fold(tmp_path):
-    from conftest import PlantedEncoder
-    from projhead.cache import build_cache
-    from projhead.data import Pairs
+    from conftest import linked_cache
     from projhead.train import split_groups
 
-    # 30 articles; one answer text sits under articles 0-1 and another under 1-2 (a chain), and
-    # duplicate-style pairs: article 10's context is also the gold of a question filed under 11
-    queries, groups, contexts, q2c = [], [], [], []
-    for g in range(30):
-        for k in range(4):
-            contexts.append(f"context {g}-{k}")
-            for j in range(2):
-                queries.append(f"q{j} {g}-{k}")
-                groups.append(f"article {g}")
-                q2c.append(len(contexts) - 1)
-    for g, ctx in ((1, 0), (2, 4), (11, 40)):  # a question of article g whose gold is context row ctx
-        queries.append(f"shared {g}")
-        groups.append(f"article {g}")
-        q2c.append(ctx)
-    pairs = Pairs(queries, [f"id{i}" for i in range(len(queries))], groups, contexts, np.array(q2c),
-                  {"dataset": "planted", "split": "train", "granularity": "sentence"})
-    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    # 30 articles of 4 contexts; one answer text sits under articles 0-1 and another under 1-2 (a
+    # chain), and article 10's context 40 is also the gold of a question filed under article 11
+    linked_cache(tmp_path / "c.h5", 30, [(1, 0), (2, 4), (11, 40)])
     c = open_cache(tmp_path / "c.h5")
+    groups = list(c.groups)
     for seed in range(10):  # the split auto_train folds
         for held in group_folds(split_groups(c), 5, seed):
             train = np.setdiff1d(np.arange(len(c.q2c)), held)
