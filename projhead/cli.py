@@ -280,6 +280,8 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
 
         head, log = auto_train(cache_file, tcfg, fixed={**head_given, **({"lr": lr} if lr else {})}, out=out,
                                progress=not quiet)
+        for note in log["selection"]["not_used"] if quiet else ():  # without --quiet the progress said them
+            click.echo(f"not used: {note}", err=True)
     else:
         from .train import train_head
 

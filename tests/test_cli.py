@@ -210,3 +210,9 @@ def test_lr_help_says_the_defaults_each_mode_uses(capsys):
 def test_restart_is_refused_in_model_selection(planted_cache, tmp_path, capsys):
     assert main(["train", str(planted_cache()), "--out", str(tmp_path / "h"), "--restart"]) == 2
     assert "model selection writes none" in capsys.readouterr().err
+
+
+def test_settings_model_selection_does_not_use_are_printed(planted_cache, tmp_path, capsys):
+    assert main(["train", str(planted_cache(n_groups=10)), "--out", str(tmp_path / "h"), "--patience", "3",
+                 "--epochs", "2", "--kind", "linear", "--towers", "query", "--quiet"]) == 0
+    assert "not used: patience 3: in 5-fold selection" in capsys.readouterr().err
