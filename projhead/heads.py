@@ -270,7 +270,8 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
     if selection:
         lines += [f"## How it was chosen ({selection.get('mode')})", "",
                   "Candidates trained on the cached vectors and scored on held-out queries ranked against every "
-                  "context of the training cache:", "", "| candidate | held-out score | frozen | kept epoch | seconds |",
+                  "context of the training cache (the half of them that choose; the other half decide):", "",
+                  "| candidate | held-out score | frozen | kept epoch | seconds |",
                   "|---|---|---|---|---|"]
         lines += [f"| {c['name']} | {c['score']:.4f} | {c['frozen']:.4f} | {c['best_epoch']}/{c['epochs']} | "
                   f"{c['seconds']:.1f} |" for c in selection.get("candidates", [])]
