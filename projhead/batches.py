@@ -31,12 +31,43 @@ MIN_GROUPS = 5  # documents needed before held-out queries can speak for documen
 
 
 def split_groups(cache: Cache, need: int = MIN_GROUPS) -> list[str]:
-    """What a split keeps whole: the cache's groups (documents), or each query's gold
-    context when there are fewer than ``need`` groups (100 pairs of one article still get a
-    held-out split, with no context on both sides; see ``within_documents``)."""
+    """What a split keeps whole: the cache's groups (documents), merged where they share a gold
+    context (``joined_by_gold``), or each query's gold context when there are fewer than ``need``
+    groups (100 pairs of one article still get a held-out split, with no context on both sides;
+    see ``within_documents``)."""
     if len(set(cache.groups)) >= need:
-        return cache.groups
+        return joined_by_gold(cache.groups, cache.q2c)
     return [f"context {i}" for i in cache.q2c]
+
+
+def gold_components(group_ids: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Per row, the smallest group id connected to its group through shared gold contexts
+    (rows of groups a and b with one gold context in common, and so on transitively): label
+    propagation over the groups-contexts graph, one vectorised sweep per step of its diameter."""
+    group_ids, gold = np.asarray(group_ids, np.int64), np.asarray(gold, np.int64)
+    if not len(gold):
+        return group_ids
+    _, ctx = np.unique(gold, return_inverse=True)
+    label = np.arange(int(group_ids.max()) + 1)  # per group
+    while True:
+        per_ctx = np.full(int(ctx.max()) + 1, np.iinfo(np.int64).max)
+        np.minimum.at(per_ctx, ctx, label[group_ids])
+        new = label.copy()
+        np.minimum.at(new, group_ids, per_ctx[ctx])
+        new = new[new]  # jump: a label points at a group whose own label may be smaller
+        if np.array_equal(new, label):
+            return label[group_ids]
+        label = new
+
+
+def joined_by_gold(groups: list[str], gold: np.ndarray) -> list[str]:
+    """``groups`` with every set of groups that share a gold context (the same context row:
+    one answer text under several documents, duplicate questions) named after its first
+    member, so a split keeping these whole never holds out a query whose gold context is the
+    gold of a training query. Groups that share nothing keep their names."""
+    names, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    comp = gold_components(inverse.reshape(-1), gold)
+    return names[comp].tolist()
 
 
 def within_documents(cache: Cache) -> str | None:
@@ -50,8 +81,12 @@ def within_documents(cache: Cache) -> str | None:
             f"({MIN_GROUPS} or more), or pass --decision better to keep a head that helps within these documents")
 
 
-def split_by_group(groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and dev query rows; whole groups go to one side, so no dev context is trained on."""
+def split_by_group(groups: list[str], fraction: float, seed: int, gold: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Train and dev query rows; whole groups go to one side, so no dev context is trained on.
+    ``gold``: each row's gold context row; groups sharing one are kept together (``joined_by_gold``)."""
+    if gold is not None:
+        groups = joined_by_gold(groups, gold)
     names = np.array(sorted(set(groups)))
     rng = np.random.default_rng(seed)
     n_dev = max(1, int(round(fraction * len(names)))) if fraction > 0 and len(names) > 1 else 0
@@ -178,21 +213,27 @@ def dev_fraction(cfg: TrainConfig, n_queries: int) -> float:
     return 0.05 if n_queries >= SMALL else 0.2
 
 
+def held_out(cache: Cache, rows: np.ndarray) -> DevSet:
+    """The queries ``rows`` ranked against every context of the cache, each query's own text left out."""
+    exclude = self_matches([cache.query_texts[i] for i in rows], cache.context_texts)
+    return DevSet(cache.queries[rows], cache.contexts, cache.q2c[rows], exclude)
+
+
 class MemorySource:
     """Training pairs from a cache held in memory (the default): any batching, mined
-    negatives, silver pairs. ``rows``: (train rows, dev rows) to use instead of the
-    group split (model selection with folds passes its own)."""
+    negatives, silver pairs. ``rows``: (train rows, dev rows[, other held-out rows]) to use
+    instead of the group split (model selection passes its own; the contexts of other held-out
+    rows are kept out of mined negatives too)."""
 
     def __init__(self, cache: Cache, cfg: TrainConfig, rows: tuple[np.ndarray, np.ndarray] | None = None):
         Q, C, q2c = cache.queries, cache.contexts, cache.q2c
-        train_rows, dev_rows = rows if rows is not None else split_by_group(
+        train_rows, dev_rows, *also_held = rows if rows is not None else split_by_group(
             split_groups(cache), dev_fraction(cfg, len(q2c)), cfg.seed)
         self.group_ids = np.unique(np.asarray(cache.groups), return_inverse=True)[1]  # (Nq,) int
         if len(train_rows) == 0:
             raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
-        dev_ctx = np.unique(q2c[dev_rows])
-        exclude = self_matches([cache.query_texts[i] for i in dev_rows], cache.context_texts)
-        self.dev = DevSet(Q[dev_rows], C, q2c[dev_rows], exclude)
+        dev_ctx = np.unique(q2c[np.concatenate([dev_rows, *also_held]).astype(np.int64)])
+        self.dev = held_out(cache, dev_rows)
         self.spread_sample = Q[dev_rows] if len(dev_rows) else Q[:4096]
         self.mined = mined = MinedSet(cache, cfg, train_rows, dev_ctx) if cfg.mined else None
         if cfg.loss == "distill" and (mined.teacher is None or not cfg.hard_negatives or cfg.silver):
@@ -216,11 +257,22 @@ class MemorySource:
                          self.mined, self.cfg, rng)
 
 
-def _in_dev(groups, fraction: float, seed: int) -> np.ndarray:
-    """Streaming dev split: a group is held out when a hash of (seed, group) falls below
-    ``fraction``; decided chunk by chunk, without the list of all groups."""
-    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{g}".encode(), digest_size=8).digest(), "little")
-                     < fraction * 2.0 ** 64 for g in groups], dtype=bool)
+def _in_dev(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Streaming dev split: a group (its ``_group_keys`` number) is held out when a hash of
+    (seed, key) falls below ``fraction``; decided without the list of all groups."""
+    x = np.asarray(keys, np.int64).astype(np.uint64) ^ np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
+    for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):  # splitmix64's finaliser
+        x = (x ^ (x >> np.uint64(shift))) * np.uint64(mul)
+    x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) < fraction * 2.0 ** 53
+
+
+def _member(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which values of ``x`` are in ``sorted_set`` (sorted, unique)."""
+    if not len(sorted_set):
+        return np.zeros(len(x), bool)
+    pos = np.minimum(np.searchsorted(sorted_set, x), len(sorted_set) - 1)
+    return sorted_set[pos] == x
 
 
 def _group_keys(groups) -> np.ndarray:
@@ -268,10 +320,11 @@ class StreamSource:
     them are read together with their gold contexts and their rows shuffled, and batches are
     cut from that buffer (rows left over join the next buffer). Memory: one buffer of vectors
     in the file's dtype (a batch is turned to float32 when it is cut), and the dev split;
-    nothing per row of the whole cache: the gold contexts and groups are read with their
-    chunk, and the training rows of a chunk are the ones not in the dev split. The dev split
-    holds out whole groups chosen by a hash (``_in_dev``), so it differs from the in-memory
-    split. Plain pairs only: no mined negatives or silver pairs (they need random access),
+    nothing per row of the whole cache while training: the gold contexts and groups are read
+    with their chunk, and the training rows of a chunk are the ones not in the dev split.
+    Setting up, one pass holds the distinct (group, gold context) pairs (16 bytes each) to
+    keep groups that share a gold context on one side (``_dev_contexts``). The dev split holds
+    out whole groups chosen by a hash (``_in_dev``), so it differs from the in-memory split. Plain pairs only: no mined negatives or silver pairs (they need random access),
     and batching is by chunk order."""
 
     DEV_BLOCK = 1 << 22  # dev scores computed at a time (floats): 16 MB, whatever the dev split's size
@@ -285,18 +338,46 @@ class StreamSource:
         return_freed_memory()
         self.path = cache.path
         self.f = h5py.File(cache.path, "r")
+        try:
+            self._open(cache, cfg)
+        except BaseException:
+            self.f.close()
+            raise
+
+    def close(self) -> None:
+        self.f.close()
+
+    def _dev_contexts(self, fraction: float, seed: int) -> np.ndarray:
+        """The sorted gold contexts of the dev split. Groups that share a gold context go to
+        one side together (``gold_components``), as the hash of the smallest group key among
+        them decides (``_in_dev``), so no dev context is ever a training row's gold. Memory: the
+        distinct (group, gold context) pairs, 16 bytes each, freed before training starts."""
+        pairs = []
+        for a, b in self.chunks:
+            keys = _group_keys(g.decode() for g in self.Gd[a:b])
+            pairs.append(np.unique(np.stack([keys, self.Kd[a:b].astype(np.int64)], axis=1), axis=0))
+        pairs = np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
+        if not len(pairs):
+            return np.zeros(0, np.int64)
+        group_keys, group = np.unique(pairs[:, 0], return_inverse=True)
+        first = group_keys[gold_components(group.reshape(-1), pairs[:, 1])]  # sorted keys: smallest id, smallest key
+        return np.unique(pairs[_in_dev(first, fraction, seed), 1])
+
+    def _open(self, cache: Cache, cfg: TrainConfig) -> None:
         self.Qd, self.Cd = self.f["queries/vectors"], self.f["contexts/vectors"]
         self.Kd, self.Gd = self.f["queries/context"], self.f["queries/group"]
         n, step = self.Kd.shape[0], cfg.stream_chunk
         self.chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
-        fraction = dev_fraction(cfg, n)
+        dev_ctx = self._dev_contexts(dev_fraction(cfg, n), cfg.seed)
         dev_rows, dev_q, dev_gold = [], [], []
-        for a, b in self.chunks:  # one pass: the dev split, decided by group
-            dev = _in_dev((g.decode() for g in self.Gd[a:b]), fraction, cfg.seed)
+        for a, b in self.chunks:  # the dev rows: those whose gold context is a dev context
+            gold = self.Kd[a:b].astype(np.int64)
+            dev = _member(gold, dev_ctx)
             if dev.any():
                 dev_rows.append(a + np.flatnonzero(dev))
                 dev_q.append(self.Qd[a:b][dev])
-                dev_gold.append(self.Kd[a:b][dev].astype(np.int64))
+                dev_gold.append(gold[dev])
+        del dev_ctx
         self.dev_rows = np.concatenate(dev_rows) if dev_rows else np.zeros(0, np.int64)  # sorted
         d = cache.dim
         if len(self.dev_rows):  # dev queries against the dev contexts: all contexts may not fit in memory

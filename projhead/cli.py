@@ -118,11 +118,15 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
         dim = open_cache(out, load=False).dim
     else:
         enc = get_encoder(encoder, **settings)
-        if streamed:
-            res = cache_jsonl_vectors(data, enc, out, dtype=dtype, overwrite=overwrite)
-        else:
-            res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size,
-                              overwrite=overwrite, progress=not quiet)
+        try:
+            if streamed:
+                res = cache_jsonl_vectors(data, enc, out, dtype=dtype, overwrite=overwrite)
+            else:
+                res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size,
+                                  overwrite=overwrite, progress=not quiet)
+        finally:
+            if hasattr(enc, "close"):
+                enc.close()  # vector files opened by vectors:NAME
         dim = enc.dim
     if res.status == "already complete":
         click.echo(f"{out}: already complete with these settings; nothing to do")
@@ -168,6 +172,9 @@ def info(cache_file, as_json):
 
 
 POS_INT = click.IntRange(min=1)
+# model selection's learning rates (select.CANDIDATES; select imports torch, so they are repeated here and a test
+# holds the two equal)
+_LINEAR_LR, _OTHER_LR = 1e-3, 5e-4
 POS_FLOAT = click.FloatRange(min=0, min_open=True)
 FRACTION = click.FloatRange(0, 1, max_open=True)
 
@@ -211,7 +218,9 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help="pairs per step [a sixteenth of the pairs, within 32..2048]")
 @click.option("--batching", type=click.Choice(["group", "random"]), default=_T.batching, show_default=True,
               help="group: each batch holds whole documents, so negatives come from the same document")
-@click.option("--lr", type=POS_FLOAT, default=None, help="peak learning rate [linear heads 1e-3, others 5e-4]")
+@click.option("--lr", type=POS_FLOAT, default=None,
+              help=f"peak learning rate [model selection: {_LINEAR_LR:g} for linear heads, {_OTHER_LR:g} for others; "
+                   f"--no-auto: {_T.lr:g}]")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_T.weight_decay, show_default=True)
 @click.option("--temperature", type=POS_FLOAT, default=None, help="initial softmax temperature [0.05]")
 @click.option("--fixed-temperature", is_flag=True, help="do not learn the temperature")
@@ -240,7 +249,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
                    "(how model selection trains its winner on all pairs)")
 @click.option("--seed", type=int, default=_T.seed, show_default=True)
 @click.option("--device", default=_T.device, show_default=True)
-@click.option("--restart", is_flag=True, help="discard a checkpoint left in --out by an interrupted run")
+@click.option("--restart", is_flag=True, help="--no-auto: discard a checkpoint left in --out by an interrupted run")
 @click.option("--quiet", is_flag=True)
 def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
           loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, min_steps,
@@ -267,11 +276,16 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
               stream_buffer=stream_buffer)
     if auto and stream:
         raise click.UsageError("--stream trains one configuration: add --no-auto")
+    if auto and restart:
+        raise click.UsageError("--restart discards the checkpoint of an interrupted --no-auto run; model selection "
+                               "writes none (a checkpoint left in --out is removed when the chosen head is saved)")
     if auto:
         from .select import auto_train
 
         head, log = auto_train(cache_file, tcfg, fixed={**head_given, **({"lr": lr} if lr else {})}, out=out,
                                progress=not quiet)
+        for note in log["selection"]["not_used"] if quiet else ():  # without --quiet the progress said them
+            click.echo(f"not used: {note}", err=True)
     else:
         from .train import train_head
 

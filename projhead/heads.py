@@ -270,7 +270,8 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
     if selection:
         lines += [f"## How it was chosen ({selection.get('mode')})", "",
                   "Candidates trained on the cached vectors and scored on held-out queries ranked against every "
-                  "context of the training cache:", "", "| candidate | held-out score | frozen | kept epoch | seconds |",
+                  "context of the training cache (the half of them that choose; the other half decide):", "",
+                  "| candidate | held-out score | frozen | kept epoch | seconds |",
                   "|---|---|---|---|---|"]
         lines += [f"| {c['name']} | {c['score']:.4f} | {c['frozen']:.4f} | {c['best_epoch']}/{c['epochs']} | "
                   f"{c['seconds']:.1f} |" for c in selection.get("candidates", [])]
@@ -279,7 +280,8 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
     if g:
         lines += [f"Held-out gain over the frozen encoder: {g['gain']:+.4f} (95% paired-bootstrap interval "
                   f"{g['low']:+.4f} to {g['high']:+.4f}, {g['n']} queries); a head is kept only when the interval "
-                  "is above 0.", ""]
+                  "is above 0." + (f" Measured on the head as saved ({d['measured']})." if d.get("measured") else ""),
+                  ""]
     if d.get("alpha") is not None and d["alpha"] < 1:
         lines += [f"Interpolated toward the frozen encoder: alpha {d['alpha']} (weights = frozen + alpha x "
                   "(trained - frozen)).", ""]

@@ -10,17 +10,25 @@ A few candidate heads (``candidates``), from a one-matrix query adapter to the r
 on both towers, are trained on the cached vectors and scored on queries they did not see,
 ranked against every context of the cache. Cheap, because the encoder never runs.
 
+Groups are kept whole, and groups that share a gold context go together (``split_groups``),
+so no held-out query's gold context is trained on. The held-out queries are cut in two by
+groups (``_halves``): one half chooses (candidate and epoch), the other decides.
+
 - Under ``CV_BELOW`` (5,000) queries the data is cut into ``folds`` (5) of whole groups;
   each candidate is trained once per fold for a fixed number of epochs, and every query is
-  scored out of fold, epoch by epoch. Each candidate's epoch is the latest whose mean
-  out-of-fold metric is within noise of its highest (``kept_epoch``); the best candidate
-  wins, and is trained again on all pairs on the same schedule, ended at that epoch.
+  scored out of fold, epoch by epoch; only epochs every fold trained count. Each candidate's
+  epoch is the latest whose mean out-of-fold metric on the choosing queries is within noise of
+  its highest (``kept_epoch``); the best candidate wins, and is trained again on all pairs on
+  the same schedule, ended at that epoch.
 - From ``CV_BELOW`` queries on, one dev split of whole groups; each candidate stops early on
-  it and keeps its latest epoch within noise of its best (``fit``); the best candidate wins.
+  its choosing half and keeps its latest epoch within noise of its best (``fit``); the best
+  candidate wins.
 
-Either way the winner replaces the identity only if the paired bootstrap over the held-out
-queries puts its gain above 0 (``TrainConfig.decision``); the log keeps every candidate's
-score and time, and the gain with its 95% interval.
+Either way the winner is interpolated (``alpha``) and shrunk for canaries as it will be saved,
+and replaces the identity only if the paired bootstrap over the deciding queries puts the
+gain of that head above 0 (``TrainConfig.decision``; in k-fold mode the fold heads are
+interpolated the same way and scored out of fold). The log keeps every candidate's score and
+time, and the gain with its 95% interval.
 """
 from __future__ import annotations
 
@@ -28,14 +36,16 @@ import math
 import os
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from .cache_reader import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .heads import Head, HeadConfig
-from .train import (SMALL, Canary, TrainConfig, TrainError, finish, fit, save_trained, split_groups, within_documents,
-                    within_noise)
+from .checkpoint import CHECKPOINT_NAME
+from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
+                    save_trained, split_by_group, split_groups, within_documents, within_noise)
 
 CV_BELOW = SMALL  # queries: below this, k-fold selection (every query scored once, out of fold)
 FOLDS = 5
@@ -71,12 +81,17 @@ def candidates(n_queries: int, fixed: dict | None = None) -> list[tuple[str, Hea
         seen.add(key)
         label = name if not head_fixed else "-".join(str(h[k]) for k in ("kind", "towers"))
         out.append((label, HeadConfig(**h), t))
-    return out
+    labels = [label for label, _, _ in out]  # a fixed head setting can leave two that differ only in lr
+    return [(f"{label}-lr{t['lr']:g}" if labels.count(label) > 1 else label, h, t) for label, h, t in out]
 
 
-def group_folds(groups: list[str], k: int, seed: int) -> list[np.ndarray]:
+def group_folds(groups: list[str], k: int, seed: int, gold: np.ndarray | None = None) -> list[np.ndarray]:
     """``k`` folds of query rows; whole groups go to one fold (shuffled with ``seed``),
-    filled in turn so the folds hold about as many queries each."""
+    filled in turn so the folds hold about as many queries each. ``gold``: each row's gold
+    context row; groups sharing one are kept together (``auto_train`` passes groups already
+    joined this way, by ``split_groups``)."""
+    if gold is not None:
+        groups = joined_by_gold(groups, gold)
     names, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
     order = np.random.default_rng(seed).permutation(len(names))
     fold_of = np.empty(len(names), dtype=np.int64)
@@ -111,67 +126,102 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     base = HeadConfig(in_dim=cache.dim, encoder=cache.encoder,
                       encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
     cands = candidates(n, fixed)
+    if cfg.alpha is not None and cfg.alpha < 1:  # refused before anything is trained, as train_head refuses it
+        rigid = [name for name, hc, _ in cands if not Head(replace(base, **_head_dict(hc))).can_interpolate()]
+        if rigid:
+            raise TrainError(f"alpha {cfg.alpha} interpolates toward the frozen encoder, which only identity-initialised "
+                             f"linear and residual heads of the encoder's dimension contain; candidate(s) "
+                             f"{', '.join(rigid)} cannot be interpolated: drop --alpha or the head setting that rules it out")
     canaries = [Canary(c) for c in cfg.canaries]
     for c in canaries:
         Head(base).check_cache(c.cache)
     groups = split_groups(cache, need=max(k, 5))
     if k and len(set(groups)) < k:
         k = 0  # too few groups and contexts to fold: one split
-    log = {"mode": f"{k}-fold" if k else "dev split", "candidates": [], "n_queries": n}
+    log = {"mode": f"{k}-fold" if k else "dev split", "candidates": [], "n_queries": n,
+           "not_used": _not_used(cfg, k)}
     _say(progress, f"model selection on {n} queries ({log['mode']}), {len(cands)} candidates; "
                    f"metric {cfg.select_metric} of held-out queries against all {len(cache.contexts)} contexts")
+    for note in log["not_used"]:
+        _say(progress, f"  not used: {note}")
+    ckpt = Path(out) / CHECKPOINT_NAME if out is not None else None
+    if ckpt is not None and ckpt.exists():  # a --no-auto run's: it would resume onto this folder's new head
+        log["removed"] = f"{ckpt}: the checkpoint of an earlier --no-auto run, replaced by this head"
+        _say(progress, f"  {log['removed']}")
     f = PER_QUERY[cfg.select_metric]
     if k:
         fold_rows = group_folds(groups, k, cfg.seed)
         all_rows = np.arange(n)
         n_train = n - n // k
+        # out-of-fold ranks come in fold order; half the queries (whole groups) choose, the others decide
+        choose_rows, decide_rows = _halves(groups, all_rows, cfg.seed, log)
+        order = np.concatenate(fold_rows)
+        sel, dec = np.flatnonzero(np.isin(order, choose_rows)), np.flatnonzero(np.isin(order, decide_rows))
         best = None
         for name, hc, t in cands:
             tc = replace(cfg, **t).sized(n_train)
             tc = replace(tc, patience=tc.epochs + 1)  # every fold runs every epoch: out-of-fold scores per epoch
             s0 = time.perf_counter()
-            per_epoch = [[] for _ in range(tc.epochs + 1)]
-            for rows in fold_rows:
-                run = fit(cache, replace(base, **_head_dict(hc)), tc, rows=(np.setdiff1d(all_rows, rows), rows),
-                          progress=False, keep_later=False)  # the epoch is chosen below, out of fold
-                er = run["epoch_ranks"]
-                last = max(er)
-                for e in range(tc.epochs + 1):
-                    per_epoch[e].append(er[min(e, last)])  # a run stopped by a non-finite loss keeps its last
-            oof = [np.concatenate(p) for p in per_epoch]
-            scores = [float(f(r).mean()) for r in oof]
-            e_best = kept_epoch(oof, scores, cfg)
-            entry = {"name": name, "head": _head_dict(hc), "train": t, "epochs": tc.epochs,
+            runs = [fit(cache, replace(base, **_head_dict(hc)), tc, rows=(np.setdiff1d(all_rows, rows), rows),
+                        progress=False, keep_later=False)  # the epoch is chosen below, out of fold
+                    for rows in fold_rows]
+            # only epochs every fold trained are candidates (--stop-epoch, or a fold stopped by a non-finite loss)
+            trained = min(max(run["epoch_ranks"]) for run in runs)
+            oof = [np.concatenate([run["epoch_ranks"][e] for run in runs]) for e in range(trained + 1)]
+            scores = [float(f(r[sel]).mean()) for r in oof]
+            e_best = kept_epoch([r[sel] for r in oof], scores, cfg)
+            stopped = next((run["log"]["stopped"] for run in runs if run["log"].get("stopped")), None)
+            entry = {"name": name, "head": _head_dict(hc), "train": t, "epochs": tc.epochs, "trained_epochs": trained,
                      "batch_size": tc.batch_size, "best_epoch": e_best, "score": scores[e_best],
-                     "frozen": scores[0], "seconds": time.perf_counter() - s0}
+                     "frozen": scores[0], "seconds": time.perf_counter() - s0, **({"stopped": stopped} if stopped else {})}
             log["candidates"].append(entry)
-            _say(progress, f"  {name:<20} {cfg.select_metric} {scores[e_best]:.4f} at epoch {e_best}/{tc.epochs} "
-                           f"(frozen {scores[0]:.4f}; batch {tc.batch_size}) {entry['seconds']:.1f}s")
+            _say(progress, f"  {name:<20} {cfg.select_metric} {scores[e_best]:.4f} at epoch {e_best}/{trained}"
+                           + (f" (of {tc.epochs} scheduled)" if trained < tc.epochs else "")
+                           + f" (frozen {scores[0]:.4f}; batch {tc.batch_size}) {entry['seconds']:.1f}s"
+                           + (f"; a fold {stopped}" if stopped else ""))
             if best is None or scores[e_best] > best[0]:
                 best = (scores[e_best], name, hc, t, e_best, oof, tc)
         _, name, hc, t, e_best, oof, tc = best
-        boot = paired_bootstrap(f(oof[e_best]), f(oof[0]), seed=cfg.seed)
-        keep = e_best > 0 and (boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0)
-        narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
-        log.update(chosen=name, dev_gain=boot, frozen_dev=rank_metrics(oof[0]),
-                   chosen_dev=rank_metrics(oof[e_best]))
-        # the winner again on every pair: the schedule of the folds, ended at the epoch that won
+        log.update(chosen=name, frozen_dev=rank_metrics(oof[0][dec]), chosen_dev_trained=rank_metrics(oof[e_best][dec]))
+        # the winner again on every pair: the schedule of the folds, ended at the epoch that won (never
+        # later than the folds trained, so never past --stop-epoch)
         final_cfg = replace(cfg, **{**t, "epochs": tc.epochs, "stop_epoch": max(1, e_best),
                                     "batch_size": tc.batch_size, "patience": tc.epochs + 1, "dev_fraction": 0.0})
-        run = fit(cache, replace(base, **_head_dict(hc)), final_cfg, rows=(all_rows, all_rows[:0]), progress=False)
+        hcfg = replace(base, **_head_dict(hc))
+        run = fit(cache, hcfg, final_cfg, rows=(all_rows, all_rows[:0]), progress=False, canaries=canaries)
         head, run_log = run["head"], run["log"]
-        if keep and not narrow:
-            finish(head, final_cfg, None, None, canaries, run_log)
-        else:
-            head.reset_to_identity()
-            run_log["decision"] = {"kept": "identity", "why": _why(cfg, boot, e_best) if not keep else narrow}
         frozen = log["frozen_dev"]
-        decision = dict(run_log["decision"], dev_gain=boot, dev_head=log["chosen_dev"])
+        if e_best == 0:
+            head.reset_to_identity()
+            decision = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder out of fold",
+                        "dev_head": frozen}
+        else:
+            decision = finish(head, final_cfg, None, None, canaries, run_log)  # alpha, shrunk for canaries
+            if decision["kept"] == "head":  # decide on the head as saved: its alpha, out of fold
+                a = decision["alpha"]
+                r = (oof[e_best] if a == 1.0 else _out_of_fold(cache, hcfg, tc, fold_rows, e_best, a))[dec]
+                boot = paired_bootstrap(f(r), f(oof[0][dec]), seed=cfg.seed)
+                keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
+                narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
+                decision.update(dev_gain=boot, dev_head=rank_metrics(r),
+                                measured=f"out of fold, each fold's {name} head at epoch {e_best}, alpha {a:g}, on "
+                                         f"the {len(dec)} held-out queries that did not choose it")
+                if not keep or narrow:
+                    head.reset_to_identity()
+                    decision.update(kept="identity", why=_why(cfg, boot) if not keep else narrow)
+        log.update(dev_gain=decision.get("dev_gain"), chosen_dev=decision.get("dev_head"))
     else:
+        if cfg.dev_fraction == 0:
+            raise TrainError("model selection chooses and decides on held-out queries: --dev-fraction must be above 0")
+        # held-out groups: half choose (early stopping, the kept epoch, the candidate), the others decide
+        train_rows, held = split_by_group(groups, dev_fraction(cfg, n), cfg.seed)
+        choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
+        decide = held_out(cache, decide_rows)
         best = None
         for name, hc, t in cands:
             s0 = time.perf_counter()
-            run = fit(cache, replace(base, **_head_dict(hc)), replace(cfg, **t), progress=False)
+            run = fit(cache, replace(base, **_head_dict(hc)), replace(cfg, **t), rows=(train_rows, choose_rows, decide_rows),
+                      progress=False, canaries=canaries)
             rl = run["log"]
             score = run["best"]["score"] if run["best"]["state"] is not None else -math.inf
             entry = {"name": name, "head": _head_dict(hc), "train": t, "epochs": rl["settings"]["epochs"],
@@ -187,14 +237,15 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         _, name, run, final_cfg = best
         head, run_log = run["head"], run["log"]
         log["chosen"] = name
+        r0 = decide.ranks(None)
         if run["best"]["state"] is None:
             head.reset_to_identity()
             run_log["decision"] = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder"}
         else:
-            er = run["epoch_ranks"]
-            finish(head, final_cfg, run["dev"], er[0], canaries, run_log, er[run["best"]["epoch"]],
-                   narrow=within_documents(cache))
-        frozen = run["frozen"]
+            d = finish(head, final_cfg, decide, r0, canaries, run_log, narrow=within_documents(cache))
+            if d.get("measured"):
+                d["measured"] = f"alpha {d['alpha']:g}, on the {len(decide)} held-out queries that did not choose it"
+        frozen = rank_metrics(r0)
         decision = run_log["decision"]
         log.update(dev_gain=decision.get("dev_gain"), frozen_dev=frozen, chosen_dev=decision.get("dev_head"))
         final_cfg = run["cfg"]
@@ -207,7 +258,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                    + (f"; dev {cfg.select_metric} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
                    + (f" ({decision['why']})" if decision.get("why") else "") + f"; {log['seconds']:.1f}s")
-    return save_trained(head, run_log, cache, final_cfg, frozen, out, extra={"selection": _brief(log)})
+    return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log)})
 
 
 def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -> int:
@@ -221,9 +272,47 @@ def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -
                  if within_noise(ranks[e], ranks[peak], r0=ranks[0], cfg=cfg)), peak)
 
 
-def _why(cfg: TrainConfig, boot: dict, epoch: int) -> str:
-    if epoch == 0:
-        return "no epoch of any candidate beat the frozen encoder out of fold"
+def _out_of_fold(cache: Cache, hcfg: HeadConfig, tc: TrainConfig, fold_rows: list[np.ndarray], epoch: int,
+                 alpha: float) -> np.ndarray:
+    """Out-of-fold ranks of the head as it is saved: each fold's run again (the same steps as
+    in selection), ended at ``epoch``, interpolated to ``alpha``; its held-out fold ranked."""
+    all_rows = np.arange(len(cache.q2c))
+    out = []
+    for rows in fold_rows:
+        run = fit(cache, hcfg, replace(tc, stop_epoch=epoch), rows=(np.setdiff1d(all_rows, rows), rows),
+                  progress=False, keep_later=False, keep_last=True)
+        out.append(run["dev"].ranks(run["head"].interpolate(alpha)))
+    return np.concatenate(out)
+
+
+def _halves(groups: list[str], rows: np.ndarray, seed: int, log: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out ``rows`` cut in two by whole groups: the queries that choose (candidate, epoch)
+    and the ones that decide whether the chosen head beats the frozen encoder. The decision
+    then tests one head on queries that took no part in choosing it, so under no real gain it
+    keeps a head about as often as its interval says (bench_null.py), not once per look.
+    Rows of one group cannot be cut: they then both choose and decide (said in the log)."""
+    rows = np.asarray(rows, np.int64)
+    if len({groups[i] for i in rows}) < 2:
+        log.update(choose_queries=len(rows), decide_queries=len(rows),
+                   halves="held-out queries of one group: the same queries choose and decide")
+        return rows, rows
+    a, b = group_folds([groups[i] for i in rows], 2, seed + 1)
+    log.update(choose_queries=len(a), decide_queries=len(b))
+    return np.sort(rows[a]), np.sort(rows[b])
+
+
+def _not_used(cfg: TrainConfig, k: int) -> list[str]:
+    """Settings given that model selection does not use in this mode, said rather than dropped."""
+    out = []
+    if k and cfg.patience is not None:
+        out.append(f"patience {cfg.patience}: in {k}-fold selection every fold runs every epoch and the epoch is "
+                   "chosen out of fold")
+    if k and cfg.dev_fraction is not None:
+        out.append(f"dev_fraction {cfg.dev_fraction}: in {k}-fold selection every query is held out once")
+    return out
+
+
+def _why(cfg: TrainConfig, boot: dict) -> str:
     return (f"dev {cfg.select_metric} gain {boot['gain']:+.4f} (95% interval {boot['low']:+.4f} to "
             f"{boot['high']:+.4f}) is not above 0")
 

@@ -40,7 +40,8 @@ from .cache_reader import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics, self_matches
 from .config import ALPHA, DECISIONS, SELECT_METRICS, SMALL, TrainConfig, TrainError  # noqa: F401 (re-exported)
 from .batches import (MIN_GROUPS, DevSet, MemorySource, StreamSource, dev_fraction, epoch_order,  # noqa: F401
-                      make_batch, split_by_group, split_groups, spread, within_documents)
+                      held_out, joined_by_gold, make_batch, split_by_group, split_groups, spread,
+                      within_documents)
 from .checkpoint import (CHECKPOINT_NAME, load_checkpoint, optimizer_tensors, restore_optimizer, rng_state,
                          save_checkpoint, set_rng_state)
 from .heads import Head, HeadConfig
@@ -134,13 +135,15 @@ def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
 
 
 def fit(cache: Cache, hcfg: HeadConfig, cfg: TrainConfig, rows=None, ckpt: Path | None = None,
-        job: dict | None = None, progress: bool = True, canaries=(), keep_later: bool = True) -> dict:
+        job: dict | None = None, progress: bool = True, canaries=(), keep_later: bool = True,
+        keep_last: bool = False) -> dict:
     """One training run: epochs over the training pairs, each scored on the dev queries.
     Returns the head with its kept epoch's weights (``within_noise``; step-0 weights when
     no epoch beat the frozen encoder), the log, and every epoch's per-query dev ranks
     (``epoch_ranks``, epoch 0 = frozen). Without dev queries the last epoch is kept.
     ``keep_later=False``: the best epoch, no within-noise checks (for callers that choose the
-    epoch from ``epoch_ranks`` themselves, as model selection's folds do). A non-finite loss ends
+    epoch from ``epoch_ranks`` themselves, as model selection's folds do); ``keep_last``: the last
+    epoch run, dev queries or not (a fold run again to a chosen epoch). A non-finite loss ends
     the run at the last good epoch, said in the log (``stopped``)."""
     _check(cfg, hcfg, cache)
     t_start = time.perf_counter()
@@ -151,12 +154,15 @@ def fit(cache: Cache, hcfg: HeadConfig, cfg: TrainConfig, rows=None, ckpt: Path 
     # other processes share the cores (threads then wait on each other at every op)
     torch.set_num_threads(cfg.threads or (1 if cfg.batch_size <= 512 else threads))
     try:
-        return _fit(source, cfg, hcfg, ckpt, job, progress, canaries, t_start, keep_later)
+        return _fit(source, cfg, hcfg, ckpt, job, progress, canaries, t_start, keep_later, keep_last)
     finally:
         torch.set_num_threads(threads)
+        if isinstance(source, StreamSource):
+            source.close()  # the streamed file, however the run ended
 
 
-def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canaries, t_start, keep_later) -> dict:
+def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canaries, t_start, keep_later,
+         keep_last) -> dict:
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -242,14 +248,14 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
                  "lr": _lr_at(step - 1, total_steps, cfg), "dev": metrics, "spread": out_spread,
                  "canaries": canary_scores, "seconds": time.perf_counter() - t0}
         log["epochs"].append(entry)
-        score = metrics[cfg.select_metric] if has_dev else epoch  # no dev: the last epoch
+        score = metrics[cfg.select_metric] if has_dev and not keep_last else None  # None: the last epoch is kept
         if progress:
             bar.write(f"epoch {epoch}: loss {entry['train_loss']:.4f}  T {entry['temperature']:.4f}  "
                       + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f"  spread {out_spread:.3f}"
                       + "".join(f"  canary {k} nDCG@10 {v:.4f} (frozen {log['canaries_frozen'][k]:.4f})"
                                 for k, v in canary_scores.items())
                       + f"  (frozen {cfg.select_metric} {frozen.get(cfg.select_metric, float('nan')):.4f})")
-        if score > best["score"]:
+        if score is None or score > best["score"]:
             best = kept = {"score": score, "epoch": epoch, "metrics": metrics,
                            "state": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
             bad_epochs = 0
@@ -274,8 +280,6 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
         if bad_epochs >= cfg.patience:
             break
     bar.close()
-    if isinstance(source, StreamSource):
-        source.f.close()
     head = head.cpu()
     # no epoch beat the frozen vectors: the step-0 weights (identity for identity-initialised heads)
     head.load_state_dict(kept["state"] if kept["state"] is not None else init_state)
@@ -332,7 +336,7 @@ def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.nd
         r = dev.ranks(head) if (chosen != 1.0 or ranks_now is None) else ranks_now
         f = PER_QUERY[cfg.select_metric]
         boot = paired_bootstrap(f(r), f(frozen_ranks), seed=cfg.seed)
-        decision.update(dev_gain=boot, dev_head=rank_metrics(r))
+        decision.update(dev_gain=boot, dev_head=rank_metrics(r), measured=f"the dev split, alpha {chosen:g}")
         keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
         decision["kept"] = "head" if keep and not (cfg.decision == "bootstrap" and narrow) else "identity"
         if not keep:

@@ -48,18 +48,33 @@ class VectorFile:
         if not path.is_file():
             raise EncoderError(f"{path}: no such vector file")
         self.suffix = path.suffix.lower()
+        self._h5 = None
         try:
             self._open()
-        except EncoderError:
-            raise
-        except Exception as e:  # malformed files come in many classes: name the file
+            if len(self.shape) != 2 or self.shape[0] == 0:
+                raise EncoderError(f"{path}: expected a non-empty (N, D) table of vectors, got shape {self.shape}")
+        except BaseException as e:
+            self.close()  # a refused file is not left open
+            if isinstance(e, EncoderError) or not isinstance(e, Exception):
+                raise
+            # malformed files come in many classes: name the file
             raise EncoderError(f"{path}: cannot read vectors ({type(e).__name__}: {e})") from None
-        if len(self.shape) != 2 or self.shape[0] == 0:
-            raise EncoderError(f"{path}: expected a non-empty (N, D) table of vectors, got shape {self.shape}")
         self.dim = int(self.shape[1])
 
     def __len__(self) -> int:
         return int(self.shape[0])
+
+    def close(self) -> None:
+        """Close the HDF5 file this opened (other formats hold no open file)."""
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __enter__(self) -> "VectorFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _open(self) -> None:
         path = self.path
@@ -209,11 +224,11 @@ class VectorFile:
 def read_vector_file(path) -> dict:
     """A small vector file whole: {"vectors": (N, D) float32, "keys": N pairs ("text" or "id",
     value), "role": N strings or None}; NaN or Inf vectors are refused (see ``VectorFile``)."""
-    vf = VectorFile(path)
-    rows = [k for chunk in vf.keys() for k in chunk]
-    if len(rows) != len(vf):
-        raise EncoderError(f"{path}: {len(rows)} keys for {len(vf)} vectors")
-    vectors = vf.rows(np.arange(len(vf)))
+    with VectorFile(path) as vf:
+        rows = [k for chunk in vf.keys() for k in chunk]
+        if len(rows) != len(vf):
+            raise EncoderError(f"{path}: {len(rows)} keys for {len(vf)} vectors")
+        vectors = vf.rows(np.arange(len(vf)))
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
         raise EncoderError(f"{path}: {int(bad.sum())} vectors hold NaN or Inf (first: row {int(np.flatnonzero(bad)[0])})")
@@ -262,26 +277,30 @@ class VectorsEncoder:
             return resolved["ids"]
 
         hashes, src, row = [], [], []  # per chunk: (n, 2) uint64, so Python holds one chunk of keys at a time
-        for k, f in enumerate(self.files):
-            vf = VectorFile(f)
-            if self.dim is not None and vf.dim != self.dim:
-                raise EncoderError(f"{f}: vectors of dim {vf.dim}, other files have {self.dim}")
-            self.dim = vf.dim
-            self.sources.append(vf)
-            n = 0
-            for chunk in vf.keys():
-                missing = [v for kind, v, _ in chunk if kind == "id" and v not in id_table()]
-                if missing:
-                    raise EncoderError(f"{f}: {len(missing)} ids are not query ids of the data "
-                                       f"(first: {missing[0]!r}); contexts must be keyed by text")
-                keyed = [(id_table()[key], "query") if kind == "id" else (key, role) for kind, key, role in chunk]
-                # a query id is the vector of that query's text; "document" is the context role
-                hashes.append(_key_hashes([(key, "context" if r == "document" else (r or "*")) for key, r in keyed]))
-                n += len(chunk)
-            if n != len(vf):
-                raise EncoderError(f"{f}: {n} keys for {len(vf)} vectors")
-            src.append(np.full(n, k, np.int32))
-            row.append(np.arange(n, dtype=np.int64))
+        try:  # a refused file closes the ones already opened
+            for k, f in enumerate(self.files):
+                vf = VectorFile(f)
+                self.sources.append(vf)
+                if self.dim is not None and vf.dim != self.dim:
+                    raise EncoderError(f"{f}: vectors of dim {vf.dim}, other files have {self.dim}")
+                self.dim = vf.dim
+                n = 0
+                for chunk in vf.keys():
+                    missing = [v for kind, v, _ in chunk if kind == "id" and v not in id_table()]
+                    if missing:
+                        raise EncoderError(f"{f}: {len(missing)} ids are not query ids of the data "
+                                           f"(first: {missing[0]!r}); contexts must be keyed by text")
+                    keyed = [(id_table()[key], "query") if kind == "id" else (key, role) for kind, key, role in chunk]
+                    # a query id is the vector of that query's text; "document" is the context role
+                    hashes.append(_key_hashes([(key, "context" if r == "document" else (r or "*")) for key, r in keyed]))
+                    n += len(chunk)
+                if n != len(vf):
+                    raise EncoderError(f"{f}: {n} keys for {len(vf)} vectors")
+                src.append(np.full(n, k, np.int32))
+                row.append(np.arange(n, dtype=np.int64))
+        except BaseException:
+            self.close()
+            raise
         h = np.concatenate(hashes)
         hi, lo = h[:, 0].copy(), h[:, 1].copy()
         del h, hashes
@@ -292,6 +311,11 @@ class VectorsEncoder:
         last[:-1] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
         self._hi, self._lo, self._src, self._row = hi[last], lo[last], src[last], row[last]
         self.sha256 = {f: _file_sha256(f) for f in self.files}
+
+    def close(self) -> None:
+        """Close the vector files (HDF5 files stay open for ``encode`` until then)."""
+        for vf in self.sources:
+            vf.close()
 
     def _find(self, role: str, texts: list[str]) -> np.ndarray:
         """Index into the key table of each (role, text), -1 where absent."""

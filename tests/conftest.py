@@ -91,6 +91,21 @@ def planted_pairs(n_groups: int = 40, contexts_per_group: int = 5, queries_per_c
                  {"dataset": "planted", "split": "train", "granularity": "sentence"})
 
 
+def linked_cache(path, n_groups: int, links, contexts_per_group: int = 4) -> Path:
+    """A planted cache of ``n_groups`` articles (two questions per context) plus, for each
+    (article, context row) in ``links``, a question filed under that article whose gold context
+    is that row: one answer text under two documents, as duplicate-question data has."""
+    from projhead.cache import build_cache
+    from projhead.data import Pairs
+
+    pairs = planted_pairs(n_groups=n_groups, contexts_per_group=contexts_per_group)
+    queries, groups = pairs.queries + [f"shared {g} {c}" for g, c in links], pairs.groups + [f"article {g}" for g, _ in links]
+    q2c = np.concatenate([pairs.q2c, [c for _, c in links]]).astype(np.int64)
+    pairs = Pairs(queries, [f"id{i}" for i in range(len(queries))], groups, pairs.contexts, q2c, pairs.meta)
+    build_cache(pairs, PlantedEncoder(pairs), path, progress=False)
+    return path
+
+
 @pytest.fixture
 def planted_cache(tmp_path):
     """Factory: a real cache file of planted vectors."""

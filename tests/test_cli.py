@@ -194,3 +194,25 @@ def test_help_and_info_start_without_torch(planted_cache):
     res = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr
     assert "encoder" in res.stdout and "--precision" in res.stdout
+
+
+def test_lr_help_says_the_defaults_each_mode_uses(capsys):
+    from projhead.config import TrainConfig
+    from projhead.select import CANDIDATES
+
+    assert main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split()).replace("--no- auto", "--no-auto")  # wrapped at a hyphen
+    lrs = {h["kind"]: t["lr"] for _, h, t in CANDIDATES}
+    assert (f"[model selection: {lrs['linear']:g} for linear heads, {lrs['residual']:g} for others; "
+            f"--no-auto: {TrainConfig.lr:g}]") in out
+
+
+def test_restart_is_refused_in_model_selection(planted_cache, tmp_path, capsys):
+    assert main(["train", str(planted_cache()), "--out", str(tmp_path / "h"), "--restart"]) == 2
+    assert "model selection writes none" in capsys.readouterr().err
+
+
+def test_settings_model_selection_does_not_use_are_printed(planted_cache, tmp_path, capsys):
+    assert main(["train", str(planted_cache(n_groups=10)), "--out", str(tmp_path / "h"), "--patience", "3",
+                 "--epochs", "2", "--kind", "linear", "--towers", "query", "--quiet"]) == 0
+    assert "not used: patience 3: in 5-fold selection" in capsys.readouterr().err

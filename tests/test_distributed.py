@@ -22,7 +22,7 @@ def test_ray_cache_equals_the_single_process_cache_and_resumes(tmp_path, data_di
     ctx, q2c = np.unique(p.q2c[:n], return_inverse=True)
     pairs = Pairs(p.queries[:n], p.query_ids[:n], p.groups[:n], [p.contexts[i] for i in ctx], q2c, p.meta)
     out = tmp_path / "ray.h5"
-    r = build_cache_ray(pairs, "st:all-MiniLM-L6-v2", out, settings={"device": "cpu"}, actors=2, shard_size=32,
+    r = build_cache_ray(pairs, "st:all-MiniLM-L6-v2", out, settings={"device": "cpu", "precision": "fp32"}, actors=2, shard_size=32,
                         progress=False)
     assert r.status == "written" and r.texts_encoded == n + len(ctx)
     build_cache(pairs, minilm, tmp_path / "single.h5", progress=False)
@@ -44,9 +44,9 @@ def test_ray_cache_equals_the_single_process_cache_and_resumes(tmp_path, data_di
     with pytest.raises(CacheError, match="virtual dataset: are the shard files in ray.h5.parts/ beside it"):
         open_cache(out)
     out.unlink()
-    r = build_cache_ray(pairs, "st:all-MiniLM-L6-v2", out, settings={"device": "cpu"}, actors=1, shard_size=32,
+    r = build_cache_ray(pairs, "st:all-MiniLM-L6-v2", out, settings={"device": "cpu", "precision": "fp32"}, actors=1, shard_size=32,
                         progress=False)
     assert r.texts_encoded == 32
     np.testing.assert_allclose(open_cache(out).queries, b.queries, atol=1e-5)
-    assert build_cache_ray(pairs, "st:all-MiniLM-L6-v2", out, settings={"device": "cpu"},
+    assert build_cache_ray(pairs, "st:all-MiniLM-L6-v2", out, settings={"device": "cpu", "precision": "fp32"},
                            shard_size=32, progress=False).status == "already complete"

@@ -170,3 +170,34 @@ def test_streamed_import_refuses_duplicate_ids_and_bad_lines(tmp_path):
     with pytest.raises(DataError, match="bad.jsonl: line 2: malformed JSON"):
         cache_jsonl_vectors(tmp_path / "bad.jsonl", imported, tmp_path / "o.h5")
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_vector_files_close_what_they_open(tmp_path):
+    import h5py
+
+    from projhead.encoders import VectorFile, read_vector_file
+
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["vectors"], f["text"] = np.ones((3, 4), np.float32), ["a", "b", "c"]
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        f["embeddings"] = np.ones((3, 4), np.float32)
+
+    def closed(path):  # HDF5 refuses to truncate a file this process still holds open
+        h5py.File(path, "w").close()
+        return True
+
+    with VectorFile(tmp_path / "v.h5") as vf:
+        assert vf.dim == 4
+    assert closed(tmp_path / "v.h5")
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["vectors"], f["text"] = np.ones((3, 4), np.float32), ["a", "b", "c"]
+    assert read_vector_file(tmp_path / "v.h5")["vectors"].shape == (3, 4) and closed(tmp_path / "v.h5")
+    with pytest.raises(EncoderError, match="no 'vectors' dataset"):
+        VectorFile(tmp_path / "bad.h5")
+    assert closed(tmp_path / "bad.h5")
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["vectors"], f["text"] = np.ones((3, 4), np.float32), ["a", "b", "c"]
+    enc = get_encoder("vectors:x", files=[tmp_path / "v.h5"])
+    assert enc.encode(["b"]).shape == (1, 4)
+    enc.close()
+    assert closed(tmp_path / "v.h5")

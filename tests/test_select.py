@@ -35,7 +35,8 @@ def test_a_real_gain_is_kept_out_of_fold(planted_cache, tmp_path):
     assert sel["mode"] == "5-fold" and len(sel["candidates"]) == 4
     assert log["decision"]["kept"] == "head" and not head.config.passthrough
     g = log["decision"]["dev_gain"]
-    assert g["low"] > 0 and g["n"] == 400  # every query scored once, out of fold
+    assert g["low"] > 0 and sel["choose_queries"] + sel["decide_queries"] == 400  # every query once, out of fold
+    assert g["n"] == sel["decide_queries"] >= 150  # half of them (whole groups) decide; the others chose
     c = open_cache(path)
     saved = load_head(tmp_path / "h")
     top1 = lambda h: (np.argmax(h.encode_queries(c.queries) @ h.encode_contexts(c.contexts).T, 1) == c.q2c).mean()  # noqa: E731
@@ -67,7 +68,9 @@ def test_one_document_still_gets_held_out_queries_but_no_head_by_default(planted
     gain they show is within that document, so only --decision better keeps the head."""
     path = planted_cache(n_groups=1, contexts_per_group=60)
     head, log = auto_train(path, TrainConfig(epochs=3), progress=False)
-    assert log["selection"]["mode"] == "5-fold" and log["decision"]["dev_gain"]["n"] == 120
+    sel = log["selection"]
+    assert sel["mode"] == "5-fold" and sel["choose_queries"] + sel["decide_queries"] == 120
+    assert log["decision"]["dev_gain"]["n"] == sel["decide_queries"]
     assert log["decision"]["dev_gain"]["low"] > 0  # a real gain within the document (the rotation)...
     assert head.config.passthrough and "come from 1 document(s)" in log["decision"]["why"]  # ...kept out
     head, log = auto_train(path, TrainConfig(epochs=3, decision="better"), progress=False)
@@ -130,3 +133,142 @@ def test_stop_epoch_ends_the_run_on_the_full_schedule(planted_cache):
     for a, b in zip(cut["epochs"], whole["epochs"][:2]):  # the same steps at the same learning rates
         assert a["lr"] == b["lr"] and a["train_loss"] == b["train_loss"]
     assert cut["epochs"][-1]["lr"] > whole["epochs"][-1]["lr"]
+
+
+def _linear_query(**extra):
+    return {"kind": "linear", "towers": "query", **extra}
+
+
+def test_stop_epoch_bounds_the_epochs_selection_may_pick_and_the_refit(planted_cache):
+    """Folds stopped at --stop-epoch: no epoch they did not train is a candidate, and the head
+    saved trains no further than the user said."""
+    head, log = auto_train(planted_cache(n_groups=40), TrainConfig(epochs=6, stop_epoch=2), fixed=_linear_query(lr=1e-2),
+                           progress=False)
+    cand = log["selection"]["candidates"][0]
+    assert 1 <= cand["best_epoch"] <= 2 and head.info["training"]["stop_epoch"] <= 2 and len(log["epochs"]) <= 2
+    assert cand["trained_epochs"] == 2
+
+
+def test_a_fold_stopped_early_bounds_the_candidate_epochs(planted_cache, monkeypatch):
+    import projhead.select as S
+
+    real, calls = S.fit, []
+
+    def fit(*a, **k):  # the second fold stops after epoch 2, as a non-finite loss would stop it
+        run = real(*a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            run["epoch_ranks"] = {e: r for e, r in run["epoch_ranks"].items() if e <= 2}
+            run["log"]["stopped"] = "non-finite training loss at epoch 3"
+        return run
+
+    monkeypatch.setattr(S, "fit", fit)
+    head, log = auto_train(planted_cache(n_groups=40), TrainConfig(epochs=6), fixed=_linear_query(), progress=False)
+    cand = log["selection"]["candidates"][0]
+    assert cand["best_epoch"] <= 2 and head.info["training"]["stop_epoch"] <= 2
+    assert cand["trained_epochs"] == 2 and "non-finite" in cand["stopped"]
+
+
+def test_no_held_out_gold_context_is_a_training_gold_in_any_fold(tmp_path):
+    from conftest import linked_cache
+    from projhead.train import split_groups
+
+    # 30 articles of 4 contexts; one answer text sits under articles 0-1 and another under 1-2 (a
+    # chain), and article 10's context 40 is also the gold of a question filed under article 11
+    linked_cache(tmp_path / "c.h5", 30, [(1, 0), (2, 4), (11, 40)])
+    c = open_cache(tmp_path / "c.h5")
+    groups = list(c.groups)
+    for seed in range(10):  # the split auto_train folds
+        for held in group_folds(split_groups(c), 5, seed):
+            train = np.setdiff1d(np.arange(len(c.q2c)), held)
+            assert not set(c.q2c[held]) & set(c.q2c[train])
+    from projhead.train import joined_by_gold
+
+    joined = joined_by_gold(c.groups, c.q2c)
+    assert len({joined[groups.index(f"article {g}")] for g in (0, 1, 2)}) == 1
+    assert joined[groups.index("article 10")] == joined[groups.index("article 11")]
+    assert joined[groups.index("article 5")] == "article 5"  # groups that share nothing keep their names
+    for seed in range(10):
+        for held in group_folds(c.groups, 5, seed, gold=c.q2c):
+            assert not set(c.q2c[held]) & set(c.q2c[np.setdiff1d(np.arange(len(c.q2c)), held)])
+
+
+def test_the_decision_is_on_the_head_as_saved(planted_cache, tmp_path):
+    """k-fold: the gain that decides, and the one reported, are the saved head's (here alpha 0:
+    the frozen encoder itself, which cannot be a gain), not the fold heads' at alpha 1."""
+    path = planted_cache(n_groups=40)
+    head, log = auto_train(path, TrainConfig(epochs=6, alpha=0.0), fixed=_linear_query(lr=1e-2), progress=False)
+    d = log["decision"]
+    assert d["dev_gain"]["gain"] == 0 and d["kept"] == "identity" and head.config.passthrough
+    head, log = auto_train(path, TrainConfig(epochs=6), fixed=_linear_query(lr=1e-2), out=tmp_path / "h", progress=False)
+    d = log["decision"]
+    assert d["kept"] == "head" and d["alpha"] == 0.9 and "alpha 0.9" in d["measured"]
+    assert head.info["metrics"]["head"] == d["dev_head"] != log["selection"]["chosen_dev_trained"]
+    assert "alpha 0.9" in (tmp_path / "h" / "README.md").read_text()
+
+
+def test_alpha_a_head_cannot_take_is_refused_before_training(planted_cache, monkeypatch):
+    import projhead.select as S
+    from projhead.train import TrainError
+
+    monkeypatch.setattr(S, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    path = planted_cache(n_groups=10)
+    for fixed in ({"kind": "mlp"}, {"init": "random"}):
+        with pytest.raises(TrainError, match="alpha 0.5 interpolates toward the frozen encoder"):
+            auto_train(path, TrainConfig(alpha=0.5), fixed=fixed, progress=False)
+
+
+@pytest.mark.parametrize("folds", [0, 5])
+def test_canaries_are_scored_every_epoch_in_model_selection(planted_cache, folds):
+    path = planted_cache(n_groups=20)
+    canary = planted_cache(name="other.h5", n_groups=6)
+    head, log = auto_train(path, TrainConfig(epochs=3, canaries=[str(canary)]), fixed=_linear_query(),
+                           progress=False, folds=folds)
+    assert log["epochs"] and all(set(e["canaries"]) == {"other.h5"} for e in log["epochs"])
+
+
+def test_candidate_names_are_unique_when_a_head_setting_is_fixed():
+    for fixed in ({"kind": "linear"}, {"towers": "query"}, {"kind": "residual", "towers": "separate"}):
+        names = [n for n, _, _ in candidates(1000, fixed)]
+        assert len(names) == len(set(names)), names
+    assert [n for n, _, _ in candidates(1000, {"kind": "linear"})] == [
+        "linear-query-lr0.001", "linear-separate-lr0.001", "linear-query-lr0.0005", "linear-separate-lr0.0005"]
+
+
+def test_settings_selection_does_not_use_are_said(planted_cache, tmp_path):
+    from projhead.checkpoint import CHECKPOINT_NAME
+
+    out = tmp_path / "h"
+    out.mkdir()
+    (out / CHECKPOINT_NAME).write_bytes(b"left by an interrupted --no-auto run")
+    head, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=3, patience=2, dev_fraction=0.3),
+                           fixed=_linear_query(), out=out, progress=False)
+    notes = log["selection"]["not_used"]
+    assert any(n.startswith("patience 2") for n in notes) and any(n.startswith("dev_fraction 0.3") for n in notes)
+    assert not (out / CHECKPOINT_NAME).exists() and "--no-auto" in log["selection"]["removed"]
+    _, log = auto_train(planted_cache(name="b.h5", n_groups=20), TrainConfig(epochs=3, patience=2),
+                        fixed=_linear_query(), progress=False, folds=0)
+    assert log["selection"]["not_used"] == []  # a dev split stops on patience
+
+
+@pytest.mark.parametrize("folds", [0, 5])
+def test_the_queries_that_decide_took_no_part_in_choosing(planted_cache, monkeypatch, folds):
+    """Under no real gain, choosing the best of many candidates and epochs on the queries that
+    then decide keeps a head far more often than the interval says: the two are cut apart."""
+    import projhead.select as S
+
+    seen = {}
+    real_halves, real_boot = S._halves, S.paired_bootstrap
+    monkeypatch.setattr(S, "_halves", lambda *a: seen.setdefault("halves", real_halves(*a)))
+    monkeypatch.setattr(S, "kept_epoch", lambda ranks, scores, cfg: seen.setdefault("chosen_on", len(ranks[0])) and 1)
+    path = planted_cache(n_groups=40)
+    head, log = auto_train(path, TrainConfig(epochs=2, dev_fraction=0.5), fixed=_linear_query(), progress=False,
+                           folds=folds)
+    choose, decide = seen["halves"]
+    groups = open_cache(path).groups
+    assert len(choose) and len(decide) and not {groups[i] for i in choose} & {groups[i] for i in decide}
+    assert log["decision"]["dev_gain"]["n"] == len(decide) == log["selection"]["decide_queries"]
+    if folds:
+        assert seen["chosen_on"] == len(choose)
+    else:
+        assert log["n_dev"] == len(choose)  # the run's own held-out queries (early stopping, the epoch kept)

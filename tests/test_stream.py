@@ -88,7 +88,7 @@ def _long_cache(path, rows: int, dim: int = 8):
     return path
 
 
-STREAM = dict(stream=True, stream_chunk=1000, stream_buffer=2, batch_size=256, dev_fraction=0.01)
+STREAM = dict(stream=True, stream_chunk=1000, stream_buffer=2, batch_size=256, dev_fraction=0.03)
 
 
 def test_streaming_never_reads_a_whole_column(tmp_path, monkeypatch):
@@ -124,23 +124,28 @@ def test_streaming_never_reads_a_whole_column(tmp_path, monkeypatch):
 
 
 def test_streaming_memory_does_not_grow_with_the_cache(tmp_path):
-    """Peak Python/numpy memory of setting up and running one epoch is the same for a cache 4
-    times longer with the same chunk and buffer settings (a per-row array would grow it 4x)."""
+    """Peak Python/numpy memory of an epoch is the same for a cache 4 times longer with the same
+    chunk and buffer settings (a per-row array would grow it 4x); setting up holds the distinct
+    (group, gold context) pairs for the split, 16 bytes each and sorted, and nothing more per row."""
     import tracemalloc
 
-    peaks = []
+    setup, epoch = [], []
     for rows in (20_000, 80_000):
         path = _long_cache(tmp_path / f"long{rows}.h5", rows)
         for _ in range(2):  # the first run also pays for one-off imports and caches
             tracemalloc.start()
             src = StreamSource(open_cache(path, load=False), TrainConfig(**STREAM))
+            made = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
             for _ in src.epoch(np.random.default_rng(0)):
                 pass
             src.f.close()
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
-        peaks.append(peak)
-    assert peaks[1] < 1.5 * peaks[0], peaks  # with per-row arrays of the cache: 2x
+        setup.append(made)
+        epoch.append(peak)
+    assert epoch[1] < 1.5 * epoch[0], epoch  # with per-row arrays of the cache: 2x
+    assert setup[1] - setup[0] < 100 * 60_000, setup  # the split's pairs, and their sorting
 
 
 @pytest.mark.parametrize("batching", ["group", "random"])
@@ -148,14 +153,15 @@ def test_stream_batches_are_the_in_memory_cache_read_as_documented(planted_cache
     """The batches and dev split of a streamed epoch, rebuilt from the whole cache in memory as
     the class documents them: chunks shuffled, ``stream_buffer`` at a time with the rows left
     over, ordered by ``epoch_order`` over the buffer's groups; the dev split is ``_in_dev``."""
-    from projhead.batches import _group_keys, _in_dev, epoch_order
+    from projhead.batches import _group_keys, _in_dev, epoch_order, joined_by_gold
 
     path = planted_cache(n_groups=40)
     c = open_cache(path)
     cfg = TrainConfig(stream=True, stream_chunk=37, stream_buffer=3, batch_size=32, dev_fraction=0.2,
                       batching=batching)
     src = StreamSource(open_cache(path, load=False), cfg)
-    dev = _in_dev(c.groups, 0.2, cfg.seed)
+    assert joined_by_gold(c.groups, c.q2c) == c.groups  # no gold context shared by two groups
+    dev = _in_dev(_group_keys(c.groups), 0.2, cfg.seed)
     np.testing.assert_array_equal(src.dev_rows, np.flatnonzero(dev))
     np.testing.assert_array_equal(src.dev.q, c.queries[dev])
     src.dev.block = 7  # ranked a few rows at a time: the same ranks as all at once
@@ -195,3 +201,54 @@ def test_gather_rows_reads_any_row_order_a_block_at_a_time(tmp_path):
         for rows in (near, far, np.concatenate([far, near]), near[:0]):
             out = gather_rows(f["x"], rows, np.empty((len(rows), 4), np.float16), block=128)
             np.testing.assert_array_equal(out, x[rows])
+
+
+def test_the_streamed_file_is_closed_when_training_fails(planted_cache, monkeypatch):
+    import projhead.train as T
+
+    opened = []
+
+    class Failing(StreamSource):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            opened.append(self.f)
+
+        def epoch(self, rng):
+            raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(T, "StreamSource", Failing)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        train_head(planted_cache(n_groups=10), HeadConfig(kind="linear"), TrainConfig(stream=True, epochs=2),
+                   progress=False)
+    assert len(opened) == 1 and not opened[0].id.valid
+
+
+def test_the_streamed_file_is_closed_when_the_split_is_refused(planted_cache, monkeypatch):
+    import h5py
+
+    opened = []
+    real = h5py.File
+
+    def spy(*a, **k):
+        opened.append(real(*a, **k))
+        return opened[-1]
+
+    monkeypatch.setattr(h5py, "File", spy)
+    path = planted_cache(n_groups=10)
+    with pytest.raises(TrainError, match="no training rows left"):
+        StreamSource(open_cache(path, load=False), TrainConfig(stream=True, dev_fraction=0.999999))
+    assert opened and not any(f.id.valid for f in opened)
+
+
+def test_the_stream_split_keeps_groups_that_share_a_gold_context_together(tmp_path):
+    from conftest import linked_cache
+
+    # each odd article has a question whose gold is the first context of the article before it
+    linked_cache(tmp_path / "c.h5", 40, [(g, 4 * (g - 1)) for g in range(1, 40, 2)])
+    c = open_cache(tmp_path / "c.h5", load=False)
+    for seed in range(6):
+        src = StreamSource(c, TrainConfig(stream=True, dev_fraction=0.3, seed=seed))
+        gold, dev = open_cache(tmp_path / "c.h5").q2c, np.zeros(len(src.Kd), bool)
+        dev[src.dev_rows] = True
+        assert dev.any() and not set(gold[dev]) & set(gold[~dev])
+        src.close()
