@@ -1,0 +1,125 @@
+"""QuAC: does a head help questions that need their dialog? Frozen encoder, BM25 and the default
+head (what ``projhead train`` saves) with 0, 1, 2 and all earlier turns prepended.
+
+    PROJHEAD_DATA=../shared/data python bench/bench_quac.py [--histories 0 1 2 all] [--seeds 0 1 2]
+        [--work bench/work] [--out bench/results/quac]
+
+Data: the QuAC validation dialogs (``--dataset quac``), split by dialog: ``val-train`` (800
+dialogs) to train on, ``val-test`` (every 5th dialog, 200) to score; sentence contexts (the
+sentence holding each answerable turn's first reference). all-MiniLM-L6-v2. Each history
+setting is its own pair of caches (the query texts change), under ``--work``.
+
+Systems, scored on ``val-test`` by out-of-500 top-1 / top-10 (blocks of 500 consecutive
+questions, candidates = their distinct gold sentences):
+- ``frozen``: the encoder as it is; ``bm25``: BM25 over the same texts;
+- ``head``: ``projhead.select.auto_train`` on ``val-train`` with ``TrainConfig(seed=S)``: the
+  candidates' out-of-fold search and the bootstrap decision, exactly as ``projhead train``;
+  mean over seeds, each seed's figures, the candidate chosen, whether a head or the identity
+  was kept (and why), the best out-of-fold epoch of every candidate, training seconds.
+
+Each finished (history, seed) run is kept in ``WORK/quac-runs/`` (keyed by the cache's
+fingerprint), so more seeds can be added later without training the first ones again.
+Prints one line per (history, system); writes ``OUT.json`` and ``OUT.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from projhead.cache import build_cache, open_cache
+from projhead.config import TrainConfig
+from projhead.data import load_pairs
+from projhead.encoders import DEFAULT_ENCODER, get_encoder
+from projhead.evaluate import evaluate_cache
+from projhead.select import auto_train
+
+
+def quac_cache(split: str, history: str, enc, work: Path):
+    pairs = load_pairs("quac", split, "sentence", quac_history=history)
+    path = work / f"quac-history{history}-{split}-sentence-{enc.name.split(':', 1)[-1]}.h5"
+    build_cache(pairs, enc, path, progress=False)
+    return open_cache(path)
+
+
+def top(m: dict) -> dict:
+    return {"top1": 100 * m["out_of_500"]["top1"], "top10": 100 * m["out_of_500"]["top10"]}
+
+
+def train_run(train, test, seed: int, runs: Path) -> dict:
+    """One auto_train run on ``train`` scored on ``test``, reused when already done."""
+    done = runs / f"{train.attrs['fingerprint'][:16]}-{test.attrs['fingerprint'][:16]}-seed{seed}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    head, log = auto_train(train, TrainConfig(seed=seed), progress=True)
+    seconds = time.perf_counter() - t0
+    sel = log["selection"]
+    run = {"seed": seed, "train_seconds": seconds, **top(evaluate_cache(test, head=head)["head"]),
+           "kept": log["decision"]["kept"], "why": log["decision"].get("why", ""), "chosen": sel.get("chosen"),
+           "dev_gain": sel.get("dev_gain"),
+           "candidates": [{k: c[k] for k in ("name", "best_epoch", "epochs", "score", "frozen", "batch_size")}
+                          for c in sel["candidates"]]}
+    runs.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(run, indent=1))
+    return run
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--histories", nargs="+", default=["0", "1", "2", "all"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--work", default="bench/work")
+    ap.add_argument("--out", default="bench/results/quac")
+    args = ap.parse_args(argv)
+    if not os.environ.get("PROJHEAD_DATA"):
+        raise SystemExit("set PROJHEAD_DATA to the shared data folder (it holds quac/)")
+    work = Path(args.work)
+    enc = get_encoder(DEFAULT_ENCODER)
+    rows = []
+    for h in args.histories:
+        t0 = time.perf_counter()
+        train, test = quac_cache("val-train", h, enc, work), quac_cache("val-test", h, enc, work)
+        base = evaluate_cache(test, bm25=True)
+        row = {"history": h, "train_queries": len(train.q2c), "test_queries": len(test.q2c),
+               "test_contexts": len(test.contexts), "cache_seconds": time.perf_counter() - t0,
+               "frozen": top(base["frozen"]), "bm25": top(base["bm25"]), "runs": []}
+        for name in ("frozen", "bm25"):
+            print(f"history {h:>3}  {name:<6} top1 {row[name]['top1']:5.1f}  top10 {row[name]['top10']:5.1f}", flush=True)
+        for seed in args.seeds:
+            run = train_run(train, test, seed, work / "quac-runs")
+            row["runs"].append(run)
+            epochs = ", ".join(f"{c['name']} {c['best_epoch']}/{c['epochs']}" for c in run["candidates"])
+            print(f"history {h:>3}  head   top1 {run['top1']:5.1f}  top10 {run['top10']:5.1f}  seed {seed}  "
+                  f"{run['train_seconds']:.0f}s  chosen {run['chosen']}, kept {run['kept']}; best out-of-fold "
+                  f"epochs: {epochs}", flush=True)
+        row["head"] = {k: float(np.mean([r[k] for r in row["runs"]])) for k in ("top1", "top10", "train_seconds")}
+        rows.append(row)
+    result = {"encoder": DEFAULT_ENCODER, "data": "QuAC validation, val-train -> val-test, sentence contexts",
+              "seeds": args.seeds, "rows": rows, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+              "torch_threads": torch.get_num_threads()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    lines = [f"QuAC val-test ({rows[0]['test_queries'] if rows else 0} questions, 200 dialogs), sentence contexts, "
+             f"{DEFAULT_ENCODER}; out-of-500 top-1 / top-10; head = default `projhead train` on val-train, mean of "
+             f"seeds {', '.join(map(str, args.seeds))}", "",
+             "| history | frozen | BM25 | default head | kept (per seed) | training s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        kept = ", ".join(f"{x['kept']}" + (f" ({x['chosen']})" if x["kept"] != "identity" else "") for x in r["runs"])
+        lines.append(f"| {r['history']} | {r['frozen']['top1']:.1f} / {r['frozen']['top10']:.1f} | "
+                     f"{r['bm25']['top1']:.1f} / {r['bm25']['top10']:.1f} | {r['head']['top1']:.1f} / "
+                     f"{r['head']['top10']:.1f} | {kept} | {r['head']['train_seconds']:.0f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
