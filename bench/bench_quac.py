@@ -2,7 +2,7 @@
 head (what ``projhead train`` saves) with 0, 1, 2 and all earlier turns prepended.
 
     PROJHEAD_DATA=../shared/data python bench/bench_quac.py [--histories 0 1 2 all] [--seeds 0 1 2]
-        [--work bench/work] [--out bench/results/quac]
+        [--work bench/work] [--out bench/results/quac] [--curves]
 
 Data: the QuAC validation dialogs (``--dataset quac``), split by dialog: ``val-train`` (800
 dialogs) to train on, ``val-test`` (every 5th dialog, 200) to score; sentence contexts (the
@@ -16,6 +16,12 @@ questions, candidates = their distinct gold sentences):
   candidates' out-of-fold search and the bootstrap decision, exactly as ``projhead train``;
   mean over seeds, each seed's figures, the candidate chosen, whether a head or the identity
   was kept (and why), the best out-of-fold epoch of every candidate, training seconds.
+
+``--curves``: why the default keeps the identity with history. For each history, fold 1 of the
+5 out-of-fold folds (seed 0), the query adapter (``linear-query``, lr 1e-3, the candidates'
+schedule) is trained with batches of whole dialogs (``--batching group``, the default) and
+with random batches; its out-of-fold MRR@10 (against every context of ``val-train``) is printed
+for every epoch (epoch 0 = frozen) and written to ``OUT-curves.json``.
 
 Each finished (history, seed) run is kept in ``WORK/quac-runs/`` (keyed by the cache's
 fingerprint), so more seeds can be added later without training the first ones again.
@@ -38,7 +44,9 @@ from projhead.config import TrainConfig
 from projhead.data import load_pairs
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.evaluate import evaluate_cache
-from projhead.select import auto_train
+from projhead.heads import HeadConfig
+from projhead.select import auto_train, group_folds
+from projhead.train import fit, split_groups
 
 
 def quac_cache(split: str, history: str, enc, work: Path):
@@ -72,18 +80,47 @@ def train_run(train, test, seed: int, runs: Path) -> dict:
     return run
 
 
+def curves(train, seed: int = 0) -> dict:
+    """Out-of-fold MRR@10 per epoch of the query adapter on fold 1, group and random batches."""
+    from dataclasses import replace
+
+    from projhead.evaluate import PER_QUERY
+
+    dev = group_folds(split_groups(train, need=5), 5, seed)[0]
+    rows = (np.setdiff1d(np.arange(len(train.q2c)), dev), dev)
+    hc = HeadConfig(in_dim=train.dim, encoder=train.encoder, kind="linear", towers="query")
+    out = {}
+    for batching in ("group", "random"):
+        tc = TrainConfig(lr=1e-3, seed=seed, batching=batching).sized(len(rows[0]))
+        run = fit(train, hc, replace(tc, patience=tc.epochs + 1), rows=rows, progress=False, keep_later=False)
+        er = run["epoch_ranks"]
+        out[batching] = [float(PER_QUERY["mrr10"](er[e]).mean()) for e in sorted(er)]
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--histories", nargs="+", default=["0", "1", "2", "all"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--work", default="bench/work")
     ap.add_argument("--out", default="bench/results/quac")
+    ap.add_argument("--curves", action="store_true", help="only the out-of-fold curves, group against random batches")
     args = ap.parse_args(argv)
     if not os.environ.get("PROJHEAD_DATA"):
         raise SystemExit("set PROJHEAD_DATA to the shared data folder (it holds quac/)")
     work = Path(args.work)
     enc = get_encoder(DEFAULT_ENCODER)
     rows = []
+    if args.curves:
+        every = {}
+        for h in args.histories:
+            every[h] = curves(quac_cache("val-train", h, enc, work))
+            for batching, c in every[h].items():
+                print(f"history {h:>3}  {batching:<6} out-of-fold mrr10 by epoch: " + " ".join(f"{x:.3f}" for x in c),
+                      flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out + "-curves.json").write_text(json.dumps(every, indent=1))
+        return
     for h in args.histories:
         t0 = time.perf_counter()
         train, test = quac_cache("val-train", h, enc, work), quac_cache("val-test", h, enc, work)
