@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -60,11 +61,14 @@ def top(m: dict) -> dict:
     return {"top1": 100 * m["out_of_500"]["top1"], "top10": 100 * m["out_of_500"]["top10"]}
 
 
-def train_run(train, test, seed: int, runs: Path) -> dict:
-    """One auto_train run on ``train`` scored on ``test``, reused when already done."""
+def train_run(train, test, seed: int, runs: Path, done_only: bool = False) -> dict | None:
+    """One auto_train run on ``train`` scored on ``test``, reused when already done (``done_only``:
+    None instead of training)."""
     done = runs / f"{train.attrs['fingerprint'][:16]}-{test.attrs['fingerprint'][:16]}-seed{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if done_only:
+        return None
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     head, log = auto_train(train, TrainConfig(seed=seed), progress=True)
@@ -104,6 +108,8 @@ def main(argv=None):
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--work", default="bench/work")
     ap.add_argument("--out", default="bench/results/quac")
+    ap.add_argument("--done-only", action="store_true",
+                    help="tabulate the finished runs of --seeds (kept in WORK/quac-runs), train none")
     ap.add_argument("--curves", action="store_true", help="only the out-of-fold curves, group against random batches")
     args = ap.parse_args(argv)
     if not os.environ.get("PROJHEAD_DATA"):
@@ -131,13 +137,17 @@ def main(argv=None):
         for name in ("frozen", "bm25"):
             print(f"history {h:>3}  {name:<6} top1 {row[name]['top1']:5.1f}  top10 {row[name]['top10']:5.1f}", flush=True)
         for seed in args.seeds:
-            run = train_run(train, test, seed, work / "quac-runs")
+            run = train_run(train, test, seed, work / "quac-runs", args.done_only)
+            if run is None:
+                continue
             row["runs"].append(run)
             epochs = ", ".join(f"{c['name']} {c['best_epoch']}/{c['epochs']}" for c in run["candidates"])
             print(f"history {h:>3}  head   top1 {run['top1']:5.1f}  top10 {run['top10']:5.1f}  seed {seed}  "
                   f"{run['train_seconds']:.0f}s  chosen {run['chosen']}, kept {run['kept']}; best out-of-fold "
                   f"epochs: {epochs}", flush=True)
-        row["head"] = {k: float(np.mean([r[k] for r in row["runs"]])) for k in ("top1", "top10", "train_seconds")}
+        row["seeds"] = [r["seed"] for r in row["runs"]]
+        row["head"] = {k: float(np.mean([r[k] for r in row["runs"]])) for k in ("top1", "top10", "train_seconds")
+                       } if row["runs"] else None
         rows.append(row)
     result = {"encoder": DEFAULT_ENCODER, "data": "QuAC validation, val-train -> val-test, sentence contexts",
               "seeds": args.seeds, "rows": rows, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
@@ -146,14 +156,16 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     lines = [f"QuAC val-test ({rows[0]['test_queries'] if rows else 0} questions, 200 dialogs), sentence contexts, "
-             f"{DEFAULT_ENCODER}; out-of-500 top-1 / top-10; head = default `projhead train` on val-train, mean of "
-             f"seeds {', '.join(map(str, args.seeds))}", "",
-             "| history | frozen | BM25 | default head | kept (per seed) | training s |", "|---|---|---|---|---|---|"]
+             f"{DEFAULT_ENCODER}; out-of-500 top-1 / top-10; head = default `projhead train` on val-train, mean over "
+             "the seeds listed", "",
+             "| history | frozen | BM25 | default head | seeds | kept (per seed) | training s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         kept = ", ".join(f"{x['kept']}" + (f" ({x['chosen']})" if x["kept"] != "identity" else "") for x in r["runs"])
+        hd = r["head"] or {"top1": math.nan, "top10": math.nan, "train_seconds": math.nan}
         lines.append(f"| {r['history']} | {r['frozen']['top1']:.1f} / {r['frozen']['top10']:.1f} | "
-                     f"{r['bm25']['top1']:.1f} / {r['bm25']['top10']:.1f} | {r['head']['top1']:.1f} / "
-                     f"{r['head']['top10']:.1f} | {kept} | {r['head']['train_seconds']:.0f} |")
+                     f"{r['bm25']['top1']:.1f} / {r['bm25']['top10']:.1f} | {hd['top1']:.1f} / {hd['top10']:.1f} | "
+                     f"{', '.join(map(str, r['seeds']))} | {kept} | {hd['train_seconds']:.0f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
