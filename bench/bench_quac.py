@@ -23,6 +23,10 @@ schedule) is trained with batches of whole dialogs (``--batching group``, the de
 with random batches; its out-of-fold MRR@10 (against every context of ``val-train``) is printed
 for every epoch (epoch 0 = frozen) and written to ``OUT-curves.json``.
 
+``--overlap``: for each history, on ``val-train``'s frozen vectors, the mean cosine of a question
+with its own gold sentence and with the gold sentence of the previous query of its dialog (turns whose golds
+differ), and how often the previous one is closer; written to ``OUT-overlap.json``.
+
 Each finished (history, seed) run is kept in ``WORK/quac-runs/`` (keyed by the cache's
 fingerprint), so more seeds can be added later without training the first ones again.
 Prints one line per (history, system); writes ``OUT.json`` and ``OUT.md``.
@@ -102,6 +106,15 @@ def curves(train, seed: int = 0) -> dict:
     return out
 
 
+def overlap(train) -> dict:
+    """Frozen cosines of each question with its gold and with the previous turn's gold."""
+    g, q, c, q2c = np.asarray(train.groups), train.queries, train.contexts, train.q2c
+    rows = np.flatnonzero((g[1:] == g[:-1]) & (q2c[1:] != q2c[:-1])) + 1  # turns after a turn of the same dialog
+    own, prev = (q[rows] * c[q2c[rows]]).sum(1), (q[rows] * c[q2c[rows - 1]]).sum(1)
+    return {"turns": len(rows), "cos_own_gold": float(own.mean()), "cos_previous_gold": float(prev.mean()),
+            "previous_closer": float((prev > own).mean())}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--histories", nargs="+", default=["0", "1", "2", "all"])
@@ -110,6 +123,7 @@ def main(argv=None):
     ap.add_argument("--out", default="bench/results/quac")
     ap.add_argument("--done-only", action="store_true",
                     help="tabulate the finished runs of --seeds (kept in WORK/quac-runs), train none")
+    ap.add_argument("--overlap", action="store_true", help="only the frozen cosines with own and previous gold")
     ap.add_argument("--curves", action="store_true", help="only the out-of-fold curves, group against random batches")
     args = ap.parse_args(argv)
     if not os.environ.get("PROJHEAD_DATA"):
@@ -117,6 +131,15 @@ def main(argv=None):
     work = Path(args.work)
     enc = get_encoder(DEFAULT_ENCODER)
     rows = []
+    if args.overlap:
+        every = {h: overlap(quac_cache("val-train", h, enc, work)) for h in args.histories}
+        for h, o in every.items():
+            print(f"history {h:>3}  cos(question, own gold) {o['cos_own_gold']:.3f}  cos(question, previous turn's gold) "
+                  f"{o['cos_previous_gold']:.3f}  previous closer in {100 * o['previous_closer']:.0f}% of "
+                  f"{o['turns']} turns", flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out + "-overlap.json").write_text(json.dumps(every, indent=1))
+        return
     if args.curves:
         every = {}
         for h in args.histories:
