@@ -25,7 +25,9 @@ for every epoch (epoch 0 = frozen) and written to ``OUT-curves.json``.
 
 ``--overlap``: for each history, on ``val-train``'s frozen vectors, the mean cosine of a question
 with its own gold sentence and with the gold sentence of the previous query of its dialog (turns whose golds
-differ), and how often the previous one is closer; written to ``OUT-overlap.json``.
+differ), how often the previous one is closer, and the share of ``val-test`` questions longer
+than the encoder reads (its ``max_seq_length`` tokens: the end, the question itself, is cut);
+written to ``OUT-overlap.json``.
 
 Each finished (history, seed) run is kept in ``WORK/quac-runs/`` (keyed by the cache's
 fingerprint), so more seeds can be added later without training the first ones again.
@@ -106,13 +108,21 @@ def curves(train, seed: int = 0) -> dict:
     return out
 
 
-def overlap(train) -> dict:
-    """Frozen cosines of each question with its gold and with the previous turn's gold."""
+def overlap(train, test, enc) -> dict:
+    """Frozen cosines of each question with its gold and with the previous turn's gold; the
+    share of test questions the encoder truncates."""
+    from transformers import AutoTokenizer
+
+    info = enc.describe()
+    tok = AutoTokenizer.from_pretrained(info["resolved"])
+    limit = info["settings"]["max_seq_length"]
+    lengths = np.array([len(ids) for ids in tok(list(test.query_texts))["input_ids"]])
     g, q, c, q2c = np.asarray(train.groups), train.queries, train.contexts, train.q2c
     rows = np.flatnonzero((g[1:] == g[:-1]) & (q2c[1:] != q2c[:-1])) + 1  # turns after a turn of the same dialog
     own, prev = (q[rows] * c[q2c[rows]]).sum(1), (q[rows] * c[q2c[rows - 1]]).sum(1)
     return {"turns": len(rows), "cos_own_gold": float(own.mean()), "cos_previous_gold": float(prev.mean()),
-            "previous_closer": float((prev > own).mean())}
+            "previous_closer": float((prev > own).mean()), "max_seq_length": limit,
+            "test_truncated": float((lengths > limit).mean())}
 
 
 def main(argv=None):
@@ -132,11 +142,13 @@ def main(argv=None):
     enc = get_encoder(DEFAULT_ENCODER)
     rows = []
     if args.overlap:
-        every = {h: overlap(quac_cache("val-train", h, enc, work)) for h in args.histories}
+        every = {h: overlap(quac_cache("val-train", h, enc, work), quac_cache("val-test", h, enc, work), enc)
+                 for h in args.histories}
         for h, o in every.items():
             print(f"history {h:>3}  cos(question, own gold) {o['cos_own_gold']:.3f}  cos(question, previous turn's gold) "
                   f"{o['cos_previous_gold']:.3f}  previous closer in {100 * o['previous_closer']:.0f}% of "
-                  f"{o['turns']} turns", flush=True)
+                  f"{o['turns']} turns; test questions over {o['max_seq_length']} tokens: "
+                  f"{100 * o['test_truncated']:.1f}%", flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out + "-overlap.json").write_text(json.dumps(every, indent=1))
         return
