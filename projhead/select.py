@@ -33,7 +33,9 @@ import numpy as np
 
 from .cache import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
+from .batches import dev_fraction, split_by_group
 from .heads import Head, HeadConfig
+from .hybrid import tune_after_selection
 from .train import (SMALL, Canary, TrainConfig, TrainError, finish, fit, save_trained, split_groups, within_documents,
                     within_noise)
 
@@ -207,7 +209,10 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                    + (f"; dev {cfg.select_metric} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
                    + (f" ({decision['why']})" if decision.get("why") else "") + f"; {log['seconds']:.1f}s")
-    return save_trained(head, run_log, cache, final_cfg, frozen, out, extra={"selection": _brief(log)})
+    rows = all_rows if k else split_by_group(split_groups(cache), dev_fraction(final_cfg, n), final_cfg.seed)[1]
+    # folds: the final head saw every query, so the weight is the frozen encoder's, chosen on all of them
+    fusion = tune_after_selection(None if k else head, cache, rows, cfg.select_metric, say=lambda t: _say(progress, t))
+    return save_trained(head, run_log, cache, final_cfg, frozen, out, extra={"selection": _brief(log), **fusion})
 
 
 def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -> int:
