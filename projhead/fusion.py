@@ -138,7 +138,8 @@ def normalised_pair(dense: np.ndarray, bm25: np.ndarray, how: str) -> tuple[np.n
     return (d, b / BM25_SCALE) if how == "fixed" else (d, b)
 
 
-def fuse(dense: np.ndarray, bm25: np.ndarray, spec: FusionSpec | None = None, weight: float | None = None) -> np.ndarray:
+def fuse(dense: np.ndarray, bm25: np.ndarray, spec: FusionSpec | None = None,
+         weight: float | None = None) -> np.ndarray:
     """Fused scores (R, N) of dense and BM25 scores of the same (R, N) query-context pairs,
     with ``spec`` (default settings if None); ``weight`` overrides its dense share."""
     spec = spec or FusionSpec()
