@@ -242,6 +242,22 @@ def test_train_saves_the_weight_chosen_on_held_out_queries(planted_cache, tmp_pa
     assert "Fusion with BM25" in (tmp_path / "h" / "README.md").read_text()
 
 
+def test_train_with_a_dev_split_chooses_the_weight_on_that_split(planted_cache):
+    from projhead.batches import MemorySource
+    from projhead.cache import open_cache
+    from projhead.config import TrainConfig
+    from projhead.select import auto_train
+
+    path = planted_cache(n_groups=20)
+    cfg = TrainConfig(epochs=2, seed=2)
+    head, log = auto_train(path, cfg, progress=False, folds=0)
+    dev = MemorySource(open_cache(path), cfg).dev
+    spec = head.fusion
+    assert log["selection"]["mode"] == "dev split"
+    assert spec.chosen["queries"] == len(dev) < log["selection"]["n_queries"]
+    assert spec.chosen["system"] == ("frozen" if head.config.passthrough else "head")
+
+
 def test_dev_split_rows_are_the_queries_training_held_out(planted_cache):
     from projhead.batches import MemorySource, dev_fraction, split_by_group
     from projhead.cache import open_cache
