@@ -24,9 +24,11 @@ result is exactly the fused ranking of every context.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from .evaluate import PER_QUERY, dense_scorer, excluding, gold_ranks, self_matches
+from .evaluate import PER_QUERY, dense_scorer, gold_ranks, self_matches
 from .fusion import WEIGHT_GRID, BM25Index, FusionError, FusionSpec, normalised_pair
 from .search import build_index, search
 
@@ -47,6 +49,7 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     frozen encoder's weight on the same queries as ``frozen_weight``. Ties keep the lowest
     weight. Raises FusionError if the cache has no texts."""
     spec = spec or FusionSpec()
+    t0 = time.perf_counter()
     if not has_texts(cache):
         raise FusionError(f"{cache.path}: the cache holds no context texts; fusion with BM25 needs texts")
     rows = np.asarray(rows, dtype=np.int64)
@@ -67,16 +70,19 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     for start in range(0, len(rows), block):
         r = np.arange(start, min(start + block, len(rows)))
         b = bm25.scores_of(tokens, r)
+        ex = exclude[r]
+        own = np.flatnonzero(ex >= 0)  # a query's own text is never a candidate
         for name, (q, c) in towers.items():
-            d, bn = normalised_pair(dense_scorer(q[r], c)(np.arange(len(r))), b, spec.normalisation)
+            d, bn = normalised_pair(dense_scorer(q[r], c)(np.arange(len(r))), b, spec.normalisation)  # (R, Nc)
             for j, w in enumerate(grid):
-                s = excluding(lambda _rows, _cols=None, s=w * d + (1 - w) * bn: s, exclude[r])(np.arange(len(r)))
+                s = w * d + (1 - w) * bn
+                s[own, ex[own]] = -np.inf
                 sums[name][j] += f(gold_ranks(s, q2c[r])).sum()
     means = {name: s / len(rows) for name, s in sums.items()}
     best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
-              "system": "head" if "head" in towers else "frozen"}
+              "system": "head" if "head" in towers else "frozen", "seconds": round(time.perf_counter() - t0, 1)}
     return FusionSpec(weight=best.get("head", best["frozen"]), normalisation=spec.normalisation, bm25=spec.bm25,
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
 
