@@ -340,7 +340,7 @@ def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight,
               "(frozen + BM25, head + BM25, reciprocal rank fusion)")
 @click.option("--fusion-weight", type=click.FloatRange(0, 1), default=None,
               help="dense share of the fused scores (default: the head's, chosen by projhead train on held-out "
-                   "queries; without one 0.5)")
+                   f"queries; without one {DEFAULT_WEIGHT})")
 @click.option("--fusion-normalisation", type=click.Choice(NORMALISATIONS), default=None,
               help="per-query score normalisation before fusing (default: the head's, else zscore)")
 @click.option("--block", type=click.IntRange(min=1), default=500, show_default=True,
