@@ -14,6 +14,10 @@ Figures are means over seeds. Writes bench/results/hybrid.json and .md.
 grows: a sample of the test queries ranked against the test corpus alone and against it plus
 every context of the training cache (SQuAD: 6,698 dev sentences, then 6,698 + 58,087),
 frozen encoder, every weight of the grid; writes bench/results/hybrid_normalisation.json.
+
+``--retriever-check``: ``HybridRetriever`` (bm25s + FAISS) over the test corpus with the seed-0
+head, every test query, top 10 from each side's top 100: seconds, and R@1 / MRR@10 beside the
+fused evaluation's; writes bench/results/hybrid_retriever.json.
 """
 from __future__ import annotations
 
@@ -114,6 +118,28 @@ def normalisation_study(cache_dir: Path, name: str, n_queries: int = 2000, seed:
     return out
 
 
+def retriever_check(cache_dir: Path, work: Path, name: str, depth: int = 100, factory: str = "Flat") -> dict:
+    """The HybridRetriever over the test corpus with the seed-0 head: build and search seconds,
+    and its R@1 / MRR@10 from top-10 lists against evaluation's fused ranking of every context."""
+    from projhead.evaluate import corpus_metrics, topk_ranks
+    from projhead.hybrid import HybridRetriever
+
+    test = open_cache(cache_dir / DATASETS[name][1])
+    head = load_head(work / name / "head-seed0")
+    t0 = time.perf_counter()
+    r = HybridRetriever(list(test.context_texts), test.contexts, head=head, factory=factory)
+    built = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ids, scores = r.search(list(test.query_texts), test.queries, k=10, depth=depth)
+    searched = time.perf_counter() - t0
+    m = corpus_metrics(topk_ranks(ids, scores, np.asarray(test.q2c)), ks=(1, 5, 10))
+    out = {"factory": factory, "depth": depth, "n_contexts": int(len(test.contexts)), "n_queries": int(len(ids)),
+           "build_seconds": built, "search_seconds": searched, "R@1": m["R@1"], "MRR@10": m["MRR@10"]}
+    print(f"retriever {factory} depth {depth}: built in {built:.1f}s, {len(ids)} queries in {searched:.1f}s, "
+          f"R@1 {100 * m['R@1']:.1f}, MRR@10 {100 * m['MRR@10']:.1f}", flush=True)
+    return out
+
+
 def markdown(results: dict) -> str:
     lines = []
     for name, r in results.items():
@@ -136,6 +162,8 @@ def main():
     ap.add_argument("--work", default="bench/work/hybrid")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--normalisation-study", action="store_true")
+    ap.add_argument("--retriever-check", action="store_true",
+                    help="only time HybridRetriever over the test corpus with the seed-0 head (trained already)")
     ap.add_argument("--out", default="bench/results/hybrid")
     args = ap.parse_args()
     os.environ.setdefault("PROJHEAD_DATA", "../shared/data")
@@ -147,6 +175,11 @@ def main():
         Path(f"{out}_normalisation.json").write_text(json.dumps(study, indent=1))
         print(json.dumps({n: s["carried"] for n, s in study.items()}, indent=1))
         print(f"wrote {out}_normalisation.json")
+        return
+    if args.retriever_check:
+        check = {name: retriever_check(cache_dir, work, name) for name in args.datasets}
+        Path(f"{out}_retriever.json").write_text(json.dumps(check, indent=1))
+        print(f"wrote {out}_retriever.json")
         return
     results = {name: run_dataset(name, cache_dir, work, args.seeds) for name in args.datasets}
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
