@@ -308,3 +308,14 @@ def test_retriever_refuses_mismatched_inputs(planted_cache):
     r = HybridRetriever(cache.context_texts, cache.contexts)
     with pytest.raises(FusionError, match="query texts"):
         r.search(cache.query_texts[:2], cache.queries[:3])
+
+
+def test_cli_eval_with_an_index_says_fused_rows_need_every_context(planted_cache, capsys):
+    pytest.importorskip("faiss")
+    from projhead.cli import main
+
+    path = planted_cache(n_groups=6)
+    assert main(["eval", str(path), "--bm25", "--index", "Flat"]) == 0
+    out = capsys.readouterr().out
+    assert "| bm25 |" in out and "| frozen+bm25 |" not in out
+    assert "fused rows need every context's scores: evaluate without --index" in out
