@@ -26,7 +26,9 @@ The data flow, one module a step::
     train.py       the training loop over cached vectors: one configuration, the keep-or-identity decision
     select.py      model selection: candidate heads on held-out queries (`projhead train`'s default)
     metrics.py     scorers (dense, BM25), ranks, both protocols' figures, paired bootstrap
-    evaluate.py    ranks once per system on a cache: out-of-500 and full-corpus retrieval, BM25 baseline
+    evaluate.py    ranks once per system on a cache: out-of-500 and full-corpus retrieval, BM25 and its fusions
+    fusion.py      dense + BM25 scores: normalisation, weighted fusion, RRF, the spec saved with a head
+    hybrid.py      the fusion weight chosen on held-out queries; a bm25s + FAISS hybrid retriever
     search.py      full-corpus retrieval at scale (FAISS)
     report.py      Markdown and plots
     export.py      sentence-transformers folder, ONNX
@@ -66,6 +68,14 @@ def __getattr__(name):
         from .evaluate import evaluate_cache
 
         return evaluate_cache
+    if name in ("FusionSpec", "fuse", "rrf"):
+        from . import fusion
+
+        return getattr(fusion, name)
+    if name == "HybridRetriever":
+        from .hybrid import HybridRetriever
+
+        return HybridRetriever
     if name == "EncodedHead":
         from .wrap import EncodedHead
 
@@ -74,4 +84,5 @@ def __getattr__(name):
 
 
 __all__ = ["Head", "HeadConfig", "HeadError", "load_head", "LOSSES", "get_loss", "TrainConfig", "train_head", "auto_train",
-           "open_cache", "build_cache", "evaluate_cache", "EncodedHead"]
+           "open_cache", "build_cache", "evaluate_cache", "EncodedHead", "FusionSpec", "fuse", "rrf",
+           "HybridRetriever"]

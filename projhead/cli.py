@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -26,9 +27,11 @@ from .config import HeadConfig as _H  # option defaults come from the dataclasse
 from .config import TrainConfig as _T
 from .data import DATASETS, SPLITS, DataError
 from .encoders import DEFAULT_ENCODER, PRECISIONS, EncoderError
+from .fusion import DEFAULT_WEIGHT, NORMALISATIONS, FusionError, FusionSpec
 from .search import SearchError
 
-USER_ERRORS = (CacheError, DataError, EncoderError, HeadError, LossError, MineError, SearchError, TrainError)
+USER_ERRORS = (CacheError, DataError, EncoderError, FusionError, HeadError, LossError, MineError, SearchError,
+               TrainError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -354,7 +357,13 @@ def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight,
 @cli.command("eval")
 @click.argument("cache_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--head", "head_path", type=click.Path(), default=None, help="head folder (omit: frozen only)")
-@click.option("--bm25", is_flag=True, help="add a BM25 baseline on the same candidates")
+@click.option("--bm25", is_flag=True, help="add BM25 on the same candidates, and its fusion with the dense systems "
+              "(frozen + BM25, head + BM25, reciprocal rank fusion)")
+@click.option("--fusion-weight", type=click.FloatRange(0, 1), default=None,
+              help="dense share of the fused scores (default: the head's, chosen by projhead train on held-out "
+                   f"queries; without one {DEFAULT_WEIGHT})")
+@click.option("--fusion-normalisation", type=click.Choice(NORMALISATIONS), default=None,
+              help="per-query score normalisation before fusing (default: the head's, else zscore)")
 @click.option("--block", type=click.IntRange(min=1), default=500, show_default=True,
               help="queries per block, out-of-N protocol")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="write the results as JSON")
@@ -364,7 +373,8 @@ def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight,
 @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW indexes: search depth")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="write a Markdown report with plots and examples into this folder (needs --head, one cache)")
-def evaluate(cache_files, head_path, bm25, block, json_out, index, nprobe, ef_search, report_dir):
+def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, block, json_out, index, nprobe,
+             ef_search, report_dir):
     """Top-k retrieval (out-of-500 blocks and full corpus), frozen encoder beside the head.
 
     Several caches (the training domain and others) give one table each, then the head's
@@ -378,6 +388,7 @@ def evaluate(cache_files, head_path, bm25, block, json_out, index, nprobe, ef_se
     if report_dir and len(cache_files) > 1:
         raise click.UsageError("--report describes one cache: pass one CACHE_FILE")
     head = load_head(head_path) if head_path else None
+    spec = eval_fusion(head, fusion_weight, fusion_normalisation, bm25 and not index)
     search_kw = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
     every = {}
     for cache_file in cache_files:
@@ -385,10 +396,11 @@ def evaluate(cache_files, head_path, bm25, block, json_out, index, nprobe, ef_se
             results, ranks = evaluate_streamed(cache_file, head=head, index=index, block=block, **search_kw), None
             c = open_cache(cache_file, load=bm25 or bool(report_dir))  # BM25 and the report need the texts
             if bm25:
-                results["bm25"] = protocols(bm25_ranks(c, block), block)
+                results["bm25"] = protocols(bm25_ranks(c, block, settings=spec.bm25), block)
+                click.echo("fused rows need every context's scores: evaluate without --index to see them")
         else:
             c = open_cache(cache_file)
-            results, ranks = evaluate_cache(c, head=head, bm25=bm25, block=block, return_ranks=True)
+            results, ranks = evaluate_cache(c, head=head, bm25=bm25, block=block, return_ranks=True, fusion=spec)
         every[cache_file] = results
         click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts, "
                    f"encoder {c.encoder}" + (f", head {head_path}" if head_path else ""))
@@ -405,6 +417,25 @@ def evaluate(cache_files, head_path, bm25, block, json_out, index, nprobe, ef_se
         from .report import write_report
 
         click.echo(f"report: {write_report(c, head, report_dir, results, head_path=head_path, ranks=ranks)}")
+
+
+def eval_fusion(head, weight: float | None, normalisation: str | None, say: bool):
+    """The fusion ``projhead eval --bm25`` applies: the head's saved one (else the defaults),
+    with the options' weight and normalisation; says which and where from when ``say``."""
+    spec = (head.fusion if head is not None else None) or FusionSpec()
+    source = "chosen on held-out training queries" if spec.chosen else "default"
+    if normalisation is not None and normalisation != spec.normalisation:
+        spec = replace(spec, normalisation=normalisation, frozen_weight=None)
+        source = "default" if weight is None else source
+        if weight is None:
+            spec = replace(spec, weight=DEFAULT_WEIGHT)
+    if weight is not None:
+        spec, source = spec.with_weight(weight, weight), "--fusion-weight"
+    if say:
+        fw = spec.frozen_weight if spec.frozen_weight is not None else spec.weight
+        click.echo(f"fusion: {spec.normalisation} scores, dense weight {spec.weight:g}"
+                   + (f" (frozen encoder {fw:g})" if fw != spec.weight else "") + f" ({source}); RRF k={spec.rrf_k}")
+    return spec
 
 
 @cli.command()

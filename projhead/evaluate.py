@@ -14,15 +14,56 @@ from __future__ import annotations
 import numpy as np
 
 from .metrics import (MISS, PER_QUERY, Scorer, SystemRanks, block_metrics, bm25_scorer, both_protocols,  # noqa: F401
-                      corpus_metrics, dense_scorer, english_stemmer, excluding, full_corpus, gold_ranks, out_of_n,
+                      corpus_metrics, dense_scorer, excluding, full_corpus, gold_ranks, out_of_n,
                       paired_bootstrap, protocols, rank_metrics, ranks, self_matches, system_ranks, topk_ranks)
 
 
-def bm25_ranks(cache, block: int = 500, exclude: np.ndarray | None = None) -> SystemRanks:
+def bm25_ranks(cache, block: int = 500, exclude: np.ndarray | None = None, settings=None) -> SystemRanks:
     """BM25's ranks on a cache held in memory (its texts)."""
     if exclude is None:
         exclude = self_matches(cache.query_texts, cache.context_texts)
-    return system_ranks(excluding(bm25_scorer(cache.query_texts, cache.context_texts), exclude), cache.q2c, block)
+    return system_ranks(excluding(bm25_scorer(cache.query_texts, cache.context_texts, settings), exclude),
+                        cache.q2c, block)
+
+
+def fused_ranks(cache, head=None, spec=None, block: int = 500, exclude: np.ndarray | None = None) -> dict:
+    """Ranks of BM25 and of the fused systems on a cache held in memory: ``bm25``,
+    ``frozen+bm25`` (at the spec's ``frozen_weight`` when it has one), ``head+bm25`` (with a
+    head) at its ``weight``, and ``rrf`` of the best dense system (the head if given) with
+    BM25. ``spec``: a ``fusion.FusionSpec`` (default: the head's, else the defaults). Each
+    block's BM25 scores are computed once for every system."""
+    from .fusion import FusionSpec, fuse, rrf
+
+    spec = spec or (head.fusion if head is not None else None) or FusionSpec()
+    if exclude is None:
+        exclude = self_matches(cache.query_texts, cache.context_texts)
+    bm25 = bm25_scorer(cache.query_texts, cache.context_texts, spec.bm25)
+    q, c = cache.queries, cache.contexts
+    dense = {"frozen": (q, c)}
+    if head is not None:
+        dense["head"] = (head.encode_queries(q), head.encode_contexts(c))
+    best = dense["head" if head is not None else "frozen"]
+    fw = spec.frozen_weight if spec.frozen_weight is not None else spec.weight
+    systems = {"bm25": (None, lambda d, b: b), "frozen+bm25": (dense["frozen"], lambda d, b: fuse(d, b, spec, fw))}
+    if head is not None:
+        systems["head+bm25"] = (dense["head"], lambda d, b: fuse(d, b, spec))
+    systems["rrf"] = (best, lambda d, b: rrf(d, b, spec.rrf_k))
+    q2c = np.asarray(cache.q2c)
+    parts = {name: [] for name in systems}
+    for start in range(0, len(q2c), block):  # the protocol's own blocks, one at a time
+        rows = np.arange(start, min(start + block, len(q2c)))
+        b = bm25(rows)  # (R, Nc)
+        for name, (vecs, f) in systems.items():
+            d = None if vecs is None else dense_scorer(vecs[0][rows], vecs[1])(np.arange(len(rows)))
+
+            def score(r, cols=None, d=d, f=f):
+                s = f(None if d is None else d[r], b[r])
+                return s if cols is None else s[:, cols]
+
+            parts[name].append(system_ranks(excluding(score, exclude[rows]), q2c[rows], block))
+    return {name: SystemRanks(*(np.concatenate([getattr(p, k) for p in ps])
+                                for k in ("block", "full", "top", "top_score")))
+            for name, ps in parts.items()}
 
 
 def _dense_ranks(q, c, q2c, block, index, search_kw, exclude=None) -> SystemRanks:
@@ -39,12 +80,14 @@ def _dense_ranks(q, c, q2c, block, index, search_kw, exclude=None) -> SystemRank
 
 
 def evaluate_cache(cache, head=None, bm25: bool = False, block: int = 500, index: str | None = None,
-                   return_ranks: bool = False, **search_kw):
+                   return_ranks: bool = False, fusion=None, **search_kw):
     """Metrics of the frozen vectors, of ``head`` (if given) and of BM25 (if asked), both
     protocols, on every query of ``cache``. ``index``: a FAISS index-factory string
     (``Flat``, ``HNSW32``, ``IVF1024,Flat``...) for the full-corpus protocol (see
     ``projhead.search``); ``search_kw``: ``nprobe``, ``ef_search``. Each system's ranks are
-    computed once; ``return_ranks`` also returns them ({system: SystemRanks}, for the report)."""
+    computed once; ``return_ranks`` also returns them ({system: SystemRanks}, for the report).
+    With ``bm25``, the fused systems too (``fused_ranks``: frozen + BM25, head + BM25,
+    RRF) with ``fusion`` (a ``fusion.FusionSpec``; default: the head's, else the defaults)."""
     exclude = self_matches(cache.query_texts, cache.context_texts)
     if index is not None and (exclude >= 0).any():
         from .search import SearchError
@@ -56,8 +99,10 @@ def evaluate_cache(cache, head=None, bm25: bool = False, block: int = 500, index
         head.check_cache(cache)
         q, c = head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)
         every["head"] = _dense_ranks(q, c, cache.q2c, block, index, search_kw, exclude)
-    if bm25:
-        every["bm25"] = bm25_ranks(cache, block, exclude)
+    if bm25 and index is None:
+        every.update(fused_ranks(cache, head, fusion, block, exclude))
+    elif bm25:
+        every["bm25"] = bm25_ranks(cache, block, exclude, fusion.bm25 if fusion is not None else None)
     results = {name: protocols(r, block) for name, r in every.items()}
     return (results, every) if return_ranks else results
 

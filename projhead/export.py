@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .fusion import FUSION_NAME
 from .heads import ACTIVATION_MODULES, Head, HeadError, load_head
 
 _CARRIES_IDENTITY = (nn.GELU, nn.ReLU, nn.SiLU)  # act(x) - act(-x) == x
@@ -143,8 +144,17 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
     loaded = SentenceTransformer(str(out), device="cpu", local_files_only=True)
     report["max_abs_diff_query"] = float(np.abs(loaded.encode_query(texts) - wrapped.encode_queries(texts)).max())
     report["max_abs_diff_context"] = float(np.abs(loaded.encode_document(texts) - wrapped.encode_contexts(texts)).max())
-    (out / "projhead_export.json").write_text(json.dumps({**report, "head_config": head.config.__dict__}, indent=1))
+    _side_files(out, report, head)
     return report
+
+
+def _side_files(out: Path, report: dict, head: Head) -> None:
+    """projhead_export.json (the report and head settings) and, for a head with a saved
+    fusion, fusion.json (``fusion.read_fusion`` reads it back)."""
+    (out / "projhead_export.json").write_text(json.dumps({**report, "head_config": head.config.__dict__,
+                                                          "fusion": head.info.get("fusion")}, indent=1))
+    if head.fusion is not None:
+        (out / FUSION_NAME).write_text(json.dumps(head.fusion.to_dict(), indent=1))
 
 
 class _TowerModule(nn.Module):
@@ -196,5 +206,5 @@ def export_onnx(head, out: str | os.PathLike, quantize: bool = False, opset: int
             entry["int8"] = {"file": qpath.name, "bytes": qpath.stat().st_size,
                              "cosine_to_float32_mean": float(cos.mean()), "cosine_to_float32_min": float(cos.min())}
         report["towers"][role] = entry
-    (out / "projhead_export.json").write_text(json.dumps({**report, "head_config": head.config.__dict__}, indent=1))
+    _side_files(out, report, head)
     return report

@@ -30,6 +30,7 @@ from torch import nn
 from ._version import __version__
 from .files import atomic_path, write_atomic
 from .config import ACTIVATIONS, HEAD_KINDS, TOWERS, HeadConfig, HeadError  # noqa: F401 (re-exported)
+from .fusion import FusionError, FusionSpec, fuse
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -125,6 +126,19 @@ class Head(nn.Module):
 
     def encode_contexts(self, x):
         return self._apply_any(self.context, x)
+
+    # -- fusion with BM25 ---------------------------------------------------------------
+    @property
+    def fusion(self) -> FusionSpec | None:
+        """The fusion with BM25 saved with the head (weight chosen on held-out queries by
+        ``projhead train``, normalisation, BM25 settings), None if none was chosen."""
+        d = self.info.get("fusion")
+        return None if d is None else FusionSpec.from_dict(d)
+
+    def fuse(self, dense, bm25, weight: float | None = None) -> np.ndarray:
+        """Fused scores of this head's dense scores and BM25 scores of the same (Nq, Nc)
+        pairs, with the saved fusion (defaults if none; ``weight`` overrides its weight)."""
+        return fuse(dense, bm25, self.fusion or FusionSpec(), weight)
 
     def check_encoder(self, name: str, weights_sha256: str | None = None, where: str = "these vectors") -> None:
         """Refuse vectors from another encoder than the one the head was trained on."""
@@ -244,6 +258,10 @@ def load_head(path: str | os.PathLike) -> Head:
     info = {k: v for k, v in config.items() if k not in ("head", "projhead_version", "torch_version")}
     head = Head(cfg, info)
     try:
+        head.fusion
+    except (FusionError, TypeError) as e:
+        raise HeadError(f"{path / CONFIG_NAME}: bad fusion settings ({e})") from None
+    try:
         tensors = load_file(str(path / WEIGHTS_NAME))
     except FileNotFoundError:
         raise HeadError(f"{path}: no {WEIGHTS_NAME}") from None
@@ -326,6 +344,19 @@ def model_card(config: dict) -> str:
             if row in m:
                 lines.append(f"| {row} | " + " | ".join(f"{v:.4f}" for v in m[row].values()) + " |")
         lines.append("")
+    fz = config.get("fusion")
+    if fz:
+        b = fz.get("bm25", {})
+        ch = fz.get("chosen") or {}
+        lines += ["## Fusion with BM25", "",
+                  f"`head.fuse(dense, bm25)`: {fz['weight']} x dense + {round(1 - fz['weight'], 4)} x BM25, each "
+                  f"{fz['normalisation']}-normalised per query over every context"
+                  + (f" (frozen encoder: dense weight {fz['frozen_weight']})" if fz.get("frozen_weight") is not None
+                     else "") + ".",
+                  f"BM25: bm25s {b.get('method')}, k1 {b.get('k1')}, b {b.get('b')}, stemmer "
+                  f"{b.get('stemmer') or 'none'}, stopwords {b.get('stopwords') or 'none'}."
+                  + (f" Weight chosen on {ch['queries']} held-out queries ({ch['metric']})." if ch.get("queries")
+                     else ""), ""]
     t = config.get("training", {})
     if t:
         lines += ["## Training", "", "```json", json.dumps(t, indent=1), "```", ""]

@@ -191,33 +191,10 @@ def both_protocols(scorer: Scorer, q2c: np.ndarray, block: int = 500) -> dict:
     return protocols(system_ranks(scorer, q2c, block), block)
 
 
-def bm25_scorer(queries: list[str], contexts: list[str]) -> Scorer:
-    """BM25 (bm25s, Lucene variant, English stopwords, Snowball English stemmer) over the
-    distinct contexts; scores of every context for each query row."""
-    import bm25s
+def bm25_scorer(queries: list[str], contexts: list[str], settings=None) -> Scorer:
+    """BM25 (bm25s, Lucene variant, English stopwords, Snowball English stemmer, or
+    ``settings``: a ``fusion.BM25Settings``) over the distinct contexts; scores of every
+    context for each query row."""
+    from .fusion import bm25_scorer as scorer
 
-    stemmer = english_stemmer()
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(contexts, stopwords="en", stemmer=stemmer, show_progress=False),
-                    show_progress=False)
-    q_tokens = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
-
-    empty = np.zeros(len(contexts), dtype=np.float32)
-
-    def score(rows, cols=None):
-        # a query of stopwords only has no tokens: it scores 0 everywhere (bm25s would raise)
-        s = np.stack([retriever.get_scores(q_tokens[i]) if q_tokens[i] else empty for i in rows]).astype(np.float32)
-        return s if cols is None else s[:, cols]
-
-    return score
-
-
-def english_stemmer():
-    """The Snowball English stemmer (PyStemmer, in the ``eval`` extra). Required, not
-    optional: without it BM25 ranks differently, and results must not depend on what happens
-    to be installed."""
-    try:
-        import Stemmer
-    except ImportError as e:
-        raise ImportError("BM25 needs PyStemmer: pip install 'projhead[eval]'") from e
-    return Stemmer.Stemmer("english")
+    return scorer(queries, contexts, settings)

@@ -44,6 +44,7 @@ from .cache_reader import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .heads import Head, HeadConfig
 from .checkpoint import CHECKPOINT_NAME
+from .hybrid import tune_after_selection
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
                     save_trained, split_by_group, split_groups, within_documents, within_noise)
 
@@ -258,7 +259,11 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                    + (f"; dev {cfg.select_metric} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
                    + (f" ({decision['why']})" if decision.get("why") else "") + f"; {log['seconds']:.1f}s")
-    return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log)})
+    # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
+    # final head saw every query, so the weight is the frozen encoder's, chosen on all of them
+    fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
+                                  say=lambda t: _say(progress, t))
+    return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion})
 
 
 def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -> int:

@@ -49,7 +49,7 @@ def test_end_to_end_with_minilm(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| frozen |" in out and "| head |" in out and "| bm25 |" in out
     res = json.loads((tmp_path / "res.json").read_text())["results"]
-    assert set(res) == {"frozen", "head", "bm25"}
+    assert set(res) == {"frozen", "head", "bm25", "frozen+bm25", "head+bm25", "rrf"}
     assert set(res["frozen"]) == {"out_of_500", "full_corpus"}
     # the JSON holds what the library computes for this head on this cache, number for number
     from projhead.cache import open_cache

@@ -1,0 +1,193 @@
+"""Hybrid retrieval: dense (frozen, head) beside BM25, their fusion and RRF, per dataset.
+
+    PROJHEAD_DATA=../shared/data python bench/bench_hybrid.py --datasets squad --cache-dir /work/cache \\
+        --seeds 0 1 2 [--normalisation-study]
+
+For each dataset: trains the default head with ``projhead train`` on its training cache once
+per seed (into ``--work``; a head folder already there is reused), which also chooses the
+fusion weight on the queries model selection held out; then ``projhead eval --bm25``'s
+systems on the test cache, every query, both protocols: frozen, head, BM25, frozen + BM25
+(the frozen encoder's held-out weight), head + BM25 (the head's), RRF (k=60, head with BM25).
+Figures are means over seeds. Writes bench/results/hybrid.json and .md.
+
+``--normalisation-study``: which per-query normalisation keeps the best weight when the corpus
+grows: a sample of the test queries ranked against the test corpus alone and against it plus
+every context of the training cache (SQuAD: 6,698 dev sentences, then 6,698 + 58,087),
+frozen encoder, every weight of the grid; writes bench/results/hybrid_normalisation.json.
+
+``--retriever-check``: ``HybridRetriever`` (bm25s + FAISS) over the test corpus with the seed-0
+head, every test query, top 10 from each side's top 100: seconds, and R@1 / MRR@10 beside the
+fused evaluation's; writes bench/results/hybrid_retriever.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from projhead import cli
+from projhead.cache import open_cache
+from projhead.evaluate import evaluate_cache, gold_ranks, PER_QUERY
+from projhead.fusion import NORMALISATIONS, WEIGHT_GRID, BM25Index, normalised_pair
+from projhead.heads import load_head
+
+# dataset -> (training cache, test cache), names as projhead.cache.cache_name gives them
+DATASETS = {
+    "squad": ("squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5", "squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5"),
+}
+SYSTEMS = ("frozen", "bm25", "frozen+bm25", "head", "head+bm25", "rrf")
+SHOW = (("full_corpus", "R@1"), ("full_corpus", "MRR@10"), ("out_of_500", "top1"), ("out_of_500", "mrr10"))
+
+
+def train_head(train_path: Path, out: Path, seed: int) -> float:
+    """``projhead train`` with its defaults, unless ``out`` holds a head already (trained by
+    the same command); the training seconds its log records."""
+    if (out / "config.json").exists():
+        print(f"reusing {out}", flush=True)
+    elif cli.main(["train", str(train_path), "--out", str(out), "--seed", str(seed)]) != 0:
+        raise SystemExit(f"projhead train failed for seed {seed}")
+    return float(json.loads((out / "train_log.json").read_text())["seconds"])
+
+
+def run_dataset(name: str, cache_dir: Path, work: Path, seeds: list[int]) -> dict:
+    train_file, test_file = DATASETS[name]
+    test = open_cache(cache_dir / test_file)
+    runs = []
+    for seed in seeds:
+        out = work / name / f"head-seed{seed}"
+        secs = train_head(cache_dir / train_file, out, seed)
+        head = load_head(out)
+        t0 = time.perf_counter()
+        res = evaluate_cache(test, head=head, bm25=True)
+        spec = head.fusion
+        print(f"{name} seed {seed}: weight {spec.weight} (frozen {spec.frozen_weight}), "
+              f"head kept: {not head.config.passthrough}; eval {time.perf_counter() - t0:.0f}s", flush=True)
+        runs.append({"seed": seed, "train_seconds": secs, "fusion": spec.to_dict(),
+                     "head_kept": not head.config.passthrough, "results": res})
+    mean = {s: {p: {m: float(np.mean([r["results"][s][p][m] for r in runs])) for m in runs[0]["results"][s][p]}
+                for p in runs[0]["results"][s]} for s in SYSTEMS}
+    return {"train_cache": train_file, "test_cache": test_file, "n_queries": int(len(test.q2c)),
+            "n_contexts": int(len(test.contexts)), "seeds": seeds, "runs": runs, "mean": mean}
+
+
+def normalisation_study(cache_dir: Path, name: str, n_queries: int = 2000, seed: int = 0, block: int = 100) -> dict:
+    """Best weight per normalisation on the test corpus and on it plus the training corpus."""
+    train_file, test_file = DATASETS[name]
+    test, train = open_cache(cache_dir / test_file), open_cache(cache_dir / train_file)
+    rows = np.sort(np.random.default_rng(seed).choice(len(test.q2c), min(n_queries, len(test.q2c)), replace=False))
+    q, q2c = test.queries[rows], np.asarray(test.q2c)[rows]
+    texts = [test.query_texts[i] for i in rows]
+    corpora = {"test": (test.contexts, list(test.context_texts)),
+               "test+train": (np.concatenate([test.contexts, train.contexts]),
+                              list(test.context_texts) + list(train.context_texts))}
+    grid = np.asarray(WEIGHT_GRID)
+    out = {"queries": int(len(rows)), "corpora": {}}
+    for cname, (c, ctexts) in corpora.items():
+        t0 = time.perf_counter()
+        bm25 = BM25Index(ctexts)
+        tokens = bm25.tokens(texts)
+        sums = {how: {m: np.zeros(len(grid)) for m in ("top1", "mrr10")} for how in NORMALISATIONS}
+        for a in range(0, len(rows), block):
+            r = np.arange(a, min(a + block, len(rows)))
+            b = bm25.scores_of(tokens, r)
+            d = q[r] @ c.T
+            for how in NORMALISATIONS:
+                dn, bn = normalised_pair(d, b, how)
+                for j, w in enumerate(grid):
+                    g = gold_ranks(w * dn + (1 - w) * bn, q2c[r])
+                    for m in sums[how]:
+                        sums[how][m][j] += PER_QUERY[m](g).sum()
+        res = {how: {m: [float(x / len(rows)) for x in v] for m, v in s.items()} for how, s in sums.items()}
+        out["corpora"][cname] = {"n_contexts": int(len(c)), "by_weight": res,
+                                 "best_weight": {how: float(grid[int(np.argmax(res[how]["mrr10"]))]) for how in res},
+                                 "seconds": time.perf_counter() - t0}
+        print(f"study {cname} ({len(c)} contexts): best weights {out['corpora'][cname]['best_weight']} "
+              f"{time.perf_counter() - t0:.0f}s", flush=True)
+    small, large = out["corpora"]["test"], out["corpora"]["test+train"]
+    out["carried"] = {}
+    for how in NORMALISATIONS:  # the small corpus's weight applied to the large one, against its own best
+        j = int(np.argmax(small["by_weight"][how]["mrr10"]))
+        lm = large["by_weight"][how]["mrr10"]
+        out["carried"][how] = {"weight_small": float(grid[j]), "weight_large": large["best_weight"][how],
+                               "large_mrr10_at_small_weight": lm[j], "large_mrr10_best": max(lm),
+                               "large_top1_at_small_weight": large["by_weight"][how]["top1"][j]}
+    return out
+
+
+def retriever_check(cache_dir: Path, work: Path, name: str, depth: int = 100, factory: str = "Flat") -> dict:
+    """The HybridRetriever over the test corpus with the seed-0 head: build and search seconds,
+    and its R@1 / MRR@10 from top-10 lists against evaluation's fused ranking of every context."""
+    from projhead.evaluate import corpus_metrics, topk_ranks
+    from projhead.hybrid import HybridRetriever
+
+    test = open_cache(cache_dir / DATASETS[name][1])
+    head = load_head(work / name / "head-seed0")
+    t0 = time.perf_counter()
+    r = HybridRetriever(list(test.context_texts), test.contexts, head=head, factory=factory)
+    built = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ids, scores = r.search(list(test.query_texts), test.queries, k=10, depth=depth)
+    searched = time.perf_counter() - t0
+    m = corpus_metrics(topk_ranks(ids, scores, np.asarray(test.q2c)), ks=(1, 5, 10))
+    out = {"factory": factory, "depth": depth, "n_contexts": int(len(test.contexts)), "n_queries": int(len(ids)),
+           "build_seconds": built, "search_seconds": searched, "R@1": m["R@1"], "MRR@10": m["MRR@10"]}
+    print(f"retriever {factory} depth {depth}: built in {built:.1f}s, {len(ids)} queries in {searched:.1f}s, "
+          f"R@1 {100 * m['R@1']:.1f}, MRR@10 {100 * m['MRR@10']:.1f}", flush=True)
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for name, r in results.items():
+        lines += [f"### {name}: {r['test_cache']} ({r['n_queries']} queries, {r['n_contexts']} contexts); "
+                  f"heads from {r['train_cache']}, mean of seeds {r['seeds']}", "",
+                  "| system | " + " | ".join(f"{'full' if p == 'full_corpus' else '500'} {m}" for p, m in SHOW) + " |",
+                  "|---" * (len(SHOW) + 1) + "|"]
+        for s in SYSTEMS:
+            lines.append(f"| {s} | " + " | ".join(f"{100 * r['mean'][s][p][m]:.1f}" for p, m in SHOW) + " |")
+        ws = ", ".join(f"seed {x['seed']}: {x['fusion']['weight']} (frozen {x['fusion']['frozen_weight']})"
+                       for x in r["runs"])
+        lines += ["", f"Dense weights chosen on held-out training queries: {ws}.", ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", nargs="+", default=["squad"], choices=sorted(DATASETS))
+    ap.add_argument("--cache-dir", default="bench/work")
+    ap.add_argument("--work", default="bench/work/hybrid")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--normalisation-study", action="store_true")
+    ap.add_argument("--retriever-check", action="store_true",
+                    help="only time HybridRetriever over the test corpus with the seed-0 head (trained already)")
+    ap.add_argument("--out", default="bench/results/hybrid")
+    args = ap.parse_args()
+    os.environ.setdefault("PROJHEAD_DATA", "../shared/data")
+    cache_dir, work, out = Path(args.cache_dir), Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.normalisation_study:
+        study = {name: normalisation_study(cache_dir, name) for name in args.datasets}
+        Path(f"{out}_normalisation.json").write_text(json.dumps(study, indent=1))
+        print(json.dumps({n: s["carried"] for n, s in study.items()}, indent=1))
+        print(f"wrote {out}_normalisation.json")
+        return
+    if args.retriever_check:
+        check = {name: retriever_check(cache_dir, work, name) for name in args.datasets}
+        Path(f"{out}_retriever.json").write_text(json.dumps(check, indent=1))
+        print(f"wrote {out}_retriever.json")
+        return
+    results = {name: run_dataset(name, cache_dir, work, args.seeds) for name in args.datasets}
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    md = markdown(results)
+    out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    print(f"wrote {out}.json and {out}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Hybrid scoring: a dense scorer (the frozen encoder or a head) fused with BM25.
+
+Usage::
+
+    from projhead.fusion import FusionSpec, fuse, rrf
+    spec = FusionSpec(weight=0.6)                  # or head.fusion, saved by `projhead train`
+    fused = fuse(dense_scores, bm25_scores, spec)  # (Nq, Nc) each -> (Nq, Nc)
+    rrf(dense_scores, bm25_scores, k=60)           # reciprocal rank fusion, no weight
+
+The fused score of a context is ``weight * norm(dense) + (1 - weight) * norm(bm25)``, where
+``norm`` is applied per query over every context scored for it:
+
+- ``zscore`` (the default): minus the query's mean score, divided by its standard deviation.
+  Both are statistics of the whole score distribution, so they barely move when the corpus
+  grows with more of the same kind of text; the weight chosen on one corpus holds on a larger
+  one (bench/bench_hybrid.py measures it).
+- ``minmax``: to [0, 1] by the query's lowest and highest score. The highest BM25 score grows
+  with the corpus (more chances of a long exact match), so the weight drifts.
+- ``fixed``: raw cosine plus BM25 divided by ``BM25_SCALE``: nothing depends on the corpus
+  but the raw scale of BM25 moves with its idf, which does.
+
+A spec also holds the BM25 settings (bm25s: variant, ``k1``, ``b``, stemmer, stopwords), so
+the BM25 a weight was chosen with is the BM25 it is applied with. It is plain data, saved in
+a head's config.json (``Head.fusion``) and beside its exports. This module needs numpy (and
+bm25s with PyStemmer for ``bm25_scorer``), nothing else of projhead.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+NORMALISATIONS = ("zscore", "minmax", "fixed")
+# The dense share when nothing was chosen on held-out queries: the median of the frozen
+# encoder's weights projhead train chose on SQuAD v1.1 train held-out queries (all-MiniLM-L6-v2,
+# seeds 0-2: 0.80, 0.85, 0.75; bench/bench_hybrid.py). A field where BM25 is stronger wants less.
+DEFAULT_WEIGHT = 0.8
+BM25_SCALE = 10.0  # "fixed": BM25 divided by this, added to the raw cosine
+RRF_K = 60
+FUSION_NAME = "fusion.json"  # beside an exported head (sentence-transformers folder, ONNX files)
+WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
+
+
+class FusionError(ValueError):
+    """Bad fusion settings; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class BM25Settings:
+    """The BM25 of bm25s: ``method`` (lucene, robertson, atire, bm25l, bm25+), ``k1``, ``b``,
+    ``stemmer`` (a PyStemmer language, or "" for none) and ``stopwords`` (bm25s's name, "en",
+    or "" for none)."""
+
+    method: str = "lucene"
+    k1: float = 1.5
+    b: float = 0.75
+    stemmer: str = "english"
+    stopwords: str = "en"
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    """How to fuse dense and BM25 scores (see module doc). ``weight``: the dense share for
+    the head it is saved with; ``frozen_weight``: the share chosen for the frozen encoder on
+    the same queries (the baseline row of an evaluation), None if not chosen; ``chosen``:
+    where the weights came from (queries, metric, grid), for the record."""
+
+    weight: float = DEFAULT_WEIGHT
+    normalisation: str = "zscore"
+    bm25: BM25Settings = field(default_factory=BM25Settings)
+    frozen_weight: float | None = None
+    rrf_k: int = RRF_K
+    chosen: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("weight", "frozen_weight"):
+            w = getattr(self, name)
+            if w is not None and not (isinstance(w, (int, float)) and 0.0 <= w <= 1.0):
+                raise FusionError(f"fusion {name} must be a number in [0, 1], not {w!r}")
+        if self.normalisation not in NORMALISATIONS:
+            raise FusionError(f"fusion normalisation must be one of {NORMALISATIONS}, not {self.normalisation!r}")
+        if not isinstance(self.rrf_k, int) or self.rrf_k < 1:
+            raise FusionError(f"rrf_k must be a positive integer, not {self.rrf_k!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FusionSpec":
+        """From ``to_dict``'s form (config.json); unknown keys or bad values raise FusionError."""
+        if not isinstance(d, dict):
+            raise FusionError(f"fusion settings must be an object, not {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise FusionError(f"unknown fusion settings {extra}")
+        b = d.get("bm25", {})
+        if not isinstance(b, dict) or set(b) - {f.name for f in fields(BM25Settings)}:
+            raise FusionError(f"bad BM25 settings {b!r}")
+        return cls(**{**d, "bm25": BM25Settings(**b)})
+
+    def with_weight(self, weight: float, frozen_weight: float | None = None) -> "FusionSpec":
+        return replace(self, weight=weight, frozen_weight=frozen_weight)
+
+
+def read_fusion(folder) -> FusionSpec:
+    """The fusion saved beside an exported head (``FUSION_NAME`` in ``folder``)."""
+    path = Path(folder) / FUSION_NAME
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FusionError(f"{path}: no fusion settings (the head was exported without a chosen fusion)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FusionError(f"{path}: malformed JSON ({e})") from None
+    try:
+        return FusionSpec.from_dict(d)
+    except (FusionError, TypeError) as e:
+        raise FusionError(f"{path}: {e}") from None
+
+
+def normalise(scores: np.ndarray, how: str) -> np.ndarray:
+    """Per-row normalisation of (R, N) scores: ``zscore`` or ``minmax`` (a constant row
+    becomes 0); ``fixed`` returns them as they are."""
+    s = np.asarray(scores, dtype=np.float64)
+    if how == "fixed":
+        return s
+    if how == "zscore":
+        mu, sd = s.mean(axis=1, keepdims=True), s.std(axis=1, keepdims=True)
+        return np.where(sd > 0, (s - mu) / np.where(sd > 0, sd, 1.0), 0.0)
+    if how == "minmax":
+        lo, hi = s.min(axis=1, keepdims=True), s.max(axis=1, keepdims=True)
+        return np.where(hi > lo, (s - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+    raise FusionError(f"fusion normalisation must be one of {NORMALISATIONS}, not {how!r}")
+
+
+def normalised_pair(dense: np.ndarray, bm25: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides normalised as ``fuse`` uses them: (R, N) each, float64."""
+    d, b = normalise(dense, how), normalise(bm25, how)
+    return (d, b / BM25_SCALE) if how == "fixed" else (d, b)
+
+
+def fuse(dense: np.ndarray, bm25: np.ndarray, spec: FusionSpec | None = None,
+         weight: float | None = None) -> np.ndarray:
+    """Fused scores (R, N) of dense and BM25 scores of the same (R, N) query-context pairs,
+    with ``spec`` (default settings if None); ``weight`` overrides its dense share."""
+    spec = spec or FusionSpec()
+    dense, bm25 = np.asarray(dense), np.asarray(bm25)
+    if dense.shape != bm25.shape:
+        raise FusionError(f"dense scores {dense.shape} and BM25 scores {bm25.shape} must have the same shape")
+    w = spec.weight if weight is None else weight
+    d, b = normalised_pair(np.atleast_2d(dense), np.atleast_2d(bm25), spec.normalisation)
+    return (w * d + (1.0 - w) * b).reshape(dense.shape)
+
+
+def min_ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based rank of every column in each row, ties sharing the best rank (a context
+    ranks 1 + the number of contexts scoring strictly higher)."""
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    out = np.empty(s.shape, dtype=np.int64)
+    for i, row in enumerate(s):
+        asc = np.sort(-row)
+        out[i] = np.searchsorted(asc, -row, side="left") + 1
+    return out
+
+
+def rrf(dense: np.ndarray, bm25: np.ndarray, k: int = RRF_K) -> np.ndarray:
+    """Reciprocal rank fusion: ``1 / (k + rank_dense) + 1 / (k + rank_bm25)`` per context,
+    ranks over the row's contexts (ties share the best rank)."""
+    if np.shape(dense) != np.shape(bm25):
+        raise FusionError(f"dense scores {np.shape(dense)} and BM25 scores {np.shape(bm25)} must have the same shape")
+    return 1.0 / (k + min_ranks(dense)) + 1.0 / (k + min_ranks(bm25))
+
+
+def fused_scorer(dense, bm25, spec: FusionSpec, weight: float | None = None, method: str = "weighted"):
+    """A scorer (rows, cols=None) -> (R, Nc or |cols|) of fused scores from two scorers of
+    the same shape. Normalisation and RRF ranks are over every context (cols only selects
+    columns afterwards), so the out-of-n protocol sees the same fused system."""
+
+    def score(rows, cols=None):
+        d, b = dense(rows), bm25(rows)
+        s = rrf(d, b, spec.rrf_k) if method == "rrf" else fuse(d, b, spec, weight)
+        return s if cols is None else s[:, cols]
+
+    return score
+
+
+def stemmer_for(settings: BM25Settings):
+    """The PyStemmer stemmer of ``settings`` (None for ""). Required where asked for: without
+    it BM25 ranks differently, and results must not depend on what happens to be installed."""
+    if not settings.stemmer:
+        return None
+    try:
+        import Stemmer
+    except ImportError as e:
+        raise ImportError("BM25 needs PyStemmer: pip install 'projhead[eval]'") from e
+    try:
+        return Stemmer.Stemmer(settings.stemmer)
+    except KeyError:
+        raise FusionError(f"unknown stemmer {settings.stemmer!r} (PyStemmer languages: "
+                          f"{', '.join(Stemmer.algorithms())})") from None
+
+
+class BM25Index:
+    """bm25s over ``texts`` with ``settings``: ``scores(query_texts)`` (Nq, N) of every text,
+    ``tokens`` once per query list; a query of stopwords only scores 0 everywhere."""
+
+    def __init__(self, texts: list[str], settings: BM25Settings | None = None):
+        import bm25s
+
+        self.settings = settings or BM25Settings()
+        s = self.settings
+        self._stemmer = stemmer_for(s)
+        self.n = len(texts)
+        self.retriever = bm25s.BM25(method=s.method, k1=s.k1, b=s.b)
+        self.retriever.index(self._tokenize(texts, return_ids=True), show_progress=False)
+
+    def _tokenize(self, texts, return_ids=False):
+        import bm25s
+
+        return bm25s.tokenize(list(texts), stopwords=self.settings.stopwords or None, stemmer=self._stemmer,
+                              return_ids=return_ids, show_progress=False)
+
+    def tokens(self, query_texts: list[str]) -> list[list[str]]:
+        return self._tokenize(query_texts)
+
+    def scores_of(self, tokens: list[list[str]], rows) -> np.ndarray:
+        """(len(rows), N) float32 scores of the token lists ``tokens[rows]``."""
+        empty = np.zeros(self.n, dtype=np.float32)
+        return np.stack([self.retriever.get_scores(tokens[i]) if tokens[i] else empty for i in rows]
+                        ).astype(np.float32).reshape(len(rows), self.n)
+
+    def scores(self, query_texts: list[str]) -> np.ndarray:
+        t = self.tokens(query_texts)
+        return self.scores_of(t, range(len(t)))
+
+
+def bm25_scorer(queries: list[str], contexts: list[str], settings: BM25Settings | None = None):
+    """A scorer (rows, cols=None) of BM25 over ``contexts`` for the query rows (defaults:
+    bm25s's Lucene variant, k1 1.5, b 0.75, English stopwords, Snowball English stemmer)."""
+    index = BM25Index(contexts, settings)
+    tokens = index.tokens(queries)
+
+    def score(rows, cols=None):
+        s = index.scores_of(tokens, rows)
+        return s if cols is None else s[:, cols]
+
+    return score

@@ -1,0 +1,180 @@
+"""Hybrid retrieval with a head: the fusion weight chosen on held-out queries, and a retriever.
+
+Usage::
+
+    from projhead.hybrid import HybridRetriever, choose_weight
+    spec = choose_weight(cache, rows, head)        # FusionSpec, weight chosen on those queries
+    r = HybridRetriever(texts, vectors, head=head) # bm25s + FAISS, the head's saved fusion
+    ids, scores = r.search(query_texts, query_vectors, k=10)
+
+``choose_weight`` ranks the held-out queries ``rows`` against every context of the cache,
+fusing dense and BM25 scores (``fusion.fuse``) at every weight of a grid, and keeps the
+weight with the highest mean per-query metric; the frozen encoder's weight is chosen on the
+same queries. ``projhead train`` calls it (``tune_after_selection``) on the queries model
+selection held out, and saves the spec in the head's config.json.
+
+``HybridRetriever`` holds a FAISS index of the (head-encoded) context vectors, the vectors
+themselves, and a bm25s index of the texts. A search takes each side's top ``depth``
+contexts, and scores their union exactly on both sides, normalised with full-corpus
+statistics: for z-scores the dense mean and standard deviation over every context come from
+the contexts' mean vector and second-moment matrix (no scan), BM25's from bm25s's scores of
+every text (which it computes anyway); min-max needs each query's dense scores of every
+context (one matrix-vector product over the vectors). With ``depth`` >= the corpus size the
+result is exactly the fused ranking of every context.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .evaluate import PER_QUERY, dense_scorer, gold_ranks, self_matches
+from .fusion import WEIGHT_GRID, BM25Index, FusionError, FusionSpec, normalised_pair
+from .search import build_index, search
+
+MAX_TUNE_QUERIES = 4000  # held-out queries the weight is chosen on (a seeded sample beyond this)
+
+
+def has_texts(cache) -> bool:
+    """Whether the cache holds context texts BM25 can index (not vectors with empty texts)."""
+    return any(t.strip() for t in cache.context_texts)
+
+
+def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric: str = "mrr10",
+                  grid=WEIGHT_GRID, max_queries: int = MAX_TUNE_QUERIES, seed: int = 0,
+                  block: int = 250) -> FusionSpec:
+    """``spec`` (default settings if None) with the weight of ``grid`` whose fusion of
+    ``head`` (the frozen encoder if None or passthrough) and BM25 has the highest mean
+    ``metric`` on the query ``rows`` of ``cache``, ranked against all its contexts; the
+    frozen encoder's weight on the same queries as ``frozen_weight``. Ties keep the lowest
+    weight. Raises FusionError if the cache has no texts."""
+    spec = spec or FusionSpec()
+    t0 = time.perf_counter()
+    if not has_texts(cache):
+        raise FusionError(f"{cache.path}: the cache holds no context texts; fusion with BM25 needs texts")
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        raise FusionError("no held-out queries to choose the fusion weight on")
+    if len(rows) > max_queries:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_queries, replace=False))
+    f = PER_QUERY[metric]
+    grid = np.asarray(grid, dtype=np.float64)
+    bm25 = BM25Index(cache.context_texts, spec.bm25)
+    tokens = bm25.tokens([cache.query_texts[i] for i in rows])
+    exclude = self_matches([cache.query_texts[i] for i in rows], cache.context_texts)
+    q2c = np.asarray(cache.q2c)[rows]
+    towers = {"frozen": (cache.queries[rows], cache.contexts)}
+    if head is not None and not head.config.passthrough:
+        towers["head"] = (head.encode_queries(cache.queries[rows]), head.encode_contexts(cache.contexts))
+    sums = {name: np.zeros(len(grid)) for name in towers}
+    for start in range(0, len(rows), block):
+        r = np.arange(start, min(start + block, len(rows)))
+        b = bm25.scores_of(tokens, r)
+        ex = exclude[r]
+        own = np.flatnonzero(ex >= 0)  # a query's own text is never a candidate
+        for name, (q, c) in towers.items():
+            d, bn = normalised_pair(dense_scorer(q[r], c)(np.arange(len(r))), b, spec.normalisation)  # (R, Nc)
+            for j, w in enumerate(grid):
+                s = w * d + (1 - w) * bn
+                s[own, ex[own]] = -np.inf
+                sums[name][j] += f(gold_ranks(s, q2c[r])).sum()
+    means = {name: s / len(rows) for name, s in sums.items()}
+    best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
+    chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
+              "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
+              "system": "head" if "head" in towers else "frozen", "seconds": round(time.perf_counter() - t0, 1)}
+    return FusionSpec(weight=best.get("head", best["frozen"]), normalisation=spec.normalisation, bm25=spec.bm25,
+                      frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
+
+
+def tune_after_selection(head, cache, rows, metric: str, say=print) -> dict:
+    """What ``projhead train`` adds to the head's config.json after model selection: the
+    fusion spec chosen on the held-out ``rows`` (``{"fusion": {...}}``), or a note that the
+    cache has no texts (``{}`` then: the head trains and saves as without fusion)."""
+    if not has_texts(cache):
+        say(f"fusion weight not chosen: {cache.path} holds no context texts, and fusion with BM25 needs texts")
+        return {}
+    spec = choose_weight(cache, rows, head, metric=metric)
+    say(f"fusion with BM25 ({spec.normalisation}): dense weight {spec.weight:.2f} for the "
+        f"{spec.chosen['system']}, {spec.frozen_weight:.2f} for the frozen encoder, chosen on "
+        f"{spec.chosen['queries']} held-out queries ({metric})")
+    return {"fusion": spec.to_dict()}
+
+
+class HybridRetriever:
+    """bm25s + FAISS over ``texts`` and their ``vectors`` (of the head's encoder), fused
+    with ``spec`` (default: the head's saved fusion, else the defaults). ``factory``: a FAISS
+    index-factory string (``Flat`` exact; ``HNSW32``, ``IVF4096,Flat`` approximate)."""
+
+    def __init__(self, texts: list[str], vectors: np.ndarray, head=None, spec: FusionSpec | None = None,
+                 factory: str = "Flat", chunk: int = 65536):
+        if len(texts) != len(vectors):
+            raise FusionError(f"{len(texts)} texts but {len(vectors)} vectors: one vector per text")
+        self.head = head
+        self.spec = spec or (head.fusion if head is not None else None) or FusionSpec()
+        parts = [np.asarray(vectors[i:i + chunk], np.float32) for i in range(0, len(vectors), chunk)]
+        if head is not None:
+            parts = [head.encode_contexts(p) for p in parts]
+        self.vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)  # (N, D')
+        self.index = build_index(iter(parts), self.vectors.shape[1], factory)
+        self.bm25 = BM25Index(texts, self.spec.bm25)
+        x = self.vectors.astype(np.float64)
+        self.mean = x.mean(axis=0)  # (D',): the mean dense score of a query is q . mean
+        self.second = x.T @ x / max(len(x), 1)  # (D', D'): its mean square is q' S q
+
+    def _dense_stats(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        how = self.spec.normalisation
+        if how == "zscore":
+            mu = q @ self.mean
+            var = np.einsum("id,de,ie->i", q, self.second, q) - mu ** 2
+            return mu, np.sqrt(np.maximum(var, 0.0))
+        if how == "minmax":
+            lo = np.empty(len(q))
+            hi = np.empty(len(q))
+            for i in range(len(q)):
+                s = self.vectors @ q[i].astype(np.float32)
+                lo[i], hi[i] = s.min(), s.max()
+            return lo, hi
+        return None
+
+    def search(self, query_texts: list[str], query_vectors: np.ndarray, k: int = 10, depth: int = 100,
+               weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` texts of each query: ids (Nq, k) int64 (-1 where fewer) and fused scores
+        (Nq, k), from the union of each side's top ``depth``."""
+        if len(query_texts) != len(query_vectors):
+            raise FusionError(f"{len(query_texts)} query texts but {len(query_vectors)} query vectors")
+        q = np.asarray(query_vectors, np.float32)
+        if self.head is not None:
+            q = self.head.encode_queries(q)
+        n = len(self.vectors)
+        depth = min(depth, n)
+        w = self.spec.weight if weight is None else weight
+        how = self.spec.normalisation
+        _, dense_ids = search(self.index, q, k=depth)
+        stats = self._dense_stats(q.astype(np.float64))
+        tokens = self.bm25.tokens(list(query_texts))
+        ids = np.full((len(q), k), -1, np.int64)
+        out = np.full((len(q), k), -np.inf, np.float32)
+        for i in range(len(q)):
+            b_all = self.bm25.scores_of(tokens, [i])[0].astype(np.float64)  # (N,)
+            top_b = np.argpartition(-b_all, depth - 1)[:depth] if depth < n else np.arange(n)
+            cand = np.union1d(dense_ids[i][dense_ids[i] >= 0], top_b)
+            d = self.vectors[cand].astype(np.float64) @ q[i].astype(np.float64)
+            b = b_all[cand]
+            if how == "zscore":
+                d = (d - stats[0][i]) / stats[1][i] if stats[1][i] > 0 else np.zeros_like(d)
+                sd = b_all.std()
+                b = (b - b_all.mean()) / sd if sd > 0 else np.zeros_like(b)
+            elif how == "minmax":
+                lo, hi = stats[0][i], stats[1][i]
+                d = (d - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
+                blo, bhi = b_all.min(), b_all.max()
+                b = (b - blo) / (bhi - blo) if bhi > blo else np.zeros_like(b)
+            else:
+                d, b = normalised_pair(d[None], b[None], how)
+                d, b = d[0], b[0]
+            s = w * d + (1 - w) * b
+            order = np.lexsort((cand, -s))[:k]  # highest first, ties by id
+            ids[i, :len(order)] = cand[order]
+            out[i, :len(order)] = s[order]
+        return ids, out

@@ -1,0 +1,321 @@
+"""Fusion of dense and BM25 scores: the arithmetic, the spec saved with a head, evaluation
+rows, the weight chosen on held-out queries, and the retriever."""
+import json
+
+import numpy as np
+import pytest
+
+from projhead.fusion import (BM25Settings, FusionError, FusionSpec, bm25_scorer, fuse, read_fusion, rrf)
+from projhead.heads import Head, HeadConfig, HeadError, load_head
+
+RNG = np.random.default_rng(0)
+
+
+def _plain_norm(row, how):
+    row = [float(x) for x in row]
+    if how == "zscore":
+        mu = sum(row) / len(row)
+        sd = (sum((x - mu) ** 2 for x in row) / len(row)) ** 0.5
+        return [(x - mu) / sd for x in row]
+    if how == "minmax":
+        lo, hi = min(row), max(row)
+        return [(x - lo) / (hi - lo) for x in row]
+    return row
+
+
+@pytest.mark.parametrize("how", ["zscore", "minmax", "fixed"])
+def test_fused_scores_equal_a_plain_computation(how):
+    d, b = RNG.normal(size=(4, 9)), RNG.gamma(2.0, 3.0, size=(4, 9))
+    spec = FusionSpec(weight=0.3, normalisation=how)
+    got = fuse(d, b, spec)
+    for i in range(4):
+        dn, bn = _plain_norm(d[i], how), _plain_norm(b[i], how)
+        if how == "fixed":
+            bn = [x / 10.0 for x in bn]
+        want = [0.3 * x + 0.7 * y for x, y in zip(dn, bn)]
+        np.testing.assert_allclose(got[i], want, rtol=1e-12)
+    np.testing.assert_allclose(fuse(d, b, spec, weight=1.0), np.array([_plain_norm(r, how) for r in d]))
+
+
+def test_a_constant_row_normalises_to_zero_instead_of_nan():
+    got = fuse(np.ones((1, 5)), np.zeros((1, 5)), FusionSpec(weight=0.5))
+    assert np.isfinite(got).all() and (got == 0).all()
+
+
+def test_rrf_equals_a_plain_loop():
+    d = RNG.normal(size=(3, 12))
+    b = np.round(RNG.gamma(1.0, 2.0, size=(3, 12)))  # ties: equal BM25 scores share a rank
+    b[:, :4] = 0.0
+    got = rrf(d, b, k=60)
+    for i in range(3):
+        for j in range(12):
+            rd = 1 + sum(x > d[i, j] for x in d[i])
+            rb = 1 + sum(x > b[i, j] for x in b[i])
+            assert got[i, j] == pytest.approx(1 / (60 + rd) + 1 / (60 + rb))
+
+
+def test_shapes_must_agree():
+    with pytest.raises(FusionError, match="same shape"):
+        fuse(np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(FusionError, match="same shape"):
+        rrf(np.zeros((2, 3)), np.zeros((3, 3)))
+
+
+def test_spec_round_trips_and_rejects_bad_values():
+    spec = FusionSpec(weight=0.65, normalisation="minmax", bm25=BM25Settings(k1=1.2, b=0.6, stemmer="", stopwords=""),
+                      frozen_weight=0.7, chosen={"queries": 10})
+    assert FusionSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    for bad in ({"weight": 1.5}, {"normalisation": "l2"}, {"colour": 1}, {"bm25": {"k2": 1}}, {"rrf_k": 0}):
+        with pytest.raises(FusionError):
+            FusionSpec.from_dict({**FusionSpec().to_dict(), **bad})
+
+
+def test_bm25_settings_change_the_scores():
+    texts = ["the runner runs", "a dog", "running dogs run far and long today"]
+    a = bm25_scorer(["runs"], texts)(np.array([0]))
+    b = bm25_scorer(["runs"], texts, BM25Settings(stemmer=""))(np.array([0]))
+    assert a[0, 2] > 0 and b[0, 2] == 0  # only the stemmer matches "runs" to "running"/"run"
+    c = bm25_scorer(["runs"], texts, BM25Settings(k1=0.5, b=0.0))(np.array([0]))
+    assert not np.allclose(a, c)
+
+
+def _head(tmp_path, fusion=None):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    head = Head(HeadConfig(kind="residual", in_dim=16, hidden=8), info={"fusion": fusion} if fusion else {})
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    head.save(tmp_path / "head")
+    return head
+
+
+def test_head_saves_and_loads_its_fusion(tmp_path):
+    spec = FusionSpec(weight=0.8, frozen_weight=0.7, chosen={"queries": 50, "metric": "mrr10"})
+    _head(tmp_path, spec.to_dict())
+    head = load_head(tmp_path / "head")
+    assert head.fusion == spec
+    d, b = RNG.normal(size=(2, 6)), RNG.gamma(2.0, 1.0, size=(2, 6))
+    np.testing.assert_allclose(head.fuse(d, b), fuse(d, b, spec))
+    card = (tmp_path / "head" / "README.md").read_text()
+    assert "Fusion with BM25" in card and "0.8 x dense" in card and "50 held-out queries" in card
+    assert Head(HeadConfig(kind="linear", in_dim=4)).fusion is None  # none chosen: None, fuse uses defaults
+
+
+def test_bad_fusion_in_config_names_the_file(tmp_path):
+    _head(tmp_path, FusionSpec().to_dict())
+    cfg = json.loads((tmp_path / "head" / "config.json").read_text())
+    cfg["fusion"]["weight"] = 7
+    (tmp_path / "head" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HeadError, match=r"config.json: bad fusion settings .*weight"):
+        load_head(tmp_path / "head")
+
+
+def test_onnx_export_keeps_the_fusion_in_a_side_file(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from projhead.export import export_onnx
+
+    spec = FusionSpec(weight=0.45, normalisation="minmax", frozen_weight=0.5)
+    _head(tmp_path, spec.to_dict())
+    export_onnx(tmp_path / "head", tmp_path / "onnx", n_check=8)
+    assert read_fusion(tmp_path / "onnx") == spec
+    assert json.loads((tmp_path / "onnx" / "projhead_export.json").read_text())["fusion"] == spec.to_dict()
+    _head(tmp_path)  # a head without a fusion: no fusion.json, and reading it says why
+    export_onnx(tmp_path / "head", tmp_path / "onnx2", n_check=8)
+    with pytest.raises(FusionError, match="fusion.json: no fusion settings"):
+        read_fusion(tmp_path / "onnx2")
+
+
+@pytest.mark.slow
+def test_sentence_transformers_export_keeps_the_fusion(tmp_path, minilm):
+    from projhead.export import export_sentence_transformers
+
+    info = minilm.describe()
+    spec = FusionSpec(weight=0.6, frozen_weight=0.55)
+    head = Head(HeadConfig(kind="residual", in_dim=384, hidden=32, encoder=info["name"],
+                           encoder_weights_sha256=info["weights_sha256"]), info={"fusion": spec.to_dict()})
+    head.save(tmp_path / "head")
+    export_sentence_transformers(tmp_path / "head", tmp_path / "st", encoder=minilm)
+    assert read_fusion(tmp_path / "st") == spec
+
+
+# -- evaluation rows ----------------------------------------------------------------
+
+
+def _reference_ranks(scores, q2c):
+    """Full-corpus gold ranks by a plain loop (ties count against the gold)."""
+    return np.array([sum(s >= row[g] for s in row) - 1 for row, g in zip(scores, q2c)])
+
+
+def test_eval_adds_fused_rows_equal_to_a_plain_computation(planted_cache):
+    from projhead.cache import open_cache
+    from projhead.evaluate import block_metrics, corpus_metrics, evaluate_cache
+
+    cache = open_cache(planted_cache(n_groups=12))
+    head = _head_on(cache)
+    spec = FusionSpec(weight=0.6, frozen_weight=0.3)
+    res = evaluate_cache(cache, head=head, bm25=True, fusion=spec, block=50)
+    assert list(res) == ["frozen", "head", "bm25", "frozen+bm25", "head+bm25", "rrf"]
+    assert set(res["rrf"]) == {"out_of_50", "full_corpus"}
+    b = bm25_scorer(cache.query_texts, cache.context_texts)(np.arange(len(cache.q2c)))
+    dq, dc = head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)
+    want = {"frozen+bm25": fuse(cache.queries @ cache.contexts.T, b, spec, 0.3),
+            "head+bm25": fuse(dq @ dc.T, b, spec, 0.6), "rrf": rrf(dq @ dc.T, b)}
+    for name, s in want.items():
+        assert res[name]["full_corpus"] == corpus_metrics(_reference_ranks(s, cache.q2c)), name
+        assert res[name]["out_of_50"] == block_metrics(_block_ranks(s, cache.q2c, 50)), name
+
+
+def _block_ranks(scores, q2c, block):
+    out = []
+    for a in range(0, len(q2c), block):
+        s, g = scores[a:a + block], q2c[a:a + block]
+        cand = np.unique(g)
+        out.append(_reference_ranks(s[:, cand], np.searchsorted(cand, g)))
+    return np.concatenate(out)
+
+
+def _head_on(cache):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    head = Head(HeadConfig(kind="residual", in_dim=cache.dim, hidden=8, encoder=cache.encoder))
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return head
+
+
+def test_cli_eval_prints_fused_rows_with_the_given_weight(planted_cache, capsys):
+    from projhead.cli import main
+
+    path = planted_cache(n_groups=6)
+    assert main(["eval", str(path), "--bm25", "--fusion-weight", "0.4"]) == 0
+    out = capsys.readouterr().out
+    assert "fusion: zscore scores, dense weight 0.4 (--fusion-weight)" in out
+    for row in ("| bm25 |", "| frozen+bm25 |", "| rrf |"):
+        assert row in out
+    assert main(["eval", str(path), "--bm25", "--fusion-weight", "2"]) == 2
+
+
+# -- the weight chosen on held-out queries ------------------------------------------
+
+
+def test_choose_weight_keeps_the_best_weight_of_a_plain_search(planted_cache):
+    from projhead.cache import open_cache
+    from projhead.evaluate import PER_QUERY
+    from projhead.hybrid import choose_weight
+
+    cache = open_cache(planted_cache(n_groups=10, noise=1.0))
+    head = _head_on(cache)
+    rows = np.arange(0, len(cache.q2c), 2)
+    grid = (0.0, 0.25, 0.5, 0.75, 1.0)
+    spec = choose_weight(cache, rows, head, grid=grid, block=7)
+    b = bm25_scorer(cache.query_texts, cache.context_texts)(rows)
+    for name, (q, c), w in (("head", (head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)),
+                             spec.weight), ("frozen", (cache.queries, cache.contexts), spec.frozen_weight)):
+        means = [PER_QUERY["mrr10"](_reference_ranks(fuse(q[rows] @ c.T, b, weight=g), cache.q2c[rows])).mean()
+                 for g in grid]
+        assert w == grid[int(np.argmax(means))], name
+        np.testing.assert_allclose(spec.chosen["scores"][name], means, atol=1e-5)
+    assert spec.chosen["queries"] == len(rows) and spec.chosen["system"] == "head"
+
+
+def test_no_texts_means_no_fusion_with_a_clear_message():
+    from types import SimpleNamespace
+
+    from projhead.hybrid import choose_weight, tune_after_selection
+
+    cache = SimpleNamespace(path="vectors.h5", context_texts=["", " ", ""])  # vectors brought without their texts
+    said = []
+    assert tune_after_selection(None, cache, np.arange(5), "mrr10", say=said.append) == {}
+    assert "fusion with BM25 needs texts" in said[0]
+    with pytest.raises(FusionError, match="needs texts"):
+        choose_weight(cache, np.arange(5))
+
+
+def test_train_saves_the_weight_chosen_on_held_out_queries(planted_cache, tmp_path):
+    from projhead.config import TrainConfig
+    from projhead.select import auto_train
+
+    head, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=2), out=tmp_path / "h", progress=False)
+    spec = load_head(tmp_path / "h").fusion
+    assert spec is not None and spec.chosen["queries"] == log["selection"]["n_queries"]  # folds: every query
+    assert spec.chosen["system"] == "frozen" and spec.weight == spec.frozen_weight
+    assert "Fusion with BM25" in (tmp_path / "h" / "README.md").read_text()
+
+
+def test_train_with_a_dev_split_chooses_the_weight_on_that_split(planted_cache):
+    from projhead.batches import MemorySource
+    from projhead.cache import open_cache
+    from projhead.config import TrainConfig
+    from projhead.select import auto_train
+
+    path = planted_cache(n_groups=20)
+    cfg = TrainConfig(epochs=2, seed=2)
+    head, log = auto_train(path, cfg, progress=False, folds=0)
+    dev = MemorySource(open_cache(path), cfg).dev
+    spec = head.fusion
+    assert log["selection"]["mode"] == "dev split"
+    assert spec.chosen["queries"] == len(dev) < log["selection"]["n_queries"]
+    assert spec.chosen["system"] == ("frozen" if head.config.passthrough else "head")
+
+
+def test_dev_split_rows_are_the_queries_training_held_out(planted_cache):
+    from projhead.batches import MemorySource, dev_fraction, split_by_group
+    from projhead.cache import open_cache
+    from projhead.config import TrainConfig
+    from projhead.train import split_groups
+
+    cache = open_cache(planted_cache(n_groups=20))
+    cfg = TrainConfig(seed=3)
+    rows = split_by_group(split_groups(cache), dev_fraction(cfg, len(cache.q2c)), cfg.seed)[1]
+    dev = MemorySource(cache, cfg).dev
+    np.testing.assert_array_equal(dev.gold, cache.q2c[rows])
+    np.testing.assert_array_equal(dev.q, cache.queries[rows])
+
+
+# -- the retriever --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["zscore", "minmax", "fixed"])
+def test_retriever_equals_the_fused_ranking_of_every_context(planted_cache, how):
+    pytest.importorskip("faiss")
+    from projhead.cache import open_cache
+    from projhead.hybrid import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=8))
+    head = _head_on(cache)
+    spec = FusionSpec(weight=0.4, normalisation=how)
+    r = HybridRetriever(cache.context_texts, cache.contexts, head=head, spec=spec)
+    qt, qv = cache.query_texts[:20], cache.queries[:20]
+    ids, scores = r.search(qt, qv, k=5, depth=len(cache.contexts))
+    b = bm25_scorer(qt, cache.context_texts)(np.arange(20))
+    want = fuse(head.encode_queries(qv) @ head.encode_contexts(cache.contexts).T, b, spec)
+    for i in range(20):
+        order = np.lexsort((np.arange(want.shape[1]), -want[i]))[:5]
+        np.testing.assert_array_equal(ids[i], order)
+        np.testing.assert_allclose(scores[i], want[i, order], rtol=1e-4, atol=1e-4)
+    ids2, _ = r.search(qt, qv, k=3, depth=4)  # a shallow search: the top-4 of each side, scored the same way
+    assert (ids2 >= 0).all() and ids2.shape == (20, 3)
+
+
+def test_retriever_refuses_mismatched_inputs(planted_cache):
+    pytest.importorskip("faiss")
+    from projhead.cache import open_cache
+    from projhead.hybrid import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=3))
+    with pytest.raises(FusionError, match="one vector per text"):
+        HybridRetriever(cache.context_texts[:-1], cache.contexts)
+    r = HybridRetriever(cache.context_texts, cache.contexts)
+    with pytest.raises(FusionError, match="query texts"):
+        r.search(cache.query_texts[:2], cache.queries[:3])
+
+
+def test_cli_eval_with_an_index_says_fused_rows_need_every_context(planted_cache, capsys):
+    pytest.importorskip("faiss")
+    from projhead.cli import main
+
+    path = planted_cache(n_groups=6)
+    assert main(["eval", str(path), "--bm25", "--index", "Flat"]) == 0
+    out = capsys.readouterr().out
+    assert "| bm25 |" in out and "| frozen+bm25 |" not in out
+    assert "fused rows need every context's scores: evaluate without --index" in out
