@@ -28,10 +28,11 @@ to each question, or ``"all"`` of them. Groups are sections (a dialog each, in Q
 validation set), so a held-out split by group never cuts a dialog.
 
 Only the validation set has its sections here, so heads are trained and tested inside it:
-``val-test`` is every 5th section (the 1st, 6th, 11th, ... in file order) with the sections
-that share a sentence with one of them (sections of one article repeat sentences, and a gold
-sentence must not be on both sides): 204 dialogs, 1,219 answerable questions of the
-1,000-dialog file; ``val-train`` the rest (796, 4,649); ``dev`` is all of it. The recovered first reference can run on into the next reference when that one
+``val-test`` is every 5th section (the 1st, 6th, 11th, ... in file order), where sections
+that share a sentence go together, to the side of the first of them (sections of one article
+repeat sentences, and a gold sentence must not be on both sides): 204 dialogs, 1,219
+answerable questions of the 1,000-dialog file; ``val-train`` the rest (796, 4,649); ``dev`` is
+all of it. The recovered first reference can run on into the next reference when that one
 continues the text (3 of the 41 turns of the first five dialogs; 2 of their 31 gold sentences
 then take in the next sentence too).
 """
