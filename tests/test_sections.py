@@ -133,3 +133,31 @@ def test_a_named_section_is_added_checked_and_replaced(turns, planted_cache):
     with pytest.raises(CacheError, match="no toy_notes section 'b' \\(it has: a\\)"):
         open_cache(path).read("toy_notes", "b")
     np.testing.assert_array_equal(open_cache(path).q2c, c.q2c)  # the pairs are untouched
+
+
+def test_a_version_1_cache_is_read_and_checked_by_every_reader(tmp_path):
+    """Version-1 files (groups outside the fingerprint, texts_sha256 beside it) open, read their
+    pairs section and stream through eval --index; a changed text is still caught."""
+    import h5py
+    from conftest import PlantedEncoder, planted_pairs
+
+    from projhead.cache import CacheError, build_cache
+    from projhead.evaluate import evaluate_streamed
+    from projhead.hashing import columns_sha256
+
+    pairs = planted_pairs(n_groups=4)
+    p = tmp_path / "v1.h5"
+    build_cache(pairs, PlantedEncoder(pairs), p, progress=False)
+    with h5py.File(p, "r+") as f:  # what a version-1 writer left
+        f.attrs["format_version"] = 1
+        f.attrs["fingerprint"] = columns_sha256([pairs.queries, pairs.query_ids, pairs.contexts], [pairs.q2c])
+        f.attrs["texts_sha256"] = columns_sha256([pairs.queries, pairs.query_ids, pairs.groups, pairs.contexts])
+    c = open_cache(p)
+    assert c.read("pairs")["queries/text"] is not None
+    assert "frozen" in evaluate_streamed(p, index="Flat")
+    with h5py.File(p, "r+") as f:
+        f["queries/group"][0] = b"another article"
+    with pytest.raises(CacheError, match="damaged cache"):
+        open_cache(p).read("pairs")
+    with pytest.raises(CacheError, match="damaged cache"):
+        evaluate_streamed(p, index="Flat")
