@@ -161,3 +161,29 @@ def test_a_version_1_cache_is_read_and_checked_by_every_reader(tmp_path):
         open_cache(p).read("pairs")
     with pytest.raises(CacheError, match="damaged cache"):
         evaluate_streamed(p, index="Flat")
+
+
+def test_the_writer_refuses_a_nameless_instance_and_leaves_unwritten_optional_columns_out(tmp_path):
+    from projhead.cache import write_texts
+
+    pairs = planted_pairs(n_groups=3)
+    enc = PlantedEncoder(pairs)
+
+    def write(path, sections, fill):
+        with CacheWriter(path, len(pairs), len(pairs.contexts), enc.dim, "float32", sections=sections) as w:
+            w.write("queries/vectors", 0, enc.encode(pairs.queries))
+            w.write("contexts/vectors", 0, enc.encode(pairs.contexts, role="context"))
+            write_texts(w, pairs)
+            fill(w)
+            w.finish(cache_attrs(pairs.meta, enc.describe(), pairs.fingerprint(), 0.0))
+
+    negatives = np.full((len(pairs), 3), -1)
+    with pytest.raises(CacheError, match="one of many"):
+        write(tmp_path / "a.h5", {"mined": {"k": 3, "silver": 0}}, lambda w: None)
+    assert not (tmp_path / "a.h5").exists()
+    write(tmp_path / "b.h5", {"mined": {"k": 3, "silver": 0, "instance": "m"}},
+          lambda w: w.write("mined/m/negatives", 0, negatives))
+    m = open_cache(tmp_path / "b.h5").read("mined", "m")
+    assert (m["negatives"] == -1).all() and not {"teacher", "negative_scores"} & set(m)
+    with h5py.File(tmp_path / "b.h5") as f:
+        assert set(f["mined/m"]) == {"negatives"}
