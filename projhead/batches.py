@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from .cache import Cache
+from .cache_reader import Cache
 from .config import SMALL, TrainConfig, TrainError
 from .evaluate import dense_scorer, excluding, ranks, self_matches
 from .heads import Head
