@@ -132,6 +132,8 @@ def _paragraphs(path: Path, kind: str, granularity: str):
         try:
             title = str(article.get("title", a))
             paragraphs = article["paragraphs"]
+            if not isinstance(paragraphs, list):
+                raise TypeError
         except (AttributeError, KeyError, TypeError):
             raise DataError(f"{path}: data[{a}] has no 'paragraphs' list") from None
         for p, para in enumerate(paragraphs):
