@@ -23,7 +23,9 @@ BM25 (z-scored, dense weight ``--fusion-weight``), frozen and head, without and 
 gate (query-side heads). The gate's mean and covariance come from SQuAD train queries outside a
 5% held-out part of whole articles, its edge from that part; its other fields are the training
 parts of BoolQ, FiQA and Quora, leaving out the field being scored (QuAC is never used), so no
-field is scored with a gate calibrated on it. Writes ``OUT-fields.json`` and ``OUT-fields.md``.
+field is scored with a gate calibrated on it. ``--trained-on boolq`` (or fiqa, quora): that field's
+default head (trained here on its training part, into bench/work/heads-FIELD/seedN), scored on its
+test part and on SQuAD v1.1 dev the same way. Writes ``OUT-fields.json`` and ``OUT-fields.md``.
 
     PROJHEAD_DATA=../shared/data python bench/bench_ood.py --fields --cache-dir /work/cache --seeds 0
 """
@@ -73,6 +75,8 @@ def main():
     ap.add_argument("--fields", action="store_true", help="score the default head on other fields (see module doc)")
     ap.add_argument("--cache-dir", default=str(WORK), help="--fields: where the SQuAD caches are")
     ap.add_argument("--fusion-weight", type=float, default=0.7, help="--fields: dense share of the fusion")
+    ap.add_argument("--trained-on", nargs="+", default=["squad"], choices=["squad", "boolq", "fiqa", "quora"],
+                    help="--fields: whose default heads; a head of another field is scored on its test part and SQuAD")
     args = ap.parse_args()
     data = os.environ.get("PROJHEAD_DATA")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -135,9 +139,8 @@ FIELDS = {"quac": (("quac", "val-test", "sentence"), None),
 SQUAD_TRAIN, SQUAD_DEV = "squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5", "squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5"
 
 
-def default_head(train, heads_dir: Path, seed: int):
+def default_head(train, saved: Path, seed: int):
     """The head ``projhead train`` saves with its defaults (bench_squad.py's, when it is there)."""
-    saved = heads_dir / f"seed{seed}"
     if (saved / "config.json").exists() and saved.joinpath("train_log.json").exists():
         return projhead.load_head(saved), "reused"
     head, _ = auto_train(train, projhead.TrainConfig(seed=seed), out=saved, progress=False)
@@ -152,40 +155,19 @@ def field_scores(cache, head, spec: FusionSpec) -> dict:
 
 
 def fields(args, enc, data) -> None:
-    train = open_cache(Path(args.cache_dir) / SQUAD_TRAIN)
-    tests = {"squad": open_cache(Path(args.cache_dir) / SQUAD_DEV)}
-    tests.update({f: cache_dataset(*t, enc, WORK, data) for f, (t, _) in FIELDS.items()})
+    squad = {"train": open_cache(Path(args.cache_dir) / SQUAD_TRAIN), "test": open_cache(Path(args.cache_dir) / SQUAD_DEV)}
+    tests = {"squad": squad["test"], **{f: cache_dataset(*t, enc, WORK, data) for f, (t, _) in FIELDS.items()}}
     calib = {f: cache_dataset(*c, enc, WORK, data) for f, (_, c) in FIELDS.items() if c}
     spec = FusionSpec(weight=args.fusion_weight)
     rows = []
-    for seed in args.seeds:
-        t0 = time.perf_counter()
-        head, how = default_head(train, Path(args.heads_dir), seed)
-        head.set_gate(None)
-        gated = head.config.towers == "query" and not head.config.passthrough
-        if gated:  # the gate's training part and held-out part: whole articles, as model selection splits
-            tr, held = split_by_group(split_groups(train), 0.05, seed)
-            tr_q, held_q = train.queries[np.sort(tr)], train.queries[np.sort(held)]
-        for field, cache in tests.items():
-            plain = field_scores(cache, head, spec)
-            row = {"seed": seed, "field": field, "head": f"{head.config.kind}-{head.config.towers}", "how": how,
-                   "passthrough": head.config.passthrough, "alpha": head.info.get("decision", {}).get("alpha"),
-                   "plain": plain}
-            if gated:
-                others = [c for f, c in calib.items() if f != field]
-                gate, report = fit_gate(tr_q, held_q, [np.asarray(c.queries) for c in others])
-                head.set_gate(gate)
-                row.update(gate=report, gate_fields=[f for f in calib if f != field],
-                           mean_gate=float(head.gate_values(cache.queries).mean()),
-                           gated=field_scores(cache, head, spec))
-                head.set_gate(None)
-            rows.append(row)
-            print(f"seed {seed} {field:<6} {row['head']}" + "".join(
-                f"  {k} {100 * (row[v][k] - plain[b]):+.2f}"
-                for v in ("plain", "gated") if v in row for k, b in (("head", "frozen"), ("head+bm25", "frozen+bm25")))
-                + (f"  mean gate {row['mean_gate']:.3f}" if gated else "")
-                + f"  (frozen {100 * plain['frozen']:.2f}, fused {100 * plain['frozen+bm25']:.2f})", flush=True)
-        print(f"seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
+    for trained_on in args.trained_on:
+        if trained_on == "squad":  # the SQuAD head on every field
+            train, heads, scored = squad["train"], Path(args.heads_dir), list(tests)
+        else:  # another field's head on its own test part and on SQuAD
+            train, heads, scored = calib[trained_on], WORK / f"heads-{trained_on}", [trained_on, "squad"]
+        for seed in args.seeds:
+            rows += field_rows(trained_on, train, default_head(train, heads / f"seed{seed}", seed), seed,
+                               {f: tests[f] for f in scored}, calib, spec)
     out = Path(args.out + "-fields")
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"bench": "ood-fields", "encoder": DEFAULT_ENCODER, "fusion_weight": args.fusion_weight, "rows": rows,
@@ -195,14 +177,47 @@ def fields(args, enc, data) -> None:
     print(fields_table(result))
 
 
+def field_rows(trained_on, train, head_how, seed, tests, calib, spec) -> list[dict]:
+    """One head scored on ``tests``, without and (query-side heads) with a gate calibrated on
+    the fields of ``calib`` other than the one scored and the one trained on."""
+    t0 = time.perf_counter()
+    head, how = head_how
+    head.set_gate(None)
+    gated = head.config.towers == "query" and not head.config.passthrough
+    if gated:  # the gate's training part and held-out part: whole groups, as model selection splits
+        tr, held = split_by_group(split_groups(train), 0.05, seed)
+        tr_q, held_q = train.queries[np.sort(tr)], train.queries[np.sort(held)]
+    rows = []
+    for field, cache in tests.items():
+        plain = field_scores(cache, head, spec)
+        row = {"trained_on": trained_on, "seed": seed, "field": field, "how": how,
+               "head": f"{head.config.kind}-{head.config.towers}", "passthrough": head.config.passthrough,
+               "alpha": head.info.get("decision", {}).get("alpha"), "plain": plain}
+        if gated:
+            names = [f for f in calib if f not in (field, trained_on)]
+            gate, report = fit_gate(tr_q, held_q, [np.asarray(calib[f].queries) for f in names])
+            head.set_gate(gate)
+            row.update(gate=report, gate_fields=names, mean_gate=float(head.gate_values(cache.queries).mean()),
+                       gated=field_scores(cache, head, spec))
+            head.set_gate(None)
+        rows.append(row)
+        print(f"{trained_on} head seed {seed} on {field:<6} {row['head']}" + "".join(
+            f"  {v} {k} {100 * (row[v][k] - plain[b]):+.2f}"
+            for v in ("plain", "gated") if v in row for k, b in (("head", "frozen"), ("head+bm25", "frozen+bm25")))
+            + (f"  mean gate {row['mean_gate']:.3f}" if gated else "")
+            + f"  (frozen {100 * plain['frozen']:.2f}, fused {100 * plain['frozen+bm25']:.2f})", flush=True)
+    print(f"{trained_on} head seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
+    return rows
+
+
 def fields_table(result: dict) -> str:
-    seeds = sorted({r["seed"] for r in result["rows"]})
-    lines = [f"Default SQuAD head against the frozen encoder, nDCG@10 points over each whole corpus (mean over seeds "
-             f"{seeds}); fused: BM25 z-scored, dense weight {result['fusion_weight']}; SQuAD also out-of-500 top-1.",
-             "", "| field | frozen | head | head, gated | frozen + BM25 | head + BM25 | head, gated + BM25 | mean gate |",
-             "|---|---|---|---|---|---|---|---|"]
-    for field in dict.fromkeys(r["field"] for r in result["rows"]):
-        rs = [r for r in result["rows"] if r["field"] == field]
+    lines = [f"Default heads against the frozen encoder, nDCG@10 points over each whole corpus (mean over seeds); "
+             f"fused: BM25 z-scored, dense weight {result['fusion_weight']}; SQuAD also out-of-500 top-1.", "",
+             "| head trained on | scored on | seeds | frozen | head | head, gated | frozen + BM25 | head + BM25 | "
+             "head, gated + BM25 | mean gate |", "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = dict.fromkeys((r["trained_on"], r["field"]) for r in result["rows"])
+    for trained_on, field in keys:
+        rs = [r for r in result["rows"] if (r["trained_on"], r["field"]) == (trained_on, field)]
         m = lambda f: 100 * float(np.mean([f(r) for r in rs]))  # noqa: E731
         g = all("gated" in r for r in rs)
         cells = [f"{m(lambda r: r['plain']['frozen']):.2f}", f"{m(lambda r: r['plain']['head'] - r['plain']['frozen']):+.2f}",
@@ -211,14 +226,16 @@ def fields_table(result: dict) -> str:
                  f"{m(lambda r: r['plain']['head+bm25'] - r['plain']['frozen+bm25']):+.2f}",
                  f"{m(lambda r: r['gated']['head+bm25'] - r['plain']['frozen+bm25']):+.2f}" if g else "",
                  f"{np.mean([r['mean_gate'] for r in rs]):.3f}" if g else ""]
-        lines.append(f"| {field} | " + " | ".join(cells) + " |")
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        lines.append(f"| {trained_on} | {field} | {seeds} | " + " | ".join(cells) + " |")
         if field == "squad":
             t = [f"{m(lambda r: r['plain']['top1']['frozen']):.2f}",
                  f"{m(lambda r: r['plain']['top1']['head'] - r['plain']['top1']['frozen']):+.2f}",
                  f"{m(lambda r: r['gated']['top1']['head'] - r['plain']['top1']['frozen']):+.2f}" if g else ""]
-            lines.append("| squad out-of-500 top-1 | " + " | ".join(t) + " | | | | |")
-    heads = sorted({(r["seed"], r["head"], r["alpha"]) for r in result["rows"]})
-    lines += ["", "Heads: " + "; ".join(f"seed {s} {h} (alpha {a})" for s, h, a in heads) + "."]
+            lines.append(f"| {trained_on} | squad, out-of-500 top-1 | {seeds} | " + " | ".join(t) + " | | | | |")
+    heads = sorted({(r["trained_on"], r["seed"], r["head"], r["alpha"], r["passthrough"]) for r in result["rows"]})
+    lines += ["", "Heads: " + "; ".join(f"{t} seed {s} {h} (alpha {a}{', identity' if p else ''})"
+                                        for t, s, h, a, p in heads) + "."]
     return "\n".join(lines) + "\n"
 
 
