@@ -239,8 +239,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help="a cache of another domain (same encoder), scored every epoch beside the frozen encoder; the head "
                    "is shrunk toward the frozen encoder until no canary loses more than --canary-tolerance; repeatable")
 @click.option("--gate/--no-gate", default=_T.gate, show_default=True,
-              help="model selection, with --canary: give a kept query-side head a per-query gate that fades it to "
-                   "the frozen encoder for queries unlike its training queries (calibrated against the canaries)")
+              help="model selection: give a kept query-side head a per-query gate that fades it to the frozen "
+                   "encoder for queries unlike its training queries (calibrated against the --canary caches, if any)")
 @click.option("--canary-tolerance", type=click.FloatRange(0, 1, max_open=True), default=_T.canary_tolerance,
               show_default=True, help="most nDCG@10 a canary may lose (0.005 = half a point)")
 @click.option("--dev-fraction", type=FRACTION, default=None,

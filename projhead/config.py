@@ -136,7 +136,7 @@ class TrainConfig:
     stream_chunk: int = 16384  # stream: query rows read at a time
     stream_buffer: int = 8  # stream: chunks shuffled together (rows mix within this many chunks)
     canaries: list = field(default_factory=list)  # caches of other domains scored every epoch beside the frozen encoder
-    gate: bool = True  # model selection: fit a per-query gate for a kept query-side head, calibrated on the canaries
+    gate: bool = True  # model selection: a per-query gate for a kept query-side head (gate.py), calibrated on the canaries if any
     canary_tolerance: float = 0.005  # most nDCG@10 a canary may lose; the head is shrunk toward the frozen encoder until none does
     alpha: float | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it
 

@@ -20,7 +20,9 @@ root mean square per dimension (about 1 for a typical training query). The gate 
 - ``hi``: the ``OUT_QUANTILE`` (10th percentile) distance of queries of other fields (canary
   caches: text the head never saw), so nine in ten of those get the frozen encoder.
 
-Where the two overlap (``hi <= lo``) the ramp is kept ``MIN_RAMP`` wide above ``lo``.
+Where the two overlap (``hi <= lo``), or no other field is given, the ramp is ``MIN_RAMP`` wide
+above ``lo``. On SQuAD train (bench_gate.py) every choice of other fields among BoolQ, FiQA and
+Quora overlaps, so the bounds are the same with canaries or without.
 The head's query output becomes ``x + g(x) * (tower(x) - x)`` before normalising: at g = 1 the
 trained head, at g = 0 the frozen vector; contexts never change.
 """
@@ -65,14 +67,16 @@ def fit_gate(train_q: np.ndarray, held_q: np.ndarray, other_q: np.ndarray | list
              ) -> tuple[QueryGate, dict]:
     """A gate from frozen query vectors: ``train_q`` (the training queries: mean and covariance),
     ``held_q`` (training-field queries not in ``train_q``: where the full head ends) and
-    ``other_q`` (queries of other fields, one array or a list: where the frozen encoder starts).
+    ``other_q`` (queries of other fields, one array or a list, may be empty: where the frozen
+    encoder starts; without any, ``MIN_RAMP`` above ``lo``).
     Returns the gate and a report (bounds, distance quantiles, mean gate on each set)."""
     train_q = np.asarray(train_q, np.float64)
     others = [np.asarray(o, np.float32) for o in (other_q if isinstance(other_q, list) else [other_q])]
     if train_q.ndim != 2 or len(train_q) < 2:
         raise ValueError(f"the gate needs at least 2 training query vectors, got shape {train_q.shape}")
-    if len(held_q) == 0 or not sum(len(o) for o in others):
-        raise ValueError("the gate needs held-out training queries and queries of another field to calibrate on")
+    others = [o for o in others if len(o)]
+    if len(held_q) == 0:
+        raise ValueError("the gate needs held-out training queries to calibrate on")
     dim = train_q.shape[1]
     mean = train_q.mean(0)
     cov = np.cov(train_q, rowvar=False).reshape(dim, dim)
@@ -84,9 +88,9 @@ def fit_gate(train_q: np.ndarray, held_q: np.ndarray, other_q: np.ndarray | list
     gate.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
     gate.whiten.copy_(torch.from_numpy(whiten.astype(np.float32)))
     d_in = _distances(gate, held_q)
-    d_out = np.concatenate([_distances(gate, o) for o in others])
+    d_out = np.concatenate([_distances(gate, o) for o in others]) if others else np.zeros(0)
     lo = float(np.quantile(d_in, IN_QUANTILE))
-    hi = max(float(np.quantile(d_out, OUT_QUANTILE)), lo * (1 + MIN_RAMP))
+    hi = max(float(np.quantile(d_out, OUT_QUANTILE)) if others else 0.0, lo * (1 + MIN_RAMP))
     gate.bounds.copy_(torch.tensor([lo, hi]))
     gate.eval()
     with torch.no_grad():
@@ -96,6 +100,7 @@ def fit_gate(train_q: np.ndarray, held_q: np.ndarray, other_q: np.ndarray | list
               "lo": lo, "hi": hi, "n_train": len(train_q), "n_held": len(held_q),
               "n_other": [len(o) for o in others],
               "held_distance": {"median": float(np.median(d_in)), "q90": lo},
-              "other_distance": {"median": float(np.median(d_out)), "q10": float(np.quantile(d_out, OUT_QUANTILE))},
+              **({"other_distance": {"median": float(np.median(d_out)),
+                                     "q10": float(np.quantile(d_out, OUT_QUANTILE))}} if others else {}),
               "mean_gate_held": float(g_in.mean()), "mean_gate_other": [float(g.mean()) for g in g_out]}
     return gate, report

@@ -375,9 +375,10 @@ def model_card(config: dict) -> str:
                   "queries as most of them (Mahalanobis distance up to "
                   f"{g.get('lo', float('nan')):.3f}), the frozen encoder from {g.get('hi', float('nan')):.3f} on, "
                   "and a linear blend between; `head.gate_values(query_vectors)` shows it per query."
-                  + (f" Mean gate on held-out training queries {g['mean_gate_held']:.3f}; on other fields "
-                     + ", ".join(f"{n} {v:.3f}" for n, v in zip(g.get("other_names") or [], g["mean_gate_other"]))
-                     + "." if "mean_gate_held" in g else ""), ""]
+                  + (f" Mean gate on held-out training queries {g['mean_gate_held']:.3f}" if "mean_gate_held" in g
+                     else "")
+                  + "".join(f"; on {n} {v:.3f}" for n, v in zip(g.get("other_names") or [], g.get("mean_gate_other") or []))
+                  + ".", ""]
     if h.get("passthrough"):
         lines += ["**This head is the identity**: model selection kept the frozen vectors"
                   + (f" ({d['why']})." if d.get("why") else "."), ""]

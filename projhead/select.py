@@ -274,22 +274,19 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
 
 def attach_gate(head: Head, cache: Cache, cfg: TrainConfig, canaries: list, train_rows: np.ndarray,
                 held_rows: np.ndarray, say=lambda t: None) -> dict:
-    """A per-query gate (``gate.fit_gate``) for a kept query-side head when ``cfg.gate`` and
-    canaries are given: the training queries' distribution from ``train_rows``, its edge from the
-    held-out ``held_rows``, the other fields from the canaries' queries. Returns ``{"gate": report}``
-    or ``{}``."""
+    """A per-query gate (``gate.fit_gate``) for a kept query-side head when ``cfg.gate``: the
+    training queries' distribution from ``train_rows``, its edge from the held-out ``held_rows``,
+    the other fields from the canaries' queries (if any). Returns ``{"gate": report}`` or ``{}``."""
     if not cfg.gate or head.config.towers != "query" or head.config.passthrough:
-        return {}
-    if not canaries:
-        say("  no per-query gate: it is calibrated against other fields' queries (--canary)")
         return {}
     gate, report = fit_gate(cache.queries[np.sort(train_rows)], cache.queries[np.sort(held_rows)],
                             [np.asarray(c.cache.queries) for c in canaries])
     head.set_gate(gate)
     report["other_names"] = [c.name for c in canaries]
     say(f"  per-query gate: full up to distance {report['lo']:.3f}, frozen from {report['hi']:.3f}; mean gate "
-        f"{report['mean_gate_held']:.3f} on held-out training queries, "
-        + ", ".join(f"{n} {v:.3f}" for n, v in zip(report["other_names"], report["mean_gate_other"])))
+        f"{report['mean_gate_held']:.3f} on held-out training queries"
+        + ("" if canaries else " (no --canary: the frozen encoder from 5% beyond the training queries' edge)")
+        + "".join(", " + f"{n} {v:.3f}" for n, v in zip(report["other_names"], report["mean_gate_other"])))
     return {"gate": report}
 
 

@@ -5,7 +5,7 @@ import torch
 
 from projhead.evaluate import PER_QUERY
 from projhead.export import _run_modules, export_onnx, tower_modules
-from projhead.gate import QueryGate, fit_gate
+from projhead.gate import MIN_RAMP, QueryGate, fit_gate
 from projhead.heads import Head, HeadConfig, HeadError, load_head
 from projhead.select import auto_train, prefer_query_side
 from projhead.train import TrainConfig
@@ -74,9 +74,14 @@ def test_a_gate_needs_a_query_side_head():
         Head(HeadConfig(in_dim=DIM, towers="separate")).set_gate(QueryGate(DIM))
 
 
-def test_fit_gate_refuses_what_it_cannot_calibrate_on():
-    with pytest.raises(ValueError, match="another field"):
-        fit_gate(_field(100, _centre(1), 2), _field(10, _centre(1), 3), [np.zeros((0, DIM), np.float32)])
+def test_without_other_fields_the_ramp_starts_at_the_training_edge():
+    home = _centre(1)
+    gate, report = fit_gate(_field(2000, home, 2), _field(300, home, 3), [])
+    assert report["hi"] == pytest.approx(report["lo"] * (1 + MIN_RAMP))
+    with torch.no_grad():
+        assert np.median(gate(torch.from_numpy(_field(500, _centre(7), 8))).numpy()) == 0.0
+    with pytest.raises(ValueError, match="held-out training queries"):
+        fit_gate(_field(100, home, 2), np.zeros((0, DIM), np.float32), [])
 
 
 @pytest.mark.parametrize("kind", ["linear", "residual"])
@@ -177,6 +182,8 @@ def test_model_selection_gates_a_kept_query_side_head_with_canaries(planted_cach
     plain, _ = auto_train(path, TrainConfig(epochs=6, canaries=[str(canary)], canary_tolerance=0.5, gate=False),
                           fixed=fixed, progress=False, folds=folds)
     assert plain.gate is None
+    alone, _ = auto_train(path, TrainConfig(epochs=6), fixed=fixed, progress=False, folds=folds)  # no canaries
+    assert alone.gate is not None and alone.info["gate"]["other_names"] == []
 
 
 def test_train_says_whether_contexts_change(planted_cache, tmp_path, capsys):
