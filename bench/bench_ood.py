@@ -23,7 +23,7 @@ BM25 (z-scored, dense weight ``--fusion-weight``), frozen and head, without and 
 gate (query-side heads). The gate's mean and covariance come from SQuAD train queries outside a
 5% held-out part of whole articles, its edge from that part; its other fields are the training
 parts of BoolQ, FiQA and Quora, leaving out the field being scored (QuAC is never used), so no
-field is scored with a gate calibrated on it. ``--trained-on boolq`` (or fiqa, quora): that field's
+field is scored with a gate calibrated on it. ``--trained-on boolq`` (or quac, fiqa, quora): that field's
 default head (trained here on its training part, into bench/work/heads-FIELD/seedN), scored on its
 test part and on SQuAD v1.1 dev the same way. Writes ``OUT-fields.json`` and ``OUT-fields.md``.
 
@@ -75,7 +75,7 @@ def main():
     ap.add_argument("--fields", action="store_true", help="score the default head on other fields (see module doc)")
     ap.add_argument("--cache-dir", default=str(WORK), help="--fields: where the SQuAD caches are")
     ap.add_argument("--fusion-weight", type=float, default=0.7, help="--fields: dense share of the fusion")
-    ap.add_argument("--trained-on", nargs="+", default=["squad"], choices=["squad", "boolq", "fiqa", "quora"],
+    ap.add_argument("--trained-on", nargs="+", default=["squad"], choices=["squad", "boolq", "fiqa", "quora", "quac"],
                     help="--fields: whose default heads; a head of another field is scored on its test part and SQuAD")
     args = ap.parse_args()
     data = os.environ.get("PROJHEAD_DATA")
@@ -136,6 +136,7 @@ FIELDS = {"quac": (("quac", "val-test", "sentence"), None),
           "boolq": (("boolq", "dev", "passage"), ("boolq", "train", "passage")),
           "fiqa": (("fiqa", "dev", "question"), ("fiqa", "train", "question")),
           "quora": (("quora", "dev", "question"), ("quora", "train", "question"))}
+TRAIN_ONLY = {"quac": ("quac", "val-train", "sentence")}  # heads only: never a gate's other field
 SQUAD_TRAIN, SQUAD_DEV = "squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5", "squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5"
 
 
@@ -164,7 +165,8 @@ def fields(args, enc, data) -> None:
         if trained_on == "squad":  # the SQuAD head on every field
             train, heads, scored = squad["train"], Path(args.heads_dir), list(tests)
         else:  # another field's head on its own test part and on SQuAD
-            train, heads, scored = calib[trained_on], WORK / f"heads-{trained_on}", [trained_on, "squad"]
+            train = calib[trained_on] if trained_on in calib else cache_dataset(*TRAIN_ONLY[trained_on], enc, WORK, data)
+            heads, scored = WORK / f"heads-{trained_on}", [trained_on, "squad"]
         for seed in args.seeds:
             rows += field_rows(trained_on, train, default_head(train, heads / f"seed{seed}", seed), seed,
                                {f: tests[f] for f in scored}, calib, spec)
