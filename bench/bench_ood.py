@@ -14,6 +14,20 @@ each alpha on:
 ``--canary-seeds`` adds, for those seeds, a run of ``projhead train --canary`` with both
 canaries (the head shrunk until neither loses more than half a point). Prints one line per (seed, alpha)
 and writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (in-domain gain against canary change).
+
+``--fields``: other fields instead of the alpha sweep. The default head (``projhead train``'s, the
+one ``bench_squad.py`` saved in ``--heads-dir``/seedN, else trained the same way) scored on QuAC
+(validation test part, sentence contexts), BoolQ (the test part), FiQA (the test part) and Quora
+(the test pairs), and on SQuAD v1.1 dev: nDCG@10 over each whole corpus, dense and fused with
+BM25 (z-scored, dense weight ``--fusion-weight``), frozen and head, without and with a per-query
+gate (query-side heads). The gate's mean and covariance come from SQuAD train queries outside a
+5% held-out part of whole articles, its edge from that part; its other fields are the training
+parts of BoolQ, FiQA and Quora, leaving out the field being scored (QuAC is never used), so no
+field is scored with a gate calibrated on it. ``--trained-on boolq`` (or quac, fiqa, quora): that field's
+default head (trained here on its training part, into bench/work/heads-FIELD/seedN), scored on its
+test part and on SQuAD v1.1 dev the same way. Writes ``OUT-fields.json`` and ``OUT-fields.md``.
+
+    PROJHEAD_DATA=../shared/data python bench/bench_ood.py --fields --cache-dir /work/cache --seeds 0
 """
 from __future__ import annotations
 
@@ -28,7 +42,10 @@ import numpy as np
 import torch
 
 import projhead
-from projhead.cache import cache_dataset
+from projhead.cache import cache_dataset, open_cache
+from projhead.fusion import FusionSpec
+from projhead.gate import fit_gate
+from projhead.train import split_by_group, split_groups
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.select import auto_train
 from projhead.train import ALPHA
@@ -55,10 +72,17 @@ def main():
                     help="reuse the heads bench_squad.py saved there (seedN) if they were kept whole (alpha 1), "
                          "else train them (seedN-alpha1)")
     ap.add_argument("--out", default="bench/results/ood")
+    ap.add_argument("--fields", action="store_true", help="score the default head on other fields (see module doc)")
+    ap.add_argument("--cache-dir", default=str(WORK), help="--fields: where the SQuAD caches are")
+    ap.add_argument("--fusion-weight", type=float, default=0.7, help="--fields: dense share of the fusion")
+    ap.add_argument("--trained-on", nargs="+", default=["squad"], choices=["squad", "boolq", "fiqa", "quora", "quac"],
+                    help="--fields: whose default heads; a head of another field is scored on its test part and SQuAD")
     args = ap.parse_args()
     data = os.environ.get("PROJHEAD_DATA")
     WORK.mkdir(parents=True, exist_ok=True)
     enc = get_encoder(DEFAULT_ENCODER)
+    if args.fields:
+        return fields(args, enc, data)
     train = cache_dataset("squad-v1.1", "train", "sentence", enc, WORK, data)
     evals = {"squad-sentence": cache_dataset("squad-v1.1", "dev", "sentence", enc, WORK, data),
              "squad-paragraph": cache_dataset("squad-v1.1", "dev", "paragraph", enc, WORK, data),
@@ -105,6 +129,116 @@ def main():
     out.with_suffix(".md").write_text(table(result))
     plot(result, out.with_suffix(".png"))
     print(table(result))
+
+
+# field -> (dataset, split, granularity) of its test part and of the part that may calibrate a gate
+FIELDS = {"quac": (("quac", "val-test", "sentence"), None),
+          "boolq": (("boolq", "dev", "passage"), ("boolq", "train", "passage")),
+          "fiqa": (("fiqa", "dev", "question"), ("fiqa", "train", "question")),
+          "quora": (("quora", "dev", "question"), ("quora", "train", "question"))}
+TRAIN_ONLY = {"quac": ("quac", "val-train", "sentence")}  # heads only: never a gate's other field
+SQUAD_TRAIN, SQUAD_DEV = "squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5", "squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5"
+
+
+def default_head(train, saved: Path, seed: int):
+    """The head ``projhead train`` saves with its defaults (bench_squad.py's, when it is there)."""
+    if (saved / "config.json").exists() and saved.joinpath("train_log.json").exists():
+        return projhead.load_head(saved), "reused"
+    head, _ = auto_train(train, projhead.TrainConfig(seed=seed), out=saved, progress=False)
+    return head, "trained"
+
+
+def field_scores(cache, head, spec: FusionSpec) -> dict:
+    r = projhead.evaluate_cache(cache, head=head, bm25=True, fusion=spec)
+    out = {k: r[k]["full_corpus"]["nDCG@10"] for k in ("frozen", "frozen+bm25", "head", "head+bm25") if k in r}
+    out["top1"] = {k: r[k]["out_of_500"]["top1"] for k in ("frozen", "head") if k in r}
+    return out
+
+
+def fields(args, enc, data) -> None:
+    squad = {"train": open_cache(Path(args.cache_dir) / SQUAD_TRAIN), "test": open_cache(Path(args.cache_dir) / SQUAD_DEV)}
+    tests = {"squad": squad["test"], **{f: cache_dataset(*t, enc, WORK, data) for f, (t, _) in FIELDS.items()}}
+    calib = {f: cache_dataset(*c, enc, WORK, data) for f, (_, c) in FIELDS.items() if c}
+    spec = FusionSpec(weight=args.fusion_weight)
+    rows = []
+    for trained_on in args.trained_on:
+        if trained_on == "squad":  # the SQuAD head on every field
+            train, heads, scored = squad["train"], Path(args.heads_dir), list(tests)
+        else:  # another field's head on its own test part and on SQuAD
+            train = calib[trained_on] if trained_on in calib else cache_dataset(*TRAIN_ONLY[trained_on], enc, WORK, data)
+            heads, scored = WORK / f"heads-{trained_on}", [trained_on, "squad"]
+        for seed in args.seeds:
+            rows += field_rows(trained_on, train, default_head(train, heads / f"seed{seed}", seed), seed,
+                               {f: tests[f] for f in scored}, calib, spec)
+    out = Path(args.out + "-fields")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"bench": "ood-fields", "encoder": DEFAULT_ENCODER, "fusion_weight": args.fusion_weight, "rows": rows,
+              "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(fields_table(result))
+    print(fields_table(result))
+
+
+def field_rows(trained_on, train, head_how, seed, tests, calib, spec) -> list[dict]:
+    """One head scored on ``tests``, without and (query-side heads) with a gate calibrated on
+    the fields of ``calib`` other than the one scored and the one trained on."""
+    t0 = time.perf_counter()
+    head, how = head_how
+    head.set_gate(None)
+    gated = head.config.towers == "query" and not head.config.passthrough
+    if gated:  # the gate's training part and held-out part: whole groups, as model selection splits
+        tr, held = split_by_group(split_groups(train), 0.05, seed)
+        tr_q, held_q = train.queries[np.sort(tr)], train.queries[np.sort(held)]
+    rows = []
+    for field, cache in tests.items():
+        plain = field_scores(cache, head, spec)
+        row = {"trained_on": trained_on, "seed": seed, "field": field, "how": how,
+               "head": f"{head.config.kind}-{head.config.towers}", "passthrough": head.config.passthrough,
+               "alpha": head.info.get("decision", {}).get("alpha"), "plain": plain}
+        if gated:
+            names = [f for f in calib if f not in (field, trained_on)]
+            gate, report = fit_gate(tr_q, held_q, [np.asarray(calib[f].queries) for f in names])
+            head.set_gate(gate)
+            row.update(gate=report, gate_fields=names, mean_gate=float(head.gate_values(cache.queries).mean()),
+                       gated=field_scores(cache, head, spec))
+            head.set_gate(None)
+        rows.append(row)
+        print(f"{trained_on} head seed {seed} on {field:<6} {row['head']}" + "".join(
+            f"  {v} {k} {100 * (row[v][k] - plain[b]):+.2f}"
+            for v in ("plain", "gated") if v in row for k, b in (("head", "frozen"), ("head+bm25", "frozen+bm25")))
+            + (f"  mean gate {row['mean_gate']:.3f}" if gated else "")
+            + f"  (frozen {100 * plain['frozen']:.2f}, fused {100 * plain['frozen+bm25']:.2f})", flush=True)
+    print(f"{trained_on} head seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
+    return rows
+
+
+def fields_table(result: dict) -> str:
+    lines = [f"Default heads against the frozen encoder, nDCG@10 points over each whole corpus (mean over seeds); "
+             f"fused: BM25 z-scored, dense weight {result['fusion_weight']}; SQuAD also out-of-500 top-1.", "",
+             "| head trained on | scored on | seeds | frozen | head | head, gated | frozen + BM25 | head + BM25 | "
+             "head, gated + BM25 | mean gate |", "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = dict.fromkeys((r["trained_on"], r["field"]) for r in result["rows"])
+    for trained_on, field in keys:
+        rs = [r for r in result["rows"] if (r["trained_on"], r["field"]) == (trained_on, field)]
+        m = lambda f: 100 * float(np.mean([f(r) for r in rs]))  # noqa: E731
+        g = all("gated" in r for r in rs)
+        cells = [f"{m(lambda r: r['plain']['frozen']):.2f}", f"{m(lambda r: r['plain']['head'] - r['plain']['frozen']):+.2f}",
+                 f"{m(lambda r: r['gated']['head'] - r['plain']['frozen']):+.2f}" if g else "",
+                 f"{m(lambda r: r['plain']['frozen+bm25']):.2f}",
+                 f"{m(lambda r: r['plain']['head+bm25'] - r['plain']['frozen+bm25']):+.2f}",
+                 f"{m(lambda r: r['gated']['head+bm25'] - r['plain']['frozen+bm25']):+.2f}" if g else "",
+                 f"{np.mean([r['mean_gate'] for r in rs]):.3f}" if g else ""]
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        lines.append(f"| {trained_on} | {field} | {seeds} | " + " | ".join(cells) + " |")
+        if field == "squad":
+            t = [f"{m(lambda r: r['plain']['top1']['frozen']):.2f}",
+                 f"{m(lambda r: r['plain']['top1']['head'] - r['plain']['top1']['frozen']):+.2f}",
+                 f"{m(lambda r: r['gated']['top1']['head'] - r['plain']['top1']['frozen']):+.2f}" if g else ""]
+            lines.append(f"| {trained_on} | squad, out-of-500 top-1 | {seeds} | " + " | ".join(t) + " | | | | |")
+    heads = sorted({(r["trained_on"], r["seed"], r["head"], r["alpha"], r["passthrough"]) for r in result["rows"]})
+    lines += ["", "Heads: " + "; ".join(f"{t} seed {s} {h} (alpha {a}{', identity' if p else ''})"
+                                        for t, s, h, a, p in heads) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def line(s: dict, frozen: dict) -> str:

@@ -238,6 +238,9 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--canary", "canaries", multiple=True, type=click.Path(dir_okay=False),
               help="a cache of another domain (same encoder), scored every epoch beside the frozen encoder; the head "
                    "is shrunk toward the frozen encoder until no canary loses more than --canary-tolerance; repeatable")
+@click.option("--gate/--no-gate", default=_T.gate, show_default=True,
+              help="model selection: give a kept query-side head a per-query gate that fades it to the frozen "
+                   "encoder for queries unlike its training queries (calibrated against the --canary caches, if any)")
 @click.option("--canary-tolerance", type=click.FloatRange(0, 1, max_open=True), default=_T.canary_tolerance,
               show_default=True, help="most nDCG@10 a canary may lose (0.005 = half a point)")
 @click.option("--dev-fraction", type=FRACTION, default=None,
@@ -260,7 +263,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
           loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, min_steps,
           batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, alpha, canaries,
-          canary_tolerance, dev_fraction, select_metric, decision, patience, stop_epoch, seed, device, restart,
+          gate, canary_tolerance, dev_fraction, select_metric, decision, patience, stop_epoch, seed, device, restart,
           quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
@@ -274,7 +277,7 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
     tcfg = _T(loss=loss, epochs=epochs, min_steps=min_steps, batch_size=batch_size, batching=batching,
               lr=lr or _T.lr, weight_decay=weight_decay, init_temperature=temperature,
               learn_temperature=not fixed_temperature, anchor_weight=anchor_weight, alpha=alpha,
-              canaries=list(canaries), canary_tolerance=canary_tolerance, dev_fraction=dev_fraction,
+              canaries=list(canaries), gate=gate, canary_tolerance=canary_tolerance, dev_fraction=dev_fraction,
               select_metric=select_metric, decision=decision, patience=patience, stop_epoch=stop_epoch, seed=seed,
               device=device,
               loss_settings={**_settings(loss_setting), **({"chunk_size": chunk_size} if chunk_size else {})},
@@ -306,7 +309,10 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
     interval = (f", gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to {gain['high']:+.4f})"
                 if gain else "")
     click.echo(f"{out}: {verdict}; dev {select_metric} frozen {m['frozen'].get(select_metric, float('nan')):.4f} "
-               f"-> head {m['head'].get(select_metric, float('nan')):.4f}{interval} ({log['seconds']:.1f}s)")
+               f"-> head {m['head'].get(select_metric, float('nan')):.4f}{interval} ({log['seconds']:.1f}s); "
+               + ("context vectors change: re-encode the index with the head" if head.changes_contexts() else
+                  "contexts unchanged: the existing index stays as it is")
+               + ("; per-query gate on" if head.gate is not None else ""))
 
 
 def _settings(items: tuple[str, ...]) -> dict:

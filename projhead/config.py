@@ -53,6 +53,7 @@ class HeadConfig:
     init: str = "identity"  # identity: step 0 equals the frozen encoder (linear, residual) | random
     normalize: bool = True  # L2-normalise outputs (cosine similarity downstream)
     passthrough: bool = False  # identity head: training kept the frozen encoder (no epoch beat it)
+    gate: bool = False  # query-side heads: a per-query gate fades the head to the frozen encoder off its field (gate.py)
     encoder: str = ""  # encoder the input vectors must come from ("" = unchecked)
     encoder_weights_sha256: str = ""  # hash of that encoder's weights ("" = unchecked)
 
@@ -75,6 +76,9 @@ class HeadConfig:
             raise HeadError("a residual head needs layers >= 2")
         if self.towers == "query" and self.output_dim != self.in_dim:
             raise HeadError("towers='query' keeps contexts frozen, so out_dim must equal in_dim")
+        if self.gate and self.towers != "query":
+            raise HeadError("a per-query gate needs towers='query': a gated query could not be compared with "
+                            "contexts the head changed")
         if not 0.0 <= self.dropout < 1.0:
             raise HeadError(f"dropout must be in [0, 1), not {self.dropout}")
 
@@ -132,6 +136,7 @@ class TrainConfig:
     stream_chunk: int = 16384  # stream: query rows read at a time
     stream_buffer: int = 8  # stream: chunks shuffled together (rows mix within this many chunks)
     canaries: list = field(default_factory=list)  # caches of other domains scored every epoch beside the frozen encoder
+    gate: bool = True  # model selection: a per-query gate for a kept query-side head (gate.py), calibrated on the canaries if any
     canary_tolerance: float = 0.005  # most nDCG@10 a canary may lose; the head is shrunk toward the frozen encoder until none does
     alpha: float | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it
 

@@ -14,7 +14,11 @@ Normalize) followed by a ``Router`` with a ``query`` route (the query tower) and
 ``document`` route (the context tower), so ``encode_query`` and ``encode_document`` give the
 head's vectors and plain ``encode`` gives the context side. The towers are written with
 sentence-transformers' own ``Dense`` and ``Normalize`` modules, so loading needs neither
-projhead nor ``trust_remote_code``. A residual head's skip connection spans two layers, which
+projhead nor ``trust_remote_code``; the one exception is a query tower with a per-query gate
+(``gate.py``), written as ``st_module.HeadModule`` (the head's own folder), which needs projhead
+installed and ``SentenceTransformer(folder, trust_remote_code=True)`` (sentence-transformers asks
+it for any module class of another package; the code run is the installed projhead, none is
+read from the folder). A residual head's skip connection spans two layers, which
 ``Dense`` cannot express directly; it is carried through the hidden layer as two extra
 blocks ``act(x)`` and ``act(-x)``, whose difference is exactly ``x`` for GELU, ReLU and SiLU
 (each is ``x * g(x)`` with ``g(x) + g(-x) = 1``). The export is checked against projhead on
@@ -55,6 +59,10 @@ def tower_modules(head: Head, role: str) -> list:
     from sentence_transformers.base.modules import Dense, Normalize
 
     cfg = head.config
+    if role == "query" and head.gate is not None and not cfg.passthrough:
+        from .st_module import HeadModule
+
+        return [HeadModule(head)]  # the gate multiplies by a function of the input: no Dense stack computes it
     tower = head.query if role == "query" else head.context
     mods: list = []
     layers = [] if cfg.passthrough or isinstance(tower, nn.Identity) else _linears(tower)
@@ -142,7 +150,9 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
     report = {"format": "sentence-transformers", "path": str(out), "encoder": enc.name, "head": head.config.kind,
               "training_precision": head.info.get("encoder_build", {}).get("precision", "fp32")}
     texts = check_texts or ["who wrote hamlet?", "Hamlet is a tragedy written by William Shakespeare."]
-    loaded = SentenceTransformer(str(out), device="cpu", local_files_only=True)
+    # a gated query route is projhead's own module (st_module.HeadModule): installed code, not the folder's
+    loaded = SentenceTransformer(str(out), device="cpu", local_files_only=True,
+                                 trust_remote_code=head.gate is not None)
     report["max_abs_diff_query"] = float(np.abs(loaded.encode_query(texts) - wrapped.encode_queries(texts)).max())
     report["max_abs_diff_context"] = float(np.abs(loaded.encode_document(texts) - wrapped.encode_contexts(texts)).max())
     _side_files(out, report, head)

@@ -31,6 +31,7 @@ from ._version import __version__
 from .files import atomic_path, write_atomic
 from .config import ACTIVATIONS, HEAD_KINDS, TOWERS, HeadConfig, HeadError  # noqa: F401 (re-exported)
 from .fusion import FusionError, FusionSpec, fuse
+from .gate import QueryGate
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -90,6 +91,7 @@ class Head(nn.Module):
             self.context = self.query
         else:
             self.context = nn.Identity()
+        self.gate = QueryGate(config.in_dim) if config.gate else None
 
     # -- applying --------------------------------------------------------------------
     def _check(self, x: torch.Tensor) -> None:
@@ -100,6 +102,8 @@ class Head(nn.Module):
     def _project(self, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         y = x if self.config.passthrough else tower(x)  # (N, D_out)
+        if self.gate is not None and tower is self.query and not self.config.passthrough:
+            y = x + self.gate(x).unsqueeze(1) * (y - x)  # (N, D): the head in full at 1, frozen at 0
         return nn.functional.normalize(y, dim=-1) if self.config.normalize else y
 
     def forward(self, q: torch.Tensor, c: torch.Tensor):  # (B, D), (B, D) -> (B, D'), (B, D')
@@ -126,6 +130,29 @@ class Head(nn.Module):
 
     def encode_contexts(self, x):
         return self._apply_any(self.context, x)
+
+    def changes_contexts(self) -> bool:
+        """Whether context vectors differ from the frozen encoder's, so an existing index must
+        be re-encoded with ``encode_contexts`` (False for query-side and identity heads)."""
+        return not self.config.passthrough and self.config.towers != "query"
+
+    # -- the per-query gate -------------------------------------------------------------
+    def set_gate(self, gate: QueryGate | None) -> "Head":
+        """Attach a fitted ``gate.QueryGate`` (query-side heads only), or remove it with None."""
+        if gate is not None and self.config.towers != "query":
+            raise HeadError(f"a per-query gate needs a query-side head (towers='query'), not towers="
+                            f"{self.config.towers!r}")
+        self.gate = gate
+        self.config.gate = gate is not None
+        return self
+
+    def gate_values(self, x) -> np.ndarray:
+        """The gate of each query vector, (N,) in [0, 1] (all 1 without a gate)."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.gate is None:
+            return np.ones(len(x), np.float32)
+        with torch.no_grad():
+            return self.gate(torch.from_numpy(x)).numpy()
 
     # -- fusion with BM25 ---------------------------------------------------------------
     @property
@@ -311,6 +338,14 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
     return lines
 
 
+def _index_line(h: dict) -> str:
+    if h.get("passthrough") or h.get("towers") == "query":
+        return ("**Contexts are unchanged**: `encode_contexts` returns the frozen encoder's vectors, so an existing "
+                "index of context vectors stays as it is; only queries go through the head.")
+    return ("**Context vectors change**: re-encode the index with `head.encode_contexts` (the frozen encoder's "
+            "context vectors do not match this head's queries).")
+
+
 def model_card(config: dict) -> str:
     """A short README for a saved head, generated from its config."""
     h = config["head"]
@@ -333,6 +368,17 @@ def model_card(config: dict) -> str:
         lines += [f"The training vectors were encoded in {precision}. The head accepts vectors of the same encoder in any "
                   "precision (fp32 and bf16 vectors of one text agree to a cosine of 0.9999 or better).", ""]
     d = config.get("decision") or {}
+    lines += [_index_line(h), ""]
+    if h.get("gate"):
+        g = config.get("gate") or {}
+        lines += ["**Per-query gate**: each query vector gets the head in full when it lies as close to the training "
+                  "queries as most of them (Mahalanobis distance up to "
+                  f"{g.get('lo', float('nan')):.3f}), the frozen encoder from {g.get('hi', float('nan')):.3f} on, "
+                  "and a linear blend between; `head.gate_values(query_vectors)` shows it per query."
+                  + (f" Mean gate on held-out training queries {g['mean_gate_held']:.3f}" if "mean_gate_held" in g
+                     else "")
+                  + "".join(f"; on {n} {v:.3f}" for n, v in zip(g.get("other_names") or [], g.get("mean_gate_other") or []))
+                  + ".", ""]
     if h.get("passthrough"):
         lines += ["**This head is the identity**: model selection kept the frozen vectors"
                   + (f" ({d['why']})." if d.get("why") else "."), ""]

@@ -42,6 +42,7 @@ import numpy as np
 
 from .cache_reader import Cache, open_cache
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
+from .gate import fit_gate
 from .heads import Head, HeadConfig
 from .checkpoint import CHECKPOINT_NAME
 from .hybrid import tune_after_selection
@@ -61,8 +62,9 @@ CANDIDATES = [
     ("residual-separate", {"kind": "residual", "towers": "separate"}, {"lr": 5e-4}),
 ]
 # On a large cache the residual MLP on both towers is the one worth its time (bench_ablation:
-# it leads every variant on SQuAD train); the query adapter stays as the cheap alternative.
-LARGE = ("linear-query", "residual-separate")
+# it leads every variant on SQuAD train); query-side heads (the adapter and the residual MLP)
+# stay at every size, since selection keeps one unless a two-tower head is better beyond noise.
+LARGE = ("linear-query", "residual-query", "residual-separate")
 
 
 def candidates(n_queries: int, fixed: dict | None = None) -> list[tuple[str, HeadConfig, dict]]:
@@ -160,7 +162,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             _say(progress, f"  note: {log['halves']}")
         order = np.concatenate(fold_rows)
         sel, dec = np.flatnonzero(np.isin(order, choose_rows)), np.flatnonzero(np.isin(order, decide_rows))
-        best = None
+        results = {}
         for name, hc, t in cands:
             tc = replace(cfg, **t).sized(n_train)
             tc = replace(tc, patience=tc.epochs + 1)  # every fold runs every epoch: out-of-fold scores per epoch
@@ -182,9 +184,10 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                            + (f" (of {tc.epochs} scheduled)" if trained < tc.epochs else "")
                            + f" (frozen {scores[0]:.4f}; batch {tc.batch_size}) {entry['seconds']:.1f}s"
                            + (f"; a fold {stopped}" if stopped else ""))
-            if best is None or scores[e_best] > best[0]:
-                best = (scores[e_best], name, hc, t, e_best, oof, tc)
-        _, name, hc, t, e_best, oof, tc = best
+            results[name] = (scores[e_best], name, hc, t, e_best, oof, tc)
+        name = prefer_query_side([(r[1], r[2].towers, r[0], r[5][r[4]][sel]) for r in results.values()],
+                                 cfg, log, progress)
+        _, name, hc, t, e_best, oof, tc = results[name]
         log.update(chosen=name, frozen_dev=rank_metrics(oof[0][dec]), chosen_dev_trained=rank_metrics(oof[e_best][dec]))
         # the winner again on every pair: the schedule of the folds, ended at the epoch that won (never
         # later than the folds trained, so never past --stop-epoch)
@@ -222,7 +225,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
         decide = held_out(cache, decide_rows)
-        best = None
+        results = {}
         for name, hc, t in cands:
             s0 = time.perf_counter()
             run = fit(cache, replace(base, **_head_dict(hc)), replace(cfg, **t), rows=(train_rows, choose_rows, decide_rows),
@@ -237,9 +240,10 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             _say(progress, f"  {name:<20} {cfg.select_metric} {entry['score']:.4f} at epoch {entry['best_epoch']}"
                            f"/{entry['epochs']} (frozen {entry['frozen']:.4f}; batch {entry['batch_size']}) "
                            f"{entry['seconds']:.1f}s")
-            if best is None or score > best[0]:
-                best = (score, name, run, replace(cfg, **t))
-        _, name, run, final_cfg = best
+            results[name] = (score, name, run, replace(cfg, **t), hc)
+        name = prefer_query_side([(r[1], r[4].towers, r[0], r[2]["epoch_ranks"][r[2]["best"]["epoch"]])
+                                  for r in results.values()], cfg, log, progress)
+        _, name, run, final_cfg, _ = results[name]
         head, run_log = run["head"], run["log"]
         log["chosen"] = name
         r0 = decide.ranks(None)
@@ -263,11 +267,58 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                    + (f"; dev {cfg.select_metric} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
                    + (f" ({decision['why']})" if decision.get("why") else "") + f"; {log['seconds']:.1f}s")
+    gate = attach_gate(head, cache, cfg, canaries, *((np.setdiff1d(all_rows, fold_rows[0]), fold_rows[0]) if k
+                                                     else (train_rows, held)), say=lambda t: _say(progress, t))
     # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
     # final head saw every query, so the weight is the frozen encoder's, chosen on all of them
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
                                   say=lambda t: _say(progress, t))
-    return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion})
+    return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
+
+
+def attach_gate(head: Head, cache: Cache, cfg: TrainConfig, canaries: list, train_rows: np.ndarray,
+                held_rows: np.ndarray, say=lambda t: None) -> dict:
+    """A per-query gate (``gate.fit_gate``) for a kept query-side head when ``cfg.gate``: the
+    training queries' distribution from ``train_rows``, its edge from the held-out ``held_rows``,
+    the other fields from the canaries' queries (if any). Returns ``{"gate": report}`` or ``{}``."""
+    if not cfg.gate or head.config.towers != "query" or head.config.passthrough:
+        return {}
+    gate, report = fit_gate(cache.queries[np.sort(train_rows)], cache.queries[np.sort(held_rows)],
+                            [np.asarray(c.cache.queries) for c in canaries])
+    head.set_gate(gate)
+    report["other_names"] = [c.name for c in canaries]
+    say(f"  per-query gate: full up to distance {report['lo']:.3f}, frozen from {report['hi']:.3f}; mean gate "
+        f"{report['mean_gate_held']:.3f} on held-out training queries"
+        + ("" if canaries else " (no --canary: the frozen encoder from 5% beyond the training queries' edge)")
+        + "".join(", " + f"{n} {v:.3f}" for n, v in zip(report["other_names"], report["mean_gate_other"])))
+    return {"gate": report}
+
+
+def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: TrainConfig, log: dict,
+                      progress: bool = False) -> str:
+    """The candidate to keep, from ``(name, towers, score, ranks on the choosing queries)``: the
+    best query-side head (contexts, and so an existing index, stay as they are) unless the
+    best-scoring candidate changes contexts and beats it beyond noise on the same queries (the
+    95% paired-bootstrap interval of its gain above 0, as the frozen-vs-head decision). Only
+    candidates of one kind of towers (``--towers``): the best one. Said in ``log["towers"]``."""
+    top = max(scored, key=lambda s: s[2])
+    query = [s for s in scored if s[1] == "query"]
+    if top[1] == "query" or not query:
+        return top[0]
+    q = max(query, key=lambda s: s[2])
+    f = PER_QUERY[cfg.select_metric]
+    boot = paired_bootstrap(f(top[3]), f(q[3]), seed=cfg.seed)
+    beyond = bool(boot["low"] > 0 and math.isfinite(top[2]))
+    chosen = top[0] if beyond else q[0]
+    log["towers"] = {"query_side": q[0], "two_tower": top[0], "gain": boot, "chosen": chosen,
+                     "why": (f"{top[0]} beats {q[0]} beyond noise on the choosing queries" if beyond else
+                             f"{top[0]} is not better than {q[0]} beyond noise on the choosing queries: the "
+                             "query-side head is kept, and contexts stay as they are")}
+    _say(progress, f"  two-tower {top[0]} vs query-side {q[0]}: {cfg.select_metric} gain {boot['gain']:+.4f} "
+                   f"(95% interval {boot['low']:+.4f} to {boot['high']:+.4f}, {boot['n']} queries); keeping "
+                   + (f"{chosen} (contexts change: re-encode the index)" if beyond else
+                      f"{chosen} (contexts unchanged)"))
+    return chosen
 
 
 def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -> int:
@@ -333,5 +384,6 @@ def _head_dict(hc: HeadConfig) -> dict:
 def _brief(log: dict) -> dict:
     """What the model card shows of the search."""
     return {"mode": log["mode"], "chosen": log.get("chosen"), "dev_gain": log.get("dev_gain"),
+            **({"towers": log["towers"]} if log.get("towers") else {}),
             "candidates": [{k: c[k] for k in ("name", "score", "frozen", "best_epoch", "epochs", "seconds")}
                            for c in log["candidates"]]}

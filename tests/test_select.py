@@ -22,7 +22,9 @@ def test_folds_keep_groups_whole_and_cover_every_row_once():
 def test_candidates_by_size_and_fixed_settings():
     small = [n for n, _, _ in candidates(1000)]
     assert small == ["linear-query", "linear-separate", "residual-query", "residual-separate"]
-    assert [n for n, _, _ in candidates(CV_BELOW)] == ["linear-query", "residual-separate"]
+    assert [n for n, _, _ in candidates(CV_BELOW)] == ["linear-query", "residual-query", "residual-separate"]
+    for n in (10, 1000, CV_BELOW, 10 * CV_BELOW):  # query-side heads at every size
+        assert {"linear-query", "residual-query"} <= {name for name, _, _ in candidates(n)}
     fixed = candidates(1000, {"kind": "residual", "lr": 1e-4})
     assert {h.kind for _, h, _ in fixed} == {"residual"} and len(fixed) == 2  # the two residual tower choices
     assert all(t["lr"] == 1e-4 for _, _, t in fixed)

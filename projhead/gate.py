@@ -1,0 +1,106 @@
+"""A per-query gate: a query-side head applied in full to queries like its training queries,
+fading to the frozen encoder for queries unlike them.
+
+Usage::
+
+    from projhead.gate import fit_gate
+    gate, report = fit_gate(train_q, held_q, other_q)   # frozen query vectors, (N, D) each
+    head.set_gate(gate)                                 # saved with the head, applied by load_head and both exports
+    head.gate_values(query_vectors)                     # (N,) in [0, 1]
+
+The signal is how far a frozen query vector lies from the training queries' distribution:
+the Mahalanobis distance to their mean under their covariance (shrunk toward a multiple of the
+identity, ``SHRINK``, so 384 dimensions are well estimated from a few thousand queries), as a
+root mean square per dimension (about 1 for a typical training query). The gate is 1 up to
+``lo`` and 0 from ``hi`` on, linear between:
+
+- ``lo``: the ``IN_QUANTILE`` (90th percentile) distance of held-out training queries (never
+  used for the mean and covariance), so nine in ten queries of the training field get the head
+  in full;
+- ``hi``: the ``OUT_QUANTILE`` (10th percentile) distance of queries of other fields (canary
+  caches: text the head never saw), so nine in ten of those get the frozen encoder.
+
+Where the two overlap (``hi <= lo``), or no other field is given, the ramp is ``MIN_RAMP`` wide
+above ``lo``. On SQuAD train (bench_gate.py) every choice of other fields among BoolQ, FiQA and
+Quora overlaps, so the bounds are the same with canaries or without.
+The head's query output becomes ``x + g(x) * (tower(x) - x)`` before normalising: at g = 1 the
+trained head, at g = 0 the frozen vector; contexts never change.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+SHRINK = 0.1  # covariance + SHRINK x (mean eigenvalue) x I
+IN_QUANTILE = 0.9
+OUT_QUANTILE = 0.1
+MIN_RAMP = 0.05  # the least width of the ramp, relative to lo
+
+
+class QueryGate(nn.Module):
+    """g(x) = clamp((hi - d(x)) / (hi - lo), 0, 1), d the per-dimension RMS Mahalanobis distance
+    of the frozen query vector to the training queries (see module doc). Buffers only: saved in
+    the head's safetensors as ``gate.mean`` (D,), ``gate.whiten`` (D, D), ``gate.bounds`` (2,)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("whiten", torch.eye(dim))
+        self.register_buffer("bounds", torch.tensor([1.0, 2.0]))  # lo, hi
+
+    def distance(self, x: torch.Tensor) -> torch.Tensor:  # (N, D) -> (N,)
+        z = (x - self.mean) @ self.whiten  # (N, D), whitened
+        return z.pow(2).mean(dim=1).sqrt()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, D) -> (N,)
+        lo, hi = self.bounds[0], self.bounds[1]
+        return ((hi - self.distance(x)) / (hi - lo)).clamp(0.0, 1.0)
+
+
+def _distances(gate: QueryGate, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return gate.distance(torch.from_numpy(np.asarray(x, np.float32))).numpy()
+
+
+def fit_gate(train_q: np.ndarray, held_q: np.ndarray, other_q: np.ndarray | list[np.ndarray]
+             ) -> tuple[QueryGate, dict]:
+    """A gate from frozen query vectors: ``train_q`` (the training queries: mean and covariance),
+    ``held_q`` (training-field queries not in ``train_q``: where the full head ends) and
+    ``other_q`` (queries of other fields, one array or a list, may be empty: where the frozen
+    encoder starts; without any, ``MIN_RAMP`` above ``lo``).
+    Returns the gate and a report (bounds, distance quantiles, mean gate on each set)."""
+    train_q = np.asarray(train_q, np.float64)
+    others = [np.asarray(o, np.float32) for o in (other_q if isinstance(other_q, list) else [other_q])]
+    if train_q.ndim != 2 or len(train_q) < 2:
+        raise ValueError(f"the gate needs at least 2 training query vectors, got shape {train_q.shape}")
+    others = [o for o in others if len(o)]
+    if len(held_q) == 0:
+        raise ValueError("the gate needs held-out training queries to calibrate on")
+    dim = train_q.shape[1]
+    mean = train_q.mean(0)
+    cov = np.cov(train_q, rowvar=False).reshape(dim, dim)
+    cov += SHRINK * np.trace(cov) / dim * np.eye(dim)
+    # whiten = L^-T for cov = L L^T, so ||(x - mean) whiten||^2 = (x - mean)^T cov^-1 (x - mean)
+    chol = np.linalg.cholesky(cov)
+    whiten = np.linalg.inv(chol).T
+    gate = QueryGate(dim)
+    gate.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+    gate.whiten.copy_(torch.from_numpy(whiten.astype(np.float32)))
+    d_in = _distances(gate, held_q)
+    d_out = np.concatenate([_distances(gate, o) for o in others]) if others else np.zeros(0)
+    lo = float(np.quantile(d_in, IN_QUANTILE))
+    hi = max(float(np.quantile(d_out, OUT_QUANTILE)) if others else 0.0, lo * (1 + MIN_RAMP))
+    gate.bounds.copy_(torch.tensor([lo, hi]))
+    gate.eval()
+    with torch.no_grad():
+        g_in = gate(torch.from_numpy(np.asarray(held_q, np.float32))).numpy()
+        g_out = [gate(torch.from_numpy(o)).numpy() for o in others]
+    report = {"signal": "Mahalanobis distance to the training queries (RMS per dimension)",
+              "lo": lo, "hi": hi, "n_train": len(train_q), "n_held": len(held_q),
+              "n_other": [len(o) for o in others],
+              "held_distance": {"median": float(np.median(d_in)), "q90": lo},
+              **({"other_distance": {"median": float(np.median(d_out)),
+                                     "q10": float(np.quantile(d_out, OUT_QUANTILE))}} if others else {}),
+              "mean_gate_held": float(g_in.mean()), "mean_gate_other": [float(g.mean()) for g in g_out]}
+    return gate, report

@@ -1,0 +1,45 @@
+"""A projhead head as a sentence-transformers module, for what ``Dense`` layers cannot express:
+a head with a per-query gate (the gate multiplies the head's change by a function of the same
+vector).
+
+Usage (``export.export_sentence_transformers`` puts it in the query route of a gated head)::
+
+    from projhead.st_module import HeadModule
+    module = HeadModule(head)          # features["sentence_embedding"] -> head.encode_queries(...)
+
+Saved as the head's own folder (config.json + model.safetensors, no pickle) in the module's
+subfolder and loaded with ``load_head``; loading the exported model then needs projhead
+installed (no ``trust_remote_code``: the class is imported from the installed package).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sentence_transformers.base.modules import Module
+
+from .heads import Head, load_head
+
+
+class HeadModule(Module):
+    """Applies ``head``'s query tower (gate and normalisation included) to the sentence embedding."""
+
+    config_keys: list[str] = []
+
+    def __init__(self, head: Head):
+        super().__init__()
+        self.head = head.eval()
+
+    def forward(self, features: dict, **kwargs) -> dict:
+        x = features["sentence_embedding"]
+        features["sentence_embedding"] = self.head.encode_queries(x.float()).to(x.dtype)
+        return features
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.head.config.output_dim
+
+    def save(self, output_path: str, *args, **kwargs) -> None:
+        self.head.save(output_path)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> "HeadModule":
+        return cls(load_head(Path(model_name_or_path) / subfolder))
