@@ -146,7 +146,7 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
         done = open_cache(out, load=False)
         ran = done.encoder_info["settings"].get("precision")
         said = f", corpus {done.section_attrs('corpus', 'corpus')['stats_json']}" if "corpus" in done.sections else ""
-        click.echo(f"{out}: {res.status}: {done.attrs['n_queries']} query and {done.attrs['n_contexts']} context vectors"
+        click.echo(f"{out}: {'wrote' if res.status == 'written' else 'added the corpus, now'} {done.attrs['n_queries']} query and {done.attrs['n_contexts']} context vectors"
                    f"{said} (dim {dim}, {dtype}" + (f", encoded in {ran}" if ran else "") + f") in {res.seconds:.1f}s")
 
 
@@ -402,7 +402,7 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
     head = load_head(head_path) if head_path else None
     spec = eval_fusion(head, fusion_weight, fusion_normalisation, click.echo if bm25 and not index else None)
     search_kw = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
-    every = {}
+    every, distractors = {}, {}
     for cache_file in cache_files:
         if index:  # streamed from the file: memory is the index and one chunk
             results, ranks = evaluate_streamed(cache_file, head=head, index=index, block=block, corpus=corpus_sample,
@@ -416,9 +416,9 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
         else:
             c = with_corpus(open_cache(cache_file), corpus_sample)
             results, ranks = evaluate_cache(c, head=head, bm25=bm25, block=block, return_ranks=True, fusion=spec)
-        every[cache_file] = dict(results, distractors=int(c.attrs.get("n_distractors", 0)))
+        every[cache_file], distractors[cache_file] = results, int(c.attrs.get("n_distractors", 0))
         click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts + "
-                   f"{every[cache_file]['distractors']} corpus texts (distractors, full corpus only), "
+                   f"{distractors[cache_file]} corpus texts (distractors, full corpus only), "
                    f"encoder {c.encoder}" + (f", head {head_path}" if head_path else ""))
         click.echo(format_table(results))
     if head is not None and len(cache_files) > 1:
@@ -426,8 +426,9 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
         click.echo(format_changes(every))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        payload = ({"cache": cache_files[0], "head": head_path, "results": every[cache_files[0]]}
-                   if len(cache_files) == 1 else {"head": head_path, "caches": every})
+        payload = ({"cache": cache_files[0], "head": head_path, "distractors": distractors[cache_files[0]],
+                    "results": every[cache_files[0]]} if len(cache_files) == 1
+                   else {"head": head_path, "caches": every, "distractors": distractors})
         Path(json_out).write_text(json.dumps(payload, indent=1))
     if report_dir:
         from .report import write_report

@@ -59,8 +59,9 @@ def test_a_corpus_holding_gold_contexts_does_not_double_them(tmp_path):
     # a second copy of a gold context would tie with it and count against it: ranks are unchanged
     code = cli.main(["eval", str(out), "--json-out", str(tmp_path / "with.json")])
     assert code == 0 and cli.main(["eval", str(out), "--corpus-sample", "0", "--json-out", str(tmp_path / "without.json")]) == 0
-    with_c, without = (json.loads((tmp_path / f).read_text())["results"] for f in ("with.json", "without.json"))
+    with_c, without = (json.loads((tmp_path / f).read_text()) for f in ("with.json", "without.json"))
     assert with_c["distractors"] == 2 and without["distractors"] == 0
+    with_c, without = with_c["results"], without["results"]
     assert without["frozen"]["full_corpus"]["R@1"] > 0.9
     assert with_c["frozen"]["full_corpus"]["R@1"] >= without["frozen"]["full_corpus"]["R@1"] - 2 / len(pairs)
 
@@ -139,8 +140,9 @@ def test_eval_counts_the_distractors_in_memory_and_through_an_index(tmp_path):
     for name, extra in (("all", []), ("some", ["--corpus-sample", "10"]), ("none", ["--corpus-sample", "0"]),
                         ("index", ["--index", "Flat"]), ("index-some", ["--index", "Flat", "--corpus-sample", "10"])):
         assert cli.main(["eval", str(out), "--json-out", str(tmp_path / f"{name}.json"), *extra]) == 0
-        got[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"]
+        got[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert [got[k]["distractors"] for k in got] == [40, 10, 0, 40, 10]
+    got = {k: v["results"] for k, v in got.items()}
     for a, b in (("all", "index"), ("some", "index-some")):  # the same rows ranked, in memory or by FAISS
         assert got[a]["frozen"]["full_corpus"] == pytest.approx(got[b]["frozen"]["full_corpus"])
     assert got["all"]["frozen"]["out_of_500"] == got["none"]["frozen"]["out_of_500"]  # blocks: labelled only
