@@ -22,7 +22,7 @@ import numpy as np
 from .cache_build import CacheResult, start_job
 from .cache_writer import CacheWriter, lock_output
 from .cachefile import CacheError, cache_attrs, job_identity
-from .corpus import corpus_sizes, seal_corpus, write_corpus
+from .corpus import corpus_sizes, in_blocks, seal_corpus, write_corpus
 from .hashing import as_keys, text_hashes
 
 
@@ -44,14 +44,7 @@ class _Lines:
                 yield row[self.field]
 
     def blocks(self, size: int):
-        block = []
-        for t in self:
-            block.append(t)
-            if len(block) == size:
-                yield block
-                block = []
-        if block:
-            yield block
+        return in_blocks(self, size)
 
 
 def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike, dtype: str = "float32",

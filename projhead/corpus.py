@@ -25,6 +25,7 @@ then the texts a shard at a time): memory is 17 bytes a text and one shard, what
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from pathlib import Path
 
@@ -142,14 +143,7 @@ class CorpusPlan:
                 yield t
 
     def blocks(self, size: int):
-        block = []
-        for t in self:
-            block.append(t)
-            if len(block) == size:
-                yield block
-                block = []
-        if block:
-            yield block
+        return in_blocks(self, size)
 
     @property
     def fingerprint(self) -> str:
@@ -157,6 +151,13 @@ class CorpusPlan:
         if self._fingerprint is None:
             self._fingerprint = columns_sha256([self])
         return self._fingerprint
+
+
+def in_blocks(items, size: int):
+    """Lists of ``size`` consecutive items of an iterable (the last one shorter), one at a time."""
+    it = iter(items)
+    while block := list(itertools.islice(it, size)):
+        yield block
 
 
 def _shard(parts: Path, k: int) -> Path:
