@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from .cache import Cache
+from .cache_reader import Cache
 from .config import SMALL, TrainConfig, TrainError
 from .evaluate import dense_scorer, excluding, ranks, self_matches
 from .heads import Head
@@ -35,8 +35,9 @@ def split_groups(cache: Cache, need: int = MIN_GROUPS) -> list[str]:
     context (``joined_by_gold``), or each query's gold context when there are fewer than ``need``
     groups (100 pairs of one article still get a held-out split, with no context on both sides;
     see ``within_documents``)."""
-    if len(set(cache.groups)) >= need:
-        return joined_by_gold(cache.groups, cache.q2c)
+    joined = joined_by_gold(cache.groups, cache.q2c)
+    if len(set(joined)) >= need:
+        return joined
     return [f"context {i}" for i in cache.q2c]
 
 
@@ -72,11 +73,12 @@ def joined_by_gold(groups: list[str], gold: np.ndarray) -> list[str]:
 
 def within_documents(cache: Cache) -> str | None:
     """Why a held-out gain says nothing about other documents, if it does not: fewer than
-    ``MIN_GROUPS`` groups, so held-out queries share documents with the training pairs."""
-    n = len(set(cache.groups))
+    ``MIN_GROUPS`` groups (after ``joined_by_gold``), so held-out queries share documents with the
+    training pairs."""
+    n = len(set(joined_by_gold(cache.groups, cache.q2c)))
     if n >= MIN_GROUPS:
         return None
-    return (f"the pairs come from {n} document(s) (groups), so held-out queries share documents with the "
+    return (f"the pairs come from {n} document(s) (groups, joined where they share a gold context), so held-out queries share documents with the "
             f"training pairs and say nothing about other documents; give each document its own group "
             f"({MIN_GROUPS} or more), or pass --decision better to keep a head that helps within these documents")
 
@@ -353,17 +355,22 @@ class StreamSource:
         """The sorted gold contexts of the dev split. Groups that share a gold context go to
         one side together (``gold_components``), as the hash of the smallest group key among
         them decides (``_in_dev``), so no dev context is ever a training row's gold. Memory: the
-        distinct (group, gold context) pairs, 16 bytes each, freed before training starts."""
-        pairs = []
-        for a, b in self.chunks:
-            keys = _group_keys(g.decode() for g in self.Gd[a:b])
-            pairs.append(np.unique(np.stack([keys, self.Kd[a:b].astype(np.int64)], axis=1), axis=0))
-        pairs = np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
-        if not len(pairs):
+        (group, gold context) pair of every row while they are sorted (16 bytes each, and a sort's
+        8), then the distinct ones, all freed before training starts."""
+        if not self.chunks:
             return np.zeros(0, np.int64)
-        group_keys, group = np.unique(pairs[:, 0], return_inverse=True)
-        first = group_keys[gold_components(group.reshape(-1), pairs[:, 1])]  # sorted keys: smallest id, smallest key
-        return np.unique(pairs[_in_dev(first, fraction, seed), 1])
+        keys = np.concatenate([_group_keys(g.decode() for g in self.Gd[a:b]) for a, b in self.chunks])
+        gold = np.concatenate([self.Kd[a:b].astype(np.int64) for a, b in self.chunks])
+        order = np.lexsort((gold, keys))  # the distinct (group, gold) pairs: sorted, then first of each run
+        keys, gold = keys[order], gold[order]
+        del order
+        new = np.ones(len(keys), bool)
+        new[1:] = (keys[1:] != keys[:-1]) | (gold[1:] != gold[:-1])
+        keys, gold = keys[new], gold[new]
+        del new
+        group_keys, group = np.unique(keys, return_inverse=True)
+        first = group_keys[gold_components(group.reshape(-1), gold)]  # sorted keys: smallest id, smallest key
+        return np.unique(gold[_in_dev(first, fraction, seed)])
 
     def _open(self, cache: Cache, cfg: TrainConfig) -> None:
         self.Qd, self.Cd = self.f["queries/vectors"], self.f["contexts/vectors"]

@@ -16,7 +16,7 @@ The work is done in one module a job, each importing only those below it:
     cache_import.py  cache_jsonl_vectors: the user's own vectors of a JSONL of pairs
     cache_naming.py  cache_name, cache_dataset
 
-Modules of the package import from those, but for the CLI; none of them imports this one back.
+Modules of the package import from those, not from this one (the CLI and the package root excepted).
 """
 from .cache_build import CacheResult, ShardedVectors, build_cache, start_job, write_texts  # noqa: F401
 from .cache_import import cache_jsonl_vectors  # noqa: F401

@@ -71,8 +71,11 @@ class CacheWriter:
                 raise CacheError(f"{self.path}: no section {name!r} is registered (known: {', '.join(SECTIONS)})")
             section, sizes = SECTIONS[name], dict(sizes)
             instance = sizes.pop("instance", None) if section.named else None
+            if section.named and not instance:
+                raise CacheError(f"{self.path}: section {name!r} is one of many: give its name as \"instance\"")
             self.extra[section.where(instance)] = (section, dict(self.sizes, **sizes))
-        self.first: dict[str, np.ndarray] = {}  # the first rows of each group's vectors: are they unit length
+        self.pending = {}  # optional columns of other sections: created when first written
+        self.first: dict[str, np.ndarray] = {}  # the first rows of the pairs' vectors: are they unit length
         self._atomic = atomic_path(self.path)
         self.f = None
 
@@ -87,20 +90,35 @@ class CacheWriter:
             self.f = h5py.File(self.raw, "w", libver="latest")
             for where, (section, sizes) in [("", (SECTIONS["pairs"], self.sizes)), *self.extra.items()]:
                 for c in section.columns:
-                    if c.kind != "vectors" or self.vectors:
-                        create_dataset(self.f, section.key(where, c), section.shape(c, sizes), c, self.dtype, self.block)
+                    if where and c.optional:
+                        self.pending[section.key(where, c)] = (section, c, sizes)
+                    elif c.kind != "vectors" or self.vectors:
+                        self._create(section, c, sizes, where)
         except BaseException:
             self._abort()
             raise
         return self
 
+    def _create(self, section, c, sizes: dict, where: str) -> None:
+        names = [t[0] if isinstance(t, tuple) else t for t in c.shape]
+        missing = [n for n in names if isinstance(n, str) and n not in sizes]
+        if missing:
+            raise CacheError(f"{self.path}: section {section.name!r} needs the size {missing[0]!r} for "
+                             f"{section.key(where, c)}")
+        shape = section.shape(c, sizes)
+        create_dataset(self.f, section.key(where, c), shape, c, self.dtype, self.block)
+
     def write(self, key: str, start: int, values) -> None:
-        """Rows ``start ..`` of dataset ``key`` (e.g. ``queries/vectors``, ``contexts/text``)."""
+        """Rows ``start ..`` of dataset ``key`` (e.g. ``queries/vectors``, ``contexts/text``);
+        an optional column of another section exists once it is written."""
         self.raw.check()
+        if key in self.pending:
+            section, c, sizes = self.pending.pop(key)
+            self._create(section, c, sizes, key.rsplit("/", 1)[0])
         if key.endswith("/vectors"):
             values = np.asarray(values)
             group = key.rsplit("/", 1)[0]
-            if group not in self.first and start == 0:
+            if group in ("queries", "contexts") and group not in self.first and start == 0:
                 self.first[group] = values[:1000].astype(np.float32)
             values = values.astype(self.dtype, copy=False)
         elif not len(values):

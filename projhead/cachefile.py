@@ -308,7 +308,8 @@ class Pairs(Section):
 
     def check(self, path, where, data, sizes, header):
         if int(header["format_version"]) < 2 and header.get("texts_sha256") not in (
-                None, columns_sha256([data[k] for k in ("queries/text", "queries/id", "queries/group", "contexts/text")])):
+                None, columns_sha256([d if isinstance(d, list) else TextColumn(d) for d in
+                                      (data[k] for k in ("queries/text", "queries/id", "queries/group", "contexts/text"))])):
             # version 1 files: texts only, under their own attribute (absent in the oldest)
             raise CacheError(f"{path}: damaged cache, its texts or index do not match their checksum (texts_sha256)")
 

@@ -399,6 +399,8 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
         raise click.UsageError("--report compares a head with its frozen encoder: pass --head")
     if report_dir and len(cache_files) > 1:
         raise click.UsageError("--report describes one cache: pass one CACHE_FILE")
+    if not bm25 and (fusion_weight is not None or fusion_normalisation is not None):
+        raise click.UsageError("--fusion-weight and --fusion-normalisation set the fusion with BM25: pass --bm25")
     head = load_head(head_path) if head_path else None
     spec = eval_fusion(head, fusion_weight, fusion_normalisation, click.echo if bm25 and not index else None)
     search_kw = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}

@@ -148,7 +148,9 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
         Qd, Cd = f["queries/vectors"], f["contexts/vectors"]
         q2c = f["queries/context"][()].astype(np.int64)  # (Nq,)
         texts = [TextColumn(f[k], chunk) for k in ("queries/text", "queries/id", "queries/group", "contexts/text")]
-        if cache.attrs["fingerprint"] != content_sha256(*texts, q2c):
+        v2 = int(cache.attrs.get("format_version", 2)) >= 2  # version 1: texts only, under texts_sha256
+        want = cache.attrs.get("fingerprint" if v2 else "texts_sha256")
+        if want is not None and want != content_sha256(*texts, q2c if v2 else None):
             raise CacheError(f"{cache.path}: damaged cache, its texts or index do not match their checksum (fingerprint)")
         if np.isin(text_hashes(texts[0])[:, 0], text_hashes(texts[3])[:, 0]).any():  # 64 bits suffice here
             raise SearchError(f"{cache.path}: queries that are also contexts (duplicate-question data) are not "

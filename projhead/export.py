@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .files import write_atomic
 from .fusion import FUSION_NAME
 from .heads import ACTIVATION_MODULES, Head, HeadError, load_head
 
@@ -150,11 +151,13 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
 
 def _side_files(out: Path, report: dict, head: Head) -> None:
     """projhead_export.json (the report and head settings) and, for a head with a saved
-    fusion, fusion.json (``fusion.read_fusion`` reads it back)."""
-    (out / "projhead_export.json").write_text(json.dumps({**report, "head_config": head.config.__dict__,
+    fusion, fusion.json (``fusion.read_fusion`` reads it back; removed for a head without one)."""
+    write_atomic(out / "projhead_export.json", json.dumps({**report, "head_config": head.config.__dict__,
                                                           "fusion": head.info.get("fusion")}, indent=1))
     if head.fusion is not None:
-        (out / FUSION_NAME).write_text(json.dumps(head.fusion.to_dict(), indent=1))
+        write_atomic(out / FUSION_NAME, json.dumps(head.fusion.to_dict(), indent=1))
+    else:  # a folder exported again with a head without fusion keeps no earlier head's weight
+        (out / FUSION_NAME).unlink(missing_ok=True)
 
 
 class _TowerModule(nn.Module):

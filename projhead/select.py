@@ -158,6 +158,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         n_train = n - n // k
         # out-of-fold ranks come in fold order; half the queries (whole groups) choose, the others decide
         choose_rows, decide_rows = _halves(groups, all_rows, cfg.seed, log)
+        if log.get("halves"):
+            _say(progress, f"  note: {log['halves']}")
         order = np.concatenate(fold_rows)
         sel, dec = np.flatnonzero(np.isin(order, choose_rows)), np.flatnonzero(np.isin(order, decide_rows))
         best = None
@@ -219,6 +221,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         # held-out groups: half choose (early stopping, the kept epoch, the candidate), the others decide
         train_rows, held = split_by_group(groups, dev_fraction(cfg, n), cfg.seed)
         choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
+        if log.get("halves"):
+            _say(progress, f"  note: {log['halves']}")
         decide = held_out(cache, decide_rows)
         best = None
         for name, hc, t in cands:

@@ -345,8 +345,14 @@ def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.nd
                                f"to {boot['high']:+.4f}) is not above 0")
         elif decision["kept"] == "identity":
             decision["why"] = narrow
+    elif dev is None or cfg.dev_fraction == 0:
+        decision["kept"] = "head"  # the caller decided (model selection with folds), or the user: --dev-fraction 0
+        if dev is not None:
+            decision["why"] = "kept without a held-out test: --dev-fraction 0 holds out no queries"
     else:
-        decision["kept"] = "head"  # nothing to decide on: the caller decided (model selection with folds)
+        decision["kept"] = "identity"
+        decision["why"] = ("the dev split holds no queries (too few groups, or none drawn for it), so nothing "
+                           "shows the head helps on data it was not trained on")
     if decision["kept"] == "identity":
         head.reset_to_identity()
     log["decision"] = decision

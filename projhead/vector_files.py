@@ -136,8 +136,21 @@ class VectorFile:
             if "text" not in self._key_cols and "id" not in self._key_cols:
                 raise EncoderError(f"{path}: no 'text' or 'id' for the vectors: cannot tell which text each belongs to")
 
+    ROLES = ("query", "context", "document")
+
     def keys(self, chunk: int = 65536):
-        """(kind, value, role) of every row, a list per chunk, in row order."""
+        """(kind, value, role) of every row, a list per chunk, in row order; a role other than
+        ``ROLES`` (or none) is refused, naming the file and the row."""
+        done = 0
+        for part in self._keys(chunk):
+            bad = next((i for i, (_, _, r) in enumerate(part) if r is not None and r not in self.ROLES), None)
+            if bad is not None:
+                raise EncoderError(f"{self.path}: row {done + bad} has role {part[bad][2]!r}; roles are "
+                                   f"{', '.join(self.ROLES)} (document is context), or none for both")
+            done += len(part)
+            yield part
+
+    def _keys(self, chunk: int):
         def text(v):
             return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -205,7 +218,14 @@ class VectorFile:
         idx = np.asarray(idx, dtype=np.int64)
         if self.suffix == ".parquet":
             if self._vectors is None:
+                import pyarrow.compute as pc
+
                 col = self._pq.read(columns=[self._col]).column(0)
+                bad = np.flatnonzero(np.asarray(pc.fill_null(pc.list_value_length(col), -1)) != self.dim)
+                if len(bad):
+                    raise EncoderError(f"{self.path}: row {int(bad[0])} of column {self._col!r} is "
+                                       f"{'null' if col[int(bad[0])].as_py() is None else 'of another length'}: "
+                                       f"every vector must have {self.dim} numbers ({len(bad)} rows differ)")
                 self._vectors = np.asarray(col.to_pylist(), dtype=np.float32).reshape(len(self), -1)
             return self._vectors[idx]
         if self.suffix == ".npy":

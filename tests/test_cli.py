@@ -157,6 +157,7 @@ def test_unknown_loss_is_a_usage_error(capsys):
     (["train", "{cache}", "--out", "h", "--epochs", "0"], "Invalid value for '--epochs'"),
     (["train", "{cache}", "--out", "h", "--alpha", "2"], "Invalid value for '--alpha'"),
     (["eval", "{cache}", "--block", "0"], "Invalid value for '--block'"),
+    (["eval", "{cache}", "--fusion-weight", "0.3"], "set the fusion with BM25: pass --bm25"),
     (["cache", "--batch-size", "0"], "Invalid value for '--batch-size'"),
     (["mine", "{cache}", "--k", "0"], "Invalid value for '--k'"),
 ])

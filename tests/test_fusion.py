@@ -123,6 +123,9 @@ def test_onnx_export_keeps_the_fusion_in_a_side_file(tmp_path):
     export_onnx(tmp_path / "head", tmp_path / "onnx2", n_check=8)
     with pytest.raises(FusionError, match="fusion.json: no fusion settings"):
         read_fusion(tmp_path / "onnx2")
+    export_onnx(tmp_path / "head", tmp_path / "onnx", n_check=8)  # exported again over the first folder
+    with pytest.raises(FusionError, match="fusion.json: no fusion settings"):
+        read_fusion(tmp_path / "onnx")  # the earlier head's weight is gone with it
 
 
 @pytest.mark.slow

@@ -96,6 +96,17 @@ def test_bad_vector_files_are_named(tmp_path):
     enc = get_encoder("vectors:x", files=[tmp_path / "q.npy"])
     with pytest.raises(EncoderError, match="15 query texts have no vector in .*q.npy"):
         enc.encode(pairs.queries, role="query")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name, vectors in (("ragged", [[1.0, 0.0], [0.0, 1.0, 0.5]]), ("null", [[1.0, 0.0], None])):
+        pq.write_table(pa.table({"text": ["a", "b"], "vector": vectors}), tmp_path / f"{name}.parquet")
+        with pytest.raises(EncoderError, match=f"{name}.parquet: row 1 of column 'vector' is"):
+            read_vector_file(tmp_path / f"{name}.parquet")
+    pq.write_table(pa.table({"text": ["a", "b"], "vector": [[1.0, 0.0], [0.0, 1.0]], "role": ["query", "passage"]}),
+                   tmp_path / "roles.parquet")
+    with pytest.raises(EncoderError, match="roles.parquet: row 1 has role 'passage'"):
+        get_encoder("vectors:x", files=[tmp_path / "roles.parquet"])
 
 
 def test_vectors_stay_in_their_files_until_a_text_needs_them(tmp_path, monkeypatch):

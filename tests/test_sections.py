@@ -133,3 +133,57 @@ def test_a_named_section_is_added_checked_and_replaced(turns, planted_cache):
     with pytest.raises(CacheError, match="no toy_notes section 'b' \\(it has: a\\)"):
         open_cache(path).read("toy_notes", "b")
     np.testing.assert_array_equal(open_cache(path).q2c, c.q2c)  # the pairs are untouched
+
+
+def test_a_version_1_cache_is_read_and_checked_by_every_reader(tmp_path):
+    """Version-1 files (groups outside the fingerprint, texts_sha256 beside it) open, read their
+    pairs section and stream through eval --index; a changed text is still caught."""
+    import h5py
+    from conftest import PlantedEncoder, planted_pairs
+
+    from projhead.cache import CacheError, build_cache
+    from projhead.evaluate import evaluate_streamed
+    from projhead.hashing import columns_sha256
+
+    pairs = planted_pairs(n_groups=4)
+    p = tmp_path / "v1.h5"
+    build_cache(pairs, PlantedEncoder(pairs), p, progress=False)
+    with h5py.File(p, "r+") as f:  # what a version-1 writer left
+        f.attrs["format_version"] = 1
+        f.attrs["fingerprint"] = columns_sha256([pairs.queries, pairs.query_ids, pairs.contexts], [pairs.q2c])
+        f.attrs["texts_sha256"] = columns_sha256([pairs.queries, pairs.query_ids, pairs.groups, pairs.contexts])
+    c = open_cache(p)
+    assert c.read("pairs")["queries/text"] is not None
+    assert "frozen" in evaluate_streamed(p, index="Flat")
+    with h5py.File(p, "r+") as f:
+        f["queries/group"][0] = b"another article"
+    with pytest.raises(CacheError, match="damaged cache"):
+        open_cache(p).read("pairs")
+    with pytest.raises(CacheError, match="damaged cache"):
+        evaluate_streamed(p, index="Flat")
+
+
+def test_the_writer_refuses_a_nameless_instance_and_leaves_unwritten_optional_columns_out(tmp_path):
+    from projhead.cache import write_texts
+
+    pairs = planted_pairs(n_groups=3)
+    enc = PlantedEncoder(pairs)
+
+    def write(path, sections, fill):
+        with CacheWriter(path, len(pairs), len(pairs.contexts), enc.dim, "float32", sections=sections) as w:
+            w.write("queries/vectors", 0, enc.encode(pairs.queries))
+            w.write("contexts/vectors", 0, enc.encode(pairs.contexts, role="context"))
+            write_texts(w, pairs)
+            fill(w)
+            w.finish(cache_attrs(pairs.meta, enc.describe(), pairs.fingerprint(), 0.0))
+
+    negatives = np.full((len(pairs), 3), -1)
+    with pytest.raises(CacheError, match="one of many"):
+        write(tmp_path / "a.h5", {"mined": {"k": 3, "silver": 0}}, lambda w: None)
+    assert not (tmp_path / "a.h5").exists()
+    write(tmp_path / "b.h5", {"mined": {"k": 3, "silver": 0, "instance": "m"}},
+          lambda w: w.write("mined/m/negatives", 0, negatives))
+    m = open_cache(tmp_path / "b.h5").read("mined", "m")
+    assert (m["negatives"] == -1).all() and not {"teacher", "negative_scores"} & set(m)
+    with h5py.File(tmp_path / "b.h5") as f:
+        assert set(f["mined/m"]) == {"negatives"}

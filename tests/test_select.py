@@ -272,3 +272,45 @@ def test_the_queries_that_decide_took_no_part_in_choosing(planted_cache, monkeyp
         assert seen["chosen_on"] == len(choose)
     else:
         assert log["n_dev"] == len(choose)  # the run's own held-out queries (early stopping, the epoch kept)
+
+
+def test_one_answer_shared_by_every_document_still_gets_a_held_out_test(tmp_path):
+    """Every article has a question whose gold is the same context (a generic FAQ answer): the
+    joined groups are one, so the split falls back to one group per gold context instead of
+    holding out nothing, and both selection and --no-auto decide on held-out queries."""
+    from conftest import linked_cache
+
+    from projhead.heads import HeadConfig
+    from projhead.train import split_groups, train_head
+
+    p = linked_cache(tmp_path / "c.h5", 8, [(g, 0) for g in range(8)])
+    c = open_cache(p)
+    assert len(set(split_groups(c))) == len(set(c.q2c.tolist()))  # one group per gold context
+    _, log = train_head(p, HeadConfig(kind="linear"), TrainConfig(epochs=2), progress=False)
+    assert log["n_dev"] > 0 and "holds no queries" not in log["decision"].get("why", "")
+    _, log = auto_train(p, TrainConfig(epochs=2), out=tmp_path / "h", progress=False)
+    assert log["selection"]["decide_queries"] > 0
+
+
+def test_an_empty_streamed_dev_split_keeps_the_identity(tmp_path):
+    """Three groups, a seed that holds none of them out: nothing was tested, so nothing is kept."""
+    from conftest import PlantedEncoder, planted_pairs
+
+    from projhead.batches import StreamSource
+    from projhead.cache import build_cache
+    from projhead.heads import HeadConfig
+    from projhead.train import train_head
+
+    pairs = planted_pairs(n_groups=3, contexts_per_group=20)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    for seed in range(20):
+        cfg = TrainConfig(stream=True, epochs=2, seed=seed)
+        src = StreamSource(open_cache(tmp_path / "c.h5", load=False), cfg)
+        empty = len(src.dev_rows) == 0
+        src.close()
+        if empty:
+            break
+    assert empty
+    head, log = train_head(tmp_path / "c.h5", HeadConfig(kind="linear"), cfg, progress=False)
+    assert log["decision"]["kept"] == "identity" and head.config.passthrough
+    assert "holds no queries" in log["decision"]["why"]
