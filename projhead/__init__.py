@@ -15,6 +15,7 @@ The data flow, one module a step::
     cache_build.py vectors -> HDF5, once, resumable
     cache_import.py a JSONL of pairs with the user's own vectors -> cache
     cache_naming.py cache file names; a dataset cached in one call
+    corpus.py      texts without queries in the cache, ranked as distractors
     cache.py       the cache's names, in one import
     distributed.py the same on a Ray cluster
     mine.py        hard negatives, teacher scores, silver pairs, stored in the cache

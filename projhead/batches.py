@@ -216,9 +216,11 @@ def dev_fraction(cfg: TrainConfig, n_queries: int) -> float:
 
 
 def held_out(cache: Cache, rows: np.ndarray) -> DevSet:
-    """The queries ``rows`` ranked against every context of the cache, each query's own text left out."""
-    exclude = self_matches([cache.query_texts[i] for i in rows], cache.context_texts)
-    return DevSet(cache.queries[rows], cache.contexts, cache.q2c[rows], exclude)
+    """The queries ``rows`` ranked against every context of the cache and the corpus rows
+    attached to it (``corpus.attach_corpus``), each query's own text left out."""
+    contexts, texts = cache.ranked_contexts()
+    exclude = self_matches([cache.query_texts[i] for i in rows], texts)
+    return DevSet(cache.queries[rows], contexts, cache.q2c[rows], exclude)
 
 
 class MemorySource:

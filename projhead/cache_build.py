@@ -27,9 +27,11 @@ import numpy as np
 
 from .cache_reader import read_identity
 from .cache_writer import CacheWriter, lock_output
-from .cachefile import CacheError, cache_attrs, describe_mismatch, job_identity
+from .cachefile import SECTIONS, CacheError, cache_attrs, describe_mismatch, job_identity
+from .corpus import corpus_sizes, encode_corpus, seal_corpus, shard_vectors, write_corpus
 from .data import Pairs
 from .files import atomic_path, write_atomic
+from .hashing import as_keys, text_hashes
 
 WRITE_BLOCK = 65536  # rows of vectors gathered and written at a time: the most held in memory
 
@@ -104,21 +106,29 @@ class CacheResult:
 
 
 def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "float32", batch_size: int = 64,
-                shard_size: int = 2048, overwrite: bool = False, progress: bool = True) -> CacheResult:
-    """Encode ``pairs`` with ``encoder`` into the HDF5 file ``out`` (see module doc)."""
+                shard_size: int = 2048, overwrite: bool = False, progress: bool = True, corpus=None) -> CacheResult:
+    """Encode ``pairs`` with ``encoder`` into the HDF5 file ``out`` (see module doc).
+    ``corpus``: a ``corpus.CorpusFile`` of texts without queries, stored in the cache's corpus
+    section (deduplicated against the contexts); given for a finished cache of the same pairs
+    without one, only the corpus is encoded and added to it."""
     if dtype not in ("float32", "float16"):
         raise CacheError(f"dtype must be float32 or float16, not {dtype!r}")
     out = Path(out)
     t0 = time.perf_counter()
     info = encoder.describe()
-    want = job_identity(info, pairs.meta, pairs.fingerprint(), dtype)
+    plan = corpus.plan(as_keys(text_hashes(pairs.contexts))) if corpus is not None else None
+    want = job_identity(info, pairs.meta, pairs.fingerprint(), dtype,
+                        {"corpus": plan.fingerprint} if plan is not None else None)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         lock = lock_output(out)
     except OSError as e:
         raise CacheError(f"{out}: cannot write in {out.parent} ({e.strerror or e})") from e
     try:
-        return _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0)
+        if plan is not None and not overwrite and out.exists() and read_identity(out) == without_corpus(want):
+            return _add_corpus(plan, encoder, out, want, batch_size, shard_size, progress, t0)
+        return _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0,
+                             plan)
     except OSError as e:  # disk full, read-only folder, quota...: name it, keep what is done
         parts = Path(str(out) + ".parts")
         kept = len(list(parts.glob("*.npy"))) if parts.is_dir() else 0
@@ -131,6 +141,12 @@ def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "flo
         lock.release()
 
 
+def without_corpus(want: dict) -> dict:
+    """The identity of the same work without a corpus (a cache one can be added to)."""
+    rest = {k: v for k, v in want.get("sections", {}).items() if k != "corpus"}
+    return {**{k: v for k, v in want.items() if k != "sections"}, **({"sections": rest} if rest else {})}
+
+
 def start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, Path]:
     """What every cache builder checks before encoding (under the lock): a finished cache of
     the same work is kept (returns True), one of other work is refused; partial work of another
@@ -141,7 +157,12 @@ def start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, 
             return True, Path(str(out) + ".parts")
         raise CacheError(f"{out}: exists and holds other work ({describe_mismatch(have, want)}); "
                          "refusing to overwrite: pass --overwrite or choose another path")
-    parts = Path(str(out) + ".parts")
+    return False, open_parts(Path(str(out) + ".parts"), job, overwrite)
+
+
+def open_parts(parts: Path, job: dict, overwrite: bool) -> Path:
+    """The folder of a job's shards: kept when its manifest is this ``job``'s (resume), else
+    refused unless ``overwrite`` (then emptied); created with the manifest."""
     manifest = parts / "manifest.json"
     if parts.exists():
         try:
@@ -157,10 +178,10 @@ def start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, 
     parts.mkdir(exist_ok=True)
     if not manifest.exists():
         write_atomic(manifest, json.dumps(job, indent=1))
-    return False, parts
+    return parts
 
 
-def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0):
+def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0, plan):
     from tqdm.auto import tqdm
 
     done, parts = start_job(out, want, dict(want, shard_size=shard_size, batch_size=batch_size), overwrite)
@@ -170,22 +191,58 @@ def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite,
     # Encode distinct query texts once (a few questions repeat), and distinct contexts.
     uq, q_inverse = np.unique(np.array(pairs.queries, dtype=object), return_inverse=True)
     uq = list(uq)
-    total = len(uq) + len(pairs.contexts)
+    total = len(uq) + len(pairs.contexts) + (len(plan) if plan is not None else 0)
     with tqdm(total=total, unit="texts", desc=f"encoding {out.name}", disable=not progress,
               smoothing=0.1) as bar:
         qv = _encode_role(encoder, uq, "query", parts, shard_size, batch_size, bar)
         cv = _encode_role(encoder, pairs.contexts, "context", parts, shard_size, batch_size, bar)
+        if plan is not None:
+            encode_corpus(plan, encoder, parts, shard_size, batch_size, bar)
 
     step = WRITE_BLOCK
-    with CacheWriter(out, len(pairs), len(pairs.contexts), encoder.dim, dtype) as w:
+    with CacheWriter(out, len(pairs), len(pairs.contexts), encoder.dim, dtype, sections=corpus_sizes(plan)) as w:
         for a in range(0, len(pairs), step):
             w.write("queries/vectors", a, qv.rows(q_inverse.reshape(-1)[a:a + step]))
         for a in range(0, len(pairs.contexts), step):
             w.write("contexts/vectors", a, cv.rows(np.arange(a, min(a + step, len(pairs.contexts)))))
         write_texts(w, pairs)
+        if plan is not None:
+            write_corpus(w.write, plan, shard_vectors(parts), shard_size)
         w.finish(cache_attrs(pairs.meta, info, want["fingerprint"], time.perf_counter() - t0))
+        if plan is not None:
+            seal_corpus(w.f, plan)
     shutil.rmtree(parts, ignore_errors=True)
     return CacheResult(out, "written", time.perf_counter() - t0, total)
+
+
+def _add_corpus(plan, encoder, out: Path, want: dict, batch_size: int, shard_size: int, progress: bool, t0: float):
+    """The corpus of ``plan`` encoded (shards in ``OUT.parts/``: resumable) and added to the
+    finished cache ``out`` of the same pairs (``cache_writer.extend_cache``: whole before and after)."""
+    from tqdm.auto import tqdm
+
+    from .cache_writer import create_dataset, extend_cache
+
+    parts = open_parts(Path(str(out) + ".parts"), dict(want, adding="corpus", shard_size=shard_size), False)
+    with tqdm(total=len(plan), unit="texts", desc=f"encoding the corpus of {out.name}", disable=not progress) as bar:
+        encode_corpus(plan, encoder, parts, shard_size, batch_size, bar)
+
+    def fill(f):
+        if "corpus" in f:
+            del f["corpus"]
+        f.create_group("corpus")
+        section = SECTIONS["corpus"]
+        sizes = {"n_corpus": len(plan), "dim": int(f.attrs["dim"])}
+        for c in section.columns:
+            create_dataset(f, section.key("corpus", c), section.shape(c, sizes), c, str(f.attrs["dtype"]), shard_size)
+
+        def write(key, a, values):
+            f[key][a:a + len(values)] = np.asarray(values).astype(f.attrs["dtype"]) if key.endswith("vectors") else values
+        write_corpus(write, plan, shard_vectors(parts), shard_size)
+        seal_corpus(f, plan)
+
+    extend_cache(out, fill, "the corpus", locked=True)
+    shutil.rmtree(parts, ignore_errors=True)
+    return CacheResult(out, "corpus added", time.perf_counter() - t0, len(plan))
 
 
 def write_texts(w: CacheWriter, pairs: Pairs) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from .cache_build import CacheResult, start_job
 from .cache_writer import CacheWriter, lock_output
 from .cachefile import CacheError, cache_attrs, job_identity
+from .corpus import corpus_sizes, in_blocks, seal_corpus, write_corpus
 from .hashing import as_keys, text_hashes
 
 
@@ -43,24 +44,18 @@ class _Lines:
                 yield row[self.field]
 
     def blocks(self, size: int):
-        block = []
-        for t in self:
-            block.append(t)
-            if len(block) == size:
-                yield block
-                block = []
-        if block:
-            yield block
+        return in_blocks(self, size)
 
 
 def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike, dtype: str = "float32",
-                        overwrite: bool = False, block: int | None = None) -> CacheResult:
+                        overwrite: bool = False, block: int | None = None, corpus=None) -> CacheResult:
     """``build_cache`` of a JSONL of pairs (``data.load_jsonl``'s format) with an encoder that only
     looks vectors up (``vectors:NAME``), without holding the texts: the file is read several
     times (hashes for the distinct contexts and duplicate ids; each text column for the
     fingerprint, then again to be written with its vectors, a block at a time). Memory is a few
     hashes and indices a pair, whatever the text lengths; the cache is the one ``build_cache``
-    writes from the same data (same fingerprint, vectors and attributes)."""
+    writes from the same data (same fingerprint, vectors and attributes). ``corpus``: a
+    ``corpus.CorpusFile`` whose vectors the encoder looks up too, stored in the corpus section."""
     from .data import JSONL_META, DataError, content_sha256, iter_jsonl
 
     t0 = time.perf_counter()
@@ -89,6 +84,7 @@ def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike
         raise DataError(f"{data}: duplicate query id {dup!r}")
     del i_hash, ids, counts
     _, first, inverse = np.unique(c_hash, return_index=True, return_inverse=True)
+    plan = corpus.plan(c_hash[first]) if corpus is not None else None
     del c_hash
     order = np.argsort(first, kind="stable")  # distinct contexts in order of first appearance
     rank = np.empty(len(order), np.int64)
@@ -102,14 +98,14 @@ def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike
     fingerprint = content_sha256(*columns.values(), q2c)
     meta = dict(JSONL_META, source=str(data))
     info = encoder.describe()
-    want = job_identity(info, meta, fingerprint, dtype)
+    want = job_identity(info, meta, fingerprint, dtype, {"corpus": plan.fingerprint} if plan is not None else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = lock_output(out)
     try:
         done, parts = start_job(out, want, dict(want, layout="streamed"), overwrite)
         if done:
             return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
-        with CacheWriter(out, n, len(columns["contexts/text"]), encoder.dim, dtype) as w:
+        with CacheWriter(out, n, len(columns["contexts/text"]), encoder.dim, dtype, sections=corpus_sizes(plan)) as w:
             for key, col in columns.items():
                 role = {"queries/text": "query", "contexts/text": "context"}.get(key)
                 a = 0
@@ -119,9 +115,14 @@ def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike
                         w.write(key.split("/")[0] + "/vectors", a, encoder.encode(texts, role=role))
                     a += len(texts)
             w.write("queries/context", 0, q2c)
+            if plan is not None:
+                write_corpus(w.write, plan, lambda k, texts: encoder.encode(texts, role="context"), block)
             w.finish(cache_attrs(meta, info, fingerprint, time.perf_counter() - t0))
+            if plan is not None:
+                seal_corpus(w.f, plan)
         shutil.rmtree(parts, ignore_errors=True)
-        return CacheResult(out, "written", time.perf_counter() - t0, n + len(columns["contexts/text"]))
+        return CacheResult(out, "written", time.perf_counter() - t0,
+                           n + len(columns["contexts/text"]) + (len(plan) if plan is not None else 0))
     except OSError as e:
         raise CacheError(f"{out}: cannot write {e.filename or ''} ({e.strerror or e})"
                          + ("; the existing cache file is untouched" if out.exists() else "")) from e

@@ -39,6 +39,8 @@ class Cache:
         self.attrs = attrs
         self._arrays = arrays
         self.sections = sections or {"pairs": [""]}  # section name -> instances (group paths) in the file
+        self.distractors = None  # (vectors, texts) ranked beside the contexts: corpus.attach_corpus
+        self._ranked = None
 
     @property
     def mined_sets(self) -> list[str]:
@@ -73,6 +75,26 @@ class Cache:
     query_ids = property(lambda self: self._get("queries/id"))
     groups = property(lambda self: self._get("queries/group"))
     context_texts = property(lambda self: self._get("contexts/text"))
+
+    @property
+    def n_distractors(self) -> int:
+        return 0 if self.distractors is None else len(self.distractors[1])
+
+    def attach_distractors(self, vectors: np.ndarray | None, texts: list[str] | None) -> None:
+        """Rows ranked after the contexts when held-out queries are ranked (``corpus.attach_corpus``):
+        never queries, gold contexts or training rows; ``None``: the contexts alone."""
+        self.distractors = None if texts is None or not len(texts) else (np.asarray(vectors, np.float32), list(texts))
+        self._ranked = None
+
+    def ranked_contexts(self) -> tuple[np.ndarray, list[str]]:
+        """What held-out queries are ranked against: every context, then the distractors
+        (vectors, texts); the gold rows are the contexts' own."""
+        if self.distractors is None:
+            return self.contexts, self.context_texts
+        if self._ranked is None:
+            v, t = self.distractors
+            self._ranked = (np.concatenate([self.contexts, v]), list(self.context_texts) + t)
+        return self._ranked
 
     def subset(self, rows) -> "Cache":
         """The queries ``rows`` (in that order) with only their gold contexts, in memory: a

@@ -31,7 +31,7 @@ from .cachefile import HEADER_SIZES, SECTIONS, CacheError, Column, Section, chec
 from .files import atomic_path
 
 
-def _create(g, name: str, shape: tuple, column: Column, dtype: str, block: int):
+def create_dataset(g, name: str, shape: tuple, column: Column, dtype: str, block: int):
     """One dataset of a section, with its final shape: vectors and numbers checksummed per
     chunk (fletcher32), so damage fails to read instead of coming back as other numbers."""
     import h5py
@@ -106,7 +106,7 @@ class CacheWriter:
             raise CacheError(f"{self.path}: section {section.name!r} needs the size {missing[0]!r} for "
                              f"{section.key(where, c)}")
         shape = section.shape(c, sizes)
-        _create(self.f, section.key(where, c), shape, c, self.dtype, self.block)
+        create_dataset(self.f, section.key(where, c), shape, c, self.dtype, self.block)
 
     def write(self, key: str, start: int, values) -> None:
         """Rows ``start ..`` of dataset ``key`` (e.g. ``queries/vectors``, ``contexts/text``);
@@ -240,16 +240,17 @@ def lock_output(out: Path):
     return lock
 
 
-def extend_cache(path: str | os.PathLike, fill, what: str) -> None:
+def extend_cache(path: str | os.PathLike, fill, what: str, locked: bool = False) -> None:
     """Add to the cache at ``path``: ``fill(h5py_file)`` runs on a copy opened for writing,
     which then replaces the file (``files.atomic_path``), so the cache is whole before and
     after whatever happens; memory stays bounded (the copy streams on disk). ``what`` names
-    the addition in errors. ``projhead mine`` stores its sets this way."""
+    the addition in errors; ``locked``: the caller holds the cache's lock (``lock_output``).
+    ``projhead mine`` stores its sets this way, ``projhead cache --corpus`` a corpus."""
     import h5py
 
     path = Path(path)
     open_cache(path, load=False)  # a valid cache, or a clear error
-    lock = lock_output(path)
+    lock = None if locked else lock_output(path)
     try:
         with atomic_path(path) as tmp:
             shutil.copyfile(path, tmp)
@@ -264,7 +265,8 @@ def extend_cache(path: str | os.PathLike, fill, what: str) -> None:
     except OSError as e:
         raise CacheError(f"{path}: cannot store {what} ({e.strerror or e}); the cache file is untouched") from e
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _seal(group, section: Section, where: str, data: dict) -> None:
@@ -304,7 +306,7 @@ def add_section(path: str | os.PathLike, name: str, arrays: dict, attrs: dict | 
         for c in section.columns:
             if c.name in arrays:
                 value = arrays[c.name]
-                d = _create(f, section.key(where, c), section.shape(c, sizes), c, cache.attrs["dtype"], 4096)
+                d = create_dataset(f, section.key(where, c), section.shape(c, sizes), c, cache.attrs["dtype"], 4096)
                 if len(value):
                     d[...] = value
         f[where].attrs.update(attrs or {})

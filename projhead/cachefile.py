@@ -327,3 +327,16 @@ class Mined(Section):
                Column("teacher", ("n_queries", ("k", 1)), "float", finite=False, optional=True),
                Column("silver", ("silver", 2), "index", of=("n_queries", "n_contexts"), optional=True),
                Column("silver_score", ("silver",), "float", optional=True))
+
+
+@register_section
+class Corpus(Section):
+    """Texts without queries (``projhead cache --corpus``), /corpus: each distinct text once,
+    none of them a context of the pairs (those are stored there, once), and its vector. Held-out
+    queries are ranked against the contexts and these rows (selection, ``projhead eval``); they
+    are never queries, gold contexts or in-batch positives. Part of the cache's identity: a
+    changed corpus is other work, as changed pairs are."""
+
+    name, identity = "corpus", True
+    columns = (Column("vectors", ("n_corpus", "dim"), "vectors"),
+               Column("text", ("n_corpus",), "text"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -27,7 +26,7 @@ from .config import HeadConfig as _H  # option defaults come from the dataclasse
 from .config import TrainConfig as _T
 from .data import DATASETS, SPLITS, DataError
 from .encoders import DEFAULT_ENCODER, PRECISIONS, EncoderError
-from .fusion import DEFAULT_WEIGHT, NORMALISATIONS, FusionError, FusionSpec
+from .fusion import DEFAULT_WEIGHT, NORMALISATIONS, FusionError, eval_fusion
 from .search import SearchError
 
 USER_ERRORS = (CacheError, DataError, EncoderError, FusionError, HeadError, LossError, MineError, SearchError,
@@ -58,6 +57,9 @@ def cli():
                    ".h5); repeatable")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="output HDF5 file (default: cache/DATASET-SPLIT-GRANULARITY-ENCODER.h5)")
+@click.option("--corpus", "corpus_file", type=click.Path(dir_okay=False), default=None,
+              help="texts without queries, the rest of your index (.jsonl 'text', .txt, .parquet 'text'; vectors:NAME: "
+                   "vectors keyed by text): ranked beside the contexts in selection and eval; added to a finished cache")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="how the vectors are stored")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
@@ -77,16 +79,20 @@ def cli():
 @click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True, help="--ray: GPUs per actor")
 @click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def cache(dataset, split, granularity, data, quac_history, encoder, vector_files, out, dtype, precision, batch_size,
-          shard_size, device, no_normalize, query_prefix, context_prefix, ray_address, ray_actors, ray_gpus_per_actor, overwrite,
+def cache(dataset, split, granularity, data, quac_history, encoder, vector_files, out, corpus_file, dtype, precision,
+          batch_size, shard_size, device, no_normalize, query_prefix, context_prefix, ray_address, ray_actors, ray_gpus_per_actor, overwrite,
           quiet):
     """Encode questions and contexts once with a frozen encoder into an HDF5 cache.
 
     Resumable: an interrupted run continues where it stopped. A finished cache with the same
     settings is left alone; one made with other settings is never overwritten silently."""
     from .cache import build_cache, cache_jsonl_vectors, open_cache
+    from .corpus import CorpusFile
     from .data import JSONL_META, iter_jsonl, load_pairs
     from .encoders import get_encoder
+
+    corpus = CorpusFile(corpus_file) if corpus_file else None
+    vector_files = (*vector_files, corpus_file) if corpus and corpus.vectors else vector_files  # looked up too
 
     # your own vectors for a JSONL of pairs: streamed from the files, the texts are never all in memory
     streamed = dataset == "jsonl" and encoder.startswith("vectors:") and not ray_address
@@ -116,8 +122,8 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
     if ray_address:
         from .distributed import build_cache_ray
 
-        if encoder.startswith("vectors:"):
-            raise click.UsageError("--ray encodes texts; imported vectors need no encoding")
+        if encoder.startswith("vectors:") or corpus:
+            raise click.UsageError("--ray encodes pairs: not with imported vectors (no encoding) or --corpus")
         res = build_cache_ray(pairs, encoder, out, settings=settings, address=ray_address, actors=ray_actors,
                               gpus_per_actor=ray_gpus_per_actor, dtype=dtype, batch_size=batch_size,
                               shard_size=shard_size, overwrite=overwrite, progress=not quiet)
@@ -126,10 +132,10 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
         enc = get_encoder(encoder, **settings)
         try:
             if streamed:
-                res = cache_jsonl_vectors(data, enc, out, dtype=dtype, overwrite=overwrite)
+                res = cache_jsonl_vectors(data, enc, out, dtype=dtype, overwrite=overwrite, corpus=corpus)
             else:
                 res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size,
-                                  overwrite=overwrite, progress=not quiet)
+                                  overwrite=overwrite, progress=not quiet, corpus=corpus)
         finally:
             if hasattr(enc, "close"):
                 enc.close()  # vector files opened by vectors:NAME
@@ -139,8 +145,9 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
     else:
         done = open_cache(out, load=False)
         ran = done.encoder_info["settings"].get("precision")
-        click.echo(f"{out}: wrote {done.attrs['n_queries']} query and {done.attrs['n_contexts']} context vectors "
-                   f"(dim {dim}, {dtype}" + (f", encoded in {ran}" if ran else "") + f") in {res.seconds:.1f}s")
+        said = f", corpus {done.section_attrs('corpus', 'corpus')['stats_json']}" if "corpus" in done.sections else ""
+        click.echo(f"{out}: {'wrote' if res.status == 'written' else 'added the corpus, now'} {done.attrs['n_queries']} query and {done.attrs['n_contexts']} context vectors"
+                   f"{said} (dim {dim}, {dtype}" + (f", encoded in {ran}" if ran else "") + f") in {res.seconds:.1f}s")
 
 
 @cli.command()
@@ -248,6 +255,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--select-metric", type=click.Choice(["top1", "top5", "top10", "mrr10", "ndcg10"]),
               default=_T.select_metric, show_default=True,
               help="metric of the held-out queries ranked against every context of the cache")
+@click.option("--corpus-sample", type=click.IntRange(min=0), default=None,
+              help="held-out queries rank against the contexts and N corpus rows (seeded sample); 0: none [all, <= 100,000]")
 @click.option("--decision", type=click.Choice(["bootstrap", "better"]), default=_T.decision, show_default=True,
               help="bootstrap: replace the frozen encoder only if the 95%% interval of the dev gain is above 0")
 @click.option("--patience", type=POS_INT, default=None,
@@ -263,7 +272,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
           loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, min_steps,
           batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, alpha, canaries,
-          gate, canary_tolerance, dev_fraction, select_metric, decision, patience, stop_epoch, seed, device, restart,
+          gate, canary_tolerance, dev_fraction, select_metric, corpus_sample, decision, patience, stop_epoch, seed, device,
+          restart,
           quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
@@ -278,7 +288,8 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
               lr=lr or _T.lr, weight_decay=weight_decay, init_temperature=temperature,
               learn_temperature=not fixed_temperature, anchor_weight=anchor_weight, alpha=alpha,
               canaries=list(canaries), gate=gate, canary_tolerance=canary_tolerance, dev_fraction=dev_fraction,
-              select_metric=select_metric, decision=decision, patience=patience, stop_epoch=stop_epoch, seed=seed,
+              select_metric=select_metric, corpus_sample=corpus_sample, decision=decision, patience=patience,
+              stop_epoch=stop_epoch, seed=seed,
               device=device,
               loss_settings={**_settings(loss_setting), **({"chunk_size": chunk_size} if chunk_size else {})},
               mined=mined, hard_negatives=hard_negatives, silver=silver, stream=stream, stream_chunk=stream_chunk,
@@ -372,6 +383,8 @@ def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight,
               help="per-query score normalisation before fusing (default: the head's, else zscore)")
 @click.option("--block", type=click.IntRange(min=1), default=500, show_default=True,
               help="queries per block, out-of-N protocol")
+@click.option("--corpus-sample", type=click.IntRange(min=0), default=None,
+              help="full corpus: rank against the contexts and N corpus rows (seeded sample); 0: contexts alone [all]")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="write the results as JSON")
 @click.option("--index", default=None,
               help="full corpus through a FAISS index: a factory string, e.g. Flat (exact), HNSW32, 'IVF1024,Flat'")
@@ -379,13 +392,14 @@ def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight,
 @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW indexes: search depth")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="write a Markdown report with plots and examples into this folder (needs --head, one cache)")
-def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, block, json_out, index, nprobe,
-             ef_search, report_dir):
+def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, block, corpus_sample, json_out, index,
+             nprobe, ef_search, report_dir):
     """Top-k retrieval (out-of-500 blocks and full corpus), frozen encoder beside the head.
 
     Several caches (the training domain and others) give one table each, then the head's
     change against the frozen encoder on every cache side by side."""
     from .cache import open_cache
+    from .corpus import with_corpus
     from .evaluate import bm25_ranks, evaluate_cache, evaluate_streamed, format_changes, format_table, protocols
     from .heads import load_head
 
@@ -396,21 +410,25 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
     if not bm25 and (fusion_weight is not None or fusion_normalisation is not None):
         raise click.UsageError("--fusion-weight and --fusion-normalisation set the fusion with BM25: pass --bm25")
     head = load_head(head_path) if head_path else None
-    spec = eval_fusion(head, fusion_weight, fusion_normalisation, bm25 and not index)
+    spec = eval_fusion(head, fusion_weight, fusion_normalisation, click.echo if bm25 and not index else None)
     search_kw = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
-    every = {}
+    every, distractors = {}, {}
     for cache_file in cache_files:
         if index:  # streamed from the file: memory is the index and one chunk
-            results, ranks = evaluate_streamed(cache_file, head=head, index=index, block=block, **search_kw), None
+            results, ranks = evaluate_streamed(cache_file, head=head, index=index, block=block, corpus=corpus_sample,
+                                               **search_kw), None
             c = open_cache(cache_file, load=bm25 or bool(report_dir))  # BM25 and the report need the texts
+            c = with_corpus(c, corpus_sample) if bm25 or report_dir else c
+            c.attrs["n_distractors"] = results.pop("distractors")
             if bm25:
                 results["bm25"] = protocols(bm25_ranks(c, block, settings=spec.bm25), block)
                 click.echo("fused rows need every context's scores: evaluate without --index to see them")
         else:
-            c = open_cache(cache_file)
+            c = with_corpus(open_cache(cache_file), corpus_sample)
             results, ranks = evaluate_cache(c, head=head, bm25=bm25, block=block, return_ranks=True, fusion=spec)
-        every[cache_file] = results
-        click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts, "
+        every[cache_file], distractors[cache_file] = results, int(c.attrs.get("n_distractors", 0))
+        click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts + "
+                   f"{distractors[cache_file]} corpus texts (distractors, full corpus only), "
                    f"encoder {c.encoder}" + (f", head {head_path}" if head_path else ""))
         click.echo(format_table(results))
     if head is not None and len(cache_files) > 1:
@@ -418,32 +436,14 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
         click.echo(format_changes(every))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        payload = ({"cache": cache_files[0], "head": head_path, "results": every[cache_files[0]]}
-                   if len(cache_files) == 1 else {"head": head_path, "caches": every})
+        payload = ({"cache": cache_files[0], "head": head_path, "distractors": distractors[cache_files[0]],
+                    "results": every[cache_files[0]]} if len(cache_files) == 1
+                   else {"head": head_path, "caches": every, "distractors": distractors})
         Path(json_out).write_text(json.dumps(payload, indent=1))
     if report_dir:
         from .report import write_report
 
         click.echo(f"report: {write_report(c, head, report_dir, results, head_path=head_path, ranks=ranks)}")
-
-
-def eval_fusion(head, weight: float | None, normalisation: str | None, say: bool):
-    """The fusion ``projhead eval --bm25`` applies: the head's saved one (else the defaults),
-    with the options' weight and normalisation; says which and where from when ``say``."""
-    spec = (head.fusion if head is not None else None) or FusionSpec()
-    source = "chosen on held-out training queries" if spec.chosen else "default"
-    if normalisation is not None and normalisation != spec.normalisation:
-        spec = replace(spec, normalisation=normalisation, frozen_weight=None)
-        source = "default" if weight is None else source
-        if weight is None:
-            spec = replace(spec, weight=DEFAULT_WEIGHT)
-    if weight is not None:
-        spec, source = spec.with_weight(weight, weight), "--fusion-weight"
-    if say:
-        fw = spec.frozen_weight if spec.frozen_weight is not None else spec.weight
-        click.echo(f"fusion: {spec.normalisation} scores, dense weight {spec.weight:g}"
-                   + (f" (frozen encoder {fw:g})" if fw != spec.weight else "") + f" ({source}); RRF k={spec.rrf_k}")
-    return spec
 
 
 @cli.command()

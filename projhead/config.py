@@ -138,6 +138,7 @@ class TrainConfig:
     canaries: list = field(default_factory=list)  # caches of other domains scored every epoch beside the frozen encoder
     gate: bool = True  # model selection: a per-query gate for a kept query-side head (gate.py), calibrated on the canaries if any
     canary_tolerance: float = 0.005  # most nDCG@10 a canary may lose; the head is shrunk toward the frozen encoder until none does
+    corpus_sample: int | None = None  # corpus rows held-out queries are ranked against beside the contexts: a seeded sample of this many; None: all, at most corpus.DEFAULT_SAMPLE; 0: none
     alpha: float | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it
 
     def __post_init__(self):
@@ -174,6 +175,8 @@ class TrainConfig:
             bad("hard_negatives", "an integer >= 0")
         if not 0 <= self.canary_tolerance < 1:
             bad("canary_tolerance", "in [0, 1)")
+        if self.corpus_sample is not None and (not isinstance(self.corpus_sample, int) or self.corpus_sample < 0):
+            bad("corpus_sample", "an integer >= 0 (or None: all, at most 100,000)")
         if self.alpha is not None and not 0 <= self.alpha <= 1:
             bad("alpha", "in [0, 1]")
         self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json

@@ -11,6 +11,8 @@ full-corpus protocol at scale searches a FAISS index (``search``).
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .metrics import (MISS, PER_QUERY, Scorer, SystemRanks, block_metrics, bm25_scorer, both_protocols,  # noqa: F401
@@ -108,12 +110,14 @@ def evaluate_cache(cache, head=None, bm25: bool = False, block: int = 500, index
 
 
 def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, chunk: int = 65536,
-                      **search_kw) -> dict:
+                      corpus: int | None = None, **search_kw) -> dict:
     """``evaluate_cache`` with an index, reading the cache file in chunks (``projhead eval
     --index``): contexts stream into the FAISS index, queries are read a block at a time and
     searched, and each block's candidate contexts are read for the out-of-500 protocol. Memory
     is the index, one chunk and 8 bytes a query; the fingerprint of the texts is checked in
-    the same streaming way."""
+    the same streaming way. The cache's corpus rows go into the index after the contexts
+    (``corpus``: all when None, a seeded sample of that many, none for 0); ``"distractors"``
+    in the result says how many."""
     import h5py
 
     from .cache_reader import CacheError, TextColumn, open_cache, read_rows
@@ -134,6 +138,12 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
             raise CacheError(f"{cache.path}: {what} holds NaN or Inf (first: row {a + int(np.flatnonzero(bad)[0])})")
         return x
 
+    extra = np.zeros(0, np.int64)
+    if corpus != 0 and "corpus" in cache.sections:
+        from .corpus import sample_rows
+
+        with cache.section_data("corpus") as d:  # checked (fingerprint, finite) a chunk at a time
+            extra = sample_rows(d["text"].shape[0], corpus)
     with h5py.File(cache.path, "r") as f:
         Qd, Cd = f["queries/vectors"], f["contexts/vectors"]
         q2c = f["queries/context"][()].astype(np.int64)  # (Nq,)
@@ -147,8 +157,9 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
                               "supported with an index; evaluate without one")
         results = {}
         for name, (fq, fc) in systems.items():
-            contexts = (fc(finite(Cd[a:a + chunk].astype(np.float32), "contexts/vectors", a))
-                        for a in range(0, len(Cd), chunk))
+            contexts = itertools.chain(
+                (fc(finite(Cd[a:a + chunk].astype(np.float32), "contexts/vectors", a)) for a in range(0, len(Cd), chunk)),
+                (fc(read_rows(f["corpus/vectors"], extra[a:a + chunk])) for a in range(0, len(extra), chunk)))
             idx = build_index(contexts, cache.dim if head is None or name == "frozen" else head.config.output_dim,
                               index)
             blocks, full = [], []
@@ -164,6 +175,7 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
             r = SystemRanks(np.concatenate(blocks) if blocks else np.zeros(0, np.int64),
                             np.concatenate(full) if full else np.zeros(0, np.int64))
             results[name] = protocols(r, block)
+    results["distractors"] = int(len(extra))
     return results
 
 

@@ -247,3 +247,22 @@ def bm25_scorer(queries: list[str], contexts: list[str], settings: BM25Settings 
         return s if cols is None else s[:, cols]
 
     return score
+
+
+def eval_fusion(head, weight: float | None, normalisation: str | None, say=None):
+    """The fusion ``projhead eval --bm25`` applies: the head's saved one (else the defaults),
+    with the options' weight and normalisation; says which and where from through ``say`` (e.g. ``click.echo``)."""
+    spec = (head.fusion if head is not None else None) or FusionSpec()
+    source = "chosen on held-out training queries" if spec.chosen else "default"
+    if normalisation is not None and normalisation != spec.normalisation:
+        spec = replace(spec, normalisation=normalisation, frozen_weight=None)
+        source = "default" if weight is None else source
+        if weight is None:
+            spec = replace(spec, weight=DEFAULT_WEIGHT)
+    if weight is not None:
+        spec, source = spec.with_weight(weight, weight), "--fusion-weight"
+    if say is not None:
+        fw = spec.frozen_weight if spec.frozen_weight is not None else spec.weight
+        say(f"fusion: {spec.normalisation} scores, dense weight {spec.weight:g}"
+                   + (f" (frozen encoder {fw:g})" if fw != spec.weight else "") + f" ({source}); RRF k={spec.rrf_k}")
+    return spec

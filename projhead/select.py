@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache_reader import Cache, open_cache
+from .corpus import attach_corpus
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .gate import fit_gate
 from .heads import Head, HeadConfig
@@ -124,6 +125,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     if not isinstance(cache, Cache):
         cache = open_cache(cache)
     t0 = time.perf_counter()
+    ranked = _ranked_against(cache, cfg)
     n = len(cache.q2c)
     k = folds if folds is not None else (FOLDS if n < CV_BELOW else 0)
     base = HeadConfig(in_dim=cache.dim, encoder=cache.encoder,
@@ -142,9 +144,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     if k and len(set(groups)) < k:
         k = 0  # too few groups and contexts to fold: one split
     log = {"mode": f"{k}-fold" if k else "dev split", "candidates": [], "n_queries": n,
-           "not_used": _not_used(cfg, k)}
+           "not_used": _not_used(cfg, k), **ranked}
     _say(progress, f"model selection on {n} queries ({log['mode']}), {len(cands)} candidates; "
-                   f"metric {cfg.select_metric} of held-out queries against all {len(cache.contexts)} contexts")
+                   f"metric {cfg.select_metric} of held-out queries against {ranked['ranked_against']}")
     for note in log["not_used"]:
         _say(progress, f"  not used: {note}")
     ckpt = Path(out) / CHECKPOINT_NAME if out is not None else None
@@ -321,6 +323,16 @@ def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: Tra
     return chosen
 
 
+def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:
+    """Attach the cache's corpus rows as distractors of the held-out queries (unless some
+    are attached already) and say what the queries are ranked against."""
+    if cache.distractors is None:
+        attach_corpus(cache, cfg.corpus_sample, cfg.seed)
+    nc, nd = len(cache.contexts), cache.n_distractors
+    return {"contexts": nc, "distractors": nd,
+            "ranked_against": f"all {nc} contexts" + (f" + {nd} corpus texts (distractors)" if nd else "")}
+
+
 def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -> int:
     """The epoch to keep from per-epoch held-out ranks (0 = frozen): the latest one within
     noise of the highest and clearly above the frozen encoder (``within_noise``, as ``fit``
@@ -385,5 +397,6 @@ def _brief(log: dict) -> dict:
     """What the model card shows of the search."""
     return {"mode": log["mode"], "chosen": log.get("chosen"), "dev_gain": log.get("dev_gain"),
             **({"towers": log["towers"]} if log.get("towers") else {}),
+            "ranked_against": log.get("ranked_against"), "distractors": log.get("distractors", 0),
             "candidates": [{k: c[k] for k in ("name", "score", "frozen", "best_epoch", "epochs", "seconds")}
                            for c in log["candidates"]]}

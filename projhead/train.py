@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .cache_reader import Cache, open_cache
+from .corpus import attach_corpus
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics, self_matches
 from .config import ALPHA, DECISIONS, SELECT_METRICS, SMALL, TrainConfig, TrainError  # noqa: F401 (re-exported)
 from .batches import (MIN_GROUPS, DevSet, MemorySource, StreamSource, dev_fraction, epoch_order,  # noqa: F401
@@ -374,6 +375,8 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     cfg = config or TrainConfig()
     if not isinstance(cache, Cache):
         cache = open_cache(cache, load=not cfg.stream)
+    if not cfg.stream and cache.distractors is None:  # dev queries also ranked against the corpus rows
+        attach_corpus(cache, cfg.corpus_sample, cfg.seed)
     # the cache decides the input dimension and the encoder the head will accept
     hcfg = replace(head_config or HeadConfig(), in_dim=cache.dim, encoder=cache.encoder,
                    encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
@@ -411,7 +414,8 @@ def save_trained(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: 
         "encoder_build": cache.encoder_info.get("build", {}),
         "cache": {"path": str(cache.path), "fingerprint": cache.attrs["fingerprint"],
                   "dataset": cache.attrs["dataset"], "split": cache.attrs["split"],
-                  "granularity": cache.attrs["granularity"], "n_queries": int(cache.attrs["n_queries"])},
+                  "granularity": cache.attrs["granularity"], "n_queries": int(cache.attrs["n_queries"]),
+                  "distractors": cache.n_distractors},
         "metrics": {"frozen": frozen, "head": frozen if head.config.passthrough else head_metrics},
         "best_epoch": log.get("best_epoch", 0),
         "decision": _jsonable(decision),

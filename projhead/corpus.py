@@ -1,0 +1,272 @@
+"""A corpus in the cache: texts without queries, ranked beside the labelled contexts.
+
+Usage::
+
+    from projhead.corpus import CorpusFile, attach_corpus, with_corpus
+    build_cache(pairs, encoder, "cache/x.h5", corpus=CorpusFile("passages.jsonl"))
+    # projhead cache --dataset jsonl --data pairs.jsonl --corpus passages.jsonl
+    c = open_cache("cache/x.h5")
+    attach_corpus(c, sample=5000, seed=0)     # held-out queries (selection) rank against contexts + 5,000 of it
+    with_corpus(c)                            # a Cache whose contexts are contexts + corpus (projhead eval)
+
+A user's index holds the whole corpus, not just the texts that have a question; a head
+judged against a few hundred labelled texts can look no better than the frozen encoder
+while it helps against the corpus it will search. The corpus is the ``corpus`` section of
+the cache (``cachefile.Corpus``): each distinct text once, none of them a context of the
+pairs (a corpus text that is a gold context is stored there, once), with its vector.
+
+Files (``CorpusFile``): JSONL with a ``text`` field (``.jsonl``, ``.jsonl.gz``), plain text,
+one per line (``.txt``, ``.txt.gz``), Parquet with a ``text`` column; and, for
+``vectors:NAME`` encoders, vector files keyed by text as ``vector_files.VectorFile`` reads
+them (``.npy`` + ``.jsonl``, ``.h5``, Parquet with a ``vector`` column), whose vectors are
+then looked up. The file is read a few times (hashes to find duplicates, the fingerprint,
+then the texts a shard at a time): memory is 17 bytes a text and one shard, whatever its size.
+"""
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .cachefile import SECTIONS, CacheError, fingerprint, read_rows
+from .files import atomic_path
+from .hashing import as_keys, columns_sha256, text_hashes
+from .pairs import DataError, _text, jsonl_objects
+
+TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".txt", ".txt.gz", ".parquet")
+VECTOR_SUFFIXES = (".npy", ".h5", ".hdf5", ".parquet")
+# held-out queries are ranked against at most this many corpus rows unless told otherwise (a
+# seeded sample): see the README for what selection decides with 1k, 5k and all of them
+DEFAULT_SAMPLE = 100_000
+
+
+class CorpusFile:
+    """A file of corpus texts (see module doc), read in one pass per use, never held."""
+
+    def __init__(self, path):
+        self.path = path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such corpus file")
+        name = path.name.lower()
+        self.kind = next((s for s in TEXT_SUFFIXES + VECTOR_SUFFIXES if name.endswith(s)), None)
+        if self.kind is None:
+            raise DataError(f"{path}: a corpus is .jsonl(.gz) with a 'text' field, .txt(.gz) one text a line, "
+                            f".parquet with a 'text' column, or vectors keyed by text ({', '.join(VECTOR_SUFFIXES)})")
+        if self.kind == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                names = pq.ParquetFile(path).schema_arrow.names
+            except Exception as e:  # pyarrow raises several classes for a malformed file
+                raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+            if "text" not in names:
+                raise DataError(f"{path}: no 'text' column (it has: {', '.join(names)})")
+            self.kind = "vectors" if {"vector", "embedding"} & set(names) else ".parquet"
+        elif self.kind in (".npy", ".h5", ".hdf5"):
+            self.kind = "vectors"
+
+    @property
+    def vectors(self) -> bool:
+        """The file holds vectors (for ``vectors:NAME``: add it to the encoder's files)."""
+        return self.kind == "vectors"
+
+    def texts(self):
+        """Every text of the file, in order; an empty or non-text entry is an error naming the place."""
+        p = self.path
+        if self.kind in (".jsonl", ".jsonl.gz"):
+            for n, row in jsonl_objects(p):
+                if "text" not in row:
+                    raise DataError(f"{p}: line {n}: missing key 'text'")
+                yield _text(row["text"], p, f"line {n} 'text'")
+        elif self.kind in (".txt", ".txt.gz"):
+            opener = gzip.open if self.kind.endswith(".gz") else open
+            try:
+                with opener(p, "rt", encoding="utf-8-sig") as f:
+                    for line in f:
+                        if line.strip():
+                            yield line.rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{p}: not UTF-8 text ({e.reason})") from None
+        elif self.kind == ".parquet":
+            import pyarrow.parquet as pq
+
+            row = 0
+            for batch in pq.ParquetFile(p).iter_batches(columns=["text"], batch_size=65536):
+                for t in batch.column(0).to_pylist():
+                    row += 1
+                    yield _text(t, p, f"row {row} 'text'")
+        else:
+            from .vector_files import VectorFile
+
+            with VectorFile(p) as vf:
+                for keys in vf.keys():
+                    for kind, value, _ in keys:
+                        if kind != "text":
+                            raise DataError(f"{p}: a corpus vector is keyed by its text, not by a query id "
+                                            f"({value!r:.80})")
+                        yield value
+
+    def plan(self, context_keys: np.ndarray) -> "CorpusPlan":
+        """What goes into the cache: each distinct text once, none that is one of the pairs'
+        contexts (``context_keys``: ``as_keys(text_hashes(contexts))``)."""
+        keys = as_keys(text_hashes(self.texts()))
+        if not len(keys):
+            raise DataError(f"{self.path}: no texts")
+        _, first = np.unique(keys, return_index=True)
+        keep = np.zeros(len(keys), bool)
+        keep[first] = True
+        duplicates = int(len(keys) - len(first))
+        in_pairs = keep & np.isin(keys, np.unique(context_keys))
+        keep &= ~in_pairs
+        return CorpusPlan(self, keep, {"source": str(self.path), "texts_read": int(len(keys)),
+                                       "duplicates": duplicates, "contexts_of_pairs": int(in_pairs.sum()),
+                                       "stored": int(keep.sum())})
+
+
+class CorpusPlan:
+    """The texts of a ``CorpusFile`` that go into the cache, in file order: ``len``,
+    iteration, ``blocks(size)``, the section's ``fingerprint`` and the counts (``stats``)."""
+
+    def __init__(self, source: CorpusFile, keep: np.ndarray, stats: dict):
+        self.source, self.keep, self.stats = source, keep, stats
+        self._fingerprint = None
+
+    def __len__(self) -> int:
+        return int(self.stats["stored"])
+
+    def __iter__(self):
+        for keep, t in zip(self.keep, self.source.texts()):
+            if keep:
+                yield t
+
+    def blocks(self, size: int):
+        return in_blocks(self, size)
+
+    @property
+    def fingerprint(self) -> str:
+        """The corpus section's fingerprint (``cachefile.fingerprint`` of what will be written)."""
+        if self._fingerprint is None:
+            self._fingerprint = columns_sha256([self])
+        return self._fingerprint
+
+
+def in_blocks(items, size: int):
+    """Lists of ``size`` consecutive items of an iterable (the last one shorter), one at a time."""
+    it = iter(items)
+    while block := list(itertools.islice(it, size)):
+        yield block
+
+
+def _shard(parts: Path, k: int) -> Path:
+    return parts / f"corpus-{k:06d}.npy"
+
+
+def encode_corpus(plan: CorpusPlan, encoder, parts: Path, shard_size: int, batch_size: int, bar=None) -> None:
+    """The corpus vectors as shard files in ``parts`` (rows ``k * shard_size ..`` of the plan
+    in shard k), skipping shards already there: an interrupted run resumes."""
+    dim = encoder.dim
+    for k, texts in enumerate(plan.blocks(shard_size)):
+        shard = _shard(parts, k)
+        try:
+            ok = shard.exists() and np.load(shard, mmap_mode="r", allow_pickle=False).shape == (len(texts), dim)
+        except (ValueError, OSError):
+            ok = False  # a damaged shard is redone
+        if not ok:
+            vecs = encoder.encode(texts, batch_size=batch_size, role="context")
+            if not np.isfinite(vecs).all():
+                raise CacheError(f"encoder {encoder.name} returned NaN or Inf for corpus texts (shard {k}); "
+                                 "nothing was written for this shard")
+            with atomic_path(shard) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.asarray(vecs, np.float32), allow_pickle=False)
+        if bar is not None:
+            bar.update(len(texts))
+
+
+def shard_vectors(parts: Path):
+    """``vectors(k, texts)`` for ``write_corpus``: shard k of ``encode_corpus``."""
+    return lambda k, texts: np.load(_shard(parts, k), allow_pickle=False)
+
+
+def write_corpus(write, plan: CorpusPlan, vectors, block: int) -> None:
+    """Rows of the corpus section, ``block`` at a time: ``write(key, start, values)`` (a
+    ``CacheWriter``'s ``write``, or datasets of a file being extended), ``vectors(k, texts)``
+    the vectors of block k (``shard_vectors``, or an encoder that looks them up)."""
+    a = 0
+    for k, texts in enumerate(plan.blocks(block)):
+        v = np.asarray(vectors(k, texts))
+        if v.shape[0] != len(texts):
+            raise CacheError(f"corpus block {k}: {v.shape[0]} vectors for {len(texts)} texts")
+        write("corpus/text", a, texts)
+        write("corpus/vectors", a, v)
+        a += len(texts)
+
+
+def corpus_sizes(plan: CorpusPlan | None) -> dict:
+    """``CacheWriter``'s ``sections=`` for a corpus (none: {})."""
+    return {"corpus": {"n_corpus": len(plan)}} if plan is not None else {}
+
+
+def seal_corpus(f, plan: CorpusPlan) -> None:
+    """The corpus group's attributes: what was read and kept, and its fingerprint, checked
+    against the plan's (the identity the job was started with)."""
+    g = f["corpus"]
+    written = g.attrs.get("fingerprint") or fingerprint(SECTIONS["corpus"], {"text": g["text"]})  # the writer's
+    if written != plan.fingerprint:
+        raise CacheError(f"{plan.source.path}: changed while it was being cached; run again")
+    g.attrs.update({"fingerprint": written, "stats_json": json.dumps(plan.stats)})
+
+
+# ---------------------------------------------------------------------------------------
+# Ranking against it
+
+
+def load_corpus(cache, sample: int | None = None, seed: int = 0) -> tuple[np.ndarray, list[str], int]:
+    """Corpus rows of ``cache`` as (float32 vectors, texts, rows in the cache): all of them,
+    or a seeded sample of ``sample`` rows (in file order) when it holds more. The section is
+    checked (fingerprint, finite vectors) a chunk at a time; only the rows returned are held."""
+    if "corpus" not in cache.sections:
+        return np.zeros((0, cache.dim), np.float32), [], 0
+    with cache.section_data("corpus") as d:
+        n = d["text"].shape[0]
+        rows = sample_rows(n, sample, seed)
+        vectors = read_rows(d["vectors"], rows)
+        texts = [t.decode("utf-8") for t in (d["text"][()] if len(rows) == n else d["text"][rows])]
+    return vectors, texts, int(n)
+
+
+def sample_rows(n: int, sample: int | None, seed: int = 0) -> np.ndarray:
+    """Which of ``n`` corpus rows are ranked: all (``sample`` None or >= n), else a seeded
+    sample of ``sample`` rows, in file order."""
+    if sample is None or sample >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+
+
+def attach_corpus(cache, sample: int | None = None, seed: int = 0) -> dict:
+    """Rank the held-out queries of ``cache`` against its contexts and its corpus rows (all,
+    or a seeded sample of ``sample``; ``None``: at most ``DEFAULT_SAMPLE``; 0: none), as model
+    selection and ``projhead train`` do. Returns what was attached: {"distractors", "corpus"}."""
+    if sample == 0 or "corpus" not in cache.sections:
+        cache.attach_distractors(None, None)
+        return {"distractors": 0, "corpus": 0}
+    vectors, texts, n = load_corpus(cache, DEFAULT_SAMPLE if sample is None else sample, seed)
+    cache.attach_distractors(vectors, texts)
+    return {"distractors": len(texts), "corpus": n}
+
+
+def with_corpus(cache, sample: int | None = None, seed: int = 0):
+    """A ``Cache`` whose contexts are ``cache``'s, then its corpus rows (all, a seeded
+    sample of ``sample``, or none for 0): every system of ``evaluate_cache`` ranks against both; gold rows are unchanged.
+    ``attrs["n_distractors"]`` says how many were added (0: the cache has no corpus)."""
+    from .cache_reader import Cache
+
+    vectors, texts, _ = load_corpus(cache, sample, seed) if sample != 0 else (None, [], 0)
+    if not texts:
+        return Cache(cache.path, dict(cache.attrs, n_distractors=0), cache._arrays, cache.sections)
+    arrays = dict(cache._arrays)
+    arrays["contexts/vectors"] = np.concatenate([cache.contexts, vectors])
+    arrays["contexts/text"] = list(cache.context_texts) + texts
+    return Cache(cache.path, dict(cache.attrs, n_distractors=len(texts)), arrays, cache.sections)

@@ -1,0 +1,201 @@
+"""The user's corpus in the cache: stored once, part of the identity, ranked beside the contexts
+in model selection and evaluation, never a query or a training positive."""
+import json
+
+import numpy as np
+import pytest
+
+from projhead import cli
+from projhead.cache import CacheError, build_cache, open_cache, read_identity
+from projhead.corpus import CorpusFile, attach_corpus
+from projhead.data import DataError
+
+from conftest import PlantedEncoder, planted_pairs
+
+
+def _corpus(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def _cached(tmp_path, texts, name="c.h5", **kw):
+    pairs = planted_pairs(n_groups=kw.pop("n_groups", 8))
+    enc = PlantedEncoder(pairs, **kw)
+    out = tmp_path / name
+    build_cache(pairs, enc, out, progress=False, corpus=CorpusFile(_corpus(tmp_path / f"{name}.jsonl", texts)))
+    return pairs, enc, out
+
+
+def test_corpus_rows_are_never_queries_training_positives_or_in_batch_positives(tmp_path):
+    from projhead.batches import MemorySource
+    from projhead.config import TrainConfig
+
+    pairs, _, out = _cached(tmp_path, [f"doc {i}" for i in range(300)])
+    c = open_cache(out)
+    nq, nc = len(c.q2c), len(c.contexts)
+    assert (nq, nc) == (len(pairs), len(pairs.contexts))  # the corpus adds no query and no labelled context
+    assert attach_corpus(c) == {"distractors": 300, "corpus": 300}
+    src = MemorySource(c, TrainConfig(seed=0))
+    assert src.pair_c.max() < nc and src.pair_q.max() < nq  # training positives: gold contexts only
+    seen = set()
+    for batch in src.epoch(np.random.default_rng(0)):
+        seen.update(batch.context_ids.tolist())
+        assert batch.c.shape[0] == batch.q.shape[0]
+    assert seen and max(seen) < nc  # in-batch positives (and negatives): gold contexts of training pairs
+    assert len(src.dev.c) == nc + 300 and src.dev.gold.max() < nc  # held-out queries see the corpus as distractors
+    np.testing.assert_array_equal(src.dev.c[nc:], c.read("corpus")["vectors"])
+
+
+def test_a_corpus_holding_gold_contexts_does_not_double_them(tmp_path):
+    pairs = planted_pairs(n_groups=8)
+    texts = list(pairs.contexts) + ["other 1", "other 2", "other 1"]  # every gold context, and a repeat
+    _, _, out = _cached(tmp_path, texts, rotate=0.0)  # queries aligned with their contexts: the frozen encoder finds them
+    c = open_cache(out)
+    got = c.read("corpus")
+    assert got["text"] == ["other 1", "other 2"]
+    stats = c.section_attrs("corpus", "corpus")["stats_json"]
+    assert stats == {"source": str(tmp_path / "c.h5.jsonl"), "texts_read": len(texts), "duplicates": 1,
+                     "contexts_of_pairs": len(pairs.contexts), "stored": 2}
+    # a second copy of a gold context would tie with it and count against it: ranks are unchanged
+    code = cli.main(["eval", str(out), "--json-out", str(tmp_path / "with.json")])
+    assert code == 0 and cli.main(["eval", str(out), "--corpus-sample", "0", "--json-out", str(tmp_path / "without.json")]) == 0
+    with_c, without = (json.loads((tmp_path / f).read_text()) for f in ("with.json", "without.json"))
+    assert with_c["distractors"] == 2 and without["distractors"] == 0
+    with_c, without = with_c["results"], without["results"]
+    assert without["frozen"]["full_corpus"]["R@1"] > 0.9
+    assert with_c["frozen"]["full_corpus"]["R@1"] >= without["frozen"]["full_corpus"]["R@1"] - 2 / len(pairs)
+
+
+def test_a_changed_corpus_is_other_work_for_the_cache_and_for_a_resumed_run(tmp_path, monkeypatch):
+    import projhead.cache_build as cb
+
+    pairs, enc, out = _cached(tmp_path, ["doc a", "doc b"])
+    same = CorpusFile(tmp_path / "c.h5.jsonl")
+    assert build_cache(pairs, enc, out, progress=False, corpus=same).status == "already complete"
+    other = CorpusFile(_corpus(tmp_path / "other.jsonl", ["doc a", "doc c"]))
+    with pytest.raises(CacheError, match="exists and holds other work .*sections"):
+        build_cache(pairs, enc, out, progress=False, corpus=other)
+    with pytest.raises(CacheError, match="exists and holds other work"):
+        build_cache(pairs, enc, out, progress=False)  # nor is no corpus at all the same work
+    first = read_identity(out)
+    build_cache(pairs, enc, out, progress=False, corpus=other, overwrite=True)
+    assert read_identity(out) != first and read_identity(out)["fingerprint"] == first["fingerprint"]
+
+    # an interrupted run keeps its shards; a rerun with another corpus may not use them
+    fresh = tmp_path / "fresh.h5"
+
+    def boom(*a, **k):
+        raise RuntimeError("interrupted")
+    monkeypatch.setattr(cb, "write_corpus", boom)
+    with pytest.raises(RuntimeError):
+        build_cache(pairs, enc, fresh, progress=False, corpus=same)
+    assert (tmp_path / "fresh.h5.parts" / "corpus-000000.npy").exists()
+    monkeypatch.undo()
+    with pytest.raises(CacheError, match="partial work from a different run"):
+        build_cache(pairs, enc, fresh, progress=False, corpus=other)
+    assert build_cache(pairs, enc, fresh, progress=False, corpus=same).status == "written"  # resumes
+    assert read_identity(fresh) == first
+
+
+def test_a_corpus_is_added_to_a_finished_cache_of_the_same_pairs(tmp_path):
+    pairs = planted_pairs(n_groups=6)
+    enc = PlantedEncoder(pairs)
+    out = tmp_path / "later.h5"
+    build_cache(pairs, enc, out, progress=False)
+    corpus = CorpusFile(_corpus(tmp_path / "corpus.jsonl", ["doc 1", pairs.contexts[0], "doc 2"]))
+    calls = enc.calls
+    assert build_cache(pairs, enc, out, progress=False, corpus=corpus).status == "corpus added"
+    assert enc.calls == calls + 1  # the corpus only
+    build_cache(pairs, enc, tmp_path / "once.h5", progress=False, corpus=corpus)
+    assert read_identity(out) == read_identity(tmp_path / "once.h5")
+    a, b = open_cache(out), open_cache(tmp_path / "once.h5")
+    np.testing.assert_array_equal(a.read("corpus")["vectors"], b.read("corpus")["vectors"])
+    assert a.read("corpus")["text"] == ["doc 1", "doc 2"]
+
+
+def test_selection_against_the_corpus_keeps_a_head_that_only_helps_there(tmp_path):
+    """Planted: queries are a partial rotation of their contexts. Against the 100 labelled
+    contexts the frozen encoder already ranks nearly every gold first, so no head is kept;
+    against 3,000 corpus texts too, it does not, and the head that undoes the rotation wins."""
+    from projhead.config import TrainConfig
+    from projhead.select import auto_train
+
+    _, _, out = _cached(tmp_path, [f"doc {i}" for i in range(3000)], n_groups=20, dim=16, rotate=0.45, noise=0.2)
+    fixed = {"kind": "linear", "towers": "query"}
+    runs = {}
+    for sample in (0, None):
+        head, log = auto_train(out, TrainConfig(corpus_sample=sample), fixed=fixed, progress=False)
+        runs[sample] = (log["selection"], log["decision"]["kept"], head.info)
+    plain, full = runs[0], runs[None]
+    assert plain[0]["distractors"] == 0 and full[0]["distractors"] == 3000
+    assert full[0]["frozen_dev"]["mrr10"] < plain[0]["frozen_dev"]["mrr10"] - 0.2
+    assert plain[1] == "identity" and full[1] == "head"
+    assert full[2]["selection"]["distractors"] == 3000 and full[2]["cache"]["distractors"] == 3000  # model card
+    assert "3000 corpus texts" in full[2]["selection"]["ranked_against"]
+
+
+def test_eval_counts_the_distractors_in_memory_and_through_an_index(tmp_path):
+    _, _, out = _cached(tmp_path, [f"doc {i}" for i in range(40)])
+    got = {}
+    for name, extra in (("all", []), ("some", ["--corpus-sample", "10"]), ("none", ["--corpus-sample", "0"]),
+                        ("index", ["--index", "Flat"]), ("index-some", ["--index", "Flat", "--corpus-sample", "10"])):
+        assert cli.main(["eval", str(out), "--json-out", str(tmp_path / f"{name}.json"), *extra]) == 0
+        got[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert [got[k]["distractors"] for k in got] == [40, 10, 0, 40, 10]
+    got = {k: v["results"] for k, v in got.items()}
+    for a, b in (("all", "index"), ("some", "index-some")):  # the same rows ranked, in memory or by FAISS
+        assert got[a]["frozen"]["full_corpus"] == pytest.approx(got[b]["frozen"]["full_corpus"])
+    assert got["all"]["frozen"]["out_of_500"] == got["none"]["frozen"]["out_of_500"]  # blocks: labelled only
+    assert got["all"]["frozen"]["full_corpus"]["MRR@10"] < got["none"]["frozen"]["full_corpus"]["MRR@10"]
+
+
+def test_corpus_files_of_every_format_and_their_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "c.txt").write_text("first text\n\nsecond text\n")
+    assert list(CorpusFile(tmp_path / "c.txt").texts()) == ["first text", "second text"]
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "c.parquet")
+    assert list(CorpusFile(tmp_path / "c.parquet").texts()) == ["a", "b"]
+    assert not CorpusFile(tmp_path / "c.parquet").vectors
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2: missing key 'text'"):
+        list(CorpusFile(tmp_path / "bad.jsonl").texts())
+    (tmp_path / "empty.jsonl").write_text('{"text": "  "}\n')
+    with pytest.raises(DataError, match=r"empty.jsonl: line 1 'text' is empty"):
+        list(CorpusFile(tmp_path / "empty.jsonl").texts())
+    with pytest.raises(DataError, match=r"c.csv: a corpus is"):
+        (tmp_path / "c.csv").write_text("x")
+        CorpusFile(tmp_path / "c.csv")
+    with pytest.raises(DataError, match="no such corpus file"):
+        CorpusFile(tmp_path / "nope.jsonl")
+
+
+def test_a_corpus_of_your_own_vectors_through_the_cli(tmp_path):
+    """vectors:NAME: the corpus is a vector file keyed by text, looked up like the pairs' vectors."""
+    from projhead.cache import cache_jsonl_vectors
+    from projhead.encoders import get_encoder
+
+    pairs = planted_pairs(n_groups=5)
+    enc = PlantedEncoder(pairs, dim=8)
+    rows = [{"query": q, "context": pairs.contexts[c], "id": i, "group": g}
+            for q, c, i, g in zip(pairs.queries, pairs.q2c, pairs.query_ids, pairs.groups)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = list(pairs.queries) + list(pairs.contexts)
+    np.save(tmp_path / "v.npy", np.concatenate([enc.encode(pairs.queries, role="query"),
+                                                enc.encode(pairs.contexts, role="context")]))
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
+    docs = ["doc x", "doc y", pairs.contexts[1]]
+    np.save(tmp_path / "corpus.npy", enc.encode(docs, role="context"))
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(t) + "\n" for t in docs))
+    out = tmp_path / "mine.h5"
+    assert cli.main(["cache", "--dataset", "jsonl", "--data", str(tmp_path / "pairs.jsonl"), "--encoder",
+                     "vectors:planted", "--vectors", str(tmp_path / "v.npy"), "--corpus", str(tmp_path / "corpus.npy"),
+                     "--no-normalize", "--out", str(out), "--quiet"]) == 0
+    got = open_cache(out).read("corpus")
+    assert got["text"] == ["doc x", "doc y"]
+    np.testing.assert_allclose(got["vectors"], enc.encode(["doc x", "doc y"], role="context"), atol=1e-6)
+    # the streamed import writes the same corpus section
+    again = cache_jsonl_vectors(tmp_path / "pairs.jsonl", get_encoder("vectors:planted", files=[
+        tmp_path / "v.npy", tmp_path / "corpus.npy"]), tmp_path / "again.h5", corpus=CorpusFile(tmp_path / "corpus.npy"))
+    assert again.status == "written" and read_identity(tmp_path / "again.h5")["sections"] == read_identity(out)["sections"]
