@@ -154,6 +154,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         log["removed"] = f"{ckpt}: the checkpoint of an earlier --no-auto run, replaced by this head"
         _say(progress, f"  {log['removed']}")
     f = PER_QUERY[cfg.select_metric]
+    gate = {}  # a per-query gate: fitted with a dev split only (with folds, no single held-out set decides a gated head)
     if k:
         fold_rows = group_folds(groups, k, cfg.seed)
         all_rows = np.arange(n)
@@ -252,10 +253,15 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if run["best"]["state"] is None:
             head.reset_to_identity()
             run_log["decision"] = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder"}
-        else:
+        else:  # the gate first, so that the canaries and the decision see the head as it will be saved
+            gate = attach_gate(head, cache, cfg, canaries, train_rows, held, say=lambda t: _say(progress, t))
             d = finish(head, final_cfg, decide, r0, canaries, run_log, narrow=within_documents(cache))
             if d.get("measured"):
-                d["measured"] = f"alpha {d['alpha']:g}, on the {len(decide)} held-out queries that did not choose it"
+                d["measured"] = (f"alpha {d['alpha']:g}{', gated' if gate else ''}, on the {len(decide)} held-out "
+                                 "queries that did not choose it")
+            if d["kept"] == "identity" and gate:
+                head.set_gate(None)
+                gate = {}
         frozen = rank_metrics(r0)
         decision = run_log["decision"]
         log.update(dev_gain=decision.get("dev_gain"), frozen_dev=frozen, chosen_dev=decision.get("dev_head"))
@@ -269,8 +275,6 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                    + (f"; dev {cfg.select_metric} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
                    + (f" ({decision['why']})" if decision.get("why") else "") + f"; {log['seconds']:.1f}s")
-    gate = attach_gate(head, cache, cfg, canaries, *((np.setdiff1d(all_rows, fold_rows[0]), fold_rows[0]) if k
-                                                     else (train_rows, held)), say=lambda t: _say(progress, t))
     # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
     # final head saw every query, so the weight is the frozen encoder's, chosen on all of them
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,

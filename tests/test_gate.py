@@ -167,14 +167,14 @@ def test_selection_keeps_the_query_side_head_unless_two_towers_are_better_beyond
     assert prefer_query_side([("b", "separate", 0.6, q), ("c", "separate", 0.65, q)], cfg, log) == "c"
 
 
-@pytest.mark.parametrize("folds", [0, 5])
-def test_model_selection_gates_a_kept_query_side_head_with_canaries(planted_cache, tmp_path, folds):
+def test_model_selection_gates_a_kept_query_side_head_with_canaries(planted_cache, tmp_path, folds=0):
     path = planted_cache(n_groups=40)
     canary = planted_cache(name="other.h5", dim=16, n_groups=6, rotate=0.0)
     fixed = {"kind": "linear", "towers": "query", "batch_size": 16, "lr": 0.01}
     cfg = TrainConfig(epochs=6, canaries=[str(canary)], canary_tolerance=0.5)
     head, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "h", progress=False, folds=folds)
     assert not head.config.passthrough and head.gate is not None
+    assert ", gated, on the" in log["decision"]["measured"]  # decided on the head as saved
     saved = load_head(tmp_path / "h")
     assert saved.config.gate and saved.info["gate"]["other_names"] == ["other.h5"]
     card = (tmp_path / "h" / "README.md").read_text()
@@ -184,6 +184,8 @@ def test_model_selection_gates_a_kept_query_side_head_with_canaries(planted_cach
     assert plain.gate is None
     alone, _ = auto_train(path, TrainConfig(epochs=6), fixed=fixed, progress=False, folds=folds)  # no canaries
     assert alone.gate is not None and alone.info["gate"]["other_names"] == []
+    folded, _ = auto_train(path, cfg, fixed=fixed, progress=False, folds=5)  # k-fold: no held-out set for a gate
+    assert folded.gate is None and not folded.config.passthrough
 
 
 def test_train_says_whether_contexts_change(planted_cache, tmp_path, capsys):
