@@ -152,9 +152,17 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
         want = cache.attrs.get("fingerprint" if v2 else "texts_sha256")
         if want is not None and want != content_sha256(*texts, q2c if v2 else None):
             raise CacheError(f"{cache.path}: damaged cache, its texts or index do not match their checksum (fingerprint)")
-        if np.isin(text_hashes(texts[0])[:, 0], text_hashes(texts[3])[:, 0]).any():  # 64 bits suffice here
+        qh = text_hashes(texts[0])[:, 0]  # 64 bits suffice here
+        if np.isin(qh, text_hashes(texts[3])[:, 0]).any():
             raise SearchError(f"{cache.path}: queries that are also contexts (duplicate-question data) are not "
                               "supported with an index; evaluate without one")
+        if len(extra):  # the corpus rows in the index, their texts a chunk at a time
+            ctext = f["corpus/text"]
+            ch = np.concatenate([text_hashes([t.decode("utf-8") for t in ctext[np.sort(extra[a:a + chunk])]])[:, 0]
+                                 for a in range(0, len(extra), chunk)])
+            if np.isin(qh, ch).any():
+                raise SearchError(f"{cache.path}: queries that are also corpus texts are not supported with an "
+                                  "index (a query would find itself); evaluate without one")
         results = {}
         for name, (fq, fc) in systems.items():
             contexts = itertools.chain(

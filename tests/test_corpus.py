@@ -199,3 +199,15 @@ def test_a_corpus_of_your_own_vectors_through_the_cli(tmp_path):
     again = cache_jsonl_vectors(tmp_path / "pairs.jsonl", get_encoder("vectors:planted", files=[
         tmp_path / "v.npy", tmp_path / "corpus.npy"]), tmp_path / "again.h5", corpus=CorpusFile(tmp_path / "corpus.npy"))
     assert again.status == "written" and read_identity(tmp_path / "again.h5")["sections"] == read_identity(out)["sections"]
+
+
+def test_eval_with_an_index_refuses_queries_that_are_corpus_texts(tmp_path):
+    """In memory a query's own text is left out of its candidates; an index cannot leave it out,
+    so a query that is also a corpus text is refused there, as one that is also a context is."""
+    from projhead.evaluate import evaluate_streamed
+    from projhead.search import SearchError
+
+    _, _, path = _cached(tmp_path, list(planted_pairs(n_groups=8).queries)[:5] + ["unrelated text"])
+    with pytest.raises(SearchError, match="queries that are also corpus texts"):
+        evaluate_streamed(path, index="Flat")
+    assert "frozen" in evaluate_streamed(_cached(tmp_path, ["unrelated text"], name="d.h5")[2], index="Flat")
