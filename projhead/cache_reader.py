@@ -40,6 +40,7 @@ class Cache:
         self._arrays = arrays
         self.sections = sections or {"pairs": [""]}  # section name -> instances (group paths) in the file
         self.distractors = None  # (vectors, texts) ranked beside the contexts: corpus.attach_corpus
+        self.distractors_set = False  # attached, even as none: training and selection leave them as they are
         self._ranked = None
 
     @property
@@ -84,6 +85,7 @@ class Cache:
         """Rows ranked after the contexts when held-out queries are ranked (``corpus.attach_corpus``):
         never queries, gold contexts or training rows; ``None``: the contexts alone."""
         self.distractors = None if texts is None or not len(texts) else (np.asarray(vectors, np.float32), list(texts))
+        self.distractors_set = True
         self._ranked = None
 
     def ranked_contexts(self) -> tuple[np.ndarray, list[str]]:

@@ -330,7 +330,7 @@ def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: Tra
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:
     """Attach the cache's corpus rows as distractors of the held-out queries (unless some
     are attached already) and say what the queries are ranked against."""
-    if cache.distractors is None:
+    if not cache.distractors_set:
         attach_corpus(cache, cfg.corpus_sample, cfg.seed)
     nc, nd = len(cache.contexts), cache.n_distractors
     return {"contexts": nc, "distractors": nd,

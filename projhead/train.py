@@ -375,7 +375,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     cfg = config or TrainConfig()
     if not isinstance(cache, Cache):
         cache = open_cache(cache, load=not cfg.stream)
-    if not cfg.stream and cache.distractors is None:  # dev queries also ranked against the corpus rows
+    if not cfg.stream and not cache.distractors_set:  # dev queries also ranked against the corpus rows
         attach_corpus(cache, cfg.corpus_sample, cfg.seed)
     # the cache decides the input dimension and the encoder the head will accept
     hcfg = replace(head_config or HeadConfig(), in_dim=cache.dim, encoder=cache.encoder,

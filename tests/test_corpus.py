@@ -211,3 +211,19 @@ def test_eval_with_an_index_refuses_queries_that_are_corpus_texts(tmp_path):
     with pytest.raises(SearchError, match="queries that are also corpus texts"):
         evaluate_streamed(path, index="Flat")
     assert "frozen" in evaluate_streamed(_cached(tmp_path, ["unrelated text"], name="d.h5")[2], index="Flat")
+
+
+def test_a_corpus_turned_off_stays_off_in_training(tmp_path):
+    from projhead.config import TrainConfig
+    from projhead.heads import HeadConfig
+    from projhead.train import train_head
+
+    _, _, path = _cached(tmp_path, [f"doc {i}" for i in range(50)])
+    c = open_cache(path)
+    assert attach_corpus(c, 0)["distractors"] == 0
+    head, _ = train_head(c, HeadConfig(kind="linear", towers="query"), TrainConfig(epochs=1, batch_size=16),
+                         progress=False)
+    assert head.info["cache"]["distractors"] == 0
+    head, _ = train_head(open_cache(path), HeadConfig(kind="linear", towers="query"),
+                         TrainConfig(epochs=1, batch_size=16), progress=False)
+    assert head.info["cache"]["distractors"] == 50  # the default: every corpus row
