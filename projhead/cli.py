@@ -50,6 +50,9 @@ def cli():
               help="data file or folder (default: $PROJHEAD_DATA, else the official download)")
 @click.option("--quac-history", default="0", show_default=True,
               help="QuAC: earlier dialogue turns (question + answer) prepended to each question: 0, 1, 2, ... or all")
+@click.option("--turns", type=click.IntRange(min=0), default=None,
+              help="QuAC: also store each question's K earlier turns (and each sentence's neighbours) as vectors of "
+                   "their own, the turns section a dialog head reads (with the whole dialog so far as one more)")
 @click.option("--encoder", default=DEFAULT_ENCODER, show_default=True,
               help="st:NAME_OR_PATH, openclip:ARCH[/PRETRAINED_TAG_OR_FILE], or vectors:NAME for vectors you "
                    "already have (with --vectors)")
@@ -77,7 +80,7 @@ def cli():
 @click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True, help="--ray: GPUs per actor")
 @click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def cache(dataset, split, granularity, data, quac_history, encoder, vector_files, out, dtype, precision, batch_size,
+def cache(dataset, split, granularity, data, quac_history, turns, encoder, vector_files, out, dtype, precision, batch_size,
           shard_size, device, no_normalize, query_prefix, context_prefix, ray_address, ray_actors, ray_gpus_per_actor, overwrite,
           quiet):
     """Encode questions and contexts once with a frozen encoder into an HDF5 cache.
@@ -101,6 +104,9 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
                    f"({unit})", err=True)
     # history changes every query text: its caches get their own names
     label = f"{dataset}-history{quac_history}" if dataset == "quac" and quac_history != "0" else dataset
+    label += f"-turns{turns}" if turns is not None else ""
+    if turns is not None and dataset != "quac":
+        raise click.UsageError("--turns stores the dialog turns of QuAC questions: use --dataset quac")
     out = Path(out) if out else Path("cache") / cache_name(label, split, unit, encoder, data)
     settings = {"normalize": not no_normalize, "device": device, "precision": precision}
     if encoder.startswith("st:"):
@@ -127,6 +133,11 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
         try:
             if streamed:
                 res = cache_jsonl_vectors(data, enc, out, dtype=dtype, overwrite=overwrite)
+            elif turns is not None:
+                from .turns import build_with_turns
+
+                res = build_with_turns(pairs, enc, out, turns, joined=True, dtype=dtype, batch_size=batch_size,
+                                       shard_size=shard_size, overwrite=overwrite, progress=not quiet)
             else:
                 res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size,
                                   overwrite=overwrite, progress=not quiet)
@@ -382,6 +393,7 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
     from .cache import open_cache
     from .evaluate import bm25_ranks, evaluate_cache, evaluate_streamed, format_changes, format_table, protocols
     from .heads import load_head
+    from .turns import dialog_view
 
     if report_dir and not head_path:
         raise click.UsageError("--report compares a head with its frozen encoder: pass --head")
@@ -400,6 +412,7 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
                 click.echo("fused rows need every context's scores: evaluate without --index to see them")
         else:
             c = open_cache(cache_file)
+            c = dialog_view(c) if head is not None and head.config.kind == "dialog" else c  # turns side by side
             results, ranks = evaluate_cache(c, head=head, bm25=bm25, block=block, return_ranks=True, fusion=spec)
         every[cache_file] = results
         click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts, "
