@@ -52,7 +52,7 @@ def cli():
               help="QuAC: earlier dialogue turns (question + answer) prepended to each question: 0, 1, 2, ... or all")
 @click.option("--turns", type=click.IntRange(min=0), default=None,
               help="QuAC: also store each question's K earlier turns (and each sentence's neighbours) as vectors of "
-                   "their own, the turns section a dialog head reads (with the whole dialog so far as one more)")
+                   "their own, the turns section a dialog head reads")
 @click.option("--encoder", default=DEFAULT_ENCODER, show_default=True,
               help="st:NAME_OR_PATH, openclip:ARCH[/PRETRAINED_TAG_OR_FILE], or vectors:NAME for vectors you "
                    "already have (with --vectors)")
@@ -136,7 +136,7 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
             elif turns is not None:
                 from .turns import build_with_turns
 
-                res = build_with_turns(pairs, enc, out, turns, joined=True, dtype=dtype, batch_size=batch_size,
+                res = build_with_turns(pairs, enc, out, turns, dtype=dtype, batch_size=batch_size,
                                        shard_size=shard_size, overwrite=overwrite, progress=not quiet)
             else:
                 res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size,

