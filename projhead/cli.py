@@ -105,8 +105,6 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
     # history changes every query text: its caches get their own names
     label = f"{dataset}-history{quac_history}" if dataset == "quac" and quac_history != "0" else dataset
     label += f"-turns{turns}" if turns is not None else ""
-    if turns is not None and dataset != "quac":
-        raise click.UsageError("--turns stores the dialog turns of QuAC questions: use --dataset quac")
     out = Path(out) if out else Path("cache") / cache_name(label, split, unit, encoder, data)
     settings = {"normalize": not no_normalize, "device": device, "precision": precision}
     if encoder.startswith("st:"):

@@ -205,6 +205,9 @@ def build_with_turns(pairs, encoder, out, turns: int, joined: bool = False, **bu
     alone; one whose pairs are there without turns (an interrupted run) gets its turns."""
     from .cache_build import CacheResult, build_cache
 
+    if pairs.meta.get("dataset") != "quac":
+        raise CacheError(f"turns are the dialog turns of QuAC questions, not of {pairs.meta.get('dataset')!r} "
+                         "(use --dataset quac)")
     out = Path(out)
     if out.exists() and not build.get("overwrite"):
         have = open_cache(out, load=False)

@@ -95,6 +95,8 @@ def test_turn_section_round_trips_and_is_checked(quac, tmp_path):
         g["vectors"][2] = np.nan
     with pytest.raises(CacheError, match=r"bad.h5: turns/vectors holds NaN or Inf in 1 rows \(first: row 2\)"):
         damaged(nan)()
+    with pytest.raises(CacheError, match="turns are the dialog turns of QuAC questions, not of 'planted-dialog'"):
+        build_with_turns(planted_dialogs(4, 0)[0], enc, tmp_path / "p.h5", 2, progress=False)
     plain = tmp_path / "plain.h5"
     build_cache(pairs, enc, plain, progress=False)
     with pytest.raises(CacheError, match="plain.h5: no turns section: a dialog head reads the turn vectors"):
