@@ -269,3 +269,30 @@ def read_identity(path: Path) -> dict:
         out["sections"] = more
     return out
 
+
+def info_lines(path, d: dict) -> list[str]:
+    """What ``projhead info`` prints of ``Cache.describe()``'s ``d``: encoder, settings, sizes,
+    fingerprint, versions, sections."""
+    d = dict(d)
+    out = []
+    enc = d.pop("encoder_info")
+    out.append(f"{path}")
+    out.append(f"  encoder      {enc['name']}  ({enc.get('resolved')})")
+    out.append(f"  settings     {json.dumps(enc.get('settings'))}")
+    if "precision" in (enc.get("settings") or {}):
+        out.append(f"  precision    {enc['settings']['precision']} (the encoder's arithmetic; vectors stored as {d['dtype']})")
+    out.append(f"  weights      sha256 {enc.get('weights_sha256', '')[:16]}...")
+    out.append(f"  data         {d['dataset']} {d['split']} ({d['granularity']}), source {d['meta'].get('source')}")
+    out.append(f"  queries      {d['n_queries']}")
+    out.append(f"  contexts     {d['n_contexts']} distinct")
+    out.append(f"  vectors      dim {d['dim']}, {d['dtype']}, normalised: {bool(d['normalized'])}")
+    out.append(f"  fingerprint  {d['fingerprint']}")
+    took = f", encoded in {d['encode_seconds']:.0f}s" if "encode_seconds" in d else ""
+    out.append(f"  created      {d.get('created')}{took}, format {d['format']} v{d['format_version']}, "
+               f"{d['file_bytes'] / 1e6:.1f} MB")
+    out.append("  versions     " + ", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "platform"))
+    for where, s in d["sections"].items():  # the pairs, then any other section (mined sets...)
+        sizes = ", ".join(f"{k} {v}" for k, v in s["sizes"].items())
+        made = s.get("settings_json", {}).get("method")
+        out.append(f"  section      {where}" + (f" ({sizes})" if sizes else "") + (f", by {made}" if made else ""))
+    return out

@@ -49,6 +49,9 @@ def cli():
               help="data file or folder (default: $PROJHEAD_DATA, else the official download)")
 @click.option("--quac-history", default="0", show_default=True,
               help="QuAC: earlier dialogue turns (question + answer) prepended to each question: 0, 1, 2, ... or all")
+@click.option("--turns", type=click.IntRange(min=0), default=None,
+              help="QuAC: also store each question's K earlier turns (and each sentence's neighbours) as vectors of "
+                   "their own, the turns section a dialog head reads")
 @click.option("--encoder", default=DEFAULT_ENCODER, show_default=True,
               help="st:NAME_OR_PATH, openclip:ARCH[/PRETRAINED_TAG_OR_FILE], or vectors:NAME for vectors you "
                    "already have (with --vectors)")
@@ -79,9 +82,9 @@ def cli():
 @click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True, help="--ray: GPUs per actor")
 @click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def cache(dataset, split, granularity, data, quac_history, encoder, vector_files, out, corpus_file, dtype, precision,
-          batch_size, shard_size, device, no_normalize, query_prefix, context_prefix, ray_address, ray_actors, ray_gpus_per_actor, overwrite,
-          quiet):
+def cache(dataset, split, granularity, data, quac_history, turns, encoder, vector_files, out, corpus_file, dtype,
+          precision, batch_size, shard_size, device, no_normalize, query_prefix, context_prefix, ray_address, ray_actors,
+          ray_gpus_per_actor, overwrite, quiet):
     """Encode questions and contexts once with a frozen encoder into an HDF5 cache.
 
     Resumable: an interrupted run continues where it stopped. A finished cache with the same
@@ -107,6 +110,7 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
                    f"({unit})", err=True)
     # history changes every query text: its caches get their own names
     label = f"{dataset}-history{quac_history}" if dataset == "quac" and quac_history != "0" else dataset
+    label += f"-turns{turns}" if turns is not None else ""
     out = Path(out) if out else Path("cache") / cache_name(label, split, unit, encoder, data)
     settings = {"normalize": not no_normalize, "device": device, "precision": precision}
     if encoder.startswith("st:"):
@@ -133,6 +137,13 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
         try:
             if streamed:
                 res = cache_jsonl_vectors(data, enc, out, dtype=dtype, overwrite=overwrite, corpus=corpus)
+            elif turns is not None:
+                from .turns import build_with_turns
+
+                if corpus is not None:
+                    raise click.UsageError("--turns and --corpus: not together (a dialog head ranks sentences only)")
+                res = build_with_turns(pairs, enc, out, turns, dtype=dtype, batch_size=batch_size,
+                                       shard_size=shard_size, overwrite=overwrite, progress=not quiet)
             else:
                 res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size,
                                   overwrite=overwrite, progress=not quiet, corpus=corpus)
@@ -156,33 +167,14 @@ def cache(dataset, split, granularity, data, quac_history, encoder, vector_files
 def info(cache_file, as_json):
     """Print what is in a cache: encoder, settings, sizes, fingerprint, versions, sections."""
     from .cache import open_cache
+    from .cache_reader import info_lines
 
     c = open_cache(cache_file, load=False)
     d = c.describe()
     if as_json:
         click.echo(json.dumps(d, indent=1, default=str))
         return
-    enc = d.pop("encoder_info")
-    click.echo(f"{cache_file}")
-    click.echo(f"  encoder      {enc['name']}  ({enc.get('resolved')})")
-    click.echo(f"  settings     {json.dumps(enc.get('settings'))}")
-    if "precision" in (enc.get("settings") or {}):
-        click.echo(f"  precision    {enc['settings']['precision']} (the encoder's arithmetic; vectors stored as {d['dtype']})")
-    click.echo(f"  weights      sha256 {enc.get('weights_sha256', '')[:16]}...")
-    click.echo(f"  data         {d['dataset']} {d['split']} ({d['granularity']}), source {d['meta'].get('source')}")
-    click.echo(f"  queries      {d['n_queries']}")
-    click.echo(f"  contexts     {d['n_contexts']} distinct")
-    click.echo(f"  vectors      dim {d['dim']}, {d['dtype']}, normalised: {bool(d['normalized'])}")
-    click.echo(f"  fingerprint  {d['fingerprint']}")
-    took = f", encoded in {d['encode_seconds']:.0f}s" if "encode_seconds" in d else ""
-    click.echo(f"  created      {d.get('created')}{took}, format {d['format']} v{d['format_version']}, "
-               f"{d['file_bytes'] / 1e6:.1f} MB")
-    click.echo("  versions     " + ", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "platform"))
-    for where, s in d["sections"].items():  # the pairs, then any other section (mined sets...)
-        sizes = ", ".join(f"{k} {v}" for k, v in s["sizes"].items())
-        made = s.get("settings_json", {}).get("method")
-        click.echo(f"  section      {where}" + (f" ({sizes})" if sizes else "") + (f", by {made}" if made else ""))
-
+    click.echo("\n".join(info_lines(cache_file, d)))
 
 POS_INT = click.IntRange(min=1)
 # model selection's learning rates (select.CANDIDATES; select imports torch, so they are repeated here and a test
@@ -402,6 +394,7 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
     from .corpus import with_corpus
     from .evaluate import bm25_ranks, evaluate_cache, evaluate_streamed, format_changes, format_table, protocols
     from .heads import load_head
+    from .turns import dialog_view
 
     if report_dir and not head_path:
         raise click.UsageError("--report compares a head with its frozen encoder: pass --head")
@@ -424,7 +417,10 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
                 results["bm25"] = protocols(bm25_ranks(c, block, settings=spec.bm25), block)
                 click.echo("fused rows need every context's scores: evaluate without --index to see them")
         else:
-            c = with_corpus(open_cache(cache_file), corpus_sample)
+            if head is not None and head.config.kind == "dialog":  # turns side by side; no corpus rows
+                c = dialog_view(open_cache(cache_file))
+            else:
+                c = with_corpus(open_cache(cache_file), corpus_sample)
             results, ranks = evaluate_cache(c, head=head, bm25=bm25, block=block, return_ranks=True, fusion=spec)
         every[cache_file], distractors[cache_file] = results, int(c.attrs.get("n_distractors", 0))
         click.echo(f"{cache_file}: {c.attrs['n_queries']} queries, {c.attrs['n_contexts']} contexts + "

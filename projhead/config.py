@@ -31,7 +31,7 @@ class EncoderError(ValueError):
     """Unknown or unusable encoder name, or vectors that cannot be used; the message says why."""
 
 
-HEAD_KINDS = ("linear", "mlp", "residual")
+HEAD_KINDS = ("linear", "mlp", "residual", "dialog")
 TOWERS = ("separate", "shared", "query")
 ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
 
@@ -42,7 +42,7 @@ class HeadError(ValueError):
 
 @dataclass
 class HeadConfig:
-    kind: str = "residual"  # linear | mlp | residual (x + MLP(x), last layer zero-initialised)
+    kind: str = "residual"  # linear | mlp | residual (x + MLP(x), last layer zero-initialised) | dialog (turns.py)
     in_dim: int = 384  # dimension of the frozen encoder's vectors
     out_dim: int | None = None  # output dimension; None keeps in_dim (residual needs in_dim)
     hidden: int = 1024  # hidden width of mlp / residual
@@ -56,6 +56,7 @@ class HeadConfig:
     gate: bool = False  # query-side heads: a per-query gate fades the head to the frozen encoder off its field (gate.py)
     encoder: str = ""  # encoder the input vectors must come from ("" = unchecked)
     encoder_weights_sha256: str = ""  # hash of that encoder's weights ("" = unchecked)
+    slots: int = 0  # dialog: turn vectors per query (current question first); 0: as the cache's turns section has
 
     def __post_init__(self):
         if self.kind not in HEAD_KINDS:
@@ -81,10 +82,22 @@ class HeadConfig:
                             "contexts the head changed")
         if not 0.0 <= self.dropout < 1.0:
             raise HeadError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.slots and self.kind != "dialog" or not isinstance(self.slots, int) or self.slots < 0:
+            raise HeadError(f"slots are the turn vectors of a dialog head (0: taken from the cache), not {self.slots!r} "
+                            f"for kind {self.kind!r}")
+        if self.kind == "dialog" and (self.towers == "shared" or self.output_dim != self.in_dim):
+            raise HeadError("a dialog head keeps the dimension and has its own context tower (towers 'separate': "
+                            "contexts see their neighbour sentences) or none ('query')")
 
     @property
     def output_dim(self) -> int:
         return self.out_dim or self.in_dim
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the rows the towers take: in_dim, or for a dialog head the turn slots and two
+        neighbour blocks side by side (``turns.dialog_view``)."""
+        return self.in_dim * (self.slots + 2) if self.kind == "dialog" else self.in_dim
 
     @classmethod
     def from_dict(cls, d: dict) -> "HeadConfig":

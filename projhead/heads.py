@@ -64,7 +64,60 @@ class Residual(nn.Module):
         return x + self.mlp(x)
 
 
+class DialogQuery(nn.Module):
+    """A query from its turn vectors seen apart: q = x_0 + sum_s W_s x_s + b over the slots
+    (x_0 the current question, then earlier questions and answers; padding is zeros). W and b
+    start at zero: step 0 is the question alone, the frozen encoder."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.slots, self.dim = cfg.slots, cfg.in_dim
+        self.weight = nn.Parameter(torch.zeros(cfg.slots, cfg.in_dim, cfg.in_dim))  # (S, D, D)
+        self.bias = nn.Parameter(torch.zeros(cfg.in_dim))
+        if cfg.init == "random":
+            nn.init.normal_(self.weight, std=cfg.in_dim ** -0.5 / cfg.slots)
+
+    def forward(self, x):  # (B, (S + 2) D) -> (B, D)
+        turns = x[:, :self.slots * self.dim].reshape(len(x), self.slots, self.dim)  # (B, S, D)
+        return turns[:, 0] + torch.einsum("sed,bsd->be", self.weight, turns) + self.bias
+
+
+class DialogContext(nn.Module):
+    """A sentence beside its neighbours: c' = c + W_0 c + W_p prev + W_n next + b (zeros where
+    the section has no neighbour); W and b start at zero, so step 0 is the frozen sentence."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.slots, self.dim = cfg.slots, cfg.in_dim
+        self.weight = nn.Parameter(torch.zeros(3, cfg.in_dim, cfg.in_dim))  # (3, D, D): self, previous, next
+        self.bias = nn.Parameter(torch.zeros(cfg.in_dim))
+        if cfg.init == "random":
+            nn.init.normal_(self.weight, std=cfg.in_dim ** -0.5 / 3)
+
+    def forward(self, x):  # (B, (S + 2) D) -> (B, D)
+        c = x[:, :self.dim]
+        near = x[:, self.slots * self.dim:].reshape(len(x), 2, self.dim)  # (B, 2, D)
+        parts = torch.cat([c[:, None], near], 1)  # (B, 3, D)
+        return c + torch.einsum("ked,bkd->be", self.weight, parts) + self.bias
+
+
+class FirstBlock(nn.Module):
+    """The frozen vector of a dialog row (its first block): contexts of a query-only dialog head."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return x[:, :self.dim]
+
+
 def build_tower(cfg: HeadConfig) -> nn.Module:
+    if cfg.kind == "dialog":
+        if cfg.slots < 1:
+            raise HeadError("a dialog head needs its number of turn slots (slots >= 1): train it on a cache with a "
+                            "turns section (projhead cache --turns K)")
+        return DialogQuery(cfg)
     if cfg.kind == "residual":
         return Residual(cfg)
     if cfg.kind == "mlp":
@@ -85,7 +138,9 @@ class Head(nn.Module):
         self.config = replace(config)  # a copy: passthrough is set per head
         self.info = info or {}  # training settings, cache, metrics: written to config.json
         self.query = build_tower(config)
-        if config.towers == "separate":
+        if config.kind == "dialog":
+            self.context = DialogContext(config) if config.towers == "separate" else FirstBlock(config.in_dim)
+        elif config.towers == "separate":
             self.context = build_tower(config)
         elif config.towers == "shared":
             self.context = self.query
@@ -95,13 +150,16 @@ class Head(nn.Module):
 
     # -- applying --------------------------------------------------------------------
     def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != self.config.in_dim:
-            raise HeadError(f"head expects vectors of shape (N, {self.config.in_dim}) from encoder "
-                            f"{self.config.encoder or '(unrecorded)'}, got {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != self.config.input_dim:
+            raise HeadError(f"head expects vectors of shape (N, {self.config.input_dim}) from encoder "
+                            f"{self.config.encoder or '(unrecorded)'}, got {tuple(x.shape)}"
+                            + ("; a dialog head reads a cache's turns section (turns.dialog_view)"
+                               if self.config.kind == "dialog" else ""))
 
     def _project(self, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        y = x if self.config.passthrough else tower(x)  # (N, D_out)
+        # passthrough: the frozen vector (a dialog row's first block: the question, or the sentence)
+        y = x[:, :self.config.in_dim] if self.config.passthrough else tower(x)  # (N, D_out)
         if self.gate is not None and tower is self.query and not self.config.passthrough:
             y = x + self.gate(x).unsqueeze(1) * (y - x)  # (N, D): the head in full at 1, frozen at 0
         return nn.functional.normalize(y, dim=-1) if self.config.normalize else y
@@ -187,7 +245,7 @@ class Head(nn.Module):
         """Whether the frozen encoder is a point in this head's weight space: identity-
         initialised linear and residual heads (the residual branch at zero, the matrix at I)."""
         c = self.config
-        return c.init == "identity" and c.kind in ("linear", "residual") and c.output_dim == c.in_dim
+        return c.init == "identity" and c.kind in ("linear", "residual", "dialog") and c.output_dim == c.in_dim
 
     def interpolate(self, alpha: float) -> "Head":
         """Move the weights to frozen + alpha * (weights - frozen), in place (WiSE-FT's
@@ -202,7 +260,10 @@ class Head(nn.Module):
         towers = [self.query] + ([self.context] if self.config.towers == "separate" else [])
         with torch.no_grad():
             for t in towers:
-                if self.config.kind == "residual":
+                if self.config.kind == "dialog":  # zero weights are the frozen encoder
+                    for p in t.parameters():
+                        p.mul_(alpha)
+                elif self.config.kind == "residual":
                     t.mlp[-1].weight.mul_(alpha)  # the branch's last layer: output scales by alpha
                     t.mlp[-1].bias.mul_(alpha)
                 else:

@@ -47,6 +47,7 @@ from .gate import fit_gate
 from .heads import Head, HeadConfig
 from .checkpoint import CHECKPOINT_NAME
 from .hybrid import tune_after_selection
+from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
                     save_trained, split_by_group, split_groups, within_documents, within_noise)
 
@@ -68,15 +69,16 @@ CANDIDATES = [
 LARGE = ("linear-query", "residual-query", "residual-separate")
 
 
-def candidates(n_queries: int, fixed: dict | None = None) -> list[tuple[str, HeadConfig, dict]]:
+def candidates(n_queries: int, fixed: dict | None = None, pool: list | None = None) -> list[tuple[str, HeadConfig, dict]]:
     """The candidates for a cache of ``n_queries``, with ``fixed`` settings (head or
-    training keys) applied to each; candidates that then coincide are tried once."""
+    training keys) applied to each; candidates that then coincide are tried once. ``pool``:
+    other candidates than ``CANDIDATES`` (the dialog heads of a cache with turns), all tried."""
     fixed = dict(fixed or {})
     head_fixed = {k: v for k, v in fixed.items() if k in HEAD_KEYS}
     train_fixed = {k: v for k, v in fixed.items() if k not in HEAD_KEYS}
     out, seen = [], set()
-    for name, h, t in CANDIDATES:
-        if n_queries >= CV_BELOW and name not in LARGE and not head_fixed:
+    for name, h, t in pool or CANDIDATES:
+        if n_queries >= CV_BELOW and name not in LARGE and not head_fixed and not pool:
             continue
         h, t = {**h, **head_fixed}, {**t, **train_fixed}
         key = repr(sorted(h.items())) + repr(sorted(t.items()))
@@ -124,13 +126,16 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         raise TrainError("model selection needs the cache in memory: train with fixed settings to use --stream")
     if not isinstance(cache, Cache):
         cache = open_cache(cache)
+    # a turns section: dialog heads, which see the turns apart, unless another kind is asked for
+    slots = dialog_slots(cache) if (fixed or {}).get("kind", "dialog") == "dialog" else 0
+    cache = dialog_view(cache) if slots else cache
     t0 = time.perf_counter()
     ranked = _ranked_against(cache, cfg)
     n = len(cache.q2c)
     k = folds if folds is not None else (FOLDS if n < CV_BELOW else 0)
-    base = HeadConfig(in_dim=cache.dim, encoder=cache.encoder,
+    base = HeadConfig(in_dim=cache.dim, encoder=cache.encoder, **({"kind": "dialog", "slots": slots} if slots else {}),
                       encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
-    cands = candidates(n, fixed)
+    cands = candidates(n, fixed, DIALOG_CANDIDATES if slots else None)
     if cfg.alpha is not None and cfg.alpha < 1:  # refused before anything is trained, as train_head refuses it
         rigid = [name for name, hc, _ in cands if not Head(replace(base, **_head_dict(hc))).can_interpolate()]
         if rigid:
@@ -287,7 +292,7 @@ def attach_gate(head: Head, cache: Cache, cfg: TrainConfig, canaries: list, trai
     """A per-query gate (``gate.fit_gate``) for a kept query-side head when ``cfg.gate``: the
     training queries' distribution from ``train_rows``, its edge from the held-out ``held_rows``,
     the other fields from the canaries' queries (if any). Returns ``{"gate": report}`` or ``{}``."""
-    if not cfg.gate or head.config.towers != "query" or head.config.passthrough:
+    if not cfg.gate or head.config.towers != "query" or head.config.passthrough or head.config.kind == "dialog":
         return {}
     gate, report = fit_gate(cache.queries[np.sort(train_rows)], cache.queries[np.sort(held_rows)],
                             [np.asarray(c.cache.queries) for c in canaries])

@@ -46,6 +46,7 @@ from .batches import (MIN_GROUPS, DevSet, MemorySource, StreamSource, dev_fracti
 from .checkpoint import (CHECKPOINT_NAME, load_checkpoint, optimizer_tensors, restore_optimizer, rng_state,
                          save_checkpoint, set_rng_state)
 from .heads import Head, HeadConfig
+from .turns import dialog_view
 from .losses import LOSSES, get_loss
 
 
@@ -125,6 +126,9 @@ class Canary:
 
 
 def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
+    if hcfg.kind == "dialog" and (cfg.anchor_weight or cfg.canaries or cfg.stream):
+        raise TrainError("a dialog head trains in memory on its cache's turns, without anchor_weight (its rows are the "
+                         "turns side by side) or canaries (caches without turns)")
     if cfg.anchor_weight and hcfg.output_dim != hcfg.in_dim:
         raise TrainError(f"anchor_weight pulls head outputs toward the frozen vectors, so out_dim "
                          f"({hcfg.output_dim}) must equal the encoder's dimension ({hcfg.in_dim})")
@@ -375,10 +379,14 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     cfg = config or TrainConfig()
     if not isinstance(cache, Cache):
         cache = open_cache(cache, load=not cfg.stream)
-    if not cfg.stream and not cache.distractors_set:  # dev queries also ranked against the corpus rows
+    hcfg = head_config or HeadConfig()
+    if hcfg.kind == "dialog":  # the turn vectors side by side; the cache says how many
+        cache = dialog_view(cache)
+        hcfg = replace(hcfg, slots=cache.attrs["turn_slots"])
+    elif not cfg.stream and not cache.distractors_set:  # dev queries also ranked against the corpus rows
         attach_corpus(cache, cfg.corpus_sample, cfg.seed)
     # the cache decides the input dimension and the encoder the head will accept
-    hcfg = replace(head_config or HeadConfig(), in_dim=cache.dim, encoder=cache.encoder,
+    hcfg = replace(hcfg, in_dim=cache.dim, encoder=cache.encoder,
                    encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
     if cfg.alpha is not None and cfg.alpha < 1 and not Head(hcfg).can_interpolate():
         raise TrainError(f"alpha {cfg.alpha} interpolates toward the frozen encoder, which only identity-initialised "

