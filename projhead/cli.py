@@ -451,6 +451,7 @@ def export(head_path, fmt, out, quantize):
     """Export a head: a sentence-transformers folder (encoder + head, encode_query /
     encode_document) or ONNX files of the head alone (vectors in, vectors out)."""
     from .export import export_onnx, export_sentence_transformers
+    from .heads import load_head
 
     if fmt == "onnx":
         r = export_onnx(head_path, out, quantize=quantize)
@@ -460,7 +461,9 @@ def export(head_path, fmt, out, quantize):
                        + (f"; {q['file']}: mean cosine to float32 {q['cosine_to_float32_mean']:.5f}" if q else ""))
     else:
         r = export_sentence_transformers(head_path, out)
-        click.echo(f"{out}: SentenceTransformer({out!r}) loads it; max |difference to projhead| query "
+        how = f"SentenceTransformer({out!r}" + (", trust_remote_code=True) loads it (projhead installed: its gate)"
+                                                if load_head(head_path).gate is not None else ") loads it")
+        click.echo(f"{out}: {how}; max |difference to projhead| query "
                    f"{r['max_abs_diff_query']:.1e}, context {r['max_abs_diff_context']:.1e}")
 
 

@@ -9,7 +9,9 @@ Usage (``export.export_sentence_transformers`` puts it in the query route of a g
 
 Saved as the head's own folder (config.json + model.safetensors, no pickle) in the module's
 subfolder and loaded with ``load_head``; loading the exported model then needs projhead
-installed (no ``trust_remote_code``: the class is imported from the installed package).
+installed and ``SentenceTransformer(DIR, trust_remote_code=True)`` (sentence-transformers asks for
+it for any module class of its own; the code that runs is the installed projhead's, nothing
+executable is read from the folder).
 """
 from __future__ import annotations
 
