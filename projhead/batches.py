@@ -271,14 +271,6 @@ def _in_dev(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) < fraction * 2.0 ** 53
 
 
-def _member(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """Which values of ``x`` are in ``sorted_set`` (sorted, unique)."""
-    if not len(sorted_set):
-        return np.zeros(len(x), bool)
-    pos = np.minimum(np.searchsorted(sorted_set, x), len(sorted_set) - 1)
-    return sorted_set[pos] == x
-
-
 def _group_keys(groups) -> np.ndarray:
     """A number per group name (its 7-byte hash): what ``epoch_order`` sorts a buffer by."""
     return np.array([int.from_bytes(hashlib.blake2b(g.encode(), digest_size=7).digest(), "little") for g in groups],
@@ -381,7 +373,7 @@ class StreamSource:
         dev_rows, dev_q, dev_gold = [], [], []
         for a, b in self.chunks:  # the dev rows: those whose gold context is a dev context
             gold = self.Kd[a:b].astype(np.int64)
-            dev = _member(gold, dev_ctx)
+            dev = np.isin(gold, dev_ctx)
             if dev.any():
                 dev_rows.append(a + np.flatnonzero(dev))
                 dev_q.append(self.Qd[a:b][dev])
