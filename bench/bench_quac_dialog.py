@@ -5,11 +5,11 @@
 
 Builds (or reuses) the caches `projhead cache --dataset quac --split val-train|val-test --turns K`
 makes: sentence contexts, all-MiniLM-L6-v2, each question's K earlier turns (question and answer)
-as vectors of their own, each sentence's neighbours too. Then, per
+and the whole dialog so far as vectors of their own, each sentence's neighbours and section too. Then, per
 seed, what `projhead train` does on val-train (model selection among the dialog candidates,
 k-fold, the identity kept unless the held-out gain is above noise), and the saved head scored on
 val-test by out-of-500 top-1 / top-10 beside the frozen question alone. Also a fixed dialog head
-per candidate (`projhead train --no-auto --kind dialog --towers T --batching random --lr 1e-3`).
+per candidate (`projhead train --no-auto --kind dialog --towers T --batching random --lr 1e-3 --batch-size 64`).
 Prints one line per (system, seed); writes OUT.json and OUT.md. Timings: one CPU thread.
 """
 from __future__ import annotations
@@ -70,7 +70,8 @@ def main(argv=None):
                 chosen = log["selection"]["chosen"]
             else:
                 head, log = train_head(paths["val-train"], HeadConfig(kind="dialog", towers=towers),
-                                       TrainConfig(seed=seed, threads=1, lr=1e-3, batching="random"), progress=False)
+                                       TrainConfig(seed=seed, threads=1, lr=1e-3, batching="random", batch_size=64),
+                                       progress=False)
                 chosen = f"epoch {log['best_epoch']}"
             run = {"seed": seed, "seconds": time.perf_counter() - t0, "chosen": chosen,
                    "kept": "identity" if head.config.passthrough else "head", **score(head)}
@@ -84,7 +85,7 @@ def main(argv=None):
     out.with_suffix(".json").write_text(json.dumps({"turns": args.turns, "seeds": args.seeds,
                                                     "test_queries": len(test.q2c), "rows": rows}, indent=1))
     lines = [f"QuAC val-test ({len(test.q2c)} questions), sentence contexts, {DEFAULT_ENCODER}; turns section of "
-             f"{args.turns} earlier turns + sentence neighbours; out-of-500 top-1 / top-10, "
+             f"{args.turns} earlier turns + the dialog so far + sentence neighbours and section; out-of-500 top-1 / top-10, "
              f"mean of seeds {', '.join(map(str, args.seeds))}; training seconds on one CPU thread", "",
              "| system | top-1 | top-10 | training s |", "|---|---|---|---|"]
     lines += [f"| {r['system']} | {r['top1']:.1f} | {r['top10']:.1f} | {r.get('seconds', 0):.0f} |" for r in rows]

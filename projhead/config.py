@@ -57,6 +57,7 @@ class HeadConfig:
     encoder: str = ""  # encoder the input vectors must come from ("" = unchecked)
     encoder_weights_sha256: str = ""  # hash of that encoder's weights ("" = unchecked)
     slots: int = 0  # dialog: turn vectors per query (current question first); 0: as the cache's turns section has
+    sentence_slots: int = 2  # dialog: blocks beside a context sentence: 2 (previous, next sentence) or 3 (+ its section)
 
     def __post_init__(self):
         if self.kind not in HEAD_KINDS:
@@ -85,6 +86,9 @@ class HeadConfig:
         if self.slots and self.kind != "dialog" or not isinstance(self.slots, int) or self.slots < 0:
             raise HeadError(f"slots are the turn vectors of a dialog head (0: taken from the cache), not {self.slots!r} "
                             f"for kind {self.kind!r}")
+        if self.sentence_slots not in (2, 3):
+            raise HeadError(f"sentence_slots are the blocks beside a dialog head's sentence: 2 (previous and next "
+                            f"sentence) or 3 (and its section), not {self.sentence_slots!r}")
         if self.kind == "dialog" and (self.towers == "shared" or self.output_dim != self.in_dim):
             raise HeadError("a dialog head keeps the dimension and has its own context tower (towers 'separate': "
                             "contexts see their neighbour sentences) or none ('query')")
@@ -95,9 +99,9 @@ class HeadConfig:
 
     @property
     def input_dim(self) -> int:
-        """Width of the rows the towers take: in_dim, or for a dialog head the turn slots and two
-        neighbour blocks side by side (``turns.dialog_view``)."""
-        return self.in_dim * (self.slots + 2) if self.kind == "dialog" else self.in_dim
+        """Width of the rows the towers take: in_dim, or for a dialog head the turn slots and the
+        sentence's blocks side by side (``turns.dialog_view``)."""
+        return self.in_dim * (self.slots + self.sentence_slots) if self.kind == "dialog" else self.in_dim
 
     @classmethod
     def from_dict(cls, d: dict) -> "HeadConfig":

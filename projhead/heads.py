@@ -83,21 +83,23 @@ class DialogQuery(nn.Module):
 
 
 class DialogContext(nn.Module):
-    """A sentence beside its neighbours: c' = c + W_0 c + W_p prev + W_n next + b (zeros where
-    the section has no neighbour); W and b start at zero, so step 0 is the frozen sentence."""
+    """A sentence beside its neighbours (and its section): c' = c + W_0 c + W_p prev + W_n next
+    [+ W_s section] + b (zeros where the section has no neighbour); W and b start at zero, so
+    step 0 is the frozen sentence."""
 
     def __init__(self, cfg: HeadConfig):
         super().__init__()
-        self.slots, self.dim = cfg.slots, cfg.in_dim
-        self.weight = nn.Parameter(torch.zeros(3, cfg.in_dim, cfg.in_dim))  # (3, D, D): self, previous, next
+        self.slots, self.near, self.dim = cfg.slots, cfg.sentence_slots, cfg.in_dim
+        k = 1 + cfg.sentence_slots  # self, previous, next[, section]
+        self.weight = nn.Parameter(torch.zeros(k, cfg.in_dim, cfg.in_dim))  # (K, D, D)
         self.bias = nn.Parameter(torch.zeros(cfg.in_dim))
         if cfg.init == "random":
-            nn.init.normal_(self.weight, std=cfg.in_dim ** -0.5 / 3)
+            nn.init.normal_(self.weight, std=cfg.in_dim ** -0.5 / k)
 
-    def forward(self, x):  # (B, (S + 2) D) -> (B, D)
+    def forward(self, x):  # (B, (S + N) D) -> (B, D)
         c = x[:, :self.dim]
-        near = x[:, self.slots * self.dim:].reshape(len(x), 2, self.dim)  # (B, 2, D)
-        parts = torch.cat([c[:, None], near], 1)  # (B, 3, D)
+        near = x[:, self.slots * self.dim:].reshape(len(x), self.near, self.dim)  # (B, N, D)
+        parts = torch.cat([c[:, None], near], 1)  # (B, 1 + N, D)
         return c + torch.einsum("ked,bkd->be", self.weight, parts) + self.bias
 
 

@@ -133,7 +133,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     ranked = _ranked_against(cache, cfg)
     n = len(cache.q2c)
     k = folds if folds is not None else (FOLDS if n < CV_BELOW else 0)
-    base = HeadConfig(in_dim=cache.dim, encoder=cache.encoder, **({"kind": "dialog", "slots": slots} if slots else {}),
+    dialog = {"kind": "dialog", "slots": slots, "sentence_slots": cache.attrs["sentence_slots"]} if slots else {}
+    base = HeadConfig(in_dim=cache.dim, encoder=cache.encoder, **dialog,
                       encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
     cands = candidates(n, fixed, DIALOG_CANDIDATES if slots else None)
     if cfg.alpha is not None and cfg.alpha < 1:  # refused before anything is trained, as train_head refuses it

@@ -382,7 +382,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     hcfg = head_config or HeadConfig()
     if hcfg.kind == "dialog":  # the turn vectors side by side; the cache says how many
         cache = dialog_view(cache)
-        hcfg = replace(hcfg, slots=cache.attrs["turn_slots"])
+        hcfg = replace(hcfg, slots=cache.attrs["turn_slots"], sentence_slots=cache.attrs["sentence_slots"])
     elif not cfg.stream and not cache.distractors_set:  # dev queries also ranked against the corpus rows
         attach_corpus(cache, cfg.corpus_sample, cfg.seed)
     # the cache decides the input dimension and the encoder the head will accept

@@ -13,16 +13,19 @@ Usage::
 The section (``Turns``): ``text`` and ``vectors``, each distinct turn text once (deduplicated);
 ``slots`` (n_queries, S), for each query row the text rows of its current question (slot 0),
 then of each earlier turn back from the last, its question and its answer ("no answer" for
-CANNOTANSWER), -1 where the dialog has no such turn (padding); ``neighbours`` (n_contexts, 2), the
-text rows of the sentence before and after each context in its section, -1 at an edge. The slot
-names are the attribute ``slot_names_json``. Its fingerprint (texts and both index columns) is
-part of the cache's identity. A query's slots never hold its own answer: only turns before it.
+CANNOTANSWER), -1 where the dialog has no such turn (padding), and with ``joined`` a last slot
+"dialog": the whole dialog so far as one text; ``neighbours`` (n_contexts, 2), the text rows of
+the sentence before and after each context in its section, -1 at an edge; ``section``
+(n_contexts,), optional, the text row of the whole section holding each context (encoded as one
+text: what the encoder reads of it, all-MiniLM-L6-v2 its first 256 tokens). The slot names are
+the attribute ``slot_names_json``. Its fingerprint (texts and the index columns) is part of the
+cache's identity. A query's slots never hold its own answer: only turns before it.
 
 A dialog head (``HeadConfig(kind="dialog")``) reads rows that put the blocks side by side
-(``dialog_view``): a query row is [x_0, x_1, ..., x_{S-1}, 0, 0] and a context row
-[c, 0, ..., 0, prev, next], each block the encoder's dimension D and zeros where nothing is. The
-dot product of the two is x_0 . c, the frozen question against the frozen sentence, so every
-frozen baseline, BM25 fusion and the identity head read the view unchanged.
+(``dialog_view``): a query row is [x_0, x_1, ..., x_{S-1}, 0, 0(, 0)] and a context row
+[c, 0, ..., 0, prev, next(, section)], each block the encoder's dimension D and zeros where
+nothing is. The dot product of the two is x_0 . c, the frozen question against the frozen
+sentence, so every frozen baseline, BM25 fusion and the identity head read the view unchanged.
 """
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ class Turns(Section):
                Column("text", ("n_texts",), "text"),
                Column("slots", ("n_queries", "slots"), "index", of="n_texts", missing=-1, fingerprint=True),
                Column("neighbours", ("n_contexts", 2), "index", of="n_texts", missing=-1, fingerprint=True,
-                      optional=True))
+                      optional=True),
+               Column("section", ("n_contexts",), "index", of="n_texts", missing=-1, fingerprint=True, optional=True))
 
     def check(self, path, where, data, sizes, header):
         first = np.asarray(data["slots"][:, 0])
@@ -78,9 +82,9 @@ def quac_turn_texts(dialogs, turns: int, joined: bool = False) -> dict[str, list
     return out
 
 
-def sentence_neighbours(dialogs, contexts: list[str]) -> list[tuple[str, str]]:
-    """(previous, next) sentence of each context in the first section that holds it ("" at an
-    edge, or for a context found in no section)."""
+def sentence_neighbours(dialogs, contexts: list[str]) -> list[tuple[str, str, str]]:
+    """(previous sentence, next sentence, section) of each context in the first section that
+    holds it ("" at an edge, or for a context found in no section)."""
     from .pairs import split_sentences
 
     todo, out = set(contexts), {}
@@ -94,14 +98,15 @@ def sentence_neighbours(dialogs, contexts: list[str]) -> list[tuple[str, str]]:
             end = start + len(c)
             before = [s for s in spans if s[1] <= start]
             after = [s for s in spans if s[0] >= end]
-            out[c] = (d.section[slice(*before[-1])] if before else "", d.section[slice(*after[0])] if after else "")
+            out[c] = (d.section[slice(*before[-1])] if before else "", d.section[slice(*after[0])] if after else "",
+                      d.section)
             todo.discard(c)
-    return [out.get(c, ("", "")) for c in contexts]
+    return [out.get(c, ("", "", "")) for c in contexts]
 
 
-def turn_arrays(slot_texts: list[list[str]], neighbour_texts: list[tuple[str, str]] | None = None):
-    """Distinct texts (questions first, in order of use), the (N, S) slot index and the (Nc, 2)
-    neighbour index into them (-1 for "")."""
+def turn_arrays(slot_texts: list[list[str]], neighbour_texts: list[tuple[str, ...]] | None = None):
+    """Distinct texts (questions first, in order of use), the (N, S) slot index and the (Nc, K)
+    index of each context's neighbour texts (previous, next[, section]) into them (-1 for "")."""
     rows: dict[str, int] = {}
     for r in slot_texts:
         rows.setdefault(r[0], len(rows))  # current questions first: encoded with the query role
@@ -111,17 +116,19 @@ def turn_arrays(slot_texts: list[list[str]], neighbour_texts: list[tuple[str, st
         return -1 if not t else rows.setdefault(t, len(rows))
 
     slots = np.array([[index(t) for t in r] for r in slot_texts], np.int64).reshape(len(slot_texts), -1)
-    near = (np.array([[index(a), index(b)] for a, b in neighbour_texts], np.int64).reshape(-1, 2)
+    width = len(neighbour_texts[0]) if neighbour_texts else 2
+    near = (np.array([[index(t) for t in r] for r in neighbour_texts], np.int64).reshape(-1, width)
             if neighbour_texts is not None else None)
     return list(rows), slots, near, n_questions_first
 
 
 def add_turns(path, encoder, slot_texts: list[list[str]], names: list[str],
-              neighbour_texts: list[tuple[str, str]] | None = None, batch_size: int = 64) -> dict:
+              neighbour_texts: list[tuple[str, ...]] | None = None, batch_size: int = 64) -> dict:
     """Encode the distinct turn texts once and store the turns section in the finished cache
     at ``path`` (through ``cache_writer.add_section``: checked, the file whole before and after).
-    Earlier questions are encoded as queries like the current ones; answers and neighbour
-    sentences, text of the section, as contexts."""
+    ``neighbour_texts``: per context (previous, next) sentence, or (previous, next, section).
+    Earlier questions are encoded as queries like the current ones; answers, neighbour sentences
+    and sections, text of the section, as contexts."""
     from .cache_writer import add_section
 
     cache = open_cache(path, load=False)
@@ -131,7 +138,8 @@ def add_turns(path, encoder, slot_texts: list[list[str]], names: list[str],
         raise CacheError(f"{path}: turns for {len(slot_texts)} queries of {len(names)} slots; the cache has "
                          f"{cache.attrs['n_queries']} queries")
     texts, slots, near, _ = turn_arrays(slot_texts, neighbour_texts)
-    asked = {r[0] for r in slot_texts} | {t for r in slot_texts for t, n in zip(r, names) if n.startswith("question")}
+    asked = {r[0] for r in slot_texts} | {t for r in slot_texts for t, n in zip(r, names)
+                                          if n.startswith("question") or n == "dialog"}  # asked: query texts
     role = np.array([t in asked for t in texts])
     vectors = np.zeros((len(texts), cache.dim), np.float32)
     for is_query, kind in ((True, "query"), (False, "context")):
@@ -140,17 +148,19 @@ def add_turns(path, encoder, slot_texts: list[list[str]], names: list[str],
             vectors[idx] = encoder.encode([texts[i] for i in idx], role=kind, batch_size=batch_size)
     arrays = {"vectors": vectors.astype(cache.attrs["dtype"]), "text": texts, "slots": slots}
     if near is not None:
-        arrays["neighbours"] = near
+        arrays["neighbours"] = near[:, :2]
+        if near.shape[1] > 2:
+            arrays["section"] = near[:, 2]
     attrs = {"slot_names_json": json.dumps(names), "encoder": encoder.name}
     add_section(path, "turns", arrays, attrs)
-    return {"texts": len(texts), "slots": len(names), "neighbours": near is not None}
+    return {"texts": len(texts), "slots": len(names), "neighbours": near is not None, "section": "section" in arrays}
 
 
-def add_quac_turns(path, encoder, source, split: str, turns: int, neighbours: bool = True, joined: bool = False,
-                   batch_size: int = 64) -> dict:
+def add_quac_turns(path, encoder, source, split: str, turns: int, neighbours: bool = True, joined: bool = True,
+                   sections: bool = True, batch_size: int = 64) -> dict:
     """The turns section of a QuAC cache at ``path`` made from the file ``source`` (the split
     the cache holds): ``turns`` earlier turns per query (and the ``joined`` dialog so far), and
-    each context's neighbours."""
+    each context's neighbours (and, with ``sections``, its whole section)."""
     from .quac import read_dialogs, split_dialogs
 
     if turns < 0:
@@ -166,6 +176,7 @@ def add_quac_turns(path, encoder, source, split: str, turns: int, neighbours: bo
         raise CacheError(f"{path}: {len(missing)} queries (first {missing[0]!r}) are no turn of the dialogs of "
                          f"{source} split {split!r}")
     near = sentence_neighbours(dialogs, cache.context_texts) if neighbours else None
+    near = [r[:3 if sections else 2] for r in near] if near is not None else None
     return add_turns(path, encoder, [by_id[q] for q in cache.query_ids], slot_names(turns, joined), near, batch_size)
 
 
@@ -177,8 +188,9 @@ def dialog_slots(cache: Cache) -> int:
 
 
 def dialog_view(cache: Cache) -> Cache:
-    """The cache as a dialog head reads it (module doc): query rows [x_0 .. x_{S-1}, 0, 0],
-    context rows [c, 0 .. 0, prev, next], in memory; texts, ids, groups and gold as they are."""
+    """The cache as a dialog head reads it (module doc): query rows [x_0 .. x_{S-1}, 0, 0(, 0)],
+    context rows [c, 0 .. 0, prev, next(, section)], in memory; texts, ids, groups and gold as
+    they are. The view's ``turn_slots`` and ``sentence_slots`` attributes say its layout."""
     if "turns" not in cache.sections:
         raise CacheError(f"{cache.path}: no turns section: a dialog head reads the turn vectors (make them with "
                          "projhead cache --dataset quac --turns K)")
@@ -187,19 +199,19 @@ def dialog_view(cache: Cache) -> Cache:
     t = cache.read("turns")
     vec, slots = t["vectors"].astype(np.float32), t["slots"]
     n, s = slots.shape
-    d = cache.dim
-    q = np.zeros((n, s + 2, d), np.float32)
+    d, k = cache.dim, 3 if "section" in t else 2
+    q = np.zeros((n, s + k, d), np.float32)
     q[:, :s] = np.where((slots >= 0)[..., None], vec[slots.clip(min=0)], 0)
-    c = np.zeros((len(cache.contexts), s + 2, d), np.float32)
+    c = np.zeros((len(cache.contexts), s + k, d), np.float32)
     c[:, 0] = cache.contexts
     if "neighbours" in t:
-        near = t["neighbours"]
+        near = np.column_stack([t["neighbours"]] + ([t["section"]] if k == 3 else []))
         c[:, s:] = np.where((near >= 0)[..., None], vec[near.clip(min=0)], 0)
     arrays = dict(cache._arrays, **{"queries/vectors": q.reshape(n, -1), "contexts/vectors": c.reshape(len(c), -1)})
-    return Cache(cache.path, dict(cache.attrs, turn_slots=s), arrays, cache.sections)
+    return Cache(cache.path, dict(cache.attrs, turn_slots=s, sentence_slots=k), arrays, cache.sections)
 
 
-def build_with_turns(pairs, encoder, out, turns: int, joined: bool = False, **build):
+def build_with_turns(pairs, encoder, out, turns: int, joined: bool = True, sections: bool = True, **build):
     """``build_cache`` of QuAC ``pairs``, then their turns section (``add_quac_turns``, from the
     file and split the pairs came from). A cache whose pairs and turns are already there is left
     alone; one whose pairs are there without turns (an interrupted run) gets its turns."""
@@ -212,22 +224,29 @@ def build_with_turns(pairs, encoder, out, turns: int, joined: bool = False, **bu
     if out.exists() and not build.get("overwrite"):
         have = open_cache(out, load=False)
         same = have.attrs["fingerprint"] == pairs.fingerprint() and have.encoder == encoder.name
-        names = have.section_attrs("turns", "turns").get("slot_names_json") if "turns" in have.sections else None
-        if same and names == slot_names(turns, joined):
+        names, has_sections = None, False
+        if "turns" in have.sections:
+            names = have.section_attrs("turns", "turns")["slot_names_json"]
+            with have.section_data("turns", check=False) as columns:
+                has_sections = "section" in columns
+        if same and names == slot_names(turns, joined) and has_sections == sections:
             return CacheResult(out, "already complete", 0.0, 0)
         if same and names is not None:
-            raise CacheError(f"{out}: holds a turns section of slots {names}, not {slot_names(turns, joined)}; "
-                             "pass --overwrite or choose another path")
+            raise CacheError(f"{out}: holds a turns section of slots {names}"
+                             f"{' with sections' if has_sections else ''}, not {slot_names(turns, joined)}"
+                             f"{' with sections' if sections else ''}; pass --overwrite or choose another path")
     res = build_cache(pairs, encoder, out, **build)
     add_quac_turns(out, encoder, pairs.meta["source"], pairs.meta.get("split", ""), turns, joined=joined,
-                   batch_size=build.get("batch_size", 64))
+                   sections=sections, batch_size=build.get("batch_size", 64))
     return res
 
 
 # model selection's candidates on a cache with turns (select.candidates' layout): the query
 # side alone, or contexts beside their neighbours too; random batches, since batches of whole
-# dialogs make the previous answer's sentence the hardest negative of every question
+# dialogs make the previous answer's sentence the hardest negative of every question; batches of
+# 64 (out of fold on QuAC val-train, 2 folds: MRR@10 0.306 against 0.298 for the data-sized 232)
 DIALOG_CANDIDATES = [
-    ("dialog-query", {"kind": "dialog", "towers": "query"}, {"lr": 1e-3, "batching": "random"}),
-    ("dialog-separate", {"kind": "dialog", "towers": "separate"}, {"lr": 1e-3, "batching": "random"}),
+    ("dialog-query", {"kind": "dialog", "towers": "query"}, {"lr": 1e-3, "batching": "random", "batch_size": 64}),
+    ("dialog-separate", {"kind": "dialog", "towers": "separate"},
+     {"lr": 1e-3, "batching": "random", "batch_size": 64}),
 ]

