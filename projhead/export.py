@@ -46,7 +46,11 @@ _CARRIES_IDENTITY = (nn.GELU, nn.ReLU, nn.SiLU)  # act(x) - act(-x) == x
 
 
 def _as_head(head) -> Head:
-    return head if isinstance(head, Head) else load_head(head)
+    head = head if isinstance(head, Head) else load_head(head)
+    if head.config.kind == "dialog":
+        raise HeadError("a dialog head reads the turn vectors of a cache's turns section, which neither export "
+                        "carries: apply it in Python (load_head, turns.dialog_view)")
+    return head
 
 
 def _linears(tower: nn.Module) -> list[nn.Linear]:

@@ -241,6 +241,13 @@ class Head(nn.Module):
         self.check_encoder(cache.encoder, cache.encoder_info.get("weights_sha256"), where=str(cache.path))
         if cache.dim != self.config.in_dim:
             raise HeadError(f"{cache.path}: vectors have dim {cache.dim}, the head expects {self.config.in_dim}")
+        c = self.config
+        if c.kind == "dialog" and "turn_slots" in cache.attrs:  # a dialog view: rows of equal width can differ in layout
+            have = (int(cache.attrs["turn_slots"]), int(cache.attrs["sentence_slots"]))
+            if have != (c.slots, c.sentence_slots):
+                raise HeadError(f"{cache.path}: its turns section gives {have[0]} turn slots and {have[1]} blocks beside "
+                                f"each sentence; the dialog head reads {c.slots} and {c.sentence_slots} (a cache made "
+                                "with the same --turns and layout as its training cache)")
 
     # -- moving toward the frozen encoder ---------------------------------------------
     def can_interpolate(self) -> bool:

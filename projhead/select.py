@@ -137,6 +137,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     base = HeadConfig(in_dim=cache.dim, encoder=cache.encoder, **dialog,
                       encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
     cands = candidates(n, fixed, DIALOG_CANDIDATES if slots else None)
+    if cfg.batch_size is not None:  # the batch size asked for wins over a candidate's own
+        cands = [(name, hc, {k: v for k, v in t.items() if k != "batch_size"}) for name, hc, t in cands]
     if cfg.alpha is not None and cfg.alpha < 1:  # refused before anything is trained, as train_head refuses it
         rigid = [name for name, hc, _ in cands if not Head(replace(base, **_head_dict(hc))).can_interpolate()]
         if rigid:

