@@ -4,8 +4,9 @@ head (what ``projhead train`` saves) with 0, 1, 2 and all earlier turns prepende
     PROJHEAD_DATA=../shared/data python bench/bench_quac.py [--histories 0 1 2 all] [--seeds 0 1 2]
         [--work bench/work] [--out bench/results/quac] [--curves]
 
-Data: the QuAC validation dialogs (``--dataset quac``), split by dialog: ``val-train`` (800
-dialogs) to train on, ``val-test`` (every 5th dialog, 200) to score; sentence contexts (the
+Data: the QuAC validation dialogs (``--dataset quac``), split by dialog: ``val-train`` (796
+dialogs) to train on, ``val-test`` (every 5th dialog, with the dialogs whose sections share a
+sentence with it: 204) to score; sentence contexts (the
 sentence holding each answerable turn's first reference). all-MiniLM-L6-v2. Each history
 setting is its own pair of caches (the query texts change), under ``--work``.
 
@@ -167,6 +168,7 @@ def main(argv=None):
         train, test = quac_cache("val-train", h, enc, work), quac_cache("val-test", h, enc, work)
         base = evaluate_cache(test, bm25=True)
         row = {"history": h, "train_queries": len(train.q2c), "test_queries": len(test.q2c),
+               "test_dialogs": len(set(np.asarray(test.groups).tolist())),
                "test_contexts": len(test.contexts), "cache_seconds": time.perf_counter() - t0,
                "frozen": top(base["frozen"]), "bm25": top(base["bm25"]), "runs": []}
         for name in ("frozen", "bm25"):
@@ -190,7 +192,8 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    lines = [f"QuAC val-test ({rows[0]['test_queries'] if rows else 0} questions, 200 dialogs), sentence contexts, "
+    lines = [f"QuAC val-test ({rows[0]['test_queries'] if rows else 0} questions, {rows[0]['test_dialogs'] if rows else 0} "
+             "dialogs), sentence contexts, "
              f"{DEFAULT_ENCODER}; out-of-500 top-1 / top-10; head = default `projhead train` on val-train, mean over "
              "the seeds listed", "",
              "| history | frozen | BM25 | default head | seeds | kept (per seed) | training s |",
