@@ -1,14 +1,20 @@
 """Hybrid retrieval: dense (frozen, head) beside BM25, their fusion and RRF, per dataset.
 
     PROJHEAD_DATA=../shared/data python bench/bench_hybrid.py --datasets squad --cache-dir /work/cache \\
-        --seeds 0 1 2 [--normalisation-study]
+        --seeds 0 1 2 [--hybrid] [--normalisation-study]
 
 For each dataset: trains the default head with ``projhead train`` on its training cache once
 per seed (into ``--work``; a head folder already there is reused), which also chooses the
 fusion weight on the queries model selection held out; then ``projhead eval --bm25``'s
 systems on the test cache, every query, both protocols: frozen, head, BM25, frozen + BM25
 (the frozen encoder's held-out weight), head + BM25 (the head's), RRF (k=60, head with BM25).
-Figures are means over seeds. Writes bench/results/hybrid.json and .md.
+Figures are means over seeds. Writes bench/results/hybrid.json and .md. Datasets: SQuAD
+sentences, QuAC (the split by dialog), BoolQ and FiQA (``PROJHEAD_DATA/more``); a cache not in
+``--cache-dir`` is encoded there first with the default encoder.
+
+``--hybrid``: the heads of ``projhead train --hybrid`` instead (chosen on held-out queries
+ranked fused with BM25, BM25-aware candidates beside the plain ones), into ``--work``'s
+``hybrid-seedN`` folders; writes bench/results/hybrid_selection.json and .md.
 
 ``--normalisation-study``: which per-query normalisation keeps the best weight when the corpus
 grows: a sample of the test queries ranked against the test corpus alone and against it plus
@@ -30,36 +36,51 @@ from pathlib import Path
 import numpy as np
 
 from projhead import cli
-from projhead.cache import open_cache
+from projhead.cache import cache_dataset, open_cache
+from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.evaluate import evaluate_cache, gold_ranks, PER_QUERY
 from projhead.fusion import NORMALISATIONS, WEIGHT_GRID, BM25Index, normalised_pair
 from projhead.heads import load_head
 
-# dataset -> (training cache, test cache), names as projhead.cache.cache_name gives them
+# dataset -> (training cache, test cache): a file name in --cache-dir, or (dataset, split, granularity),
+# cached there with the default encoder when missing (projhead.cache.cache_dataset)
 DATASETS = {
     "squad": ("squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5", "squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5"),
+    "quac": (("quac", "val-train", "sentence"), ("quac", "val-test", "sentence")),
+    "boolq": (("boolq", "train", "passage"), ("boolq", "dev", "passage")),
+    "fiqa": (("fiqa", "train", "question"), ("fiqa", "dev", "question")),
 }
+_ENCODER = []
+
+
+def open_or_cache(spec, cache_dir: Path):
+    """The cache of ``spec`` (see ``DATASETS``), encoded first if it is not in ``cache_dir``."""
+    if isinstance(spec, str):
+        return open_cache(cache_dir / spec)
+    if not _ENCODER:
+        _ENCODER.append(get_encoder(DEFAULT_ENCODER))
+    return cache_dataset(*spec, _ENCODER[0], cache_dir, os.environ["PROJHEAD_DATA"])
 SYSTEMS = ("frozen", "bm25", "frozen+bm25", "head", "head+bm25", "rrf")
 SHOW = (("full_corpus", "R@1"), ("full_corpus", "MRR@10"), ("out_of_500", "top1"), ("out_of_500", "mrr10"))
 
 
-def train_head(train_path: Path, out: Path, seed: int) -> float:
+def train_head(train_path: Path, out: Path, seed: int, extra: tuple = ()) -> float:
     """``projhead train`` with its defaults, unless ``out`` holds a head already (trained by
     the same command); the training seconds its log records."""
     if (out / "config.json").exists():
         print(f"reusing {out}", flush=True)
-    elif cli.main(["train", str(train_path), "--out", str(out), "--seed", str(seed)]) != 0:
+    elif cli.main(["train", str(train_path), "--out", str(out), "--seed", str(seed), *extra]) != 0:
         raise SystemExit(f"projhead train failed for seed {seed}")
     return float(json.loads((out / "train_log.json").read_text())["seconds"])
 
 
-def run_dataset(name: str, cache_dir: Path, work: Path, seeds: list[int]) -> dict:
-    train_file, test_file = DATASETS[name]
-    test = open_cache(cache_dir / test_file)
+def run_dataset(name: str, cache_dir: Path, work: Path, seeds: list[int], hybrid: bool = False) -> dict:
+    train, test = (open_or_cache(spec, cache_dir) for spec in DATASETS[name])
+    train_file, test_file = train.path.name, test.path.name
     runs = []
     for seed in seeds:
-        out = work / name / f"head-seed{seed}"
-        secs = train_head(cache_dir / train_file, out, seed)
+        out = work / name / f"{'hybrid' if hybrid else 'head'}-seed{seed}"
+        secs = train_head(train.path, out, seed, ("--hybrid",) if hybrid else ())
         head = load_head(out)
         t0 = time.perf_counter()
         res = evaluate_cache(test, head=head, bm25=True)
@@ -67,7 +88,8 @@ def run_dataset(name: str, cache_dir: Path, work: Path, seeds: list[int]) -> dic
         print(f"{name} seed {seed}: weight {spec.weight} (frozen {spec.frozen_weight}), "
               f"head kept: {not head.config.passthrough}; eval {time.perf_counter() - t0:.0f}s", flush=True)
         runs.append({"seed": seed, "train_seconds": secs, "fusion": spec.to_dict(),
-                     "head_kept": not head.config.passthrough, "results": res})
+                     "head_kept": not head.config.passthrough, "results": res,
+                     "chosen": json.loads((out / "train_log.json").read_text())["selection"].get("chosen")})
     mean = {s: {p: {m: float(np.mean([r["results"][s][p][m] for r in runs])) for m in runs[0]["results"][s][p]}
                 for p in runs[0]["results"][s]} for s in SYSTEMS}
     return {"train_cache": train_file, "test_cache": test_file, "n_queries": int(len(test.q2c)),
@@ -164,8 +186,11 @@ def main():
     ap.add_argument("--normalisation-study", action="store_true")
     ap.add_argument("--retriever-check", action="store_true",
                     help="only time HybridRetriever over the test corpus with the seed-0 head (trained already)")
-    ap.add_argument("--out", default="bench/results/hybrid")
+    ap.add_argument("--hybrid", action="store_true",
+                    help="heads from `projhead train --hybrid` (chosen fused with BM25, BM25-aware candidates)")
+    ap.add_argument("--out", default=None, help="[bench/results/hybrid, or hybrid_selection with --hybrid]")
     args = ap.parse_args()
+    args.out = args.out or ("bench/results/hybrid_selection" if args.hybrid else "bench/results/hybrid")
     os.environ.setdefault("PROJHEAD_DATA", "../shared/data")
     cache_dir, work, out = Path(args.cache_dir), Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -181,7 +206,7 @@ def main():
         Path(f"{out}_retriever.json").write_text(json.dumps(check, indent=1))
         print(f"wrote {out}_retriever.json")
         return
-    results = {name: run_dataset(name, cache_dir, work, args.seeds) for name in args.datasets}
+    results = {name: run_dataset(name, cache_dir, work, args.seeds, args.hybrid) for name in args.datasets}
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     md = markdown(results)
     out.with_suffix(".md").write_text(md + "\n")

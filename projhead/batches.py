@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -23,7 +24,10 @@ import torch
 from .cache_reader import Cache
 from .config import SMALL, TrainConfig, TrainError
 from .evaluate import dense_scorer, excluding, ranks, self_matches
+from .fusion import FusionSpec, fused_scorer
 from .heads import Head
+from .fusion import DEFAULT_WEIGHT
+from .lexical import bm25_share, held_out_bm25, training_bm25
 from .losses import Batch
 
 
@@ -122,9 +126,12 @@ class DevSet:
     chunk = 1024  # queries scored at a time
     block = None  # rows a head encodes at a time (None: all; streamed: float16 vectors a block at a time)
 
-    def __init__(self, q: np.ndarray, c: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None = None):
+    def __init__(self, q: np.ndarray, c: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None = None,
+                 bm25=None, weight: float | None = None):
         self.q, self.c, self.gold = q, c, np.asarray(gold, np.int64)
         self.exclude = exclude
+        # hybrid selection: (R, Nc) sparse raw BM25 of these queries, fused z-scores at ``weight``
+        self.bm25, self.weight = bm25, weight
 
     def __len__(self) -> int:
         return len(self.gold)
@@ -142,7 +149,10 @@ class DevSet:
     def ranks(self, head: Head | None) -> np.ndarray:
         q = self._encode(lambda x: x if head is None else head.encode_queries(x), self.q)
         c = self._encode(lambda x: x if head is None else head.encode_contexts(x), self.c)
-        return ranks(excluding(dense_scorer(q, c), self.exclude), self.gold, self.chunk)
+        scorer = dense_scorer(q, c)
+        if self.bm25 is not None:
+            scorer = fused_scorer(scorer, lambda rows: self.bm25[rows].toarray(), FusionSpec(), self.weight)
+        return ranks(excluding(scorer, self.exclude), self.gold, self.chunk)
 
 
 def spread(x: np.ndarray) -> float:
@@ -188,8 +198,10 @@ def _subset(q2c: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ctx, local
 
 
-def make_batch(idx: np.ndarray, pair_q, pair_c, Qt, Ct, mined: MinedSet | None, cfg: TrainConfig, rng) -> Batch:
-    """The frozen vectors of the pairs ``idx``, with mined negatives and teacher scores."""
+def make_batch(idx: np.ndarray, pair_q, pair_c, Qt, Ct, mined: MinedSet | None, cfg: TrainConfig, rng,
+               bm25=None) -> Batch:
+    """The frozen vectors of the pairs ``idx``, with mined negatives and teacher scores, and
+    with ``bm25`` (``lexical.TrainingBM25``) the BM25 block of every query and candidate."""
     qrows, crows = pair_q[idx], pair_c[idx]
     dev = Qt.device
     batch = Batch(q=Qt[torch.from_numpy(qrows).to(dev)], c=Ct[torch.from_numpy(crows).to(dev)],
@@ -204,6 +216,9 @@ def make_batch(idx: np.ndarray, pair_q, pair_c, Qt, Ct, mined: MinedSet | None, 
             t = mined.teacher[qrows]  # (B, 1 + k): gold, then the mined negatives
             chosen = np.where(neg >= 0, np.take_along_axis(t[:, 1:], cols, 1), np.nan)
             batch.teacher = torch.from_numpy(np.concatenate([t[:, :1], chosen], axis=1)).to(dev)
+    if bm25 is not None:
+        cols = crows if batch.negative_ids is None else np.concatenate([crows, batch.negative_ids.cpu().numpy().ravel()])
+        batch.lexical = torch.from_numpy(bm25.block(qrows, cols)).to(dev)
     return batch
 
 
@@ -215,12 +230,18 @@ def dev_fraction(cfg: TrainConfig, n_queries: int) -> float:
     return 0.05 if n_queries >= SMALL else 0.2
 
 
-def held_out(cache: Cache, rows: np.ndarray) -> DevSet:
+def held_out(cache: Cache, rows: np.ndarray, cfg: TrainConfig | None = None) -> DevSet:
     """The queries ``rows`` ranked against every context of the cache and the corpus rows
-    attached to it (``corpus.attach_corpus``), each query's own text left out."""
+    attached to it (``corpus.attach_corpus``), each query's own text left out; with
+    ``cfg.hybrid``, by the dense score fused with BM25 (z-scores, ``cfg.fusion_weight``)."""
     contexts, texts = cache.ranked_contexts()
     exclude = self_matches([cache.query_texts[i] for i in rows], texts)
-    return DevSet(cache.queries[rows], contexts, cache.q2c[rows], exclude)
+    if cfg is None or not cfg.hybrid:
+        return DevSet(cache.queries[rows], contexts, cache.q2c[rows], exclude)
+    if cfg.fusion_weight is None:
+        raise TrainError("hybrid selection ranks held-out queries at a fusion weight: set fusion_weight")
+    return DevSet(cache.queries[rows], contexts, cache.q2c[rows], exclude,
+                  bm25=held_out_bm25(cache, rows, texts), weight=cfg.fusion_weight)
 
 
 class MemorySource:
@@ -237,7 +258,11 @@ class MemorySource:
         if len(train_rows) == 0:
             raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
         dev_ctx = np.unique(q2c[np.concatenate([dev_rows, *also_held]).astype(np.int64)])
-        self.dev = held_out(cache, dev_rows)
+        self.dev = held_out(cache, dev_rows, cfg)
+        self.bm25 = training_bm25(cache) if cfg.bm25_aware else None
+        if self.bm25 is not None and "bm25_weight" not in cfg.loss_settings:  # lambda of the fusion it will serve
+            cfg = replace(cfg, loss_settings={**cfg.loss_settings, "bm25_weight": bm25_share(
+                Q[train_rows], C, cfg.fusion_weight if cfg.fusion_weight is not None else DEFAULT_WEIGHT, cfg.seed)})
         self.spread_sample = Q[dev_rows] if len(dev_rows) else Q[:4096]
         self.mined = mined = MinedSet(cache, cfg, train_rows, dev_ctx) if cfg.mined else None
         if cfg.loss == "distill" and (mined.teacher is None or not cfg.hard_negatives or cfg.silver):
@@ -258,7 +283,7 @@ class MemorySource:
         order = epoch_order(np.arange(len(self.pair_q)), self.group_ids[self.pair_q], self.cfg.batching, rng)
         for b in range(self.steps_per_epoch):
             yield make_batch(order[b * self.bs:(b + 1) * self.bs], self.pair_q, self.pair_c, self.Qt, self.Ct,
-                         self.mined, self.cfg, rng)
+                             self.mined, self.cfg, rng, self.bm25)
 
 
 def _in_dev(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:

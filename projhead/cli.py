@@ -166,6 +166,7 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def info(cache_file, as_json):
     """Print what is in a cache: encoder, settings, sizes, fingerprint, versions, sections."""
+    from . import lexical, turns  # noqa: F401 (their sections, registered on import, are listed too)
     from .cache import open_cache
     from .cache_reader import info_lines
 
@@ -240,6 +241,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--gate/--no-gate", default=_T.gate, show_default=True,
               help="model selection: give a kept query-side head a per-query gate that fades it to the frozen "
                    "encoder for queries unlike its training queries (calibrated against the --canary caches, if any)")
+@click.option("--hybrid", is_flag=True, help="for use fused with BM25: candidates also trained beside BM25, all chosen and "
+              "decided by held-out queries ranked dense + BM25 (needs context texts)")
 @click.option("--canary-tolerance", type=click.FloatRange(0, 1, max_open=True), default=_T.canary_tolerance,
               show_default=True, help="most nDCG@10 a canary may lose (0.005 = half a point)")
 @click.option("--dev-fraction", type=FRACTION, default=None,
@@ -264,9 +267,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
           loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, min_steps,
           batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, alpha, canaries,
-          gate, canary_tolerance, dev_fraction, select_metric, corpus_sample, decision, patience, stop_epoch, seed, device,
-          restart,
-          quiet):
+          gate, hybrid, canary_tolerance, dev_fraction, select_metric, corpus_sample, decision, patience, stop_epoch,
+          seed, device, restart, quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
     By default a few candidate heads are compared on held-out queries (k-fold on small
@@ -281,13 +283,14 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
               learn_temperature=not fixed_temperature, anchor_weight=anchor_weight, alpha=alpha,
               canaries=list(canaries), gate=gate, canary_tolerance=canary_tolerance, dev_fraction=dev_fraction,
               select_metric=select_metric, corpus_sample=corpus_sample, decision=decision, patience=patience,
-              stop_epoch=stop_epoch, seed=seed,
-              device=device,
+              stop_epoch=stop_epoch, seed=seed, device=device, hybrid=hybrid,
               loss_settings={**_settings(loss_setting), **({"chunk_size": chunk_size} if chunk_size else {})},
               mined=mined, hard_negatives=hard_negatives, silver=silver, stream=stream, stream_chunk=stream_chunk,
               stream_buffer=stream_buffer)
     if auto and stream:
         raise click.UsageError("--stream trains one configuration: add --no-auto")
+    if hybrid and not auto:
+        raise click.UsageError("--hybrid is model selection on the fused metric: drop --no-auto")
     if auto and restart:
         raise click.UsageError("--restart discards the checkpoint of an interrupted --no-auto run; model selection "
                                "writes none (a checkpoint left in --out is removed when the chosen head is saved)")

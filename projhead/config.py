@@ -156,6 +156,9 @@ class TrainConfig:
     gate: bool = True  # model selection: a per-query gate for a kept query-side head (gate.py), calibrated on the canaries if any
     canary_tolerance: float = 0.005  # most nDCG@10 a canary may lose; the head is shrunk toward the frozen encoder until none does
     corpus_sample: int | None = None  # corpus rows held-out queries are ranked against beside the contexts: a seeded sample of this many; None: all, at most corpus.DEFAULT_SAMPLE; 0: none
+    bm25_aware: bool = False  # each in-batch pair's BM25 score enters its logit with a learned weight (lexical.py): the head learns what BM25 misses
+    hybrid: bool = False  # model selection on the fused metric: held-out queries ranked by dense + BM25, BM25-aware candidates beside the plain ones
+    fusion_weight: float | None = None  # hybrid: the dense share of held-out rankings; None: the frozen encoder's best on the choosing queries
     alpha: float | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it
 
     def __post_init__(self):
@@ -196,6 +199,10 @@ class TrainConfig:
             bad("corpus_sample", "an integer >= 0 (or None: all, at most 100,000)")
         if self.alpha is not None and not 0 <= self.alpha <= 1:
             bad("alpha", "in [0, 1]")
+        if self.fusion_weight is not None and not 0 <= self.fusion_weight <= 1:
+            bad("fusion_weight", "in [0, 1]")
+        if (self.bm25_aware or self.hybrid) and self.stream:
+            raise TrainError("BM25-aware training and hybrid selection read the whole cache: drop --stream")
         self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json
 
     def sized(self, n_pairs: int) -> "TrainConfig":

@@ -391,6 +391,12 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
         lines += [f"| {c['name']} | {c['score']:.4f} | {c['frozen']:.4f} | {c['best_epoch']}/{c['epochs']} | "
                   f"{c['seconds']:.1f} |" for c in selection.get("candidates", [])]
         lines += ["", f"Chosen: `{selection.get('chosen')}`.", ""]
+        hy = selection.get("hybrid")
+        if hy:
+            lines += [f"**Chosen for use fused with BM25** (`projhead train --hybrid`): held-out queries were ranked by "
+                      f"dense fused with BM25 (z-scores, dense weight {hy['fusion_weight']}, {hy['how']}), and the gain "
+                      "below is the fused one. Candidates named `+bm25` were trained with each pair's BM25 score added "
+                      "to its cosine, so that the head learns what BM25 misses: serve them fused (`head.fuse`).", ""]
     g = d.get("dev_gain")
     if g:
         lines += [f"Held-out gain over the frozen encoder: {g['gain']:+.4f} (95% paired-bootstrap interval "

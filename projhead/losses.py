@@ -44,6 +44,7 @@ class Batch:
     negatives: torch.Tensor | None = None  # (B, n, D) frozen vectors of mined hard negatives
     negative_ids: torch.Tensor | None = None  # (B, n) their context rows; -1 marks padding
     teacher: torch.Tensor | None = None  # (B, 1 + n) teacher scores of [gold, negatives...]
+    lexical: torch.Tensor | None = None  # (B, B + B*n) z-scored BM25 of every query with every candidate column
 
 
 def _column_ids(context_ids, negative_ids, b: int, device) -> torch.Tensor:
@@ -78,8 +79,9 @@ class Objective(nn.Module):
         if batch.negatives is not None:
             b, n, d = batch.negatives.shape
             negs = head.encode_contexts(batch.negatives.reshape(b * n, d))  # (B*n, D')
+        extra = {} if batch.lexical is None else {"lexical": batch.lexical}
         return self(q, c, batch.context_ids, negatives=negs, negative_ids=batch.negative_ids,
-                    query_ids=batch.query_ids), q, c
+                    query_ids=batch.query_ids, **extra), q, c
 
     def after_step(self, progress: float) -> None:
         """Called after each optimiser step; ``progress`` runs from 0 to 1 over training."""
@@ -171,12 +173,18 @@ class ClipLoss(_ScaledLoss):
     similarity, scaled by the learnable logit scale. Mined ``negatives`` join the contexts
     in the query->context direction. ``chunk_size``: batches larger than this are computed
     in row blocks with exact gradients (see ``_ChunkedClip``), so in-batch negatives can
-    number tens of thousands on a CPU."""
+    number tens of thousands on a CPU. ``bm25_weight`` (lambda): BM25-aware training (CLEAR's
+    idea: the dense part learns what BM25 misses): each pair's z-scored BM25 score
+    (``lexical``) is added to its cosine, ``scale * (cos + lambda * z_bm25)``: the fused
+    ranking the head will serve in, with lambda fixed to match its weight (``lexical.bm25_share``)."""
 
     def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True, max_scale: float = 100.0,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, bm25_weight: float | None = None):
         super().__init__(init_temperature, learn_temperature, max_scale)
         self.chunk_size = chunk_size
+        if bm25_weight is not None and not bm25_weight >= 0:
+            raise LossError(f"bm25_weight must be >= 0, not {bm25_weight}")
+        self.bm25_weight = None if bm25_weight is None else float(bm25_weight)
 
     def _candidates(self, c, context_ids, negatives, negative_ids):
         cand = c if negatives is None else torch.cat([c, negatives])  # (M, D)
@@ -189,13 +197,19 @@ class ClipLoss(_ScaledLoss):
         blocked = _blocked(row_ctx, col_ids, query_ids, query_ids, 0)
         return logits if blocked is None else logits.masked_fill(blocked, float("-inf"))
 
-    def forward(self, q, c, context_ids=None, negatives=None, negative_ids=None, query_ids=None):
+    def forward(self, q, c, context_ids=None, negatives=None, negative_ids=None, query_ids=None, lexical=None):
         cand, col_ids = self._candidates(c, context_ids, negatives, negative_ids)
         n = len(q)
+        if (lexical is None) != (self.bm25_weight is None):
+            raise LossError("BM25-aware training needs the BM25 block of every batch and a bm25_weight, both or neither")
         if self.chunk_size and n > self.chunk_size:
+            if lexical is not None:
+                raise LossError("BM25-aware training holds the whole (B, M) BM25 block: drop chunk_size")
             row_ctx = context_ids if context_ids is not None else torch.arange(n, device=q.device)
             return _ChunkedClip.apply(q, cand, self.logit_scale, (row_ctx, col_ids, query_ids), self.chunk_size)
         logits = self.logits(q, cand, context_ids, col_ids, query_ids)
+        if lexical is not None:
+            logits = logits + self.logit_scale.exp() * self.bm25_weight * lexical
         labels = torch.arange(n, device=q.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :n].T, labels)) / 2
 

@@ -45,8 +45,10 @@ from .corpus import attach_corpus
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .gate import fit_gate
 from .heads import Head, HeadConfig
+from .lexical import training_bm25
 from .checkpoint import CHECKPOINT_NAME
-from .hybrid import tune_after_selection
+from .fusion import WEIGHT_GRID
+from .hybrid import choose_weight, has_texts, tune_after_selection
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
                     save_trained, split_by_group, split_groups, within_documents, within_noise)
@@ -137,6 +139,12 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     base = HeadConfig(in_dim=cache.dim, encoder=cache.encoder, **dialog,
                       encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
     cands = candidates(n, fixed, DIALOG_CANDIDATES if slots else None)
+    if cfg.hybrid:  # each candidate also trained beside BM25 (lexical.py), all judged fused with BM25
+        if slots or not has_texts(cache):
+            raise TrainError(f"{cache.path}: hybrid selection is not made for dialog heads: train them without --hybrid"
+                             if slots else f"{cache.path}: hybrid selection needs context texts for BM25")
+        cands = cands + [(f"{name}+bm25", hc, {**t, "bm25_aware": True}) for name, hc, t in cands]
+        training_bm25(cache, say=lambda t: _say(progress, "  " + t))  # made (and stored) once, before any fold
     if cfg.batch_size is not None:  # the batch size asked for wins over a candidate's own
         cands = [(name, hc, {k: v for k, v in t.items() if k != "batch_size"}) for name, hc, t in cands]
     if cfg.alpha is not None and cfg.alpha < 1:  # refused before anything is trained, as train_head refuses it
@@ -171,6 +179,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         choose_rows, decide_rows = _halves(groups, all_rows, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
+        cfg = _hybrid_weight(cache, cfg, choose_rows, log, progress)
         order = np.concatenate(fold_rows)
         sel, dec = np.flatnonzero(np.isin(order, choose_rows)), np.flatnonzero(np.isin(order, decide_rows))
         results = {}
@@ -235,7 +244,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
-        decide = held_out(cache, decide_rows)
+        cfg = _hybrid_weight(cache, cfg, choose_rows, log, progress)
+        decide = held_out(cache, decide_rows, cfg)
         results = {}
         for name, hc, t in cands:
             s0 = time.perf_counter()
@@ -335,6 +345,25 @@ def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: Tra
     return chosen
 
 
+def _hybrid_weight(cache: Cache, cfg: TrainConfig, choose_rows: np.ndarray, log: dict, progress: bool) -> TrainConfig:
+    """With ``cfg.hybrid``: the dense share at which held-out queries are ranked (fused with
+    BM25) while candidates are chosen and the head is decided on, unless set: the frozen
+    encoder's best weight above 0 on the choosing queries (``hybrid.choose_weight``), so the
+    identity is compared at its own best fusion. The weight saved with the head is chosen afterwards."""
+    if not cfg.hybrid:
+        return cfg
+    if cfg.fusion_weight is None:  # a share of 0 would leave every head unseen: the grid from its first step
+        spec = choose_weight(cache, choose_rows, None, metric=cfg.select_metric, grid=WEIGHT_GRID[1:])
+        cfg = replace(cfg, fusion_weight=spec.frozen_weight)
+        how = f"the frozen encoder's best above 0 on the {len(choose_rows)} choosing queries"
+    else:
+        how = "as set"
+    log["hybrid"] = {"fusion_weight": cfg.fusion_weight, "how": how}
+    _say(progress, f"  hybrid: held-out queries ranked by dense fused with BM25 (z-scores), dense weight "
+                   f"{cfg.fusion_weight:g} ({how})")
+    return cfg
+
+
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:
     """Attach the cache's corpus rows as distractors of the held-out queries (unless some
     are attached already) and say what the queries are ranked against."""
@@ -409,6 +438,7 @@ def _brief(log: dict) -> dict:
     """What the model card shows of the search."""
     return {"mode": log["mode"], "chosen": log.get("chosen"), "dev_gain": log.get("dev_gain"),
             **({"towers": log["towers"]} if log.get("towers") else {}),
+            **({"hybrid": log["hybrid"]} if log.get("hybrid") else {}),
             "ranked_against": log.get("ranked_against"), "distractors": log.get("distractors", 0),
             "candidates": [{k: c[k] for k in ("name", "score", "frozen", "best_epoch", "epochs", "seconds")}
                            for c in log["candidates"]]}

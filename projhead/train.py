@@ -72,6 +72,10 @@ def make_loss(cfg: TrainConfig):
     elif cfg.init_temperature is not None:
         raise TrainError(f"the {cfg.loss} loss has no softmax temperature: drop --temperature "
                          "(siglip: --loss-setting init_scale=...)")
+    if cfg.bm25_aware and "bm25_weight" not in accepted:
+        raise TrainError(f"BM25-aware training adds BM25 to the logits of the clip loss, not of {cfg.loss}")
+    if cfg.bm25_aware and "bm25_weight" not in kw:
+        raise TrainError("BM25-aware training needs its BM25 share (lexical.bm25_share; the training sources set it)")
     if "learn_temperature" in accepted:
         kw.setdefault("learn_temperature", cfg.learn_temperature)
     elif not cfg.learn_temperature:
