@@ -254,6 +254,7 @@ def extend_cache(path: str | os.PathLike, fill, what: str, locked: bool = False)
     try:
         with atomic_path(path) as tmp:
             shutil.copyfile(path, tmp)
+            shutil.copymode(path, tmp)  # the file keeps its permissions
             raw = _GuardedFile(tmp, "r+b")
             try:
                 with h5py.File(raw, "r+", libver="latest") as f:

@@ -340,3 +340,22 @@ class Corpus(Section):
     name, identity = "corpus", True
     columns = (Column("vectors", ("n_corpus", "dim"), "vectors"),
                Column("text", ("n_corpus",), "text"))
+
+
+@register_section
+class BM25Section(Section):
+    """BM25 of the pairs as sparse matrices, /bm25 (``lexical.py`` makes and reads it): terms
+    (n_terms,); context_rows, context_terms, context_weights (n_context_terms,): W as
+    coordinates; query_rows, query_terms, query_counts (n_query_terms,): C as coordinates;
+    query_stats (n_queries, 2): each query's BM25 mean and standard deviation over the contexts.
+    Derived from the pairs, so not part of the cache's identity."""
+
+    name = "bm25"
+    columns = (Column("terms", ("n_terms",), "text"),
+               Column("context_rows", ("n_context_terms",), "index", of="n_contexts", fingerprint=True),
+               Column("context_terms", ("n_context_terms",), "index", of="n_terms", fingerprint=True),
+               Column("context_weights", ("n_context_terms",), "float"),
+               Column("query_rows", ("n_query_terms",), "index", of="n_queries", fingerprint=True),
+               Column("query_terms", ("n_query_terms",), "index", of="n_terms", fingerprint=True),
+               Column("query_counts", ("n_query_terms",), "float"),
+               Column("query_stats", ("n_queries", 2), "float"))

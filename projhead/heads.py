@@ -460,7 +460,10 @@ def model_card(config: dict) -> str:
                   + (f" ({d['why']})." if d.get("why") else "."), ""]
     lines += _decision_lines(d, config.get("selection"))
     if m:
-        lines += ["## Held-out metrics (queries of the training cache not trained on, against all its contexts)", "", "| | " + " | ".join(m.get("frozen", {})) + " |",
+        hy = (config.get("selection") or {}).get("hybrid")
+        fused = f", ranked fused with BM25 at dense weight {hy['fusion_weight']}" if hy else ""
+        lines += [f"## Held-out metrics (queries of the training cache not trained on, against all its contexts{fused})",
+                  "", "| | " + " | ".join(m.get("frozen", {})) + " |",
                   "|---|" + "---|" * len(m.get("frozen", {}))]
         for row in ("frozen", "head"):
             if row in m:

@@ -87,14 +87,15 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
 
 
-def tune_after_selection(head, cache, rows, metric: str, say=print) -> dict:
+def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_GRID) -> dict:
     """What ``projhead train`` adds to the head's config.json after model selection: the
     fusion spec chosen on the held-out ``rows`` (``{"fusion": {...}}``), or a note that the
-    cache has no texts (``{}`` then: the head trains and saves as without fusion)."""
+    cache has no texts (``{}`` then: the head trains and saves as without fusion). ``grid``:
+    the weights tried (a head chosen for fusion never gets 0, which would leave it unused)."""
     if not has_texts(cache):
         say(f"fusion weight not chosen: {cache.path} holds no context texts, and fusion with BM25 needs texts")
         return {}
-    spec = choose_weight(cache, rows, head, metric=metric)
+    spec = choose_weight(cache, rows, head, metric=metric, grid=grid)
     say(f"fusion with BM25 ({spec.normalisation}): dense weight {spec.weight:.2f} for the "
         f"{spec.chosen['system']}, {spec.frozen_weight:.2f} for the frozen encoder, chosen on "
         f"{spec.chosen['queries']} held-out queries ({metric})")

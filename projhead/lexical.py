@@ -16,11 +16,11 @@ query's BM25 score of every text (bm25s's Lucene, Robertson and ATIRE variants e
 BM25L and BM25+ add a per-query constant, which z-scores remove). A training batch's BM25
 block is then one sparse product: nothing is tokenised again per epoch.
 
-The cache's ``bm25`` section stores ``W`` over the contexts and ``C`` over the queries (as
-coordinate lists), the terms, and each query's mean and standard deviation of BM25 over
-every context, with the BM25 settings as the attribute ``settings_json``. Derived from the
-pairs, so not part of the cache's identity; ``training_bm25`` makes it when missing or made
-with other settings, and stores it in the cache when the file is writable.
+The cache's ``bm25`` section (``cachefile.BM25Section``) stores ``W`` over the contexts and ``C``
+over the queries (as coordinate lists), the terms, and each query's mean and standard
+deviation of BM25 over every context, with the BM25 settings as the attribute
+``settings_json``. ``training_bm25`` makes it when missing or made with other settings, and
+stores it in the cache when the file may be rewritten (writable, not a symbolic link).
 """
 from __future__ import annotations
 
@@ -30,27 +30,10 @@ from dataclasses import asdict
 
 import numpy as np
 
-from .cachefile import CacheError, Column, Section, register_section
+from .cachefile import CacheError
 from .fusion import BM25Index, BM25Settings, stemmer_for
 
 STATS_CHUNK = 4096  # queries per sparse product when computing their statistics
-
-
-@register_section
-class BM25Section(Section):
-    """/bm25: terms (n_terms,); context_rows, context_terms, context_weights (n_context_terms,):
-    W as coordinates; query_rows, query_terms, query_counts (n_query_terms,): C as coordinates;
-    query_stats (n_queries, 2): each query's BM25 mean and standard deviation over the contexts."""
-
-    name = "bm25"
-    columns = (Column("terms", ("n_terms",), "text"),
-               Column("context_rows", ("n_context_terms",), "index", of="n_contexts", fingerprint=True),
-               Column("context_terms", ("n_context_terms",), "index", of="n_terms", fingerprint=True),
-               Column("context_weights", ("n_context_terms",), "float"),
-               Column("query_rows", ("n_query_terms",), "index", of="n_queries", fingerprint=True),
-               Column("query_terms", ("n_query_terms",), "index", of="n_terms", fingerprint=True),
-               Column("query_counts", ("n_query_terms",), "float"),
-               Column("query_stats", ("n_queries", 2), "float"))
 
 
 def _csr(rows, cols, vals, shape):
@@ -157,7 +140,8 @@ def training_bm25(cache, settings: BM25Settings | None = None, store: bool = Tru
     if memo is not None and memo.lex.settings == settings:
         return memo
     tb = None
-    if "bm25" in getattr(cache, "sections", {}):
+    if "bm25" in getattr(cache, "sections", {}) and len(cache.context_texts) == int(cache.attrs["n_contexts"]) \
+            and len(cache.query_texts) == int(cache.attrs["n_queries"]):  # not a view with rows added in memory
         tb, have = _from_section(cache)
         tb = tb if have == settings else None
     if tb is None:
@@ -201,13 +185,29 @@ def bm25_share(queries: np.ndarray, contexts: np.ndarray, weight: float, seed: i
 
 
 def _is_file_cache(cache) -> bool:
-    """Whether ``cache`` is the whole file at its path (not a subset or view in memory)."""
+    """Whether ``cache`` is the whole file at its path (not a subset or view in memory), and
+    that file may be rewritten (writable, not reached through a symbolic link)."""
+    import os
+    from pathlib import Path
+
     from .cache_reader import open_cache
 
+    path = Path(cache.path)
+    if path.is_symlink() or not path.stat().st_mode & 0o222 or not os.access(path.parent, os.W_OK):
+        return False
     try:
         return open_cache(cache.path, load=False).attrs.get("fingerprint") == cache.attrs.get("fingerprint")
     except (OSError, CacheError):
         return False
+
+
+def _texts_key(texts: list[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
 
 
 def held_out_bm25(cache, rows, texts: list[str], settings: BM25Settings | None = None):
@@ -219,7 +219,7 @@ def held_out_bm25(cache, rows, texts: list[str], settings: BM25Settings | None =
     if len(texts) == len(cache.context_texts):
         tb = training_bm25(cache, settings)
         return tb.lex.scores(tb.C[rows])
-    key = ("_heldout_lexical", len(texts), settings)
+    key = (_texts_key(texts), settings)
     lex = getattr(cache, "_heldout_lexical", {}).get(key)
     if lex is None:
         lex = Lexical.build(texts, settings)

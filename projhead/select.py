@@ -45,10 +45,10 @@ from .corpus import attach_corpus
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .gate import fit_gate
 from .heads import Head, HeadConfig
-from .lexical import training_bm25
+from .lexical import bm25_share, training_bm25
 from .checkpoint import CHECKPOINT_NAME
 from .fusion import WEIGHT_GRID
-from .hybrid import choose_weight, has_texts, tune_after_selection
+from .hybrid import has_texts, tune_after_selection
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
                     save_trained, split_by_group, split_groups, within_documents, within_noise)
@@ -143,6 +143,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if slots or not has_texts(cache):
             raise TrainError(f"{cache.path}: hybrid selection is not made for dialog heads: train them without --hybrid"
                              if slots else f"{cache.path}: hybrid selection needs context texts for BM25")
+        _check_hybrid(cfg)
         cands = cands + [(f"{name}+bm25", hc, {**t, "bm25_aware": True}) for name, hc, t in cands]
         training_bm25(cache, say=lambda t: _say(progress, "  " + t))  # made (and stored) once, before any fold
     if cfg.batch_size is not None:  # the batch size asked for wins over a candidate's own
@@ -179,7 +180,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         choose_rows, decide_rows = _halves(groups, all_rows, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
-        cfg = _hybrid_weight(cache, cfg, choose_rows, log, progress)
+        cfg, cands = _hybrid_weight(cache, cfg, cands, choose_rows, all_rows, log, progress)
         order = np.concatenate(fold_rows)
         sel, dec = np.flatnonzero(np.isin(order, choose_rows)), np.flatnonzero(np.isin(order, decide_rows))
         results = {}
@@ -244,7 +245,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
-        cfg = _hybrid_weight(cache, cfg, choose_rows, log, progress)
+        cfg, cands = _hybrid_weight(cache, cfg, cands, choose_rows, train_rows, log, progress)
         decide = held_out(cache, decide_rows, cfg)
         results = {}
         for name, hc, t in cands:
@@ -296,7 +297,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
     # final head saw every query, so the weight is the frozen encoder's, chosen on all of them
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
-                                  say=lambda t: _say(progress, t))
+                                  say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID)
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
 
 
@@ -345,23 +346,46 @@ def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: Tra
     return chosen
 
 
-def _hybrid_weight(cache: Cache, cfg: TrainConfig, choose_rows: np.ndarray, log: dict, progress: bool) -> TrainConfig:
+def _check_hybrid(cfg: TrainConfig) -> None:
+    """Hybrid settings refused before anything is trained."""
+    ls = cfg.loss_settings or {}
+    if cfg.loss != "clip" or ls.get("chunk_size") or "bm25_weight" in ls:
+        raise TrainError("hybrid selection trains its BM25-aware candidates with the clip loss, the whole BM25 block "
+                         "of each batch and its own BM25 share: use --loss clip, no --chunk-size and no bm25_weight "
+                         f"loss setting (given: loss {cfg.loss}, settings {ls})")
+    if cfg.fusion_weight is not None and cfg.fusion_weight == 0:
+        raise TrainError("hybrid selection ranks held-out queries fused with a dense share above 0 (at 0 no head "
+                         "could show): set fusion_weight in (0, 1]")
+
+
+def _hybrid_weight(cache: Cache, cfg: TrainConfig, cands: list, choose_rows: np.ndarray, train_rows: np.ndarray,
+                   log: dict, progress: bool) -> tuple[TrainConfig, list]:
     """With ``cfg.hybrid``: the dense share at which held-out queries are ranked (fused with
     BM25) while candidates are chosen and the head is decided on, unless set: the frozen
-    encoder's best weight above 0 on the choosing queries (``hybrid.choose_weight``), so the
-    identity is compared at its own best fusion. The weight saved with the head is chosen afterwards."""
+    encoder's best above 0 on the choosing queries, ranked as selection ranks them (with any
+    corpus rows), so the identity is compared at its own best fusion. The BM25-aware
+    candidates get their share (``lexical.bm25_share``) from it, once for every fold and the
+    final run (from ``train_rows``); the weight saved with the head is chosen afterwards."""
     if not cfg.hybrid:
-        return cfg
+        return cfg, cands
     if cfg.fusion_weight is None:  # a share of 0 would leave every head unseen: the grid from its first step
-        spec = choose_weight(cache, choose_rows, None, metric=cfg.select_metric, grid=WEIGHT_GRID[1:])
-        cfg = replace(cfg, fusion_weight=spec.frozen_weight)
+        dev = held_out(cache, choose_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
+        f = PER_QUERY[cfg.select_metric]
+        scores = []
+        for w in WEIGHT_GRID[1:]:
+            dev.weight = w
+            scores.append(float(f(dev.ranks(None)).mean()))
+        cfg = replace(cfg, fusion_weight=float(WEIGHT_GRID[1:][int(np.argmax(scores))]))  # ties: the lowest
         how = f"the frozen encoder's best above 0 on the {len(choose_rows)} choosing queries"
     else:
         how = "as set"
-    log["hybrid"] = {"fusion_weight": cfg.fusion_weight, "how": how}
+    lam = bm25_share(cache.queries[train_rows], cache.contexts, cfg.fusion_weight, cfg.seed)
+    cands = [(name, hc, {**t, "loss_settings": {**cfg.loss_settings, "bm25_weight": lam}} if t.get("bm25_aware") else t)
+             for name, hc, t in cands]
+    log["hybrid"] = {"fusion_weight": cfg.fusion_weight, "how": how, "bm25_share": lam}
     _say(progress, f"  hybrid: held-out queries ranked by dense fused with BM25 (z-scores), dense weight "
-                   f"{cfg.fusion_weight:g} ({how})")
-    return cfg
+                   f"{cfg.fusion_weight:g} ({how}); BM25-aware candidates add {lam:.4f} x z(BM25) to each cosine")
+    return cfg, cands
 
 
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:

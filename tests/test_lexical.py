@@ -215,3 +215,60 @@ def test_cli_refuses_hybrid_without_model_selection_and_info_lists_the_section(t
     training_bm25(open_cache(path))
     assert main(["info", str(path)]) == 0
     assert "section      bm25 (n_terms" in capsys.readouterr().out
+
+
+def test_hybrid_k_fold_records_one_bm25_share_and_never_saves_a_dense_share_of_0(tmp_path):
+    import json
+
+    from projhead.config import TrainConfig
+    from projhead.select import auto_train
+
+    path = _word_cache(tmp_path, shared_words=False, n_groups=30)
+    head, log = auto_train(path, TrainConfig(epochs=6, hybrid=True), out=tmp_path / "h",
+                           fixed={"kind": "linear", "towers": "query", "lr": 1e-3}, progress=False)
+    lam = log["selection"]["hybrid"]["bm25_share"]
+    cfg = json.loads((tmp_path / "h" / "config.json").read_text())
+    if log["selection"]["chosen"].endswith("+bm25"):
+        assert cfg["training"]["loss_settings"]["bm25_weight"] == lam
+    assert head.fusion.weight > 0 and head.fusion.frozen_weight > 0  # BM25 matches nothing: a share of 0 ties
+
+
+def test_hybrid_settings_are_refused_before_anything_is_trained(tmp_path):
+    from projhead.config import TrainConfig, TrainError
+    from projhead.select import auto_train
+
+    path = _word_cache(tmp_path)
+    for cfg in (TrainConfig(hybrid=True, loss="siglip"), TrainConfig(hybrid=True, fusion_weight=0.0),
+                TrainConfig(hybrid=True, loss_settings={"chunk_size": 8}),
+                TrainConfig(hybrid=True, loss_settings={"bm25_weight": 0.1})):
+        with pytest.raises(TrainError, match="hybrid selection"):
+            auto_train(path, cfg, progress=False)
+
+
+def test_held_out_bm25_follows_the_distractors_attached(tmp_path):
+    from projhead.cache import open_cache
+    from projhead.lexical import held_out_bm25
+
+    cache = open_cache(_word_cache(tmp_path))
+    texts = list(cache.context_texts)
+    a = held_out_bm25(cache, [0, 1], texts + ["term1x term2x", "term3x"]).toarray()
+    b = held_out_bm25(cache, [0, 1], texts + [cache.query_texts[0], cache.query_texts[1]]).toarray()
+    want = BM25Index(texts + [cache.query_texts[0], cache.query_texts[1]]).scores(cache.query_texts[:2])
+    np.testing.assert_allclose(b, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(a, b)
+
+
+def test_a_read_only_cache_is_left_as_it_is(tmp_path):
+    import os
+
+    from projhead.cache import open_cache
+
+    path = _word_cache(tmp_path)
+    before = path.read_bytes()
+    os.chmod(path, 0o444)
+    said = []
+    try:
+        training_bm25(open_cache(path), say=said.append)
+    finally:
+        os.chmod(path, 0o644)
+    assert path.read_bytes() == before and "stored" not in said[0]
