@@ -87,6 +87,7 @@ class Cache:
         self.distractors = None if texts is None or not len(texts) else (np.asarray(vectors, np.float32), list(texts))
         self.distractors_set = True
         self._ranked = None
+        self.__dict__.pop("_ranked_lexical", None)  # lexical.held_out_bm25's index of the ranked texts
 
     def ranked_contexts(self) -> tuple[np.ndarray, list[str]]:
         """What held-out queries are ranked against: every context, then the distractors

@@ -202,6 +202,16 @@ def stemmer_for(settings: BM25Settings):
                           f"{', '.join(Stemmer.algorithms())})") from None
 
 
+def tokenize(texts, settings: BM25Settings, stemmer=None, return_ids: bool = False):
+    """bm25s's tokens of ``texts`` with the stopwords and stemmer of ``settings`` (``stemmer``:
+    one already made by ``stemmer_for``, else made here): how every BM25 in projhead tokenises."""
+    import bm25s
+
+    return bm25s.tokenize(list(texts), stopwords=settings.stopwords or None,
+                          stemmer=stemmer if stemmer is not None else stemmer_for(settings),
+                          return_ids=return_ids, show_progress=False)
+
+
 class BM25Index:
     """bm25s over ``texts`` with ``settings``: ``scores(query_texts)`` (Nq, N) of every text,
     ``tokens`` once per query list; a query of stopwords only scores 0 everywhere."""
@@ -217,10 +227,7 @@ class BM25Index:
         self.retriever.index(self._tokenize(texts, return_ids=True), show_progress=False)
 
     def _tokenize(self, texts, return_ids=False):
-        import bm25s
-
-        return bm25s.tokenize(list(texts), stopwords=self.settings.stopwords or None, stemmer=self._stemmer,
-                              return_ids=return_ids, show_progress=False)
+        return tokenize(texts, self.settings, self._stemmer, return_ids)
 
     def tokens(self, query_texts: list[str]) -> list[list[str]]:
         return self._tokenize(query_texts)

@@ -31,7 +31,7 @@ from dataclasses import asdict
 import numpy as np
 
 from .cachefile import CacheError
-from .fusion import BM25Index, BM25Settings, stemmer_for
+from .fusion import BM25Index, BM25Settings, tokenize
 
 STATS_CHUNK = 4096  # queries per sparse product when computing their statistics
 
@@ -73,10 +73,7 @@ class Lexical:
     def counts(self, query_texts: list[str]):
         """(Nq, terms) token counts of the queries, tokenised as the texts were (terms the
         texts never use are dropped: they score nothing)."""
-        import bm25s
-
-        toks = bm25s.tokenize(list(query_texts), stopwords=self.settings.stopwords or None,
-                              stemmer=stemmer_for(self.settings), return_ids=False, show_progress=False)
+        toks = tokenize(query_texts, self.settings)
         rows, cols = [], []
         for i, t in enumerate(toks):
             ids = [self._vocab[w] for w in t if w in self._vocab]
@@ -201,27 +198,18 @@ def _is_file_cache(cache) -> bool:
         return False
 
 
-def _texts_key(texts: list[str]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
-    return h.hexdigest()
-
-
-def held_out_bm25(cache, rows, texts: list[str], settings: BM25Settings | None = None):
-    """(len(rows), len(texts)) sparse raw BM25 of the query ``rows`` against ``texts`` (the
-    contexts a held-out query is ranked against): from the training matrices when ``texts``
-    are the cache's contexts, else from an index of ``texts``."""
+def held_out_bm25(cache, rows, settings: BM25Settings | None = None):
+    """(len(rows), ranked) sparse raw BM25 of the query ``rows`` against what held-out queries
+    are ranked against (``cache.ranked_contexts()``): from the training matrices when that is the
+    contexts alone, else from an index of those texts, kept until other distractors are attached."""
     settings = settings or BM25Settings()
     rows = np.asarray(rows, np.int64)
-    if len(texts) == len(cache.context_texts):
+    if cache.n_distractors == 0:
         tb = training_bm25(cache, settings)
         return tb.lex.scores(tb.C[rows])
-    key = (_texts_key(texts), settings)
-    lex = getattr(cache, "_heldout_lexical", {}).get(key)
-    if lex is None:
-        lex = Lexical.build(texts, settings)
-        cache._heldout_lexical = {key: lex}
+    memo = cache.__dict__.setdefault("_ranked_lexical", {})  # emptied by Cache.attach_distractors
+    if settings not in memo:
+        memo.clear()
+        memo[settings] = Lexical.build(cache.ranked_contexts()[1], settings)
+    lex = memo[settings]
     return lex.scores(lex.counts([cache.query_texts[i] for i in rows]))

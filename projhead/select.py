@@ -370,12 +370,7 @@ def _hybrid_weight(cache: Cache, cfg: TrainConfig, cands: list, choose_rows: np.
         return cfg, cands
     if cfg.fusion_weight is None:  # a share of 0 would leave every head unseen: the grid from its first step
         dev = held_out(cache, choose_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
-        f = PER_QUERY[cfg.select_metric]
-        scores = []
-        for w in WEIGHT_GRID[1:]:
-            dev.weight = w
-            scores.append(float(f(dev.ranks(None)).mean()))
-        cfg = replace(cfg, fusion_weight=float(WEIGHT_GRID[1:][int(np.argmax(scores))]))  # ties: the lowest
+        cfg = replace(cfg, fusion_weight=dev.best_weight(None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric]))
         how = f"the frozen encoder's best above 0 on the {len(choose_rows)} choosing queries"
     else:
         how = "as set"
