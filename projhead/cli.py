@@ -252,6 +252,9 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help="metric of the held-out queries ranked against every context of the cache")
 @click.option("--corpus-sample", type=click.IntRange(min=0), default=None,
               help="held-out queries rank against the contexts and N corpus rows (seeded sample); 0: none [all, <= 100,000]")
+@click.option("--after-folds", type=click.Choice(["refit", "average", "both"]), default=_T.after_folds, show_default=True,
+              help="k-fold selection (under 5,000 queries) saves: the winner trained again on every pair (refit), "
+                   "the mean of its fold heads' weights (average), or of both")
 @click.option("--decision", type=click.Choice(["bootstrap", "better"]), default=_T.decision, show_default=True,
               help="bootstrap: replace the frozen encoder only if the 95%% interval of the dev gain is above 0")
 @click.option("--patience", type=POS_INT, default=None,
@@ -267,8 +270,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
           loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, min_steps,
           batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, alpha, canaries,
-          gate, hybrid, canary_tolerance, dev_fraction, select_metric, corpus_sample, decision, patience, stop_epoch,
-          seed, device, restart, quiet):
+          gate, hybrid, canary_tolerance, dev_fraction, select_metric, corpus_sample, after_folds, decision, patience,
+          stop_epoch, seed, device, restart, quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
     By default a few candidate heads are compared on held-out queries (k-fold on small
@@ -282,7 +285,7 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
               lr=lr or _T.lr, weight_decay=weight_decay, init_temperature=temperature,
               learn_temperature=not fixed_temperature, anchor_weight=anchor_weight, alpha=alpha,
               canaries=list(canaries), gate=gate, canary_tolerance=canary_tolerance, dev_fraction=dev_fraction,
-              select_metric=select_metric, corpus_sample=corpus_sample, decision=decision, patience=patience,
+              select_metric=select_metric, corpus_sample=corpus_sample, after_folds=after_folds, decision=decision, patience=patience,
               stop_epoch=stop_epoch, seed=seed, device=device, hybrid=hybrid,
               loss_settings={**_settings(loss_setting), **({"chunk_size": chunk_size} if chunk_size else {})},
               mined=mined, hard_negatives=hard_negatives, silver=silver, stream=stream, stream_chunk=stream_chunk,

@@ -32,6 +32,7 @@ time, and the gain with its 95% interval.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -46,6 +47,7 @@ from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .gate import fit_gate
 from .heads import Head, HeadConfig
 from .lexical import bm25_share, training_bm25
+from .soup import average, fold_runs
 from .checkpoint import CHECKPOINT_NAME
 from .fusion import WEIGHT_GRID
 from .hybrid import has_texts, tune_after_selection
@@ -217,6 +219,15 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         hcfg = replace(base, **_head_dict(hc))
         run = fit(cache, hcfg, final_cfg, rows=(all_rows, all_rows[:0]), progress=False, canaries=canaries)
         head, run_log = run["head"], run["log"]
+        folds = None  # the fold heads at the chosen epoch, trained again when needed
+        if e_best > 0 and cfg.after_folds != "refit":
+            s0 = time.perf_counter()
+            folds = fold_runs(cache, hcfg, tc, fold_rows, e_best)
+            head = average([r["head"] for r in folds] + ([head] if cfg.after_folds == "both" else []))
+            log["after_folds"] = (f"the weights of the {k} fold heads at epoch {e_best}"
+                                  + (" and the head trained on every pair" if cfg.after_folds == "both" else "")
+                                  + f" averaged ({time.perf_counter() - s0:.1f}s)")
+            _say(progress, f"  saved: {log['after_folds']}")
         frozen = log["frozen_dev"]
         if e_best == 0:
             head.reset_to_identity()
@@ -226,7 +237,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             decision = finish(head, final_cfg, None, None, canaries, run_log)  # alpha, shrunk for canaries
             if decision["kept"] == "head":  # decide on the head as saved: its alpha, out of fold
                 a = decision["alpha"]
-                r = (oof[e_best] if a == 1.0 else _out_of_fold(cache, hcfg, tc, fold_rows, e_best, a))[dec]
+                r = (oof[e_best] if a == 1.0 else _out_of_fold(cache, hcfg, tc, fold_rows, e_best, a, folds))[dec]
                 boot = paired_bootstrap(f(r), f(oof[0][dec]), seed=cfg.seed)
                 keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
                 narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
@@ -405,16 +416,12 @@ def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -
 
 
 def _out_of_fold(cache: Cache, hcfg: HeadConfig, tc: TrainConfig, fold_rows: list[np.ndarray], epoch: int,
-                 alpha: float) -> np.ndarray:
+                 alpha: float, runs: list[dict] | None = None) -> np.ndarray:
     """Out-of-fold ranks of the head as it is saved: each fold's run again (the same steps as
-    in selection), ended at ``epoch``, interpolated to ``alpha``; its held-out fold ranked."""
-    all_rows = np.arange(len(cache.q2c))
-    out = []
-    for rows in fold_rows:
-        run = fit(cache, hcfg, replace(tc, stop_epoch=epoch), rows=(np.setdiff1d(all_rows, rows), rows),
-                  progress=False, keep_later=False, keep_last=True)
-        out.append(run["dev"].ranks(run["head"].interpolate(alpha)))
-    return np.concatenate(out)
+    in selection; ``runs`` if already done), ended at ``epoch``, interpolated to ``alpha``;
+    its held-out fold ranked."""
+    runs = runs or fold_runs(cache, hcfg, tc, fold_rows, epoch)
+    return np.concatenate([run["dev"].ranks(copy.deepcopy(run["head"]).interpolate(alpha)) for run in runs])
 
 
 def _halves(groups: list[str], rows: np.ndarray, seed: int, log: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,54 @@
+"""Model selection's fold heads, run again to the chosen epoch, and averaged into one head.
+
+Usage::
+
+    from projhead.soup import average, fold_runs
+    runs = fold_runs(cache, head_config, train_config, fold_rows, epoch)  # one fit per fold
+    head = average([r["head"] for r in runs])
+
+k-fold selection trains the chosen candidate once per fold, on the other folds' pairs, and
+picks the epoch out of fold. ``fold_runs`` trains those runs again with the same schedule and
+seed, ended at that epoch (so each fold head is the one whose held-out ranks chose it).
+``average`` takes the mean of their weights: for linear and dialog heads (linear maps, one
+per tower) that is exactly the mean of the fold heads' outputs before normalising, an ensemble
+at the cost of one head; for residual heads, which all start from the same weights, a weight
+average of fine-tuned copies ("model soups", Wortsman et al., 2022).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from .config import TrainConfig, TrainError
+from .heads import Head, HeadConfig
+from .train import fit
+
+
+def fold_runs(cache, hcfg: HeadConfig, tc: TrainConfig, fold_rows: list[np.ndarray], epoch: int) -> list[dict]:
+    """Each fold's run again (trained on the other folds, its own fold as dev), ended at
+    ``epoch``: ``fit``'s results, the head at that epoch."""
+    if epoch < 1:
+        raise TrainError("fold heads are run to an epoch of training (>= 1)")
+    all_rows = np.arange(len(cache.q2c))
+    return [fit(cache, hcfg, replace(tc, stop_epoch=epoch), rows=(np.setdiff1d(all_rows, rows), rows),
+                progress=False, keep_later=False, keep_last=True) for rows in fold_rows]
+
+
+def average(heads: list[Head]) -> Head:
+    """A new head of the first one's settings whose weights are the mean of ``heads``' (all
+    of one configuration: the same tensors and shapes)."""
+    if not heads:
+        raise TrainError("no heads to average")
+    states = [h.state_dict() for h in heads]
+    keys = set(states[0])
+    for s in states[1:]:
+        if set(s) != keys or any(s[k].shape != states[0][k].shape for k in keys):
+            raise TrainError("heads of different settings cannot be averaged")
+    out = Head(replace(heads[0].config), info=dict(heads[0].info))
+    with torch.no_grad():
+        out.load_state_dict({k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype)
+                             for k in keys})
+    out.eval()
+    return out

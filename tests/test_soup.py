@@ -1,0 +1,74 @@
+"""Fold heads averaged into the saved head (k-fold selection's after_folds)."""
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from projhead.cache import open_cache
+from projhead.config import TrainError
+from projhead.heads import Head, HeadConfig, load_head
+from projhead.select import CANDIDATES, auto_train, group_folds, split_groups
+from projhead.soup import average, fold_runs
+from projhead.train import TrainConfig
+
+
+def _random_head(kind, towers, seed, dim=8):
+    torch.manual_seed(seed)
+    h = Head(HeadConfig(in_dim=dim, kind=kind, towers=towers, init="random"))
+    return h
+
+
+def test_averaged_linear_heads_give_the_mean_of_their_outputs_before_normalising():
+    heads = [_random_head("linear", "separate", s) for s in range(3)]
+    avg = average(heads)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        want = torch.stack([h.query(x) for h in heads]).mean(0)
+        np.testing.assert_allclose(avg.query(x).numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+        want_c = torch.stack([h.context(x) for h in heads]).mean(0)
+        np.testing.assert_allclose(avg.context(x).numpy(), want_c.numpy(), rtol=1e-5, atol=1e-6)
+    assert all(not torch.equal(heads[0].query.weight, h.query.weight) for h in heads[1:])  # the inputs left as they were
+
+
+def test_heads_of_other_settings_are_refused():
+    with pytest.raises(TrainError, match="cannot be averaged"):
+        average([_random_head("linear", "query", 0), _random_head("residual", "query", 0)])
+    with pytest.raises(TrainError, match="no heads"):
+        average([])
+
+
+@pytest.mark.parametrize("mode", ["average", "both"])
+def test_selection_saves_the_average_of_the_fold_heads(planted_cache, tmp_path, mode):
+    path = planted_cache(n_groups=40)  # a real gain: a head is kept
+    fixed = {"kind": "linear", "towers": "query", "lr": 1e-2}
+    cfg = TrainConfig(epochs=6, after_folds=mode, gate=False)
+    head, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "h", progress=False)
+    assert log["decision"]["kept"] == "head" and "fold heads" in log["selection"]["after_folds"]
+    sel = log["selection"]
+    e = sel["candidates"][0]["best_epoch"]
+    # the same fold heads again, by hand: the saved head is their mean (and the refit's, for both), at alpha
+    cache = open_cache(path)
+    folds = group_folds(split_groups(cache, need=5), 5, cfg.seed)
+    _, hc, t = next(c for c in CANDIDATES if c[0] == "linear-query")
+    tc = replace(cfg, **{**t, "lr": 1e-2}).sized(len(cache.q2c) - len(cache.q2c) // 5)
+    tc = replace(tc, patience=tc.epochs + 1, batch_size=sel["candidates"][0]["batch_size"])
+    runs = fold_runs(cache, HeadConfig(in_dim=cache.dim, encoder=cache.encoder, **hc), tc, folds, e)
+    alpha = log["decision"]["alpha"]
+    saved = load_head(tmp_path / "h")
+    if mode == "average":
+        want = average([r["head"] for r in runs]).interpolate(alpha)
+        np.testing.assert_allclose(saved.encode_queries(cache.queries), want.encode_queries(cache.queries),
+                                   rtol=1e-4, atol=1e-5)
+    else:  # the refit is one of k + 1 heads: neither the fold mean nor the refit alone
+        folds_only = average([copy.deepcopy(r["head"]) for r in runs]).interpolate(alpha)
+        assert not np.allclose(saved.encode_queries(cache.queries), folds_only.encode_queries(cache.queries), atol=1e-4)
+
+
+def test_refit_is_untouched_and_unknown_modes_refused(planted_cache):
+    with pytest.raises(TrainError, match="after_folds"):
+        TrainConfig(after_folds="mean")
+    head, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=3), fixed={"kind": "linear", "towers": "query"},
+                           progress=False)
+    assert "after_folds" not in log["selection"]
