@@ -181,7 +181,10 @@ def add_quac_turns(path, encoder, source, split: str, turns: int, neighbours: bo
 
 
 def dialog_slots(cache: Cache) -> int:
-    """How many turn slots the cache's turns section holds (0: none)."""
+    """How many turn slots the cache's turns section holds (0: none); of a ``dialog_view`` (or
+    a subset of one), its own."""
+    if "turn_slots" in cache.attrs:
+        return int(cache.attrs["turn_slots"])
     if "turns" not in cache.sections:
         return 0
     return int(cache.section_attrs("turns", "turns")["sizes"]["slots"])
@@ -190,7 +193,10 @@ def dialog_slots(cache: Cache) -> int:
 def dialog_view(cache: Cache) -> Cache:
     """The cache as a dialog head reads it (module doc): query rows [x_0 .. x_{S-1}, 0, 0(, 0)],
     context rows [c, 0 .. 0, prev, next(, section)], in memory; texts, ids, groups and gold as
-    they are. The view's ``turn_slots`` and ``sentence_slots`` attributes say its layout."""
+    they are. The view's ``turn_slots`` and ``sentence_slots`` attributes say its layout; a view
+    (or a ``subset`` of one: learning curves, held-out dialogs) is returned as it is."""
+    if "turn_slots" in cache.attrs:
+        return cache
     if "turns" not in cache.sections:
         raise CacheError(f"{cache.path}: no turns section: a dialog head reads the turn vectors (make them with "
                          "projhead cache --dataset quac --turns K)")

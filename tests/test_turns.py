@@ -341,3 +341,17 @@ def test_the_batch_size_asked_for_wins_over_the_dialog_candidates_own(tmp_path):
         asked[batch] = {c["name"]: c["batch_size"] for c in log["selection"]["candidates"]}
     assert asked[None] == {"dialog-query": 64, "dialog-separate": 64}
     assert asked[16] == {"dialog-query": 16, "dialog-separate": 16}
+
+
+def test_a_subset_of_a_dialog_view_trains_dialog_heads(tmp_path):
+    """Learning curves and held-out dialogs: a subset of the view is still read as dialog rows."""
+    train, _ = _planted_cache(tmp_path, "train", 0, 800)
+    view = dialog_view(open_cache(train))
+    assert dialog_view(view) is view
+    part = view.subset(np.arange(600))
+    assert dialog_slots(part) == 3 and dialog_view(part) is part
+    head, log = auto_train(part, TrainConfig(epochs=30, lr=1e-2, seed=0), progress=False)
+    assert head.config.kind == "dialog" and head.config.slots == 3
+    assert {c["name"] for c in log["selection"]["candidates"]} == {"dialog-query", "dialog-separate"}
+    rest = view.subset(np.arange(600, 800))  # dialogs it never saw: the head finds what the question alone cannot
+    assert log["decision"]["kept"] == "head" and _top1(head, rest) > _top1(None, rest) + 0.1
