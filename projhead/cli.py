@@ -252,9 +252,9 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help="metric of the held-out queries ranked against every context of the cache")
 @click.option("--corpus-sample", type=click.IntRange(min=0), default=None,
               help="held-out queries rank against the contexts and N corpus rows (seeded sample); 0: none [all, <= 100,000]")
-@click.option("--after-folds", type=click.Choice(["refit", "average", "both"]), default=_T.after_folds, show_default=True,
-              help="k-fold selection (under 5,000 queries) saves: the winner trained again on every pair (refit), "
-                   "the mean of its fold heads' weights (average), or of both")
+@click.option("--after-folds", type=click.Choice(["refit", "average"]), default=_T.after_folds, show_default=True,
+              help="k-fold selection (under 5,000 queries) saves the winner trained again on every pair (refit) "
+                   "or the mean of its fold heads' weights (average)")
 @click.option("--decision", type=click.Choice(["bootstrap", "better"]), default=_T.decision, show_default=True,
               help="bootstrap: replace the frozen encoder only if the 95%% interval of the dev gain is above 0")
 @click.option("--patience", type=POS_INT, default=None,

@@ -122,7 +122,7 @@ SELECT_METRICS = ("top1", "top5", "top10", "mrr10", "ndcg10")
 # paragraphs lose 0.2 nDCG@10 instead of 0.6; Quora -0.1 at both.
 ALPHA = 0.9
 DECISIONS = ("bootstrap", "better")
-AFTER_FOLDS = ("refit", "average", "both")
+AFTER_FOLDS = ("refit", "average")
 
 
 @dataclass
@@ -160,7 +160,7 @@ class TrainConfig:
     bm25_aware: bool = False  # each in-batch pair's BM25 score enters its logit with a learned weight (lexical.py): the head learns what BM25 misses
     hybrid: bool = False  # model selection on the fused metric: held-out queries ranked by dense + BM25, BM25-aware candidates beside the plain ones
     fusion_weight: float | None = None  # hybrid: the dense share of held-out rankings; None: the frozen encoder's best on the choosing queries
-    after_folds: str = "refit"  # k-fold selection saves: refit (the winner trained on every pair) | average (the fold heads' weights averaged, soup.py) | both (the fold heads and the refit averaged)
+    after_folds: str = "refit"  # k-fold selection saves: refit (the winner trained on every pair) | average (the fold heads' weights averaged, soup.py)
     alpha: float | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it
 
     def __post_init__(self):

@@ -223,10 +223,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if e_best > 0 and cfg.after_folds != "refit":
             s0 = time.perf_counter()
             folds = fold_runs(cache, hcfg, tc, fold_rows, e_best)
-            head = average([r["head"] for r in folds] + ([head] if cfg.after_folds == "both" else []))
-            log["after_folds"] = (f"the weights of the {k} fold heads at epoch {e_best}"
-                                  + (" and the head trained on every pair" if cfg.after_folds == "both" else "")
-                                  + f" averaged ({time.perf_counter() - s0:.1f}s)")
+            head = average([r["head"] for r in folds])
+            log["after_folds"] = f"the weights of the {k} fold heads at epoch {e_best} averaged ({time.perf_counter() - s0:.1f}s)"
             _say(progress, f"  saved: {log['after_folds']}")
         frozen = log["frozen_dev"]
         if e_best == 0:
