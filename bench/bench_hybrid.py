@@ -16,6 +16,10 @@ sentences, QuAC (the split by dialog), BoolQ and FiQA (``PROJHEAD_DATA/more``); 
 ranked fused with BM25, BM25-aware candidates beside the plain ones), into ``--work``'s
 ``hybrid-seedN`` folders; writes bench/results/hybrid_selection.json and .md.
 
+``--sizes N ...``: heads trained on N training pairs instead (whole groups in a seeded order,
+as ``bench_small_data.py`` cuts them; ``auto_train`` on the subset in memory, what ``projhead
+train`` does on such a file), into ``--work``'s ``head-N-seedS`` (``hybrid-N-seedS``) folders.
+
 ``--normalisation-study``: which per-query normalisation keeps the best weight when the corpus
 grows: a sample of the test queries ranked against the test corpus alone and against it plus
 every context of the training cache (SQuAD: 6,698 dev sentences, then 6,698 + 58,087),
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -38,7 +43,7 @@ import numpy as np
 from projhead import cli
 from projhead.cache import cache_dataset, open_cache
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
-from projhead.evaluate import evaluate_cache, gold_ranks, PER_QUERY
+from projhead.evaluate import PER_QUERY, evaluate_cache, gold_ranks, paired_bootstrap
 from projhead.fusion import NORMALISATIONS, WEIGHT_GRID, BM25Index, normalised_pair
 from projhead.heads import load_head
 
@@ -51,6 +56,7 @@ DATASETS = {
     "fiqa": (("fiqa", "train", "question"), ("fiqa", "dev", "question")),
 }
 _ENCODER = []
+sys.path.insert(0, str(Path(__file__).parent))  # bench_small_data's subset_rows
 
 
 def open_or_cache(spec, cache_dir: Path):
@@ -74,21 +80,53 @@ def train_head(train_path: Path, out: Path, seed: int, extra: tuple = ()) -> flo
     return float(json.loads((out / "train_log.json").read_text())["seconds"])
 
 
-def run_dataset(name: str, cache_dir: Path, work: Path, seeds: list[int], hybrid: bool = False) -> dict:
+def against(every: dict, metric: str = "mrr10") -> dict:
+    """head + BM25 against frozen + BM25, the head alone and BM25 alone: the paired-bootstrap
+    95% interval of the full-corpus per-query ``metric`` difference (points)."""
+    f = PER_QUERY[metric]
+    mine = f(every["head+bm25"].full)
+    out = {}
+    for other in ("frozen+bm25", "head", "bm25"):
+        b = paired_bootstrap(mine, f(every[other].full))
+        out[other] = {k: 100 * b[k] for k in ("gain", "low", "high")}
+    return out
+
+
+def train_subset(train, size: int, out: Path, seed: int, hybrid: bool) -> float:
+    """What ``projhead train [--hybrid]`` does, on ``size`` training pairs (whole groups in a
+    seeded order, ``bench_small_data.subset_rows``), unless ``out`` holds that head already."""
+    from bench_small_data import subset_rows
+    from projhead.select import auto_train
+    from projhead.train import TrainConfig
+
+    if (out / "config.json").exists():
+        print(f"reusing {out}", flush=True)
+    else:
+        auto_train(train.subset(subset_rows(train.groups, size, seed)), TrainConfig(seed=seed, hybrid=hybrid),
+                   out=out, progress=False)
+    return float(json.loads((out / "train_log.json").read_text())["seconds"])
+
+
+def run_dataset(name: str, cache_dir: Path, work: Path, seeds: list[int], hybrid: bool = False,
+                size: int | None = None) -> dict:
     train, test = (open_or_cache(spec, cache_dir) for spec in DATASETS[name])
     train_file, test_file = train.path.name, test.path.name
+    if size is not None:
+        train_file += f" ({size} pairs, whole groups in a seeded order)"
     runs = []
     for seed in seeds:
-        out = work / name / f"{'hybrid' if hybrid else 'head'}-seed{seed}"
-        secs = train_head(train.path, out, seed, ("--hybrid",) if hybrid else ())
+        out = work / name / f"{'hybrid' if hybrid else 'head'}{f'-{size}' if size else ''}-seed{seed}"
+        secs = (train_subset(train, size, out, seed, hybrid) if size is not None else
+                train_head(train.path, out, seed, ("--hybrid",) if hybrid else ()))
         head = load_head(out)
         t0 = time.perf_counter()
-        res = evaluate_cache(test, head=head, bm25=True)
+        res, every = evaluate_cache(test, head=head, bm25=True, return_ranks=True)
+        noise = against(every)
         spec = head.fusion
         print(f"{name} seed {seed}: weight {spec.weight} (frozen {spec.frozen_weight}), "
               f"head kept: {not head.config.passthrough}; eval {time.perf_counter() - t0:.0f}s", flush=True)
         runs.append({"seed": seed, "train_seconds": secs, "fusion": spec.to_dict(),
-                     "head_kept": not head.config.passthrough, "results": res,
+                     "head_kept": not head.config.passthrough, "results": res, "head+bm25_vs": noise,
                      "chosen": json.loads((out / "train_log.json").read_text())["selection"].get("chosen")})
     mean = {s: {p: {m: float(np.mean([r["results"][s][p][m] for r in runs])) for m in runs[0]["results"][s][p]}
                 for p in runs[0]["results"][s]} for s in SYSTEMS}
@@ -174,6 +212,12 @@ def markdown(results: dict) -> str:
         ws = ", ".join(f"seed {x['seed']}: {x['fusion']['weight']} (frozen {x['fusion']['frozen_weight']})"
                        for x in r["runs"])
         lines += ["", f"Dense weights chosen on held-out training queries: {ws}.", ""]
+        if all("head+bm25_vs" in x for x in r["runs"]):
+            lines += ["head + BM25 minus each other system, full-corpus MRR@10 points, per seed (95% paired-bootstrap "
+                      "interval): " + "; ".join(
+                          f"vs {o}: " + ", ".join(f"{x['head+bm25_vs'][o]['gain']:+.1f} [{x['head+bm25_vs'][o]['low']:+.1f}, "
+                                                  f"{x['head+bm25_vs'][o]['high']:+.1f}]" for x in r["runs"])
+                          for o in ("frozen+bm25", "head", "bm25")) + ".", ""]
     return "\n".join(lines)
 
 
@@ -188,6 +232,8 @@ def main():
                     help="only time HybridRetriever over the test corpus with the seed-0 head (trained already)")
     ap.add_argument("--hybrid", action="store_true",
                     help="heads from `projhead train --hybrid` (chosen fused with BM25, BM25-aware candidates)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None,
+                    help="train on subsets of this many pairs instead of the whole training cache (seeded by the seed)")
     ap.add_argument("--out", default=None, help="[bench/results/hybrid, or hybrid_selection with --hybrid]")
     args = ap.parse_args()
     args.out = args.out or ("bench/results/hybrid_selection" if args.hybrid else "bench/results/hybrid")
@@ -206,7 +252,9 @@ def main():
         Path(f"{out}_retriever.json").write_text(json.dumps(check, indent=1))
         print(f"wrote {out}_retriever.json")
         return
-    results = {name: run_dataset(name, cache_dir, work, args.seeds, args.hybrid) for name in args.datasets}
+    results = ({f"{name}-{size}": run_dataset(name, cache_dir, work, args.seeds, args.hybrid, size)
+                for name in args.datasets for size in args.sizes} if args.sizes else
+               {name: run_dataset(name, cache_dir, work, args.seeds, args.hybrid) for name in args.datasets})
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     md = markdown(results)
     out.with_suffix(".md").write_text(md + "\n")

@@ -390,7 +390,8 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
                   "|---|---|---|---|---|"]
         lines += [f"| {c['name']} | {c['score']:.4f} | {c['frozen']:.4f} | {c['best_epoch']}/{c['epochs']} | "
                   f"{c['seconds']:.1f} |" for c in selection.get("candidates", [])]
-        lines += ["", f"Chosen: `{selection.get('chosen')}`.", ""]
+        lines += ["", f"Chosen: `{selection.get('chosen')}`."
+                  + (f" Saved: {selection['after_folds']}." if selection.get("after_folds") else ""), ""]
         hy = selection.get("hybrid")
         if hy:
             lines += [f"**Chosen for use fused with BM25** (`projhead train --hybrid`): held-out queries were ranked by "

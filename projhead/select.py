@@ -463,6 +463,7 @@ def _brief(log: dict) -> dict:
     return {"mode": log["mode"], "chosen": log.get("chosen"), "dev_gain": log.get("dev_gain"),
             **({"towers": log["towers"]} if log.get("towers") else {}),
             **({"hybrid": log["hybrid"]} if log.get("hybrid") else {}),
+            **({"after_folds": log["after_folds"]} if log.get("after_folds") else {}),
             "ranked_against": log.get("ranked_against"), "distractors": log.get("distractors", 0),
             "candidates": [{k: c[k] for k in ("name", "score", "frozen", "best_epoch", "epochs", "seconds")}
                            for c in log["candidates"]]}

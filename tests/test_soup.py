@@ -55,6 +55,7 @@ def test_selection_saves_the_average_of_the_fold_heads(planted_cache, tmp_path):
     runs = fold_runs(cache, HeadConfig(in_dim=cache.dim, encoder=cache.encoder, **hc), tc, folds, e)
     alpha = log["decision"]["alpha"]
     saved = load_head(tmp_path / "h")
+    assert "Saved: the weights of the 5 fold heads at epoch" in (tmp_path / "h" / "README.md").read_text()
     want = average([r["head"] for r in runs]).interpolate(alpha)
     np.testing.assert_allclose(saved.encode_queries(cache.queries), want.encode_queries(cache.queries),
                                rtol=1e-4, atol=1e-5)
