@@ -219,13 +219,13 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         hcfg = replace(base, **_head_dict(hc))
         run = fit(cache, hcfg, final_cfg, rows=(all_rows, all_rows[:0]), progress=False, canaries=canaries)
         head, run_log = run["head"], run["log"]
-        folds = None  # the fold heads at the chosen epoch, trained again when needed
+        fold_heads = None  # the fold heads at the chosen epoch, trained again when needed
         if e_best > 0 and cfg.after_folds != "refit":
             s0 = time.perf_counter()
-            folds = fold_runs(cache, hcfg, tc, fold_rows, e_best)
-            head = average([r["head"] for r in folds])
-            log["after_folds"] = f"the weights of the {k} fold heads at epoch {e_best} averaged ({time.perf_counter() - s0:.1f}s)"
-            _say(progress, f"  saved: {log['after_folds']}")
+            fold_heads = fold_runs(cache, hcfg, tc, fold_rows, e_best)
+            head = average([r["head"] for r in fold_heads])
+            averaged = {"after_folds": f"the weights of the {k} fold heads at epoch {e_best} averaged",
+                        "after_folds_seconds": time.perf_counter() - s0}
         frozen = log["frozen_dev"]
         if e_best == 0:
             head.reset_to_identity()
@@ -235,7 +235,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             decision = finish(head, final_cfg, None, None, canaries, run_log)  # alpha, shrunk for canaries
             if decision["kept"] == "head":  # decide on the head as saved: its alpha, out of fold
                 a = decision["alpha"]
-                r = (oof[e_best] if a == 1.0 else _out_of_fold(cache, hcfg, tc, fold_rows, e_best, a, folds))[dec]
+                r = (oof[e_best] if a == 1.0 else _out_of_fold(cache, hcfg, tc, fold_rows, e_best, a, fold_heads))[dec]
                 boot = paired_bootstrap(f(r), f(oof[0][dec]), seed=cfg.seed)
                 keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
                 narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
@@ -245,6 +245,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                 if not keep or narrow:
                     head.reset_to_identity()
                     decision.update(kept="identity", why=_why(cfg, boot) if not keep else narrow)
+        if fold_heads is not None and decision["kept"] == "head":  # said only of a head that is saved
+            log.update(averaged)
+            _say(progress, f"  saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")
         log.update(dev_gain=decision.get("dev_gain"), chosen_dev=decision.get("dev_head"))
     else:
         if cfg.dev_fraction == 0:
@@ -446,6 +449,9 @@ def _not_used(cfg: TrainConfig, k: int) -> list[str]:
                    "chosen out of fold")
     if k and cfg.dev_fraction is not None:
         out.append(f"dev_fraction {cfg.dev_fraction}: in {k}-fold selection every query is held out once")
+    if not k and cfg.after_folds != "refit":
+        out.append(f"after_folds {cfg.after_folds}: with one held-out split there are no fold heads; the head "
+                   "trained on the training split is saved")
     return out
 
 

@@ -41,6 +41,10 @@ def average(heads: list[Head]) -> Head:
     of one configuration: the same tensors and shapes)."""
     if not heads:
         raise TrainError("no heads to average")
+    if any(h.config.passthrough or h.gate is not None for h in heads):
+        raise TrainError("only trained heads without a per-query gate are averaged (not the identity, not gated heads)")
+    if any(h.config != heads[0].config for h in heads[1:]):
+        raise TrainError("heads of different settings cannot be averaged")
     states = [h.state_dict() for h in heads]
     keys = set(states[0])
     for s in states[1:]:

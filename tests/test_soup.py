@@ -34,8 +34,12 @@ def test_averaged_linear_heads_give_the_mean_of_their_outputs_before_normalising
 def test_heads_of_other_settings_are_refused():
     with pytest.raises(TrainError, match="cannot be averaged"):
         average([_random_head("linear", "query", 0), _random_head("residual", "query", 0)])
+    with pytest.raises(TrainError, match="cannot be averaged"):  # the same tensors, other towers
+        average([_random_head("linear", "shared", 0), _random_head("linear", "separate", 1)])
     with pytest.raises(TrainError, match="no heads"):
         average([])
+    with pytest.raises(TrainError, match="not the identity"):
+        average([_random_head("linear", "query", 0), _random_head("linear", "query", 1).reset_to_identity()])
 
 
 def test_selection_saves_the_average_of_the_fold_heads(planted_cache, tmp_path):
@@ -61,6 +65,23 @@ def test_selection_saves_the_average_of_the_fold_heads(planted_cache, tmp_path):
                                rtol=1e-4, atol=1e-5)
     refit, _ = auto_train(path, replace(cfg, after_folds="refit"), fixed=fixed, progress=False)
     assert not np.allclose(refit.encode_queries(cache.queries), want.encode_queries(cache.queries), atol=1e-4)
+
+
+def test_an_identity_kept_is_not_called_averaged(planted_cache, tmp_path):
+    path = planted_cache(n_groups=4, contexts_per_group=30)  # four documents: a gain inside them keeps the identity
+    head, log = auto_train(path, TrainConfig(epochs=6, after_folds="average"), fixed={"kind": "linear", "towers": "query",
+                                                                                     "lr": 1e-2},
+                           out=tmp_path / "h", progress=False)
+    assert log["selection"]["candidates"][0]["best_epoch"] > 0  # the fold heads were averaged, then not kept
+    assert log["decision"]["kept"] == "identity" and "after_folds" not in log["selection"]
+    assert "fold heads" not in (tmp_path / "h" / "README.md").read_text()
+
+
+def test_after_folds_without_folds_is_said_not_used(planted_cache):
+    _, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=2, after_folds="average"),
+                        fixed={"kind": "linear", "towers": "query"}, progress=False, folds=0)
+    assert log["selection"]["mode"] == "dev split"
+    assert any(n.startswith("after_folds average") for n in log["selection"]["not_used"])
 
 
 def test_refit_is_untouched_and_unknown_modes_refused(planted_cache):
