@@ -154,20 +154,6 @@ class DevSet:
             scorer = fused_scorer(scorer, lambda rows: self.bm25[rows].toarray(), FusionSpec(), self.weight)
         return ranks(excluding(scorer, self.exclude), self.gold, self.chunk)
 
-    def best_weight(self, head: Head | None, grid, per_query) -> float:
-        """The dense weight of ``grid`` at which ``head`` fused with BM25 has the highest mean
-        ``per_query`` metric (of the ranks); ties keep the first. Leaves ``weight`` as it was."""
-        if self.bm25 is None:
-            raise TrainError("a fusion weight is chosen on queries ranked with BM25: this set has none")
-        was, scores = self.weight, []
-        try:
-            for w in grid:
-                self.weight = float(w)
-                scores.append(float(per_query(self.ranks(head)).mean()))
-        finally:
-            self.weight = was
-        return float(grid[int(np.argmax(scores))])
-
 
 def spread(x: np.ndarray) -> float:
     """How spread out vectors are: the mean per-dimension standard deviation of the

@@ -87,6 +87,20 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
 
 
+def best_weight(dev, head, grid, per_query) -> float:
+    """The dense weight of ``grid`` at which ``head`` (None: the frozen encoder) fused with BM25
+    has the highest mean ``per_query`` metric on ``dev`` (a ``batches.DevSet`` ranked with BM25:
+    model selection's held-out queries, corpus rows included); ties keep the first."""
+    if dev.bm25 is None:
+        raise FusionError("a fusion weight is chosen on queries ranked with BM25: this set has none")
+    was, scores = dev.weight, []
+    for w in grid:
+        dev.weight = float(w)
+        scores.append(float(per_query(dev.ranks(head)).mean()))
+    dev.weight = was
+    return float(grid[int(np.argmax(scores))])
+
+
 def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_GRID) -> dict:
     """What ``projhead train`` adds to the head's config.json after model selection: the
     fusion spec chosen on the held-out ``rows`` (``{"fusion": {...}}``), or a note that the

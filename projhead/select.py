@@ -50,7 +50,7 @@ from .lexical import bm25_share, training_bm25
 from .soup import average, fold_runs
 from .checkpoint import CHECKPOINT_NAME
 from .fusion import WEIGHT_GRID
-from .hybrid import has_texts, tune_after_selection
+from .hybrid import best_weight, has_texts, tune_after_selection
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
                     save_trained, split_by_group, split_groups, within_documents, within_noise)
@@ -382,7 +382,7 @@ def _hybrid_weight(cache: Cache, cfg: TrainConfig, cands: list, choose_rows: np.
         return cfg, cands
     if cfg.fusion_weight is None:  # a share of 0 would leave every head unseen: the grid from its first step
         dev = held_out(cache, choose_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
-        cfg = replace(cfg, fusion_weight=dev.best_weight(None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric]))
+        cfg = replace(cfg, fusion_weight=best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric]))
         how = f"the frozen encoder's best above 0 on the {len(choose_rows)} choosing queries"
     else:
         how = "as set"
