@@ -3,8 +3,9 @@
     PROJHEAD_DATA=../shared/data taskset -c 1 python bench/bench_corpus.py [--datasets boolq fiqa]
         [--sizes 300 1000] [--seeds 0 1 2] [--corpus-sample N] [--out bench/results/corpus]
 
-BoolQ (questions over Wikipedia passages, split by article) and FiQA (finance questions and
-answer posts), each with its own texts as the corpus: every passage (answer) of the file, cached
+BoolQ (questions over Wikipedia passages, split by article), FiQA (finance questions and
+answer posts) and QuAC (the question alone, sentence contexts; ``val-train`` / ``val-test``, split
+by dialog), each with its own texts as the corpus: every passage (answer, gold sentence) of the file, cached
 with ``projhead cache --corpus`` beside the train split and beside the test split. Training
 sets are subsets of the train split by group (seeded, ``bench_small_data.subset_rows``), at
 each size the split has. The test queries are ranked against the whole corpus (the test
@@ -20,6 +21,7 @@ Systems:
 - ``adapter-lr1e-3``: LlamaIndex's linear adapter recipe at lr 1e-3 (``bench_small_data.adapter``).
 
 Prints one line per run and writes ``OUT.json`` and ``OUT.md`` (means over seeds).
+``--merge A.json B.json ...``: one table of several runs (datasets or sizes run apart); nothing is trained.
 """
 from __future__ import annotations
 
@@ -45,11 +47,13 @@ from projhead.encoders import DEFAULT_ENCODER, get_encoder  # noqa: E402
 from projhead.select import auto_train  # noqa: E402
 
 WORK = Path("bench/work")
+SPLITS = {"quac": ("val-train", "val-test")}  # (train, test) split names where not ("train", "dev")
 
 
 def caches(dataset: str, enc) -> tuple:
     """The train and test caches of ``dataset``, each with every text of the file as its corpus."""
-    train, test = load_pairs(dataset, "train"), load_pairs(dataset, "dev")
+    splits = SPLITS.get(dataset, ("train", "dev"))
+    train, test = load_pairs(dataset, splits[0]), load_pairs(dataset, splits[1])
     corpus = WORK / f"corpus-{dataset}.jsonl"
     texts = list(dict.fromkeys(train.contexts + test.contexts))
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -89,7 +93,10 @@ def main():
     ap.add_argument("--corpus-sample", type=int, default=None,
                     help="projhead-corpus: a seeded sample of this many distractors (default: all)")
     ap.add_argument("--out", default="bench/results/corpus")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="only the table of these runs' results")
     args = ap.parse_args()
+    if args.merge:
+        return write(merged(args.merge), Path(args.out))
     torch.set_num_threads(1)
     WORK.mkdir(parents=True, exist_ok=True)
     enc = get_encoder(DEFAULT_ENCODER)
@@ -132,15 +139,38 @@ def main():
                           + (f"  [{extra['chosen']} {extra['kept']} epoch {extra['epoch']}, "
                              f"{extra['distractors']} distractors]" if extra else ""), flush=True)
                 rows.append({"dataset": ds, "size": size, "seed": seed, "systems": systems})
-    out = Path(args.out)
+    write({"bench": "corpus", "encoder": DEFAULT_ENCODER, "corpus_sample": args.corpus_sample, "frozen": frozen,
+           "rows": rows, "summary": summary(rows, frozen),
+           "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "platform": platform.platform()}}, Path(args.out))
+
+
+def write(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"bench": "corpus", "encoder": DEFAULT_ENCODER, "corpus_sample": args.corpus_sample, "frozen": frozen,
-              "rows": rows, "summary": summary(rows, frozen),
-              "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "platform": platform.platform()}}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
     out.with_suffix(".md").write_text(table(result))
     print(table(result))
+
+
+def merged(paths: list[str]) -> dict:
+    """One result of several runs: their rows, each dataset's frozen row (equal where repeated)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({(r["encoder"], r["corpus_sample"]) for r in runs}) != 1:
+        raise SystemExit(f"{', '.join(paths)}: runs of other encoders or corpus samples cannot be merged")
+    frozen, rows, seen = {}, [], set()
+    for r in runs:
+        for ds, f in r["frozen"].items():
+            if ds in frozen and abs(frozen[ds]["nDCG@10"] - f["nDCG@10"]) > 1e-9:
+                raise SystemExit(f"{', '.join(paths)}: the frozen encoder scores {ds} differently: other test data")
+            frozen[ds] = f
+        for row in r["rows"]:
+            key = (row["dataset"], row["size"], row["seed"])
+            if key in seen:
+                raise SystemExit(f"{', '.join(paths)}: {key} appears in more than one run")
+            seen.add(key)
+            rows.append(row)
+    return {**runs[0], "frozen": frozen, "rows": rows, "summary": summary(rows, frozen),
+            "merged_from": [str(p) for p in paths]}
 
 
 def summary(rows: list, frozen: dict) -> list:

@@ -9,8 +9,9 @@ fusion weight on the queries model selection held out; then ``projhead eval --bm
 systems on the test cache, every query, both protocols: frozen, head, BM25, frozen + BM25
 (the frozen encoder's held-out weight), head + BM25 (the head's), RRF (k=60, head with BM25).
 Figures are means over seeds. Writes bench/results/hybrid.json and .md. Datasets: SQuAD
-sentences, QuAC (the split by dialog), BoolQ and FiQA (``PROJHEAD_DATA/more``); a cache not in
-``--cache-dir`` is encoded there first with the default encoder.
+sentences and paragraphs, QuAC (the split by dialog), BoolQ and FiQA (``PROJHEAD_DATA/more``),
+Quora duplicates (the shared sample, split by pair); a cache not in ``--cache-dir`` is encoded
+there first with the default encoder.
 
 ``--hybrid``: the heads of ``projhead train --hybrid`` instead (chosen on held-out queries
 ranked fused with BM25, BM25-aware candidates beside the plain ones), into ``--work``'s
@@ -54,6 +55,8 @@ DATASETS = {
     "quac": (("quac", "val-train", "sentence"), ("quac", "val-test", "sentence")),
     "boolq": (("boolq", "train", "passage"), ("boolq", "dev", "passage")),
     "fiqa": (("fiqa", "train", "question"), ("fiqa", "dev", "question")),
+    "quora": (("quora", "train", "question"), ("quora", "dev", "question")),
+    "squad-paragraph": (("squad-v1.1", "train", "paragraph"), ("squad-v1.1", "dev", "paragraph")),
 }
 _ENCODER = []
 sys.path.insert(0, str(Path(__file__).parent))  # bench_small_data's subset_rows
@@ -108,8 +111,11 @@ def train_subset(train, size: int, out: Path, seed: int, hybrid: bool) -> float:
 
 
 def run_dataset(name: str, cache_dir: Path, work: Path, seeds: list[int], hybrid: bool = False,
-                size: int | None = None) -> dict:
+                size: int | None = None) -> dict | None:
     train, test = (open_or_cache(spec, cache_dir) for spec in DATASETS[name])
+    if size is not None and size > len(train.q2c):
+        print(f"{name}: {len(train.q2c)} training pairs, fewer than {size}: size skipped", flush=True)
+        return None
     train_file, test_file = train.path.name, test.path.name
     if size is not None:
         train_file += f" ({size} pairs, whole groups in a seeded order)"
@@ -255,6 +261,7 @@ def main():
     results = ({f"{name}-{size}": run_dataset(name, cache_dir, work, args.seeds, args.hybrid, size)
                 for name in args.datasets for size in args.sizes} if args.sizes else
                {name: run_dataset(name, cache_dir, work, args.seeds, args.hybrid) for name in args.datasets})
+    results = {k: v for k, v in results.items() if v is not None}
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     md = markdown(results)
     out.with_suffix(".md").write_text(md + "\n")

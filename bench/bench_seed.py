@@ -2,6 +2,7 @@
 
     PROJHEAD_DATA=../shared/data python bench/bench_seed.py [--seeds 0 1 2] [--work bench/work]
         [--heads-dir bench/work/heads] [--out bench/results/seed]
+    python bench/bench_seed.py --merge bench/results/seed-s0.json bench/results/seed-s1.json ... --out bench/results/seed
 
 Question -> sentence retrieval on both datasets of the benchmark this project was built around,
 all-MiniLM-L6-v2: SQuAD v1.1 dev (10,570 questions) and QuAC ``val-test`` (the question alone,
@@ -21,6 +22,8 @@ For the head trained on both against the SQuAD-only head on SQuAD dev, the paire
 the per-question top-1 difference (95% interval; ``projhead.metrics.paired_bootstrap``). The
 dialog heads, which read the turns of QuAC questions, have their own table
 (``bench_quac_dialog.py``). Prints one line per (system, seed); writes OUT.json and OUT.md.
+``--merge``: the table of several runs' OUT.json (e.g. one seed per run, side by side on two
+cores), the frozen and BM25 rows taken once; nothing is trained.
 """
 from __future__ import annotations
 
@@ -95,7 +98,10 @@ def main(argv=None):
     ap.add_argument("--work", default="bench/work")
     ap.add_argument("--heads-dir", default="bench/work/heads", help="bench_squad.py's saved SQuAD heads (seedN)")
     ap.add_argument("--out", default="bench/results/seed")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="only the table of these runs' results")
     args = ap.parse_args(argv)
+    if args.merge:
+        return write(merged(args.merge), Path(args.out))
     data = os.environ.get("PROJHEAD_DATA")
     if not data:
         raise SystemExit("set PROJHEAD_DATA to the shared data folder (it holds squad/ and quac/)")
@@ -134,15 +140,31 @@ def main(argv=None):
         compare.append({"seed": seed, **{k: 100 * b[k] for k in ("gain", "low", "high")}})
         print(f"SQuAD dev top-1, head on both - head on SQuAD, seed {seed}: {100 * b['gain']:+.2f} "
               f"(95% interval {100 * b['low']:+.2f} to {100 * b['high']:+.2f})", flush=True)
-    out = Path(args.out)
+    write({"encoder": DEFAULT_ENCODER, "seeds": args.seeds, "rows": rows, "both_vs_squad_on_squad": compare,
+           "test_queries": {k: len(c.q2c) for k, c in test.items()}}, Path(args.out))
+
+
+def merged(paths: list[str]) -> dict:
+    """One result of several runs' JSON: every seed's rows, the frozen and BM25 rows once."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({json.dumps(r["test_queries"], sort_keys=True) for r in runs}) != 1:
+        raise SystemExit(f"{', '.join(paths)}: runs on different test sets cannot be merged")
+    seeds = [s for r in runs for s in r["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"{', '.join(paths)}: a seed appears in more than one run ({seeds})")
+    rows = [row for i, r in enumerate(runs) for row in r["rows"] if row["seed"] is not None or i == 0]
+    return {"encoder": runs[0]["encoder"], "seeds": seeds, "rows": rows, "test_queries": runs[0]["test_queries"],
+            "both_vs_squad_on_squad": [c for r in runs for c in r["both_vs_squad_on_squad"]]}
+
+
+def write(result: dict, out: Path) -> None:
+    rows, compare, n = result["rows"], result["both_vs_squad_on_squad"], result["test_queries"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"encoder": DEFAULT_ENCODER, "seeds": args.seeds, "rows": rows, "both_vs_squad_on_squad": compare,
-              "test_queries": {k: len(c.q2c) for k, c in test.items()}}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     systems = list(dict.fromkeys(r["system"] for r in rows))
-    lines = [f"SQuAD v1.1 dev ({len(test['squad'].q2c)} questions) and QuAC val-test ({len(test['quac'].q2c)}, "
-             f"the question alone), sentence contexts, {DEFAULT_ENCODER}; out-of-500 top-1 / top-10 (blocks within "
-             f"each dataset; both: every question pooled); heads: mean of seeds {', '.join(map(str, args.seeds))}", "",
+    lines = [f"SQuAD v1.1 dev ({n['squad']} questions) and QuAC val-test ({n['quac']}, "
+             f"the question alone), sentence contexts, {result['encoder']}; out-of-500 top-1 / top-10 (blocks within "
+             f"each dataset; both: every question pooled); heads: mean of seeds {', '.join(map(str, result['seeds']))}", "",
              "| system | SQuAD dev | QuAC test | both | kept (per seed) |", "|---|---|---|---|---|"]
     for s in systems:
         rs = [r for r in rows if r["system"] == s]

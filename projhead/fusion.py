@@ -41,6 +41,9 @@ BM25_SCALE = 10.0  # "fixed": BM25 divided by this, added to the raw cosine
 RRF_K = 60
 FUSION_NAME = "fusion.json"  # beside an exported head (sentence-transformers folder, ONNX files)
 WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
+# BM25's (k1, b) tried on held-out queries after training, bm25s's defaults first (kept on ties):
+# short texts (sentences) want little saturation and length normalisation, long passages more.
+BM25_GRID = ((1.5, 0.75), (0.9, 0.75), (0.5, 0.75), (1.5, 0.3), (0.9, 0.3), (0.5, 0.3))
 
 
 class FusionError(ValueError):
@@ -216,7 +219,9 @@ class BM25Index:
     """bm25s over ``texts`` with ``settings``: ``scores(query_texts)`` (Nq, N) of every text,
     ``tokens`` once per query list; a query of stopwords only scores 0 everywhere."""
 
-    def __init__(self, texts: list[str], settings: BM25Settings | None = None):
+    def __init__(self, texts: list[str], settings: BM25Settings | None = None, tokenized=None):
+        """``tokenized``: ``tokenize(texts, settings, return_ids=True)`` made already (indexes of
+        other k1 and b share it: only the stemmer and stopwords shape the tokens)."""
         import bm25s
 
         self.settings = settings or BM25Settings()
@@ -224,7 +229,8 @@ class BM25Index:
         self._stemmer = stemmer_for(s)
         self.n = len(texts)
         self.retriever = bm25s.BM25(method=s.method, k1=s.k1, b=s.b)
-        self.retriever.index(self._tokenize(texts, return_ids=True), show_progress=False)
+        self.retriever.index(tokenized if tokenized is not None else self._tokenize(texts, return_ids=True),
+                             show_progress=False)
 
     def _tokenize(self, texts, return_ids=False):
         return tokenize(texts, self.settings, self._stemmer, return_ids)

@@ -482,7 +482,9 @@ def model_card(config: dict) -> str:
                   f"BM25: bm25s {b.get('method')}, k1 {b.get('k1')}, b {b.get('b')}, stemmer "
                   f"{b.get('stemmer') or 'none'}, stopwords {b.get('stopwords') or 'none'}."
                   + (f" Weight chosen on {ch['queries']} held-out queries ({ch['metric']})." if ch.get("queries")
-                     else ""), ""]
+                     else "")
+                  + (f" k1 and b chosen first, of {len(ch['bm25_search']['grid'])} settings, on "
+                     f"{ch['bm25_search']['queries']} of them." if ch.get("bm25_search") else ""), ""]
     t = config.get("training", {})
     if t:
         lines += ["## Training", "", "```json", json.dumps(t, indent=1), "```", ""]

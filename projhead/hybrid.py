@@ -25,14 +25,16 @@ result is exactly the fused ranking of every context.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from .evaluate import PER_QUERY, dense_scorer, gold_ranks, self_matches
-from .fusion import WEIGHT_GRID, BM25Index, FusionError, FusionSpec, normalised_pair
+from .fusion import BM25_GRID, WEIGHT_GRID, BM25Index, FusionError, FusionSpec, normalised_pair, tokenize
 from .search import build_index, search
 
 MAX_TUNE_QUERIES = 4000  # held-out queries the weight is chosen on (a seeded sample beyond this)
+MAX_SETTINGS_QUERIES = 2000  # of those, the ones BM25's k1 and b are chosen on
 
 
 def has_texts(cache) -> bool:
@@ -42,12 +44,15 @@ def has_texts(cache) -> bool:
 
 def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric: str = "mrr10",
                   grid=WEIGHT_GRID, max_queries: int = MAX_TUNE_QUERIES, seed: int = 0,
-                  block: int = 250) -> FusionSpec:
+                  block: int = 250, bm25_grid=None, max_settings_queries: int = MAX_SETTINGS_QUERIES) -> FusionSpec:
     """``spec`` (default settings if None) with the weight of ``grid`` whose fusion of
     ``head`` (the frozen encoder if None or passthrough) and BM25 has the highest mean
     ``metric`` on the query ``rows`` of ``cache``, ranked against all its contexts; the
     frozen encoder's weight on the same queries as ``frozen_weight``. Ties keep the lowest
-    weight. Raises FusionError if the cache has no texts."""
+    weight. ``bm25_grid``: BM25 (k1, b) pairs to choose from first, on a sample of at most
+    ``max_settings_queries`` of the rows and every other weight of ``grid``, by the best
+    fusion of the head (the frozen encoder if none); ties keep the first pair. Raises
+    FusionError if the cache has no texts."""
     spec = spec or FusionSpec()
     t0 = time.perf_counter()
     if not has_texts(cache):
@@ -55,36 +60,63 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         raise FusionError("no held-out queries to choose the fusion weight on")
-    if len(rows) > max_queries:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, max_queries, replace=False))
-    f = PER_QUERY[metric]
     grid = np.asarray(grid, dtype=np.float64)
-    bm25 = BM25Index(cache.context_texts, spec.bm25)
-    tokens = bm25.tokens([cache.query_texts[i] for i in rows])
-    exclude = self_matches([cache.query_texts[i] for i in rows], cache.context_texts)
-    q2c = np.asarray(cache.q2c)[rows]
-    towers = {"frozen": (cache.queries[rows], cache.contexts)}
+    towers = {"frozen": (None, cache.contexts)}  # name: (head or None, its context vectors)
     if head is not None and not head.config.passthrough:
-        towers["head"] = (head.encode_queries(cache.queries[rows]), head.encode_contexts(cache.contexts))
-    sums = {name: np.zeros(len(grid)) for name in towers}
-    for start in range(0, len(rows), block):
-        r = np.arange(start, min(start + block, len(rows)))
-        b = bm25.scores_of(tokens, r)
-        ex = exclude[r]
-        own = np.flatnonzero(ex >= 0)  # a query's own text is never a candidate
-        for name, (q, c) in towers.items():
-            d, bn = normalised_pair(dense_scorer(q[r], c)(np.arange(len(r))), b, spec.normalisation)  # (R, Nc)
-            for j, w in enumerate(grid):
-                s = w * d + (1 - w) * bn
-                s[own, ex[own]] = -np.inf
-                sums[name][j] += f(gold_ranks(s, q2c[r])).sum()
-    means = {name: s / len(rows) for name, s in sums.items()}
+        towers["head"] = (head, head.encode_contexts(cache.contexts))
+    system = "head" if "head" in towers else "frozen"
+    tokenized = tokenize(cache.context_texts, spec.bm25, return_ids=True)
+    chosen = {}
+    if bm25_grid:
+        settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
+        some = _sample(rows, max_settings_queries, seed)
+        means = _fused_means(cache, some, towers, settings, tokenized, grid[::2], metric, spec.normalisation, block)
+        best = [float(m[system].max()) for m in means]
+        pick = int(np.argmax(best))
+        spec = replace(spec, bm25=settings[pick])
+        chosen["bm25_search"] = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings],
+                                 "weights": [float(g) for g in grid[::2]], "best": [round(x, 5) for x in best]}
+    rows = _sample(rows, max_queries, seed)
+    means = _fused_means(cache, rows, towers, [spec.bm25], tokenized, grid, metric, spec.normalisation, block)[0]
     best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
-              "system": "head" if "head" in towers else "frozen", "seconds": round(time.perf_counter() - t0, 1)}
+              "system": system, **chosen, "seconds": round(time.perf_counter() - t0, 1)}
     return FusionSpec(weight=best.get("head", best["frozen"]), normalisation=spec.normalisation, bm25=spec.bm25,
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
+
+
+def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    return rows if len(rows) <= n else np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+
+
+def _fused_means(cache, rows, towers: dict, settings: list, tokenized, grid: np.ndarray, metric: str, how: str,
+                 block: int) -> list[dict]:
+    """Per BM25 setting, per tower: the mean ``metric`` of the query ``rows`` ranked against every
+    context by dense fused with BM25 (both normalised ``how``) at each weight of ``grid``."""
+    f = PER_QUERY[metric]
+    indexes = [BM25Index(cache.context_texts, s, tokenized=(tokenized.ids, dict(tokenized.vocab))) for s in settings]
+    tokens = indexes[0].tokens([cache.query_texts[i] for i in rows])
+    exclude = self_matches([cache.query_texts[i] for i in rows], cache.context_texts)
+    q2c = np.asarray(cache.q2c)[rows]
+    sums = [{name: np.zeros(len(grid)) for name in towers} for _ in settings]
+    for start in range(0, len(rows), block):
+        r = np.arange(start, min(start + block, len(rows)))
+        ex = exclude[r]
+        own = np.flatnonzero(ex >= 0)  # a query's own text is never a candidate
+        dense = {}
+        for name, (h, c) in towers.items():
+            q = cache.queries[rows[r]]
+            dense[name] = dense_scorer(q if h is None else h.encode_queries(q), c)(np.arange(len(r)))  # (R, Nc)
+        for k, index in enumerate(indexes):
+            b = index.scores_of(tokens, r)
+            for name, d_raw in dense.items():
+                d, bn = normalised_pair(d_raw, b, how)
+                for j, w in enumerate(grid):
+                    s = w * d + (1 - w) * bn
+                    s[own, ex[own]] = -np.inf
+                    sums[k][name][j] += f(gold_ranks(s, q2c[r])).sum()
+    return [{name: v / len(rows) for name, v in per.items()} for per in sums]
 
 
 def best_weight(dev, head, grid, per_query) -> float:
@@ -101,18 +133,22 @@ def best_weight(dev, head, grid, per_query) -> float:
     return float(grid[int(np.argmax(scores))])
 
 
-def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_GRID) -> dict:
+def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_GRID, bm25_grid=BM25_GRID) -> dict:
     """What ``projhead train`` adds to the head's config.json after model selection: the
     fusion spec chosen on the held-out ``rows`` (``{"fusion": {...}}``), or a note that the
     cache has no texts (``{}`` then: the head trains and saves as without fusion). ``grid``:
-    the weights tried (a head chosen for fusion never gets 0, which would leave it unused)."""
+    the weights tried (a head chosen for fusion never gets 0, which would leave it unused);
+    ``bm25_grid``: BM25's (k1, b) pairs chosen from first (None: bm25s's defaults)."""
     if not has_texts(cache):
         say(f"fusion weight not chosen: {cache.path} holds no context texts, and fusion with BM25 needs texts")
         return {}
-    spec = choose_weight(cache, rows, head, metric=metric, grid=grid)
+    spec = choose_weight(cache, rows, head, metric=metric, grid=grid, bm25_grid=bm25_grid)
+    search = spec.chosen.get("bm25_search")
     say(f"fusion with BM25 ({spec.normalisation}): dense weight {spec.weight:.2f} for the "
         f"{spec.chosen['system']}, {spec.frozen_weight:.2f} for the frozen encoder, chosen on "
-        f"{spec.chosen['queries']} held-out queries ({metric})")
+        f"{spec.chosen['queries']} held-out queries ({metric})"
+        + (f"; BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g} (of {len(search['grid'])} settings, on "
+           f"{search['queries']} of them)" if search else ""))
     return {"fusion": spec.to_dict()}
 
 

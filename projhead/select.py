@@ -49,7 +49,7 @@ from .heads import Head, HeadConfig
 from .lexical import bm25_share, training_bm25
 from .soup import average, fold_runs
 from .checkpoint import CHECKPOINT_NAME
-from .fusion import WEIGHT_GRID
+from .fusion import BM25_GRID, WEIGHT_GRID
 from .hybrid import best_weight, has_texts, tune_after_selection
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
@@ -309,7 +309,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
     # final head saw every query, so the weight is the frozen encoder's, chosen on all of them
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
-                                  say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID)
+                                  say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
+                                  bm25_grid=None if cfg.hybrid else BM25_GRID)  # --hybrid trained beside the default BM25
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
 
 

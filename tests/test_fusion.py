@@ -221,6 +221,49 @@ def test_choose_weight_keeps_the_best_weight_of_a_plain_search(planted_cache):
     assert spec.chosen["queries"] == len(rows) and spec.chosen["system"] == "head"
 
 
+def _wordy_cache(path, n: int = 60, seed: int = 0):
+    """Contexts of 4 to 40 words of a small vocabulary, each asked for by a query of 3 of its words
+    and 2 others: BM25's saturation and length normalisation change its rankings."""
+    from conftest import PlantedEncoder
+
+    from projhead.cache import build_cache, open_cache
+    from projhead.data import Pairs
+
+    rng = np.random.default_rng(seed)
+    vocab = [f"word{chr(97 + i)}{chr(97 + j)}" for i in range(8) for j in range(8)]
+    contexts = [" ".join(rng.choice(vocab, int(rng.integers(4, 41)))) for _ in range(n)]
+    queries = [" ".join(list(rng.choice(c.split(), 3)) + list(rng.choice(vocab, 2))) for c in contexts]
+    pairs = Pairs(queries, [f"q{i}" for i in range(n)], [f"g{i // 3}" for i in range(n)], contexts, np.arange(n),
+                  {"dataset": "wordy", "split": "train", "granularity": "sentence"})
+    build_cache(pairs, PlantedEncoder(pairs, noise=2.0), path, progress=False)
+    return open_cache(path)
+
+
+def test_choose_weight_picks_the_bm25_setting_of_the_best_fusion(tmp_path):
+    from projhead.evaluate import PER_QUERY
+    from projhead.hybrid import choose_weight
+
+    cache = _wordy_cache(tmp_path / "wordy.h5")
+    head = _head_on(cache)
+    rows = np.arange(1, len(cache.q2c), 2)
+    grid = (0.0, 0.25, 0.5, 0.75, 1.0)
+    settings = ((1.5, 0.75), (0.5, 0.3), (3.0, 1.0), (0.2, 0.0))
+    spec = choose_weight(cache, rows, head, grid=grid, block=5, bm25_grid=settings)
+    q, c = head.encode_queries(cache.queries[rows]), head.encode_contexts(cache.contexts)
+    best = []
+    for k1, b in settings:
+        bm = bm25_scorer(cache.query_texts, cache.context_texts, BM25Settings(k1=k1, b=b))(rows)
+        best.append(max(PER_QUERY["mrr10"](_reference_ranks(fuse(q @ c.T, bm, weight=g), cache.q2c[rows])).mean()
+                        for g in grid[::2]))
+    search = spec.chosen["bm25_search"]
+    np.testing.assert_allclose(search["best"], best, atol=1e-5)
+    assert len({round(x, 4) for x in best}) > 1  # the settings rank differently here
+    assert (spec.bm25.k1, spec.bm25.b) == settings[int(np.argmax(best))]
+    bm = bm25_scorer(cache.query_texts, cache.context_texts, spec.bm25)(rows)  # the weight: at that BM25
+    means = [PER_QUERY["mrr10"](_reference_ranks(fuse(q @ c.T, bm, weight=g), cache.q2c[rows])).mean() for g in grid]
+    assert spec.weight == grid[int(np.argmax(means))]
+
+
 def test_no_texts_means_no_fusion_with_a_clear_message():
     from types import SimpleNamespace
 
@@ -242,6 +285,10 @@ def test_train_saves_the_weight_chosen_on_held_out_queries(planted_cache, tmp_pa
     spec = load_head(tmp_path / "h").fusion
     assert spec is not None and spec.chosen["queries"] == log["selection"]["n_queries"]  # folds: every query
     assert spec.chosen["system"] == "frozen" and spec.weight == spec.frozen_weight
+    search = spec.chosen["bm25_search"]  # BM25's k1 and b chosen on the same queries, saved with the weight
+    assert [spec.bm25.k1, spec.bm25.b] == search["grid"][int(np.argmax(search["best"]))]
+    assert f"k1 {spec.bm25.k1}, b {spec.bm25.b}" in (tmp_path / "h" / "README.md").read_text()  # the model card
+    assert "k1 and b chosen first, of 6 settings" in (tmp_path / "h" / "README.md").read_text()
     assert "Fusion with BM25" in (tmp_path / "h" / "README.md").read_text()
 
 
