@@ -140,8 +140,13 @@ def normalise(scores: np.ndarray, how: str) -> np.ndarray:
 
 def normalised_pair(dense: np.ndarray, bm25: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
     """Both sides normalised as ``fuse`` uses them: (R, N) each, float64."""
-    d, b = normalise(dense, how), normalise(bm25, how)
-    return (d, b / BM25_SCALE) if how == "fixed" else (d, b)
+    return normalise(dense, how), normalised_bm25(bm25, how)
+
+
+def normalised_bm25(bm25: np.ndarray, how: str) -> np.ndarray:
+    """The BM25 side of ``normalised_pair``."""
+    b = normalise(bm25, how)
+    return b / BM25_SCALE if how == "fixed" else b
 
 
 def fuse(dense: np.ndarray, bm25: np.ndarray, spec: FusionSpec | None = None,

@@ -29,8 +29,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from .evaluate import PER_QUERY, dense_scorer, gold_ranks, self_matches
-from .fusion import BM25_GRID, WEIGHT_GRID, BM25Index, FusionError, FusionSpec, normalised_pair, tokenize
+from .evaluate import MISS, PER_QUERY, dense_scorer, self_matches
+from .fusion import (BM25_GRID, WEIGHT_GRID, BM25Index, FusionError, FusionSpec, normalise, normalised_bm25,
+                     normalised_pair, tokenize)
 from .search import build_index, search
 
 MAX_TUNE_QUERIES = 4000  # held-out queries the weight is chosen on (a seeded sample beyond this)
@@ -107,16 +108,40 @@ def _fused_means(cache, rows, towers: dict, settings: list, tokenized, grid: np.
         dense = {}
         for name, (h, c) in towers.items():
             q = cache.queries[rows[r]]
-            dense[name] = dense_scorer(q if h is None else h.encode_queries(q), c)(np.arange(len(r)))  # (R, Nc)
+            dense[name] = normalise(dense_scorer(q if h is None else h.encode_queries(q), c)(np.arange(len(r))), how)
         for k, index in enumerate(indexes):
-            b = index.scores_of(tokens, r)
-            for name, d_raw in dense.items():
-                d, bn = normalised_pair(d_raw, b, how)
-                for j, w in enumerate(grid):
-                    s = w * d + (1 - w) * bn
-                    s[own, ex[own]] = -np.inf
-                    sums[k][name][j] += f(gold_ranks(s, q2c[r])).sum()
+            b = normalised_bm25(index.scores_of(tokens, r), how)  # (R, Nc) each side
+            for name, d in dense.items():
+                for j, ranks in enumerate(_fused_ranks(d, b, q2c[r], ex, grid)):
+                    sums[k][name][j] += f(ranks).sum()
     return [{name: v / len(rows) for name, v in per.items()} for per in sums]
+
+
+def _fused_ranks(d: np.ndarray, b: np.ndarray, gold: np.ndarray, exclude: np.ndarray, grid):
+    """The gold ranks (``gold_ranks``'s) of ``w * d + (1 - w) * b`` (R, N) at each weight of
+    ``grid``, a query's ``exclude`` column (its own text, -1: none) never a candidate. A context
+    below the gold on the dense side and not above it on BM25 is below it fused at every weight
+    above 0 (at 0 those level on BM25 tie with it), so the weights are tried on the others
+    alone, each sum as the full matrix would compute it (a rounding tie in the last bit aside)."""
+    ar = np.arange(len(gold))
+    dg, bg = d[ar, gold], b[ar, gold]
+    above = d >= dg[:, None]
+    level = (b == bg[:, None]) & ~above  # tie with the gold at weight 0 only
+    mask = above | (b > bg[:, None])
+    own = np.flatnonzero(exclude >= 0)
+    mask[own, exclude[own]] = False
+    level[own, exclude[own]] = False
+    mask[ar, gold] = False  # the gold itself: the rank counts the others
+    ties = level.sum(axis=1)
+    rr, cc = np.nonzero(mask)
+    dj, bj = d[rr, cc], b[rr, cc]
+    lost = np.zeros(len(gold), bool)
+    lost[own] = exclude[own] == gold[own]  # the gold is the query's own text: never retrieved
+    for w in grid:
+        sg = w * dg + (1 - w) * bg
+        r = np.bincount(rr, weights=w * dj + (1 - w) * bj >= sg[rr], minlength=len(gold)).astype(np.int64)
+        r = r + ties if w == 0 else r
+        yield np.where(lost | ~np.isfinite(sg), MISS, r)
 
 
 def best_weight(dev, head, grid, per_query) -> float:

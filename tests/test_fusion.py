@@ -264,6 +264,25 @@ def test_choose_weight_picks_the_bm25_setting_of_the_best_fusion(tmp_path):
     assert spec.weight == grid[int(np.argmax(means))]
 
 
+def test_fused_ranks_of_the_candidates_above_the_gold_equal_the_full_ranking():
+    from projhead.hybrid import _fused_ranks
+    from projhead.metrics import MISS, gold_ranks
+
+    rng = np.random.default_rng(0)
+    d = np.round(rng.normal(size=(40, 300)), 1)  # rounded: ties on each side
+    b = np.where(rng.random((40, 300)) < 0.8, 0.0, rng.gamma(2.0, size=(40, 300)))  # BM25: mostly no overlap
+    gold = rng.integers(0, 300, 40)
+    exclude = np.where(rng.random(40) < 0.3, rng.integers(0, 300, 40), -1)
+    exclude[:3] = gold[:3]  # the gold is the query's own text
+    grid = (0.0, 0.05, 0.3, 0.5, 0.8, 1.0)
+    for w, got in zip(grid, _fused_ranks(d, b, gold, exclude, grid)):
+        s = w * d + (1 - w) * b
+        own = np.flatnonzero(exclude >= 0)
+        s[own, exclude[own]] = -np.inf
+        np.testing.assert_array_equal(got, gold_ranks(s, gold))
+        assert (got[:3] == MISS).all()
+
+
 def test_no_texts_means_no_fusion_with_a_clear_message():
     from types import SimpleNamespace
 
