@@ -157,10 +157,12 @@ def merged(paths: list[str]) -> dict:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     if len({(r["encoder"], r["corpus_sample"]) for r in runs}) != 1:
         raise SystemExit(f"{', '.join(paths)}: runs of other encoders or corpus samples cannot be merged")
+    if len({tuple(sorted(row["systems"])) for r in runs for row in r["rows"]}) > 1:
+        raise SystemExit(f"{', '.join(paths)}: runs of other --systems cannot be merged into one table")
     frozen, rows, seen = {}, [], set()
     for r in runs:
         for ds, f in r["frozen"].items():
-            if ds in frozen and abs(frozen[ds]["nDCG@10"] - f["nDCG@10"]) > 1e-9:
+            if ds in frozen and json.dumps(frozen[ds], sort_keys=True) != json.dumps(f, sort_keys=True):
                 raise SystemExit(f"{', '.join(paths)}: the frozen encoder scores {ds} differently: other test data")
             frozen[ds] = f
         for row in r["rows"]:

@@ -147,8 +147,11 @@ def main(argv=None):
 def merged(paths: list[str]) -> dict:
     """One result of several runs' JSON: every seed's rows, the frozen and BM25 rows once."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    if len({json.dumps(r["test_queries"], sort_keys=True) for r in runs}) != 1:
-        raise SystemExit(f"{', '.join(paths)}: runs on different test sets cannot be merged")
+    if len({json.dumps([r["encoder"], r["test_queries"]], sort_keys=True) for r in runs}) != 1:
+        raise SystemExit(f"{', '.join(paths)}: runs of other encoders or test sets cannot be merged")
+    fixed = [json.dumps([row for row in r["rows"] if row["seed"] is None], sort_keys=True) for r in runs]
+    if len(set(fixed)) != 1:
+        raise SystemExit(f"{', '.join(paths)}: the frozen and BM25 rows differ between runs: other data or code")
     seeds = [s for r in runs for s in r["seeds"]]
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"{', '.join(paths)}: a seed appears in more than one run ({seeds})")

@@ -484,7 +484,7 @@ def model_card(config: dict) -> str:
                   + (f" Weight chosen on {ch['queries']} held-out queries ({ch['metric']})." if ch.get("queries")
                      else "")
                   + (f" k1 and b chosen first, of {len(ch['bm25_search']['grid'])} settings, on "
-                     f"{ch['bm25_search']['queries']} of them." if ch.get("bm25_search") else ""), ""]
+                     f"{ch['bm25_search']['queries']} held-out queries." if ch.get("bm25_search") else ""), ""]
     t = config.get("training", {})
     if t:
         lines += ["## Training", "", "```json", json.dumps(t, indent=1), "```", ""]

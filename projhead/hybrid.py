@@ -126,7 +126,7 @@ def _fused_ranks(d: np.ndarray, b: np.ndarray, gold: np.ndarray, exclude: np.nda
     ar = np.arange(len(gold))
     dg, bg = d[ar, gold], b[ar, gold]
     above = d >= dg[:, None]
-    level = (b == bg[:, None]) & ~above  # tie with the gold at weight 0 only
+    level = (b == bg[:, None]) & ~above & np.isfinite(d)  # tie with the gold at weight 0 only (0 x inf is no tie)
     mask = above | (b > bg[:, None])
     own = np.flatnonzero(exclude >= 0)
     mask[own, exclude[own]] = False
@@ -173,7 +173,7 @@ def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_
         f"{spec.chosen['system']}, {spec.frozen_weight:.2f} for the frozen encoder, chosen on "
         f"{spec.chosen['queries']} held-out queries ({metric})"
         + (f"; BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g} (of {len(search['grid'])} settings, on "
-           f"{search['queries']} of them)" if search else ""))
+           f"{search['queries']} held-out queries)" if search else ""))
     return {"fusion": spec.to_dict()}
 
 

@@ -274,9 +274,14 @@ def test_fused_ranks_of_the_candidates_above_the_gold_equal_the_full_ranking():
     gold = rng.integers(0, 300, 40)
     exclude = np.where(rng.random(40) < 0.3, rng.integers(0, 300, 40), -1)
     exclude[:3] = gold[:3]  # the gold is the query's own text
+    d[5, (gold[5] + 1) % 300], b[5, (gold[5] + 1) % 300] = -np.inf, b[5, gold[5]]  # no tie at weight 0 (0 x -inf)
+    d[6, (gold[6] + 1) % 300], b[6, (gold[6] + 1) % 300] = np.nan, b[6, gold[6]]
     grid = (0.0, 0.05, 0.3, 0.5, 0.8, 1.0)
-    for w, got in zip(grid, _fused_ranks(d, b, gold, exclude, grid)):
-        s = w * d + (1 - w) * b
+    with np.errstate(invalid="ignore"):  # 0 x inf
+        fast = list(_fused_ranks(d, b, gold, exclude, grid))
+    for w, got in zip(grid, fast):
+        with np.errstate(invalid="ignore"):
+            s = w * d + (1 - w) * b
         own = np.flatnonzero(exclude >= 0)
         s[own, exclude[own]] = -np.inf
         np.testing.assert_array_equal(got, gold_ranks(s, gold))
