@@ -8,7 +8,9 @@ makes: sentence contexts, all-MiniLM-L6-v2, each question's K earlier turns (que
 and the whole dialog so far as vectors of their own, each sentence's neighbours and section too. Then, per
 seed, what `projhead train` does on val-train (model selection among the dialog candidates,
 k-fold, the identity kept unless the held-out gain is above noise), and the saved head scored on
-val-test by out-of-500 top-1 / top-10 beside the frozen question alone. Also a fixed dialog head
+val-test by out-of-500 top-1 / top-10 beside the frozen question alone, and fused with BM25 of the
+question (the fusion ``projhead train`` saved with it, as ``projhead eval --bm25`` applies it:
+frozen + BM25, BM25 alone and head + BM25 rows). Also a fixed dialog head
 per candidate (`projhead train --no-auto --kind dialog --towers T --batching random --lr 1e-3 --batch-size 64`).
 Prints one line per (system, seed); writes OUT.json and OUT.md. Timings: one CPU thread.
 """
@@ -25,7 +27,7 @@ import numpy as np
 from projhead.cache import open_cache
 from projhead.data import load_pairs
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
-from projhead.evaluate import dense_scorer, out_of_n
+from projhead.evaluate import dense_scorer, evaluate_cache, out_of_n
 from projhead.heads import HeadConfig
 from projhead.select import auto_train
 from projhead.train import TrainConfig, train_head
@@ -75,11 +77,22 @@ def main(argv=None):
                 chosen = f"epoch {log['best_epoch']}"
             run = {"seed": seed, "seconds": time.perf_counter() - t0, "chosen": chosen,
                    "kept": "identity" if head.config.passthrough else "head", **score(head)}
+            if towers is None and head.fusion is not None:  # the saved fusion, as projhead eval --bm25 applies it
+                res = evaluate_cache(test, head=head, bm25=True)
+                run["fused"] = {k: {m: 100 * res[k]["out_of_500"][m] for m in ("top1", "top10")}
+                                for k in ("bm25", "frozen+bm25", "head+bm25")}
+                run["fusion"] = head.fusion.to_dict()
+                print(f"{'  fused with BM25':<34} " + "  ".join(
+                    f"{k} {v['top1']:.1f} / {v['top10']:.1f}" for k, v in run["fused"].items()), flush=True)
             runs.append(run)
             print(f"{system:<34} top1 {run['top1']:5.1f}  top10 {run['top10']:5.1f}  seed {seed}  "
                   f"{run['seconds']:.0f}s  {chosen}, {run['kept']}", flush=True)
         rows.append({"system": system, "runs": runs, **{k: float(np.mean([r[k] for r in runs]))
                                                       for k in ("top1", "top10", "seconds")}})
+        if all("fused" in r for r in runs):
+            for k in ("bm25", "frozen+bm25", "head+bm25"):
+                rows.append({"system": f"{system}: {k}, its saved fusion", **{
+                    m: float(np.mean([r["fused"][k][m] for r in runs])) for m in ("top1", "top10")}})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"turns": args.turns, "seeds": args.seeds,
