@@ -66,19 +66,23 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     if head is not None and not head.config.passthrough:
         towers["head"] = (head, head.encode_contexts(cache.contexts))
     system = "head" if "head" in towers else "frozen"
-    tokenized = tokenize(cache.context_texts, spec.bm25, return_ids=True)
     chosen = {}
     if bm25_grid:
         settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
+        tokenized = tokenize(cache.context_texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
+        indexes = [BM25Index(cache.context_texts, s, tokenized=(tokenized.ids, dict(tokenized.vocab)))
+                   for s in settings]
         some = _sample(rows, max_settings_queries, seed)
-        means = _fused_means(cache, some, towers, settings, tokenized, grid[::2], metric, spec.normalisation, block)
+        means = _fused_means(cache, some, towers, indexes, grid[::2], metric, spec.normalisation, block)
         best = [float(m[system].max()) for m in means]
         pick = int(np.argmax(best))
-        spec = replace(spec, bm25=settings[pick])
+        spec, index = replace(spec, bm25=settings[pick]), indexes[pick]
         chosen["bm25_search"] = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings],
                                  "weights": [float(g) for g in grid[::2]], "best": [round(x, 5) for x in best]}
+    else:
+        index = BM25Index(cache.context_texts, spec.bm25)
     rows = _sample(rows, max_queries, seed)
-    means = _fused_means(cache, rows, towers, [spec.bm25], tokenized, grid, metric, spec.normalisation, block)[0]
+    means = _fused_means(cache, rows, towers, [index], grid, metric, spec.normalisation, block)[0]
     best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
@@ -91,16 +95,16 @@ def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     return rows if len(rows) <= n else np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
 
 
-def _fused_means(cache, rows, towers: dict, settings: list, tokenized, grid: np.ndarray, metric: str, how: str,
+def _fused_means(cache, rows, towers: dict, indexes: list, grid: np.ndarray, metric: str, how: str,
                  block: int) -> list[dict]:
-    """Per BM25 setting, per tower: the mean ``metric`` of the query ``rows`` ranked against every
-    context by dense fused with BM25 (both normalised ``how``) at each weight of ``grid``."""
+    """Per BM25 index (one per setting, tokenised alike), per tower: the mean ``metric`` of the query
+    ``rows`` ranked against every context by dense fused with BM25 (both normalised ``how``) at
+    each weight of ``grid``."""
     f = PER_QUERY[metric]
-    indexes = [BM25Index(cache.context_texts, s, tokenized=(tokenized.ids, dict(tokenized.vocab))) for s in settings]
     tokens = indexes[0].tokens([cache.query_texts[i] for i in rows])
     exclude = self_matches([cache.query_texts[i] for i in rows], cache.context_texts)
     q2c = np.asarray(cache.q2c)[rows]
-    sums = [{name: np.zeros(len(grid)) for name in towers} for _ in settings]
+    sums = [{name: np.zeros(len(grid)) for name in towers} for _ in indexes]
     for start in range(0, len(rows), block):
         r = np.arange(start, min(start + block, len(rows)))
         ex = exclude[r]
