@@ -7,7 +7,8 @@ Usage::
     r = HybridRetriever(texts, vectors, head=head) # bm25s + FAISS, the head's saved fusion
     ids, scores = r.search(query_texts, query_vectors, k=10)
 
-``choose_weight`` ranks the held-out queries ``rows`` against every context of the cache,
+``choose_weight`` ranks the held-out queries ``rows`` against every context of the cache
+(and the corpus rows attached to it for selection),
 fusing dense and BM25 scores (``fusion.fuse``) at every weight of a grid, and keeps the
 weight with the highest mean per-query metric; the frozen encoder's weight is chosen on the
 same queries. ``projhead train`` calls it (``tune_after_selection``) on the queries model
@@ -48,7 +49,8 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
                   block: int = 250, bm25_grid=None, max_settings_queries: int = MAX_SETTINGS_QUERIES) -> FusionSpec:
     """``spec`` (default settings if None) with the weight of ``grid`` whose fusion of
     ``head`` (the frozen encoder if None or passthrough) and BM25 has the highest mean
-    ``metric`` on the query ``rows`` of ``cache``, ranked against all its contexts; the
+    ``metric`` on the query ``rows`` of ``cache``, ranked against all its contexts (and the
+    corpus rows attached to it for selection, ``Cache.ranked_contexts``); the
     frozen encoder's weight on the same queries as ``frozen_weight``. Ties keep the lowest
     weight. ``bm25_grid``: BM25 (k1, b) pairs to choose from first, on a sample of at most
     ``max_settings_queries`` of the rows and every other weight of ``grid``, by the best
@@ -62,27 +64,27 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     if len(rows) == 0:
         raise FusionError("no held-out queries to choose the fusion weight on")
     grid = np.asarray(grid, dtype=np.float64)
-    towers = {"frozen": (None, cache.contexts)}  # name: (head or None, its context vectors)
+    contexts, texts = cache.ranked_contexts()  # the contexts, then any corpus rows attached (selection's)
+    towers = {"frozen": (None, contexts)}  # name: (head or None, its context vectors)
     if head is not None and not head.config.passthrough:
-        towers["head"] = (head, head.encode_contexts(cache.contexts))
+        towers["head"] = (head, head.encode_contexts(contexts))
     system = "head" if "head" in towers else "frozen"
-    chosen = {}
+    chosen = {"ranked": int(len(texts)), "distractors": int(len(texts) - len(cache.context_texts))}
     if bm25_grid:
         settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
-        tokenized = tokenize(cache.context_texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
-        indexes = [BM25Index(cache.context_texts, s, tokenized=(tokenized.ids, dict(tokenized.vocab)))
-                   for s in settings]
+        tokenized = tokenize(texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
+        indexes = [BM25Index(texts, s, tokenized=(tokenized.ids, dict(tokenized.vocab))) for s in settings]
         some = _sample(rows, max_settings_queries, seed)
-        means = _fused_means(cache, some, towers, indexes, grid[::2], metric, spec.normalisation, block)
+        means = _fused_means(cache, some, towers, indexes, texts, grid[::2], metric, spec.normalisation, block)
         best = [float(m[system].max()) for m in means]
         pick = int(np.argmax(best))
         spec, index = replace(spec, bm25=settings[pick]), indexes[pick]
         chosen["bm25_search"] = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings],
                                  "weights": [float(g) for g in grid[::2]], "best": [round(x, 5) for x in best]}
     else:
-        index = BM25Index(cache.context_texts, spec.bm25)
+        index = BM25Index(texts, spec.bm25)
     rows = _sample(rows, max_queries, seed)
-    means = _fused_means(cache, rows, towers, [index], grid, metric, spec.normalisation, block)[0]
+    means = _fused_means(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
     best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
@@ -95,14 +97,14 @@ def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     return rows if len(rows) <= n else np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
 
 
-def _fused_means(cache, rows, towers: dict, indexes: list, grid: np.ndarray, metric: str, how: str,
+def _fused_means(cache, rows, towers: dict, indexes: list, texts: list, grid: np.ndarray, metric: str, how: str,
                  block: int) -> list[dict]:
-    """Per BM25 index (one per setting, tokenised alike), per tower: the mean ``metric`` of the query
-    ``rows`` ranked against every context by dense fused with BM25 (both normalised ``how``) at
-    each weight of ``grid``."""
+    """Per BM25 index (one per setting, tokenised alike, over ``texts``), per tower: the mean
+    ``metric`` of the query ``rows`` ranked against every text by dense fused with BM25 (both
+    normalised ``how``) at each weight of ``grid``."""
     f = PER_QUERY[metric]
     tokens = indexes[0].tokens([cache.query_texts[i] for i in rows])
-    exclude = self_matches([cache.query_texts[i] for i in rows], cache.context_texts)
+    exclude = self_matches([cache.query_texts[i] for i in rows], texts)
     q2c = np.asarray(cache.q2c)[rows]
     sums = [{name: np.zeros(len(grid)) for name in towers} for _ in indexes]
     for start in range(0, len(rows), block):

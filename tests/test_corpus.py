@@ -132,6 +132,7 @@ def test_selection_against_the_corpus_keeps_a_head_that_only_helps_there(tmp_pat
     assert plain[1] == "identity" and full[1] == "head"
     assert full[2]["selection"]["distractors"] == 3000 and full[2]["cache"]["distractors"] == 3000  # model card
     assert "3000 corpus texts" in full[2]["selection"]["ranked_against"]
+    assert full[2]["fusion"]["chosen"]["distractors"] == 3000 and plain[2]["fusion"]["chosen"]["distractors"] == 0
 
 
 def test_eval_counts_the_distractors_in_memory_and_through_an_index(tmp_path):

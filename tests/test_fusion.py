@@ -264,6 +264,27 @@ def test_choose_weight_picks_the_bm25_setting_of_the_best_fusion(tmp_path):
     assert spec.weight == grid[int(np.argmax(means))]
 
 
+def test_choose_weight_ranks_the_corpus_rows_attached_for_selection(tmp_path):
+    from projhead.evaluate import PER_QUERY
+    from projhead.hybrid import choose_weight
+
+    cache = _wordy_cache(tmp_path / "wordy.h5")
+    rng = np.random.default_rng(1)
+    extra = [" ".join(rng.choice(cache.context_texts[i].split(), 6)) for i in range(20)]  # near the contexts
+    vecs = rng.normal(size=(20, cache.dim)).astype(np.float32)
+    cache.attach_distractors(vecs / np.linalg.norm(vecs, axis=1, keepdims=True), extra)
+    rows, grid = np.arange(len(cache.q2c)), (0.0, 0.5, 0.8, 1.0)
+    spec = choose_weight(cache, rows, None, grid=grid, bm25_grid=((1.5, 0.75), (0.5, 0.3)))
+    c = np.concatenate([cache.contexts, cache.distractors[0]])
+    bm = bm25_scorer(cache.query_texts, list(cache.context_texts) + extra, spec.bm25)(rows)
+    means = [PER_QUERY["mrr10"](_reference_ranks(fuse(cache.queries @ c.T, bm, weight=g), cache.q2c)).mean() for g in grid]
+    np.testing.assert_allclose(spec.chosen["scores"]["frozen"], means, atol=1e-5)
+    assert spec.chosen["distractors"] == 20 and spec.chosen["ranked"] == len(cache.contexts) + 20
+    cache.attach_distractors(None, None)  # the contexts alone rank otherwise
+    alone = choose_weight(cache, rows, None, spec=FusionSpec(bm25=spec.bm25), grid=grid)
+    assert alone.chosen["distractors"] == 0 and alone.chosen["scores"]["frozen"] != spec.chosen["scores"]["frozen"]
+
+
 def test_fused_ranks_of_the_candidates_above_the_gold_equal_the_full_ranking():
     from projhead.hybrid import _fused_ranks
     from projhead.metrics import MISS, gold_ranks
