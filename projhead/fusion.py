@@ -226,7 +226,8 @@ class BM25Index:
 
     def __init__(self, texts: list[str], settings: BM25Settings | None = None, tokenized=None):
         """``tokenized``: ``tokenize(texts, settings, return_ids=True)`` made already (indexes of
-        other k1 and b share it: only the stemmer and stopwords shape the tokens)."""
+        other k1 and b share it: only the stemmer and stopwords shape the tokens). bm25s adds
+        its empty token to the vocabulary it is given, so each index gets a copy."""
         import bm25s
 
         self.settings = settings or BM25Settings()
@@ -234,8 +235,9 @@ class BM25Index:
         self._stemmer = stemmer_for(s)
         self.n = len(texts)
         self.retriever = bm25s.BM25(method=s.method, k1=s.k1, b=s.b)
-        self.retriever.index(tokenized if tokenized is not None else self._tokenize(texts, return_ids=True),
-                             show_progress=False)
+        corpus = (tokenized.ids, dict(tokenized.vocab)) if tokenized is not None else \
+            self._tokenize(texts, return_ids=True)
+        self.retriever.index(corpus, show_progress=False)
 
     def _tokenize(self, texts, return_ids=False):
         return tokenize(texts, self.settings, self._stemmer, return_ids)

@@ -36,7 +36,7 @@ from .fusion import (BM25_GRID, WEIGHT_GRID, BM25Index, FusionError, FusionSpec,
 from .search import build_index, search
 
 MAX_TUNE_QUERIES = 4000  # held-out queries the weight is chosen on (a seeded sample beyond this)
-MAX_SETTINGS_QUERIES = 2000  # of those, the ones BM25's k1 and b are chosen on
+MAX_SETTINGS_QUERIES = 2000  # held-out queries BM25's k1 and b are chosen on (a seeded sample beyond this)
 
 
 def has_texts(cache) -> bool:
@@ -69,17 +69,17 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     if head is not None and not head.config.passthrough:
         towers["head"] = (head, head.encode_contexts(contexts))
     system = "head" if "head" in towers else "frozen"
-    chosen = {"ranked": int(len(texts)), "distractors": int(len(texts) - len(cache.context_texts))}
+    record = {"ranked": int(len(texts)), "distractors": int(len(texts) - len(cache.context_texts))}
     if bm25_grid:
         settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
         tokenized = tokenize(texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
-        indexes = [BM25Index(texts, s, tokenized=(tokenized.ids, dict(tokenized.vocab))) for s in settings]
+        indexes = [BM25Index(texts, s, tokenized=tokenized) for s in settings]
         some = _sample(rows, max_settings_queries, seed)
         means = _fused_means(cache, some, towers, indexes, texts, grid[::2], metric, spec.normalisation, block)
         best = [float(m[system].max()) for m in means]
         pick = int(np.argmax(best))
         spec, index = replace(spec, bm25=settings[pick]), indexes[pick]
-        chosen["bm25_search"] = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings],
+        record["bm25_search"] = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings],
                                  "weights": [float(g) for g in grid[::2]], "best": [round(x, 5) for x in best]}
     else:
         index = BM25Index(texts, spec.bm25)
@@ -88,7 +88,7 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
-              "system": system, **chosen, "seconds": round(time.perf_counter() - t0, 1)}
+              "system": system, **record, "seconds": round(time.perf_counter() - t0, 1)}
     return FusionSpec(weight=best.get("head", best["frozen"]), normalisation=spec.normalisation, bm25=spec.bm25,
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
 
@@ -111,9 +111,8 @@ def _fused_means(cache, rows, towers: dict, indexes: list, texts: list, grid: np
         r = np.arange(start, min(start + block, len(rows)))
         ex = exclude[r]
         own = np.flatnonzero(ex >= 0)  # a query's own text is never a candidate
-        dense = {}
+        dense, q = {}, cache.queries[rows[r]]
         for name, (h, c) in towers.items():
-            q = cache.queries[rows[r]]
             dense[name] = normalise(dense_scorer(q if h is None else h.encode_queries(q), c)(np.arange(len(r))), how)
         for k, index in enumerate(indexes):
             b = normalised_bm25(index.scores_of(tokens, r), how)  # (R, Nc) each side
