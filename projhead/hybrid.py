@@ -46,7 +46,8 @@ def has_texts(cache) -> bool:
 
 def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric: str = "mrr10",
                   grid=WEIGHT_GRID, max_queries: int = MAX_TUNE_QUERIES, seed: int = 0,
-                  block: int = 250, bm25_grid=None, max_settings_queries: int = MAX_SETTINGS_QUERIES) -> FusionSpec:
+                  block: int = 250, bm25_grid=None, max_settings_queries: int = MAX_SETTINGS_QUERIES,
+                  folds: list | None = None) -> FusionSpec:
     """``spec`` (default settings if None) with the weight of ``grid`` whose fusion of
     ``head`` (the frozen encoder if None or passthrough) and BM25 has the highest mean
     ``metric`` on the query ``rows`` of ``cache``, ranked against all its contexts (and the
@@ -54,8 +55,10 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     frozen encoder's weight on the same queries as ``frozen_weight``. Ties keep the lowest
     weight. ``bm25_grid``: BM25 (k1, b) pairs to choose from first, on a sample of at most
     ``max_settings_queries`` of the rows and every other weight of ``grid``, by the best
-    fusion of the head (the frozen encoder if none); ties keep the first pair. Raises
-    FusionError if the cache has no texts."""
+    fusion of the head (the frozen encoder if none); ties keep the first pair. ``folds``:
+    ``(rows, head)`` pairs of k-fold selection, each fold's head scoring the rows it was not
+    trained on (the saved head, refit on every query, has no held-out queries of its own);
+    given, they stand for ``head``. Raises FusionError if the cache has no texts."""
     spec = spec or FusionSpec()
     t0 = time.perf_counter()
     if not has_texts(cache):
@@ -64,12 +67,20 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     if len(rows) == 0:
         raise FusionError("no held-out queries to choose the fusion weight on")
     grid = np.asarray(grid, dtype=np.float64)
+    if folds:
+        held = np.concatenate([np.asarray(r, np.int64) for r, _ in folds])
+        if len(np.unique(held)) < len(held) or not np.isin(rows, held).all():
+            raise FusionError("fold heads choose a fusion weight on folds that hold each query once: these overlap, "
+                              "or miss some of the queries")
     contexts, texts = cache.ranked_contexts()  # the contexts, then any corpus rows attached (selection's)
     towers = {"frozen": (None, contexts)}  # name: (head or None, its context vectors)
-    if head is not None and not head.config.passthrough:
+    if folds:  # per fold: its head, on its own rows only
+        towers["head"] = [(np.asarray(r, np.int64), h, h.encode_contexts(contexts)) for r, h in folds]
+    elif head is not None and not head.config.passthrough:
         towers["head"] = (head, head.encode_contexts(contexts))
     system = "head" if "head" in towers else "frozen"
-    record = {"ranked": int(len(texts)), "distractors": int(len(texts) - len(cache.context_texts))}
+    record = {"ranked": int(len(texts)), "distractors": int(len(texts) - len(cache.context_texts)),
+              **({"folds": len(folds)} if folds else {})}
     if bm25_grid:
         settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
         tokenized = tokenize(texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
@@ -101,7 +112,19 @@ def _fused_means(cache, rows, towers: dict, indexes: list, texts: list, grid: np
                  block: int) -> list[dict]:
     """Per BM25 index (one per setting, tokenised alike, over ``texts``), per tower: the mean
     ``metric`` of the query ``rows`` ranked against every text by dense fused with BM25 (both
-    normalised ``how``) at each weight of ``grid``."""
+    normalised ``how``) at each weight of ``grid``. A tower given as a list of ``(rows, head,
+    context vectors)`` (fold heads) scores each of the ``rows`` with the head of its fold."""
+    folded = [name for name, t in towers.items() if isinstance(t, list)]
+    if folded:  # one pass per fold, each fold's rows with its own head
+        sums = [{name: np.zeros(len(grid)) for name in towers} for _ in indexes]
+        for fold_rows, h, c in towers[folded[0]]:
+            part = np.intersect1d(rows, fold_rows)
+            if len(part):
+                t = {name: (tw if name not in folded else (h, c)) for name, tw in towers.items()}
+                for k, per in enumerate(_fused_means(cache, part, t, indexes, texts, grid, metric, how, block)):
+                    for name, m in per.items():
+                        sums[k][name] += m * len(part)
+        return [{name: v / len(rows) for name, v in per.items()} for per in sums]
     f = PER_QUERY[metric]
     tokens = indexes[0].tokens([cache.query_texts[i] for i in rows])
     exclude = self_matches([cache.query_texts[i] for i in rows], texts)
@@ -110,7 +133,6 @@ def _fused_means(cache, rows, towers: dict, indexes: list, texts: list, grid: np
     for start in range(0, len(rows), block):
         r = np.arange(start, min(start + block, len(rows)))
         ex = exclude[r]
-        own = np.flatnonzero(ex >= 0)  # a query's own text is never a candidate
         dense, q = {}, cache.queries[rows[r]]
         for name, (h, c) in towers.items():
             dense[name] = normalise(dense_scorer(q if h is None else h.encode_queries(q), c)(np.arange(len(r))), how)
@@ -163,19 +185,22 @@ def best_weight(dev, head, grid, per_query) -> float:
     return float(grid[int(np.argmax(scores))])
 
 
-def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_GRID, bm25_grid=BM25_GRID) -> dict:
+def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_GRID, bm25_grid=BM25_GRID,
+                         folds: list | None = None) -> dict:
     """What ``projhead train`` adds to the head's config.json after model selection: the
     fusion spec chosen on the held-out ``rows`` (``{"fusion": {...}}``), or a note that the
     cache has no texts (``{}`` then: the head trains and saves as without fusion). ``grid``:
     the weights tried (a head chosen for fusion never gets 0, which would leave it unused);
-    ``bm25_grid``: BM25's (k1, b) pairs chosen from first (None: bm25s's defaults)."""
+    ``bm25_grid``: BM25's (k1, b) pairs chosen from first (None: bm25s's defaults); ``folds``:
+    k-fold selection's ``(rows, fold head)`` pairs, which stand for the head (``choose_weight``)."""
     if not has_texts(cache):
         say(f"fusion weight not chosen: {cache.path} holds no context texts, and fusion with BM25 needs texts")
         return {}
-    spec = choose_weight(cache, rows, head, metric=metric, grid=grid, bm25_grid=bm25_grid)
+    spec = choose_weight(cache, rows, head, metric=metric, grid=grid, bm25_grid=bm25_grid, folds=folds)
     search = spec.chosen.get("bm25_search")
+    who = spec.chosen["system"] + (f" (out of fold: each of {len(folds)} fold heads on its own fold)" if folds else "")
     say(f"fusion with BM25 ({spec.normalisation}): dense weight {spec.weight:.2f} for the "
-        f"{spec.chosen['system']}, {spec.frozen_weight:.2f} for the frozen encoder, chosen on "
+        f"{who}, {spec.frozen_weight:.2f} for the frozen encoder, chosen on "
         f"{spec.chosen['queries']} held-out queries ({metric})"
         + (f"; BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g} (of {len(search['grid'])} settings, on "
            f"{search['queries']} held-out queries)" if search else ""))

@@ -28,7 +28,10 @@ Either way the winner is interpolated (``alpha``) and shrunk for canaries as it 
 and replaces the identity only if the paired bootstrap over the deciding queries puts the
 gain of that head above 0 (``TrainConfig.decision``; in k-fold mode the fold heads are
 interpolated the same way and scored out of fold). The log keeps every candidate's score and
-time, and the gain with its 95% interval.
+time, and the gain with its 95% interval. The fusion with BM25 saved with the head
+(``hybrid.tune_after_selection``) is chosen on held-out queries too: with a dev split the
+saved head's; with folds each query scored by its fold's head as saved (the refit head saw
+every query).
 """
 from __future__ import annotations
 
@@ -174,6 +177,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         _say(progress, f"  {log['removed']}")
     f = PER_QUERY[cfg.select_metric]
     gate = {}  # a per-query gate: fitted with a dev split only (with folds, no single held-out set decides a gated head)
+    weight_folds = None  # with folds, a kept head's fusion weight is chosen on its fold heads, out of fold
     if k:
         fold_rows = group_folds(groups, k, cfg.seed)
         all_rows = np.arange(n)
@@ -219,10 +223,11 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         hcfg = replace(base, **_head_dict(hc))
         run = fit(cache, hcfg, final_cfg, rows=(all_rows, all_rows[:0]), progress=False, canaries=canaries)
         head, run_log = run["head"], run["log"]
-        fold_heads = None  # the fold heads at the chosen epoch, trained again when needed
+        fold_heads = None  # the fold heads at the chosen epoch averaged into the saved head
+        at_epoch = None  # the fold runs at the chosen epoch, trained again when needed
         if e_best > 0 and cfg.after_folds != "refit":
             s0 = time.perf_counter()
-            fold_heads = fold_runs(cache, hcfg, tc, fold_rows, e_best)
+            fold_heads = at_epoch = fold_runs(cache, hcfg, tc, fold_rows, e_best)
             head = average([r["head"] for r in fold_heads])
             averaged = {"after_folds": f"the weights of the {k} fold heads at epoch {e_best} averaged",
                         "after_folds_seconds": time.perf_counter() - s0}
@@ -235,7 +240,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             decision = finish(head, final_cfg, None, None, canaries, run_log)  # alpha, shrunk for canaries
             if decision["kept"] == "head":  # decide on the head as saved: its alpha, out of fold
                 a = decision["alpha"]
-                r = (oof[e_best] if a == 1.0 else _out_of_fold(cache, hcfg, tc, fold_rows, e_best, a, fold_heads))[dec]
+                if a != 1.0:
+                    at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
+                r = (oof[e_best] if a == 1.0 else _out_of_fold(cache, hcfg, tc, fold_rows, e_best, a, at_epoch))[dec]
                 boot = paired_bootstrap(f(r), f(oof[0][dec]), seed=cfg.seed)
                 keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
                 narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
@@ -245,6 +252,12 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                 if not keep or narrow:
                     head.reset_to_identity()
                     decision.update(kept="identity", why=_why(cfg, boot) if not keep else narrow)
+        if decision["kept"] == "head" and has_texts(cache):  # its fusion weight: each fold's head as saved, out of fold
+            s0 = time.perf_counter()
+            at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
+            a = decision["alpha"]
+            weight_folds = [(rows, copy.deepcopy(r["head"]).interpolate(a)) for rows, r in zip(fold_rows, at_epoch)]
+            log["fusion_folds_seconds"] = time.perf_counter() - s0
         if fold_heads is not None and decision["kept"] == "head":  # said only of a head that is saved
             log.update(averaged)
             _say(progress, f"  saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")
@@ -307,10 +320,12 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
                    + (f" ({decision['why']})" if decision.get("why") else "") + f"; {log['seconds']:.1f}s")
     # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
-    # final head saw every query, so the weight is the frozen encoder's, chosen on all of them
+    # final head saw every query, so each query is scored by the head of the fold that held it out (as saved:
+    # that epoch and alpha), and the frozen encoder's weight is chosen on all of them
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
                                   say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
-                                  bm25_grid=None if cfg.hybrid else BM25_GRID)  # --hybrid trained beside the default BM25
+                                  bm25_grid=None if cfg.hybrid else BM25_GRID,  # --hybrid trained beside the default BM25
+                                  folds=weight_folds)
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
 
 

@@ -264,6 +264,74 @@ def test_choose_weight_picks_the_bm25_setting_of_the_best_fusion(tmp_path):
     assert spec.weight == grid[int(np.argmax(means))]
 
 
+def test_choose_weight_on_fold_heads_scores_each_query_with_its_own_fold(planted_cache):
+    from projhead.cache import open_cache
+    from projhead.evaluate import PER_QUERY
+    from projhead.hybrid import choose_weight
+
+    cache = open_cache(planted_cache(n_groups=10, noise=1.0))
+    n, grid = len(cache.q2c), (0.0, 0.25, 0.5, 0.75, 1.0)
+    folds = [np.arange(0, n, 3), np.arange(1, n, 3), np.arange(2, n, 3)]
+    heads = []
+    for seed in range(3):  # three different heads, one per fold
+        torch = pytest.importorskip("torch")
+        torch.manual_seed(seed)
+        h = Head(HeadConfig(kind="residual", in_dim=cache.dim, hidden=8, towers="separate", encoder=cache.encoder))
+        for p in h.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        heads.append(h)
+    spec = choose_weight(cache, np.arange(n), heads[0], grid=grid, block=4, folds=list(zip(folds, heads)))
+    f = PER_QUERY["mrr10"]
+    total = np.zeros(len(grid))
+    for rows, h in zip(folds, heads):
+        b = bm25_scorer(cache.query_texts, cache.context_texts)(rows)
+        d = h.encode_queries(cache.queries[rows]) @ h.encode_contexts(cache.contexts).T
+        total += [f(_reference_ranks(fuse(d, b, weight=g), cache.q2c[rows])).sum() for g in grid]
+    np.testing.assert_allclose(spec.chosen["scores"]["head"], total / n, atol=1e-5)
+    assert spec.weight == grid[int(np.argmax(total))] and spec.chosen["folds"] == 3
+    alone = choose_weight(cache, np.arange(n), heads[0], grid=grid)  # one head for every query ranks otherwise
+    assert alone.chosen["scores"]["head"] != spec.chosen["scores"]["head"]
+    np.testing.assert_allclose(alone.chosen["scores"]["frozen"], spec.chosen["scores"]["frozen"], atol=1e-9)
+    with pytest.raises(FusionError, match="each query once"):  # overlapping folds would count a query twice
+        choose_weight(cache, np.arange(n), folds=[(folds[0], heads[0]), (np.arange(n), heads[1])])
+    with pytest.raises(FusionError, match="miss some"):
+        choose_weight(cache, np.arange(n), folds=[(folds[0], heads[0])])
+
+
+def test_train_with_folds_chooses_a_kept_heads_weight_on_its_fold_heads(planted_cache, tmp_path):
+    """k-fold: the saved head was refit on every query; its fusion weight is chosen on each
+    query scored by the head of the fold that held it out, as saved (that epoch, that alpha)."""
+    from dataclasses import replace
+
+    from projhead.cache import open_cache
+    from projhead.config import TrainConfig
+    from projhead.evaluate import PER_QUERY
+    from projhead.select import CANDIDATES, auto_train, group_folds, split_groups
+    from projhead.soup import fold_runs
+
+    path = planted_cache(n_groups=40)  # a real gain: a head is kept
+    cfg, fixed = TrainConfig(epochs=6), {"kind": "linear", "towers": "query", "lr": 1e-2}
+    head, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "h", progress=False)
+    sel, spec = log["selection"], load_head(tmp_path / "h").fusion
+    assert log["decision"]["kept"] == "head" and sel["mode"] == "5-fold"
+    assert spec.chosen["system"] == "head" and spec.chosen["folds"] == 5 and spec.chosen["queries"] == 400
+    cache = open_cache(path)  # the fold heads again, by hand
+    folds = group_folds(split_groups(cache, need=5), 5, cfg.seed)
+    _, hc, t = next(c for c in CANDIDATES if c[0] == "linear-query")
+    tc = replace(cfg, **{**t, "lr": 1e-2}).sized(len(cache.q2c) - len(cache.q2c) // 5)
+    tc = replace(tc, patience=tc.epochs + 1, batch_size=sel["candidates"][0]["batch_size"])
+    runs = fold_runs(cache, HeadConfig(in_dim=cache.dim, encoder=cache.encoder, **hc), tc, folds,
+                     sel["candidates"][0]["best_epoch"])
+    grid, total = spec.chosen["grid"], np.zeros(len(spec.chosen["grid"]))
+    for rows, run in zip(folds, runs):
+        h = run["head"].interpolate(log["decision"]["alpha"])
+        b = bm25_scorer(cache.query_texts, cache.context_texts, spec.bm25)(rows)
+        d = h.encode_queries(cache.queries[rows]) @ h.encode_contexts(cache.contexts).T
+        total += [PER_QUERY["mrr10"](_reference_ranks(fuse(d, b, weight=g), cache.q2c[rows])).sum() for g in grid]
+    np.testing.assert_allclose(spec.chosen["scores"]["head"], total / 400, atol=1e-5)
+    assert spec.weight == grid[int(np.argmax(total))]
+
+
 def test_choose_weight_ranks_the_corpus_rows_attached_for_selection(tmp_path):
     from projhead.evaluate import PER_QUERY
     from projhead.hybrid import choose_weight
@@ -329,7 +397,10 @@ def test_train_saves_the_weight_chosen_on_held_out_queries(planted_cache, tmp_pa
     head, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=2), out=tmp_path / "h", progress=False)
     spec = load_head(tmp_path / "h").fusion
     assert spec is not None and spec.chosen["queries"] == log["selection"]["n_queries"]  # folds: every query
-    assert spec.chosen["system"] == "frozen" and spec.weight == spec.frozen_weight
+    if head.config.passthrough:  # the identity: the frozen encoder's weight
+        assert spec.chosen["system"] == "frozen" and spec.weight == spec.frozen_weight
+    else:  # a kept head: its own, chosen on its fold heads
+        assert spec.chosen["system"] == "head" and spec.chosen["folds"] == 5
     search = spec.chosen["bm25_search"]  # BM25's k1 and b chosen on the same queries, saved with the weight
     assert [spec.bm25.k1, spec.bm25.b] == search["grid"][int(np.argmax(search["best"]))]
     assert f"k1 {spec.bm25.k1}, b {spec.bm25.b}" in (tmp_path / "h" / "README.md").read_text()  # the model card
