@@ -315,6 +315,8 @@ def test_train_with_folds_chooses_a_kept_heads_weight_on_its_fold_heads(planted_
     sel, spec = log["selection"], load_head(tmp_path / "h").fusion
     assert log["decision"]["kept"] == "head" and sel["mode"] == "5-fold"
     assert spec.chosen["system"] == "head" and spec.chosen["folds"] == 5 and spec.chosen["queries"] == 400
+    assert "held-out queries (mrr10), each scored by the head of the fold that held it out (5 folds)." in (
+        tmp_path / "h" / "README.md").read_text()  # the model card
     cache = open_cache(path)  # the fold heads again, by hand
     folds = group_folds(split_groups(cache, need=5), 5, cfg.seed)
     _, hc, t = next(c for c in CANDIDATES if c[0] == "linear-query")
