@@ -255,9 +255,12 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if decision["kept"] == "head" and has_texts(cache):  # its fusion weight: each fold's head as saved, out of fold
             s0 = time.perf_counter()
             at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
-            a = decision["alpha"]
-            weight_folds = [(rows, copy.deepcopy(r["head"]).interpolate(a)) for rows, r in zip(fold_rows, at_epoch)]
+            a = decision["alpha"]  # 1.0 for heads that cannot interpolate (no frozen encoder inside)
+            weight_folds = [(rows, copy.deepcopy(r["head"]) if a == 1.0 else copy.deepcopy(r["head"]).interpolate(a))
+                            for rows, r in zip(fold_rows, at_epoch)]
             log["fusion_folds_seconds"] = time.perf_counter() - s0
+            _say(progress, f"  fold heads for the fusion weight: each of the {k} at epoch {e_best}, alpha {a:g} "
+                           f"({log['fusion_folds_seconds']:.1f}s)")
         if fold_heads is not None and decision["kept"] == "head":  # said only of a head that is saved
             log.update(averaged)
             _say(progress, f"  saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")

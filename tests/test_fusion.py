@@ -334,6 +334,17 @@ def test_train_with_folds_chooses_a_kept_heads_weight_on_its_fold_heads(planted_
     assert spec.weight == grid[int(np.argmax(total))]
 
 
+def test_a_kept_head_that_cannot_interpolate_gets_its_fold_weight_too(planted_cache, tmp_path):
+    from projhead.config import TrainConfig
+    from projhead.select import auto_train
+
+    path = planted_cache(n_groups=40)  # a real gain: an MLP head (no frozen encoder inside: alpha 1) is kept
+    head, log = auto_train(path, TrainConfig(epochs=6), fixed={"kind": "mlp", "lr": 1e-2}, out=tmp_path / "h",
+                           progress=False)
+    assert log["decision"]["kept"] == "head" and log["decision"]["alpha"] == 1.0
+    assert head.fusion.chosen["system"] == "head" and head.fusion.chosen["folds"] == 5
+
+
 def test_choose_weight_ranks_the_corpus_rows_attached_for_selection(tmp_path):
     from projhead.evaluate import PER_QUERY
     from projhead.hybrid import choose_weight
