@@ -240,9 +240,10 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             decision = finish(head, final_cfg, None, None, canaries, run_log)  # alpha, shrunk for canaries
             if decision["kept"] == "head":  # decide on the head as saved: its alpha, out of fold
                 a = decision["alpha"]
-                if a != 1.0:
+                if a != 1.0:  # each fold's run again to that epoch, interpolated, its held-out fold ranked
                     at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
-                r = (oof[e_best] if a == 1.0 else _out_of_fold(cache, hcfg, tc, fold_rows, e_best, a, at_epoch))[dec]
+                r = (oof[e_best] if a == 1.0 else np.concatenate(
+                    [run["dev"].ranks(h) for run, h in zip(at_epoch, _as_saved(at_epoch, a))]))[dec]
                 boot = paired_bootstrap(f(r), f(oof[0][dec]), seed=cfg.seed)
                 keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
                 narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
@@ -255,9 +256,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if decision["kept"] == "head" and has_texts(cache):  # its fusion weight: each fold's head as saved, out of fold
             s0 = time.perf_counter()
             at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
-            a = decision["alpha"]  # 1.0 for heads that cannot interpolate (no frozen encoder inside)
-            weight_folds = [(rows, copy.deepcopy(r["head"]) if a == 1.0 else copy.deepcopy(r["head"]).interpolate(a))
-                            for rows, r in zip(fold_rows, at_epoch)]
+            a = decision["alpha"]
+            weight_folds = list(zip(fold_rows, _as_saved(at_epoch, a)))
             log["fusion_folds_seconds"] = time.perf_counter() - s0
             _say(progress, f"  fold heads for the fusion weight: each of the {k} at epoch {e_best}, alpha {a:g} "
                            f"({log['fusion_folds_seconds']:.1f}s)")
@@ -435,13 +435,10 @@ def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -
                  if within_noise(ranks[e], ranks[peak], r0=ranks[0], cfg=cfg)), peak)
 
 
-def _out_of_fold(cache: Cache, hcfg: HeadConfig, tc: TrainConfig, fold_rows: list[np.ndarray], epoch: int,
-                 alpha: float, runs: list[dict] | None = None) -> np.ndarray:
-    """Out-of-fold ranks of the head as it is saved: each fold's run again (the same steps as
-    in selection; ``runs`` if already done), ended at ``epoch``, interpolated to ``alpha``;
-    its held-out fold ranked."""
-    runs = runs or fold_runs(cache, hcfg, tc, fold_rows, epoch)
-    return np.concatenate([run["dev"].ranks(copy.deepcopy(run["head"]).interpolate(alpha)) for run in runs])
+def _as_saved(runs: list[dict], alpha: float) -> list[Head]:
+    """Each fold run's head (``soup.fold_runs``: the chosen epoch) as the head is saved: a copy
+    interpolated to ``alpha`` (left as it is at 1, which heads that cannot interpolate keep)."""
+    return [copy.deepcopy(r["head"]) if alpha == 1.0 else copy.deepcopy(r["head"]).interpolate(alpha) for r in runs]
 
 
 def _halves(groups: list[str], rows: np.ndarray, seed: int, log: dict) -> tuple[np.ndarray, np.ndarray]:
