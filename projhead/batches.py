@@ -27,7 +27,7 @@ from .evaluate import dense_scorer, excluding, ranks, self_matches
 from .fusion import FusionSpec, fused_scorer
 from .heads import Head
 from .fusion import DEFAULT_WEIGHT
-from .lexical import bm25_share, held_out_bm25, training_bm25
+from .lexical import bm25_share, held_out_bm25, settings_of, training_bm25
 from .losses import Batch
 
 
@@ -241,7 +241,7 @@ def held_out(cache: Cache, rows: np.ndarray, cfg: TrainConfig | None = None) -> 
     if cfg.fusion_weight is None:
         raise TrainError("hybrid selection ranks held-out queries at a fusion weight: set fusion_weight")
     return DevSet(cache.queries[rows], contexts, cache.q2c[rows], exclude,
-                  bm25=held_out_bm25(cache, rows), weight=cfg.fusion_weight)
+                  bm25=held_out_bm25(cache, rows, settings_of(cfg)), weight=cfg.fusion_weight)
 
 
 class MemorySource:
@@ -259,7 +259,7 @@ class MemorySource:
             raise TrainError(f"{cache.path}: no training rows left after holding out the dev split")
         dev_ctx = np.unique(q2c[np.concatenate([dev_rows, *also_held]).astype(np.int64)])
         self.dev = held_out(cache, dev_rows, cfg)
-        self.bm25 = training_bm25(cache) if cfg.bm25_aware else None
+        self.bm25 = training_bm25(cache, settings_of(cfg)) if cfg.bm25_aware else None
         if self.bm25 is not None and "bm25_weight" not in cfg.loss_settings:  # lambda of the fusion it will serve
             cfg = replace(cfg, loss_settings={**cfg.loss_settings, "bm25_weight": bm25_share(
                 Q[train_rows], C, cfg.fusion_weight if cfg.fusion_weight is not None else DEFAULT_WEIGHT, cfg.seed)})

@@ -395,9 +395,11 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
         hy = selection.get("hybrid")
         if hy:
             lines += [f"**Chosen for use fused with BM25** (`projhead train --hybrid`): held-out queries were ranked by "
-                      f"dense fused with BM25 (z-scores, dense weight {hy['fusion_weight']}, {hy['how']}), and the gain "
-                      "below is the fused one. Candidates named `+bm25` were trained with each pair's BM25 score added "
-                      "to its cosine, so that the head learns what BM25 misses: serve them fused (`head.fuse`).", ""]
+                      f"dense fused with BM25 (z-scores, dense weight {hy['fusion_weight']}, {hy['how']}"
+                      + (f"; BM25 k1 {hy['bm25']['k1']:g}, b {hy['bm25']['b']:g}, {hy['bm25']['how']}" if hy.get("bm25") else "")
+                      + "), and the gain below is the fused one. Candidates named `+bm25` were trained with each pair's "
+                      "BM25 score added to its cosine, so that the head learns what BM25 misses: serve them fused "
+                      "(`head.fuse`).", ""]
     g = d.get("dev_gain")
     if g:
         lines += [f"Held-out gain over the frozen encoder: {g['gain']:+.4f} (95% paired-bootstrap interval "

@@ -186,17 +186,18 @@ def best_weight(dev, head, grid, per_query) -> float:
 
 
 def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_GRID, bm25_grid=BM25_GRID,
-                         folds: list | None = None) -> dict:
+                         folds: list | None = None, spec: FusionSpec | None = None) -> dict:
     """What ``projhead train`` adds to the head's config.json after model selection: the
     fusion spec chosen on the held-out ``rows`` (``{"fusion": {...}}``), or a note that the
     cache has no texts (``{}`` then: the head trains and saves as without fusion). ``grid``:
     the weights tried (a head chosen for fusion never gets 0, which would leave it unused);
-    ``bm25_grid``: BM25's (k1, b) pairs chosen from first (None: bm25s's defaults); ``folds``:
-    k-fold selection's ``(rows, fold head)`` pairs, which stand for the head (``choose_weight``)."""
+    ``bm25_grid``: BM25's (k1, b) pairs chosen from first (None: the BM25 of ``spec``, default
+    bm25s's defaults); ``folds``: k-fold selection's ``(rows, fold head)`` pairs, which stand for
+    the head (``choose_weight``)."""
     if not has_texts(cache):
         say(f"fusion weight not chosen: {cache.path} holds no context texts, and fusion with BM25 needs texts")
         return {}
-    spec = choose_weight(cache, rows, head, metric=metric, grid=grid, bm25_grid=bm25_grid, folds=folds)
+    spec = choose_weight(cache, rows, head, spec=spec, metric=metric, grid=grid, bm25_grid=bm25_grid, folds=folds)
     search = spec.chosen.get("bm25_search")
     who = spec.chosen["system"] + (f" (out of fold: each of {len(folds)} fold heads on its own fold)" if folds else "")
     say(f"fusion with BM25 ({spec.normalisation}): dense weight {spec.weight:.2f} for the "

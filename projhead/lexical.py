@@ -127,6 +127,14 @@ def _from_section(cache) -> tuple[TrainingBM25, BM25Settings]:
     return TrainingBM25(Lexical(W, d["terms"], settings), C, d["query_stats"]), settings
 
 
+def settings_of(cfg) -> BM25Settings:
+    """The BM25 a training configuration asks for: bm25s's defaults, with its ``bm25_k1`` and
+    ``bm25_b`` where set (hybrid model selection sets them from its search)."""
+    base = BM25Settings()
+    return BM25Settings(k1=base.k1 if cfg.bm25_k1 is None else float(cfg.bm25_k1),
+                        b=base.b if cfg.bm25_b is None else float(cfg.bm25_b))
+
+
 def training_bm25(cache, settings: BM25Settings | None = None, store: bool = True, say=None) -> TrainingBM25:
     """The cache's BM25 for training (see module doc): read from its bm25 section when that
     was made with ``settings`` (the defaults if None), else computed (and stored when

@@ -49,11 +49,12 @@ from .corpus import attach_corpus
 from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
 from .gate import fit_gate
 from .heads import Head, HeadConfig
-from .lexical import bm25_share, training_bm25
+from .lexical import settings_of
 from .soup import average, fold_runs
 from .checkpoint import CHECKPOINT_NAME
-from .fusion import BM25_GRID, WEIGHT_GRID
-from .hybrid import best_weight, has_texts, tune_after_selection
+from .fusion import BM25_GRID, WEIGHT_GRID, FusionSpec
+from .hybrid import has_texts, tune_after_selection
+from .hybrid_select import check_hybrid, hybrid_settings
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
                     save_trained, split_by_group, split_groups, within_documents, within_noise)
@@ -148,9 +149,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if slots or not has_texts(cache):
             raise TrainError(f"{cache.path}: hybrid selection is not made for dialog heads: train them without --hybrid"
                              if slots else f"{cache.path}: hybrid selection needs context texts for BM25")
-        _check_hybrid(cfg)
+        check_hybrid(cfg)
         cands = cands + [(f"{name}+bm25", hc, {**t, "bm25_aware": True}) for name, hc, t in cands]
-        training_bm25(cache, say=lambda t: _say(progress, "  " + t))  # made (and stored) once, before any fold
     if cfg.batch_size is not None:  # the batch size asked for wins over a candidate's own
         cands = [(name, hc, {k: v for k, v in t.items() if k != "batch_size"}) for name, hc, t in cands]
     if cfg.alpha is not None and cfg.alpha < 1:  # refused before anything is trained, as train_head refuses it
@@ -186,7 +186,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         choose_rows, decide_rows = _halves(groups, all_rows, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
-        cfg, cands = _hybrid_weight(cache, cfg, cands, choose_rows, all_rows, log, progress)
+        cfg, cands = hybrid_settings(cache, cfg, cands, choose_rows, all_rows, log,
+                                      say=lambda t: _say(progress, t))
         order = np.concatenate(fold_rows)
         sel, dec = np.flatnonzero(np.isin(order, choose_rows)), np.flatnonzero(np.isin(order, decide_rows))
         results = {}
@@ -273,7 +274,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
-        cfg, cands = _hybrid_weight(cache, cfg, cands, choose_rows, train_rows, log, progress)
+        cfg, cands = hybrid_settings(cache, cfg, cands, choose_rows, train_rows, log,
+                                      say=lambda t: _say(progress, t))
         decide = held_out(cache, decide_rows, cfg)
         results = {}
         for name, hc, t in cands:
@@ -327,8 +329,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     # that epoch and alpha), and the frozen encoder's weight is chosen on all of them
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
                                   say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
-                                  bm25_grid=None if cfg.hybrid else BM25_GRID,  # --hybrid trained beside the default BM25
-                                  folds=weight_folds)
+                                  bm25_grid=None if cfg.hybrid else BM25_GRID,  # --hybrid: the BM25 its heads trained beside
+                                  folds=weight_folds, spec=FusionSpec(bm25=settings_of(cfg)) if cfg.hybrid else None)
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
 
 
@@ -375,43 +377,6 @@ def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: Tra
                    + (f"{chosen} (contexts change: re-encode the index)" if beyond else
                       f"{chosen} (contexts unchanged)"))
     return chosen
-
-
-def _check_hybrid(cfg: TrainConfig) -> None:
-    """Hybrid settings refused before anything is trained."""
-    ls = cfg.loss_settings or {}
-    if cfg.loss != "clip" or ls.get("chunk_size") or "bm25_weight" in ls:
-        raise TrainError("hybrid selection trains its BM25-aware candidates with the clip loss, the whole BM25 block "
-                         "of each batch and its own BM25 share: use --loss clip, no --chunk-size and no bm25_weight "
-                         f"loss setting (given: loss {cfg.loss}, settings {ls})")
-    if cfg.fusion_weight is not None and cfg.fusion_weight == 0:
-        raise TrainError("hybrid selection ranks held-out queries fused with a dense share above 0 (at 0 no head "
-                         "could show): set fusion_weight in (0, 1]")
-
-
-def _hybrid_weight(cache: Cache, cfg: TrainConfig, cands: list, choose_rows: np.ndarray, train_rows: np.ndarray,
-                   log: dict, progress: bool) -> tuple[TrainConfig, list]:
-    """With ``cfg.hybrid``: the dense share at which held-out queries are ranked (fused with
-    BM25) while candidates are chosen and the head is decided on, unless set: the frozen
-    encoder's best above 0 on the choosing queries, ranked as selection ranks them (with any
-    corpus rows), so the identity is compared at its own best fusion. The BM25-aware
-    candidates get their share (``lexical.bm25_share``) from it, once for every fold and the
-    final run (from ``train_rows``); the weight saved with the head is chosen afterwards."""
-    if not cfg.hybrid:
-        return cfg, cands
-    if cfg.fusion_weight is None:  # a share of 0 would leave every head unseen: the grid from its first step
-        dev = held_out(cache, choose_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
-        cfg = replace(cfg, fusion_weight=best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric]))
-        how = f"the frozen encoder's best above 0 on the {len(choose_rows)} choosing queries"
-    else:
-        how = "as set"
-    lam = bm25_share(cache.queries[train_rows], cache.contexts, cfg.fusion_weight, cfg.seed)
-    cands = [(name, hc, {**t, "loss_settings": {**cfg.loss_settings, "bm25_weight": lam}} if t.get("bm25_aware") else t)
-             for name, hc, t in cands]
-    log["hybrid"] = {"fusion_weight": cfg.fusion_weight, "how": how, "bm25_share": lam}
-    _say(progress, f"  hybrid: held-out queries ranked by dense fused with BM25 (z-scores), dense weight "
-                   f"{cfg.fusion_weight:g} ({how}); BM25-aware candidates add {lam:.4f} x z(BM25) to each cosine")
-    return cfg, cands
 
 
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:

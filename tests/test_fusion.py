@@ -498,3 +498,71 @@ def test_cli_eval_with_an_index_says_fused_rows_need_every_context(planted_cache
     out = capsys.readouterr().out
     assert "| bm25 |" in out and "| frozen+bm25 |" not in out
     assert "fused rows need every context's scores: evaluate without --index" in out
+
+
+def _repeated_words_cache(path, n: int = 90, seed: int = 0, repeat: int = 8):
+    """Contexts of 6 words, every other one repeating its second word ``repeat`` times; each
+    query two words of its context and that second word of the next: little term-frequency
+    saturation (a low k1) keeps the repeating neighbour below the gold."""
+    from conftest import PlantedEncoder
+
+    from projhead.cache import build_cache, open_cache
+    from projhead.data import Pairs
+
+    rng = np.random.default_rng(seed)
+    vocab = [f"word{chr(97 + i)}{chr(97 + j)}" for i in range(16) for j in range(16)]
+    own = rng.permutation(len(vocab))
+    words = [[vocab[k] for k in own[2 * i % len(vocab):2 * i % len(vocab) + 2]] + list(rng.choice(vocab, 4))
+             for i in range(n)]
+    contexts = [" ".join(w + [w[1]] * (repeat if i % 2 else 0)) for i, w in enumerate(words)]
+    queries = [f"{words[i][0]} {words[(i + 1) % n][1]} {words[i][2]}" for i in range(n)]
+    pairs = Pairs(queries, [f"q{i}" for i in range(n)], [f"g{i // 3}" for i in range(n)], contexts, np.arange(n),
+                  {"dataset": "repeated", "split": "train", "granularity": "sentence"})
+    build_cache(pairs, PlantedEncoder(pairs, noise=2.0), path, progress=False)
+    return open_cache(path)
+
+
+def test_hybrid_selection_chooses_bm25_settings_before_training_and_trains_and_saves_that_bm25(tmp_path, monkeypatch):
+    """--hybrid: BM25's k1 and b chosen with the frozen encoder on the choosing queries (the
+    search of a plain train, over fusion.BM25_GRID), the BM25-aware candidates trained beside
+    that BM25, the held-out rankings and the saved fusion at it; set in the config, kept."""
+    import json
+
+    from projhead import batches
+    from projhead.cache import open_cache
+    from projhead.config import TrainConfig
+    from projhead.fusion import BM25_GRID, WEIGHT_GRID
+    from projhead.hybrid import choose_weight
+    from projhead.lexical import training_bm25
+    from projhead.select import _halves, auto_train, split_groups
+
+    path = tmp_path / "repeated.h5"
+    cache = _repeated_words_cache(path)
+    fixed = {"kind": "linear", "towers": "query", "lr": 1e-3}
+    used = []  # the BM25 every BM25-aware run trains beside
+
+    def recorded(cache, settings=None, **kw):
+        used.append(settings)
+        return training_bm25(cache, settings, **kw)
+
+    monkeypatch.setattr(batches, "training_bm25", recorded)
+    head, log = auto_train(path, TrainConfig(epochs=2, hybrid=True), fixed=fixed, out=tmp_path / "h", progress=False)
+    bm = log["selection"]["hybrid"]["bm25"]
+    assert [c["name"] for c in log["selection"]["candidates"]] == ["linear-query", "linear-query+bm25"]
+    assert len(used) >= 5 and {(s.k1, s.b) for s in used} == {(bm["k1"], bm["b"])}
+    choose, _ = _halves(split_groups(cache, need=5), np.arange(len(cache.q2c)), 0, {})  # the choosing queries, by hand
+    spec = choose_weight(cache, choose, None, grid=WEIGHT_GRID[1:], bm25_grid=BM25_GRID)
+    assert len(set(spec.chosen["bm25_search"]["best"])) > 1  # the settings rank differently here
+    assert bm["search"]["best"] == spec.chosen["bm25_search"]["best"]
+    assert (bm["k1"], bm["b"]) == (spec.bm25.k1, spec.bm25.b) != (1.5, 0.75)  # not bm25s's defaults
+    saved = json.loads((tmp_path / "h" / "config.json").read_text())
+    assert (saved["fusion"]["bm25"]["k1"], saved["fusion"]["bm25"]["b"]) == (bm["k1"], bm["b"])
+    assert (saved["training"]["bm25_k1"], saved["training"]["bm25_b"]) == (bm["k1"], bm["b"])
+    assert f"BM25 k1 {bm['k1']:g}, b {bm['b']:g}" in (tmp_path / "h" / "README.md").read_text()
+    section = open_cache(path).read("bm25")  # what the BM25-aware candidates trained beside
+    assert json.loads(section["attrs"]["settings_json"])["k1"] == bm["k1"]
+    assert json.loads(section["attrs"]["settings_json"])["b"] == bm["b"]
+    _, log = auto_train(path, TrainConfig(epochs=2, hybrid=True, bm25_k1=1.5, bm25_b=0.75), fixed=fixed,
+                        out=tmp_path / "h2", progress=False)
+    assert log["selection"]["hybrid"]["bm25"] == {"k1": 1.5, "b": 0.75, "how": "as set"}
+    assert load_head(tmp_path / "h2").fusion.bm25.k1 == 1.5

@@ -1,0 +1,79 @@
+"""Hybrid model selection's settings (``projhead train --hybrid``), fixed before any candidate
+is trained: settings it refuses, BM25's k1 and b, the dense share at which held-out queries are
+ranked fused with BM25, and the BM25 share the BM25-aware candidates train with.
+
+Usage (``select.auto_train`` does this)::
+
+    check_hybrid(cfg)                                   # refused settings, before anything is trained
+    cfg, cands = hybrid_settings(cache, cfg, cands, choose_rows, train_rows, log, say=print)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from .batches import held_out
+from .cache_reader import Cache
+from .config import TrainConfig, TrainError
+from .evaluate import PER_QUERY
+from .fusion import BM25_GRID, WEIGHT_GRID
+from .hybrid import best_weight, choose_weight
+from .lexical import bm25_share, settings_of, training_bm25
+
+
+def check_hybrid(cfg: TrainConfig) -> None:
+    """Hybrid settings refused before anything is trained."""
+    ls = cfg.loss_settings or {}
+    if cfg.loss != "clip" or ls.get("chunk_size") or "bm25_weight" in ls:
+        raise TrainError("hybrid selection trains its BM25-aware candidates with the clip loss, the whole BM25 block "
+                         "of each batch and its own BM25 share: use --loss clip, no --chunk-size and no bm25_weight "
+                         f"loss setting (given: loss {cfg.loss}, settings {ls})")
+    if cfg.fusion_weight is not None and cfg.fusion_weight == 0:
+        raise TrainError("hybrid selection ranks held-out queries fused with a dense share above 0 (at 0 no head "
+                         "could show): set fusion_weight in (0, 1]")
+
+
+def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, choose_rows: np.ndarray, train_rows: np.ndarray,
+                   log: dict, say=print) -> tuple[TrainConfig, list]:
+    """With ``cfg.hybrid``: BM25's k1 and b, unless set, and the dense share at which held-out
+    queries are ranked (fused with BM25) while candidates are chosen and the head is decided
+    on, unless set, both the frozen encoder's best on the choosing queries, ranked as selection
+    ranks them (with any corpus rows), so the identity is compared at its own best fusion: k1
+    and b of ``fusion.BM25_GRID`` as ``projhead train`` chooses them after selection without
+    ``--hybrid`` (``hybrid.choose_weight``), then the share above 0 at those. The BM25-aware
+    candidates are trained beside that BM25, with their share (``lexical.bm25_share``) from
+    that weight, once for every fold and the final run (from ``train_rows``); the weight saved
+    with the head is chosen afterwards, at the same BM25."""
+    if not cfg.hybrid:
+        return cfg, cands
+    if cfg.bm25_k1 is None or cfg.bm25_b is None:
+        s0 = time.perf_counter()
+        grid = dict.fromkeys((k1 if cfg.bm25_k1 is None else cfg.bm25_k1, b if cfg.bm25_b is None else cfg.bm25_b)
+                             for k1, b in BM25_GRID)  # the one set stays as set
+        spec = choose_weight(cache, choose_rows, None, metric=cfg.select_metric, grid=WEIGHT_GRID[1:],
+                             bm25_grid=list(grid), seed=cfg.seed)
+        cfg = replace(cfg, bm25_k1=spec.bm25.k1, bm25_b=spec.bm25.b)
+        search = spec.chosen["bm25_search"]
+        bm25 = {"how": f"the frozen encoder's best fusion on {search['queries']} choosing queries", "search": search,
+                "seconds": round(time.perf_counter() - s0, 1)}
+    else:
+        bm25 = {"how": "as set"}
+    bm25 = {"k1": cfg.bm25_k1, "b": cfg.bm25_b, **bm25}
+    say(f"  hybrid: BM25 k1 {cfg.bm25_k1:g}, b {cfg.bm25_b:g} ({bm25['how']}"
+        + (f", of {len(bm25['search']['grid'])} settings, {bm25['seconds']:.1f}s" if "search" in bm25 else "") + ")")
+    training_bm25(cache, settings_of(cfg), say=lambda t: say("  " + t))  # made (and stored) once, before any fold
+    if cfg.fusion_weight is None:  # a share of 0 would leave every head unseen: the grid from its first step
+        dev = held_out(cache, choose_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
+        cfg = replace(cfg, fusion_weight=best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric]))
+        how = f"the frozen encoder's best above 0 on the {len(choose_rows)} choosing queries"
+    else:
+        how = "as set"
+    lam = bm25_share(cache.queries[train_rows], cache.contexts, cfg.fusion_weight, cfg.seed)
+    cands = [(name, hc, {**t, "loss_settings": {**cfg.loss_settings, "bm25_weight": lam}} if t.get("bm25_aware") else t)
+             for name, hc, t in cands]
+    log["hybrid"] = {"fusion_weight": cfg.fusion_weight, "how": how, "bm25_share": lam, "bm25": bm25}
+    say(f"  hybrid: held-out queries ranked by dense fused with BM25 (z-scores), dense weight "
+        f"{cfg.fusion_weight:g} ({how}); BM25-aware candidates add {lam:.4f} x z(BM25) to each cosine")
+    return cfg, cands
