@@ -12,11 +12,12 @@ JSON (epoch, best score, log).
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import torch
 
-from .config import TrainError
+from .config import HeadConfig, TrainConfig, TrainError
 from .files import atomic_path
 
 
@@ -50,6 +51,11 @@ def load_checkpoint(path: Path, job: dict) -> tuple[dict, dict] | None:
         old_job, state = json.loads(meta["job"]), json.loads(meta["state"])
     except Exception as e:  # a damaged checkpoint: say so, do not guess
         raise TrainError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
+    for part, settings in (("train", TrainConfig), ("head", HeadConfig)):  # settings added since: at their defaults
+        if isinstance(old_job.get(part), dict):
+            for f in fields(settings):
+                if f.name not in old_job[part] and f.default is not MISSING:
+                    old_job[part][f.name] = json.loads(json.dumps(f.default, default=str))
     if old_job != json.loads(json.dumps(job, default=str)):
         diff = [k for k in job if old_job.get(k) != json.loads(json.dumps(job[k], default=str))]
         raise TrainError(f"{path}: checkpoint of a run with other settings ({', '.join(diff)}); "

@@ -160,8 +160,8 @@ class TrainConfig:
     bm25_aware: bool = False  # each in-batch pair's BM25 score enters its logit with a learned weight (lexical.py): the head learns what BM25 misses
     hybrid: bool = False  # model selection on the fused metric: held-out queries ranked by dense + BM25, BM25-aware candidates beside the plain ones
     fusion_weight: float | None = None  # hybrid: the dense share of held-out rankings; None: the frozen encoder's best on the choosing queries
-    bm25_k1: float | None = None  # BM25 of BM25-aware training and hybrid rankings; None: hybrid selection chooses it (fusion.BM25_GRID), else bm25s's 1.5
-    bm25_b: float | None = None  # as bm25_k1, for b; None: chosen with it, else bm25s's 0.75
+    bm25_k1: float | None = None  # BM25 of BM25-aware training, hybrid rankings and the saved fusion; None: chosen (fusion.BM25_GRID; before training with hybrid), or bm25s's 1.5 for a BM25-aware run without selection
+    bm25_b: float | None = None  # as bm25_k1, for b (bm25s's 0.75)
     after_folds: str = "refit"  # k-fold selection saves: refit (the winner trained on every pair) | average (the fold heads' weights averaged, soup.py)
     alpha: float | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it
 
@@ -207,10 +207,11 @@ class TrainConfig:
             bad("after_folds", f"one of {', '.join(AFTER_FOLDS)}")
         if self.fusion_weight is not None and not 0 <= self.fusion_weight <= 1:
             bad("fusion_weight", "in [0, 1]")
-        if self.bm25_k1 is not None and not self.bm25_k1 >= 0:
-            bad("bm25_k1", ">= 0")
-        if self.bm25_b is not None and not 0 <= self.bm25_b <= 1:
-            bad("bm25_b", "in [0, 1]")
+        for name, top in (("bm25_k1", math.inf), ("bm25_b", 1.0)):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= top
+                                  or not math.isfinite(v)):
+                bad(name, "a finite number >= 0" if top == math.inf else "a number in [0, 1]")
         if (self.bm25_aware or self.hybrid) and self.stream:
             raise TrainError("BM25-aware training and hybrid selection read the whole cache: drop --stream")
         self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json

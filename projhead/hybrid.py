@@ -31,7 +31,7 @@ from dataclasses import replace
 import numpy as np
 
 from .evaluate import MISS, PER_QUERY, dense_scorer, self_matches
-from .fusion import (BM25_GRID, WEIGHT_GRID, BM25Index, FusionError, FusionSpec, normalise, normalised_bm25,
+from .fusion import (BM25_GRID, WEIGHT_GRID, BM25Index, BM25Settings, FusionError, FusionSpec, normalise, normalised_bm25,
                      normalised_pair, tokenize)
 from .search import build_index, search
 
@@ -82,16 +82,9 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     record = {"ranked": int(len(texts)), "distractors": int(len(texts) - len(cache.context_texts)),
               **({"folds": len(folds)} if folds else {})}
     if bm25_grid:
-        settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
-        tokenized = tokenize(texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
-        indexes = [BM25Index(texts, s, tokenized=tokenized) for s in settings]
-        some = _sample(rows, max_settings_queries, seed)
-        means = _fused_means(cache, some, towers, indexes, texts, grid[::2], metric, spec.normalisation, block)
-        best = [float(m[system].max()) for m in means]
-        pick = int(np.argmax(best))
-        spec, index = replace(spec, bm25=settings[pick]), indexes[pick]
-        record["bm25_search"] = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings],
-                                 "weights": [float(g) for g in grid[::2]], "best": [round(x, 5) for x in best]}
+        bm25, index, record["bm25_search"] = _bm25_search(cache, rows, towers, texts, spec, grid, metric, block,
+                                                           bm25_grid, max_settings_queries, seed, system)
+        spec = replace(spec, bm25=bm25)
     else:
         index = BM25Index(texts, spec.bm25)
     rows = _sample(rows, max_queries, seed)
@@ -102,6 +95,39 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
               "system": system, **record, "seconds": round(time.perf_counter() - t0, 1)}
     return FusionSpec(weight=best.get("head", best["frozen"]), normalisation=spec.normalisation, bm25=spec.bm25,
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
+
+
+def choose_bm25(cache, rows, metric: str = "mrr10", grid=WEIGHT_GRID, bm25_grid=BM25_GRID, seed: int = 0,
+                block: int = 250, max_settings_queries: int = MAX_SETTINGS_QUERIES) -> tuple[BM25Settings, dict]:
+    """The BM25 search of ``choose_weight`` alone, for the frozen encoder: the (k1, b) pair of
+    ``bm25_grid`` whose best fusion (every other weight of ``grid``) has the highest mean
+    ``metric`` on a sample of at most ``max_settings_queries`` of the query ``rows``, and the
+    record of the search. Raises FusionError if the cache has no texts or no rows are given."""
+    if not has_texts(cache):
+        raise FusionError(f"{cache.path}: the cache holds no context texts; fusion with BM25 needs texts")
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        raise FusionError("no held-out queries to choose BM25's settings on")
+    contexts, texts = cache.ranked_contexts()
+    bm25, _, record = _bm25_search(cache, rows, {"frozen": (None, contexts)}, texts, FusionSpec(),
+                                   np.asarray(grid, dtype=np.float64), metric, block, bm25_grid,
+                                   max_settings_queries, seed, "frozen")
+    return bm25, record
+
+
+def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_grid, max_queries, seed, system):
+    """(the best BM25 settings of ``bm25_grid`` for ``system``'s best fusion at every other
+    weight of ``grid``, its index, the record), on a sample of at most ``max_queries`` rows."""
+    settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
+    tokenized = tokenize(texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
+    indexes = [BM25Index(texts, s, tokenized=tokenized) for s in settings]
+    some = _sample(rows, max_queries, seed)
+    means = _fused_means(cache, some, towers, indexes, texts, grid[::2], metric, spec.normalisation, block)
+    best = [float(m[system].max()) for m in means]
+    pick = int(np.argmax(best))
+    return settings[pick], indexes[pick], {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings],
+                                           "weights": [float(g) for g in grid[::2]],
+                                           "best": [round(x, 5) for x in best]}
 
 
 def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from .cache_reader import Cache
 from .config import TrainConfig, TrainError
 from .evaluate import PER_QUERY
 from .fusion import BM25_GRID, WEIGHT_GRID
-from .hybrid import best_weight, choose_weight
+from .hybrid import best_weight, choose_bm25
 from .lexical import bm25_share, settings_of, training_bm25
 
 
@@ -35,14 +35,20 @@ def check_hybrid(cfg: TrainConfig) -> None:
                          "could show): set fusion_weight in (0, 1]")
 
 
+def bm25_choices(cfg: TrainConfig) -> list[tuple[float, float]]:
+    """The (k1, b) pairs BM25 is chosen from: ``fusion.BM25_GRID``, with k1 or b as set in ``cfg``."""
+    return list(dict.fromkeys((k1 if cfg.bm25_k1 is None else cfg.bm25_k1, b if cfg.bm25_b is None else cfg.bm25_b)
+                              for k1, b in BM25_GRID))
+
+
 def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, choose_rows: np.ndarray, train_rows: np.ndarray,
                    log: dict, say=print) -> tuple[TrainConfig, list]:
     """With ``cfg.hybrid``: BM25's k1 and b, unless set, and the dense share at which held-out
     queries are ranked (fused with BM25) while candidates are chosen and the head is decided
     on, unless set, both the frozen encoder's best on the choosing queries, ranked as selection
     ranks them (with any corpus rows), so the identity is compared at its own best fusion: k1
-    and b of ``fusion.BM25_GRID`` as ``projhead train`` chooses them after selection without
-    ``--hybrid`` (``hybrid.choose_weight``), then the share above 0 at those. The BM25-aware
+    and b of ``bm25_choices`` by the search ``projhead train`` makes after selection without
+    ``--hybrid`` (``hybrid.choose_bm25``), then the share above 0 at those. The BM25-aware
     candidates are trained beside that BM25, with their share (``lexical.bm25_share``) from
     that weight, once for every fold and the final run (from ``train_rows``); the weight saved
     with the head is chosen afterwards, at the same BM25."""
@@ -50,14 +56,11 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, choose_rows: np
         return cfg, cands
     if cfg.bm25_k1 is None or cfg.bm25_b is None:
         s0 = time.perf_counter()
-        grid = dict.fromkeys((k1 if cfg.bm25_k1 is None else cfg.bm25_k1, b if cfg.bm25_b is None else cfg.bm25_b)
-                             for k1, b in BM25_GRID)  # the one set stays as set
-        spec = choose_weight(cache, choose_rows, None, metric=cfg.select_metric, grid=WEIGHT_GRID[1:],
-                             bm25_grid=list(grid), seed=cfg.seed)
-        cfg = replace(cfg, bm25_k1=spec.bm25.k1, bm25_b=spec.bm25.b)
-        search = spec.chosen["bm25_search"]
-        bm25 = {"how": f"the frozen encoder's best fusion on {search['queries']} choosing queries", "search": search,
-                "seconds": round(time.perf_counter() - s0, 1)}
+        chosen, search = choose_bm25(cache, choose_rows, cfg.select_metric, bm25_grid=bm25_choices(cfg), seed=cfg.seed)
+        partly = "k1 as set, b " if cfg.bm25_k1 is not None else "b as set, k1 " if cfg.bm25_b is not None else ""
+        cfg = replace(cfg, bm25_k1=chosen.k1, bm25_b=chosen.b)
+        bm25 = {"how": f"{partly}the frozen encoder's best fusion on {search['queries']} choosing queries",
+                "search": search, "seconds": round(time.perf_counter() - s0, 1)}
     else:
         bm25 = {"how": "as set"}
     bm25 = {"k1": cfg.bm25_k1, "b": cfg.bm25_b, **bm25}

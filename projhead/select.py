@@ -52,9 +52,9 @@ from .heads import Head, HeadConfig
 from .lexical import settings_of
 from .soup import average, fold_runs
 from .checkpoint import CHECKPOINT_NAME
-from .fusion import BM25_GRID, WEIGHT_GRID, FusionSpec
+from .fusion import WEIGHT_GRID, FusionSpec
 from .hybrid import has_texts, tune_after_selection
-from .hybrid_select import check_hybrid, hybrid_settings
+from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
                     save_trained, split_by_group, split_groups, within_documents, within_noise)
@@ -327,10 +327,11 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
     # final head saw every query, so each query is scored by the head of the fold that held it out (as saved:
     # that epoch and alpha), and the frozen encoder's weight is chosen on all of them
+    pinned = cfg.hybrid or final_cfg.bm25_aware  # served beside the BM25 it was chosen or trained beside
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
                                   say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
-                                  bm25_grid=None if cfg.hybrid else BM25_GRID,  # --hybrid: the BM25 its heads trained beside
-                                  folds=weight_folds, spec=FusionSpec(bm25=settings_of(cfg)) if cfg.hybrid else None)
+                                  bm25_grid=None if pinned else bm25_choices(cfg), folds=weight_folds,
+                                  spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
 
 

@@ -531,7 +531,7 @@ def test_hybrid_selection_chooses_bm25_settings_before_training_and_trains_and_s
     from projhead import batches
     from projhead.cache import open_cache
     from projhead.config import TrainConfig
-    from projhead.fusion import BM25_GRID, WEIGHT_GRID
+    from projhead.fusion import BM25_GRID
     from projhead.hybrid import choose_weight
     from projhead.lexical import training_bm25
     from projhead.select import _halves, auto_train, split_groups
@@ -551,7 +551,7 @@ def test_hybrid_selection_chooses_bm25_settings_before_training_and_trains_and_s
     assert [c["name"] for c in log["selection"]["candidates"]] == ["linear-query", "linear-query+bm25"]
     assert len(used) >= 5 and {(s.k1, s.b) for s in used} == {(bm["k1"], bm["b"])}
     choose, _ = _halves(split_groups(cache, need=5), np.arange(len(cache.q2c)), 0, {})  # the choosing queries, by hand
-    spec = choose_weight(cache, choose, None, grid=WEIGHT_GRID[1:], bm25_grid=BM25_GRID)
+    spec = choose_weight(cache, choose, None, bm25_grid=BM25_GRID)  # the search of a plain projhead train
     assert len(set(spec.chosen["bm25_search"]["best"])) > 1  # the settings rank differently here
     assert bm["search"]["best"] == spec.chosen["bm25_search"]["best"]
     assert (bm["k1"], bm["b"]) == (spec.bm25.k1, spec.bm25.b) != (1.5, 0.75)  # not bm25s's defaults
@@ -566,3 +566,39 @@ def test_hybrid_selection_chooses_bm25_settings_before_training_and_trains_and_s
                         out=tmp_path / "h2", progress=False)
     assert log["selection"]["hybrid"]["bm25"] == {"k1": 1.5, "b": 0.75, "how": "as set"}
     assert load_head(tmp_path / "h2").fusion.bm25.k1 == 1.5
+    _, log = auto_train(path, TrainConfig(epochs=2, hybrid=True, bm25_k1=0.9), fixed=fixed, out=tmp_path / "h3",
+                        progress=False)  # k1 set, b chosen
+    bm = log["selection"]["hybrid"]["bm25"]
+    assert bm["search"]["grid"] == [[0.9, 0.75], [0.9, 0.3]] and bm["how"].startswith("k1 as set, b the frozen")
+
+
+def test_plain_selection_serves_a_head_with_the_bm25_it_was_trained_beside_or_set(tmp_path):
+    """Without --hybrid the BM25 of the saved fusion is searched, unless k1 and b are set, or
+    the saved head was trained beside BM25 (then that BM25)."""
+    import json
+
+    from projhead.config import TrainConfig
+    from projhead.select import auto_train
+
+    path = tmp_path / "repeated.h5"
+    _repeated_words_cache(path)
+    fixed = {"kind": "linear", "towers": "query", "lr": 1e-3}
+    head, _ = auto_train(path, TrainConfig(epochs=2), fixed=fixed, out=tmp_path / "a", progress=False)
+    assert (head.fusion.bm25.k1, head.fusion.bm25.b) == (0.5, 0.75)  # searched (the defaults lose here)
+    head, _ = auto_train(path, TrainConfig(epochs=2, bm25_k1=0.9, bm25_b=0.3), fixed=fixed, out=tmp_path / "b",
+                         progress=False)
+    assert (head.fusion.bm25.k1, head.fusion.bm25.b) == (0.9, 0.3)
+    head, _ = auto_train(path, TrainConfig(epochs=2), fixed={**fixed, "bm25_aware": True}, out=tmp_path / "c",
+                           progress=False)
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["training"]["bm25_aware"]
+    assert "bm25_search" not in head.fusion.chosen
+    assert (head.fusion.bm25.k1, head.fusion.bm25.b) == (1.5, 0.75)  # what it was trained beside
+
+
+@pytest.mark.parametrize("bad", [{"bm25_k1": float("inf")}, {"bm25_k1": -1.0}, {"bm25_k1": "1.2"}, {"bm25_k1": True},
+                                 {"bm25_b": 1.5}, {"bm25_b": float("nan")}])
+def test_bm25_settings_of_training_are_checked(bad):
+    from projhead.config import TrainConfig, TrainError
+
+    with pytest.raises(TrainError, match=f"training setting {next(iter(bad))} must be"):
+        TrainConfig(**bad)

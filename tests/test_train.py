@@ -176,6 +176,37 @@ def test_checkpoint_of_other_settings_is_refused(planted_cache, tmp_path):
     assert (tmp_path / "h" / "model.safetensors").exists()
 
 
+def test_checkpoint_written_before_a_setting_existed_resumes_at_its_default(planted_cache, tmp_path):
+    """A checkpoint of an older projhead lacks settings added since; at their defaults they
+    change nothing, so the run resumes (a setting given another value is still refused)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    import projhead.train as T
+    from projhead.train import TrainError
+
+    path, ckpt = planted_cache(n_groups=10), tmp_path / "h" / "checkpoint.safetensors"
+    real = T.save_checkpoint
+    T.save_checkpoint = lambda *a, **k: (real(*a, **k), (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16), out=tmp_path / "h",
+                       progress=False)
+    finally:
+        T.save_checkpoint = real
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    job = json.loads(meta["job"])
+    del job["train"]["bm25_k1"], job["train"]["bm25_b"]  # as an older version wrote it
+    save_file(tensors, str(ckpt), metadata={**meta, "job": json.dumps(job)})
+    with pytest.raises(TrainError, match="other settings \\(train\\)"):
+        train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16, bm25_k1=0.9),
+                   out=tmp_path / "h", progress=False)
+    train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16), out=tmp_path / "h",
+               progress=False)  # refused before the defaults were filled in: "other settings (train)"
+    assert (tmp_path / "h" / "model.safetensors").exists()
+
+
 def test_unwritable_output_is_a_clear_error(planted_cache, tmp_path):
     from projhead.heads import Head, HeadError
     from projhead.train import TrainError
