@@ -241,8 +241,10 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--gate/--no-gate", default=_T.gate, show_default=True,
               help="model selection: give a kept query-side head a per-query gate that fades it to the frozen "
                    "encoder for queries unlike its training queries (calibrated against the --canary caches, if any)")
-@click.option("--hybrid", is_flag=True, help="for use fused with BM25: candidates also trained beside BM25, all chosen and "
-              "decided by held-out queries ranked dense + BM25 (needs context texts)")
+@click.option("--hybrid", is_flag=True, help="for use fused with BM25: candidates also trained beside BM25, all chosen and decided by held-out queries ranked dense + BM25 (needs context texts)")
+@click.option("--bm25", "bm25_kb", nargs=2, type=click.FloatRange(min=0), default=None, metavar="K1 B",
+              help="BM25's k1 and b for the fusion saved with the head and for --hybrid: as your search engine runs it "
+                   "(Elasticsearch, OpenSearch: 1.2 0.75) [chosen on held-out queries]")
 @click.option("--canary-tolerance", type=click.FloatRange(0, 1, max_open=True), default=_T.canary_tolerance,
               show_default=True, help="most nDCG@10 a canary may lose (0.005 = half a point)")
 @click.option("--dev-fraction", type=FRACTION, default=None,
@@ -257,12 +259,10 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
                    "or the mean of its fold heads' weights (average)")
 @click.option("--decision", type=click.Choice(["bootstrap", "better"]), default=_T.decision, show_default=True,
               help="bootstrap: replace the frozen encoder only if the 95%% interval of the dev gain is above 0")
-@click.option("--patience", type=POS_INT, default=None,
-              help="epochs that cannot be kept (neither the best dev metric nor within noise of it and clearly "
-                   "above the frozen encoder) before stopping [a quarter of the epochs]")
-@click.option("--stop-epoch", type=POS_INT, default=None,
-              help="end the run after this epoch; the learning-rate schedule still spans --epochs "
-                   "(how model selection trains its winner on all pairs)")
+@click.option("--patience", type=POS_INT, default=None, help="epochs that cannot be kept (neither the best dev metric "
+              "nor within noise of it and clearly above the frozen encoder) before stopping [a quarter of the epochs]")
+@click.option("--stop-epoch", type=POS_INT, default=None, help="end the run after this epoch; the learning-rate "
+              "schedule still spans --epochs (how model selection trains its winner on all pairs)")
 @click.option("--seed", type=int, default=_T.seed, show_default=True)
 @click.option("--device", default=_T.device, show_default=True)
 @click.option("--restart", is_flag=True, help="--no-auto: discard a checkpoint left in --out by an interrupted run")
@@ -270,7 +270,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
           loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, min_steps,
           batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, alpha, canaries,
-          gate, hybrid, canary_tolerance, dev_fraction, select_metric, corpus_sample, after_folds, decision, patience,
+          gate, hybrid, bm25_kb, canary_tolerance, dev_fraction, select_metric, corpus_sample, after_folds, decision, patience,
           stop_epoch, seed, device, restart, quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
@@ -287,6 +287,7 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
               canaries=list(canaries), gate=gate, canary_tolerance=canary_tolerance, dev_fraction=dev_fraction,
               select_metric=select_metric, corpus_sample=corpus_sample, after_folds=after_folds, decision=decision, patience=patience,
               stop_epoch=stop_epoch, seed=seed, device=device, hybrid=hybrid,
+              **dict(zip(("bm25_k1", "bm25_b"), bm25_kb or ())),
               loss_settings={**_settings(loss_setting), **({"chunk_size": chunk_size} if chunk_size else {})},
               mined=mined, hard_negatives=hard_negatives, silver=silver, stream=stream, stream_chunk=stream_chunk,
               stream_buffer=stream_buffer)

@@ -602,3 +602,16 @@ def test_bm25_settings_of_training_are_checked(bad):
 
     with pytest.raises(TrainError, match=f"training setting {next(iter(bad))} must be"):
         TrainConfig(**bad)
+
+
+def test_cli_train_takes_bm25_as_the_search_engine_runs_it(tmp_path, capsys):
+    from projhead.cli import main
+
+    path = tmp_path / "repeated.h5"
+    _repeated_words_cache(path)
+    args = ["train", str(path), "--kind", "linear", "--towers", "query", "--epochs", "2", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "h"), "--bm25", "1.2", "0.75"]) == 0
+    spec = load_head(tmp_path / "h").fusion
+    assert (spec.bm25.k1, spec.bm25.b) == (1.2, 0.75)
+    assert main(args + ["--out", str(tmp_path / "bad"), "--bm25", "1.2", "2"]) != 0
+    assert "bm25_b must be a number in [0, 1]" in capsys.readouterr().err
