@@ -154,20 +154,24 @@ def test_kill_9_during_training_then_resume_gives_the_same_head(planted_cache, t
     assert [e["dev"] for e in la["epochs"]] == [e["dev"] for e in lb["epochs"]]
 
 
-def test_checkpoint_of_other_settings_is_refused(planted_cache, tmp_path):
-    from projhead.train import TrainError
-
-    path = planted_cache(n_groups=10)
+def _interrupted_after_the_first_checkpoint(path, out):
+    """A --no-auto run (linear head, 3 epochs, batch 16) stopped right after its first checkpoint."""
     import projhead.train as T
 
     real = T.save_checkpoint
     T.save_checkpoint = lambda *a, **k: (real(*a, **k), (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         with pytest.raises(KeyboardInterrupt):
-            train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16), out=tmp_path / "h",
-                       progress=False)
+            train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16), out=out, progress=False)
     finally:
         T.save_checkpoint = real
+
+
+def test_checkpoint_of_other_settings_is_refused(planted_cache, tmp_path):
+    from projhead.train import TrainError
+
+    path = planted_cache(n_groups=10)
+    _interrupted_after_the_first_checkpoint(path, tmp_path / "h")
     with pytest.raises(TrainError, match="checkpoint of a run with other settings \\(train\\)"):
         train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16, lr=0.1), out=tmp_path / "h",
                    progress=False)
@@ -182,18 +186,10 @@ def test_checkpoint_written_before_a_setting_existed_resumes_at_its_default(plan
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    import projhead.train as T
     from projhead.train import TrainError
 
     path, ckpt = planted_cache(n_groups=10), tmp_path / "h" / "checkpoint.safetensors"
-    real = T.save_checkpoint
-    T.save_checkpoint = lambda *a, **k: (real(*a, **k), (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=3, batch_size=16), out=tmp_path / "h",
-                       progress=False)
-    finally:
-        T.save_checkpoint = real
+    _interrupted_after_the_first_checkpoint(path, tmp_path / "h")
     with safe_open(str(ckpt), framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     job = json.loads(meta["job"])
