@@ -54,8 +54,9 @@ def load_checkpoint(path: Path, job: dict) -> tuple[dict, dict] | None:
     for part, settings in (("train", TrainConfig), ("head", HeadConfig)):  # settings added since: at their defaults
         if isinstance(old_job.get(part), dict):
             for f in fields(settings):
-                if f.name not in old_job[part] and f.default is not MISSING:
-                    old_job[part][f.name] = json.loads(json.dumps(f.default, default=str))
+                if f.name not in old_job[part] and (f.default is not MISSING or f.default_factory is not MISSING):
+                    default = f.default if f.default is not MISSING else f.default_factory()
+                    old_job[part][f.name] = json.loads(json.dumps(default, default=str))
     if old_job != json.loads(json.dumps(job, default=str)):
         diff = [k for k in job if old_job.get(k) != json.loads(json.dumps(job[k], default=str))]
         raise TrainError(f"{path}: checkpoint of a run with other settings ({', '.join(diff)}); "

@@ -242,8 +242,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help="model selection: give a kept query-side head a per-query gate that fades it to the frozen "
                    "encoder for queries unlike its training queries (calibrated against the --canary caches, if any)")
 @click.option("--hybrid", is_flag=True, help="for use fused with BM25: candidates also trained beside BM25, all chosen and decided by held-out queries ranked dense + BM25 (needs context texts)")
-@click.option("--bm25", "bm25_kb", nargs=2, type=click.FloatRange(min=0), default=None, metavar="K1 B", help="BM25's k1, b "
-              "for the saved fusion and --hybrid, as your search engine's (Elasticsearch: 1.2 0.75) [chosen on held-out queries]")
+@click.option("--bm25", "bm25_kb", type=click.Tuple([click.FloatRange(min=0), click.FloatRange(0, 1)]), metavar="K1 B", help="BM25's "
+              "k1, b for the fusion saved with the head and --hybrid, as your engine's (Elasticsearch: 1.2 0.75) [chosen on held-out queries]")
 @click.option("--canary-tolerance", type=click.FloatRange(0, 1, max_open=True), default=_T.canary_tolerance,
               show_default=True, help="most nDCG@10 a canary may lose (0.005 = half a point)")
 @click.option("--dev-fraction", type=FRACTION, default=None,

@@ -13,6 +13,7 @@ module needs no torch: ``projhead --help`` and ``projhead info`` start without l
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, fields, replace
 
 LOSS_NAMES = ("clip", "samtone", "siglip", "distill", "byol")  # the keys of losses.LOSSES, in its order
@@ -209,8 +210,8 @@ class TrainConfig:
             bad("fusion_weight", "in [0, 1]")
         for name, top in (("bm25_k1", math.inf), ("bm25_b", 1.0)):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= top
-                                  or not math.isfinite(v)):
+            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v)
+                                  or not 0 <= v <= top):
                 bad(name, "a finite number >= 0" if top == math.inf else "a number in [0, 1]")
         if (self.bm25_aware or self.hybrid) and self.stream:
             raise TrainError("BM25-aware training and hybrid selection read the whole cache: drop --stream")

@@ -41,7 +41,7 @@ BM25_SCALE = 10.0  # "fixed": BM25 divided by this, added to the raw cosine
 RRF_K = 60
 FUSION_NAME = "fusion.json"  # beside an exported head (sentence-transformers folder, ONNX files)
 WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
-# BM25's (k1, b) tried on held-out queries after training, bm25s's defaults first (kept on ties):
+# BM25's (k1, b) tried on held-out queries (after model selection; with --hybrid before training), bm25s's defaults first (kept on ties):
 # short texts (sentences) want little saturation and length normalisation, long passages more.
 BM25_GRID = ((1.5, 0.75), (0.9, 0.75), (0.5, 0.75), (1.5, 0.3), (0.9, 0.3), (0.5, 0.3))
 

@@ -327,7 +327,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
     # final head saw every query, so each query is scored by the head of the fold that held it out (as saved:
     # that epoch and alpha), and the frozen encoder's weight is chosen on all of them
-    pinned = cfg.hybrid or final_cfg.bm25_aware  # served beside the BM25 it was chosen or trained beside
+    # served beside the BM25 it was chosen or trained beside, or that was set
+    pinned = cfg.hybrid or (final_cfg.bm25_aware and not head.config.passthrough) or None not in (cfg.bm25_k1, cfg.bm25_b)
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
                                   say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
                                   bm25_grid=None if pinned else bm25_choices(cfg), folds=weight_folds,

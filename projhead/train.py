@@ -411,7 +411,21 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     else:
         finish(head, cfg, run["dev"], run["epoch_ranks"][0], canaries, log, run["epoch_ranks"][best["epoch"]],
                narrow=within_documents(cache) if not cfg.stream else None)
-    return save_trained(head, log, cache, run["cfg"], run["frozen"], out, ckpt)
+    return save_trained(head, log, cache, run["cfg"], run["frozen"], out, ckpt, extra=_set_bm25(cfg))
+
+
+def _set_bm25(cfg: TrainConfig) -> dict:
+    """A run without selection chooses no fusion; a head trained beside BM25, or given k1 or b,
+    is saved with that BM25 (at the dense share it trained for, else the default weight)."""
+    if not (cfg.bm25_aware or cfg.bm25_k1 is not None or cfg.bm25_b is not None):
+        return {}
+    from .fusion import DEFAULT_WEIGHT, FusionSpec
+    from .lexical import settings_of
+
+    how = "the BM25 the head was trained beside" if cfg.bm25_aware else "as set"
+    return {"fusion": FusionSpec(weight=DEFAULT_WEIGHT if cfg.fusion_weight is None else cfg.fusion_weight,
+                                 bm25=settings_of(cfg), chosen={"bm25": how, "weight": "not chosen: "
+                                                                 "no model selection"}).to_dict()}
 
 
 def save_trained(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: dict, out, ckpt=None,

@@ -572,7 +572,7 @@ def test_hybrid_selection_chooses_bm25_settings_before_training_and_trains_and_s
     assert bm["search"]["grid"] == [[0.9, 0.75], [0.9, 0.3]] and bm["how"].startswith("k1 as set, b the frozen")
 
 
-def test_plain_selection_serves_a_head_with_the_bm25_it_was_trained_beside_or_set(tmp_path):
+def test_plain_selection_serves_a_head_with_the_bm25_it_was_trained_beside_or_set(tmp_path, planted_cache):
     """Without --hybrid the BM25 of the saved fusion is searched, unless k1 and b are set, or
     the saved head was trained beside BM25 (then that BM25)."""
     import json
@@ -587,10 +587,16 @@ def test_plain_selection_serves_a_head_with_the_bm25_it_was_trained_beside_or_se
     assert (head.fusion.bm25.k1, head.fusion.bm25.b) == (0.5, 0.75)  # searched (the defaults lose here)
     head, _ = auto_train(path, TrainConfig(epochs=2, bm25_k1=0.9, bm25_b=0.3), fixed=fixed, out=tmp_path / "b",
                          progress=False)
-    assert (head.fusion.bm25.k1, head.fusion.bm25.b) == (0.9, 0.3)
+    assert (head.fusion.bm25.k1, head.fusion.bm25.b) == (0.9, 0.3) and "bm25_search" not in head.fusion.chosen
     head, _ = auto_train(path, TrainConfig(epochs=2), fixed={**fixed, "bm25_aware": True}, out=tmp_path / "c",
-                           progress=False)
-    assert json.loads((tmp_path / "c" / "config.json").read_text())["training"]["bm25_aware"]
+                         progress=False)
+    assert head.config.passthrough  # no head kept: the frozen encoder's fusion, searched
+    assert (head.fusion.bm25.k1, head.fusion.bm25.b) == (0.5, 0.75) and "bm25_search" in head.fusion.chosen
+    path = planted_cache(n_groups=40)  # a real gain: a BM25-aware head is kept
+    head, _ = auto_train(path, TrainConfig(epochs=6), fixed={**fixed, "lr": 1e-2, "bm25_aware": True},
+                         out=tmp_path / "d", progress=False)
+    assert not head.config.passthrough
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["training"]["bm25_aware"]
     assert "bm25_search" not in head.fusion.chosen
     assert (head.fusion.bm25.k1, head.fusion.bm25.b) == (1.5, 0.75)  # what it was trained beside
 
@@ -614,4 +620,23 @@ def test_cli_train_takes_bm25_as_the_search_engine_runs_it(tmp_path, capsys):
     spec = load_head(tmp_path / "h").fusion
     assert (spec.bm25.k1, spec.bm25.b) == (1.2, 0.75)
     assert main(args + ["--out", str(tmp_path / "bad"), "--bm25", "1.2", "2"]) != 0
-    assert "bm25_b must be a number in [0, 1]" in capsys.readouterr().err
+    assert "--bm25" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "one"), "--no-auto", "--bm25", "0.9", "0.3"]) == 0
+    spec = load_head(tmp_path / "one").fusion  # one configuration chooses no weight, but keeps the BM25 given
+    assert (spec.bm25.k1, spec.bm25.b, spec.chosen["bm25"]) == (0.9, 0.3, "as set")
+
+
+def test_hybrid_held_out_queries_are_ranked_with_the_bm25_of_the_configuration(tmp_path):
+    from projhead.batches import held_out
+    from projhead.config import TrainConfig
+
+    cache = _repeated_words_cache(tmp_path / "repeated.h5")
+    rows = np.arange(0, len(cache.q2c), 2)
+    dense = cache.queries[rows] @ cache.contexts.T
+    got = {}
+    for k1, b in ((1.5, 0.75), (0.5, 0.75)):
+        dev = held_out(cache, rows, TrainConfig(hybrid=True, fusion_weight=0.4, bm25_k1=k1, bm25_b=b))
+        bm = bm25_scorer(cache.query_texts, cache.context_texts, BM25Settings(k1=k1, b=b))(rows)
+        got[k1] = dev.ranks(None)
+        np.testing.assert_array_equal(got[k1], _reference_ranks(fuse(dense, bm, weight=0.4), cache.q2c[rows]))
+    assert not np.array_equal(got[1.5], got[0.5])  # the two BM25s rank these queries differently
