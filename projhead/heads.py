@@ -217,8 +217,8 @@ class Head(nn.Module):
     # -- fusion with BM25 ---------------------------------------------------------------
     @property
     def fusion(self) -> FusionSpec | None:
-        """The fusion with BM25 saved with the head (weight chosen on held-out queries by
-        ``projhead train``, normalisation, BM25 settings), None if none was chosen."""
+        """The fusion with BM25 saved with the head (weight chosen on held-out queries by model
+        selection, normalisation, BM25; ``--no-auto``: a BM25 given or trained beside), or None."""
         d = self.info.get("fusion")
         return None if d is None else FusionSpec.from_dict(d)
 

@@ -624,6 +624,9 @@ def test_cli_train_takes_bm25_as_the_search_engine_runs_it(tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path / "one"), "--no-auto", "--bm25", "0.9", "0.3"]) == 0
     spec = load_head(tmp_path / "one").fusion  # one configuration chooses no weight, but keeps the BM25 given
     assert (spec.bm25.k1, spec.bm25.b, spec.chosen["bm25"]) == (0.9, 0.3, "as set")
+    capsys.readouterr()
+    assert main(["eval", str(path), "--head", str(tmp_path / "one"), "--bm25"]) == 0
+    assert "dense weight 0.8 (default; BM25 as saved with the head)" in capsys.readouterr().out
 
 
 def test_hybrid_held_out_queries_are_ranked_with_the_bm25_of_the_configuration(tmp_path):
