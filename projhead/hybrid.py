@@ -61,11 +61,7 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     given, they stand for ``head``. Raises FusionError if the cache has no texts."""
     spec = spec or FusionSpec()
     t0 = time.perf_counter()
-    if not has_texts(cache):
-        raise FusionError(f"{cache.path}: the cache holds no context texts; fusion with BM25 needs texts")
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        raise FusionError("no held-out queries to choose the fusion weight on")
+    rows = _checked_rows(cache, rows, "the fusion weight")
     grid = np.asarray(grid, dtype=np.float64)
     if folds:
         held = np.concatenate([np.asarray(r, np.int64) for r, _ in folds])
@@ -103,16 +99,23 @@ def choose_bm25(cache, rows, metric: str = "mrr10", grid=WEIGHT_GRID, bm25_grid=
     ``bm25_grid`` whose best fusion (every other weight of ``grid``) has the highest mean
     ``metric`` on a sample of at most ``max_settings_queries`` of the query ``rows``, and the
     record of the search. Raises FusionError if the cache has no texts or no rows are given."""
-    if not has_texts(cache):
-        raise FusionError(f"{cache.path}: the cache holds no context texts; fusion with BM25 needs texts")
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        raise FusionError("no held-out queries to choose BM25's settings on")
+    rows = _checked_rows(cache, rows, "BM25's settings")
     contexts, texts = cache.ranked_contexts()
     bm25, _, record = _bm25_search(cache, rows, {"frozen": (None, contexts)}, texts, FusionSpec(),
                                    np.asarray(grid, dtype=np.float64), metric, block, bm25_grid,
                                    max_settings_queries, seed, "frozen")
     return bm25, record
+
+
+def _checked_rows(cache, rows, what: str) -> np.ndarray:
+    """``rows`` as int64, after the checks every choice on held-out queries needs: texts for
+    BM25, and some queries (FusionError naming ``what`` was to be chosen otherwise)."""
+    if not has_texts(cache):
+        raise FusionError(f"{cache.path}: the cache holds no context texts; fusion with BM25 needs texts")
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        raise FusionError(f"no held-out queries to choose {what} on")
+    return rows
 
 
 def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_grid, max_queries, seed, system):
