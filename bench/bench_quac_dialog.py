@@ -11,7 +11,8 @@ k-fold, the identity kept unless the held-out gain is above noise), and the save
 val-test by out-of-500 top-1 / top-10 beside the frozen question alone, and fused with BM25 of the
 question (the fusion ``projhead train`` saved with it, as ``projhead eval --bm25`` applies it:
 frozen + BM25, BM25 alone and head + BM25 rows). Also a fixed dialog head
-per candidate (`projhead train --no-auto --kind dialog --towers T --batching random --lr 1e-3 --batch-size 64`).
+per candidate (`projhead train --no-auto --kind dialog --towers T --batching random --lr 1e-3 --batch-size 64
+--temperature 0.1`: the candidates' settings, ``turns.DIALOG_TRAIN``).
 Prints one line per (system, seed); writes OUT.json and OUT.md. Timings: one CPU thread.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from projhead.evaluate import dense_scorer, evaluate_cache, out_of_n
 from projhead.heads import HeadConfig
 from projhead.select import auto_train
 from projhead.train import TrainConfig, train_head
-from projhead.turns import build_with_turns, dialog_view
+from projhead.turns import DIALOG_TRAIN, build_with_turns, dialog_view
 
 
 def main(argv=None):
@@ -72,7 +73,7 @@ def main(argv=None):
                 chosen = log["selection"]["chosen"]
             else:
                 head, log = train_head(paths["val-train"], HeadConfig(kind="dialog", towers=towers),
-                                       TrainConfig(seed=seed, threads=1, lr=1e-3, batching="random", batch_size=64),
+                                       TrainConfig(seed=seed, threads=1, **DIALOG_TRAIN),
                                        progress=False)
                 chosen = f"epoch {log['best_epoch']}"
             run = {"seed": seed, "seconds": time.perf_counter() - t0, "chosen": chosen,

@@ -56,8 +56,8 @@ from .fusion import WEIGHT_GRID, FusionSpec
 from .hybrid import has_texts, tune_after_selection
 from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
-from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, held_out, joined_by_gold,
-                    save_trained, split_by_group, split_groups, within_documents, within_noise)
+from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, has_temperature, held_out,
+                    joined_by_gold, save_trained, split_by_group, split_groups, within_documents, within_noise)
 
 CV_BELOW = SMALL  # queries: below this, k-fold selection (every query scored once, out of fold)
 FOLDS = 5
@@ -151,8 +151,12 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                              if slots else f"{cache.path}: hybrid selection needs context texts for BM25")
         check_hybrid(cfg)
         cands = cands + [(f"{name}+bm25", hc, {**t, "bm25_aware": True}) for name, hc, t in cands]
-    if cfg.batch_size is not None:  # the batch size asked for wins over a candidate's own
-        cands = [(name, hc, {k: v for k, v in t.items() if k != "batch_size"}) for name, hc, t in cands]
+    # the batch size and temperature asked for win over a candidate's own; a loss without a
+    # temperature (or given one in its settings) takes none from a candidate
+    asked = [k for k in ("batch_size", "init_temperature") if getattr(cfg, k) is not None
+             or k == "init_temperature" and (not has_temperature(cfg.loss) or k in cfg.loss_settings)]
+    if asked:
+        cands = [(name, hc, {k: v for k, v in t.items() if k not in asked}) for name, hc, t in cands]
     if cfg.alpha is not None and cfg.alpha < 1:  # refused before anything is trained, as train_head refuses it
         rigid = [name for name, hc, _ in cands if not Head(replace(base, **_head_dict(hc))).can_interpolate()]
         if rigid:

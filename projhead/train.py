@@ -58,6 +58,11 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def has_temperature(loss: str) -> bool:
+    """Whether the loss registered as ``loss`` takes a softmax temperature (an unknown name: no)."""
+    return loss in LOSSES and "init_temperature" in inspect.signature(LOSSES[loss].__init__).parameters
+
+
 def make_loss(cfg: TrainConfig):
     """The objective of ``cfg``: the trainer's temperature goes only to losses that have
     one; a temperature set for a loss without one is refused, not ignored."""

@@ -343,6 +343,24 @@ def test_the_batch_size_asked_for_wins_over_the_dialog_candidates_own(tmp_path):
     assert asked[16] == {"dialog-query": 16, "dialog-separate": 16}
 
 
+def test_dialog_candidates_start_at_their_temperature_unless_one_is_asked_for(tmp_path, monkeypatch):
+    """Dialog candidates start at temperature 0.1; --temperature, a loss setting or a loss without
+    a temperature wins, and the loss is built with what the candidate's entry records."""
+    import projhead.train as train_module
+    built = []
+    make_loss = train_module.make_loss
+    monkeypatch.setattr(train_module, "make_loss", lambda cfg: built.append(cfg.init_temperature) or make_loss(cfg))
+    train, _ = _planted_cache(tmp_path, "train", 0, 200)
+    for cfg, want in ((TrainConfig(epochs=1, seed=0), 0.1), (TrainConfig(epochs=1, seed=0, init_temperature=0.2), 0.2),
+                      (TrainConfig(epochs=1, seed=0, loss_settings={"init_temperature": 0.3}), None),
+                      (TrainConfig(epochs=1, seed=0, loss="siglip"), None)):
+        built.clear()
+        _, log = auto_train(train, cfg, progress=False)
+        assert [c["train"].get("init_temperature") for c in log["selection"]["candidates"]] == [
+            0.1 if want == 0.1 else None] * 2
+        assert built and set(built) == {want}  # every fold run and the refit
+
+
 def test_a_subset_of_a_dialog_view_trains_dialog_heads(tmp_path):
     """Learning curves and held-out dialogs: a subset of the view is still read as dialog rows."""
     train, _ = _planted_cache(tmp_path, "train", 0, 800)
