@@ -228,7 +228,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help=f"peak learning rate [model selection: {_LINEAR_LR:g} for linear heads, {_OTHER_LR:g} for others; "
                    f"--no-auto: {_T.lr:g}]")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_T.weight_decay, show_default=True)
-@click.option("--temperature", type=POS_FLOAT, default=None, help="initial softmax temperature [0.05]")
+@click.option("--temperature", type=POS_FLOAT, default=None, help="initial softmax temperature [0.05; dialog candidates 0.1]")
 @click.option("--fixed-temperature", is_flag=True, help="do not learn the temperature")
 @click.option("--anchor-weight", type=click.FloatRange(min=0), default=_T.anchor_weight, show_default=True,
               help="penalty on the distance between head output and frozen vector")

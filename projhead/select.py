@@ -144,19 +144,21 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     dialog = {"kind": "dialog", "slots": slots, "sentence_slots": cache.attrs["sentence_slots"]} if slots else {}
     base = HeadConfig(in_dim=cache.dim, encoder=cache.encoder, **dialog,
                       encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
-    cands = candidates(n, fixed, DIALOG_CANDIDATES if slots else None)
+    pool = DIALOG_CANDIDATES if slots else None
+    given = {"init_temperature": cfg.init_temperature, "loss": cfg.loss, "loss_settings": cfg.loss_settings,
+             **(fixed or {})}
+    if slots and (given["init_temperature"] is not None or not has_temperature(given["loss"])
+                  or "init_temperature" in given["loss_settings"]):  # a temperature asked for, or a loss without one
+        pool = [(name, h, {k: v for k, v in t.items() if k != "init_temperature"}) for name, h, t in pool]
+    cands = candidates(n, fixed, pool)
     if cfg.hybrid:  # each candidate also trained beside BM25 (lexical.py), all judged fused with BM25
         if slots or not has_texts(cache):
             raise TrainError(f"{cache.path}: hybrid selection is not made for dialog heads: train them without --hybrid"
                              if slots else f"{cache.path}: hybrid selection needs context texts for BM25")
         check_hybrid(cfg)
         cands = cands + [(f"{name}+bm25", hc, {**t, "bm25_aware": True}) for name, hc, t in cands]
-    # the batch size and temperature asked for win over a candidate's own; a loss without a
-    # temperature (or given one in its settings) takes none from a candidate
-    asked = [k for k in ("batch_size", "init_temperature") if getattr(cfg, k) is not None
-             or k == "init_temperature" and (not has_temperature(cfg.loss) or k in cfg.loss_settings)]
-    if asked:
-        cands = [(name, hc, {k: v for k, v in t.items() if k not in asked}) for name, hc, t in cands]
+    if cfg.batch_size is not None:  # the batch size asked for wins over a candidate's own
+        cands = [(name, hc, {k: v for k, v in t.items() if k != "batch_size"}) for name, hc, t in cands]
     if cfg.alpha is not None and cfg.alpha < 1:  # refused before anything is trained, as train_head refuses it
         rigid = [name for name, hc, _ in cands if not Head(replace(base, **_head_dict(hc))).can_interpolate()]
         if rigid:

@@ -344,21 +344,37 @@ def test_the_batch_size_asked_for_wins_over_the_dialog_candidates_own(tmp_path):
 
 
 def test_dialog_candidates_start_at_their_temperature_unless_one_is_asked_for(tmp_path, monkeypatch):
-    """Dialog candidates start at temperature 0.1; --temperature, a loss setting or a loss without
-    a temperature wins, and the loss is built with what the candidate's entry records."""
+    """Dialog candidates start at temperature 0.1 in every run (fold runs, the refit, the fold heads
+    averaged, a held-out split); a temperature asked for (config or ``fixed``), a loss setting or a
+    loss without a temperature wins, and the candidates' entries record what the loss was built with."""
     import projhead.train as train_module
     built = []
     make_loss = train_module.make_loss
     monkeypatch.setattr(train_module, "make_loss", lambda cfg: built.append(cfg.init_temperature) or make_loss(cfg))
     train, _ = _planted_cache(tmp_path, "train", 0, 200)
-    for cfg, want in ((TrainConfig(epochs=1, seed=0), 0.1), (TrainConfig(epochs=1, seed=0, init_temperature=0.2), 0.2),
-                      (TrainConfig(epochs=1, seed=0, loss_settings={"init_temperature": 0.3}), None),
-                      (TrainConfig(epochs=1, seed=0, loss="siglip"), None)):
+    base = {"epochs": 3, "seed": 0, "decision": "better"}
+    cases = [  # config, fixed, other arguments, temperature the loss is built with, the entries' record
+        (TrainConfig(**base, after_folds="average"), {"lr": 1e-2}, {}, 0.1, 0.1),
+        (TrainConfig(**base), {"lr": 1e-2}, {"folds": 0}, 0.1, 0.1),
+        (TrainConfig(**base, init_temperature=0.2), {}, {}, 0.2, None),
+        (TrainConfig(**base), {"init_temperature": 0.2}, {}, 0.2, 0.2),
+        (TrainConfig(**base, loss_settings={"init_temperature": 0.3}), {}, {}, None, None),
+        (TrainConfig(**base), {"loss_settings": {"init_temperature": 0.3}}, {}, None, None),
+        (TrainConfig(**base, loss="siglip"), {}, {}, None, None),
+        (TrainConfig(**base), {"loss": "siglip"}, {}, None, None),
+    ]
+    for cfg, fixed, kw, want, recorded in cases:
         built.clear()
-        _, log = auto_train(train, cfg, progress=False)
-        assert [c["train"].get("init_temperature") for c in log["selection"]["candidates"]] == [
-            0.1 if want == 0.1 else None] * 2
-        assert built and set(built) == {want}  # every fold run and the refit
+        _, log = auto_train(train, cfg, fixed=fixed, progress=False, **kw)
+        assert [c["train"].get("init_temperature") for c in log["selection"]["candidates"]] == [recorded] * 2
+        assert built and set(built) == {want}, (fixed, kw, built)
+        if cfg.after_folds == "average":  # the fold heads trained again to the chosen epoch, then averaged
+            assert log["decision"]["kept"] == "head" and "averaged" in log["selection"]["after_folds"]
+            assert len(built) >= 2 * 5 + 5
+        if kw.get("folds") == 0:
+            assert log["selection"]["mode"] == "dev split"
+    with pytest.raises(TrainError, match="the siglip loss has no softmax temperature"):  # refused, not dropped
+        auto_train(train, TrainConfig(**base, loss="siglip"), fixed={"init_temperature": 0.2}, progress=False)
 
 
 def test_a_subset_of_a_dialog_view_trains_dialog_heads(tmp_path):
