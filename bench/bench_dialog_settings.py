@@ -1,10 +1,10 @@
 """Training settings of the dialog candidates, chosen out of fold on QuAC val-train.
 
-    PROJHEAD_DATA=../shared/data python bench/bench_dialog_settings.py [--seeds 0 1 2]
+    PROJHEAD_DATA=../shared/data python bench/bench_dialog_settings.py [--seeds 0 1 2] [--turns 2]
         [--variants base t0.07 t0.1 ...] [--cache-dir bench/work] [--out bench/results/dialog_settings]
 
-The dialogs of QuAC val-train (turns section of 2 turns, as `projhead cache --dataset quac --split
-val-train --turns 2` makes it) cut in 4 parts by dialog, as ``bench_after_folds.py`` cuts them; a
+The dialogs of QuAC val-train (turns section of K earlier turns, as `projhead cache --dataset quac
+--split val-train --turns K` makes it) cut in 4 parts by dialog, as ``bench_after_folds.py`` cuts them; a
 fixed ``dialog-separate`` head (8 epochs; the candidates' settings of the time, ``base``: lr 1e-3,
 random batches of 64, temperature 0.05 learned) with one setting changed is trained on three parts
 and scored on the fourth, out-of-500 top-1 / top-10; val-test is not used. ``projhead-train``: the
@@ -52,12 +52,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--turns", type=int, default=2, help="earlier turns in the turns section")
     ap.add_argument("--cache-dir", default="bench/work")
     ap.add_argument("--out", default="bench/results/dialog_settings")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    path = Path(args.cache_dir) / "quac-turns2-val-train.h5"
-    build_with_turns(load_pairs("quac", "val-train", "sentence"), get_encoder(DEFAULT_ENCODER), path, 2, progress=False)
+    path = Path(args.cache_dir) / f"quac-turns{args.turns}-val-train.h5"
+    build_with_turns(load_pairs("quac", "val-train", "sentence"), get_encoder(DEFAULT_ENCODER), path, args.turns,
+                     progress=False)
     view = dialog_view(open_cache(path))
     parts = group_folds(split_groups(view, need=4), 4, seed=100)
     head = HeadConfig(kind="dialog", towers="separate")
@@ -82,9 +84,10 @@ def main(argv=None):
         print(f"{name:<12} top1 {row['top1']:6.2f}  top10 {row['top10']:6.2f}  ({row['seconds']:.0f}s)", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"encoder": DEFAULT_ENCODER, "seeds": args.seeds, "rows": rows},
-                                                   indent=1))
-    lines = [f"QuAC val-train in 4 parts by dialog, fixed dialog-separate head, seeds {args.seeds}; "
+    out.with_suffix(".json").write_text(json.dumps({"encoder": DEFAULT_ENCODER, "seeds": args.seeds, "turns": args.turns,
+                                                    "rows": rows}, indent=1))
+    lines = [f"QuAC val-train in 4 parts by dialog, turns section of {args.turns} turns, fixed dialog-separate head, "
+             f"seeds {args.seeds}; "
              "out-of-500 top-1 / top-10 on the part held out, mean of parts and seeds", "",
              "| variant | settings changed | top-1 | top-10 |", "|---|---|---|---|"]
     lines += [f"| {r['variant']} | {_changed(VARIANTS[r['variant']])} | "
