@@ -50,7 +50,7 @@ def cli():
 @click.option("--quac-history", default="0", show_default=True,
               help="QuAC: earlier dialogue turns (question + answer) prepended to each question: 0, 1, 2, ... or all")
 @click.option("--turns", type=click.IntRange(min=0), default=None,
-              help="QuAC: also store each question's K earlier turns and the dialog so far (and each sentence's "
+              help="QuAC: also store each question's K earlier turns (1 did best on QuAC) and the dialog so far (and each sentence's "
                    "neighbours and section) as vectors of their own, the turns section a dialog head reads")
 @click.option("--encoder", default=DEFAULT_ENCODER, show_default=True,
               help="st:NAME_OR_PATH, openclip:ARCH[/PRETRAINED_TAG_OR_FILE], or vectors:NAME for vectors you "
