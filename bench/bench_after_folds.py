@@ -47,6 +47,15 @@ FIELDS = {"squad": (("squad-v1.1", "train", "sentence"), ("squad-v1.1", "dev", "
           "fiqa": (("fiqa", "train", "question"), ("fiqa", "dev", "question"), (300,))}
 
 
+def quac_parts(view, k: int = 4):
+    """(part, train, test) for each of ``k`` parts of a dialog view cut by dialog (seeded): the part
+    is the test, the other parts train."""
+    parts = group_folds(split_groups(view, need=k), k, seed=100)
+    for p, test_rows in enumerate(parts):
+        yield p, view.subset(np.sort(np.concatenate([r for i, r in enumerate(parts) if i != p]))), \
+            view.subset(np.sort(test_rows))
+
+
 def out_of_500(head, cache) -> dict:
     q = cache.queries if head is None else head.encode_queries(cache.queries)
     c = cache.contexts if head is None else head.encode_contexts(cache.contexts)
@@ -101,10 +110,7 @@ def main(argv=None):
         path = work / "quac-turns2-val-train.h5"  # as `projhead cache --dataset quac --split val-train --turns 2` names it
         build_with_turns(load_pairs("quac", "val-train", "sentence"), enc, path, 2, progress=False)
         view = dialog_view(open_cache(path))
-        parts = group_folds(split_groups(view, need=4), 4, seed=100)
-        for p, test_rows in enumerate(parts):
-            train = view.subset(np.sort(np.concatenate([r for i, r in enumerate(parts) if i != p])))
-            test = view.subset(np.sort(test_rows))
+        for p, train, test in quac_parts(view):
             for seed in args.seeds:
                 record(f"quac-{p}", len(train.q2c), seed, out_of_500(None, test),
                        both_modes(train, seed, lambda h, t=test: out_of_500(h, t)))

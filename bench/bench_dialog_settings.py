@@ -26,12 +26,12 @@ from projhead.cache import open_cache
 from projhead.config import HeadConfig
 from projhead.data import load_pairs
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
-from projhead.select import auto_train, group_folds, split_groups
+from projhead.select import auto_train
 from projhead.train import TrainConfig, train_head
 from projhead.turns import build_with_turns, dialog_view
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_after_folds import out_of_500  # noqa: E402
+from bench_after_folds import out_of_500, quac_parts  # noqa: E402
 
 BASE = {"lr": 1e-3, "batching": "random", "batch_size": 64, "epochs": 8, "init_temperature": 0.05}
 VARIANTS = {
@@ -61,14 +61,11 @@ def main(argv=None):
     build_with_turns(load_pairs("quac", "val-train", "sentence"), get_encoder(DEFAULT_ENCODER), path, args.turns,
                      progress=False)
     view = dialog_view(open_cache(path))
-    parts = group_folds(split_groups(view, need=4), 4, seed=100)
     head = HeadConfig(kind="dialog", towers="separate")
     rows = []
     for name in args.variants:
         runs, t0 = [], time.perf_counter()
-        for p, test_rows in enumerate(parts):
-            train = view.subset(np.sort(np.concatenate([r for i, r in enumerate(parts) if i != p])))
-            test = view.subset(np.sort(test_rows))
+        for p, train, test in quac_parts(view):
             for seed in args.seeds:
                 if VARIANTS[name] is None:
                     trained, log = auto_train(train, TrainConfig(seed=seed, threads=1), progress=False)

@@ -72,7 +72,7 @@ def make_loss(cfg: TrainConfig):
         raise TrainError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}") from None
     accepted = inspect.signature(cls.__init__).parameters
     kw = dict(cfg.loss_settings)
-    if "init_temperature" in accepted:
+    if has_temperature(cfg.loss):
         kw.setdefault("init_temperature", cfg.init_temperature if cfg.init_temperature is not None else 0.05)
     elif cfg.init_temperature is not None:
         raise TrainError(f"the {cfg.loss} loss has no softmax temperature: drop --temperature "
