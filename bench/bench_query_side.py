@@ -84,23 +84,23 @@ def merge(args) -> None:
                          "top-10", "nDCG@10", "mean gate on dev", "heads kept", "seconds")], []
     table.append("|" + "---|" * 10)
     for name in ["frozen", *VARIANTS]:
-        mine = [r for r in rows if r["variant"] == name]
-        if not mine:
+        runs = [r for r in rows if r["variant"] == name]
+        if not runs:
             continue
-        mean = {m: float(np.mean([r["saved"][m] for r in mine])) for m in METRICS}
-        ungated = [r["ungated"]["top1"] for r in mine if "ungated" in r]
-        entry = {"variant": name, "seeds": [r["seed"] for r in mine], "saved": mean,
-                 "top1_by_seed": [r["saved"]["top1"] for r in mine],
-                 "ungated_top1": float(np.mean(ungated)) if len(ungated) == len(mine) else None,
-                 "kept": [r.get("kept") for r in mine]}
+        mean = {m: float(np.mean([r["saved"][m] for r in runs])) for m in METRICS}
+        ungated = [r["ungated"]["top1"] for r in runs if "ungated" in r]
+        entry = {"variant": name, "seeds": [r["seed"] for r in runs], "saved": mean,
+                 "top1_by_seed": [r["saved"]["top1"] for r in runs],
+                 "ungated_top1": float(np.mean(ungated)) if len(ungated) == len(runs) else None,
+                 "kept": [r.get("kept") for r in runs]}
         out.append(entry)
         table.append(md_row(name, ",".join(str(s) for s in entry["seeds"]), f"{mean['top1']:.2f}",
                             f"{mean['top1'] - frozen:+.2f}" if name != "frozen" else "",
                             f"{entry['ungated_top1']:.2f}" if entry["ungated_top1"] is not None else "",
                             f"{mean['top10']:.2f}", f"{mean['ndcg10']:.2f}",
-                            f"{np.mean([r['mean_gate_dev'] for r in mine]):.3f}" if ungated else "",
-                            f"{entry['kept'].count('head')} of {len(mine)}" if name != "frozen" else "",
-                            f"{np.mean([r['seconds'] for r in mine]):.0f}" if name != "frozen" else ""))
+                            f"{np.mean([r['mean_gate_dev'] for r in runs]):.3f}" if ungated else "",
+                            f"{entry['kept'].count('head')} of {len(runs)}" if name != "frozen" else "",
+                            f"{np.mean([r['seconds'] for r in runs]):.0f}" if name != "frozen" else ""))
     Path(args.out + ".json").write_text(json.dumps({"bench": "query_side", "rows": out}, indent=1))
     Path(args.out + ".md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
