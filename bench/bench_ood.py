@@ -221,19 +221,20 @@ def fields_table(result: dict) -> str:
     for trained_on, field in keys:
         rs = [r for r in result["rows"] if (r["trained_on"], r["field"]) == (trained_on, field)]
         m = lambda f: 100 * float(np.mean([f(r) for r in rs]))  # noqa: E731
-        g = all("gated" in r for r in rs)
+        g = any("gated" in r for r in rs)  # a seed without a gate (an identity head) counts as it is saved
+        gated = lambda r: r.get("gated", r["plain"])  # noqa: E731
         cells = [f"{m(lambda r: r['plain']['frozen']):.2f}", f"{m(lambda r: r['plain']['head'] - r['plain']['frozen']):+.2f}",
-                 f"{m(lambda r: r['gated']['head'] - r['plain']['frozen']):+.2f}" if g else "",
+                 f"{m(lambda r: gated(r)['head'] - r['plain']['frozen']):+.2f}" if g else "",
                  f"{m(lambda r: r['plain']['frozen+bm25']):.2f}",
                  f"{m(lambda r: r['plain']['head+bm25'] - r['plain']['frozen+bm25']):+.2f}",
-                 f"{m(lambda r: r['gated']['head+bm25'] - r['plain']['frozen+bm25']):+.2f}" if g else "",
-                 f"{np.mean([r['mean_gate'] for r in rs]):.3f}" if g else ""]
+                 f"{m(lambda r: gated(r)['head+bm25'] - r['plain']['frozen+bm25']):+.2f}" if g else "",
+                 f"{np.mean([r['mean_gate'] for r in rs if 'gated' in r]):.3f}" if g else ""]
         seeds = ",".join(str(r["seed"]) for r in rs)
         lines.append(f"| {trained_on} | {field} | {seeds} | " + " | ".join(cells) + " |")
         if field == "squad":
             t = [f"{m(lambda r: r['plain']['top1']['frozen']):.2f}",
                  f"{m(lambda r: r['plain']['top1']['head'] - r['plain']['top1']['frozen']):+.2f}",
-                 f"{m(lambda r: r['gated']['top1']['head'] - r['plain']['top1']['frozen']):+.2f}" if g else ""]
+                 f"{m(lambda r: gated(r)['top1']['head'] - r['plain']['top1']['frozen']):+.2f}" if g else ""]
             lines.append(f"| {trained_on} | squad, out-of-500 top-1 | {seeds} | " + " | ".join(t) + " | | | | |")
     heads = sorted({(r["trained_on"], r["seed"], r["head"], r["alpha"], r["passthrough"]) for r in result["rows"]})
     lines += ["", "Heads: " + "; ".join(f"{t} seed {s} {h} (alpha {a}{', identity' if p else ''})"
