@@ -160,7 +160,7 @@ class TrainConfig:
     corpus_sample: int | None = None  # corpus rows held-out queries are ranked against beside the contexts: a seeded sample of this many; None: all, at most corpus.DEFAULT_SAMPLE; 0: none
     bm25_aware: bool = False  # each in-batch pair's BM25 score enters its logit with a learned weight (lexical.py): the head learns what BM25 misses
     hybrid: bool = False  # model selection on the fused metric: held-out queries ranked by dense + BM25, BM25-aware candidates beside the plain ones
-    fusion_weight: float | None = None  # hybrid: the dense share of held-out rankings; None: the frozen encoder's best on the choosing queries
+    fusion_weight: float | None = None  # hybrid: the dense share of held-out rankings; None: the frozen encoder's best on the held-out queries
     bm25_k1: float | None = None  # BM25 of BM25-aware training, hybrid rankings and the saved fusion; None: chosen (fusion.BM25_GRID; before training with hybrid), or bm25s's 1.5 for a BM25-aware run without selection
     bm25_b: float | None = None  # as bm25_k1, for b (bm25s's 0.75)
     after_folds: str = "refit"  # k-fold selection saves: refit (the winner trained on every pair) | average (the fold heads' weights averaged, soup.py)

@@ -5,7 +5,7 @@ ranked fused with BM25, and the BM25 share the BM25-aware candidates train with.
 Usage (``select.auto_train`` does this)::
 
     check_hybrid(cfg)                                   # refused settings, before anything is trained
-    cfg, cands = hybrid_settings(cache, cfg, cands, choose_rows, train_rows, log, say=print)
+    cfg, cands = hybrid_settings(cache, cfg, cands, held_rows, train_rows, log, say=print)
 """
 from __future__ import annotations
 
@@ -41,14 +41,18 @@ def bm25_choices(cfg: TrainConfig) -> list[tuple[float, float]]:
                               for k1, b in BM25_GRID))
 
 
-def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, choose_rows: np.ndarray, train_rows: np.ndarray,
+def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.ndarray, train_rows: np.ndarray,
                    log: dict, say=print) -> tuple[TrainConfig, list]:
     """With ``cfg.hybrid``: BM25's k1 and b, unless set, and the dense share at which held-out
     queries are ranked (fused with BM25) while candidates are chosen and the head is decided
-    on, unless set, both the frozen encoder's best on the choosing queries, ranked as selection
-    ranks them (with any corpus rows), so the identity is compared at its own best fusion: k1
-    and b of ``bm25_choices`` by the search ``projhead train`` makes after selection without
-    ``--hybrid`` (``hybrid.choose_bm25``), then the share above 0 at those. The BM25-aware
+    on, unless set, both the frozen encoder's best on every held-out query (``held_rows``: the
+    choosing and the deciding ones, as ``projhead train`` chooses them after selection without
+    ``--hybrid``; the choosing half alone makes noisier picks), ranked as
+    selection ranks them (with any corpus rows), so the identity is compared at its own best
+    fusion. Chosen for the frozen encoder and shared by both sides of the decision, whatever
+    they learn of the deciding queries favours the identity, not a head. k1 and b of ``bm25_choices`` by the search
+    ``projhead train`` makes after selection without ``--hybrid`` (``hybrid.choose_bm25``),
+    then the share above 0 at those. The BM25-aware
     candidates are trained beside that BM25, with their share (``lexical.bm25_share``) from
     that weight, once for every fold and the final run (from ``train_rows``); the weight saved
     with the head is chosen afterwards, at the same BM25."""
@@ -56,10 +60,10 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, choose_rows: np
         return cfg, cands
     if cfg.bm25_k1 is None or cfg.bm25_b is None:
         s0 = time.perf_counter()
-        chosen, search = choose_bm25(cache, choose_rows, cfg.select_metric, bm25_grid=bm25_choices(cfg), seed=cfg.seed)
+        chosen, search = choose_bm25(cache, held_rows, cfg.select_metric, bm25_grid=bm25_choices(cfg), seed=cfg.seed)
         partly = "k1 as set, b " if cfg.bm25_k1 is not None else "b as set, k1 " if cfg.bm25_b is not None else ""
         cfg = replace(cfg, bm25_k1=chosen.k1, bm25_b=chosen.b)
-        bm25 = {"how": f"{partly}the frozen encoder's best fusion on {search['queries']} choosing queries",
+        bm25 = {"how": f"{partly}the frozen encoder's best fusion on {search['queries']} held-out queries",
                 "search": search, "seconds": round(time.perf_counter() - s0, 1)}
     else:
         bm25 = {"how": "as set"}
@@ -68,9 +72,9 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, choose_rows: np
         + (f", of {len(bm25['search']['grid'])} settings, {bm25['seconds']:.1f}s" if "search" in bm25 else "") + ")")
     training_bm25(cache, settings_of(cfg), say=lambda t: say("  " + t))  # made (and stored) once, before any fold
     if cfg.fusion_weight is None:  # a share of 0 would leave every head unseen: the grid from its first step
-        dev = held_out(cache, choose_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
+        dev = held_out(cache, held_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
         cfg = replace(cfg, fusion_weight=best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric]))
-        how = f"the frozen encoder's best above 0 on the {len(choose_rows)} choosing queries"
+        how = f"the frozen encoder's best above 0 on the {len(held_rows)} held-out queries"
     else:
         how = "as set"
     lam = bm25_share(cache.queries[train_rows], cache.contexts, cfg.fusion_weight, cfg.seed)

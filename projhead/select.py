@@ -192,7 +192,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         choose_rows, decide_rows = _halves(groups, all_rows, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
-        cfg, cands = hybrid_settings(cache, cfg, cands, choose_rows, all_rows, log,
+        cfg, cands = hybrid_settings(cache, cfg, cands, all_rows, all_rows, log,
                                       say=lambda t: _say(progress, t))
         order = np.concatenate(fold_rows)
         sel, dec = np.flatnonzero(np.isin(order, choose_rows)), np.flatnonzero(np.isin(order, decide_rows))
@@ -280,7 +280,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
-        cfg, cands = hybrid_settings(cache, cfg, cands, choose_rows, train_rows, log,
+        cfg, cands = hybrid_settings(cache, cfg, cands, held, train_rows, log,
                                       say=lambda t: _say(progress, t))
         decide = held_out(cache, decide_rows, cfg)
         results = {}

@@ -523,8 +523,8 @@ def _repeated_words_cache(path, n: int = 90, seed: int = 0, repeat: int = 8):
 
 
 def test_hybrid_selection_chooses_bm25_settings_before_training_and_trains_and_saves_that_bm25(tmp_path, monkeypatch):
-    """--hybrid: BM25's k1 and b chosen with the frozen encoder on the choosing queries (the
-    search of a plain train, over fusion.BM25_GRID), the BM25-aware candidates trained beside
+    """--hybrid: BM25's k1 and b chosen with the frozen encoder on every held-out query (the
+    search of a plain train, over fusion.BM25_GRID; with folds every query, not the choosing half), the BM25-aware candidates trained beside
     that BM25, the held-out rankings and the saved fusion at it; set in the config, kept."""
     import json
 
@@ -550,10 +550,12 @@ def test_hybrid_selection_chooses_bm25_settings_before_training_and_trains_and_s
     bm = log["selection"]["hybrid"]["bm25"]
     assert [c["name"] for c in log["selection"]["candidates"]] == ["linear-query", "linear-query+bm25"]
     assert len(used) >= 5 and {(s.k1, s.b) for s in used} == {(bm["k1"], bm["b"])}
-    choose, _ = _halves(split_groups(cache, need=5), np.arange(len(cache.q2c)), 0, {})  # the choosing queries, by hand
-    spec = choose_weight(cache, choose, None, bm25_grid=BM25_GRID)  # the search of a plain projhead train
+    every = np.arange(len(cache.q2c))  # with folds every query is held out once
+    spec = choose_weight(cache, every, None, bm25_grid=BM25_GRID)  # the search of a plain projhead train
     assert len(set(spec.chosen["bm25_search"]["best"])) > 1  # the settings rank differently here
-    assert bm["search"]["best"] == spec.chosen["bm25_search"]["best"]
+    assert bm["search"]["best"] == spec.chosen["bm25_search"]["best"] and bm["search"]["queries"] == len(every)
+    choose, _ = _halves(split_groups(cache, need=5), every, 0, {})  # the choosing half alone searches otherwise
+    assert choose_weight(cache, choose, None, bm25_grid=BM25_GRID).chosen["bm25_search"]["best"] != bm["search"]["best"]
     assert (bm["k1"], bm["b"]) == (spec.bm25.k1, spec.bm25.b) != (1.5, 0.75)  # not bm25s's defaults
     saved = json.loads((tmp_path / "h" / "config.json").read_text())
     assert (saved["fusion"]["bm25"]["k1"], saved["fusion"]["bm25"]["b"]) == (bm["k1"], bm["b"])
