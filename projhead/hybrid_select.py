@@ -49,8 +49,10 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
     choosing and the deciding ones, as ``projhead train`` chooses them after selection without
     ``--hybrid``; the choosing half alone makes noisier picks), ranked as
     selection ranks them (with any corpus rows), so the identity is compared at its own best
-    fusion. Chosen for the frozen encoder and shared by both sides of the decision, whatever
-    they learn of the deciding queries favours the identity, not a head. k1 and b of ``bm25_choices`` by the search
+    fusion. Tuned to the frozen encoder and shared by both sides of the decision, they tilt it
+    toward the identity if at all (they also set the BM25-aware candidates' share and the
+    rankings the choosing half stops early on). The search samples at most
+    ``hybrid.MAX_SETTINGS_QUERIES`` with ``cfg.seed``. k1 and b of ``bm25_choices`` by the search
     ``projhead train`` makes after selection without ``--hybrid`` (``hybrid.choose_bm25``),
     then the share above 0 at those. The BM25-aware
     candidates are trained beside that BM25, with their share (``lexical.bm25_share``) from

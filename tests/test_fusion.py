@@ -535,6 +535,7 @@ def test_hybrid_selection_chooses_bm25_settings_before_training_and_trains_and_s
     from projhead.hybrid import choose_weight
     from projhead.lexical import training_bm25
     from projhead.select import _halves, auto_train, split_groups
+    from projhead.train import dev_fraction, split_by_group
 
     path = tmp_path / "repeated.h5"
     cache = _repeated_words_cache(path)
@@ -572,6 +573,14 @@ def test_hybrid_selection_chooses_bm25_settings_before_training_and_trains_and_s
                         progress=False)  # k1 set, b chosen
     bm = log["selection"]["hybrid"]["bm25"]
     assert bm["search"]["grid"] == [[0.9, 0.75], [0.9, 0.3]] and bm["how"].startswith("k1 as set, b the frozen")
+    # a dev split: every held-out query (choosing and deciding) chooses BM25 and the dense share
+    cfg = TrainConfig(epochs=2, hybrid=True)
+    _, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "h4", progress=False, folds=0)
+    groups = split_groups(cache, need=5)
+    _, held = split_by_group(groups, dev_fraction(cfg, len(cache.q2c)), cfg.seed)
+    assert log["selection"]["mode"] == "dev split" and len(_halves(groups, held, cfg.seed, {})[0]) < len(held)
+    assert log["selection"]["hybrid"]["bm25"]["search"]["queries"] == len(held)
+    assert f"on the {len(held)} held-out queries" in log["selection"]["hybrid"]["how"]
 
 
 def test_plain_selection_serves_a_head_with_the_bm25_it_was_trained_beside_or_set(tmp_path, planted_cache):
