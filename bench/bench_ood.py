@@ -26,6 +26,10 @@ parts of BoolQ, FiQA and Quora, leaving out the field being scored (QuAC is neve
 field is scored with a gate calibrated on it. ``--trained-on boolq`` (or quac, fiqa, quora): that field's
 default head (trained here on its training part, into bench/work/heads-FIELD/seedN), scored on its
 test part and on SQuAD v1.1 dev the same way. Writes ``OUT-fields.json`` and ``OUT-fields.md``.
+``--squad-canary N``: those other fields' heads trained with ``projhead train --canary`` of a
+cache of the first whole SQuAD v1.1 train articles holding at least N questions (no dev article),
+as a user would guard the SQuAD-like queries their index also serves, into
+bench/work/heads-FIELD-canary-squadN/seedN; rows labelled with the canary's question count.
 
     PROJHEAD_DATA=../shared/data python bench/bench_ood.py --fields --cache-dir /work/cache --seeds 0
 """
@@ -77,6 +81,9 @@ def main():
     ap.add_argument("--fusion-weight", type=float, default=0.7, help="--fields: dense share of the fusion")
     ap.add_argument("--trained-on", nargs="+", default=["squad"], choices=["squad", "boolq", "fiqa", "quora", "quac"],
                     help="--fields: whose default heads; a head of another field is scored on its test part and SQuAD")
+    ap.add_argument("--squad-canary", type=int, default=0, metavar="N",
+                    help="--fields: the other fields' heads trained with `projhead train --canary` of N SQuAD v1.1 "
+                         "train questions (whole articles, the file's first) instead")
     args = ap.parse_args()
     data = os.environ.get("PROJHEAD_DATA")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -140,12 +147,38 @@ TRAIN_ONLY = {"quac": ("quac", "val-train", "sentence")}  # heads only: never a 
 SQUAD_TRAIN, SQUAD_DEV = "squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5", "squad-v1.1-dev-sentence-all-MiniLM-L6-v2.h5"
 
 
-def default_head(train, saved: Path, seed: int):
-    """The head ``projhead train`` saves with its defaults (bench_squad.py's, when it is there)."""
+def default_head(train, saved: Path, seed: int, canaries: tuple = ()):
+    """The head ``projhead train`` saves with its defaults (bench_squad.py's, when it is there),
+    or with ``--canary`` of each path in ``canaries``."""
     if (saved / "config.json").exists() and saved.joinpath("train_log.json").exists():
         return projhead.load_head(saved), "reused"
-    head, _ = auto_train(train, projhead.TrainConfig(seed=seed), out=saved, progress=False)
+    head, _ = auto_train(train, projhead.TrainConfig(seed=seed, canaries=[str(c) for c in canaries]), out=saved,
+                         progress=False)
     return head, "trained"
+
+
+def squad_canary(enc, data, n: int) -> Path:
+    """A cache of the first whole articles of SQuAD v1.1 train holding at least ``n`` questions
+    (sentence contexts): SQuAD-like questions a head of another field never saw, as a user's
+    ``--canary`` of the other queries their index serves (no SQuAD dev article is in it)."""
+    from projhead.cache import build_cache
+    from projhead.data import load_pairs
+    from projhead.pairs import PairTable
+
+    path = WORK / f"squad-v1.1-train-first{n}-sentence-canary.h5"
+    if not path.exists():
+        pairs = load_pairs("squad-v1.1", "train", "sentence", data=data)
+        table, seen = PairTable(), []
+        for i, g in enumerate(pairs.groups):
+            if g not in seen:
+                if len(table.queries) >= n:
+                    break
+                seen.append(g)
+            table.add(pairs.queries[i], pairs.contexts[pairs.q2c[i]], pairs.query_ids[i], g)
+        build_cache(table.build({"dataset": "squad-v1.1", "split": "train", "granularity": "sentence",
+                                 "subset": f"first articles, {len(table.queries)} questions"}, pairs.meta.get("source", "")),
+                    enc, path, progress=False)
+    return path
 
 
 def field_scores(cache, head, spec: FusionSpec) -> dict:
@@ -167,8 +200,12 @@ def fields(args, enc, data) -> None:
         else:  # another field's head on its own test part and on SQuAD
             train = calib[trained_on] if trained_on in calib else cache_dataset(*TRAIN_ONLY[trained_on], enc, WORK, data)
             heads, scored = WORK / f"heads-{trained_on}", [trained_on, "squad"]
+        canaries = (squad_canary(enc, data, args.squad_canary),) if args.squad_canary and trained_on != "squad" else ()
+        if canaries:
+            heads = heads.with_name(f"{heads.name}-canary-squad{args.squad_canary}")
+        label = trained_on + (f" (--canary: {len(open_cache(canaries[0]).q2c)} SQuAD train questions)" if canaries else "")
         for seed in args.seeds:
-            rows += field_rows(trained_on, train, default_head(train, heads / f"seed{seed}", seed), seed,
+            rows += field_rows(label, train, default_head(train, heads / f"seed{seed}", seed, canaries), seed,
                                {f: tests[f] for f in scored}, calib, spec)
     out = Path(args.out + "-fields")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +233,7 @@ def field_rows(trained_on, train, head_how, seed, tests, calib, spec) -> list[di
                "head": f"{head.config.kind}-{head.config.towers}", "passthrough": head.config.passthrough,
                "alpha": head.info.get("decision", {}).get("alpha"), "plain": plain}
         if gated:
-            names = [f for f in calib if f not in (field, trained_on)]
+            names = [f for f in calib if f not in (field, trained_on.split(" ")[0])]  # the field, not its label
             gate, report = fit_gate(tr_q, held_q, [np.asarray(calib[f].queries) for f in names])
             head.set_gate(gate)
             row.update(gate=report, gate_fields=names, mean_gate=float(head.gate_values(cache.queries).mean()),
