@@ -314,11 +314,11 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
     later = f" (highest dev metric at epoch {peak}; later ones within noise of it)" if peak != log["best_epoch"] else ""
     verdict = ("kept the frozen encoder (identity head): " + d.get("why", "") if head.config.passthrough
                else f"kept epoch {log['best_epoch']}{later}")
-    gain = d.get("dev_gain")
-    interval = (f", gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to {gain['high']:+.4f})"
-                if gain else "")
-    click.echo(f"{out}: {verdict}; dev {select_metric} frozen {m['frozen'].get(select_metric, float('nan')):.4f} "
-               f"-> head {m['head'].get(select_metric, float('nan')):.4f}{interval} ({log['seconds']:.1f}s); "
+    gain = d.get("dev_gain")  # the identity's line: the frozen score alone (a rejected head's gain is in `why`)
+    after = "" if head.config.passthrough else f" -> head {m['head'].get(select_metric, float('nan')):.4f}" + (
+        f", gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to {gain['high']:+.4f})" if gain else "")
+    click.echo(f"{out}: {verdict}; dev {select_metric} frozen {m['frozen'].get(select_metric, float('nan')):.4f}"
+               f"{after} ({log['seconds']:.1f}s); "
                + ("context vectors change: re-encode the index with the head" if head.changes_contexts() else
                   "contexts unchanged: the existing index stays as it is")
                + ("; per-query gate on" if head.gate is not None else ""))

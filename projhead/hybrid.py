@@ -228,9 +228,10 @@ def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_
         return {}
     spec = choose_weight(cache, rows, head, spec=spec, metric=metric, grid=grid, bm25_grid=bm25_grid, folds=folds)
     search = spec.chosen.get("bm25_search")
-    who = spec.chosen["system"] + (f" (out of fold: each of {len(folds)} fold heads on its own fold)" if folds else "")
-    say(f"fusion with BM25 ({spec.normalisation}): dense weight {spec.weight:.2f} for the "
-        f"{who}, {spec.frozen_weight:.2f} for the frozen encoder, chosen on "
+    who = ("the head" + (f" (out of fold: each of {len(folds)} fold heads on its own fold)" if folds else "")
+           + f", {spec.frozen_weight:.2f} for the frozen encoder" if spec.chosen["system"] == "head"
+           else "the frozen encoder (the identity head)")
+    say(f"fusion with BM25 ({spec.normalisation}): dense weight {spec.weight:.2f} for {who}, chosen on "
         f"{spec.chosen['queries']} held-out queries ({metric})"
         + (f"; BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g} (of {len(search['grid'])} settings, on "
            f"{search['queries']} held-out queries)" if search else ""))

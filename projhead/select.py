@@ -329,7 +329,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     _say(progress, f"chosen: {name}; kept: {decision['kept']}"
                    + (f"; dev {cfg.select_metric} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
-                   + (f" ({decision['why']})" if decision.get("why") else "") + f"; {log['seconds']:.1f}s")
+                   + (f" ({decision['why']})" if decision.get("why") and not (gain and decision["why"] == _why(cfg, gain))
+                      else "") + f"; {log['seconds']:.1f}s")  # (a reason that only repeats the gain is said once)
     # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
     # final head saw every query, so each query is scored by the head of the fold that held it out (as saved:
     # that epoch and alpha), and the frozen encoder's weight is chosen on all of them

@@ -44,6 +44,14 @@ def test_end_to_end_with_minilm(tmp_path, capsys, monkeypatch):
     assert "dev mrr10 frozen" in capsys.readouterr().out
     for f in ("config.json", "model.safetensors", "README.md", "train_log.json", "training_curve.png"):
         assert (tmp_path / "head" / f).is_file()
+    # the last line speaks of the head as saved: a kept head's score after the frozen one; for the
+    # identity the frozen score alone (a rejected head's gain is in the reason it gives)
+    quick = ["--no-auto", "--epochs", "2", "--batch-size", "4", "--quiet"]
+    assert main(["train", str(cache), "--out", "kept", "--dev-fraction", "0", *quick]) == 0  # kept untested
+    assert "kept epoch" in (out := capsys.readouterr().out) and "-> head " in out
+    assert main(["train", str(cache), "--out", "same", "--alpha", "0", "--dev-fraction", "0.5", *quick]) == 0
+    out = capsys.readouterr().out  # alpha 0 is the frozen encoder: never a gain above 0
+    assert "kept the frozen encoder (identity head)" in out and "dev mrr10 frozen " in out and "-> head" not in out
 
     assert main(["eval", str(cache), "--head", "head", "--bm25", "--json-out", "res.json"]) == 0
     out = capsys.readouterr().out

@@ -403,6 +403,20 @@ def test_no_texts_means_no_fusion_with_a_clear_message():
         choose_weight(cache, np.arange(5))
 
 
+def test_the_chosen_weight_is_said_of_the_system_that_will_be_served(planted_cache):
+    from projhead.cache import open_cache
+    from projhead.hybrid import tune_after_selection
+
+    cache = open_cache(planted_cache(n_groups=20))
+    rows = np.arange(len(cache.q2c))
+    said = []
+    tune_after_selection(None, cache, rows, "mrr10", say=said.append)  # the identity kept: one dense system
+    assert "dense weight" in said[-1] and "for the frozen encoder (the identity head), chosen on" in said[-1]
+    head = Head(HeadConfig(in_dim=cache.dim, kind="linear", towers="query"))
+    tune_after_selection(head, cache, rows, "mrr10", say=said.append)  # a head: its weight, then the frozen one's
+    assert " for the head, " in said[-1] and " for the frozen encoder, chosen on" in said[-1]
+
+
 def test_train_saves_the_weight_chosen_on_held_out_queries(planted_cache, tmp_path):
     from projhead.config import TrainConfig
     from projhead.select import auto_train

@@ -195,13 +195,15 @@ def test_no_held_out_gold_context_is_a_training_gold_in_any_fold(tmp_path):
             assert not set(c.q2c[held]) & set(c.q2c[np.setdiff1d(np.arange(len(c.q2c)), held)])
 
 
-def test_the_decision_is_on_the_head_as_saved(planted_cache, tmp_path):
+def test_the_decision_is_on_the_head_as_saved(planted_cache, tmp_path, capsys):
     """k-fold: the gain that decides, and the one reported, are the saved head's (here alpha 0:
     the frozen encoder itself, which cannot be a gain), not the fold heads' at alpha 1."""
     path = planted_cache(n_groups=40)
-    head, log = auto_train(path, TrainConfig(epochs=6, alpha=0.0), fixed=_linear_query(lr=1e-2), progress=False)
+    head, log = auto_train(path, TrainConfig(epochs=6, alpha=0.0), fixed=_linear_query(lr=1e-2), progress=True)
     d = log["decision"]
     assert d["dev_gain"]["gain"] == 0 and d["kept"] == "identity" and head.config.passthrough
+    said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("chosen: "))
+    assert said.count("95% interval") == 1 and "kept: identity; dev mrr10 gain +0.0000" in said  # said once
     head, log = auto_train(path, TrainConfig(epochs=6), fixed=_linear_query(lr=1e-2), out=tmp_path / "h", progress=False)
     d = log["decision"]
     assert d["kept"] == "head" and d["alpha"] == 0.9 and "alpha 0.9" in d["measured"]
