@@ -1,7 +1,7 @@
 """The corpus in model selection: ``projhead train`` with and without the texts it will search.
 
     PROJHEAD_DATA=../shared/data taskset -c 1 python bench/bench_corpus.py [--datasets boolq fiqa]
-        [--sizes 300 1000] [--seeds 0 1 2] [--corpus-sample N] [--out bench/results/corpus]
+        [--sizes 300 1000] [--seeds 0 1 2] [--corpus-sample N] [--alphas 0.9 0.5] [--out bench/results/corpus]
 
 BoolQ (questions over Wikipedia passages, split by article), FiQA (finance questions and
 answer posts) and QuAC (the question alone, sentence contexts; ``val-train`` / ``val-test``, split
@@ -19,6 +19,10 @@ Systems:
   other passage (the train split's contexts outside the subset, which are texts without
   queries for it, and the cache's corpus section); ``--corpus-sample N``: a seeded sample of N.
 - ``adapter-lr1e-3``: LlamaIndex's linear adapter recipe at lr 1e-3 (``bench_small_data.adapter``).
+
+``--alphas A [A ...]``: the two ``projhead`` systems once per interpolation (``projhead train
+--alpha A``: the head saved, and decided on, as frozen + A x (trained - frozen)), as
+``projhead-alphaA`` / ``projhead-corpus-alphaA``; the default's own (0.9) keeps its plain name.
 
 Prints one line per run and writes ``OUT.json`` and ``OUT.md`` (means over seeds).
 ``--merge A.json B.json ...``: one table of several runs (datasets or sizes run apart); nothing is trained.
@@ -45,6 +49,7 @@ from projhead.corpus import CorpusFile, load_corpus, sample_rows, with_corpus  #
 from projhead.data import load_pairs  # noqa: E402
 from projhead.encoders import DEFAULT_ENCODER, get_encoder  # noqa: E402
 from projhead.select import auto_train  # noqa: E402
+from projhead.train import ALPHA  # noqa: E402
 
 WORK = Path("bench/work")
 SPLITS = {"quac": ("val-train", "val-test")}  # (train, test) split names where not ("train", "dev")
@@ -92,6 +97,8 @@ def main():
     ap.add_argument("--systems", nargs="+", default=["adapter-lr1e-3", "projhead", "projhead-corpus"])
     ap.add_argument("--corpus-sample", type=int, default=None,
                     help="projhead-corpus: a seeded sample of this many distractors (default: all)")
+    ap.add_argument("--alphas", type=float, nargs="+", default=None,
+                    help="the projhead systems once per --alpha (default: projhead train's own)")
     ap.add_argument("--out", default="bench/results/corpus")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="only the table of these runs' results")
     args = ap.parse_args()
@@ -116,19 +123,20 @@ def main():
             for seed in args.seeds:
                 subset = subset_rows(train.groups, size, seed)
                 systems = {}
-                for system in args.systems:
+                for system, alpha in runs(args.systems, args.alphas):
                     t0 = time.perf_counter()
                     extra = {}
                     if system == "adapter-lr1e-3":
                         head = adapter(train.subset(subset), lr=1e-3, warmup=100, seed=seed)
-                    elif system in ("projhead", "projhead-corpus"):
+                    elif system.startswith("projhead"):
                         sub = (with_distractors(train, subset, corpus, args.corpus_sample, seed)
-                               if system == "projhead-corpus" else train.subset(subset))
-                        head, log = auto_train(sub, projhead.TrainConfig(seed=seed), progress=False)
+                               if system.startswith("projhead-corpus") else train.subset(subset))
+                        head, log = auto_train(sub, projhead.TrainConfig(seed=seed, alpha=alpha), progress=False)
                         sel = log["selection"]
                         extra = {"chosen": sel["chosen"], "kept": log["decision"]["kept"],
                                  "epoch": next((c["best_epoch"] for c in sel["candidates"] if c["name"] == sel["chosen"]), None),
-                                 "distractors": sel["distractors"], "dev_gain": log["decision"].get("dev_gain")}
+                                 "distractors": sel["distractors"], "dev_gain": log["decision"].get("dev_gain"),
+                                 "alpha": log["decision"].get("alpha")}
                     else:
                         raise SystemExit(f"unknown system {system}")
                     seconds = time.perf_counter() - t0
@@ -143,6 +151,19 @@ def main():
            "rows": rows, "summary": summary(rows, frozen),
            "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                        "platform": platform.platform()}}, Path(args.out))
+
+
+def runs(systems: list[str], alphas: list[float] | None) -> list[tuple[str, float | None]]:
+    """(name, alpha) of each system to run: the projhead systems once per alpha (``None``:
+    projhead train's own), named with it unless it is the default's."""
+    out = []
+    for system in systems:
+        if system not in ("adapter-lr1e-3", "projhead", "projhead-corpus"):
+            raise SystemExit(f"unknown system {system}")
+        for a in (alphas or [None]) if system.startswith("projhead") else [None]:
+            default = a is None or a == ALPHA
+            out.append((system if default else f"{system}-alpha{a:g}", None if default else a))
+    return out
 
 
 def write(result: dict, out: Path) -> None:

@@ -232,9 +232,9 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--fixed-temperature", is_flag=True, help="do not learn the temperature")
 @click.option("--anchor-weight", type=click.FloatRange(min=0), default=_T.anchor_weight, show_default=True,
               help="penalty on the distance between head output and frozen vector")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=None,
-              help="save frozen + alpha x (trained - frozen), in weight space: 1 keeps the trained head "
-                   "[0.9 for linear and residual heads: the in-domain gain stays, other domains lose less]")
+@click.option("--alpha", metavar="A|auto", callback=lambda c, p, v: v if v in (None, "auto") else click.FloatRange(
+    0, 1).convert(v, p, c), help="save frozen + alpha x (trained - frozen), in weight space: 1 keeps the trained head; "
+              "auto: selection picks 0.9, 0.75 or 0.5 on its choosing queries [0.9 for linear and residual heads]")
 @click.option("--canary", "canaries", multiple=True, type=click.Path(dir_okay=False),
               help="a cache of another domain (same encoder), scored every epoch beside the frozen encoder; the head "
                    "is shrunk toward the frozen encoder until no canary loses more than --canary-tolerance; repeatable")

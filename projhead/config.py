@@ -164,7 +164,7 @@ class TrainConfig:
     bm25_k1: float | None = None  # BM25 of BM25-aware training, hybrid rankings and the saved fusion; None: chosen (fusion.BM25_GRID; before training with hybrid), or bm25s's 1.5 for a BM25-aware run without selection
     bm25_b: float | None = None  # as bm25_k1, for b (bm25s's 0.75)
     after_folds: str = "refit"  # k-fold selection saves: refit (the winner trained on every pair) | average (the fold heads' weights averaged, soup.py)
-    alpha: float | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it
+    alpha: float | str | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it; "auto": chosen by model selection on its choosing queries (select.AUTO_ALPHAS)
 
     def __post_init__(self):
         def bad(name, what):
@@ -202,8 +202,8 @@ class TrainConfig:
             bad("canary_tolerance", "in [0, 1)")
         if self.corpus_sample is not None and (not isinstance(self.corpus_sample, int) or self.corpus_sample < 0):
             bad("corpus_sample", "an integer >= 0 (or None: all, at most 100,000)")
-        if self.alpha is not None and not 0 <= self.alpha <= 1:
-            bad("alpha", "in [0, 1]")
+        if self.alpha not in (None, "auto") and not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1):
+            bad("alpha", "in [0, 1], or 'auto' (model selection chooses it)")
         if self.after_folds not in AFTER_FOLDS:
             bad("after_folds", f"one of {', '.join(AFTER_FOLDS)}")
         if self.fusion_weight is not None and not 0 <= self.fusion_weight <= 1:

@@ -75,6 +75,9 @@ CANDIDATES = [
 # it leads every variant on SQuAD train); query-side heads (the adapter and the residual MLP)
 # stay at every size, since selection keeps one unless a two-tower head is better beyond noise.
 LARGE = ("linear-query", "residual-query", "residual-separate")
+# --alpha auto: the interpolations the choosing queries pick from (largest first: ties keep it);
+# bench_corpus --alphas: under 5,000 pairs 0.5 and 0.75 beat the default 0.9 on test queries
+AUTO_ALPHAS = (0.9, 0.75, 0.5)
 
 
 def candidates(n_queries: int, fixed: dict | None = None, pool: list | None = None) -> list[tuple[str, HeadConfig, dict]]:
@@ -159,7 +162,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         cands = cands + [(f"{name}+bm25", hc, {**t, "bm25_aware": True}) for name, hc, t in cands]
     if cfg.batch_size is not None:  # the batch size asked for wins over a candidate's own
         cands = [(name, hc, {k: v for k, v in t.items() if k != "batch_size"}) for name, hc, t in cands]
-    if cfg.alpha is not None and cfg.alpha < 1:  # refused before anything is trained, as train_head refuses it
+    if cfg.alpha not in (None, "auto") and cfg.alpha < 1:  # refused before anything is trained, as train_head does
         rigid = [name for name, hc, _ in cands if not Head(replace(base, **_head_dict(hc))).can_interpolate()]
         if rigid:
             raise TrainError(f"alpha {cfg.alpha} interpolates toward the frozen encoder, which only identity-initialised "
@@ -244,6 +247,10 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             decision = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder out of fold",
                         "dev_head": frozen}
         else:
+            if cfg.alpha == "auto":  # each fold's head at each alpha, its choosing queries ranked
+                at_epoch = at_epoch or (fold_runs(cache, hcfg, tc, fold_rows, e_best) if head.can_interpolate() else None)
+                final_cfg = replace(final_cfg, alpha=chosen_alpha(head, lambda a: np.concatenate(
+                    [run["dev"].ranks(h) for run, h in zip(at_epoch, _as_saved(at_epoch, a))])[sel], cfg, log, progress))
             decision = finish(head, final_cfg, None, None, canaries, run_log)  # alpha, shrunk for canaries
             if decision["kept"] == "head":  # decide on the head as saved: its alpha, out of fold
                 a = decision["alpha"]
@@ -310,6 +317,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             run_log["decision"] = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder"}
         else:  # the gate first, so that the canaries and the decision see the head as it will be saved
             gate = attach_gate(head, cache, cfg, canaries, train_rows, held, say=lambda t: _say(progress, t))
+            if cfg.alpha == "auto":  # the head at each alpha, the choosing queries ranked
+                final_cfg = run["cfg"] = replace(final_cfg, alpha=chosen_alpha(
+                    head, lambda a: run["dev"].ranks(copy.deepcopy(head).interpolate(a)), cfg, log, progress))
             d = finish(head, final_cfg, decide, r0, canaries, run_log, narrow=within_documents(cache))
             if d.get("measured"):
                 d["measured"] = (f"alpha {d['alpha']:g}{', gated' if gate else ''}, on the {len(decide)} held-out "
@@ -341,6 +351,22 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                                   bm25_grid=None if pinned else bm25_choices(cfg), folds=weight_folds,
                                   spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
+
+
+def chosen_alpha(head: Head, ranks_at, cfg: TrainConfig, log: dict, progress: bool = False) -> float | None:
+    """``--alpha auto``: the interpolation of ``AUTO_ALPHAS`` whose held-out metric is highest on
+    the queries that choose (``ranks_at(alpha)``: their ranks with the head as saved at that
+    alpha; ties keep the larger alpha), so the queries that decide judge one head, as for the
+    candidate and its epoch. None (1 where saved) for a head that cannot be interpolated."""
+    if not head.can_interpolate():
+        return None
+    f = PER_QUERY[cfg.select_metric]
+    scores = {a: float(f(ranks_at(a)).mean()) for a in AUTO_ALPHAS}
+    best = max(AUTO_ALPHAS, key=lambda a: scores[a])  # the first of equal scores: the larger alpha
+    log["alpha_choice"] = {"alphas": list(AUTO_ALPHAS), "scores": [scores[a] for a in AUTO_ALPHAS], "chosen": best}
+    _say(progress, f"  alpha (--alpha auto): {best:g}, by {cfg.select_metric} on the choosing queries: "
+                   + ", ".join(f"{a:g} {scores[a]:.4f}" for a in AUTO_ALPHAS))
+    return best
 
 
 def attach_gate(head: Head, cache: Cache, cfg: TrainConfig, canaries: list, train_rows: np.ndarray,
@@ -460,6 +486,7 @@ def _brief(log: dict) -> dict:
             **({"towers": log["towers"]} if log.get("towers") else {}),
             **({"hybrid": log["hybrid"]} if log.get("hybrid") else {}),
             **({"after_folds": log["after_folds"]} if log.get("after_folds") else {}),
+            **({"alpha_choice": log["alpha_choice"]} if log.get("alpha_choice") else {}),
             "ranked_against": log.get("ranked_against"), "distractors": log.get("distractors", 0),
             "candidates": [{k: c[k] for k in ("name", "score", "frozen", "best_epoch", "epochs", "seconds")}
                            for c in log["candidates"]]}

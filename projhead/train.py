@@ -397,6 +397,9 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     # the cache decides the input dimension and the encoder the head will accept
     hcfg = replace(hcfg, in_dim=cache.dim, encoder=cache.encoder,
                    encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))
+    if cfg.alpha == "auto":
+        raise TrainError("alpha 'auto' is chosen by model selection on its choosing queries: give a number to train "
+                         "one configuration (--no-auto), or drop --no-auto")
     if cfg.alpha is not None and cfg.alpha < 1 and not Head(hcfg).can_interpolate():
         raise TrainError(f"alpha {cfg.alpha} interpolates toward the frozen encoder, which only identity-initialised "
                          "linear and residual heads of the encoder's dimension contain")

@@ -318,3 +318,69 @@ def test_an_empty_streamed_dev_split_keeps_the_identity(tmp_path):
     head, log = train_head(tmp_path / "c.h5", HeadConfig(kind="linear"), cfg, progress=False)
     assert log["decision"]["kept"] == "identity" and head.config.passthrough
     assert "holds no queries" in log["decision"]["why"]
+
+
+def test_alpha_auto_keeps_the_highest_scoring_alpha_and_the_larger_of_equals():
+    from types import SimpleNamespace
+
+    import projhead.select as S
+
+    head = SimpleNamespace(can_interpolate=lambda: True)
+    ranks = {0.9: np.array([3, 0]), 0.75: np.array([0, 0]), 0.5: np.array([0, 1])}  # mrr10 0.625, 1.0, 0.75
+    log = {}
+    assert S.chosen_alpha(head, ranks.get, TrainConfig(), log) == 0.75
+    assert log["alpha_choice"] == {"alphas": [0.9, 0.75, 0.5], "scores": [0.625, 1.0, 0.75], "chosen": 0.75}
+    assert S.chosen_alpha(head, lambda a: np.array([0, 2]), TrainConfig(), {}) == 0.9  # all equal: the largest
+    assert S.chosen_alpha(SimpleNamespace(can_interpolate=lambda: False), ranks.get, TrainConfig(), {}) is None
+
+
+@pytest.mark.parametrize("folds", [0, 5])
+def test_alpha_auto_is_chosen_on_the_choosing_queries_and_decided_on_the_others(planted_cache, monkeypatch, folds,
+                                                                               tmp_path):
+    """--alpha auto: the head at every alpha of AUTO_ALPHAS is ranked on the queries that
+    choose; the alpha chosen is the one the decision judges and the one saved. (The choice is
+    steered to 0.5 here, where the planted data would pick 0.9, the default's own.)"""
+    import projhead.select as S
+
+    seen = {}
+    real_halves, real_choose = S._halves, S.chosen_alpha
+
+    def halves(*a):  # five choosing queries fewer than deciding ones: whose ranks are which shows
+        choose, decide = real_halves(*a)
+        return seen.setdefault("halves", (choose[:min(len(choose), len(decide)) - 5], decide))
+
+    monkeypatch.setattr(S, "_halves", halves)
+
+    def steered(head, ranks_at, cfg, log, progress=False):
+        seen["ranks"] = {a: ranks_at(a) for a in S.AUTO_ALPHAS}
+        return real_choose(head, lambda a: seen["ranks"][a] * (a != 0.5), cfg, log, progress)  # 0.5: all top-1
+
+    monkeypatch.setattr(S, "chosen_alpha", steered)
+    path = planted_cache(n_groups=40)
+    head, log = auto_train(path, TrainConfig(epochs=6, alpha="auto", dev_fraction=0.5), fixed=_linear_query(lr=1e-2),
+                           out=tmp_path / "h", progress=False, folds=folds)
+    choose, decide = seen["halves"]
+    assert all(len(r) == len(choose) for r in seen["ranks"].values())  # ranked: the choosing queries alone
+    assert not np.array_equal(seen["ranks"][0.9], seen["ranks"][0.5])  # each alpha's own head
+    d = log["decision"]
+    assert log["selection"]["alpha_choice"]["chosen"] == d["alpha"] == 0.5 and d["dev_gain"]["n"] == len(decide)
+    assert "alpha 0.5" in d["measured"]
+    saved = load_head(tmp_path / "h")
+    assert saved.info["training"]["alpha"] == 0.5  # the number chosen, not "auto"
+    assert saved.info["selection"]["alpha_choice"]["chosen"] == 0.5
+
+
+def test_alpha_auto_is_refused_without_model_selection_and_checked_on_the_command_line(planted_cache, tmp_path,
+                                                                                       capsys):
+    from projhead.cli import main
+    from projhead.train import TrainError, train_head
+
+    path = planted_cache(n_groups=10)
+    with pytest.raises(TrainError, match="alpha 'auto' is chosen by model selection"):
+        train_head(path, config=TrainConfig(epochs=1, alpha="auto"))
+    with pytest.raises(ValueError, match="'auto'"):
+        TrainConfig(alpha="half")
+    assert main(["train", str(path), "--out", str(tmp_path / "h"), "--alpha", "half"]) == 2
+    assert "Invalid value for '--alpha'" in capsys.readouterr().err
+    assert main(["train", str(path), "--out", str(tmp_path / "h"), "--alpha", "auto", "--epochs", "2"]) == 0
+    assert "alpha (--alpha auto): " in capsys.readouterr().out
