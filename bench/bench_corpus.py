@@ -1,7 +1,7 @@
 """The corpus in model selection: ``projhead train`` with and without the texts it will search.
 
     PROJHEAD_DATA=../shared/data taskset -c 1 python bench/bench_corpus.py [--datasets boolq fiqa]
-        [--sizes 300 1000] [--seeds 0 1 2] [--corpus-sample N] [--alphas 0.9 0.5] [--out bench/results/corpus]
+        [--sizes 300 1000] [--seeds 0 1 2] [--corpus-sample N] [--alphas 0.9 auto 0.5] [--out bench/results/corpus]
 
 BoolQ (questions over Wikipedia passages, split by article), FiQA (finance questions and
 answer posts) and QuAC (the question alone, sentence contexts; ``val-train`` / ``val-test``, split
@@ -21,8 +21,9 @@ Systems:
 - ``adapter-lr1e-3``: LlamaIndex's linear adapter recipe at lr 1e-3 (``bench_small_data.adapter``).
 
 ``--alphas A [A ...]``: the two ``projhead`` systems once per interpolation (``projhead train
---alpha A``: the head saved, and decided on, as frozen + A x (trained - frozen)), as
-``projhead-alphaA`` / ``projhead-corpus-alphaA``; the default's own (0.9) keeps its plain name.
+--alpha A``: the head saved, and decided on, as frozen + A x (trained - frozen); ``auto``: chosen
+by model selection), as ``projhead-alphaA`` / ``projhead-corpus-alphaA``; the default's own
+(0.9) keeps its plain name.
 
 Prints one line per run and writes ``OUT.json`` and ``OUT.md`` (means over seeds).
 ``--merge A.json B.json ...``: one table of several runs (datasets or sizes run apart); nothing is trained.
@@ -97,8 +98,8 @@ def main():
     ap.add_argument("--systems", nargs="+", default=["adapter-lr1e-3", "projhead", "projhead-corpus"])
     ap.add_argument("--corpus-sample", type=int, default=None,
                     help="projhead-corpus: a seeded sample of this many distractors (default: all)")
-    ap.add_argument("--alphas", type=float, nargs="+", default=None,
-                    help="the projhead systems once per --alpha (default: projhead train's own)")
+    ap.add_argument("--alphas", type=lambda v: v if v == "auto" else float(v), nargs="+", default=None,
+                    help="the projhead systems once per --alpha, a number or auto (default: projhead train's own)")
     ap.add_argument("--out", default="bench/results/corpus")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="only the table of these runs' results")
     args = ap.parse_args()
@@ -162,7 +163,7 @@ def runs(systems: list[str], alphas: list[float] | None) -> list[tuple[str, floa
             raise SystemExit(f"unknown system {system}")
         for a in (alphas or [None]) if system.startswith("projhead") else [None]:
             default = a is None or a == ALPHA
-            out.append((system if default else f"{system}-alpha{a:g}", None if default else a))
+            out.append((system if default else f"{system}-alpha{a if a == 'auto' else f'{a:g}'}", None if default else a))
     return out
 
 
