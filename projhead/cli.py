@@ -232,8 +232,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--fixed-temperature", is_flag=True, help="do not learn the temperature")
 @click.option("--anchor-weight", type=click.FloatRange(min=0), default=_T.anchor_weight, show_default=True,
               help="penalty on the distance between head output and frozen vector")
-@click.option("--alpha", metavar="A|auto", callback=lambda c, p, v: v if v in (None, "auto") else click.FloatRange(
-    0, 1).convert(v, p, c), help="save frozen + alpha x (trained - frozen), in weight space: 1 keeps the trained head; "
+@click.option("--alpha", metavar="A|auto", callback=lambda c, p, v: _alpha(v), help="save frozen + alpha x (trained - frozen), in weight space: 1 keeps the trained head; "
               "auto: selection picks 0.9, 0.75 or 0.5 on its choosing queries [0.9 for linear and residual heads]")
 @click.option("--canary", "canaries", multiple=True, type=click.Path(dir_okay=False),
               help="a cache of another domain (same encoder), scored every epoch beside the frozen encoder; the head "
@@ -308,20 +307,19 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
         from .train import train_head
 
         head, log = train_head(cache_file, _H(**head_given), tcfg, out=out, progress=not quiet, restart=restart)
-    d = log.get("decision", {})
-    m = head.info["metrics"]
-    peak = log.get("peak_epoch", log["best_epoch"])
-    later = f" (highest dev metric at epoch {peak}; later ones within noise of it)" if peak != log["best_epoch"] else ""
-    verdict = ("kept the frozen encoder (identity head): " + d.get("why", "") if head.config.passthrough
-               else f"kept epoch {log['best_epoch']}{later}")
-    gain = d.get("dev_gain")  # the identity's line: the frozen score alone (a rejected head's gain is in `why`)
-    after = "" if head.config.passthrough else f" -> head {m['head'].get(select_metric, float('nan')):.4f}" + (
-        f", gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to {gain['high']:+.4f})" if gain else "")
-    click.echo(f"{out}: {verdict}; dev {select_metric} frozen {m['frozen'].get(select_metric, float('nan')):.4f}"
-               f"{after} ({log['seconds']:.1f}s); "
-               + ("context vectors change: re-encode the index with the head" if head.changes_contexts() else
-                  "contexts unchanged: the existing index stays as it is")
-               + ("; per-query gate on" if head.gate is not None else ""))
+    from .train import summary_line
+
+    click.echo(summary_line(out, head, log, select_metric))
+
+
+def _alpha(value: str | None) -> float | str | None:
+    """--alpha: a number in [0, 1], or auto (model selection chooses it)."""
+    try:
+        if value in (None, "auto") or 0 <= float(value) <= 1:
+            return value if value in (None, "auto") else float(value)
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{value!r}: a number in [0, 1], or auto")
 
 
 def _settings(items: tuple[str, ...]) -> dict:

@@ -317,9 +317,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             run_log["decision"] = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder"}
         else:  # the gate first, so that the canaries and the decision see the head as it will be saved
             gate = attach_gate(head, cache, cfg, canaries, train_rows, held, say=lambda t: _say(progress, t))
-            if cfg.alpha == "auto":  # the head at each alpha, the choosing queries ranked
-                final_cfg = run["cfg"] = replace(final_cfg, alpha=chosen_alpha(
-                    head, lambda a: run["dev"].ranks(copy.deepcopy(head).interpolate(a)), cfg, log, progress))
+            if cfg.alpha == "auto":  # the head at each alpha (gated, as saved), the choosing queries ranked
+                a = chosen_alpha(head, lambda a: run["dev"].ranks(copy.deepcopy(head).interpolate(a)), cfg, log, progress)
+                final_cfg, run["cfg"] = replace(final_cfg, alpha=a), replace(run["cfg"], alpha=a)  # run's: sized
             d = finish(head, final_cfg, decide, r0, canaries, run_log, narrow=within_documents(cache))
             if d.get("measured"):
                 d["measured"] = (f"alpha {d['alpha']:g}{', gated' if gate else ''}, on the {len(decide)} held-out "
@@ -357,8 +357,12 @@ def chosen_alpha(head: Head, ranks_at, cfg: TrainConfig, log: dict, progress: bo
     """``--alpha auto``: the interpolation of ``AUTO_ALPHAS`` whose held-out metric is highest on
     the queries that choose (``ranks_at(alpha)``: their ranks with the head as saved at that
     alpha; ties keep the larger alpha), so the queries that decide judge one head, as for the
-    candidate and its epoch. None (1 where saved) for a head that cannot be interpolated."""
+    candidate and its epoch. None (the head kept whole) for a head that cannot be interpolated."""
     if not head.can_interpolate():
+        log["alpha_choice"] = {"alphas": list(AUTO_ALPHAS), "chosen": None,
+                               "why": f"a {head.config.kind} head with init {head.config.init} cannot be interpolated: "
+                                      "kept whole (alpha 1)"}
+        _say(progress, f"  alpha (--alpha auto): {log['alpha_choice']['why']}")
         return None
     f = PER_QUERY[cfg.select_metric]
     scores = {a: float(f(ranks_at(a)).mean()) for a in AUTO_ALPHAS}

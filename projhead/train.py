@@ -475,3 +475,24 @@ def _jsonable(x):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     return x
+
+
+def summary_line(out, head, log: dict, metric: str) -> str:
+    """``projhead train``'s last line: what was kept and its held-out score. A kept head's score
+    follows the frozen one; the identity's line gives the frozen score alone, and the gain of
+    the head it rejected unless the reason already says it."""
+    d, m = log.get("decision", {}), head.info["metrics"]
+    peak = log.get("peak_epoch", log["best_epoch"])
+    later = f" (highest dev metric at epoch {peak}; later ones within noise of it)" if peak != log["best_epoch"] else ""
+    verdict = ("kept the frozen encoder (identity head): " + d.get("why", "") if head.config.passthrough
+               else f"kept epoch {log['best_epoch']}{later}")
+    gain = d.get("dev_gain")
+    said = "" if not gain or f"gain {gain['gain']:+.4f}" in d.get("why", "") else (
+        f", {'the rejected head: ' if head.config.passthrough else ''}gain {gain['gain']:+.4f} (95% interval "
+        f"{gain['low']:+.4f} to {gain['high']:+.4f})")
+    after = "" if head.config.passthrough else f" -> head {m['head'].get(metric, float('nan')):.4f}"
+    return (f"{out}: {verdict}; dev {metric} frozen {m['frozen'].get(metric, float('nan')):.4f}{after}{said} "
+            f"({log['seconds']:.1f}s); " + ("context vectors change: re-encode the index with the head"
+                                            if head.changes_contexts() else
+                                            "contexts unchanged: the existing index stays as it is")
+            + ("; per-query gate on" if head.gate is not None else ""))

@@ -225,3 +225,24 @@ def test_settings_model_selection_does_not_use_are_printed(planted_cache, tmp_pa
     assert main(["train", str(planted_cache(n_groups=10)), "--out", str(tmp_path / "h"), "--patience", "3",
                  "--epochs", "2", "--kind", "linear", "--towers", "query", "--quiet"]) == 0
     assert "not used: patience 3: in 5-fold selection" in capsys.readouterr().err
+
+
+def test_the_last_line_of_train_gives_a_gain_once_and_only_a_kept_heads_score():
+    from types import SimpleNamespace
+
+    from projhead.train import summary_line
+
+    def head(passthrough):
+        return SimpleNamespace(config=SimpleNamespace(passthrough=passthrough), gate=None, changes_contexts=lambda: False,
+                               info={"metrics": {"frozen": {"mrr10": 0.5}, "head": {"mrr10": 0.6}}})
+
+    gain = {"gain": 0.01, "low": 0.0035, "high": 0.0183}
+    base = {"best_epoch": 3, "seconds": 1.0}
+    kept = summary_line("h", head(False), {**base, "decision": {"dev_gain": gain}}, "mrr10")
+    assert "kept epoch 3; dev mrr10 frozen 0.5000 -> head 0.6000, gain +0.0100 (95% interval +0.0035 to +0.0183)" in kept
+    few = summary_line("h", head(True), {**base, "decision": {"dev_gain": gain, "why": "the pairs come from 3 document(s)"}},
+                       "mrr10")  # a reason without the gain: the rejected head's gain still said
+    assert "dev mrr10 frozen 0.5000, the rejected head: gain +0.0100 (95% interval" in few and "-> head" not in few
+    why = "dev mrr10 gain +0.0100 (95% interval +0.0035 to +0.0183) is not above 0"
+    once = summary_line("h", head(True), {**base, "decision": {"dev_gain": gain, "why": why}}, "mrr10")
+    assert once.count("95% interval") == 1 and "dev mrr10 frozen 0.5000 (1.0s)" in once

@@ -1,7 +1,10 @@
 """Model selection: candidates, folds, and the rule that keeps the identity on noise."""
+import copy
+
 import numpy as np
 import pytest
 
+from projhead.batches import held_out
 from projhead.cache import open_cache
 from projhead.heads import load_head
 from projhead.select import CV_BELOW, auto_train, candidates, group_folds
@@ -331,7 +334,9 @@ def test_alpha_auto_keeps_the_highest_scoring_alpha_and_the_larger_of_equals():
     assert S.chosen_alpha(head, ranks.get, TrainConfig(), log) == 0.75
     assert log["alpha_choice"] == {"alphas": [0.9, 0.75, 0.5], "scores": [0.625, 1.0, 0.75], "chosen": 0.75}
     assert S.chosen_alpha(head, lambda a: np.array([0, 2]), TrainConfig(), {}) == 0.9  # all equal: the largest
-    assert S.chosen_alpha(SimpleNamespace(can_interpolate=lambda: False), ranks.get, TrainConfig(), {}) is None
+    rigid, log = SimpleNamespace(can_interpolate=lambda: False, config=SimpleNamespace(kind="mlp", init="random")), {}
+    assert S.chosen_alpha(rigid, ranks.get, TrainConfig(), log) is None  # kept whole, and said
+    assert log["alpha_choice"]["chosen"] is None and "cannot be interpolated" in log["alpha_choice"]["why"]
 
 
 @pytest.mark.parametrize("folds", [0, 5])
@@ -353,14 +358,32 @@ def test_alpha_auto_is_chosen_on_the_choosing_queries_and_decided_on_the_others(
 
     def steered(head, ranks_at, cfg, log, progress=False):
         seen["ranks"] = {a: ranks_at(a) for a in S.AUTO_ALPHAS}
+        seen["head"] = copy.deepcopy(head)
         return real_choose(head, lambda a: seen["ranks"][a] * (a != 0.5), cfg, log, progress)  # 0.5: all top-1
 
+    real_fold_runs = S.fold_runs
+
+    def fold_runs(*a):
+        seen["fold_runs"] = a[3], real_fold_runs(*a)  # (fold rows, runs at the chosen epoch)
+        return seen["fold_runs"][1]
+
+    monkeypatch.setattr(S, "fold_runs", fold_runs)
     monkeypatch.setattr(S, "chosen_alpha", steered)
     path = planted_cache(n_groups=40)
     head, log = auto_train(path, TrainConfig(epochs=6, alpha="auto", dev_fraction=0.5), fixed=_linear_query(lr=1e-2),
                            out=tmp_path / "h", progress=False, folds=folds)
     choose, decide = seen["halves"]
-    assert all(len(r) == len(choose) for r in seen["ranks"].values())  # ranked: the choosing queries alone
+    cache = open_cache(path)
+    for a, got in seen["ranks"].items():  # the choosing queries alone, each ranked by the head as saved at a
+        if folds:  # out of fold: each by its fold's head at the chosen epoch, in fold order
+            fold_rows, runs = seen["fold_runs"]
+            want = np.concatenate([held_out(cache, np.intersect1d(rows, choose)).ranks(S._as_saved([run], a)[0])
+                                   for rows, run in zip(fold_rows, runs)])
+            order = np.concatenate(fold_rows)
+            assert np.array_equal(np.sort(order[np.isin(order, choose)]), np.sort(choose))
+        else:  # the trained head, gate and all
+            want = held_out(cache, choose).ranks(copy.deepcopy(seen["head"]).interpolate(a))
+        np.testing.assert_array_equal(got, want)
     assert not np.array_equal(seen["ranks"][0.9], seen["ranks"][0.5])  # each alpha's own head
     d = log["decision"]
     assert log["selection"]["alpha_choice"]["chosen"] == d["alpha"] == 0.5 and d["dev_gain"]["n"] == len(decide)
