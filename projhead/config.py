@@ -202,8 +202,10 @@ class TrainConfig:
             bad("canary_tolerance", "in [0, 1)")
         if self.corpus_sample is not None and (not isinstance(self.corpus_sample, int) or self.corpus_sample < 0):
             bad("corpus_sample", "an integer >= 0 (or None: all, at most 100,000)")
-        if self.alpha is not None and not (self.alpha == "auto" if isinstance(self.alpha, str) else 0 <= self.alpha <= 1):
-            bad("alpha", "in [0, 1], or 'auto' (model selection chooses it)")
+        if isinstance(self.alpha, numbers.Real) and not isinstance(self.alpha, bool) and 0 <= self.alpha <= 1:
+            self.alpha = float(self.alpha)  # a plain float: numpy's too, as the log and the model card store it
+        elif self.alpha not in (None, "auto"):
+            bad("alpha", "a number in [0, 1], or 'auto' (model selection chooses it)")
         if self.after_folds not in AFTER_FOLDS:
             bad("after_folds", f"one of {', '.join(AFTER_FOLDS)}")
         if self.fusion_weight is not None and not 0 <= self.fusion_weight <= 1:

@@ -353,17 +353,17 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
 
 
-def chosen_alpha(head: Head, ranks_at, cfg: TrainConfig, log: dict, progress: bool = False) -> float | None:
+def chosen_alpha(head: Head, ranks_at, cfg: TrainConfig, log: dict, progress: bool = False) -> float:
     """``--alpha auto``: the interpolation of ``AUTO_ALPHAS`` whose held-out metric is highest on
     the queries that choose (``ranks_at(alpha)``: their ranks with the head as saved at that
     alpha; ties keep the larger alpha), so the queries that decide judge one head, as for the
-    candidate and its epoch. None (the head kept whole) for a head that cannot be interpolated."""
+    candidate and its epoch. 1 (the head kept whole, and said) for a head that cannot be interpolated."""
     if not head.can_interpolate():
-        log["alpha_choice"] = {"alphas": list(AUTO_ALPHAS), "chosen": None,
-                               "why": f"a {head.config.kind} head with init {head.config.init} cannot be interpolated: "
-                                      "kept whole (alpha 1)"}
+        log["alpha_choice"] = {"alphas": list(AUTO_ALPHAS), "chosen": 1.0,
+                               "why": "only identity-initialised linear and residual heads of the encoder's dimension "
+                                      "contain the frozen encoder: this one is kept whole (alpha 1)"}
         _say(progress, f"  alpha (--alpha auto): {log['alpha_choice']['why']}")
-        return None
+        return 1.0
     f = PER_QUERY[cfg.select_metric]
     scores = {a: float(f(ranks_at(a)).mean()) for a in AUTO_ALPHAS}
     best = max(AUTO_ALPHAS, key=lambda a: scores[a])  # the first of equal scores: the larger alpha

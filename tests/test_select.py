@@ -335,8 +335,8 @@ def test_alpha_auto_keeps_the_highest_scoring_alpha_and_the_larger_of_equals():
     assert log["alpha_choice"] == {"alphas": [0.9, 0.75, 0.5], "scores": [0.625, 1.0, 0.75], "chosen": 0.75}
     assert S.chosen_alpha(head, lambda a: np.array([0, 2]), TrainConfig(), {}) == 0.9  # all equal: the largest
     rigid, log = SimpleNamespace(can_interpolate=lambda: False, config=SimpleNamespace(kind="mlp", init="random")), {}
-    assert S.chosen_alpha(rigid, ranks.get, TrainConfig(), log) is None  # kept whole, and said
-    assert log["alpha_choice"]["chosen"] is None and "cannot be interpolated" in log["alpha_choice"]["why"]
+    assert S.chosen_alpha(rigid, ranks.get, TrainConfig(), log) == 1.0  # kept whole, and said
+    assert log["alpha_choice"]["chosen"] == 1.0 and "kept whole" in log["alpha_choice"]["why"]
 
 
 @pytest.mark.parametrize("folds", [0, 5])
@@ -401,8 +401,10 @@ def test_alpha_auto_is_refused_without_model_selection_and_checked_on_the_comman
     path = planted_cache(n_groups=10)
     with pytest.raises(TrainError, match="alpha 'auto' is chosen by model selection"):
         train_head(path, config=TrainConfig(epochs=1, alpha="auto"))
-    with pytest.raises(ValueError, match="'auto'"):
-        TrainConfig(alpha="half")
+    for bad in ("half", True, [0.5], 1.5):
+        with pytest.raises(ValueError, match="'auto'"):
+            TrainConfig(alpha=bad)
+    assert type(TrainConfig(alpha=np.float32(0.5)).alpha) is float  # stored as JSON can write it
     assert main(["train", str(path), "--out", str(tmp_path / "h"), "--alpha", "half"]) == 2
     assert "Invalid value for '--alpha'" in capsys.readouterr().err
     assert main(["train", str(path), "--out", str(tmp_path / "h"), "--alpha", "auto", "--epochs", "2"]) == 0

@@ -316,7 +316,7 @@ def test_training_on_a_gpu_resumes_to_the_same_head(planted_cache, tmp_path, los
     ({"epochs": 0}, "epochs must be a positive integer"),
     ({"dev_fraction": 1.5}, r"dev_fraction must be in \[0, 1\)"),
     ({"select_metric": "accuracy"}, "select_metric must be one of"),
-    ({"alpha": 2.0}, r"alpha must be in \[0, 1\]"),
+    ({"alpha": 2.0}, r"alpha must be a number in \[0, 1\], or .auto."),
 ])
 def test_bad_training_settings_are_refused_by_name(settings, message):
     from projhead.train import TrainError
