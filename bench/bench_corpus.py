@@ -143,7 +143,7 @@ def main():
                     seconds = time.perf_counter() - t0
                     res = metrics(projhead.evaluate_cache(test_all, head=head), "head")
                     systems[system] = {"train_seconds": seconds, **res, **extra}
-                    print(f"{ds:<6} n {size:>5} seed {seed} {system:<16} test nDCG@10 {100 * res['nDCG@10']:5.1f} "
+                    print(f"{ds:<6} n {size:>5} seed {seed} {system:<26} test nDCG@10 {100 * res['nDCG@10']:5.1f} "
                           f"({100 * (res['nDCG@10'] - frozen[ds]['nDCG@10']):+.1f})  {seconds:6.1f}s"
                           + (f"  [{extra['chosen']} {extra['kept']} epoch {extra['epoch']}, "
                              f"{extra['distractors']} distractors]" if extra else ""), flush=True)
@@ -161,7 +161,7 @@ def runs(systems: list[str], alphas: list[float] | None) -> list[tuple[str, floa
     for system in systems:
         if system not in ("adapter-lr1e-3", "projhead", "projhead-corpus"):
             raise SystemExit(f"unknown system {system}")
-        for a in (alphas or [None]) if system.startswith("projhead") else [None]:
+        for a in dict.fromkeys(alphas or [None]) if system.startswith("projhead") else [None]:  # each value once
             default = a is None or a == ALPHA
             out.append((system if default else f"{system}-alpha{a if a == 'auto' else f'{a:g}'}", None if default else a))
     return out
