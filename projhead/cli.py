@@ -314,11 +314,13 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
 
 def _alpha(value: str | None) -> float | str | None:
     """--alpha: a number in [0, 1], or auto (model selection chooses it)."""
+    if value in (None, "auto"):
+        return value
     try:
-        if value in (None, "auto") or 0 <= float(value) <= 1:
-            return value if value in (None, "auto") else float(value)
+        if 0 <= float(value) <= 1:
+            return float(value)
     except ValueError:
-        pass
+        pass  # not a number: said below
     raise click.BadParameter(f"{value!r}: a number in [0, 1], or auto")
 
 

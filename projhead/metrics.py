@@ -181,6 +181,11 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0,
     return {"gain": float(d.mean()), "low": float(lo), "high": float(hi), "n": int(len(d))}
 
 
+def not_above_zero(metric: str, boot: dict) -> str:
+    """Why the identity is kept when a held-out gain (``paired_bootstrap``'s) is not above 0."""
+    return f"dev {metric} gain {boot['gain']:+.4f} (95% interval {boot['low']:+.4f} to {boot['high']:+.4f}) is not above 0"
+
+
 def protocols(r: SystemRanks, block: int = 500) -> dict:
     """Both protocols' figures from one system's ranks."""
     return {"out_of_500" if block == 500 else f"out_of_{block}": block_metrics(r.block),

@@ -46,7 +46,7 @@ import numpy as np
 
 from .cache_reader import Cache, open_cache
 from .corpus import attach_corpus
-from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics
+from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, rank_metrics
 from .gate import fit_gate
 from .heads import Head, HeadConfig
 from .lexical import settings_of
@@ -266,7 +266,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                                          f"the {len(dec)} held-out queries that did not choose it")
                 if not keep or narrow:
                     head.reset_to_identity()
-                    decision.update(kept="identity", why=_why(cfg, boot) if not keep else narrow)
+                    decision.update(kept="identity", why=not_above_zero(cfg.select_metric, boot) if not keep else narrow)
         if decision["kept"] == "head" and has_texts(cache):  # its fusion weight: each fold's head as saved, out of fold
             s0 = time.perf_counter()
             at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
@@ -339,8 +339,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     _say(progress, f"chosen: {name}; kept: {decision['kept']}"
                    + (f"; dev {cfg.select_metric} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
-                   + (f" ({decision['why']})" if decision.get("why") and not (gain and decision["why"] == _why(cfg, gain))
-                      else "") + f"; {log['seconds']:.1f}s")  # (a reason that only repeats the gain is said once)
+                   + (f" ({decision['why']})" if decision.get("why") and not (
+                       gain and decision["why"] == not_above_zero(cfg.select_metric, gain)) else "")  # a gain said once
+                   + f"; {log['seconds']:.1f}s")
     # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
     # final head saw every query, so each query is scored by the head of the fold that held it out (as saved:
     # that epoch and alpha), and the frozen encoder's weight is chosen on all of them
@@ -473,11 +474,6 @@ def _not_used(cfg: TrainConfig, k: int) -> list[str]:
         out.append(f"after_folds {cfg.after_folds}: with one held-out split there are no fold heads; the head "
                    "trained on the training split is saved")
     return out
-
-
-def _why(cfg: TrainConfig, boot: dict) -> str:
-    return (f"dev {cfg.select_metric} gain {boot['gain']:+.4f} (95% interval {boot['low']:+.4f} to "
-            f"{boot['high']:+.4f}) is not above 0")
 
 
 def _head_dict(hc: HeadConfig) -> dict:

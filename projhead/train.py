@@ -38,7 +38,7 @@ import torch
 
 from .cache_reader import Cache, open_cache
 from .corpus import attach_corpus
-from .evaluate import PER_QUERY, paired_bootstrap, rank_metrics, self_matches
+from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, rank_metrics, self_matches
 from .config import ALPHA, DECISIONS, SELECT_METRICS, SMALL, TrainConfig, TrainError  # noqa: F401 (re-exported)
 from .batches import (MIN_GROUPS, DevSet, MemorySource, StreamSource, dev_fraction, epoch_order,  # noqa: F401
                       held_out, joined_by_gold, make_batch, split_by_group, split_groups, spread,
@@ -354,8 +354,7 @@ def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.nd
         keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
         decision["kept"] = "head" if keep and not (cfg.decision == "bootstrap" and narrow) else "identity"
         if not keep:
-            decision["why"] = (f"dev {cfg.select_metric} gain {boot['gain']:+.4f} (95% interval {boot['low']:+.4f} "
-                               f"to {boot['high']:+.4f}) is not above 0")
+            decision["why"] = not_above_zero(cfg.select_metric, boot)
         elif decision["kept"] == "identity":
             decision["why"] = narrow
     elif dev is None or cfg.dev_fraction == 0:
@@ -487,7 +486,7 @@ def summary_line(out, head, log: dict, metric: str) -> str:
     verdict = ("kept the frozen encoder (identity head): " + d.get("why", "") if head.config.passthrough
                else f"kept epoch {log['best_epoch']}{later}")
     gain = d.get("dev_gain")
-    said = "" if not gain or f"gain {gain['gain']:+.4f}" in d.get("why", "") else (
+    said = "" if not gain or d.get("why") == not_above_zero(metric, gain) else (  # a gain said once
         f", {'the rejected head: ' if head.config.passthrough else ''}gain {gain['gain']:+.4f} (95% interval "
         f"{gain['low']:+.4f} to {gain['high']:+.4f})")
     after = "" if head.config.passthrough else f" -> head {m['head'].get(metric, float('nan')):.4f}"
