@@ -120,7 +120,8 @@ class _ChunkedClip(torch.autograd.Function):
     negatives) that is never held whole: row blocks of ``chunk`` rows are computed in the
     forward pass for the row and column log-sum-exps, and again in the backward pass for the
     exact gradient, d loss / d logit_ij = (softmax_row_ij + [j < B] softmax_col_ij
-    - 2 [i == j]) / 2B. Memory O(chunk * M) instead of O(B * M)."""
+    - 2 [i == j]) / 2B; the query->context half alone (``symmetric`` False):
+    (softmax_row_ij - [i == j]) / B. Memory O(chunk * M) instead of O(B * M)."""
 
     @staticmethod
     def _block(q, cand, scale, ids, start, stop):
@@ -130,7 +131,7 @@ class _ChunkedClip(torch.autograd.Function):
         return logits if blocked is None else logits.masked_fill(blocked, float("-inf"))
 
     @staticmethod
-    def forward(ctx, q, cand, logit_scale, ids, chunk):
+    def forward(ctx, q, cand, logit_scale, ids, chunk, symmetric=True):
         scale = logit_scale.exp()
         n = len(q)
         lse_row = torch.empty(n, dtype=q.dtype, device=q.device)
@@ -143,7 +144,9 @@ class _ChunkedClip(torch.autograd.Function):
         lse_col = torch.logsumexp(torch.stack(col_parts), dim=0)  # (B,)
         diag = scale * (q * cand[:n]).sum(1)
         ctx.save_for_backward(q, cand, logit_scale, lse_row, lse_col)
-        ctx.ids, ctx.chunk = ids, chunk
+        ctx.ids, ctx.chunk, ctx.symmetric = ids, chunk, symmetric
+        if not symmetric:
+            return (lse_row - diag).mean()
         return ((lse_row - diag).mean() + (lse_col - diag).mean()) / 2
 
     @staticmethod
@@ -157,15 +160,17 @@ class _ChunkedClip(torch.autograd.Function):
             stop = min(start + ctx.chunk, n)
             logits = _ChunkedClip._block(q, cand, scale, ctx.ids, start, stop)  # (R, M)
             g = torch.exp(logits - lse_row[start:stop, None])
-            g[:, :n] += torch.exp(logits[:, :n] - lse_col[None, :])
-            g[torch.arange(stop - start), torch.arange(start, stop)] -= 2
-            g = g * (grad / (2 * n))  # d loss / d logits
+            halves = 2 if ctx.symmetric else 1
+            if ctx.symmetric:
+                g[:, :n] += torch.exp(logits[:, :n] - lse_col[None, :])
+            g[torch.arange(stop - start), torch.arange(start, stop)] -= halves
+            g = g * (grad / (halves * n))  # d loss / d logits
             sims = q[start:stop] @ cand.T
             dq[start:stop] = scale * g @ cand
             dcand += scale * g.T @ q[start:stop]
             dscale += (g * sims).sum()
         # d loss / d logit_scale = d loss / d scale * scale
-        return dq, dcand, dscale * scale if logit_scale.requires_grad else None, None, None
+        return dq, dcand, dscale * scale if logit_scale.requires_grad else None, None, None, None
 
 
 class ClipLoss(_ScaledLoss):
@@ -176,12 +181,17 @@ class ClipLoss(_ScaledLoss):
     number tens of thousands on a CPU. ``bm25_weight`` (lambda): BM25-aware training (CLEAR's
     idea: the dense part learns what BM25 misses): each pair's z-scored BM25 score
     (``lexical``) is added to its cosine, ``scale * (cos + lambda * z_bm25)``: the fused
-    ranking the head will serve in, with lambda fixed to match its weight (``lexical.bm25_share``)."""
+    ranking the head will serve in, with lambda fixed to match its weight (``lexical.bm25_share``).
+    ``symmetric`` False: the query->context half alone, what retrieval ranks by (the trainer's
+    choice for query-side heads, whose contexts cannot move: ``train.make_loss``)."""
 
     def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True, max_scale: float = 100.0,
-                 chunk_size: int | None = None, bm25_weight: float | None = None):
+                 chunk_size: int | None = None, bm25_weight: float | None = None, symmetric: bool = True):
         super().__init__(init_temperature, learn_temperature, max_scale)
         self.chunk_size = chunk_size
+        if not isinstance(symmetric, bool):
+            raise LossError(f"symmetric must be true or false, not {symmetric!r}")
+        self.symmetric = symmetric
         if bm25_weight is not None and not bm25_weight >= 0:
             raise LossError(f"bm25_weight must be >= 0, not {bm25_weight}")
         self.bm25_weight = None if bm25_weight is None else float(bm25_weight)
@@ -206,11 +216,14 @@ class ClipLoss(_ScaledLoss):
             if lexical is not None:
                 raise LossError("BM25-aware training holds the whole (B, M) BM25 block: drop chunk_size")
             row_ctx = context_ids if context_ids is not None else torch.arange(n, device=q.device)
-            return _ChunkedClip.apply(q, cand, self.logit_scale, (row_ctx, col_ids, query_ids), self.chunk_size)
+            return _ChunkedClip.apply(q, cand, self.logit_scale, (row_ctx, col_ids, query_ids), self.chunk_size,
+                                      self.symmetric)
         logits = self.logits(q, cand, context_ids, col_ids, query_ids)
         if lexical is not None:
             logits = logits + self.logit_scale.exp() * self.bm25_weight * lexical
         labels = torch.arange(n, device=q.device)
+        if not self.symmetric:
+            return F.cross_entropy(logits, labels)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :n].T, labels)) / 2
 
 

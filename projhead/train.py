@@ -63,9 +63,10 @@ def has_temperature(loss: str) -> bool:
     return loss in LOSSES and "init_temperature" in inspect.signature(LOSSES[loss].__init__).parameters
 
 
-def make_loss(cfg: TrainConfig):
-    """The objective of ``cfg``: the trainer's temperature goes only to losses that have
-    one; a temperature set for a loss without one is refused, not ignored."""
+def make_loss(cfg: TrainConfig, hcfg: HeadConfig | None = None):
+    """The objective of ``cfg``; the temperature goes only to losses that have one (else refused).
+    A query-side head (``hcfg``) trains the query->context half of the clip loss alone unless
+    ``symmetric`` is set: its contexts cannot move, and that half is the ranking it serves."""
     try:
         cls = LOSSES[cfg.loss]
     except KeyError:
@@ -81,6 +82,8 @@ def make_loss(cfg: TrainConfig):
         raise TrainError(f"BM25-aware training adds BM25 to the logits of the clip loss, not of {cfg.loss}")
     if cfg.bm25_aware and "bm25_weight" not in kw:
         raise TrainError("BM25-aware training needs its BM25 share (lexical.bm25_share; the training sources set it)")
+    if "symmetric" in accepted and hcfg is not None and hcfg.towers == "query":
+        kw.setdefault("symmetric", False)
     if "learn_temperature" in accepted:
         kw.setdefault("learn_temperature", cfg.learn_temperature)
     elif not cfg.learn_temperature:
@@ -107,7 +110,7 @@ def setup(hcfg: HeadConfig, cfg: TrainConfig, device: str | torch.device | None 
     first (BYOL builds its target network and predictor there), then everything moves, so
     no part is left behind on the CPU."""
     head = Head(hcfg)
-    loss_fn = make_loss(cfg)
+    loss_fn = make_loss(cfg, hcfg)
     if hasattr(loss_fn, "attach"):
         loss_fn.attach(head)  # BYOL: target network and predictor
     device = device or cfg.device

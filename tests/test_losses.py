@@ -114,15 +114,16 @@ def test_unknown_loss():
         get_loss("nope")
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("with_ids", [False, True])
 @pytest.mark.parametrize("chunk", [1, 3, 5])
-def test_chunked_clip_equals_plain_in_value_and_gradient(with_ids, chunk):
+def test_chunked_clip_equals_plain_in_value_and_gradient(with_ids, chunk, symmetric):
     q0, c0, ids = _data(torch.float64, b=7)
     ids = ids if with_ids else None
     out = {}
     for name, size in (("plain", None), ("chunked", chunk)):
         q, c = q0.clone().requires_grad_(), c0.clone().requires_grad_()
-        loss_fn = ClipLoss(init_temperature=0.05, chunk_size=size).double()
+        loss_fn = ClipLoss(init_temperature=0.05, chunk_size=size, symmetric=symmetric).double()
         loss = loss_fn(q, c, ids)
         loss.backward()
         out[name] = (float(loss.detach()), q.grad, c.grad, loss_fn.logit_scale.grad)
@@ -132,7 +133,8 @@ def test_chunked_clip_equals_plain_in_value_and_gradient(with_ids, chunk):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_chunked_clip_gradcheck():
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_chunked_clip_gradcheck(symmetric):
     q, c, ids = _data(torch.float64, b=6)
     q.requires_grad_()
     c.requires_grad_()
@@ -140,7 +142,34 @@ def test_chunked_clip_gradcheck():
     from projhead.losses import _ChunkedClip
 
     ids = ids[:6]
-    assert torch.autograd.gradcheck(lambda a, b, s: _ChunkedClip.apply(a, b, s, (ids, ids, None), 4), (q, c, scale))
+    assert torch.autograd.gradcheck(lambda a, b, s: _ChunkedClip.apply(a, b, s, (ids, ids, None), 4, symmetric),
+                                    (q, c, scale))
+
+
+def test_one_direction_clip_is_the_query_to_context_cross_entropy():
+    torch.manual_seed(3)
+    q, c = (torch.nn.functional.normalize(torch.randn(9, 5, dtype=torch.float64), dim=1) for _ in range(2))
+    loss_fn = ClipLoss(init_temperature=0.1, symmetric=False).double()
+    logits = q @ c.T * float(loss_fn.logit_scale.detach().exp())
+    want = -torch.log_softmax(logits, dim=1).diagonal().mean()  # each query picks its context; no column term
+    assert float(loss_fn(q, c).detach()) == pytest.approx(float(want), rel=1e-10)
+    both = (want - torch.log_softmax(logits, dim=0).diagonal().mean()) / 2
+    assert float(ClipLoss(init_temperature=0.1).double()(q, c)) == pytest.approx(float(both), rel=1e-10)
+    with pytest.raises(LossError, match="symmetric must be true or false, not 'no'"):
+        ClipLoss(symmetric="no")
+
+
+def test_query_side_heads_train_the_query_to_context_half():
+    """The trainer builds the clip loss one-directional for heads whose contexts cannot move,
+    symmetric for the others, and a symmetric setting asked for wins."""
+    from projhead.config import HeadConfig, TrainConfig
+    from projhead.train import make_loss
+
+    assert make_loss(TrainConfig(), HeadConfig(towers="query")).symmetric is False
+    assert make_loss(TrainConfig(), HeadConfig(towers="separate")).symmetric is True
+    assert make_loss(TrainConfig()).symmetric is True
+    assert make_loss(TrainConfig(loss_settings={"symmetric": True}), HeadConfig(towers="query")).symmetric is True
+    assert make_loss(TrainConfig(loss="samtone"), HeadConfig(towers="query")).symmetric is True  # its own definition
 
 
 def test_settings_a_loss_does_not_take_are_refused():
@@ -203,13 +232,14 @@ def test_clip_with_negatives_and_silver_rows_matches_loop(dtype):
     assert got == pytest.approx(want, rel=1e-5 if dtype == torch.float32 else 1e-10)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("chunk", [1, 3, 5])
-def test_chunked_clip_with_negatives_equals_plain(chunk):
+def test_chunked_clip_with_negatives_equals_plain(chunk, symmetric):
     q0, c0, ids, qids, n0, neg_ids = _with_negatives(torch.float64)
     out = {}
     for name, size in (("plain", None), ("chunked", chunk)):
         q, c, negs = q0.clone().requires_grad_(), c0.clone().requires_grad_(), n0.clone().requires_grad_()
-        loss_fn = ClipLoss(init_temperature=0.05, chunk_size=size).double()
+        loss_fn = ClipLoss(init_temperature=0.05, chunk_size=size, symmetric=symmetric).double()
         loss = loss_fn(q, c, ids, negatives=negs, negative_ids=neg_ids, query_ids=qids)
         loss.backward()
         out[name] = (float(loss.detach()), q.grad, c.grad, negs.grad, loss_fn.logit_scale.grad)

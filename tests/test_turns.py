@@ -350,7 +350,8 @@ def test_dialog_candidates_start_at_their_temperature_unless_one_is_asked_for(tm
     import projhead.train as train_module
     built = []
     make_loss = train_module.make_loss
-    monkeypatch.setattr(train_module, "make_loss", lambda cfg: built.append(cfg.init_temperature) or make_loss(cfg))
+    monkeypatch.setattr(train_module, "make_loss", lambda cfg, hcfg=None: built.append(cfg.init_temperature)
+                        or make_loss(cfg, hcfg))
     train, _ = _planted_cache(tmp_path, "train", 0, 200)
     base = {"epochs": 3, "seed": 0, "decision": "better"}
     cases = [  # config, fixed, other arguments, temperature the loss is built with, the entries' record
