@@ -21,7 +21,8 @@ one ``bench_squad.py`` saved in ``--heads-dir``/seedN, else trained the same way
 (the test pairs), and on SQuAD v1.1 dev: nDCG@10 over each whole corpus, dense and fused with
 BM25 (z-scored, dense weight ``--fusion-weight``), frozen and head, without and with a per-query
 gate (query-side heads). The gate's mean and covariance come from SQuAD train queries outside a
-5% held-out part of whole articles, its edge from that part; its other fields are the training
+5% held-out part of whole articles, its edge from that part (the head in full up to
+``--gate-quantile`` of its distances, the gate's own 0.9 unless given); its other fields are the training
 parts of BoolQ, FiQA and Quora, leaving out the field being scored (QuAC is never used), so no
 field is scored with a gate calibrated on it. ``--trained-on boolq`` (or quac, fiqa, quora): that field's
 default head (trained here on its training part, into bench/work/heads-FIELD/seedN), scored on its
@@ -48,7 +49,7 @@ import torch
 import projhead
 from projhead.cache import cache_dataset, open_cache
 from projhead.fusion import FusionSpec
-from projhead.gate import fit_gate
+from projhead.gate import IN_QUANTILE, fit_gate
 from projhead.train import split_by_group, split_groups
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.select import auto_train
@@ -79,12 +80,19 @@ def main():
     ap.add_argument("--fields", action="store_true", help="score the default head on other fields (see module doc)")
     ap.add_argument("--cache-dir", default=str(WORK), help="--fields: where the SQuAD caches are")
     ap.add_argument("--fusion-weight", type=float, default=0.7, help="--fields: dense share of the fusion")
+    ap.add_argument("--gate-quantile", type=float, default=IN_QUANTILE,
+                    help="--fields: the gate gives the full head up to this quantile of held-out training queries' "
+                         "distances (default: the gate's own)")
     ap.add_argument("--trained-on", nargs="+", default=["squad"], choices=["squad", "boolq", "fiqa", "quora", "quac"],
                     help="--fields: whose default heads; a head of another field is scored on its test part and SQuAD")
     ap.add_argument("--squad-canary", type=int, default=0, metavar="N",
                     help="--fields: the other fields' heads trained with `projhead train --canary` of N SQuAD v1.1 "
                          "train questions (whole articles, the file's first) instead")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="--fields: one table of the rows of these OUT-fields.json files (seeds run apart); nothing runs")
     args = ap.parse_args()
+    if args.merge:
+        return merge_fields(args.merge, Path(args.out + "-fields"))
     data = os.environ.get("PROJHEAD_DATA")
     WORK.mkdir(parents=True, exist_ok=True)
     enc = get_encoder(DEFAULT_ENCODER)
@@ -206,19 +214,33 @@ def fields(args, enc, data) -> None:
         label = trained_on + (f" (--canary: {len(open_cache(canaries[0]).q2c)} SQuAD train questions)" if canaries else "")
         for seed in args.seeds:
             rows += field_rows(label, train, default_head(train, heads / f"seed{seed}", seed, canaries), seed,
-                               {f: tests[f] for f in scored}, calib, spec)
+                               {f: tests[f] for f in scored}, calib, spec, args.gate_quantile)
     out = Path(args.out + "-fields")
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"bench": "ood-fields", "encoder": DEFAULT_ENCODER, "fusion_weight": args.fusion_weight, "rows": rows,
+    result = {"bench": "ood-fields", "encoder": DEFAULT_ENCODER, "fusion_weight": args.fusion_weight,
+              "gate_quantile": args.gate_quantile, "rows": rows,
               "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(fields_table(result))
     print(fields_table(result))
 
 
-def field_rows(trained_on, train, head_how, seed, tests, calib, spec) -> list[dict]:
+def merge_fields(paths: list[str], out: Path) -> None:
+    """The rows of several ``--fields`` runs in one result (their settings must agree)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    for key in ("fusion_weight", "gate_quantile"):
+        if len({json.dumps(r.get(key, IN_QUANTILE if key == "gate_quantile" else None)) for r in parts}) > 1:
+            raise SystemExit(f"--merge: the runs differ in {key}: {[r.get(key) for r in parts]}")
+    result = {**parts[0], "rows": [row for r in parts for row in r["rows"]], "merged_from": paths}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(fields_table(result))
+    print(fields_table(result))
+
+
+def field_rows(trained_on, train, head_how, seed, tests, calib, spec, gate_quantile=IN_QUANTILE) -> list[dict]:
     """One head scored on ``tests``, without and (query-side heads) with a gate calibrated on
-    the fields of ``calib`` other than the one scored and the one trained on."""
+    the fields of ``calib`` other than the one scored and the one trained on (the full head up
+    to the ``gate_quantile`` distance of held-out training queries)."""
     t0 = time.perf_counter()
     head, how = head_how
     head.set_gate(None)
@@ -234,7 +256,7 @@ def field_rows(trained_on, train, head_how, seed, tests, calib, spec) -> list[di
                "alpha": head.info.get("decision", {}).get("alpha"), "plain": plain}
         if gated:
             names = [f for f in calib if f not in (field, trained_on.split(" ")[0])]  # the field, not its label
-            gate, report = fit_gate(tr_q, held_q, [np.asarray(calib[f].queries) for f in names])
+            gate, report = fit_gate(tr_q, held_q, [np.asarray(calib[f].queries) for f in names], gate_quantile)
             head.set_gate(gate)
             row.update(gate=report, gate_fields=names, mean_gate=float(head.gate_values(cache.queries).mean()),
                        gated=field_scores(cache, head, spec))

@@ -84,6 +84,18 @@ def test_without_other_fields_the_ramp_starts_at_the_training_edge():
         fit_gate(_field(100, home, 2), np.zeros((0, DIM), np.float32), [])
 
 
+def test_the_full_head_reaches_the_asked_share_of_held_out_training_queries():
+    home = _centre(1)
+    train, held = _field(2000, home, 2), _field(1000, home, 3)
+    for q in (0.9, 0.95, 0.5):
+        gate, report = fit_gate(train, held, [], in_quantile=q)
+        with torch.no_grad():
+            full = (gate(torch.from_numpy(held)).numpy() == 1.0).mean()
+        assert full == pytest.approx(q, abs=0.002) and report["in_quantile"] == q
+    with pytest.raises(ValueError, match="in_quantile .* not 0"):
+        fit_gate(train, held, [], in_quantile=0)
+
+
 @pytest.mark.parametrize("kind", ["linear", "residual"])
 def test_the_gate_survives_save_load_and_both_exports(tmp_path, kind):
     import onnxruntime as ort
