@@ -228,10 +228,16 @@ def fields(args, enc, data) -> None:
 def merge_fields(paths: list[str], out: Path) -> None:
     """The rows of several ``--fields`` runs in one result (their settings must agree)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
+    for r in parts:  # runs from before --gate-quantile: their gates' reports say it (q90: the 0.9 of then)
+        gates = [row["gate"] for row in r["rows"] if "gate" in row]
+        r.setdefault("gate_quantile", gates[0].get("in_quantile", 0.9 if "q90" in gates[0]["held_distance"] else None)
+                     if gates else None)
     for key in ("fusion_weight", "gate_quantile"):
-        if len({json.dumps(r.get(key, IN_QUANTILE if key == "gate_quantile" else None)) for r in parts}) > 1:
-            raise SystemExit(f"--merge: the runs differ in {key}: {[r.get(key) for r in parts]}")
-    result = {**parts[0], "rows": [row for r in parts for row in r["rows"]], "merged_from": paths}
+        values = {r[key] for r in parts if r[key] is not None}
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the runs differ in {key}: {[r[key] for r in parts]}")
+    result = {**parts[0], "gate_quantile": next((r["gate_quantile"] for r in parts if r["gate_quantile"] is not None), None),
+              "rows": [row for r in parts for row in r["rows"]], "merged_from": paths}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(fields_table(result))
     print(fields_table(result))

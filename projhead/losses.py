@@ -231,7 +231,7 @@ class SamToNeLoss(ClipLoss):
     """SamToNe (Moiseev et al., 2023): InfoNCE whose denominator also holds same-tower
     negatives. For query i the other queries j != i join the contexts (and mined negatives)
     as negatives; in the context->query direction the other contexts join the queries.
-    ``same_tower_weight`` = 0 gives back ``clip`` exactly."""
+    ``same_tower_weight`` = 0 gives back the symmetric ``clip`` exactly."""
 
     def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True, max_scale: float = 100.0,
                  same_tower_weight: float = 1.0):

@@ -25,7 +25,6 @@ output and frozen vector) all pull that way.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -47,7 +46,7 @@ from .checkpoint import (CHECKPOINT_NAME, load_checkpoint, optimizer_tensors, re
                          save_checkpoint, set_rng_state)
 from .heads import Head, HeadConfig
 from .turns import dialog_view
-from .losses import LOSSES, get_loss
+from .loss_config import has_temperature, loss_settings, make_loss  # noqa: F401 (re-exported)
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -56,39 +55,6 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def has_temperature(loss: str) -> bool:
-    """Whether the loss registered as ``loss`` takes a softmax temperature (an unknown name: no)."""
-    return loss in LOSSES and "init_temperature" in inspect.signature(LOSSES[loss].__init__).parameters
-
-
-def make_loss(cfg: TrainConfig, hcfg: HeadConfig | None = None):
-    """The objective of ``cfg``; the temperature goes only to losses that have one (else refused).
-    A query-side head (``hcfg``) trains the query->context half of the clip loss alone unless
-    ``symmetric`` is set: its contexts cannot move, and that half is the ranking it serves."""
-    try:
-        cls = LOSSES[cfg.loss]
-    except KeyError:
-        raise TrainError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}") from None
-    accepted = inspect.signature(cls.__init__).parameters
-    kw = dict(cfg.loss_settings)
-    if has_temperature(cfg.loss):
-        kw.setdefault("init_temperature", cfg.init_temperature if cfg.init_temperature is not None else 0.05)
-    elif cfg.init_temperature is not None:
-        raise TrainError(f"the {cfg.loss} loss has no softmax temperature: drop --temperature "
-                         "(siglip: --loss-setting init_scale=...)")
-    if cfg.bm25_aware and "bm25_weight" not in accepted:
-        raise TrainError(f"BM25-aware training adds BM25 to the logits of the clip loss, not of {cfg.loss}")
-    if cfg.bm25_aware and "bm25_weight" not in kw:
-        raise TrainError("BM25-aware training needs its BM25 share (lexical.bm25_share; the training sources set it)")
-    if "symmetric" in accepted and hcfg is not None and hcfg.towers == "query":
-        kw.setdefault("symmetric", False)
-    if "learn_temperature" in accepted:
-        kw.setdefault("learn_temperature", cfg.learn_temperature)
-    elif not cfg.learn_temperature:
-        raise TrainError(f"the {cfg.loss} loss has no temperature to fix: drop --fixed-temperature")
-    return get_loss(cfg.loss, **kw)
 
 
 def param_groups(modules, weight_decay: float) -> list[dict]:
@@ -409,7 +375,8 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     for c in canaries:
         Head(hcfg).check_cache(c.cache)
     ckpt = Path(out) / CHECKPOINT_NAME if out is not None else None
-    job = {"train": asdict(cfg), "head": asdict(hcfg), "cache_fingerprint": cache.attrs["fingerprint"]}
+    job = {"train": {**asdict(cfg), "loss_settings": loss_settings(cfg, hcfg)}, "head": asdict(hcfg),
+           "cache_fingerprint": cache.attrs["fingerprint"]}
     if ckpt is not None and restart and ckpt.exists():
         ckpt.unlink()
     run = fit(cache, hcfg, cfg, ckpt=ckpt, job=job, progress=progress, canaries=canaries)
@@ -446,7 +413,7 @@ def save_trained(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: 
     head_metrics = decision.get("dev_head") or (log["epochs"][log["best_epoch"] - 1]["dev"]
                                                  if log.get("best_epoch") else frozen)
     head.info = {
-        "training": asdict(cfg),
+        "training": {**asdict(cfg), "loss_settings": loss_settings(cfg, head.config)},
         "encoder_build": cache.encoder_info.get("build", {}),
         "cache": {"path": str(cache.path), "fingerprint": cache.attrs["fingerprint"],
                   "dataset": cache.attrs["dataset"], "split": cache.attrs["split"],

@@ -170,6 +170,7 @@ def test_query_side_heads_train_the_query_to_context_half():
     assert make_loss(TrainConfig()).symmetric is True
     assert make_loss(TrainConfig(loss_settings={"symmetric": True}), HeadConfig(towers="query")).symmetric is True
     assert make_loss(TrainConfig(loss="samtone"), HeadConfig(towers="query")).symmetric is True  # its own definition
+    assert make_loss(TrainConfig(), HeadConfig(kind="dialog", towers="query")).symmetric is True  # measured so
 
 
 def test_settings_a_loss_does_not_take_are_refused():
@@ -410,3 +411,18 @@ def test_distill_called_on_embeddings_alone_refuses_instead_of_ignoring_the_teac
 def test_a_temperature_is_refused_by_losses_without_one(name):
     with pytest.raises(LossError, match="does not take setting"):
         get_loss(name, init_temperature=0.1)
+
+
+@pytest.mark.parametrize("towers, recorded", [("query", False), ("separate", True)])
+def test_the_loss_direction_is_recorded_in_config_json(planted_cache, tmp_path, towers, recorded):
+    """config.json says which halves of the clip loss trained the head, asked for or not."""
+    import json
+
+    import projhead
+
+    path = planted_cache()
+    projhead.train_head(path, projhead.HeadConfig(kind="linear", towers=towers), projhead.TrainConfig(epochs=1),
+                        out=tmp_path / "h")
+    training = json.loads((tmp_path / "h" / "config.json").read_text())["training"]
+    assert training["loss_settings"]["symmetric"] is recorded
+    assert training["loss"] == "clip"
