@@ -154,7 +154,7 @@ def test_one_direction_clip_is_the_query_to_context_cross_entropy():
     want = -torch.log_softmax(logits, dim=1).diagonal().mean()  # each query picks its context; no column term
     assert float(loss_fn(q, c).detach()) == pytest.approx(float(want), rel=1e-10)
     both = (want - torch.log_softmax(logits, dim=0).diagonal().mean()) / 2
-    assert float(ClipLoss(init_temperature=0.1).double()(q, c)) == pytest.approx(float(both), rel=1e-10)
+    assert float(ClipLoss(init_temperature=0.1).double()(q, c).detach()) == pytest.approx(float(both), rel=1e-10)
     with pytest.raises(LossError, match="symmetric must be true or false, not 'no'"):
         ClipLoss(symmetric="no")
 
