@@ -140,8 +140,9 @@ class _ChunkedClip(torch.autograd.Function):
             stop = min(start + chunk, n)
             logits = _ChunkedClip._block(q, cand, scale, ids, start, stop)
             lse_row[start:stop] = torch.logsumexp(logits, dim=1)
-            col_parts.append(torch.logsumexp(logits[:, :n], dim=0))
-        lse_col = torch.logsumexp(torch.stack(col_parts), dim=0)  # (B,)
+            if symmetric:  # the context->query half's column sums, only where that half is trained
+                col_parts.append(torch.logsumexp(logits[:, :n], dim=0))
+        lse_col = torch.logsumexp(torch.stack(col_parts), dim=0) if symmetric else lse_row.new_empty(0)  # (B,)
         diag = scale * (q * cand[:n]).sum(1)
         ctx.save_for_backward(q, cand, logit_scale, lse_row, lse_col)
         ctx.ids, ctx.chunk, ctx.symmetric = ids, chunk, symmetric
@@ -156,11 +157,11 @@ class _ChunkedClip(torch.autograd.Function):
         n = len(q)
         dq, dcand = torch.zeros_like(q), torch.zeros_like(cand)
         dscale = torch.zeros((), dtype=q.dtype, device=q.device)
+        halves = 2 if ctx.symmetric else 1
         for start in range(0, n, ctx.chunk):
             stop = min(start + ctx.chunk, n)
             logits = _ChunkedClip._block(q, cand, scale, ctx.ids, start, stop)  # (R, M)
             g = torch.exp(logits - lse_row[start:stop, None])
-            halves = 2 if ctx.symmetric else 1
             if ctx.symmetric:
                 g[:, :n] += torch.exp(logits[:, :n] - lse_col[None, :])
             g[torch.arange(stop - start), torch.arange(start, stop)] -= halves
