@@ -80,6 +80,8 @@ def fit_gate(train_q: np.ndarray, held_q: np.ndarray, other_q: np.ndarray | list
     others = [o for o in others if len(o)]
     if len(held_q) == 0:
         raise ValueError("the gate needs held-out training queries to calibrate on")
+    if not 0 < in_quantile <= 1:
+        raise ValueError(f"in_quantile is a share of the held-out training queries in (0, 1], not {in_quantile}")
     dim = train_q.shape[1]
     mean = train_q.mean(0)
     cov = np.cov(train_q, rowvar=False).reshape(dim, dim)
@@ -92,8 +94,6 @@ def fit_gate(train_q: np.ndarray, held_q: np.ndarray, other_q: np.ndarray | list
     gate.whiten.copy_(torch.from_numpy(whiten.astype(np.float32)))
     d_in = _distances(gate, held_q)
     d_out = np.concatenate([_distances(gate, o) for o in others]) if others else np.zeros(0)
-    if not 0 < in_quantile <= 1:
-        raise ValueError(f"in_quantile is a share of the held-out training queries in (0, 1], not {in_quantile}")
     lo = float(np.quantile(d_in, in_quantile))
     hi = max(float(np.quantile(d_out, OUT_QUANTILE)) if others else 0.0, lo * (1 + MIN_RAMP))
     gate.bounds.copy_(torch.tensor([lo, hi]))
