@@ -220,6 +220,11 @@ def fields(args, enc, data) -> None:
     result = {"bench": "ood-fields", "encoder": DEFAULT_ENCODER, "fusion_weight": args.fusion_weight,
               "gate_quantile": args.gate_quantile, "rows": rows,
               "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}}
+    write_fields(result, out)
+
+
+def write_fields(result: dict, out: Path) -> None:
+    """``OUT-fields.json`` and its table (``.md``, printed too)."""
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(fields_table(result))
     print(fields_table(result))
@@ -238,9 +243,7 @@ def merge_fields(paths: list[str], out: Path) -> None:
             raise SystemExit(f"--merge: the runs differ in {key}: {[r[key] for r in parts]}")
     result = {**parts[0], "gate_quantile": next((r["gate_quantile"] for r in parts if r["gate_quantile"] is not None), None),
               "rows": [row for r in parts for row in r["rows"]], "merged_from": paths}
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(fields_table(result))
-    print(fields_table(result))
+    write_fields(result, out)
 
 
 def field_rows(trained_on, train, head_how, seed, tests, calib, spec, gate_quantile=IN_QUANTILE) -> list[dict]:
