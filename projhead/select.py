@@ -54,6 +54,7 @@ from .soup import average, fold_runs
 from .checkpoint import CHECKPOINT_NAME
 from .fusion import WEIGHT_GRID, FusionSpec
 from .hybrid import has_texts, tune_after_selection
+from .alpha import AUTO_ALPHAS, chooses_alpha, chosen_alpha  # noqa: F401 (AUTO_ALPHAS re-exported)
 from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, has_temperature, held_out,
@@ -75,9 +76,6 @@ CANDIDATES = [
 # it leads every variant on SQuAD train); query-side heads (the adapter and the residual MLP)
 # stay at every size, since selection keeps one unless a two-tower head is better beyond noise.
 LARGE = ("linear-query", "residual-query", "residual-separate")
-# --alpha auto: the interpolations the choosing queries pick from (largest first: ties keep it);
-# bench_corpus --alphas: under 5,000 pairs 0.5 and 0.75 beat the default 0.9 on test queries
-AUTO_ALPHAS = (0.9, 0.75, 0.5)
 
 
 def candidates(n_queries: int, fixed: dict | None = None, pool: list | None = None) -> list[tuple[str, HeadConfig, dict]]:
@@ -247,7 +245,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             decision = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder out of fold",
                         "dev_head": frozen}
         else:
-            if cfg.alpha == "auto":  # each fold's head at each alpha, its choosing queries ranked
+            if chooses_alpha(cfg, head):  # each fold's head at each alpha, its choosing queries ranked
                 at_epoch = at_epoch or (fold_runs(cache, hcfg, tc, fold_rows, e_best) if head.can_interpolate() else None)
                 final_cfg = replace(final_cfg, alpha=chosen_alpha(head, lambda a: np.concatenate(
                     [run["dev"].ranks(h) for run, h in zip(at_epoch, _as_saved(at_epoch, a))])[sel], cfg, log, progress))
@@ -352,26 +350,6 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                                   bm25_grid=None if pinned else bm25_choices(cfg), folds=weight_folds,
                                   spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
-
-
-def chosen_alpha(head: Head, ranks_at, cfg: TrainConfig, log: dict, progress: bool = False) -> float:
-    """``--alpha auto``: the interpolation of ``AUTO_ALPHAS`` whose held-out metric is highest on
-    the queries that choose (``ranks_at(alpha)``: their ranks with the head as saved at that
-    alpha; ties keep the larger alpha), so the queries that decide judge one head, as for the
-    candidate and its epoch. 1 (the head kept whole, and said) for a head that cannot be interpolated."""
-    if not head.can_interpolate():
-        log["alpha_choice"] = {"alphas": list(AUTO_ALPHAS), "chosen": 1.0,
-                               "why": "only identity-initialised linear and residual heads of the encoder's dimension "
-                                      "contain the frozen encoder: this one is kept whole (alpha 1)"}
-        _say(progress, f"  alpha (--alpha auto): {log['alpha_choice']['why']}")
-        return 1.0
-    f = PER_QUERY[cfg.select_metric]
-    scores = {a: float(f(ranks_at(a)).mean()) for a in AUTO_ALPHAS}
-    best = max(AUTO_ALPHAS, key=lambda a: scores[a])  # the first of equal scores: the larger alpha
-    log["alpha_choice"] = {"alphas": list(AUTO_ALPHAS), "scores": [scores[a] for a in AUTO_ALPHAS], "chosen": best}
-    _say(progress, f"  alpha (--alpha auto): {best:g}, by {cfg.select_metric} on the choosing queries: "
-                   + ", ".join(f"{a:g} {scores[a]:.4f}" for a in AUTO_ALPHAS))
-    return best
 
 
 def attach_gate(head: Head, cache: Cache, cfg: TrainConfig, canaries: list, train_rows: np.ndarray,

@@ -6,9 +6,9 @@ import pytest
 
 from projhead.batches import held_out
 from projhead.cache import open_cache
-from projhead.heads import load_head
+from projhead.heads import HeadConfig, load_head
 from projhead.select import CV_BELOW, auto_train, candidates, group_folds
-from projhead.train import TrainConfig
+from projhead.train import ALPHA, TrainConfig
 
 
 def test_folds_keep_groups_whole_and_cover_every_row_once():
@@ -207,11 +207,47 @@ def test_the_decision_is_on_the_head_as_saved(planted_cache, tmp_path, capsys):
     assert d["dev_gain"]["gain"] == 0 and d["kept"] == "identity" and head.config.passthrough
     said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("chosen: "))
     assert said.count("95% interval") == 1 and "kept: identity; dev mrr10 gain +0.0000" in said  # said once
-    head, log = auto_train(path, TrainConfig(epochs=6), fixed=_linear_query(lr=1e-2), out=tmp_path / "h", progress=False)
+    head, log = auto_train(path, TrainConfig(epochs=6, alpha=0.9), fixed=_linear_query(lr=1e-2), out=tmp_path / "h",
+                           progress=False)
     d = log["decision"]
     assert d["kept"] == "head" and d["alpha"] == 0.9 and "alpha 0.9" in d["measured"]
     assert head.info["metrics"]["head"] == d["dev_head"] != log["selection"]["chosen_dev_trained"]
     assert "alpha 0.9" in (tmp_path / "h" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("folds", [0, 5])
+def test_without_alpha_folds_choose_it_and_a_dev_split_keeps_the_default(planted_cache, monkeypatch, folds, tmp_path):
+    """No --alpha: 5-fold selection picks the alpha on its choosing queries, as --alpha auto does
+    (steered to 0.75 here), and decides and saves that one; a dev split keeps ALPHA."""
+    import projhead.select as S
+
+    real_choose = S.chosen_alpha
+    monkeypatch.setattr(S, "chosen_alpha", lambda head, ranks_at, cfg, log, progress=False: real_choose(
+        head, lambda a: ranks_at(a) * 0 if a == 0.75 else ranks_at(a) + 20 * (a > 0), cfg, log, progress))
+    # 0.75: every query at rank 0; the other alphas past the top 10
+    path = planted_cache(n_groups=40)
+    head, log = auto_train(path, TrainConfig(epochs=6), fixed=_linear_query(lr=1e-2), out=tmp_path / "h",
+                           progress=False, folds=folds)
+    d, saved = log["decision"], load_head(tmp_path / "h")
+    assert d["kept"] == "head"
+    want = 0.75 if folds else ALPHA
+    assert d["alpha"] == want and f"alpha {want:g}" in d["measured"]
+    assert saved.info["training"]["alpha"] == (want if folds else None)  # None: the default, ALPHA
+    assert ("alpha_choice" in saved.info["selection"]) == bool(folds)
+
+
+def test_which_heads_choose_their_alpha_without_one_given():
+    import projhead.select as S
+
+    class Stub:
+        def __init__(self, kind, interpolates):
+            self.config, self.can_interpolate = HeadConfig(kind=kind), lambda: interpolates
+
+    assert S.chooses_alpha(TrainConfig(), Stub("linear", True))
+    assert not S.chooses_alpha(TrainConfig(), Stub("mlp", False))  # kept whole, as without folds
+    assert not S.chooses_alpha(TrainConfig(), Stub("dialog", True))  # ALPHA, as its benchmarks were measured
+    assert not S.chooses_alpha(TrainConfig(alpha=0.5), Stub("linear", True))
+    assert S.chooses_alpha(TrainConfig(alpha="auto"), Stub("residual", True))
 
 
 def test_alpha_a_head_cannot_take_is_refused_before_training(planted_cache, monkeypatch):
@@ -323,17 +359,30 @@ def test_an_empty_streamed_dev_split_keeps_the_identity(tmp_path):
     assert "holds no queries" in log["decision"]["why"]
 
 
-def test_alpha_auto_keeps_the_highest_scoring_alpha_and_the_larger_of_equals():
+def test_alpha_auto_keeps_the_smallest_alpha_within_noise_of_the_best_and_clearly_above_frozen():
     from types import SimpleNamespace
 
     import projhead.select as S
 
     head = SimpleNamespace(can_interpolate=lambda: True)
-    ranks = {0.9: np.array([3, 0]), 0.75: np.array([0, 0]), 0.5: np.array([0, 1])}  # mrr10 0.625, 1.0, 0.75
+    n = 200
+    top, frozen = np.zeros(n, int), np.full(n, 20)  # mrr10 1 and 0
+    one_off, four_off = top.copy(), top.copy()
+    one_off[0], four_off[:4] = 3, 3  # 1 or 4 of 200 queries a little worse than the best
     log = {}
-    assert S.chosen_alpha(head, ranks.get, TrainConfig(), log) == 0.75
-    assert log["alpha_choice"] == {"alphas": [0.9, 0.75, 0.5], "scores": [0.625, 1.0, 0.75], "chosen": 0.75}
-    assert S.chosen_alpha(head, lambda a: np.array([0, 2]), TrainConfig(), {}) == 0.9  # all equal: the largest
+    ranks = {0.9: top, 0.75: one_off, 0.5: four_off, 0.0: frozen}
+    assert S.chosen_alpha(head, ranks.get, TrainConfig(), log) == 0.75  # 0.5: below the best beyond noise
+    assert log["alpha_choice"] == {"alphas": [0.9, 0.75, 0.5], "scores": [1.0, 1 - 0.75 / n, 1 - 3 / n],
+                                   "best": 0.9, "chosen": 0.75}
+    ranks[0.5] = one_off
+    assert S.chosen_alpha(head, ranks.get, TrainConfig(), {}) == 0.5  # within noise: the nearest the frozen encoder
+    ranks[0.0] = one_off  # the frozen encoder as good: no smaller alpha is clearly above it, the best is kept
+    assert S.chosen_alpha(head, ranks.get, TrainConfig(), {}) == 0.9
+    asked = []
+    ranks = {0.9: four_off, 0.75: top, 0.5: frozen}  # the best is 0.75, and the smaller 0.5 is far below it
+    assert S.chosen_alpha(head, lambda a: asked.append(a) or ranks.get(a, frozen), TrainConfig(), {}) == 0.75
+    assert S.chosen_alpha(head, lambda a: top, TrainConfig(), log) == 0.9  # all equal: the largest, no frozen asked
+    assert log["alpha_choice"]["best"] == log["alpha_choice"]["chosen"] == 0.9
     rigid, log = SimpleNamespace(can_interpolate=lambda: False, config=SimpleNamespace(kind="mlp", init="random")), {}
     assert S.chosen_alpha(rigid, ranks.get, TrainConfig(), log) == 1.0  # kept whole, and said
     assert log["alpha_choice"]["chosen"] == 1.0 and "kept whole" in log["alpha_choice"]["why"]
@@ -359,7 +408,9 @@ def test_alpha_auto_is_chosen_on_the_choosing_queries_and_decided_on_the_others(
     def steered(head, ranks_at, cfg, log, progress=False):
         seen["ranks"] = {a: ranks_at(a) for a in S.AUTO_ALPHAS}
         seen["head"] = copy.deepcopy(head)
-        return real_choose(head, lambda a: seen["ranks"][a] * (a != 0.5), cfg, log, progress)  # 0.5: all top-1
+        seen["frozen"] = ranks_at(0.0)
+        return real_choose(head, lambda a: seen["ranks"].get(a, seen["frozen"]) * (a != 0.5), cfg, log,
+                           progress)  # 0.5: all top-1, the best
 
     real_fold_runs = S.fold_runs
 
@@ -385,6 +436,9 @@ def test_alpha_auto_is_chosen_on_the_choosing_queries_and_decided_on_the_others(
             want = held_out(cache, choose).ranks(copy.deepcopy(seen["head"]).interpolate(a))
         np.testing.assert_array_equal(got, want)
     assert not np.array_equal(seen["ranks"][0.9], seen["ranks"][0.5])  # each alpha's own head
+    frozen = (np.concatenate([held_out(cache, np.intersect1d(rows, choose)).ranks(None) for rows in seen["fold_runs"][0]])
+              if folds else held_out(cache, choose).ranks(None))
+    np.testing.assert_array_equal(seen["frozen"], frozen)  # at alpha 0: the frozen encoder's, the same queries
     d = log["decision"]
     assert log["selection"]["alpha_choice"]["chosen"] == d["alpha"] == 0.5 and d["dev_gain"]["n"] == len(decide)
     assert "alpha 0.5" in d["measured"]
@@ -408,4 +462,4 @@ def test_alpha_auto_is_refused_without_model_selection_and_checked_on_the_comman
     assert main(["train", str(path), "--out", str(tmp_path / "h"), "--alpha", "half"]) == 2
     assert "Invalid value for '--alpha'" in capsys.readouterr().err
     assert main(["train", str(path), "--out", str(tmp_path / "h"), "--alpha", "auto", "--epochs", "2"]) == 0
-    assert "alpha (--alpha auto): " in capsys.readouterr().out
+    assert "alpha: " in capsys.readouterr().out
