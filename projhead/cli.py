@@ -233,7 +233,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--anchor-weight", type=click.FloatRange(min=0), default=_T.anchor_weight, show_default=True,
               help="penalty on the distance between head output and frozen vector")
 @click.option("--alpha", metavar="A|auto", callback=lambda c, p, v: _alpha(v), help="save frozen + alpha x (trained - frozen), in weight space: 1 keeps the trained head; "
-              "auto: selection picks 0.9, 0.75 or 0.5 on its choosing queries [auto with 5-fold selection, else 0.9]")
+              "auto: selection picks 0.9, 0.75 or 0.5 on its choosing queries [auto for linear and residual heads in 5-fold selection, else 0.9]")
 @click.option("--canary", "canaries", multiple=True, type=click.Path(dir_okay=False),
               help="a cache of another domain (same encoder), scored every epoch beside the frozen encoder; the head "
                    "is shrunk toward the frozen encoder until no canary loses more than --canary-tolerance; repeatable")

@@ -381,8 +381,13 @@ def test_alpha_auto_keeps_the_smallest_alpha_within_noise_of_the_best_and_clearl
     asked = []
     ranks = {0.9: four_off, 0.75: top, 0.5: frozen}  # the best is 0.75, and the smaller 0.5 is far below it
     assert S.chosen_alpha(head, lambda a: asked.append(a) or ranks.get(a, frozen), TrainConfig(), {}) == 0.75
-    assert S.chosen_alpha(head, lambda a: top, TrainConfig(), log) == 0.9  # all equal: the largest, no frozen asked
+    assert sorted(asked) == [0.0, 0.5, 0.75, 0.9]  # the frozen encoder's ranks asked once, for the smaller 0.5
+    assert S.chosen_alpha(head, lambda a: top, TrainConfig(), log) == 0.9  # all equal (the frozen encoder too): the largest
     assert log["alpha_choice"]["best"] == log["alpha_choice"]["chosen"] == 0.9
+    asked.clear()
+    ranks = {0.9: four_off, 0.75: four_off, 0.5: top}
+    assert S.chosen_alpha(head, lambda a: asked.append(a) or ranks[a], TrainConfig(), {}) == 0.5
+    assert 0.0 not in asked  # the best is the smallest: the frozen encoder is not needed
     rigid, log = SimpleNamespace(can_interpolate=lambda: False, config=SimpleNamespace(kind="mlp", init="random")), {}
     assert S.chosen_alpha(rigid, ranks.get, TrainConfig(), log) == 1.0  # kept whole, and said
     assert log["alpha_choice"]["chosen"] == 1.0 and "kept whole" in log["alpha_choice"]["why"]
