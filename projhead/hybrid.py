@@ -31,6 +31,7 @@ from dataclasses import replace
 import numpy as np
 
 from .evaluate import MISS, PER_QUERY, dense_scorer, self_matches
+from .metrics import paired_bootstrap
 from .fusion import (BM25_GRID, WEIGHT_GRID, BM25Index, BM25Settings, FusionError, FusionSpec, normalise, normalised_bm25,
                      normalised_pair, tokenize)
 from .search import build_index, search
@@ -47,7 +48,7 @@ def has_texts(cache) -> bool:
 def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric: str = "mrr10",
                   grid=WEIGHT_GRID, max_queries: int = MAX_TUNE_QUERIES, seed: int = 0,
                   block: int = 250, bm25_grid=None, max_settings_queries: int = MAX_SETTINGS_QUERIES,
-                  folds: list | None = None) -> FusionSpec:
+                  folds: list | None = None, judge=None) -> FusionSpec:
     """``spec`` (default settings if None) with the weight of ``grid`` whose fusion of
     ``head`` (the frozen encoder if None or passthrough) and BM25 has the highest mean
     ``metric`` on the query ``rows`` of ``cache``, ranked against all its contexts (and the
@@ -58,7 +59,10 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     fusion of the head (the frozen encoder if none); ties keep the first pair. ``folds``:
     ``(rows, head)`` pairs of k-fold selection, each fold's head scoring the rows it was not
     trained on (the saved head, refit on every query, has no held-out queries of its own);
-    given, they stand for ``head``. Raises FusionError if the cache has no texts."""
+    given, they stand for ``head``. ``judge``: query rows (of ``rows``) on which the head fused
+    at its weight is compared with the frozen encoder fused at its own, query by query (the
+    paired bootstrap of model selection, seeded with ``seed``): ``chosen["against_frozen"]``.
+    Raises FusionError if the cache has no texts."""
     spec = spec or FusionSpec()
     t0 = time.perf_counter()
     rows = _checked_rows(cache, rows, "the fusion weight")
@@ -84,8 +88,15 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     else:
         index = BM25Index(texts, spec.bm25)
     rows = _sample(rows, max_queries, seed)
-    means = _fused_means(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
-    best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
+    per = _fused_scores(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
+    means = {name: v.mean(axis=0) for name, v in per.items()}
+    best = {name: int(np.argmax(m)) for name, m in means.items()}
+    if judge is not None and system == "head":
+        on = np.isin(rows, judge)
+        on = on if on.any() else np.ones(len(rows), bool)  # none of them among the sampled rows: all of these
+        record["against_frozen"] = {**paired_bootstrap(per["head"][on, best["head"]], per["frozen"][on, best["frozen"]],
+                                                       seed=seed), "metric": metric}
+    best = {name: float(grid[j]) for name, j in best.items()}
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
               "system": system, **record, "seconds": round(time.perf_counter() - t0, 1)}
@@ -139,26 +150,34 @@ def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def _fused_means(cache, rows, towers: dict, indexes: list, texts: list, grid: np.ndarray, metric: str, how: str,
                  block: int) -> list[dict]:
-    """Per BM25 index (one per setting, tokenised alike, over ``texts``), per tower: the mean
-    ``metric`` of the query ``rows`` ranked against every text by dense fused with BM25 (both
-    normalised ``how``) at each weight of ``grid``. A tower given as a list of ``(rows, head,
-    context vectors)`` (fold heads) scores each of the ``rows`` with the head of its fold."""
+    """Per BM25 index, per tower: the mean over ``rows`` of ``_fused_scores``'s per-query metric at each weight."""
+    return [{name: v.mean(axis=0) for name, v in per.items()}
+            for per in _fused_scores(cache, rows, towers, indexes, texts, grid, metric, how, block)]
+
+
+def _fused_scores(cache, rows, towers: dict, indexes: list, texts: list, grid: np.ndarray, metric: str, how: str,
+                  block: int) -> list[dict]:
+    """Per BM25 index (one per setting, tokenised alike, over ``texts``), per tower: the
+    ``metric`` of each query of ``rows`` (an array ``(len(rows), len(grid))``) ranked against
+    every text by dense fused with BM25 (both normalised ``how``) at each weight of ``grid``. A
+    tower given as a list of ``(rows, head, context vectors)`` (fold heads) scores each of the
+    ``rows`` with the head of its fold."""
+    rows = np.asarray(rows, np.int64)
+    out = [{name: np.zeros((len(rows), len(grid))) for name in towers} for _ in indexes]
     folded = [name for name, t in towers.items() if isinstance(t, list)]
     if folded:  # one pass per fold, each fold's rows with its own head
-        sums = [{name: np.zeros(len(grid)) for name in towers} for _ in indexes]
         for fold_rows, h, c in towers[folded[0]]:
-            part = np.intersect1d(rows, fold_rows)
-            if len(part):
+            at = np.flatnonzero(np.isin(rows, fold_rows))
+            if len(at):
                 t = {name: (tw if name not in folded else (h, c)) for name, tw in towers.items()}
-                for k, per in enumerate(_fused_means(cache, part, t, indexes, texts, grid, metric, how, block)):
-                    for name, m in per.items():
-                        sums[k][name] += m * len(part)
-        return [{name: v / len(rows) for name, v in per.items()} for per in sums]
+                for k, per in enumerate(_fused_scores(cache, rows[at], t, indexes, texts, grid, metric, how, block)):
+                    for name, v in per.items():
+                        out[k][name][at] = v
+        return out
     f = PER_QUERY[metric]
     tokens = indexes[0].tokens([cache.query_texts[i] for i in rows])
     exclude = self_matches([cache.query_texts[i] for i in rows], texts)
     q2c = np.asarray(cache.q2c)[rows]
-    sums = [{name: np.zeros(len(grid)) for name in towers} for _ in indexes]
     for start in range(0, len(rows), block):
         r = np.arange(start, min(start + block, len(rows)))
         ex = exclude[r]
@@ -169,8 +188,8 @@ def _fused_means(cache, rows, towers: dict, indexes: list, texts: list, grid: np
             b = normalised_bm25(index.scores_of(tokens, r), how)  # (R, Nc) each side
             for name, d in dense.items():
                 for j, ranks in enumerate(_fused_ranks(d, b, q2c[r], ex, grid)):
-                    sums[k][name][j] += f(ranks).sum()
-    return [{name: v / len(rows) for name, v in per.items()} for per in sums]
+                    out[k][name][r, j] = f(ranks)
+    return out
 
 
 def _fused_ranks(d: np.ndarray, b: np.ndarray, gold: np.ndarray, exclude: np.ndarray, grid):
@@ -215,18 +234,20 @@ def best_weight(dev, head, grid, per_query) -> float:
 
 
 def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_GRID, bm25_grid=BM25_GRID,
-                         folds: list | None = None, spec: FusionSpec | None = None) -> dict:
+                         folds: list | None = None, spec: FusionSpec | None = None, judge=None) -> dict:
     """What ``projhead train`` adds to the head's config.json after model selection: the
     fusion spec chosen on the held-out ``rows`` (``{"fusion": {...}}``), or a note that the
     cache has no texts (``{}`` then: the head trains and saves as without fusion). ``grid``:
     the weights tried (a head chosen for fusion never gets 0, which would leave it unused);
     ``bm25_grid``: BM25's (k1, b) pairs chosen from first (None: the BM25 of ``spec``, default
     bm25s's defaults); ``folds``: k-fold selection's ``(rows, fold head)`` pairs, which stand for
-    the head (``choose_weight``)."""
+    the head (``choose_weight``); ``judge``: the rows on which head + BM25 is compared with
+    frozen + BM25 (``choose_weight``)."""
     if not has_texts(cache):
         say(f"fusion weight not chosen: {cache.path} holds no context texts, and fusion with BM25 needs texts")
         return {}
-    spec = choose_weight(cache, rows, head, spec=spec, metric=metric, grid=grid, bm25_grid=bm25_grid, folds=folds)
+    spec = choose_weight(cache, rows, head, spec=spec, metric=metric, grid=grid, bm25_grid=bm25_grid, folds=folds,
+                         judge=judge)
     search = spec.chosen.get("bm25_search")
     who = ("the head" + (f" (out of fold: each of {len(folds)} fold heads on its own fold)" if folds else "")
            + f", {spec.frozen_weight:.2f} for the frozen encoder" if spec.chosen["system"] == "head"
@@ -235,6 +256,10 @@ def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_
         f"{spec.chosen['queries']} held-out queries ({metric})"
         + (f"; BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g} (of {len(search['grid'])} settings, on "
            f"{search['queries']} held-out queries)" if search else ""))
+    vs = spec.chosen.get("against_frozen")
+    if vs:
+        say(f"  head + BM25 against frozen + BM25, each at its weight: {metric} {vs['gain']:+.4f} (95% interval "
+            f"{vs['low']:+.4f} to {vs['high']:+.4f}, {vs['n']} held-out queries)")
     return {"fusion": spec.to_dict()}
 
 

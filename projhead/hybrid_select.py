@@ -6,6 +6,9 @@ Usage (``select.auto_train`` does this)::
 
     check_hybrid(cfg)                                   # refused settings, before anything is trained
     cfg, cands = hybrid_settings(cache, cfg, cands, held_rows, train_rows, log, say=print)
+    why = not_above_fused(cfg, decision, fusion)         # after the fusion: a head that loses inside it gives way
+
+Without ``--hybrid`` a head is decided on alone, then must also beat frozen + BM25 fused.
 """
 from __future__ import annotations
 
@@ -86,3 +89,18 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
     say(f"  hybrid: held-out queries ranked by dense fused with BM25 (z-scores), dense weight "
         f"{cfg.fusion_weight:g} ({how}); BM25-aware candidates add {lam:.4f} x z(BM25) to each cosine")
     return cfg, cands
+
+
+def not_above_fused(cfg: TrainConfig, decision: dict, fusion: dict) -> str | None:
+    """Why a head kept on its own must still give way to the identity, or None: fused with
+    BM25, each at its chosen weight, the head is not above the frozen encoder on the deciding
+    queries (``fusion.chosen.against_frozen``, ``hybrid.choose_weight``) by the rule of
+    ``cfg.decision`` (bootstrap: the interval above 0; else the gain). ``--hybrid`` decides
+    fused from the start and records no such comparison."""
+    vs = fusion.get("fusion", {}).get("chosen", {}).get("against_frozen")
+    if decision.get("kept") != "head" or not vs:
+        return None
+    if (vs["low"] > 0) if cfg.decision == "bootstrap" else (vs["gain"] > 0):
+        return None
+    return (f"fused with BM25, each at its weight, the head is not above frozen + BM25: held-out {vs['metric']} "
+            f"gain {vs['gain']:+.4f} (95% interval {vs['low']:+.4f} to {vs['high']:+.4f}, {vs['n']} queries)")

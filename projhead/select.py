@@ -31,7 +31,9 @@ interpolated the same way and scored out of fold). The log keeps every candidate
 time, and the gain with its 95% interval. The fusion with BM25 saved with the head
 (``hybrid.tune_after_selection``) is chosen on held-out queries too: with a dev split the
 saved head's; with folds each query scored by its fold's head as saved (the refit head saw
-every query).
+every query). There a kept head must also beat the frozen encoder fused, each at its own
+weight, on the deciding queries (the same bootstrap): else the identity is saved, with the
+frozen encoder's fusion (``--hybrid`` decides fused from the start).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ from .checkpoint import CHECKPOINT_NAME
 from .fusion import WEIGHT_GRID, FusionSpec
 from .hybrid import has_texts, tune_after_selection
 from .alpha import AUTO_ALPHAS, chooses_alpha, chosen_alpha  # noqa: F401 (AUTO_ALPHAS re-exported)
-from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings
+from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings, not_above_fused
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, has_temperature, held_out,
                     joined_by_gold, save_trained, split_by_group, split_groups, within_documents, within_noise)
@@ -345,10 +347,20 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     # that epoch and alpha), and the frozen encoder's weight is chosen on all of them
     # served beside the BM25 it was chosen or trained beside, or that was set
     pinned = cfg.hybrid or (final_cfg.bm25_aware and not head.config.passthrough) or None not in (cfg.bm25_k1, cfg.bm25_b)
-    fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
-                                  say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
-                                  bm25_grid=None if pinned else bm25_choices(cfg), folds=weight_folds,
-                                  spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
+    def tuned(h, weight_folds=None, judge=None):
+        return tune_after_selection(h, cache, all_rows if k else held, cfg.select_metric, say=lambda t: _say(progress, t),
+                                    grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID, folds=weight_folds,
+                                    bm25_grid=None if pinned else bm25_choices(cfg), judge=judge,
+                                    spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
+    # without --hybrid the head was decided alone: inside the fusion it must beat frozen + BM25 too
+    fusion = tuned(None if k else head, weight_folds, judge=None if cfg.hybrid else decide_rows)
+    why = not_above_fused(cfg, decision, fusion)
+    if why:
+        head.reset_to_identity().set_gate(None)
+        gate = {}
+        decision.update(kept="identity", why=why, fused_gain=fusion["fusion"]["chosen"]["against_frozen"])
+        _say(progress, f"kept: identity ({why}); the fusion again, for the frozen encoder:")
+        fusion = tuned(None)
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
 
 

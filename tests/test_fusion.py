@@ -221,6 +221,32 @@ def test_choose_weight_keeps_the_best_weight_of_a_plain_search(planted_cache):
     assert spec.chosen["queries"] == len(rows) and spec.chosen["system"] == "head"
 
 
+def test_choose_weight_compares_head_and_frozen_fused_on_the_judging_queries(planted_cache):
+    """Each system at its own chosen weight, query by query, on the judging rows only."""
+    from projhead.cache import open_cache
+    from projhead.evaluate import PER_QUERY
+    from projhead.hybrid import choose_weight
+    from projhead.metrics import paired_bootstrap
+
+    cache = open_cache(planted_cache(n_groups=10, noise=1.0))
+    head = _head_on(cache)
+    rows, judge = np.arange(0, len(cache.q2c), 2), np.arange(0, len(cache.q2c), 4)
+    grid = (0.0, 0.25, 0.5, 0.75, 1.0)
+    spec = choose_weight(cache, rows, head, grid=grid, block=7, judge=judge)
+    b = bm25_scorer(cache.query_texts, cache.context_texts)(judge)
+    per = {name: PER_QUERY["mrr10"](_reference_ranks(fuse(q[judge] @ c.T, b, weight=w), cache.q2c[judge]))
+           for name, (q, c), w in (("head", (head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)),
+                                    spec.weight), ("frozen", (cache.queries, cache.contexts), spec.frozen_weight))}
+    vs = spec.chosen["against_frozen"]
+    assert vs["n"] == len(judge) and vs["metric"] == "mrr10"
+    assert vs["gain"] == pytest.approx(float((per["head"] - per["frozen"]).mean()), abs=1e-9)
+    assert vs["gain"] != 0  # the two systems rank these queries differently: the check can tell them apart
+    expected = paired_bootstrap(per["head"], per["frozen"], seed=0)
+    assert (vs["low"], vs["high"]) == pytest.approx((expected["low"], expected["high"]), abs=1e-9)
+    assert "against_frozen" not in choose_weight(cache, rows, head, grid=grid).chosen  # not asked: not made
+    assert "against_frozen" not in choose_weight(cache, rows, None, grid=grid, judge=judge).chosen  # no head
+
+
 def _wordy_cache(path, n: int = 60, seed: int = 0):
     """Contexts of 4 to 40 words of a small vocabulary, each asked for by a query of 3 of its words
     and 2 others: BM25's saturation and length normalisation change its rankings."""
@@ -415,6 +441,38 @@ def test_the_chosen_weight_is_said_of_the_system_that_will_be_served(planted_cac
     head = Head(HeadConfig(in_dim=cache.dim, kind="linear", towers="query"))
     tune_after_selection(head, cache, rows, "mrr10", say=said.append)  # a head: its weight, then the frozen one's
     assert " for the head, " in said[-1] and " for the frozen encoder, chosen on" in said[-1]
+
+
+@pytest.mark.parametrize("folds", [None, 0])
+def test_a_head_not_above_frozen_plus_bm25_fused_gives_way_to_the_identity(planted_cache, tmp_path, monkeypatch,
+                                                                           folds):
+    """A head kept on its own is compared fused with frozen + BM25 on the deciding queries; when
+    the interval is not above 0 the identity is saved, with the frozen encoder's fusion."""
+    from projhead import hybrid
+    from projhead.config import TrainConfig
+    from projhead.select import auto_train
+
+    path = planted_cache(n_groups=40)  # a real gain alone: a head is kept
+    cfg, fixed = TrainConfig(epochs=6), {"kind": "linear", "towers": "query", "lr": 1e-2}
+    real, asked = hybrid.paired_bootstrap, []
+
+    def scripted(a, b, **kw):  # the fused comparison's verdict, scripted; its queries recorded
+        asked.append(len(a))
+        return {**real(a, b, **kw), "gain": -0.01, "low": -0.02, "high": 0.0}
+    monkeypatch.setattr(hybrid, "paired_bootstrap", scripted)
+    head, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "h", progress=False, folds=folds)
+    d, saved = log["decision"], load_head(tmp_path / "h")
+    assert len(asked) == 1 and 0 < asked[0] < log["selection"]["n_queries"]  # the deciding queries only
+    assert d["kept"] == "identity" and "not above frozen + BM25" in d["why"] and d["fused_gain"]["gain"] == -0.01
+    assert d["dev_gain"]["low"] > 0  # alone, the head was above the frozen encoder
+    assert head.config.passthrough and saved.config.passthrough and saved.gate is None
+    assert saved.fusion.chosen["system"] == "frozen" and saved.fusion.weight == saved.fusion.frozen_weight
+    assert "not above frozen + BM25" in (tmp_path / "h" / "README.md").read_text()  # the model card says why
+
+    monkeypatch.setattr(hybrid, "paired_bootstrap", lambda a, b, **kw: {**real(a, b, **kw), "low": 0.001})
+    head, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "k", progress=False, folds=folds)
+    assert log["decision"]["kept"] == "head" and not head.config.passthrough  # above it: the head stays
+    assert load_head(tmp_path / "k").fusion.chosen["against_frozen"]["low"] == 0.001
 
 
 def test_train_saves_the_weight_chosen_on_held_out_queries(planted_cache, tmp_path):

@@ -468,3 +468,19 @@ def test_alpha_auto_is_refused_without_model_selection_and_checked_on_the_comman
     assert "Invalid value for '--alpha'" in capsys.readouterr().err
     assert main(["train", str(path), "--out", str(tmp_path / "h"), "--alpha", "auto", "--epochs", "2"]) == 0
     assert "alpha: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("decision, low, gain, gives_way", [("bootstrap", 0.001, 0.01, False), ("bootstrap", 0.0, 0.01, True),
+                                                            ("better", -0.01, 0.001, False), ("better", -0.02, 0.0, True)])
+def test_the_fused_check_follows_the_decision_rule(decision, low, gain, gives_way):
+    from projhead.config import TrainConfig
+    from projhead.hybrid_select import not_above_fused
+
+    vs = {"gain": gain, "low": low, "high": gain + 0.01, "n": 100, "metric": "mrr10"}
+    fusion = {"fusion": {"chosen": {"against_frozen": vs}}}
+    why = not_above_fused(TrainConfig(decision=decision), {"kept": "head"}, fusion)
+    assert (why is not None) == gives_way
+    if gives_way:
+        assert f"{gain:+.4f}" in why and "100 queries" in why
+    assert not_above_fused(TrainConfig(decision=decision), {"kept": "identity"}, fusion) is None  # nothing to drop
+    assert not_above_fused(TrainConfig(decision=decision), {"kept": "head"}, {}) is None  # no texts: no fusion
