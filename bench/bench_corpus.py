@@ -137,7 +137,9 @@ def main():
                         extra = {"chosen": sel["chosen"], "kept": log["decision"]["kept"],
                                  "epoch": next((c["best_epoch"] for c in sel["candidates"] if c["name"] == sel["chosen"]), None),
                                  "distractors": sel["distractors"], "dev_gain": log["decision"].get("dev_gain"),
-                                 "alpha": log["decision"].get("alpha")}
+                                 "alpha": log["decision"].get("alpha"),  # and held-out head + BM25 vs frozen + BM25:
+                                 "fused_gain": log["decision"].get("fused_gain") or (
+                                     head.info.get("fusion") or {}).get("chosen", {}).get("against_frozen")}
                     seconds = time.perf_counter() - t0
                     res = metrics(projhead.evaluate_cache(test_all, head=head), "head")
                     systems[system] = {"train_seconds": seconds, **res, **extra}

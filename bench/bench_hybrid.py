@@ -136,9 +136,16 @@ def run_dataset(name: str, cache_dir: Path, work: Path, seeds: list[int], hybrid
         spec = head.fusion
         print(f"{name} seed {seed}: weight {spec.weight} (frozen {spec.frozen_weight}), "
               f"head kept: {not head.config.passthrough}; eval {time.perf_counter() - t0:.0f}s", flush=True)
+        log = json.loads((out / "train_log.json").read_text())
+        decision = {k: log["decision"][k] for k in ("kept", "why", "dev_gain", "fused_gain") if k in log["decision"]}
+        vs = spec.chosen.get("against_frozen") or decision.get("fused_gain")  # held-out: head + BM25 vs frozen + BM25
+        if vs:
+            print(f"  held-out head + BM25 vs frozen + BM25: {vs['gain']:+.4f} ({vs['low']:+.4f} to {vs['high']:+.4f}, "
+                  f"{vs['n']} queries); kept: {decision['kept']}", flush=True)
         runs.append({"seed": seed, "train_seconds": secs, "fusion": spec.to_dict(),
                      "head_kept": not head.config.passthrough, "results": res, "head+bm25_vs": noise,
-                     "chosen": json.loads((out / "train_log.json").read_text())["selection"].get("chosen")})
+                     "chosen": log["selection"].get("chosen"), "decision": decision,
+                     **({"held_out_fused_vs_frozen": vs} if vs else {})})
     mean = {s: {p: {m: float(np.mean([r["results"][s][p][m] for r in runs])) for m in runs[0]["results"][s][p]}
                 for p in runs[0]["results"][s]} for s in SYSTEMS}
     return {"train_cache": train_file, "test_cache": test_file, "n_queries": int(len(test.q2c)),
