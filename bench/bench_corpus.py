@@ -18,6 +18,8 @@ Systems:
 - ``projhead-corpus``: the same with the corpus: held-out queries also ranked against every
   other passage (the train split's contexts outside the subset, which are texts without
   queries for it, and the cache's corpus section); ``--corpus-sample N``: a seeded sample of N.
+- ``projhead-dense-only``: ``projhead`` with ``--dense-only`` (a head kept on its own is not
+  also judged fused with BM25).
 - ``adapter-lr1e-3``: LlamaIndex's linear adapter recipe at lr 1e-3 (``bench_small_data.adapter``).
 
 ``--alphas A [A ...]``: the two ``projhead`` systems once per interpolation (``projhead train
@@ -132,7 +134,8 @@ def main():
                     else:  # a projhead system (runs() refuses any other name)
                         sub = (with_distractors(train, subset, corpus, args.corpus_sample, seed)
                                if system.startswith("projhead-corpus") else train.subset(subset))
-                        head, log = auto_train(sub, projhead.TrainConfig(seed=seed, alpha=alpha), progress=False)
+                        head, log = auto_train(sub, projhead.TrainConfig(seed=seed, alpha=alpha, dense_only=system.startswith(
+                            "projhead-dense-only")), progress=False)
                         sel = log["selection"]
                         extra = {"chosen": sel["chosen"], "kept": log["decision"]["kept"],
                                  "epoch": next((c["best_epoch"] for c in sel["candidates"] if c["name"] == sel["chosen"]), None),
@@ -159,7 +162,7 @@ def runs(systems: list[str], alphas: list[float] | None) -> list[tuple[str, floa
     projhead train's own), named with it unless it is the default's."""
     out = []
     for system in systems:
-        if system not in ("adapter-lr1e-3", "projhead", "projhead-corpus"):
+        if system not in ("adapter-lr1e-3", "projhead", "projhead-corpus", "projhead-dense-only"):
             raise SystemExit(f"unknown system {system}")
         for a in dict.fromkeys(alphas or [None]) if system.startswith("projhead") else [None]:  # each value once
             default = a is None or a == ALPHA

@@ -160,6 +160,7 @@ class TrainConfig:
     corpus_sample: int | None = None  # corpus rows held-out queries are ranked against beside the contexts: a seeded sample of this many; None: all, at most corpus.DEFAULT_SAMPLE; 0: none
     bm25_aware: bool = False  # each in-batch pair's BM25 score enters its logit with a learned weight (lexical.py): the head learns what BM25 misses
     hybrid: bool = False  # model selection on the fused metric: held-out queries ranked by dense + BM25, BM25-aware candidates beside the plain ones
+    dense_only: bool = False  # served by dense search alone: a head kept on its own is not also judged fused with BM25
     fusion_weight: float | None = None  # hybrid: the dense share of held-out rankings; None: the frozen encoder's best on the held-out queries
     bm25_k1: float | None = None  # BM25 of BM25-aware training, hybrid rankings and the saved fusion; None: chosen (fusion.BM25_GRID; before training with hybrid), or bm25s's 1.5 for a BM25-aware run without selection
     bm25_b: float | None = None  # as bm25_k1, for b (bm25s's 0.75)
@@ -215,6 +216,8 @@ class TrainConfig:
             if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v)
                                   or not 0 <= v <= top):
                 bad(name, "a finite number >= 0" if top == math.inf else "a number in [0, 1]")
+        if self.dense_only and self.hybrid:
+            raise TrainError("hybrid selection judges heads fused with BM25: drop --dense-only or --hybrid")
         if (self.bm25_aware or self.hybrid) and self.stream:
             raise TrainError("BM25-aware training and hybrid selection read the whole cache: drop --stream")
         self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json

@@ -33,7 +33,7 @@ time, and the gain with its 95% interval. The fusion with BM25 saved with the he
 saved head's; with folds each query scored by its fold's head as saved (the refit head saw
 every query). There a kept head must also beat the frozen encoder fused, each at its own
 weight, on the deciding queries (the same bootstrap): else the identity is saved, with the
-frozen encoder's fusion (``--hybrid`` decides fused from the start).
+frozen encoder's fusion (``--hybrid`` decides fused from the start; ``dense_only`` skips it).
 """
 from __future__ import annotations
 
@@ -353,7 +353,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                                     bm25_grid=None if pinned else bm25_choices(cfg), judge=judge,
                                     spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
     # without --hybrid the head was decided alone: inside the fusion it must beat frozen + BM25 too
-    fusion = tuned(None if k else head, weight_folds, judge=None if cfg.hybrid else decide_rows)
+    fusion = tuned(None if k else head, weight_folds, judge=None if cfg.hybrid or cfg.dense_only else decide_rows)
     why = not_above_fused(cfg, decision, fusion)
     if why:
         head.reset_to_identity().set_gate(None)

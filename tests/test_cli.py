@@ -246,3 +246,13 @@ def test_the_last_line_of_train_gives_a_gain_once_and_only_a_kept_heads_score():
     why = "dev mrr10 gain +0.0100 (95% interval +0.0035 to +0.0183) is not above 0"
     once = summary_line("h", head(True), {**base, "decision": {"dev_gain": gain, "why": why}}, "mrr10")
     assert once.count("95% interval") == 1 and "dev mrr10 frozen 0.5000 (1.0s)" in once
+
+
+def test_dense_only_reaches_selection_and_is_refused_with_hybrid(planted_cache, tmp_path, capsys):
+    path = planted_cache(n_groups=20)
+    assert main(["train", str(path), "--out", str(tmp_path / "h"), "--dense-only", "--hybrid"]) != 0
+    assert "--dense-only or --hybrid" in capsys.readouterr().err
+    assert main(["train", str(path), "--out", str(tmp_path / "d"), "--dense-only", "--epochs", "2", "--quiet"]) == 0
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert cfg["training"]["dense_only"] is True and "fused_gain" not in cfg["decision"]
+    assert "against_frozen" not in cfg.get("fusion", {}).get("chosen", {})

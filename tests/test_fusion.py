@@ -448,8 +448,10 @@ def test_a_head_not_above_frozen_plus_bm25_fused_gives_way_to_the_identity(plant
                                                                            folds):
     """A head kept on its own is compared fused with frozen + BM25 on the deciding queries; when
     the interval is not above 0 the identity is saved, with the frozen encoder's fusion."""
+    from dataclasses import replace
+
     from projhead import hybrid
-    from projhead.config import TrainConfig
+    from projhead.config import TrainConfig, TrainError
     from projhead.select import auto_train
 
     path = planted_cache(n_groups=40)  # a real gain alone: a head is kept
@@ -468,6 +470,14 @@ def test_a_head_not_above_frozen_plus_bm25_fused_gives_way_to_the_identity(plant
     assert head.config.passthrough and saved.config.passthrough and saved.gate is None
     assert saved.fusion.chosen["system"] == "frozen" and saved.fusion.weight == saved.fusion.frozen_weight
     assert "not above frozen + BM25" in (tmp_path / "h" / "README.md").read_text()  # the model card says why
+
+    asked.clear()  # served by dense search alone: no fused comparison, the head decided on its own stays
+    head, log = auto_train(path, replace(cfg, dense_only=True), fixed=fixed, out=tmp_path / "d", progress=False,
+                           folds=folds)
+    assert log["decision"]["kept"] == "head" and not asked and "fused_gain" not in log["decision"]
+    assert "against_frozen" not in load_head(tmp_path / "d").fusion.chosen  # its fusion is still saved
+    with pytest.raises(TrainError, match="--dense-only or --hybrid"):
+        TrainConfig(dense_only=True, hybrid=True)
 
     monkeypatch.setattr(hybrid, "paired_bootstrap", lambda a, b, **kw: {**real(a, b, **kw), "low": 0.001})
     head, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "k", progress=False, folds=folds)
