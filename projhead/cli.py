@@ -292,8 +292,8 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
               stream_buffer=stream_buffer)
     if auto and stream:
         raise click.UsageError("--stream trains one configuration: add --no-auto")
-    if hybrid and not auto:
-        raise click.UsageError("--hybrid is model selection on the fused metric: drop --no-auto")
+    if (hybrid or dense_only) and not auto:
+        raise click.UsageError(f"{'--hybrid is model selection on the fused metric' if hybrid else '--dense-only is a setting of model selection (--no-auto decides on dense search anyway)'}: drop --no-auto")
     if auto and restart:
         raise click.UsageError("--restart discards the checkpoint of an interrupted --no-auto run; model selection writes none")
     if auto:

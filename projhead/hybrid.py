@@ -48,7 +48,7 @@ def has_texts(cache) -> bool:
 def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric: str = "mrr10",
                   grid=WEIGHT_GRID, max_queries: int = MAX_TUNE_QUERIES, seed: int = 0,
                   block: int = 250, bm25_grid=None, max_settings_queries: int = MAX_SETTINGS_QUERIES,
-                  folds: list | None = None, judge=None) -> FusionSpec:
+                  folds: list | None = None, judge=None, boot_seed: int = 0, frozen_bm25_grid=None) -> FusionSpec:
     """``spec`` (default settings if None) with the weight of ``grid`` whose fusion of
     ``head`` (the frozen encoder if None or passthrough) and BM25 has the highest mean
     ``metric`` on the query ``rows`` of ``cache``, ranked against all its contexts (and the
@@ -59,9 +59,12 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     fusion of the head (the frozen encoder if none); ties keep the first pair. ``folds``:
     ``(rows, head)`` pairs of k-fold selection, each fold's head scoring the rows it was not
     trained on (the saved head, refit on every query, has no held-out queries of its own);
-    given, they stand for ``head``. ``judge``: query rows (of ``rows``) on which the head fused
-    at its weight is compared with the frozen encoder fused at its own, query by query (the
-    paired bootstrap of model selection, seeded with ``seed``): ``chosen["against_frozen"]``.
+    given, they stand for ``head``. ``judge``: query rows (every one, not a sample) on which the
+    head fused as chosen here is compared with frozen + BM25 as it would be chosen for the
+    identity (its own BM25 of ``bm25_grid``, its own weight on the same sampled rows), query by
+    query (the paired bootstrap of model selection, seeded with ``boot_seed``):
+    ``chosen["against_frozen"]``; ``frozen_bm25_grid``: the pairs the identity's BM25 would be
+    chosen from where the head's is fixed (no ``bm25_grid``: a head trained beside one BM25).
     Raises FusionError if the cache has no texts."""
     spec = spec or FusionSpec()
     t0 = time.perf_counter()
@@ -82,26 +85,43 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     record = {"ranked": int(len(texts)), "distractors": int(len(texts) - len(cache.context_texts)),
               **({"folds": len(folds)} if folds else {})}
     if bm25_grid:
-        bm25, index, record["bm25_search"] = _bm25_search(cache, rows, towers, texts, spec, grid, metric, block,
-                                                           bm25_grid, max_settings_queries, seed, system)
+        bm25, index, record["bm25_search"], own = _bm25_search(cache, rows, towers, texts, spec, grid, metric, block,
+                                                                bm25_grid, max_settings_queries, seed, system)
         spec = replace(spec, bm25=bm25)
     else:
         index = BM25Index(texts, spec.bm25)
+        own = (spec.bm25, index)
+        if judge is not None and system == "head" and frozen_bm25_grid:  # the identity's would be chosen
+            own = _bm25_search(cache, rows, {"frozen": towers["frozen"]}, texts, spec, grid, metric, block,
+                               frozen_bm25_grid, max_settings_queries, seed, "frozen")[3]
     rows = _sample(rows, max_queries, seed)
-    per = _fused_scores(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
-    means = {name: v.mean(axis=0) for name, v in per.items()}
-    best = {name: int(np.argmax(m)) for name, m in means.items()}
+    means = _fused_means(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
+    best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
     if judge is not None and system == "head":
-        on = np.isin(rows, judge)
-        on = on if on.any() else np.ones(len(rows), bool)  # none of them among the sampled rows: all of these
-        record["against_frozen"] = {**paired_bootstrap(per["head"][on, best["head"]], per["frozen"][on, best["frozen"]],
-                                                       seed=seed), "metric": metric}
-    best = {name: float(grid[j]) for name, j in best.items()}
+        record["against_frozen"] = _against_frozen(cache, np.asarray(judge, np.int64), rows, towers, texts, spec, index,
+                                                   best, own, grid, metric, block, boot_seed)
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
               "system": system, **record, "seconds": round(time.perf_counter() - t0, 1)}
     return FusionSpec(weight=best.get("head", best["frozen"]), normalisation=spec.normalisation, bm25=spec.bm25,
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
+
+
+def _against_frozen(cache, judge, rows, towers, texts, spec, index, best, own, grid, metric, block, boot_seed) -> dict:
+    """The head fused at its weight (``best["head"]``, BM25 ``index``) against frozen + BM25 as
+    the identity would be saved (``own``: the frozen encoder's BM25 choice and its index, its
+    weight chosen on ``rows`` at that BM25), each query of ``judge`` scored, paired bootstrap."""
+    fb, findex = own
+    fw = best["frozen"]
+    if findex is not index:  # the frozen encoder's own BM25 differs: its weight at that BM25
+        m = _fused_means(cache, rows, {"frozen": towers["frozen"]}, [findex], texts, grid, metric, spec.normalisation,
+                         block)[0]["frozen"]
+        fw = float(grid[int(np.argmax(m))])
+    one = {name: _fused_scores(cache, judge, {name: towers[name]}, [ix], texts, np.array([w]), metric,
+                               spec.normalisation, block)[0][name][:, 0]
+           for name, ix, w in (("head", index, best["head"]), ("frozen", findex, fw))}
+    return {**paired_bootstrap(one["head"], one["frozen"], seed=boot_seed), "metric": metric,
+            "frozen": {"k1": fb.k1, "b": fb.b, "weight": fw}}
 
 
 def choose_bm25(cache, rows, metric: str = "mrr10", grid=WEIGHT_GRID, bm25_grid=BM25_GRID, seed: int = 0,
@@ -112,7 +132,7 @@ def choose_bm25(cache, rows, metric: str = "mrr10", grid=WEIGHT_GRID, bm25_grid=
     record of the search. Raises FusionError if the cache has no texts or no rows are given."""
     rows = _checked_rows(cache, rows, "BM25's settings")
     contexts, texts = cache.ranked_contexts()
-    bm25, _, record = _bm25_search(cache, rows, {"frozen": (None, contexts)}, texts, FusionSpec(),
+    bm25, _, record, _ = _bm25_search(cache, rows, {"frozen": (None, contexts)}, texts, FusionSpec(),
                                    np.asarray(grid, dtype=np.float64), metric, block, bm25_grid,
                                    max_settings_queries, seed, "frozen")
     return bm25, record
@@ -131,7 +151,8 @@ def _checked_rows(cache, rows, what: str) -> np.ndarray:
 
 def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_grid, max_queries, seed, system):
     """(the best BM25 settings of ``bm25_grid`` for ``system``'s best fusion at every other
-    weight of ``grid``, its index, the record), on a sample of at most ``max_queries`` rows."""
+    weight of ``grid``, its index, the record, (the frozen encoder's own best settings, their
+    index)), on a sample of at most ``max_queries`` rows."""
     settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
     tokenized = tokenize(texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
     indexes = [BM25Index(texts, s, tokenized=tokenized) for s in settings]
@@ -139,9 +160,10 @@ def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_gri
     means = _fused_means(cache, some, towers, indexes, texts, grid[::2], metric, spec.normalisation, block)
     best = [float(m[system].max()) for m in means]
     pick = int(np.argmax(best))
+    frozen = int(np.argmax([float(m["frozen"].max()) for m in means]))  # what the identity would be served with
     return settings[pick], indexes[pick], {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings],
                                            "weights": [float(g) for g in grid[::2]],
-                                           "best": [round(x, 5) for x in best]}
+                                           "best": [round(x, 5) for x in best]}, (settings[frozen], indexes[frozen])
 
 
 def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -234,20 +256,20 @@ def best_weight(dev, head, grid, per_query) -> float:
 
 
 def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_GRID, bm25_grid=BM25_GRID,
-                         folds: list | None = None, spec: FusionSpec | None = None, judge=None) -> dict:
+                         folds: list | None = None, spec: FusionSpec | None = None, **judging) -> dict:
     """What ``projhead train`` adds to the head's config.json after model selection: the
     fusion spec chosen on the held-out ``rows`` (``{"fusion": {...}}``), or a note that the
     cache has no texts (``{}`` then: the head trains and saves as without fusion). ``grid``:
     the weights tried (a head chosen for fusion never gets 0, which would leave it unused);
     ``bm25_grid``: BM25's (k1, b) pairs chosen from first (None: the BM25 of ``spec``, default
     bm25s's defaults); ``folds``: k-fold selection's ``(rows, fold head)`` pairs, which stand for
-    the head (``choose_weight``); ``judge``: the rows on which head + BM25 is compared with
-    frozen + BM25 (``choose_weight``)."""
+    the head (``choose_weight``); ``judging``: ``judge``, ``boot_seed`` and ``frozen_bm25_grid``
+    of ``choose_weight``, where head + BM25 is compared with frozen + BM25."""
     if not has_texts(cache):
         say(f"fusion weight not chosen: {cache.path} holds no context texts, and fusion with BM25 needs texts")
         return {}
     spec = choose_weight(cache, rows, head, spec=spec, metric=metric, grid=grid, bm25_grid=bm25_grid, folds=folds,
-                         judge=judge)
+                         **judging)
     search = spec.chosen.get("bm25_search")
     who = ("the head" + (f" (out of fold: each of {len(folds)} fold heads on its own fold)" if folds else "")
            + f", {spec.frozen_weight:.2f} for the frozen encoder" if spec.chosen["system"] == "head"
@@ -258,8 +280,10 @@ def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_
            f"{search['queries']} held-out queries)" if search else ""))
     vs = spec.chosen.get("against_frozen")
     if vs:
-        say(f"  head + BM25 against frozen + BM25, each at its weight: {metric} {vs['gain']:+.4f} (95% interval "
-            f"{vs['low']:+.4f} to {vs['high']:+.4f}, {vs['n']} held-out queries)")
+        f = vs["frozen"]
+        say(f"  head + BM25 against frozen + BM25 as the identity would be saved (k1 {f['k1']:g}, b {f['b']:g}, weight "
+            f"{f['weight']:.2f}): {metric} {vs['gain']:+.4f} (95% interval {vs['low']:+.4f} to {vs['high']:+.4f}, "
+            f"{vs['n']} deciding queries)")
     return {"fusion": spec.to_dict()}
 
 

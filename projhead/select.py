@@ -346,11 +346,14 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     # final head saw every query, so each query is scored by the head of the fold that held it out (as saved:
     # that epoch and alpha), and the frozen encoder's weight is chosen on all of them
     # served beside the BM25 it was chosen or trained beside, or that was set
-    pinned = cfg.hybrid or (final_cfg.bm25_aware and not head.config.passthrough) or None not in (cfg.bm25_k1, cfg.bm25_b)
+    set_bm25 = cfg.hybrid or None not in (cfg.bm25_k1, cfg.bm25_b)  # else chosen, unless the head trained beside it
+
     def tuned(h, weight_folds=None, judge=None):
+        pinned = set_bm25 or (final_cfg.bm25_aware and not head.config.passthrough)
         return tune_after_selection(h, cache, all_rows if k else held, cfg.select_metric, say=lambda t: _say(progress, t),
                                     grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID, folds=weight_folds,
-                                    bm25_grid=None if pinned else bm25_choices(cfg), judge=judge,
+                                    bm25_grid=None if pinned else bm25_choices(cfg), judge=judge, boot_seed=cfg.seed,
+                                    frozen_bm25_grid=None if set_bm25 else bm25_choices(cfg),
                                     spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
     # without --hybrid the head was decided alone: inside the fusion it must beat frozen + BM25 too
     fusion = tuned(None if k else head, weight_folds, judge=None if cfg.hybrid or cfg.dense_only else decide_rows)
@@ -359,6 +362,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         head.reset_to_identity().set_gate(None)
         gate = {}
         decision.update(kept="identity", why=why, fused_gain=fusion["fusion"]["chosen"]["against_frozen"])
+        for key in ("after_folds", "after_folds_seconds"):  # no averaged head is saved
+            log.pop(key, None)
         _say(progress, f"kept: identity ({why}); the fusion again, for the frozen encoder:")
         fusion = tuned(None)
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})

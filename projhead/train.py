@@ -457,7 +457,8 @@ def summary_line(out, head, log: dict, metric: str) -> str:
                else f"kept epoch {log['best_epoch']}{later}")
     gain = d.get("dev_gain")
     said = "" if not gain or d.get("why") == not_above_zero(metric, gain) else (  # a gain said once
-        f", {'the rejected head: ' if head.config.passthrough else ''}gain {gain['gain']:+.4f} (95% interval "
+        f", {('the rejected head alone: ' if d.get('fused_gain') else 'the rejected head: ') if head.config.passthrough else ''}"
+        f"gain {gain['gain']:+.4f} (95% interval "
         f"{gain['low']:+.4f} to {gain['high']:+.4f})")
     after = "" if head.config.passthrough else f" -> head {m['head'].get(metric, float('nan')):.4f}"
     return (f"{out}: {verdict}; dev {metric} frozen {m['frozen'].get(metric, float('nan')):.4f}{after}{said} "

@@ -252,6 +252,8 @@ def test_dense_only_reaches_selection_and_is_refused_with_hybrid(planted_cache, 
     path = planted_cache(n_groups=20)
     assert main(["train", str(path), "--out", str(tmp_path / "h"), "--dense-only", "--hybrid"]) != 0
     assert "--dense-only or --hybrid" in capsys.readouterr().err
+    assert main(["train", str(path), "--out", str(tmp_path / "n"), "--dense-only", "--no-auto"]) == 2
+    assert "--dense-only is a setting of model selection" in capsys.readouterr().err
     assert main(["train", str(path), "--out", str(tmp_path / "d"), "--dense-only", "--epochs", "2", "--quiet"]) == 0
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
     assert cfg["training"]["dense_only"] is True and "fused_gain" not in cfg["decision"]

@@ -247,7 +247,39 @@ def test_choose_weight_compares_head_and_frozen_fused_on_the_judging_queries(pla
     assert "against_frozen" not in choose_weight(cache, rows, None, grid=grid, judge=judge).chosen  # no head
 
 
-def _wordy_cache(path, n: int = 60, seed: int = 0):
+def test_the_frozen_side_of_the_comparison_is_frozen_plus_bm25_as_the_identity_would_be_saved(tmp_path):
+    """With BM25's settings chosen, the head's fusion and the identity's may pick different k1 and
+    b: the frozen side is compared with its own pick and weight, on every judging row."""
+    from projhead.evaluate import PER_QUERY
+    from projhead.fusion import BM25_GRID
+    from projhead.hybrid import choose_weight
+
+    torch = pytest.importorskip("torch")
+    for seed in range(4):  # a cache and head where the two BM25 choices differ (seed 0 here)
+        cache = _wordy_cache(tmp_path / f"w{seed}.h5", n=90, seed=seed, noise=1.0, rotate=0.0)
+        torch.manual_seed(seed)
+        head = Head(HeadConfig(kind="residual", in_dim=cache.dim, hidden=8, encoder=cache.encoder))
+        for p in head.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        rows, judge = np.arange(len(cache.q2c)), np.arange(1, len(cache.q2c), 2)
+        sh = choose_weight(cache, rows, head, bm25_grid=BM25_GRID, judge=judge, max_queries=30)  # judge beyond the sample
+        sf = choose_weight(cache, rows, None, bm25_grid=BM25_GRID, max_queries=30)  # the identity's fusion
+        if (sh.bm25.k1, sh.bm25.b) != (sf.bm25.k1, sf.bm25.b):
+            break
+    else:
+        pytest.fail("no cache where the head's and the frozen encoder's BM25 choices differ")
+    vs = sh.chosen["against_frozen"]
+    assert vs["frozen"] == {"k1": sf.bm25.k1, "b": sf.bm25.b, "weight": sf.frozen_weight} and vs["n"] == len(judge)
+    f = PER_QUERY["mrr10"]
+    per = {name: f(_reference_ranks(fuse(q[judge] @ c.T, bm25_scorer(cache.query_texts, cache.context_texts, bm)(judge),
+                                         weight=w), cache.q2c[judge]))
+           for name, (q, c), bm, w in (
+               ("head", (head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)), sh.bm25, sh.weight),
+               ("frozen", (cache.queries, cache.contexts), sf.bm25, sf.frozen_weight))}
+    assert vs["gain"] == pytest.approx(float((per["head"] - per["frozen"]).mean()), abs=1e-9)
+
+
+def _wordy_cache(path, n: int = 60, seed: int = 0, noise: float = 2.0, rotate: float = 1.0):
     """Contexts of 4 to 40 words of a small vocabulary, each asked for by a query of 3 of its words
     and 2 others: BM25's saturation and length normalisation change its rankings."""
     from conftest import PlantedEncoder
@@ -261,7 +293,7 @@ def _wordy_cache(path, n: int = 60, seed: int = 0):
     queries = [" ".join(list(rng.choice(c.split(), 3)) + list(rng.choice(vocab, 2))) for c in contexts]
     pairs = Pairs(queries, [f"q{i}" for i in range(n)], [f"g{i // 3}" for i in range(n)], contexts, np.arange(n),
                   {"dataset": "wordy", "split": "train", "granularity": "sentence"})
-    build_cache(pairs, PlantedEncoder(pairs, noise=2.0), path, progress=False)
+    build_cache(pairs, PlantedEncoder(pairs, noise=noise, rotate=rotate), path, progress=False)
     return open_cache(path)
 
 
