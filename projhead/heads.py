@@ -406,7 +406,7 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
                   f"{g['gain']:+.4f} (95% paired-bootstrap interval {g['low']:+.4f} to {g['high']:+.4f}, {g['n']} "
                   "queries); a head is kept only when the interval is above 0." + (f" Measured on the head as saved ({d['measured']})." if d.get("measured") else ""),
                   ""]
-    if d.get("alpha") is not None and d["alpha"] < 1:
+    if d.get("alpha") is not None and d["alpha"] < 1 and d.get("kept") != "identity":  # an identity moved nothing
         lines += [f"Interpolated toward the frozen encoder: alpha {d['alpha']} (weights = frozen + alpha x "
                   "(trained - frozen)).", ""]
     if d.get("canaries"):

@@ -487,7 +487,8 @@ def test_a_head_not_above_frozen_plus_bm25_fused_gives_way_to_the_identity(plant
     from projhead.select import auto_train
 
     path = planted_cache(n_groups=40)  # a real gain alone: a head is kept
-    cfg, fixed = TrainConfig(epochs=6), {"kind": "linear", "towers": "query", "lr": 1e-2}
+    cfg = TrainConfig(epochs=6, after_folds="average" if folds is None else "refit")  # folds: fold heads averaged
+    fixed = {"kind": "linear", "towers": "query", "lr": 1e-2}
     real, asked = hybrid.paired_bootstrap, []
 
     def scripted(a, b, **kw):  # the fused comparison's verdict, scripted; its queries recorded
@@ -498,10 +499,12 @@ def test_a_head_not_above_frozen_plus_bm25_fused_gives_way_to_the_identity(plant
     d, saved = log["decision"], load_head(tmp_path / "h")
     assert len(asked) == 1 and 0 < asked[0] < log["selection"]["n_queries"]  # the deciding queries only
     assert d["kept"] == "identity" and "not above frozen + BM25" in d["why"] and d["fused_gain"]["gain"] == -0.01
-    assert d["dev_gain"]["low"] > 0  # alone, the head was above the frozen encoder
+    assert d["dev_gain"]["low"] > 0 and d["alpha"] < 1  # alone, the head (interpolated) was above the frozen encoder
     assert head.config.passthrough and saved.config.passthrough and saved.gate is None
     assert saved.fusion.chosen["system"] == "frozen" and saved.fusion.weight == saved.fusion.frozen_weight
-    assert "not above frozen + BM25" in (tmp_path / "h" / "README.md").read_text()  # the model card says why
+    card = (tmp_path / "h" / "README.md").read_text()
+    assert "not above frozen + BM25" in card and "(dense, the head alone)" in card  # the model card says why
+    assert "Interpolated toward" not in card and "Saved: the weights" not in card  # nothing of the head is saved
 
     asked.clear()  # served by dense search alone: no fused comparison, the head decided on its own stays
     head, log = auto_train(path, replace(cfg, dense_only=True), fixed=fixed, out=tmp_path / "d", progress=False,
