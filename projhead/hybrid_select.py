@@ -93,8 +93,8 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
 
 def not_above_fused(cfg: TrainConfig, decision: dict, fusion: dict) -> str | None:
     """Why a head kept on its own must still give way to the identity, or None: fused with
-    BM25, each at its chosen weight, the head is not above the frozen encoder on the deciding
-    queries (``fusion.chosen.against_frozen``, ``hybrid.choose_weight``) by the rule of
+    BM25, each as it would be saved (its own BM25 settings and weight), the head is not above
+    the frozen encoder on the deciding queries (``fusion.chosen.against_frozen``, ``hybrid.choose_weight``) by the rule of
     ``cfg.decision`` (bootstrap: the interval above 0; else the gain). ``--hybrid`` decides
     fused from the start and records no such comparison."""
     vs = fusion.get("fusion", {}).get("chosen", {}).get("against_frozen")
@@ -102,5 +102,5 @@ def not_above_fused(cfg: TrainConfig, decision: dict, fusion: dict) -> str | Non
         return None
     if (vs["low"] > 0) if cfg.decision == "bootstrap" else (vs["gain"] > 0):
         return None
-    return (f"fused with BM25, each at its weight, the head is not above frozen + BM25: held-out {vs['metric']} "
+    return (f"fused with BM25, each as it would be saved, the head is not above frozen + BM25: held-out {vs['metric']} "
             f"gain {vs['gain']:+.4f} (95% interval {vs['low']:+.4f} to {vs['high']:+.4f}, {vs['n']} queries)")

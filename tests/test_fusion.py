@@ -245,6 +245,8 @@ def test_choose_weight_compares_head_and_frozen_fused_on_the_judging_queries(pla
     assert (vs["low"], vs["high"]) == pytest.approx((expected["low"], expected["high"]), abs=1e-9)
     assert "against_frozen" not in choose_weight(cache, rows, head, grid=grid).chosen  # not asked: not made
     assert "against_frozen" not in choose_weight(cache, rows, None, grid=grid, judge=judge).chosen  # no head
+    with pytest.raises(FusionError, match="judging queries must be among"):
+        choose_weight(cache, rows, head, grid=grid, judge=rows + 1)  # odd rows: not chosen on
 
 
 def test_the_frozen_side_of_the_comparison_is_frozen_plus_bm25_as_the_identity_would_be_saved(tmp_path):
