@@ -68,8 +68,10 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     Raises FusionError if the cache has no texts."""
     spec = spec or FusionSpec()
     t0 = time.perf_counter()
-    rows = rows_given = _checked_rows(cache, rows, "the fusion weight")
+    rows = _checked_rows(cache, rows, "the fusion weight")
     grid = np.asarray(grid, dtype=np.float64)
+    if judge is not None and not np.isin(judge, rows).all():  # refused before any ranking
+        raise FusionError("the judging queries must be among the queries the weight is chosen on")
     if folds:
         held = np.concatenate([np.asarray(r, np.int64) for r, _ in folds])
         if len(np.unique(held)) < len(held) or not np.isin(rows, held).all():
@@ -98,8 +100,6 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     means = _fused_means(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
     best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
     if judge is not None and system == "head":
-        if not np.isin(judge, rows_given).all():
-            raise FusionError("the judging queries must be among the queries the weight is chosen on")
         record["against_frozen"] = _against_frozen(cache, np.asarray(judge, np.int64), rows, towers, texts, spec, index,
                                                    best, own, grid, metric, block, boot_seed)
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],

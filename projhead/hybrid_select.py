@@ -94,9 +94,9 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
 def not_above_fused(cfg: TrainConfig, decision: dict, fusion: dict) -> str | None:
     """Why a head kept on its own must still give way to the identity, or None: fused with
     BM25, each as it would be saved (its own BM25 settings and weight), the head is not above
-    the frozen encoder on the deciding queries (``fusion.chosen.against_frozen``, ``hybrid.choose_weight``) by the rule of
-    ``cfg.decision`` (bootstrap: the interval above 0; else the gain). ``--hybrid`` decides
-    fused from the start and records no such comparison."""
+    the frozen encoder on the deciding queries (``fusion.chosen.against_frozen``,
+    ``hybrid.choose_weight``) by the rule of ``cfg.decision`` (bootstrap: the interval above 0;
+    else the gain). ``--hybrid`` decides fused from the start and records no such comparison."""
     vs = fusion.get("fusion", {}).get("chosen", {}).get("against_frozen")
     if decision.get("kept") != "head" or not vs:
         return None

@@ -32,8 +32,9 @@ time, and the gain with its 95% interval. The fusion with BM25 saved with the he
 (``hybrid.tune_after_selection``) is chosen on held-out queries too: with a dev split the
 saved head's; with folds each query scored by its fold's head as saved (the refit head saw
 every query). There a kept head must also beat the frozen encoder fused, each as it would be
-saved (its own BM25 settings and weight), on the deciding queries (the same bootstrap): else the identity is saved, with the
-frozen encoder's fusion (``--hybrid`` decides fused from the start; ``dense_only`` skips it).
+saved (its own BM25 settings and weight), on the deciding queries (the same bootstrap): else
+the identity is saved, with the frozen encoder's fusion (``--hybrid`` decides fused from the
+start; ``dense_only`` skips it).
 """
 from __future__ import annotations
 
