@@ -92,7 +92,7 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
         spec = replace(spec, bm25=bm25)
     else:
         index = BM25Index(texts, spec.bm25)
-        own = (spec.bm25, index)
+        own = (spec.bm25, index, None)
         if judge is not None and system == "head" and frozen_bm25_grid:  # the identity's would be chosen
             own = _bm25_search(cache, rows, {"frozen": towers["frozen"]}, texts, spec, grid, metric, block,
                                frozen_bm25_grid, max_settings_queries, seed, "frozen")[3]
@@ -101,7 +101,7 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
     if judge is not None and system == "head":
         record["against_frozen"] = _against_frozen(cache, np.asarray(judge, np.int64), rows, towers, texts, spec, index,
-                                                   best, own, grid, metric, block, boot_seed)
+                                                   means, own, grid, metric, block, boot_seed)
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
               "system": system, **record, "seconds": round(time.perf_counter() - t0, 1)}
@@ -109,21 +109,40 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
 
 
-def _against_frozen(cache, judge, rows, towers, texts, spec, index, best, own, grid, metric, block, boot_seed) -> dict:
-    """The head fused at its weight (``best["head"]``, BM25 ``index``) against frozen + BM25 as
-    the identity would be saved (``own``: the frozen encoder's BM25 choice and its index, its
-    weight chosen on ``rows`` at that BM25), each query of ``judge`` scored, paired bootstrap."""
-    fb, findex = own
-    fw = best["frozen"]
+def _against_frozen(cache, judge, rows, towers, texts, spec, index, means, own, grid, metric, block, boot_seed) -> dict:
+    """The head fused at its best weight of ``means`` (BM25 ``index``) against frozen + BM25 as
+    the identity would be saved (``own``: the frozen encoder's BM25 choice, its index and the
+    record of its search or None, its weight chosen on ``rows`` at that BM25), each query of
+    ``judge`` scored, paired bootstrap. ``frozen`` records the identity's whole choice
+    (``identity_spec`` rebuilds its spec from it)."""
+    fb, findex, searched = own
+    m = means["frozen"]
     if findex is not index:  # the frozen encoder's own BM25 differs: its weight at that BM25
         m = _fused_means(cache, rows, {"frozen": towers["frozen"]}, [findex], texts, grid, metric, spec.normalisation,
                          block)[0]["frozen"]
-        fw = float(grid[int(np.argmax(m))])
+    fw = float(grid[int(np.argmax(m))])
     one = {name: _fused_scores(cache, judge, {name: towers[name]}, [ix], texts, np.array([w]), metric,
                                spec.normalisation, block)[0][name][:, 0]
-           for name, ix, w in (("head", index, best["head"]), ("frozen", findex, fw))}
+           for name, ix, w in (("head", index, float(grid[int(np.argmax(means["head"]))])), ("frozen", findex, fw))}
     return {**paired_bootstrap(one["head"], one["frozen"], seed=boot_seed), "metric": metric,
-            "frozen": {"k1": fb.k1, "b": fb.b, "weight": fw}}
+            "frozen": {"k1": fb.k1, "b": fb.b, "weight": fw, "scores": [round(float(x), 5) for x in m],
+                       **({"bm25_search": searched} if searched else {})}}
+
+
+def identity_spec(spec: FusionSpec) -> FusionSpec:
+    """The fusion the identity would be saved with, as ``choose_weight`` without a head would
+    choose it on the same queries, rebuilt from the record of a head's ``spec`` chosen with
+    ``judge`` (``chosen["against_frozen"]["frozen"]``): no second search when the head gives way."""
+    ch = spec.chosen
+    vs = (ch.get("against_frozen") or {}).get("frozen")
+    if not vs or "scores" not in vs:
+        raise FusionError("this fusion was not compared with frozen + BM25: it holds no choice for the identity")
+    chosen = {"queries": ch["queries"], "metric": ch["metric"], "grid": ch["grid"], "scores": {"frozen": vs["scores"]},
+              "system": "frozen", "ranked": ch["ranked"], "distractors": ch["distractors"],
+              **({"bm25_search": vs["bm25_search"]} if "bm25_search" in vs else {}), "seconds": ch["seconds"]}
+    return FusionSpec(weight=vs["weight"], normalisation=spec.normalisation,
+                      bm25=replace(spec.bm25, k1=vs["k1"], b=vs["b"]), frozen_weight=vs["weight"], rrf_k=spec.rrf_k,
+                      chosen=chosen)
 
 
 def choose_bm25(cache, rows, metric: str = "mrr10", grid=WEIGHT_GRID, bm25_grid=BM25_GRID, seed: int = 0,
@@ -154,7 +173,7 @@ def _checked_rows(cache, rows, what: str) -> np.ndarray:
 def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_grid, max_queries, seed, system):
     """(the best BM25 settings of ``bm25_grid`` for ``system``'s best fusion at every other
     weight of ``grid``, its index, the record, (the frozen encoder's own best settings, their
-    index)), on a sample of at most ``max_queries`` rows."""
+    index, the record of a search for it alone)), on a sample of at most ``max_queries`` rows."""
     settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
     tokenized = tokenize(texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
     indexes = [BM25Index(texts, s, tokenized=tokenized) for s in settings]
@@ -162,10 +181,11 @@ def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_gri
     means = _fused_means(cache, some, towers, indexes, texts, grid[::2], metric, spec.normalisation, block)
     best = [float(m[system].max()) for m in means]
     pick = int(np.argmax(best))
-    frozen = int(np.argmax([float(m["frozen"].max()) for m in means]))  # what the identity would be served with
-    return settings[pick], indexes[pick], {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings],
-                                           "weights": [float(g) for g in grid[::2]],
-                                           "best": [round(x, 5) for x in best]}, (settings[frozen], indexes[frozen])
+    frozen_best = [float(m["frozen"].max()) for m in means]
+    frozen = int(np.argmax(frozen_best))  # what the identity would be served with
+    record = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings], "weights": [float(g) for g in grid[::2]]}
+    return (settings[pick], indexes[pick], {**record, "best": [round(x, 5) for x in best]},
+            (settings[frozen], indexes[frozen], {**record, "best": [round(x, 5) for x in frozen_best]}))
 
 
 def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -272,6 +292,19 @@ def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_
         return {}
     spec = choose_weight(cache, rows, head, spec=spec, metric=metric, grid=grid, bm25_grid=bm25_grid, folds=folds,
                          **judging)
+    _say_fusion(spec, metric, say, folds)
+    return {"fusion": spec.to_dict()}
+
+
+def identity_after_selection(fusion: dict, metric: str, say=print) -> dict:
+    """``tune_after_selection``'s result for the identity, from that of a head judged against
+    frozen + BM25 (its ``fusion``): the frozen encoder's fusion as chosen on the same queries."""
+    spec = identity_spec(FusionSpec.from_dict(fusion["fusion"]))
+    _say_fusion(spec, metric, say)
+    return {"fusion": spec.to_dict()}
+
+
+def _say_fusion(spec: FusionSpec, metric: str, say, folds: list | None = None) -> None:
     search = spec.chosen.get("bm25_search")
     who = ("the head" + (f" (out of fold: each of {len(folds)} fold heads on its own fold)" if folds else "")
            + f", {spec.frozen_weight:.2f} for the frozen encoder" if spec.chosen["system"] == "head"
@@ -286,7 +319,6 @@ def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_
         say(f"  head + BM25 against frozen + BM25 as the identity would be saved (k1 {f['k1']:g}, b {f['b']:g}, weight "
             f"{f['weight']:.2f}): {metric} {vs['gain']:+.4f} (95% interval {vs['low']:+.4f} to {vs['high']:+.4f}, "
             f"{vs['n']} deciding queries)")
-    return {"fusion": spec.to_dict()}
 
 
 class HybridRetriever:

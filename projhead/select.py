@@ -56,7 +56,7 @@ from .lexical import settings_of
 from .soup import average, fold_runs
 from .checkpoint import CHECKPOINT_NAME
 from .fusion import WEIGHT_GRID, FusionSpec
-from .hybrid import has_texts, tune_after_selection
+from .hybrid import has_texts, identity_after_selection, tune_after_selection
 from .alpha import AUTO_ALPHAS, chooses_alpha, chosen_alpha  # noqa: F401 (AUTO_ALPHAS re-exported)
 from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings, not_above_fused
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
@@ -276,9 +276,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             log["fusion_folds_seconds"] = time.perf_counter() - s0
             _say(progress, f"  fold heads for the fusion weight: each of the {k} at epoch {e_best}, alpha {a:g} "
                            f"({log['fusion_folds_seconds']:.1f}s)")
-        if fold_heads is not None and decision["kept"] == "head":  # said only of a head that is saved
+        if fold_heads is not None and decision["kept"] == "head":  # said below, if the head is still saved then
             log.update(averaged)
-            _say(progress, f"  saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")
         log.update(dev_gain=decision.get("dev_gain"), chosen_dev=decision.get("dev_head"))
     else:
         if cfg.dev_fraction == 0:
@@ -348,16 +347,15 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     # that epoch and alpha), and the frozen encoder's weight is chosen on all of them
     # served beside the BM25 it was chosen or trained beside, or that was set
     set_bm25 = cfg.hybrid or None not in (cfg.bm25_k1, cfg.bm25_b)  # else chosen, unless the head trained beside it
-
-    def tuned(h, weight_folds=None, judge=None):
-        pinned = set_bm25 or (final_cfg.bm25_aware and not head.config.passthrough)
-        return tune_after_selection(h, cache, all_rows if k else held, cfg.select_metric, say=lambda t: _say(progress, t),
-                                    grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID, folds=weight_folds,
-                                    bm25_grid=None if pinned else bm25_choices(cfg), judge=judge, boot_seed=cfg.seed,
-                                    frozen_bm25_grid=None if set_bm25 else bm25_choices(cfg),
-                                    spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
-    # without --hybrid the head was decided alone: inside the fusion it must beat frozen + BM25 too
-    fusion = tuned(None if k else head, weight_folds, judge=None if cfg.hybrid or cfg.dense_only else decide_rows)
+    pinned = set_bm25 or (final_cfg.bm25_aware and not head.config.passthrough)
+    # without --hybrid the head was decided alone: inside the fusion it must beat frozen + BM25 too (on the deciding
+    # queries, each side as it would be saved: the identity's own BM25 of the grid unless set, and its own weight)
+    fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
+                                  say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
+                                  folds=weight_folds, bm25_grid=None if pinned else bm25_choices(cfg),
+                                  judge=None if cfg.hybrid or cfg.dense_only else decide_rows, boot_seed=cfg.seed,
+                                  frozen_bm25_grid=None if set_bm25 else bm25_choices(cfg),
+                                  spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
     why = not_above_fused(cfg, decision, fusion)
     if why:
         head.reset_to_identity().set_gate(None)
@@ -365,8 +363,10 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         decision.update(kept="identity", why=why, fused_gain=fusion["fusion"]["chosen"]["against_frozen"])
         for key in ("after_folds", "after_folds_seconds"):  # no averaged head is saved
             log.pop(key, None)
-        _say(progress, f"kept: identity ({why}); the fusion again, for the frozen encoder:")
-        fusion = tuned(None)
+        _say(progress, f"kept: identity ({why}); the frozen encoder's fusion, chosen beside the head's:")
+        fusion = identity_after_selection(fusion, cfg.select_metric, say=lambda t: _say(progress, t))
+    if log.get("after_folds"):
+        _say(progress, f"saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
 
 

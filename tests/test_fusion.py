@@ -271,7 +271,9 @@ def test_the_frozen_side_of_the_comparison_is_frozen_plus_bm25_as_the_identity_w
     else:
         pytest.fail("no cache where the head's and the frozen encoder's BM25 choices differ")
     vs = sh.chosen["against_frozen"]
-    assert vs["frozen"] == {"k1": sf.bm25.k1, "b": sf.bm25.b, "weight": sf.frozen_weight} and vs["n"] == len(judge)
+    assert {k: vs["frozen"][k] for k in ("k1", "b", "weight")} == {"k1": sf.bm25.k1, "b": sf.bm25.b,
+                                                                   "weight": sf.frozen_weight}
+    assert vs["n"] == len(judge)
     f = PER_QUERY["mrr10"]
     per = {name: f(_reference_ranks(fuse(q[judge] @ c.T, bm25_scorer(cache.query_texts, cache.context_texts, bm)(judge),
                                          weight=w), cache.q2c[judge]))
@@ -279,6 +281,42 @@ def test_the_frozen_side_of_the_comparison_is_frozen_plus_bm25_as_the_identity_w
                ("head", (head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)), sh.bm25, sh.weight),
                ("frozen", (cache.queries, cache.contexts), sf.bm25, sf.frozen_weight))}
     assert vs["gain"] == pytest.approx(float((per["head"] - per["frozen"]).mean()), abs=1e-9)
+
+
+def test_the_identitys_fusion_rebuilt_from_the_comparison_equals_choosing_it_again(tmp_path):
+    """When a head gives way, the identity is saved with the fusion the comparison chose for it;
+    that equals choosing the frozen encoder's fusion on the same queries anew: BM25 chosen for
+    both, pinned for the head alone (a head trained beside one BM25), or set for both."""
+    from projhead.fusion import BM25_GRID, BM25Settings
+    from projhead.hybrid import choose_weight, identity_spec
+
+    torch = pytest.importorskip("torch")
+
+    def plain(spec):
+        d = spec.to_dict()
+        d["chosen"].pop("seconds")
+        return d
+
+    differ = False
+    for seed in range(3):
+        cache = _wordy_cache(tmp_path / f"w{seed}.h5", n=90, seed=seed, noise=1.0, rotate=0.0)
+        torch.manual_seed(seed)
+        head = Head(HeadConfig(kind="residual", in_dim=cache.dim, hidden=8, encoder=cache.encoder))
+        for p in head.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        rows, judge = np.arange(len(cache.q2c)), np.arange(1, len(cache.q2c), 2)
+        pinned = FusionSpec(bm25=BM25Settings(k1=0.9, b=0.4))
+        for head_grid, frozen_grid, spec in ((BM25_GRID, BM25_GRID, None), (None, BM25_GRID, pinned),
+                                             (None, None, pinned)):
+            sh = choose_weight(cache, rows, head, spec=spec, bm25_grid=head_grid, judge=judge, max_queries=30,
+                               max_settings_queries=40, frozen_bm25_grid=frozen_grid)
+            sf = choose_weight(cache, rows, None, spec=None if frozen_grid else spec, bm25_grid=frozen_grid,
+                               max_queries=30, max_settings_queries=40)
+            assert plain(identity_spec(sh)) == plain(sf)
+            differ |= (sh.bm25.k1, sh.bm25.b) != (sf.bm25.k1, sf.bm25.b)
+    assert differ  # in some case the identity's BM25 is not the head's: the rebuilt one is not the head's copied
+    with pytest.raises(FusionError, match="not compared with frozen"):
+        identity_spec(choose_weight(cache, rows, head, bm25_grid=BM25_GRID))
 
 
 def _wordy_cache(path, n: int = 60, seed: int = 0, noise: float = 2.0, rotate: float = 1.0):
@@ -479,7 +517,7 @@ def test_the_chosen_weight_is_said_of_the_system_that_will_be_served(planted_cac
 
 @pytest.mark.parametrize("folds", [None, 0])
 def test_a_head_not_above_frozen_plus_bm25_fused_gives_way_to_the_identity(planted_cache, tmp_path, monkeypatch,
-                                                                           folds):
+                                                                           folds, capsys):
     """A head kept on its own is compared fused with frozen + BM25 on the deciding queries; when
     the interval is not above 0 the identity is saved, with the frozen encoder's fusion."""
     from dataclasses import replace
@@ -497,8 +535,10 @@ def test_a_head_not_above_frozen_plus_bm25_fused_gives_way_to_the_identity(plant
         asked.append(len(a))
         return {**real(a, b, **kw), "gain": -0.01, "low": -0.02, "high": 0.0}
     monkeypatch.setattr(hybrid, "paired_bootstrap", scripted)
-    head, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "h", progress=False, folds=folds)
-    d, saved = log["decision"], load_head(tmp_path / "h")
+    head, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "h", progress=True, folds=folds)
+    d, saved, out = log["decision"], load_head(tmp_path / "h"), capsys.readouterr().out
+    assert "the frozen encoder's fusion, chosen beside the head's:" in out and "saved: the weights" not in out
+    assert out.count("dense weight") == 2 and "for the frozen encoder (the identity head)" in out
     assert len(asked) == 1 and 0 < asked[0] < log["selection"]["n_queries"]  # the deciding queries only
     assert d["kept"] == "identity" and "not above frozen + BM25" in d["why"] and d["fused_gain"]["gain"] == -0.01
     assert d["dev_gain"]["low"] > 0 and d["alpha"] < 1  # alone, the head (interpolated) was above the frozen encoder
@@ -507,6 +547,7 @@ def test_a_head_not_above_frozen_plus_bm25_fused_gives_way_to_the_identity(plant
     card = (tmp_path / "h" / "README.md").read_text()
     assert "not above frozen + BM25" in card and "(dense, the head alone)" in card  # the model card says why
     assert "Interpolated toward" not in card and "Saved: the weights" not in card  # nothing of the head is saved
+    assert "Measured on the head not kept (" in card and "as saved" not in card
 
     asked.clear()  # served by dense search alone: no fused comparison, the head decided on its own stays
     head, log = auto_train(path, replace(cfg, dense_only=True), fixed=fixed, out=tmp_path / "d", progress=False,
@@ -517,8 +558,9 @@ def test_a_head_not_above_frozen_plus_bm25_fused_gives_way_to_the_identity(plant
         TrainConfig(dense_only=True, hybrid=True)
 
     monkeypatch.setattr(hybrid, "paired_bootstrap", lambda a, b, **kw: {**real(a, b, **kw), "low": 0.001})
-    head, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "k", progress=False, folds=folds)
+    head, log = auto_train(path, cfg, fixed=fixed, out=tmp_path / "k", progress=True, folds=folds)
     assert log["decision"]["kept"] == "head" and not head.config.passthrough  # above it: the head stays
+    assert ("saved: the weights of the 5 fold heads" in capsys.readouterr().out) == (folds is None)
     assert load_head(tmp_path / "k").fusion.chosen["against_frozen"]["low"] == 0.001
 
 
