@@ -21,6 +21,13 @@ Systems:
 - ``projhead-dense-only``: ``projhead`` with ``--dense-only`` (a head kept on its own is not
   also judged fused with BM25).
 - ``adapter-lr1e-3``: LlamaIndex's linear adapter recipe at lr 1e-3 (``bench_small_data.adapter``).
+- ``adapter-judged`` / ``adapter-judged-corpus``: that recipe, fixed in advance, kept only when
+  every training query scored out of fold says it helps: trained on four of model selection's
+  five folds, each fold's queries ranked by that fold's adapter and by the frozen encoder
+  (against the subset's contexts; with ``-corpus`` also every other passage, as
+  ``projhead-corpus``), the paired bootstrap of selection over all of them; kept (trained again
+  on every pair) if its 95% interval is above 0. Nothing is chosen, so no query is spent on
+  choosing: the most held-out evidence a decision at this size can have.
 
 ``--alphas A [A ...]``: the two ``projhead`` systems once per interpolation (``projhead train
 --alpha A``: the head saved, and decided on, as frozen + A x (trained - frozen); ``auto``: chosen
@@ -51,7 +58,10 @@ from projhead.cache import build_cache, open_cache  # noqa: E402
 from projhead.corpus import CorpusFile, load_corpus, sample_rows, with_corpus  # noqa: E402
 from projhead.data import load_pairs  # noqa: E402
 from projhead.encoders import DEFAULT_ENCODER, get_encoder  # noqa: E402
-from projhead.select import auto_train  # noqa: E402
+from projhead.batches import held_out  # noqa: E402
+from projhead.metrics import PER_QUERY, paired_bootstrap  # noqa: E402
+from projhead.select import auto_train, group_folds  # noqa: E402
+from projhead.train import split_groups  # noqa: E402
 from projhead.train import ALPHA  # noqa: E402
 
 WORK = Path("bench/work")
@@ -131,6 +141,9 @@ def main():
                     extra = {}
                     if system == "adapter-lr1e-3":
                         head = adapter(train.subset(subset), lr=1e-3, warmup=100, seed=seed)
+                    elif system.startswith("adapter-judged"):
+                        head, extra = judged_adapter(with_distractors(train, subset, corpus, args.corpus_sample, seed)
+                                                     if system == "adapter-judged-corpus" else train.subset(subset), seed)
                     else:  # a projhead system (runs() refuses any other name)
                         sub = (with_distractors(train, subset, corpus, args.corpus_sample, seed)
                                if system.startswith("projhead-corpus") else train.subset(subset))
@@ -144,12 +157,16 @@ def main():
                                  "fused_gain": log["decision"].get("fused_gain") or (
                                      head.info.get("fusion") or {}).get("chosen", {}).get("against_frozen")}
                     seconds = time.perf_counter() - t0
-                    res = metrics(projhead.evaluate_cache(test_all, head=head), "head")
+                    res = (metrics(projhead.evaluate_cache(test_all, head=head), "head") if head is not None
+                           else {k: frozen[ds][k] for k in ("nDCG@10", "MRR@10", "R@1", "R@10")})
                     systems[system] = {"train_seconds": seconds, **res, **extra}
                     print(f"{ds:<6} n {size:>5} seed {seed} {system:<26} test nDCG@10 {100 * res['nDCG@10']:5.1f} "
                           f"({100 * (res['nDCG@10'] - frozen[ds]['nDCG@10']):+.1f})  {seconds:6.1f}s"
                           + (f"  [{extra['chosen']} {extra['kept']} epoch {extra['epoch']}, "
-                             f"{extra['distractors']} distractors]" if extra else ""), flush=True)
+                             f"{extra['distractors']} distractors]" if extra.get("chosen") else "")
+                          + (f"  [{extra['kept']}: out-of-fold gain {extra['dev_gain']['gain']:+.4f} "
+                             f"({extra['dev_gain']['low']:+.4f} to {extra['dev_gain']['high']:+.4f}, "
+                             f"{extra['dev_gain']['n']} queries)]" if extra.get("judged") else ""), flush=True)
                 rows.append({"dataset": ds, "size": size, "seed": seed, "systems": systems})
     write({"bench": "corpus", "encoder": DEFAULT_ENCODER, "corpus_sample": args.corpus_sample, "frozen": frozen,
            "rows": rows, "summary": summary(rows, frozen),
@@ -157,12 +174,31 @@ def main():
                        "platform": platform.platform()}}, Path(args.out))
 
 
+def judged_adapter(sub, seed: int, folds: int = 5) -> tuple:
+    """``adapter-judged``: (the adapter trained on every pair, or None for the frozen encoder,
+    and the record), the adapter kept only if its out-of-fold gain over the frozen encoder on
+    every query of ``sub`` (model selection's folds and bootstrap) has a 95% interval above 0."""
+    rows = np.arange(len(sub.q2c))
+    f = PER_QUERY["mrr10"]
+    mine, base = [], []
+    for held in group_folds(split_groups(sub, need=folds), folds, seed):
+        dev = held_out(sub, held)
+        mine.append(f(dev.ranks(adapter(sub.subset(np.setdiff1d(rows, held)), lr=1e-3, warmup=100, seed=seed))))
+        base.append(f(dev.ranks(None)))
+    boot = paired_bootstrap(np.concatenate(mine), np.concatenate(base), seed=seed)
+    kept = boot["low"] > 0
+    return (adapter(sub, lr=1e-3, warmup=100, seed=seed) if kept else None,
+            {"judged": True, "kept": "head" if kept else "identity", "dev_gain": boot,
+             "distractors": int(sub.n_distractors)})
+
+
 def runs(systems: list[str], alphas: list[float] | None) -> list[tuple[str, float | None]]:
     """(name, alpha) of each system to run: the projhead systems once per alpha (``None``:
     projhead train's own), named with it unless it is the default's."""
     out = []
     for system in systems:
-        if system not in ("adapter-lr1e-3", "projhead", "projhead-corpus", "projhead-dense-only"):
+        if system not in ("adapter-lr1e-3", "adapter-judged", "adapter-judged-corpus", "projhead", "projhead-corpus",
+                          "projhead-dense-only"):
             raise SystemExit(f"unknown system {system}")
         for a in dict.fromkeys(alphas or [None]) if system.startswith("projhead") else [None]:  # each value once
             default = a is None or a == ALPHA
