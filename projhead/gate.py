@@ -73,13 +73,41 @@ def fit_gate(train_q: np.ndarray, held_q: np.ndarray, other_q: np.ndarray | list
     ``in_quantile`` distance) and ``other_q`` (queries of other fields, one array or a list, may be
     empty: where the frozen encoder starts; without any, ``MIN_RAMP`` above ``lo``).
     Returns the gate and a report (bounds, distance quantiles, mean gate on each set)."""
-    train_q = np.asarray(train_q, np.float64)
-    others = [np.asarray(o, np.float32) for o in (other_q if isinstance(other_q, list) else [other_q])]
-    if train_q.ndim != 2 or len(train_q) < 2:
-        raise ValueError(f"the gate needs at least 2 training query vectors, got shape {train_q.shape}")
-    others = [o for o in others if len(o)]
     if len(held_q) == 0:
         raise ValueError("the gate needs held-out training queries to calibrate on")
+    gate = _moments(train_q, in_quantile)
+    return _bounded(gate, _distances(gate, held_q), _others(other_q), in_quantile, len(train_q))
+
+
+def fit_fold_gates(queries: np.ndarray, fold_rows: list[np.ndarray], other_q: np.ndarray | list[np.ndarray],
+                   in_quantile: float = IN_QUANTILE) -> tuple[QueryGate, dict, list[QueryGate]]:
+    """The gates of k-fold model selection, where every query is held out once: each fold's
+    (``fit_gate`` on the other folds' queries, its edge from its own fold's), for the fold heads
+    that are scored out of fold; and the gate saved with the head trained on every query: its
+    mean and covariance from all of ``queries``, its edge the ``in_quantile`` of every query's
+    distance under its fold's gate (each measured as held out). Returns (saved gate, its
+    report, the fold gates in the order of ``fold_rows``)."""
+    queries = np.asarray(queries, np.float32)
+    others = _others(other_q)
+    everything = np.arange(len(queries))
+    folds = [fit_gate(queries[np.setdiff1d(everything, rows)], queries[rows], others, in_quantile)[0]
+             for rows in fold_rows]
+    held = np.concatenate([_distances(g, queries[rows]) for g, rows in zip(folds, fold_rows)])
+    gate, report = _bounded(_moments(queries, in_quantile), held, others, in_quantile, len(queries))
+    report.update(folds=len(fold_rows), held="every training query, out of fold (each fold's gate)")
+    return gate, report, folds
+
+
+def _others(other_q) -> list[np.ndarray]:
+    return [o for o in (np.asarray(o, np.float32) for o in (other_q if isinstance(other_q, list) else [other_q]))
+            if len(o)]
+
+
+def _moments(train_q: np.ndarray, in_quantile: float) -> QueryGate:
+    """A gate holding the training queries' mean and whitening (bounds not set yet)."""
+    train_q = np.asarray(train_q, np.float64)
+    if train_q.ndim != 2 or len(train_q) < 2:
+        raise ValueError(f"the gate needs at least 2 training query vectors, got shape {train_q.shape}")
     if not 0 < in_quantile <= 1:
         raise ValueError(f"in_quantile is a share of the held-out training queries in (0, 1], not {in_quantile}")
     dim = train_q.shape[1]
@@ -92,20 +120,50 @@ def fit_gate(train_q: np.ndarray, held_q: np.ndarray, other_q: np.ndarray | list
     gate = QueryGate(dim)
     gate.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
     gate.whiten.copy_(torch.from_numpy(whiten.astype(np.float32)))
-    d_in = _distances(gate, held_q)
+    return gate
+
+
+def _bounded(gate: QueryGate, d_in: np.ndarray, others: list[np.ndarray], in_quantile: float,
+             n_train: int) -> tuple[QueryGate, dict]:
+    """``gate`` with its bounds: ``lo`` at the ``in_quantile`` of the held-out training queries'
+    distances ``d_in``, ``hi`` from the other fields' queries; and the report."""
     d_out = np.concatenate([_distances(gate, o) for o in others]) if others else np.zeros(0)
     lo = float(np.quantile(d_in, in_quantile))
     hi = max(float(np.quantile(d_out, OUT_QUANTILE)) if others else 0.0, lo * (1 + MIN_RAMP))
     gate.bounds.copy_(torch.tensor([lo, hi]))
     gate.eval()
-    with torch.no_grad():
-        g_in = gate(torch.from_numpy(np.asarray(held_q, np.float32))).numpy()
-        g_out = [gate(torch.from_numpy(o)).numpy() for o in others]
+    ramp = lambda d: np.clip((hi - d) / (hi - lo), 0.0, 1.0)  # noqa: E731 (the gate of a distance, as forward)
     report = {"signal": "Mahalanobis distance to the training queries (RMS per dimension)",
-              "lo": lo, "hi": hi, "n_train": len(train_q), "n_held": len(held_q),
+              "lo": lo, "hi": hi, "n_train": int(n_train), "n_held": len(d_in),
               "n_other": [len(o) for o in others],
               "in_quantile": in_quantile, "held_distance": {"median": float(np.median(d_in)), "lo": lo},
               **({"other_distance": {"median": float(np.median(d_out)),
                                      "q10": float(np.quantile(d_out, OUT_QUANTILE))}} if others else {}),
-              "mean_gate_held": float(g_in.mean()), "mean_gate_other": [float(g.mean()) for g in g_out]}
+              "mean_gate_held": float(ramp(d_in).mean()),
+              "mean_gate_other": [float(ramp(_distances(gate, o)).mean()) for o in others]}
     return gate, report
+
+
+def attach_gate(head, cache, cfg, canaries: list, train_rows: np.ndarray | None, held_rows: np.ndarray | None,
+                say=lambda t: None, fold_rows: list[np.ndarray] | None = None) -> tuple[dict, list | None]:
+    """A per-query gate for a kept query-side head (``projhead.heads.Head``) when ``cfg.gate``,
+    set on ``head``: with a dev split the training queries' distribution from ``train_rows``
+    of ``cache``, its edge from the held-out ``held_rows`` (``fit_gate``); with k-fold
+    selection's ``fold_rows`` every query's, its edge out of fold (``fit_fold_gates``); the
+    other fields from the canaries' queries (if any). Returns (``{"gate": report}`` or ``{}``,
+    the fold gates or None)."""
+    if not cfg.gate or head.config.towers != "query" or head.config.passthrough or head.config.kind == "dialog":
+        return {}, None
+    others = [np.asarray(c.cache.queries) for c in canaries]
+    folds = None
+    if fold_rows is not None:
+        gate, report, folds = fit_fold_gates(np.asarray(cache.queries), fold_rows, others)
+    else:
+        gate, report = fit_gate(cache.queries[np.sort(train_rows)], cache.queries[np.sort(held_rows)], others)
+    head.set_gate(gate)
+    report["other_names"] = [c.name for c in canaries]
+    say(f"  per-query gate: full up to distance {report['lo']:.3f}, frozen from {report['hi']:.3f}; mean gate "
+        f"{report['mean_gate_held']:.3f} on held-out training queries" + (" (out of fold)" if folds else "")
+        + ("" if canaries else " (no --canary: the frozen encoder from 5% beyond the training queries' edge)")
+        + "".join(", " + f"{n} {v:.3f}" for n, v in zip(report["other_names"], report["mean_gate_other"])))
+    return {"gate": report}, folds

@@ -50,7 +50,7 @@ import numpy as np
 from .cache_reader import Cache, open_cache
 from .corpus import attach_corpus
 from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, rank_metrics
-from .gate import fit_gate
+from .gate import attach_gate
 from .heads import Head, HeadConfig
 from .lexical import settings_of
 from .soup import average, fold_runs
@@ -186,7 +186,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         log["removed"] = f"{ckpt}: the checkpoint of an earlier --no-auto run, replaced by this head"
         _say(progress, f"  {log['removed']}")
     f = PER_QUERY[cfg.select_metric]
-    gate = {}  # a per-query gate: fitted with a dev split only (with folds, no single held-out set decides a gated head)
+    gate, fold_gates = {}, None  # a per-query gate for a kept query-side head (with folds, one per fold head too)
     weight_folds = None  # with folds, a kept head's fusion weight is chosen on its fold heads, out of fold
     if k:
         fold_rows = group_folds(groups, k, cfg.seed)
@@ -247,32 +247,39 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             head.reset_to_identity()
             decision = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder out of fold",
                         "dev_head": frozen}
-        else:
+        else:  # the gate first, as with a dev split: each fold's head is then judged with its fold's gate
+            gate, fold_gates = attach_gate(head, cache, cfg, canaries, None, None, say=lambda t: _say(progress, t),
+                                           fold_rows=fold_rows)
             if chooses_alpha(cfg, head):  # each fold's head at each alpha, its choosing queries ranked
                 at_epoch = at_epoch or (fold_runs(cache, hcfg, tc, fold_rows, e_best) if head.can_interpolate() else None)
                 final_cfg = replace(final_cfg, alpha=chosen_alpha(head, lambda a: np.concatenate(
-                    [run["dev"].ranks(h) for run, h in zip(at_epoch, _as_saved(at_epoch, a))])[sel], cfg, log, progress))
+                    [run["dev"].ranks(h) for run, h in zip(at_epoch, _as_saved(at_epoch, a, fold_gates))])[sel],
+                    cfg, log, progress))
             decision = finish(head, final_cfg, None, None, canaries, run_log)  # alpha, shrunk for canaries
-            if decision["kept"] == "head":  # decide on the head as saved: its alpha, out of fold
+            if decision["kept"] == "head":  # decide on the head as saved: its alpha and gate, out of fold
                 a = decision["alpha"]
-                if a != 1.0:  # each fold's run again to that epoch, interpolated, its held-out fold ranked
+                if a != 1.0 or fold_gates:  # each fold's run again to that epoch, as saved, its held-out fold ranked
                     at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
-                r = (oof[e_best] if a == 1.0 else np.concatenate(
-                    [run["dev"].ranks(h) for run, h in zip(at_epoch, _as_saved(at_epoch, a))]))[dec]
+                r = (oof[e_best] if a == 1.0 and not fold_gates else np.concatenate(
+                    [run["dev"].ranks(h) for run, h in zip(at_epoch, _as_saved(at_epoch, a, fold_gates))]))[dec]
                 boot = paired_bootstrap(f(r), f(oof[0][dec]), seed=cfg.seed)
                 keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
                 narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
                 decision.update(dev_gain=boot, dev_head=rank_metrics(r),
-                                measured=f"out of fold, each fold's {name} head at epoch {e_best}, alpha {a:g}, on "
-                                         f"the {len(dec)} held-out queries that did not choose it")
+                                measured=f"out of fold, each fold's {name} head at epoch {e_best}, alpha {a:g}"
+                                         f"{', gated' if gate else ''}, on the {len(dec)} held-out queries that did "
+                                         "not choose it")
                 if not keep or narrow:
                     head.reset_to_identity()
                     decision.update(kept="identity", why=not_above_zero(cfg.select_metric, boot) if not keep else narrow)
+            if decision["kept"] == "identity" and gate:
+                head.set_gate(None)
+                gate = {}
         if decision["kept"] == "head" and has_texts(cache):  # its fusion weight: each fold's head as saved, out of fold
             s0 = time.perf_counter()
             at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
             a = decision["alpha"]
-            weight_folds = list(zip(fold_rows, _as_saved(at_epoch, a)))
+            weight_folds = list(zip(fold_rows, _as_saved(at_epoch, a, fold_gates)))
             log["fusion_folds_seconds"] = time.perf_counter() - s0
             _say(progress, f"  fold heads for the fusion weight: each of the {k} at epoch {e_best}, alpha {a:g} "
                            f"({log['fusion_folds_seconds']:.1f}s)")
@@ -316,7 +323,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             head.reset_to_identity()
             run_log["decision"] = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder"}
         else:  # the gate first, so that the canaries and the decision see the head as it will be saved
-            gate = attach_gate(head, cache, cfg, canaries, train_rows, held, say=lambda t: _say(progress, t))
+            gate = attach_gate(head, cache, cfg, canaries, train_rows, held, say=lambda t: _say(progress, t))[0]
             if cfg.alpha == "auto":  # the head at each alpha (gated, as saved), the choosing queries ranked
                 a = chosen_alpha(head, lambda a: run["dev"].ranks(copy.deepcopy(head).interpolate(a)), cfg, log, progress)
                 final_cfg, run["cfg"] = replace(final_cfg, alpha=a), replace(run["cfg"], alpha=a)  # run's: sized
@@ -370,24 +377,6 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
 
 
-def attach_gate(head: Head, cache: Cache, cfg: TrainConfig, canaries: list, train_rows: np.ndarray,
-                held_rows: np.ndarray, say=lambda t: None) -> dict:
-    """A per-query gate (``gate.fit_gate``) for a kept query-side head when ``cfg.gate``: the
-    training queries' distribution from ``train_rows``, its edge from the held-out ``held_rows``,
-    the other fields from the canaries' queries (if any). Returns ``{"gate": report}`` or ``{}``."""
-    if not cfg.gate or head.config.towers != "query" or head.config.passthrough or head.config.kind == "dialog":
-        return {}
-    gate, report = fit_gate(cache.queries[np.sort(train_rows)], cache.queries[np.sort(held_rows)],
-                            [np.asarray(c.cache.queries) for c in canaries])
-    head.set_gate(gate)
-    report["other_names"] = [c.name for c in canaries]
-    say(f"  per-query gate: full up to distance {report['lo']:.3f}, frozen from {report['hi']:.3f}; mean gate "
-        f"{report['mean_gate_held']:.3f} on held-out training queries"
-        + ("" if canaries else " (no --canary: the frozen encoder from 5% beyond the training queries' edge)")
-        + "".join(", " + f"{n} {v:.3f}" for n, v in zip(report["other_names"], report["mean_gate_other"])))
-    return {"gate": report}
-
-
 def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: TrainConfig, log: dict,
                       progress: bool = False) -> str:
     """The candidate to keep, from ``(name, towers, score, ranks on the choosing queries)``: the
@@ -436,10 +425,12 @@ def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -
                  if within_noise(ranks[e], ranks[peak], r0=ranks[0], cfg=cfg)), peak)
 
 
-def _as_saved(runs: list[dict], alpha: float) -> list[Head]:
+def _as_saved(runs: list[dict], alpha: float, gates: list | None = None) -> list[Head]:
     """Each fold run's head (``soup.fold_runs``: the chosen epoch) as the head is saved: a copy
-    interpolated to ``alpha`` (left as it is at 1, which heads that cannot interpolate keep)."""
-    return [copy.deepcopy(r["head"]) if alpha == 1.0 else copy.deepcopy(r["head"]).interpolate(alpha) for r in runs]
+    interpolated to ``alpha`` (left as it is at 1, which heads that cannot interpolate keep),
+    gated by its fold's gate of ``gates`` (``gate.fit_fold_gates``) if given."""
+    heads = [copy.deepcopy(r["head"]) if alpha == 1.0 else copy.deepcopy(r["head"]).interpolate(alpha) for r in runs]
+    return [h.set_gate(g) for h, g in zip(heads, gates)] if gates else heads
 
 
 def _halves(groups: list[str], rows: np.ndarray, seed: int, log: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -404,6 +404,7 @@ def test_train_with_folds_chooses_a_kept_heads_weight_on_its_fold_heads(planted_
     from projhead.cache import open_cache
     from projhead.config import TrainConfig
     from projhead.evaluate import PER_QUERY
+    from projhead.gate import fit_fold_gates
     from projhead.select import CANDIDATES, auto_train, group_folds, split_groups
     from projhead.soup import fold_runs
 
@@ -423,8 +424,10 @@ def test_train_with_folds_chooses_a_kept_heads_weight_on_its_fold_heads(planted_
     runs = fold_runs(cache, HeadConfig(in_dim=cache.dim, encoder=cache.encoder, **hc), tc, folds,
                      sel["candidates"][0]["best_epoch"])
     grid, total = spec.chosen["grid"], np.zeros(len(spec.chosen["grid"]))
-    for rows, run in zip(folds, runs):
-        h = run["head"].interpolate(log["decision"]["alpha"])
+    gates = fit_fold_gates(cache.queries, folds, [])[2]  # each fold head as saved: gated by its fold's gate
+    assert head.gate is not None
+    for rows, run, gate in zip(folds, runs, gates):
+        h = run["head"].interpolate(log["decision"]["alpha"]).set_gate(gate)
         b = bm25_scorer(cache.query_texts, cache.context_texts, spec.bm25)(rows)
         d = h.encode_queries(cache.queries[rows]) @ h.encode_contexts(cache.contexts).T
         total += [PER_QUERY["mrr10"](_reference_ranks(fuse(d, b, weight=g), cache.q2c[rows])).sum() for g in grid]

@@ -5,7 +5,7 @@ import torch
 
 from projhead.evaluate import PER_QUERY
 from projhead.export import _run_modules, export_onnx, tower_modules
-from projhead.gate import MIN_RAMP, QueryGate, fit_gate
+from projhead.gate import MIN_RAMP, QueryGate, fit_fold_gates, fit_gate
 from projhead.heads import Head, HeadConfig, HeadError, load_head
 from projhead.select import auto_train, prefer_query_side
 from projhead.train import TrainConfig
@@ -196,8 +196,79 @@ def test_model_selection_gates_a_kept_query_side_head_with_canaries(planted_cach
     assert plain.gate is None
     alone, _ = auto_train(path, TrainConfig(epochs=6), fixed=fixed, progress=False, folds=folds)  # no canaries
     assert alone.gate is not None and alone.info["gate"]["other_names"] == []
-    folded, _ = auto_train(path, cfg, fixed=fixed, progress=False, folds=5)  # k-fold: no held-out set for a gate
-    assert folded.gate is None and not folded.config.passthrough
+    folded, log = auto_train(path, cfg, fixed=fixed, progress=False, folds=5)  # k-fold: its edge out of fold
+    assert folded.gate is not None and not folded.config.passthrough and ", gated, on the" in log["decision"]["measured"]
+    assert folded.info["gate"]["folds"] == 5 and folded.info["gate"]["n_held"] == 400
+
+
+def test_fold_gates_each_from_the_other_folds_and_the_saved_one_from_every_query_held_out_once():
+    home = _centre(1)
+    queries = _field(500, home, 2)
+    folds = [np.arange(i, 500, 5) for i in range(5)]
+    others = [_field(200, _centre(4), 5)]
+    gate, report, gates = fit_fold_gates(queries, folds, others)
+    held = []
+    for rows, g in zip(folds, gates):  # each fold's gate: fit_gate on the other folds, its own fold held out
+        want, _ = fit_gate(np.delete(queries, rows, axis=0), queries[rows], others)
+        for name in ("mean", "whiten", "bounds"):
+            np.testing.assert_allclose(getattr(g, name).numpy(), getattr(want, name).numpy(), rtol=1e-6)
+        with torch.no_grad():
+            held.append(g.distance(torch.from_numpy(queries[rows])).numpy())
+    everything, _ = fit_gate(queries, queries[:1], others)  # the moments of every query
+    np.testing.assert_allclose(gate.mean.numpy(), everything.mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(gate.whiten.numpy(), everything.whiten.numpy(), rtol=1e-6)
+    assert report["lo"] == pytest.approx(float(np.quantile(np.concatenate(held), 0.95)))  # the edge out of fold
+    with torch.no_grad():
+        inside = gate.distance(torch.from_numpy(queries)).numpy()
+    assert np.quantile(inside, 0.95) < report["lo"]  # measured on its own training queries the edge would be lower
+    assert report["n_held"] == 500 and report["folds"] == 5 and 0.9 < report["mean_gate_held"] < 1.0
+    with torch.no_grad():  # and it still tells the other field apart
+        assert gate(torch.from_numpy(_field(300, _centre(4), 7))).mean() < 0.1
+
+
+def test_kfold_selection_judges_each_fold_head_with_its_folds_gate(planted_cache, tmp_path, monkeypatch):
+    """With folds the saved head is gated, and the decision ranks each deciding query by the
+    head of the fold that held it out, as saved: its alpha and its fold's gate."""
+    import projhead.select as S
+    from projhead.batches import held_out
+    from projhead.cache import open_cache
+
+    seen = {}
+    real_fold_runs, real_boot, real_tune = S.fold_runs, S.paired_bootstrap, S.tune_after_selection
+
+    def fold_runs(*a):
+        seen["fold_runs"] = a[3], real_fold_runs(*a)
+        return seen["fold_runs"][1]
+
+    def boot(a, b, **kw):
+        seen.setdefault("boot", []).append(a)
+        return real_boot(a, b, **kw)
+
+    def tune(*a, folds=None, **kw):
+        seen["weight_folds"] = folds
+        return real_tune(*a, folds=folds, **kw)
+
+    monkeypatch.setattr(S, "fold_runs", fold_runs)
+    monkeypatch.setattr(S, "paired_bootstrap", boot)
+    monkeypatch.setattr(S, "tune_after_selection", tune)
+    path = planted_cache(n_groups=40)
+    head, log = auto_train(path, TrainConfig(epochs=6), fixed={"kind": "linear", "towers": "query", "lr": 1e-2},
+                           out=tmp_path / "h", progress=False, folds=5)
+    d, cache = log["decision"], open_cache(path)
+    assert d["kept"] == "head" and ", gated, on the" in d["measured"]
+    fold_rows, runs = seen["fold_runs"]
+    gate, _, gates = fit_fold_gates(cache.queries, fold_rows, [])
+    saved = load_head(tmp_path / "h")
+    np.testing.assert_allclose(saved.gate.bounds.numpy(), gate.bounds.numpy(), rtol=1e-6)
+    decide = S._halves(S.split_groups(cache, need=5), np.arange(len(cache.q2c)), 0, {})[1]
+    f = PER_QUERY["mrr10"]
+    judged = S._as_saved(runs, d["alpha"], gates)
+    want = np.concatenate([f(held_out(cache, np.intersect1d(rows, decide)).ranks(h)) for rows, h in zip(fold_rows, judged)])
+    np.testing.assert_allclose(seen["boot"][0], want)
+    plain = np.concatenate([f(held_out(cache, np.intersect1d(rows, decide)).ranks(h))
+                            for rows, h in zip(fold_rows, S._as_saved(runs, d["alpha"]))])
+    assert not np.array_equal(plain, want)  # the gates change some ranks: the check can tell
+    assert all(h.gate is not None for _, h in seen["weight_folds"])  # the fusion weight: the fold heads as saved
 
 
 def test_train_says_whether_contexts_change(planted_cache, tmp_path, capsys):

@@ -400,6 +400,7 @@ def test_alpha_auto_is_chosen_on_the_choosing_queries_and_decided_on_the_others(
     choose; the alpha chosen is the one the decision judges and the one saved. (The choice is
     steered to 0.5 here, where the planted data would pick 0.9, the default's own.)"""
     import projhead.select as S
+    from projhead.gate import fit_fold_gates
 
     seen = {}
     real_halves, real_choose = S._halves, S.chosen_alpha
@@ -433,8 +434,9 @@ def test_alpha_auto_is_chosen_on_the_choosing_queries_and_decided_on_the_others(
     for a, got in seen["ranks"].items():  # the choosing queries alone, each ranked by the head as saved at a
         if folds:  # out of fold: each by its fold's head at the chosen epoch, in fold order
             fold_rows, runs = seen["fold_runs"]
-            want = np.concatenate([held_out(cache, np.intersect1d(rows, choose)).ranks(S._as_saved([run], a)[0])
-                                   for rows, run in zip(fold_rows, runs)])
+            gates = fit_fold_gates(cache.queries, fold_rows, [])[2]  # and gated by its fold's gate
+            want = np.concatenate([held_out(cache, np.intersect1d(rows, choose)).ranks(S._as_saved([run], a, [g])[0])
+                                   for rows, run, g in zip(fold_rows, runs, gates)])
             order = np.concatenate(fold_rows)
             assert np.array_equal(np.sort(order[np.isin(order, choose)]), np.sort(choose))
         else:  # the trained head, gate and all
