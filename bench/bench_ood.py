@@ -22,11 +22,13 @@ one ``bench_squad.py`` saved in ``--heads-dir``/seedN, else trained the same way
 BM25 (z-scored, dense weight ``--fusion-weight``), frozen and head, without and with a per-query
 gate (query-side heads). The gate's mean and covariance come from SQuAD train queries outside a
 5% held-out part of whole articles, its edge from that part (the head in full up to
-``--gate-quantile`` of its distances, the gate's own 0.9 unless given); its other fields are the training
+``--gate-quantile`` of its distances, the gate's own 0.95 unless given); its other fields are the training
 parts of BoolQ, FiQA and Quora, leaving out the field being scored (QuAC is never used), so no
 field is scored with a gate calibrated on it. ``--trained-on boolq`` (or quac, fiqa, quora): that field's
-default head (trained here on its training part, into bench/work/heads-FIELD/seedN), scored on its
-test part and on SQuAD v1.1 dev the same way. Writes ``OUT-fields.json`` and ``OUT-fields.md``.
+default head (trained here on its training part, into ``--field-heads``/heads-FIELD/seedN, default
+bench/work; reused when there), scored on its test part and on SQuAD v1.1 dev the same way. A head
+saved with a gate (model selection's own: no other fields) is also scored with that gate, as
+``load_head`` serves it ("as saved"). Writes ``OUT-fields.json`` and ``OUT-fields.md``.
 ``--squad-canary N``: those other fields' heads trained with ``projhead train --canary`` of a
 cache of the first whole SQuAD v1.1 train articles holding at least N questions (no dev article),
 as a user would guard the SQuAD-like queries their index also serves, into
@@ -85,6 +87,8 @@ def main():
                          "distances (default: the gate's own)")
     ap.add_argument("--trained-on", nargs="+", default=["squad"], choices=["squad", "boolq", "fiqa", "quora", "quac"],
                     help="--fields: whose default heads; a head of another field is scored on its test part and SQuAD")
+    ap.add_argument("--field-heads", default=str(WORK), metavar="DIR",
+                    help="--fields: where the other fields' heads are kept (DIR/heads-FIELD/seedN; reused when there)")
     ap.add_argument("--squad-canary", type=int, default=0, metavar="N",
                     help="--fields: the other fields' heads trained with `projhead train --canary` of N SQuAD v1.1 "
                          "train questions (whole articles, the file's first) instead")
@@ -207,7 +211,7 @@ def fields(args, enc, data) -> None:
             train, heads, scored = squad["train"], Path(args.heads_dir), list(tests)
         else:  # another field's head on its own test part and on SQuAD
             train = calib[trained_on] if trained_on in calib else cache_dataset(*TRAIN_ONLY[trained_on], enc, WORK, data)
-            heads, scored = WORK / f"heads-{trained_on}", [trained_on, "squad"]
+            heads, scored = Path(args.field_heads) / f"heads-{trained_on}", [trained_on, "squad"]
         canaries = (squad_canary(enc, data, args.squad_canary),) if args.squad_canary and trained_on != "squad" else ()
         if canaries:
             heads = heads.with_name(f"{heads.name}-canary-squad{args.squad_canary}")
@@ -252,6 +256,7 @@ def field_rows(trained_on, train, head_how, seed, tests, calib, spec, gate_quant
     to the ``gate_quantile`` distance of held-out training queries)."""
     t0 = time.perf_counter()
     head, how = head_how
+    saved_gate = head.gate  # the gate model selection saved with the head, if any: scored too ("saved")
     head.set_gate(None)
     gated = head.config.towers == "query" and not head.config.passthrough
     if gated:  # the gate's training part and held-out part: whole groups, as model selection splits
@@ -263,6 +268,10 @@ def field_rows(trained_on, train, head_how, seed, tests, calib, spec, gate_quant
         row = {"trained_on": trained_on, "seed": seed, "field": field, "how": how,
                "head": f"{head.config.kind}-{head.config.towers}", "passthrough": head.config.passthrough,
                "alpha": head.info.get("decision", {}).get("alpha"), "plain": plain}
+        if saved_gate is not None:
+            head.set_gate(saved_gate)
+            row.update(saved=field_scores(cache, head, spec), saved_gate=float(head.gate_values(cache.queries).mean()))
+            head.set_gate(None)
         if gated:
             names = [f for f in calib if f not in (field, trained_on.split(" ")[0])]  # the field, not its label
             gate, report = fit_gate(tr_q, held_q, [np.asarray(calib[f].queries) for f in names], gate_quantile)
@@ -273,7 +282,7 @@ def field_rows(trained_on, train, head_how, seed, tests, calib, spec, gate_quant
         rows.append(row)
         print(f"{trained_on} head seed {seed} on {field:<6} {row['head']}" + "".join(
             f"  {v} {k} {100 * (row[v][k] - plain[b]):+.2f}"
-            for v in ("plain", "gated") if v in row for k, b in (("head", "frozen"), ("head+bm25", "frozen+bm25")))
+            for v in ("plain", "gated", "saved") if v in row for k, b in (("head", "frozen"), ("head+bm25", "frozen+bm25")))
             + (f"  mean gate {row['mean_gate']:.3f}" if gated else "")
             + f"  (frozen {100 * plain['frozen']:.2f}, fused {100 * plain['frozen+bm25']:.2f})", flush=True)
     print(f"{trained_on} head seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
@@ -304,6 +313,21 @@ def fields_table(result: dict) -> str:
                  f"{m(lambda r: r['plain']['top1']['head'] - r['plain']['top1']['frozen']):+.2f}",
                  f"{m(lambda r: gated(r)['top1']['head'] - r['plain']['top1']['frozen']):+.2f}" if g else ""]
             lines.append(f"| {trained_on} | squad, out-of-500 top-1 | {seeds} | " + " | ".join(t) + " | | | | |")
+    saved = [r for r in result["rows"] if "saved" in r]
+    if saved:  # the heads as model selection saved them, gate and all (no canaries: the gate's own edge)
+        lines += ["", "Heads as saved, with the gate model selection saved (seeds that kept a gated head), change "
+                      "against frozen: dense / fused nDCG@10 (SQuAD: and out-of-500 top-1), mean saved gate.", "",
+                  "| head trained on | scored on | seeds | as saved, dense | as saved, fused | mean saved gate |",
+                  "|---|---|---|---|---|---|"]
+        for trained_on, field in dict.fromkeys((r["trained_on"], r["field"]) for r in saved):
+            rs = [r for r in saved if (r["trained_on"], r["field"]) == (trained_on, field)]
+            m = lambda f: 100 * float(np.mean([f(r) for r in rs]))  # noqa: E731
+            top1 = (f" (top-1 {m(lambda r: r['saved']['top1']['head'] - r['plain']['top1']['frozen']):+.2f})"
+                    if field == "squad" else "")
+            lines.append(f"| {trained_on} | {field} | {','.join(str(r['seed']) for r in rs)} | "
+                         f"{m(lambda r: r['saved']['head'] - r['plain']['frozen']):+.2f}{top1} | "
+                         f"{m(lambda r: r['saved']['head+bm25'] - r['plain']['frozen+bm25']):+.2f} | "
+                         f"{np.mean([r['saved_gate'] for r in rs]):.3f} |")
     heads = sorted({(r["trained_on"], r["seed"], r["head"], r["alpha"], r["passthrough"]) for r in result["rows"]})
     lines += ["", "Heads: " + "; ".join(f"{t} seed {s} {h} (alpha {a}{', identity' if p else ''})"
                                         for t, s, h, a, p in heads) + "."]
