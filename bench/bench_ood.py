@@ -27,8 +27,9 @@ parts of BoolQ, FiQA and Quora, leaving out the field being scored (QuAC is neve
 field is scored with a gate calibrated on it. ``--trained-on boolq`` (or quac, fiqa, quora): that field's
 default head (trained here on its training part, into ``--field-heads``/heads-FIELD/seedN, default
 bench/work; reused when there), scored on its test part and on SQuAD v1.1 dev the same way. A head
-saved with a gate (model selection's own: no other fields) is also scored with that gate, as
-``load_head`` serves it ("as saved"). Writes ``OUT-fields.json`` and ``OUT-fields.md``.
+saved with a gate (model selection's own: calibrated without other fields, or with the SQuAD
+canary under ``--squad-canary``) is also scored with that gate, as ``load_head`` serves it ("as
+saved"; fused at ``--fusion-weight``, as every other column). Writes ``OUT-fields.json`` and ``OUT-fields.md``.
 ``--squad-canary N``: those other fields' heads trained with ``projhead train --canary`` of a
 cache of the first whole SQuAD v1.1 train articles holding at least N questions (no dev article),
 as a user would guard the SQuAD-like queries their index also serves, into
@@ -314,7 +315,7 @@ def fields_table(result: dict) -> str:
                  f"{m(lambda r: gated(r)['top1']['head'] - r['plain']['top1']['frozen']):+.2f}" if g else ""]
             lines.append(f"| {trained_on} | squad, out-of-500 top-1 | {seeds} | " + " | ".join(t) + " | | | | |")
     saved = [r for r in result["rows"] if "saved" in r]
-    if saved:  # the heads as model selection saved them, gate and all (no canaries: the gate's own edge)
+    if saved:  # the heads as model selection saved them, gate and all (calibrated on their --canary, if any)
         lines += ["", "Heads as saved, with the gate model selection saved (seeds that kept a gated head), change "
                       "against frozen: dense / fused nDCG@10 (SQuAD: and out-of-500 top-1), mean saved gate.", "",
                   "| head trained on | scored on | seeds | as saved, dense | as saved, fused | mean saved gate |",

@@ -85,8 +85,9 @@ def fit_fold_gates(queries: np.ndarray, fold_rows: list[np.ndarray], other_q: np
     (``fit_gate`` on the other folds' queries, its edge from its own fold's), for the fold heads
     that are scored out of fold; and the gate saved with the head trained on every query: its
     mean and covariance from all of ``queries``, its edge the ``in_quantile`` of every query's
-    distance under its fold's gate (each measured as held out). Returns (saved gate, its
-    report, the fold gates in the order of ``fold_rows``)."""
+    distance under its fold's gate (each measured as held out; the report's ``mean_gate_held``
+    is the saved bounds applied to those distances). Returns (saved gate, its report, the fold
+    gates in the order of ``fold_rows``)."""
     queries = np.asarray(queries, np.float32)
     others = _others(other_q)
     everything = np.arange(len(queries))

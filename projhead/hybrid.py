@@ -132,7 +132,8 @@ def _against_frozen(cache, judge, rows, towers, texts, spec, index, means, own, 
 def identity_spec(spec: FusionSpec) -> FusionSpec:
     """The fusion the identity would be saved with, as ``choose_weight`` without a head would
     choose it on the same queries, rebuilt from the record of a head's ``spec`` chosen with
-    ``judge`` (``chosen["against_frozen"]["frozen"]``): no second search when the head gives way."""
+    ``judge`` (``chosen["against_frozen"]["frozen"]``): no second search when the head gives way
+    (its ``seconds``: those of the whole comparison)."""
     ch = spec.chosen
     vs = (ch.get("against_frozen") or {}).get("frozen")
     if not vs or "scores" not in vs:

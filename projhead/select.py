@@ -24,10 +24,11 @@ groups (``_halves``): one half chooses (candidate and epoch), the other decides.
   its choosing half and keeps its latest epoch within noise of its best (``fit``); the best
   candidate wins.
 
-Either way the winner is interpolated (``alpha``) and shrunk for canaries as it will be saved,
-and replaces the identity only if the paired bootstrap over the deciding queries puts the
-gain of that head above 0 (``TrainConfig.decision``; in k-fold mode the fold heads are
-interpolated the same way and scored out of fold). The log keeps every candidate's score and
+Either way the winner is gated (a query-side head: ``gate.attach_gate``), interpolated
+(``alpha``) and shrunk for canaries as it will be saved, and replaces the identity only if the
+paired bootstrap over the deciding queries puts the gain of that head above 0
+(``TrainConfig.decision``; in k-fold mode the fold heads are interpolated the same way, each
+gated by its fold's gate, and scored out of fold). The log keeps every candidate's score and
 time, and the gain with its 95% interval. The fusion with BM25 saved with the head
 (``hybrid.tune_after_selection``) is chosen on held-out queries too: with a dev split the
 saved head's; with folds each query scored by its fold's head as saved (the refit head saw
@@ -281,8 +282,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             a = decision["alpha"]
             weight_folds = list(zip(fold_rows, _as_saved(at_epoch, a, fold_gates)))
             log["fusion_folds_seconds"] = time.perf_counter() - s0
-            _say(progress, f"  fold heads for the fusion weight: each of the {k} at epoch {e_best}, alpha {a:g} "
-                           f"({log['fusion_folds_seconds']:.1f}s)")
+            _say(progress, f"  fold heads for the fusion weight: each of the {k} at epoch {e_best}, alpha {a:g}"
+                           f"{', gated by its fold' if fold_gates else ''} ({log['fusion_folds_seconds']:.1f}s)")
         if fold_heads is not None and decision["kept"] == "head":  # said below, if the head is still saved then
             log.update(averaged)
         log.update(dev_gain=decision.get("dev_gain"), chosen_dev=decision.get("dev_head"))
