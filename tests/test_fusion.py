@@ -256,14 +256,8 @@ def test_the_frozen_side_of_the_comparison_is_frozen_plus_bm25_as_the_identity_w
     from projhead.fusion import BM25_GRID
     from projhead.hybrid import choose_weight
 
-    torch = pytest.importorskip("torch")
     for seed in range(4):  # a cache and head where the two BM25 choices differ (seed 0 here)
-        cache = _wordy_cache(tmp_path / f"w{seed}.h5", n=90, seed=seed, noise=1.0, rotate=0.0)
-        torch.manual_seed(seed)
-        head = Head(HeadConfig(kind="residual", in_dim=cache.dim, hidden=8, encoder=cache.encoder))
-        for p in head.parameters():
-            torch.nn.init.normal_(p, std=0.3)
-        rows, judge = np.arange(len(cache.q2c)), np.arange(1, len(cache.q2c), 2)
+        cache, head, rows, judge = _wordy_case(tmp_path, seed)
         sh = choose_weight(cache, rows, head, bm25_grid=BM25_GRID, judge=judge, max_queries=30)  # judge beyond the sample
         sf = choose_weight(cache, rows, None, bm25_grid=BM25_GRID, max_queries=30)  # the identity's fusion
         if (sh.bm25.k1, sh.bm25.b) != (sf.bm25.k1, sf.bm25.b):
@@ -290,8 +284,6 @@ def test_the_identitys_fusion_rebuilt_from_the_comparison_equals_choosing_it_aga
     from projhead.fusion import BM25_GRID, BM25Settings
     from projhead.hybrid import choose_weight, identity_spec
 
-    torch = pytest.importorskip("torch")
-
     def plain(spec):
         d = spec.to_dict()
         d["chosen"].pop("seconds")
@@ -299,12 +291,7 @@ def test_the_identitys_fusion_rebuilt_from_the_comparison_equals_choosing_it_aga
 
     differ = False
     for seed in range(3):
-        cache = _wordy_cache(tmp_path / f"w{seed}.h5", n=90, seed=seed, noise=1.0, rotate=0.0)
-        torch.manual_seed(seed)
-        head = Head(HeadConfig(kind="residual", in_dim=cache.dim, hidden=8, encoder=cache.encoder))
-        for p in head.parameters():
-            torch.nn.init.normal_(p, std=0.3)
-        rows, judge = np.arange(len(cache.q2c)), np.arange(1, len(cache.q2c), 2)
+        cache, head, rows, judge = _wordy_case(tmp_path, seed)
         pinned = FusionSpec(bm25=BM25Settings(k1=0.9, b=0.4))
         for head_grid, frozen_grid, spec in ((BM25_GRID, BM25_GRID, None), (None, BM25_GRID, pinned),
                                              (None, None, pinned)):
@@ -317,6 +304,18 @@ def test_the_identitys_fusion_rebuilt_from_the_comparison_equals_choosing_it_aga
     assert differ  # in some case the identity's BM25 is not the head's: the rebuilt one is not the head's copied
     with pytest.raises(FusionError, match="not compared with frozen"):
         identity_spec(choose_weight(cache, rows, head, bm25_grid=BM25_GRID))
+
+
+def _wordy_case(tmp_path, seed: int):
+    """A wordy cache of 90 pairs, a random residual head over it, every row to choose on and the
+    odd rows to judge on."""
+    torch = pytest.importorskip("torch")
+    cache = _wordy_cache(tmp_path / f"w{seed}.h5", n=90, seed=seed, noise=1.0, rotate=0.0)
+    torch.manual_seed(seed)
+    head = Head(HeadConfig(kind="residual", in_dim=cache.dim, hidden=8, encoder=cache.encoder))
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return cache, head, np.arange(len(cache.q2c)), np.arange(1, len(cache.q2c), 2)
 
 
 def _wordy_cache(path, n: int = 60, seed: int = 0, noise: float = 2.0, rotate: float = 1.0):
