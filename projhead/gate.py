@@ -56,9 +56,12 @@ class QueryGate(nn.Module):
         z = (x - self.mean) @ self.whiten  # (N, D), whitened
         return z.pow(2).mean(dim=1).sqrt()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, D) -> (N,)
+    def ramp(self, d: torch.Tensor) -> torch.Tensor:  # (N,) distances -> (N,) gates
         lo, hi = self.bounds[0], self.bounds[1]
-        return ((hi - self.distance(x)) / (hi - lo)).clamp(0.0, 1.0)
+        return ((hi - d) / (hi - lo)).clamp(0.0, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, D) -> (N,)
+        return self.ramp(self.distance(x))
 
 
 def _distances(gate: QueryGate, x: np.ndarray) -> np.ndarray:
@@ -91,10 +94,12 @@ def fit_fold_gates(queries: np.ndarray, fold_rows: list[np.ndarray], other_q: np
     queries = np.asarray(queries, np.float32)
     others = _others(other_q)
     everything = np.arange(len(queries))
-    folds = [fit_gate(queries[np.setdiff1d(everything, rows)], queries[rows], others, in_quantile)[0]
-             for rows in fold_rows]
-    held = np.concatenate([_distances(g, queries[rows]) for g, rows in zip(folds, fold_rows)])
-    gate, report = _bounded(_moments(queries, in_quantile), held, others, in_quantile, len(queries))
+    folds, held = [], []
+    for rows in fold_rows:  # as fit_gate makes it, keeping the held-out distances for the saved gate's edge
+        g = _moments(queries[np.setdiff1d(everything, rows)], in_quantile)
+        held.append(_distances(g, queries[rows]))
+        folds.append(_bounded(g, held[-1], others, in_quantile, len(everything) - len(rows))[0])
+    gate, report = _bounded(_moments(queries, in_quantile), np.concatenate(held), others, in_quantile, len(queries))
     report.update(folds=len(fold_rows), held="every training query, out of fold (each fold's gate)")
     return gate, report, folds
 
@@ -128,20 +133,23 @@ def _bounded(gate: QueryGate, d_in: np.ndarray, others: list[np.ndarray], in_qua
              n_train: int) -> tuple[QueryGate, dict]:
     """``gate`` with its bounds: ``lo`` at the ``in_quantile`` of the held-out training queries'
     distances ``d_in``, ``hi`` from the other fields' queries; and the report."""
-    d_out = np.concatenate([_distances(gate, o) for o in others]) if others else np.zeros(0)
+    per_other = [_distances(gate, o) for o in others]
+    d_out = np.concatenate(per_other) if others else np.zeros(0)
     lo = float(np.quantile(d_in, in_quantile))
     hi = max(float(np.quantile(d_out, OUT_QUANTILE)) if others else 0.0, lo * (1 + MIN_RAMP))
     gate.bounds.copy_(torch.tensor([lo, hi]))
     gate.eval()
-    ramp = lambda d: np.clip((hi - d) / (hi - lo), 0.0, 1.0)  # noqa: E731 (the gate of a distance, as forward)
+
+    def mean_gate(d: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(gate.ramp(torch.from_numpy(np.asarray(d, np.float32))).mean())
     report = {"signal": "Mahalanobis distance to the training queries (RMS per dimension)",
               "lo": lo, "hi": hi, "n_train": int(n_train), "n_held": len(d_in),
               "n_other": [len(o) for o in others],
               "in_quantile": in_quantile, "held_distance": {"median": float(np.median(d_in)), "lo": lo},
               **({"other_distance": {"median": float(np.median(d_out)),
                                      "q10": float(np.quantile(d_out, OUT_QUANTILE))}} if others else {}),
-              "mean_gate_held": float(ramp(d_in).mean()),
-              "mean_gate_other": [float(ramp(_distances(gate, o)).mean()) for o in others]}
+              "mean_gate_held": mean_gate(d_in), "mean_gate_other": [mean_gate(d) for d in per_other]}
     return gate, report
 
 

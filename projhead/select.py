@@ -273,9 +273,6 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                 if not keep or narrow:
                     head.reset_to_identity()
                     decision.update(kept="identity", why=not_above_zero(cfg.select_metric, boot) if not keep else narrow)
-            if decision["kept"] == "identity" and gate:
-                head.set_gate(None)
-                gate = {}
         if decision["kept"] == "head" and has_texts(cache):  # its fusion weight: each fold's head as saved, out of fold
             s0 = time.perf_counter()
             at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
@@ -332,13 +329,13 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             if d.get("measured"):
                 d["measured"] = (f"alpha {d['alpha']:g}{', gated' if gate else ''}, on the {len(decide)} held-out "
                                  "queries that did not choose it")
-            if d["kept"] == "identity" and gate:
-                head.set_gate(None)
-                gate = {}
         frozen = rank_metrics(r0)
         decision = run_log["decision"]
         log.update(dev_gain=decision.get("dev_gain"), frozen_dev=frozen, chosen_dev=decision.get("dev_head"))
         final_cfg = run["cfg"]
+    if decision["kept"] == "identity" and gate:  # the identity is saved (alone, or shrunk for canaries): no gate
+        head.set_gate(None)
+        gate = {}
     run_log["decision"] = decision
     log["seconds"] = time.perf_counter() - t0
     run_log["selection"] = log
