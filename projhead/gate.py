@@ -78,8 +78,16 @@ def fit_gate(train_q: np.ndarray, held_q: np.ndarray, other_q: np.ndarray | list
     Returns the gate and a report (bounds, distance quantiles, mean gate on each set)."""
     if len(held_q) == 0:
         raise ValueError("the gate needs held-out training queries to calibrate on")
+    return _fit(train_q, held_q, _others(other_q), in_quantile)[:2]
+
+
+def _fit(train_q: np.ndarray, held_q: np.ndarray, others: list[np.ndarray], in_quantile: float
+         ) -> tuple[QueryGate, dict, np.ndarray]:
+    """``fit_gate`` once its arguments are checked: the gate, its report, and the held-out
+    queries' distances it was bounded with."""
     gate = _moments(train_q, in_quantile)
-    return _bounded(gate, _distances(gate, held_q), _others(other_q), in_quantile, len(train_q))
+    d_held = _distances(gate, held_q)
+    return (*_bounded(gate, d_held, others, in_quantile, len(train_q)), d_held)
 
 
 def fit_fold_gates(queries: np.ndarray, fold_rows: list[np.ndarray], other_q: np.ndarray | list[np.ndarray],
@@ -95,10 +103,10 @@ def fit_fold_gates(queries: np.ndarray, fold_rows: list[np.ndarray], other_q: np
     others = _others(other_q)
     everything = np.arange(len(queries))
     folds, held = [], []
-    for rows in fold_rows:  # as fit_gate makes it, keeping the held-out distances for the saved gate's edge
-        g = _moments(queries[np.setdiff1d(everything, rows)], in_quantile)
-        held.append(_distances(g, queries[rows]))
-        folds.append(_bounded(g, held[-1], others, in_quantile, len(everything) - len(rows))[0])
+    for rows in fold_rows:  # its held-out distances also set the saved gate's edge
+        g, _, d_held = _fit(queries[np.setdiff1d(everything, rows)], queries[rows], others, in_quantile)
+        folds.append(g)
+        held.append(d_held)
     gate, report = _bounded(_moments(queries, in_quantile), np.concatenate(held), others, in_quantile, len(queries))
     report.update(folds=len(fold_rows), held="every training query, out of fold (each fold's gate)")
     return gate, report, folds
