@@ -43,7 +43,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish
 CV_BELOW = SMALL  # queries: below this, k-fold selection (every query scored once, out of fold)
 FOLDS = 5
 HEAD_KEYS = ("kind", "towers", "hidden", "layers", "activation", "dropout", "init", "out_dim")
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 
 # (name, head settings, training settings). Query-side heads leave an existing index of
 # context vectors as it is; linear heads are LlamaIndex's adapter on our schedule.
@@ -135,6 +136,11 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     ``config``: the shared training settings (loss, seed, canaries, ...); ``fixed``: head or
     training settings every candidate must use (``{"kind": "linear", "lr": 1e-3}``)."""
     cfg = config or TrainConfig()
+    unknown = sorted(set(fixed or {}) - set(HEAD_KEYS) - TRAIN_KEYS)
+    if unknown:
+        raise TrainError(f"fixed settings {', '.join(unknown)}: neither head nor training settings")
+    # fixed training settings are the run's in both modes (alpha, decision, ... are read from cfg too)
+    cfg = replace(cfg, **{k: v for k, v in (fixed or {}).items() if k in TRAIN_KEYS})
     if cfg.stream:
         raise TrainError("model selection needs the cache in memory: train with fixed settings to use --stream")
     if not isinstance(cache, Cache):
@@ -248,6 +254,11 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             head.reset_to_identity()
             decision = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder out of fold",
                         "dev_head": frozen}
+        elif fold_heads is None and run_log.get("stopped"):  # the refit did not reach the epoch the folds judged
+            head.reset_to_identity()
+            decision = {"kept": "identity", "dev_head": frozen,
+                        "why": f"{name} trained again on every pair stopped before epoch {e_best} "
+                               f"({run_log['stopped']}): the head the folds judged could not be saved"}
         else:  # the gate first, as with a dev split: each fold's head is then judged with its fold's gate
             gate, fold_gates = attach_gate(head, cache, cfg, canaries, None, None, say=lambda t: _say(progress, t),
                                            fold_rows=fold_rows)
@@ -289,6 +300,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             raise TrainError("model selection chooses and decides on held-out queries: --dev-fraction must be above 0")
         # held-out groups: half choose (early stopping, the kept epoch, the candidate), the others decide
         train_rows, held = split_by_group(groups, dev_fraction(cfg, n), cfg.seed)
+        if not len(held):
+            raise TrainError(f"{cache.path}: its {n} queries are one group (one document, or one gold context): model "
+                             "selection holds out whole groups and needs at least two; --no-auto trains fixed settings")
         choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
