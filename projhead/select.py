@@ -252,7 +252,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         frozen = log["frozen_dev"]
         if e_best == 0:
             head.reset_to_identity()
-            decision = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder out of fold",
+            decision = {"kept": "identity", "why": _none_beat(name, log) + " out of fold",
                         "dev_head": frozen}
         elif fold_heads is None and run_log.get("stopped"):  # the refit did not reach the epoch the folds judged
             head.reset_to_identity()
@@ -333,7 +333,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         r0 = decide.ranks(None)
         if run["best"]["state"] is None:
             head.reset_to_identity()
-            run_log["decision"] = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder"}
+            run_log["decision"] = {"kept": "identity", "why": _none_beat(name, log)}
         else:  # the gate first, so that the canaries and the decision see the head as it will be saved
             gate = attach_gate(head, cache, cfg, canaries, train_rows, held, say=lambda t: _say(progress, t))[0]
             if cfg.alpha == "auto":  # the head at each alpha (gated, as saved), the choosing queries ranked
@@ -414,6 +414,13 @@ def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: Tra
                    + (f"{chosen} (contexts change: re-encode the index)" if beyond else
                       f"{chosen} (contexts unchanged)"))
     return chosen
+
+
+def _none_beat(name: str, log: dict) -> str:
+    """Why the identity, when the chosen candidate has no epoch above the frozen encoder."""
+    tw = log.get("towers")
+    return ("no epoch of any candidate beat the frozen encoder" if not tw or tw["chosen"] == tw["two_tower"] else
+            f"no epoch of {name} beat the frozen encoder ({tw['two_tower']} scored higher, not beyond noise of it)")
 
 
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:

@@ -533,3 +533,12 @@ def test_a_cache_of_one_group_is_refused_with_a_reason(planted_cache):
     with pytest.raises(TrainError, match="one group"):
         auto_train(planted_cache(n_groups=1, contexts_per_group=1, queries_per_context=6), TrainConfig(epochs=2),
                    progress=False)
+
+
+def test_the_identity_names_a_two_tower_head_passed_over():
+    from projhead.select import _none_beat
+
+    assert _none_beat("linear-query", {}) == "no epoch of any candidate beat the frozen encoder"
+    passed = {"towers": {"query_side": "linear-query", "two_tower": "residual-separate", "chosen": "linear-query"}}
+    assert "no epoch of linear-query" in _none_beat("linear-query", passed)
+    assert "residual-separate scored higher, not beyond noise" in _none_beat("linear-query", passed)
