@@ -27,6 +27,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 def save_checkpoint(path: Path, job: dict, state: dict, tensors: dict[str, torch.Tensor]) -> None:
     """One file, replaced atomically: tensors (head, loss, optimiser, best epoch, torch RNG)
     in safetensors, everything else as JSON in its metadata. No pickle."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
@@ -34,8 +35,8 @@ def save_checkpoint(path: Path, job: dict, state: dict, tensors: dict[str, torch
         with atomic_path(path) as tmp:
             save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp),
                       metadata={"job": json.dumps(job, default=str), "state": json.dumps(state, default=str)})
-    except OSError as e:
-        raise TrainError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
+    except (OSError, SafetensorError) as e:  # safetensors' own error for a full disk
+        raise TrainError(f"{path}: cannot write the checkpoint ({getattr(e, 'strerror', None) or e}); "
                          "the previous checkpoint, if any, is kept") from e
 
 
