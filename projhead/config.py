@@ -234,3 +234,13 @@ class TrainConfig:
 
 
 SMALL = 5000  # queries: under this, held-out shares grow (here) and selection uses folds (select.py)
+
+
+def with_fixed(cfg: TrainConfig, fixed: dict | None, head_keys) -> TrainConfig:
+    """``cfg`` with the training settings of model selection's ``fixed`` (the others must be
+    ``head_keys``: a key that is neither is refused)."""
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(fixed or {}) - set(head_keys) - train_keys)
+    if unknown:
+        raise TrainError(f"fixed settings {', '.join(unknown)}: neither head nor training settings")
+    return replace(cfg, **{k: v for k, v in (fixed or {}).items() if k in train_keys})

@@ -72,3 +72,16 @@ def write_atomic(path: str | os.PathLike, data: bytes | bytearray | memoryview |
     with a clean OSError naming the file."""
     with atomic_path(path) as tmp:
         write_file(tmp, data)
+
+
+def foreign_files(out: str | os.PathLike, ours) -> list[str]:
+    """The names in folder ``out`` that a writer must not replace: none when ``out`` is new,
+    empty, or ``ours(out)`` (a folder the same writer made before, whose files it replaces);
+    else every name there. A file at ``out`` is itself foreign."""
+    out = Path(out)
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        return [out.name]
+    names = sorted(p.name for p in out.iterdir())
+    return [] if not names or ours(out) else names

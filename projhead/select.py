@@ -43,7 +43,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,19 +55,19 @@ from .gate import attach_gate
 from .heads import Head, HeadConfig
 from .lexical import settings_of
 from .soup import average, fold_runs
-from .checkpoint import CHECKPOINT_NAME
+from .checkpoint import CHECKPOINT_NAME, check_out
 from .fusion import WEIGHT_GRID, FusionSpec
 from .hybrid import has_texts, identity_after_selection, tune_after_selection
 from .alpha import AUTO_ALPHAS, chooses_alpha, chosen_alpha  # noqa: F401 (AUTO_ALPHAS re-exported)
 from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings, not_above_fused
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
+from .config import with_fixed
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, has_temperature, held_out,
                     joined_by_gold, save_trained, split_by_group, split_groups, within_documents, within_noise)
 
 CV_BELOW = SMALL  # queries: below this, k-fold selection (every query scored once, out of fold)
 FOLDS = 5
 HEAD_KEYS = ("kind", "towers", "hidden", "layers", "activation", "dropout", "init", "out_dim")
-TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 
 # (name, head settings, training settings). Query-side heads leave an existing index of
 # context vectors as it is; linear heads are LlamaIndex's adapter on our schedule.
@@ -136,11 +136,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     ``config``: the shared training settings (loss, seed, canaries, ...); ``fixed``: head or
     training settings every candidate must use (``{"kind": "linear", "lr": 1e-3}``)."""
     cfg = config or TrainConfig()
-    unknown = sorted(set(fixed or {}) - set(HEAD_KEYS) - TRAIN_KEYS)
-    if unknown:
-        raise TrainError(f"fixed settings {', '.join(unknown)}: neither head nor training settings")
-    # fixed training settings are the run's in both modes (alpha, decision, ... are read from cfg too)
-    cfg = replace(cfg, **{k: v for k, v in (fixed or {}).items() if k in TRAIN_KEYS})
+    cfg = with_fixed(cfg, fixed, HEAD_KEYS)  # its training settings are the run's in both modes
+    check_out(out)
     if cfg.stream:
         raise TrainError("model selection needs the cache in memory: train with fixed settings to use --stream")
     if not isinstance(cache, Cache):

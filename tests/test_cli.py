@@ -258,3 +258,21 @@ def test_dense_only_reaches_selection_and_is_refused_with_hybrid(planted_cache, 
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
     assert cfg["training"]["dense_only"] is True and "fused_gain" not in cfg["decision"]
     assert "against_frozen" not in cfg.get("fusion", {}).get("chosen", {})
+
+
+@pytest.mark.parametrize("no_auto", [False, True])
+def test_train_never_writes_a_head_over_other_files(planted_cache, tmp_path, capsys, no_auto):
+    """--out of a folder holding the user's files is refused before training; a head's own
+    folder (trained again) and a new or empty folder are fine."""
+    path = planted_cache(n_groups=10)
+    mode = ["--no-auto"] if no_auto else []
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    assert main(["train", str(path), "--out", str(mine), "--epochs", "1", *mode]) == 2
+    err = capsys.readouterr().err
+    assert f"{mine}: holds files that are not a projhead head (README.md)" in err and "Traceback" not in err
+    assert [p.name for p in mine.iterdir()] == ["README.md"] and (mine / "README.md").read_text() == "my notes"
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new", tmp_path / "new"):  # the last: a head there already
+        assert main(["train", str(path), "--out", str(out), "--epochs", "1", *mode]) == 0
