@@ -221,6 +221,15 @@ class TrainConfig:
         if (self.bm25_aware or self.hybrid) and self.stream:
             raise TrainError("BM25-aware training and hybrid selection read the whole cache: drop --stream")
         self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json
+        if str(self.device) != "cpu":  # checked here, not as a traceback from the first tensor moved there
+            import torch
+
+            try:
+                kind = torch.device(self.device).type
+            except (RuntimeError, TypeError):
+                bad("device", "a torch device: cpu, cuda, cuda:N, mps")
+            if kind == "cuda" and not torch.cuda.is_available():
+                raise TrainError(f"device {self.device!r}: torch finds no CUDA GPU here (train on cpu)")
 
     def sized(self, n_pairs: int) -> "TrainConfig":
         """The settings left to the data (None), fixed for ``n_pairs`` training pairs: the

@@ -199,6 +199,8 @@ def jsonl_objects(path: Path):
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, not a JSONL file") from None
     except (EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{path}: cannot read ({e})") from e
 

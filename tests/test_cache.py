@@ -59,6 +59,12 @@ def test_rerun_is_a_no_op_and_other_work_is_refused(tmp_path):
     assert out.read_bytes() == before  # nothing lost
     build_cache(other, PlantedEncoder(other), out, progress=False, overwrite=True)
     assert open_cache(out).attrs["n_queries"] == len(other)
+    mine = tmp_path / "pairs.jsonl"  # --out given the input file by mistake: never replaced, even with --overwrite
+    mine.write_text('{"query": "a", "context": "b"}\n')
+    for overwrite in (False, True):
+        with pytest.raises(CacheError, match="pairs.jsonl"):
+            build_cache(pairs, enc, mine, progress=False, overwrite=overwrite)
+    assert mine.read_text() == '{"query": "a", "context": "b"}\n'
 
 
 def test_float16_storage(tmp_path):

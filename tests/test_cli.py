@@ -168,6 +168,8 @@ def test_unknown_loss_is_a_usage_error(capsys):
     (["eval", "{cache}", "--fusion-weight", "0.3"], "set the fusion with BM25: pass --bm25"),
     (["cache", "--batch-size", "0"], "Invalid value for '--batch-size'"),
     (["mine", "{cache}", "--k", "0"], "Invalid value for '--k'"),
+    (["train", "{cache}", "--out", "h", "--no-auto", "--device", "banana"], "training setting device must be a torch"),
+    (["eval", "{cache}", "--index", "IVF1024,Flat"], "IVF1024,Flat"),
 ])
 def test_bad_arguments_name_the_option_without_a_traceback(planted_cache, tmp_path, capsys, argv, message):
     cache = planted_cache(n_groups=2)

@@ -157,6 +157,11 @@ def test_jsonl_bad_input_names_file_and_problem(tmp_path, content, message):
     assert str(f) in str(e.value) and message in str(e.value)
 
 
+def test_a_folder_given_as_the_jsonl_file(tmp_path):
+    with pytest.raises(DataError, match=f"{tmp_path}: a folder, not a JSONL file"):
+        load_jsonl(tmp_path)
+
+
 def test_bad_squad_files(tmp_path):
     f = tmp_path / "dev-v1.1.json"
     f.write_text('{"data": [')
