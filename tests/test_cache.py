@@ -76,6 +76,11 @@ def test_float16_storage(tmp_path):
     c = open_cache(tmp_path / "h.h5")
     assert c.queries.dtype == np.float32
     np.testing.assert_allclose(c.queries, enc.encode(pairs.queries), atol=1e-3)
+    real = enc.encode
+    enc.encode = lambda texts, **kw: real(texts, **kw) * 1e5  # unnormalised vectors beyond float16's range
+    with pytest.raises(CacheError, match=r"big.h5: queries/vectors row \d+ does not fit float16"):
+        build_cache(pairs, enc, tmp_path / "big.h5", dtype="float16", progress=False)
+    assert not (tmp_path / "big.h5").exists()
 
 
 def test_resume_after_failure_encodes_only_missing_shards(tmp_path):
