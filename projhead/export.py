@@ -130,6 +130,9 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
                                       f"sentence-transformers export ({shown})")
                         + ", which the export would replace: give --out a new or empty folder")
     head = _as_head(head)
+    if encoder is None and not head.config.encoder.startswith("st:"):  # before building it: vectors have no encoder
+        raise HeadError(f"sentence-transformers export needs an st: encoder, this head was trained on "
+                        f"{head.config.encoder!r}; export ONNX (the head alone) instead")
     # fp32: the exported folder runs in fp32 unless its user asks otherwise, and the check compares like with like
     wrapped = EncodedHead(head, encoder=encoder, device="cpu", precision="fp32")
     enc = wrapped.encoder

@@ -278,3 +278,12 @@ def test_train_never_writes_a_head_over_other_files(planted_cache, tmp_path, cap
     (tmp_path / "empty").mkdir()
     for out in (tmp_path / "empty", tmp_path / "new", tmp_path / "new"):  # the last: a head there already
         assert main(["train", str(path), "--out", str(out), "--epochs", "1", *mode]) == 0
+
+
+def test_head_settings_are_checked_against_the_cache_dimension(planted_cache, tmp_path, capsys):
+    """A residual head of the cache's own dimension is what was asked for: not refused against 384."""
+    assert main(["train", str(planted_cache(dim=16)), "--out", str(tmp_path / "h"), "--no-auto", "--kind", "residual",
+                 "--out-dim", "16", "--epochs", "1"]) == 0
+    assert main(["train", str(planted_cache(dim=16)), "--out", str(tmp_path / "h2"), "--no-auto", "--kind", "residual",
+                 "--out-dim", "8", "--epochs", "1"]) == 2
+    assert "out_dim 8 != in_dim 16" in capsys.readouterr().err
