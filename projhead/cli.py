@@ -29,7 +29,7 @@ from .fusion import DEFAULT_WEIGHT, NORMALISATIONS, FusionError, eval_fusion
 from .search import SearchError
 
 USER_ERRORS = (CacheError, DataError, EncoderError, FusionError, HeadError, LossError, MineError, SearchError,
-               TrainError)
+               TrainError, OSError)  # OSError: a full disk or a folder not writable, with the path it names
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -370,8 +370,8 @@ class VectorsEncoder:
             at[gap] = self._find("*", [texts[i] for i in gap])
         if (at < 0).any():
             missing = [texts[i] for i in np.flatnonzero(at < 0)]
-            raise EncoderError(f"{len(missing)} {role} texts have no vector in {', '.join(self.files)} "
-                               f"(first: {missing[0][:80]!r}); every text of the data needs one")
+            raise EncoderError(f"{role} texts have no vector in {', '.join(self.files)} ({len(missing)} of a batch of "
+                               f"{len(texts)}; first: {missing[0][:80]!r}); every text of the data needs one")
         x = np.empty((len(texts), self.dim), np.float32)
         for k in np.unique(self._src[at]):
             sel = np.flatnonzero(self._src[at] == k)

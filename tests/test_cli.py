@@ -287,3 +287,11 @@ def test_head_settings_are_checked_against_the_cache_dimension(planted_cache, tm
     assert main(["train", str(planted_cache(dim=16)), "--out", str(tmp_path / "h2"), "--no-auto", "--kind", "residual",
                  "--out-dim", "8", "--epochs", "1"]) == 2
     assert "out_dim 8 != in_dim 16" in capsys.readouterr().err
+
+
+def test_a_file_that_cannot_be_written_is_one_line(planted_cache, tmp_path, capsys):
+    """An OS error (here: --json-out under a path that is a file) names the path, no traceback."""
+    (tmp_path / "afile").write_text("")
+    assert main(["eval", str(planted_cache()), "--json-out", str(tmp_path / "afile" / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "afile" in err and "Traceback" not in err

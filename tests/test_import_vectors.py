@@ -94,7 +94,7 @@ def test_bad_vector_files_are_named(tmp_path):
     np.save(tmp_path / "q.npy", cv[:5])
     (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(q) for q in pairs.queries[:5]))
     enc = get_encoder("vectors:x", files=[tmp_path / "q.npy"])
-    with pytest.raises(EncoderError, match="15 query texts have no vector in .*q.npy"):
+    with pytest.raises(EncoderError, match=r"query texts have no vector in .*q.npy \(15 of a batch of 20"):
         enc.encode(pairs.queries, role="query")
     import pyarrow as pa
     import pyarrow.parquet as pq
