@@ -298,8 +298,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         # held-out groups: half choose (early stopping, the kept epoch, the candidate), the others decide
         train_rows, held = split_by_group(groups, dev_fraction(cfg, n), cfg.seed)
         if not len(held):
-            raise TrainError(f"{cache.path}: its {n} queries are one group (one document, or one gold context): model "
-                             "selection holds out whole groups and needs at least two; --no-auto trains fixed settings")
+            raise TrainError(f"{cache.path}: its {n} queries all have one gold context: model selection holds out the "
+                             "queries of whole contexts and needs at least two; --no-auto trains fixed settings")
         choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")

@@ -530,7 +530,7 @@ def test_a_cache_of_one_group_is_refused_with_a_reason(planted_cache):
     """Every query on one gold context: nothing can be held out whole."""
     from projhead.train import TrainError
 
-    with pytest.raises(TrainError, match="one group"):
+    with pytest.raises(TrainError, match="queries all have one gold context"):
         auto_train(planted_cache(n_groups=1, contexts_per_group=1, queries_per_context=6), TrainConfig(epochs=2),
                    progress=False)
 
