@@ -33,6 +33,7 @@ import torch
 from projhead.cache import build_cache, open_cache
 from projhead.data import Pairs, load_pairs
 from projhead.encoders import cpu_flags, get_encoder
+from reuse import head_reusable, stamp
 
 
 def texts_sample(n: int) -> Pairs:
@@ -198,9 +199,10 @@ def precision_fidelity(work: Path, head_dir: Path) -> dict:
     data = os.environ.get("PROJHEAD_DATA")
     fp32 = get_encoder("st:all-MiniLM-L6-v2", device="cpu", precision="fp32")
     train = cache_dataset("squad-v1.1", "train", "sentence", fp32, work, data)
-    if not (head_dir / "config.json").is_file():
+    if not head_reusable(head_dir):
         t0 = time.perf_counter()
         projhead.auto_train(train, out=head_dir, progress=False)
+        stamp(head_dir)
         print(f"default head trained on {train.path} in {time.perf_counter() - t0:.0f}s", flush=True)
     head = projhead.load_head(head_dir)
     dev = {"fp32": cache_dataset("squad-v1.1", "dev", "sentence", fp32, work, data).path}

@@ -4,7 +4,8 @@
         --seeds 0 1 2 [--hybrid] [--normalisation-study]
 
 For each dataset: trains the default head with ``projhead train`` on its training cache once
-per seed (into ``--work``; a head folder already there is reused), which also chooses the
+per seed (into ``--work``; a head folder there is reused only when this version of projhead
+trained it: ``reuse.py``), which also chooses the
 fusion weight on the queries model selection held out; then ``projhead eval --bm25``'s
 systems on the test cache, every query, both protocols: frozen, head, BM25, frozen + BM25
 (the frozen encoder's held-out weight), head + BM25 (the head's), RRF (k=60, head with BM25).
@@ -52,6 +53,7 @@ from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.evaluate import PER_QUERY, evaluate_cache, gold_ranks, paired_bootstrap
 from projhead.fusion import NORMALISATIONS, WEIGHT_GRID, BM25Index, normalised_pair
 from projhead.heads import load_head
+from reuse import head_reusable, stamp
 
 # dataset -> (training cache, test cache): a file name in --cache-dir, or (dataset, split, granularity),
 # cached there with the default encoder when missing (projhead.cache.cache_dataset)
@@ -79,12 +81,12 @@ SHOW = (("full_corpus", "R@1"), ("full_corpus", "MRR@10"), ("out_of_500", "top1"
 
 
 def train_head(train_path: Path, out: Path, seed: int, extra: tuple = ()) -> float:
-    """``projhead train`` with its defaults, unless ``out`` holds a head already (trained by
-    the same command); the training seconds its log records."""
-    if (out / "config.json").exists():
-        print(f"reusing {out}", flush=True)
-    elif cli.main(["train", str(train_path), "--out", str(out), "--seed", str(seed), *extra]) != 0:
-        raise SystemExit(f"projhead train failed for seed {seed}")
+    """``projhead train`` with its defaults, unless ``out`` holds a head this version of projhead
+    trained (``reuse``); the training seconds its log records."""
+    if not head_reusable(out):
+        if cli.main(["train", str(train_path), "--out", str(out), "--seed", str(seed), *extra]) != 0:
+            raise SystemExit(f"projhead train failed for seed {seed}")
+        stamp(out)
     return float(json.loads((out / "train_log.json").read_text())["seconds"])
 
 
@@ -102,16 +104,16 @@ def against(every: dict, metric: str = "mrr10") -> dict:
 
 def train_subset(train, size: int, out: Path, seed: int, hybrid: bool) -> float:
     """What ``projhead train [--hybrid]`` does, on ``size`` training pairs (whole groups in a
-    seeded order, ``bench_small_data.subset_rows``), unless ``out`` holds that head already."""
+    seeded order, ``bench_small_data.subset_rows``), unless ``out`` holds that head from this
+    version of projhead."""
     from bench_small_data import subset_rows
     from projhead.select import auto_train
     from projhead.train import TrainConfig
 
-    if (out / "config.json").exists():
-        print(f"reusing {out}", flush=True)
-    else:
+    if not head_reusable(out):
         auto_train(train.subset(subset_rows(train.groups, size, seed)), TrainConfig(seed=seed, hybrid=hybrid),
                    out=out, progress=False)
+        stamp(out)
     return float(json.loads((out / "train_log.json").read_text())["seconds"])
 
 

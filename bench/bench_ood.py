@@ -26,7 +26,7 @@ gate (query-side heads). The gate's mean and covariance come from SQuAD train qu
 parts of BoolQ, FiQA and Quora, leaving out the field being scored (QuAC is never used), so no
 field is scored with a gate calibrated on it. ``--trained-on boolq`` (or quac, fiqa, quora): that field's
 default head (trained here on its training part, into ``--field-heads``/heads-FIELD/seedN, default
-bench/work; reused when there), scored on its test part and on SQuAD v1.1 dev the same way. A head
+bench/work; reused when this version of projhead trained it: ``reuse.py``), scored on its test part and on SQuAD v1.1 dev the same way. A head
 saved with a gate (model selection's own: calibrated without other fields, or with the SQuAD
 canary under ``--squad-canary``) is also scored with that gate, as ``load_head`` serves it ("as
 saved"; fused at ``--fusion-weight``, as every other column). Writes ``OUT-fields.json`` and ``OUT-fields.md``.
@@ -56,6 +56,7 @@ from projhead.gate import IN_QUANTILE, fit_gate
 from projhead.train import split_by_group, split_groups
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.select import auto_train
+from reuse import head_reusable, stamp
 from projhead.train import ALPHA
 
 WORK = Path("bench/work")
@@ -77,8 +78,8 @@ def main():
     ap.add_argument("--canary-seeds", type=int, nargs="*", default=[],
                     help="seeds for which to also train with --canary (both canaries)")
     ap.add_argument("--heads-dir", default="bench/work/heads",
-                    help="reuse the heads bench_squad.py saved there (seedN) if they were kept whole (alpha 1), "
-                         "else train them (seedN-alpha1)")
+                    help="reuse the heads bench_squad.py saved there (seedN) if they were kept whole (alpha 1) by this "
+                         "version of projhead, else train them (seedN-alpha1)")
     ap.add_argument("--out", default="bench/results/ood")
     ap.add_argument("--fields", action="store_true", help="score the default head on other fields (see module doc)")
     ap.add_argument("--cache-dir", default=str(WORK), help="--fields: where the SQuAD caches are")
@@ -89,7 +90,7 @@ def main():
     ap.add_argument("--trained-on", nargs="+", default=["squad"], choices=["squad", "boolq", "fiqa", "quora", "quac"],
                     help="--fields: whose default heads; a head of another field is scored on its test part and SQuAD")
     ap.add_argument("--field-heads", default=str(WORK), metavar="DIR",
-                    help="--fields: where the other fields' heads are kept (DIR/heads-FIELD/seedN; reused when there)")
+                    help="--fields: where the other fields' heads are kept (DIR/heads-FIELD/seedN; reused when this version trained them)")
     ap.add_argument("--squad-canary", type=int, default=0, metavar="N",
                     help="--fields: the other fields' heads trained with `projhead train --canary` of N SQuAD v1.1 "
                          "train questions (whole articles, the file's first) instead")
@@ -113,12 +114,14 @@ def main():
     for seed in args.seeds:
         t0 = time.perf_counter()
         saved = Path(args.heads_dir) / f"seed{seed}"
-        head = projhead.load_head(saved) if (saved / "config.json").exists() else None
-        if head is not None and head.info.get("decision", {}).get("alpha") == 1.0:  # a whole head: reuse it
+        if not head_reusable(saved, alpha=1.0):  # bench_squad.py's whole head of this code, or this bench's own
+            saved = saved.with_name(saved.name + "-alpha1")
+        if head_reusable(saved, alpha=1.0):
+            head = projhead.load_head(saved)
             chosen = head.info["selection"]["chosen"]
         else:
-            saved = saved.with_name(saved.name + "-alpha1")
             head, log = auto_train(train, projhead.TrainConfig(seed=seed, alpha=1.0), out=saved, progress=False)
+            stamp(saved, alpha=1.0)
             chosen = log["selection"]["chosen"]
         seconds = time.perf_counter() - t0
         trained = {k: v.clone() for k, v in head.state_dict().items()}
@@ -163,10 +166,12 @@ SQUAD_TRAIN, SQUAD_DEV = "squad-v1.1-train-sentence-all-MiniLM-L6-v2.h5", "squad
 def default_head(train, saved: Path, seed: int, canaries: tuple = ()):
     """The head ``projhead train`` saves with its defaults (bench_squad.py's, when it is there),
     or with ``--canary`` of each path in ``canaries``."""
-    if (saved / "config.json").exists() and saved.joinpath("train_log.json").exists():
+    settings = {"canaries": [str(c) for c in canaries]} if canaries else {}
+    if head_reusable(saved, **settings):
         return projhead.load_head(saved), "reused"
     head, _ = auto_train(train, projhead.TrainConfig(seed=seed, canaries=[str(c) for c in canaries]), out=saved,
                          progress=False)
+    stamp(saved, **settings)
     return head, "trained"
 
 

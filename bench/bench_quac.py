@@ -31,7 +31,8 @@ than the encoder reads (its ``max_seq_length`` tokens: the end, the question its
 written to ``OUT-overlap.json``.
 
 Each finished (history, seed) run is kept in ``WORK/quac-runs/`` (keyed by the cache's
-fingerprint), so more seeds can be added later without training the first ones again.
+fingerprint, stamped with the projhead code that trained it: ``reuse.py``), so more seeds can be
+added later without training the first ones again; a run of other code is trained again.
 Prints one line per (history, system); writes ``OUT.json`` and ``OUT.md``.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ from projhead.evaluate import evaluate_cache
 from projhead.heads import HeadConfig
 from projhead.select import auto_train, group_folds
 from projhead.train import fit, split_groups
+from reuse import code_key, current
 
 
 def quac_cache(split: str, history: str, enc, work: Path):
@@ -69,11 +71,13 @@ def top(m: dict) -> dict:
 
 
 def train_run(train, test, seed: int, runs: Path, done_only: bool = False) -> dict | None:
-    """One auto_train run on ``train`` scored on ``test``, reused when already done (``done_only``:
-    None instead of training)."""
+    """One auto_train run on ``train`` scored on ``test``, reused when this version of projhead
+    did it already (``done_only``: None instead of training)."""
     done = runs / f"{train.attrs['fingerprint'][:16]}-{test.attrs['fingerprint'][:16]}-seed{seed}.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        run = json.loads(done.read_text())
+        if current(run.get("projhead_tree"), done):
+            return run
     if done_only:
         return None
     torch.manual_seed(seed)
@@ -81,7 +85,7 @@ def train_run(train, test, seed: int, runs: Path, done_only: bool = False) -> di
     head, log = auto_train(train, TrainConfig(seed=seed), progress=True)
     seconds = time.perf_counter() - t0
     sel = log["selection"]
-    run = {"seed": seed, "train_seconds": seconds, **top(evaluate_cache(test, head=head)["head"]),
+    run = {"seed": seed, "projhead_tree": code_key(), "train_seconds": seconds, **top(evaluate_cache(test, head=head)["head"]),
            "kept": log["decision"]["kept"], "why": log["decision"].get("why", ""), "chosen": sel.get("chosen"),
            "dev_gain": sel.get("dev_gain"),
            "candidates": [{k: c[k] for k in ("name", "best_epoch", "epochs", "score", "frozen", "batch_size")}

@@ -12,7 +12,8 @@ questions, SQuAD weighing 9 to 1). Systems: the frozen encoder, BM25, and the de
 (``projhead.select.auto_train``, what ``projhead train`` saves) trained
 
 - on SQuAD v1.1 train (87,599 questions; the head ``bench_squad.py`` saved in
-  ``--heads-dir``/seedN is reused, else trained and saved there the same way),
+  ``--heads-dir``/seedN is reused when this version of projhead trained it, else trained and
+  saved there the same way),
 - on QuAC ``val-train`` (4,649 questions, the question alone),
 - on both: the two training caches side by side in one cache in memory (their vectors as
   cached; a sentence in both kept once; groups kept apart by a dataset prefix), as
@@ -42,6 +43,7 @@ from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.hashing import columns_sha256
 from projhead.metrics import PER_QUERY, bm25_scorer, dense_scorer, paired_bootstrap, system_ranks
 from projhead.select import auto_train
+from reuse import head_reusable, stamp
 
 
 def side_by_side(a: Cache, b: Cache, names=("squad", "quac")) -> Cache:
@@ -84,11 +86,13 @@ def summary(ranks: dict) -> dict:
 
 
 def trained(train: Cache, seed: int, saved: Path | None) -> tuple:
-    if saved is not None and (saved / "config.json").exists() and (saved / "train_log.json").exists():
+    if saved is not None and head_reusable(saved):
         log = json.loads((saved / "train_log.json").read_text())
         return projhead.load_head(saved), log, None
     t0 = time.perf_counter()
     head, log = auto_train(train, projhead.TrainConfig(seed=seed), out=saved, progress=False)
+    if saved is not None:
+        stamp(saved)
     return head, log, time.perf_counter() - t0
 
 

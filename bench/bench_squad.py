@@ -25,6 +25,7 @@ from projhead.data import load_pairs
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.evaluate import format_table
 from projhead.select import auto_train
+from reuse import stamp
 
 
 def step(name: str, timings: dict):
@@ -70,6 +71,7 @@ def main():
         with step(name, timings):
             head, log = auto_train(caches[("train", "sentence")], projhead.TrainConfig(seed=seed, alpha=args.alpha),
                                    out=Path(args.heads_dir) / f"seed{seed}", progress=False)
+            stamp(Path(args.heads_dir) / f"seed{seed}", **({} if args.alpha is None else {"alpha": args.alpha}))
         res = {}
         for gran in ("sentence", "paragraph"):
             with step(f"eval dev {gran} seed {seed}", timings):

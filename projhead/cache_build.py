@@ -151,8 +151,13 @@ def start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, 
     """What every cache builder checks before encoding (under the lock): a finished cache of
     the same work is kept (returns True), one of other work is refused; partial work of another
     job in ``OUT.parts/`` is refused unless ``overwrite``; the job's manifest is written."""
+    if out.exists():
+        try:
+            have = read_identity(out)
+        except CacheError as e:  # an input file, or anything else of the user's: never replaced
+            raise CacheError(f"{out}: exists and is not a projhead cache ({e}); it is not replaced, even with "
+                             "--overwrite: choose another --out") from None
     if out.exists() and not overwrite:
-        have = read_identity(out)
         if have == want:
             return True, Path(str(out) + ".parts")
         raise CacheError(f"{out}: exists and holds other work ({describe_mismatch(have, want)}); "

@@ -120,7 +120,12 @@ class CacheWriter:
             group = key.rsplit("/", 1)[0]
             if group in ("queries", "contexts") and group not in self.first and start == 0:
                 self.first[group] = values[:1000].astype(np.float32)
-            values = values.astype(self.dtype, copy=False)
+            with np.errstate(over="ignore"):  # an overflow is refused below, in words
+                values = values.astype(self.dtype, copy=False)
+            if values.dtype == np.float16 and not np.isfinite(values).all():  # finite float32 beyond float16 range
+                row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0]) + start
+                raise CacheError(f"{self.path}: {key} row {row} does not fit float16 (|x| > 65504; unnormalised "
+                                 "vectors?): cache as float32")
         elif not len(values):
             return
         self.f[key][start:start + len(values)] = values

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import HeadConfig, TrainConfig, TrainError
-from .files import atomic_path
+from .files import atomic_path, foreign_files
 
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -27,6 +27,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 def save_checkpoint(path: Path, job: dict, state: dict, tensors: dict[str, torch.Tensor]) -> None:
     """One file, replaced atomically: tensors (head, loss, optimiser, best epoch, torch RNG)
     in safetensors, everything else as JSON in its metadata. No pickle."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
@@ -34,8 +35,8 @@ def save_checkpoint(path: Path, job: dict, state: dict, tensors: dict[str, torch
         with atomic_path(path) as tmp:
             save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp),
                       metadata={"job": json.dumps(job, default=str), "state": json.dumps(state, default=str)})
-    except OSError as e:
-        raise TrainError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
+    except (OSError, SafetensorError) as e:  # safetensors' own error for a full disk
+        raise TrainError(f"{path}: cannot write the checkpoint ({getattr(e, 'strerror', None) or e}); "
                          "the previous checkpoint, if any, is kept") from e
 
 
@@ -92,3 +93,23 @@ def set_rng_state(tensors: dict, device) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and str(device).startswith("cuda"):
         torch.cuda.set_rng_state(tensors["rng.cuda"], torch.device(device))
+
+
+def head_folder(out) -> bool:
+    """Whether folder ``out`` holds what training writes (a head's config.json, or the
+    checkpoint of a run not finished yet): training may replace it."""
+    out = Path(out)
+    if (out / CHECKPOINT_NAME).is_file():
+        return True
+    try:
+        return "head" in json.loads((out / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_out(out) -> None:
+    """Refuse, before anything is trained, an ``out`` that holds files other than a head's."""
+    if out is not None and (names := foreign_files(out, head_folder)):
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise TrainError(f"{out}: holds files that are not a projhead head ({shown}), which saving a head there "
+                         "would replace: give --out a new or empty folder")

@@ -22,15 +22,14 @@ import click
 
 from .cache import CacheError, cache_name
 from .config import HEAD_KINDS, LOSS_NAMES, MINE_METHODS, TOWERS, HeadError, LossError, MineError, TrainError
-from .config import HeadConfig as _H  # option defaults come from the dataclasses
-from .config import TrainConfig as _T
+from .config import HeadConfig as _H, TrainConfig as _T  # option defaults come from the dataclasses
 from .data import DATASETS, SPLITS, DataError
 from .encoders import DEFAULT_ENCODER, PRECISIONS, EncoderError
 from .fusion import DEFAULT_WEIGHT, NORMALISATIONS, FusionError, eval_fusion
 from .search import SearchError
 
 USER_ERRORS = (CacheError, DataError, EncoderError, FusionError, HeadError, LossError, MineError, SearchError,
-               TrainError)
+               TrainError, OSError)  # OSError: a full disk or a folder not writable, with the path it names
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -304,9 +303,10 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
         for note in log["selection"]["not_used"] if quiet else ():  # without --quiet the progress said them
             click.echo(f"not used: {note}", err=True)
     else:
-        from .train import train_head
+        from .train import open_cache, train_head
 
-        head, log = train_head(cache_file, _H(**head_given), tcfg, out=out, progress=not quiet, restart=restart)
+        head, log = train_head(cache_file, _H(**head_given, in_dim=open_cache(cache_file, load=False).dim), tcfg,
+                               out=out, progress=not quiet, restart=restart)  # the settings checked at the cache's dim
     from .train import summary_line
 
     click.echo(summary_line(out, head, log, select_metric))

@@ -221,6 +221,15 @@ class TrainConfig:
         if (self.bm25_aware or self.hybrid) and self.stream:
             raise TrainError("BM25-aware training and hybrid selection read the whole cache: drop --stream")
         self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json
+        if str(self.device) != "cpu":  # checked here, not as a traceback from the first tensor moved there
+            import torch
+
+            try:
+                kind = torch.device(self.device).type
+            except (RuntimeError, TypeError):
+                bad("device", "a torch device: cpu, cuda, cuda:N, mps")
+            if kind == "cuda" and not torch.cuda.is_available():
+                raise TrainError(f"device {self.device!r}: torch finds no CUDA GPU here (train on cpu)")
 
     def sized(self, n_pairs: int) -> "TrainConfig":
         """The settings left to the data (None), fixed for ``n_pairs`` training pairs: the
@@ -234,3 +243,13 @@ class TrainConfig:
 
 
 SMALL = 5000  # queries: under this, held-out shares grow (here) and selection uses folds (select.py)
+
+
+def with_fixed(cfg: TrainConfig, fixed: dict | None, head_keys) -> TrainConfig:
+    """``cfg`` with the training settings of model selection's ``fixed`` (the others must be
+    ``head_keys``: a key that is neither is refused)."""
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(fixed or {}) - set(head_keys) - train_keys)
+    if unknown:
+        raise TrainError(f"fixed settings {', '.join(unknown)}: neither head nor training settings")
+    return replace(cfg, **{k: v for k, v in (fixed or {}).items() if k in train_keys})

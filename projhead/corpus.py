@@ -34,7 +34,7 @@ import numpy as np
 from .cachefile import SECTIONS, CacheError, fingerprint, read_rows
 from .files import atomic_path
 from .hashing import as_keys, columns_sha256, text_hashes
-from .pairs import DataError, _text, jsonl_objects
+from .pairs import DataError, _text, jsonl_objects, storable
 
 TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".txt", ".txt.gz", ".parquet")
 VECTOR_SUFFIXES = (".npy", ".h5", ".hdf5", ".parquet")
@@ -85,11 +85,13 @@ class CorpusFile:
             opener = gzip.open if self.kind.endswith(".gz") else open
             try:
                 with opener(p, "rt", encoding="utf-8-sig") as f:
-                    for line in f:
+                    for n, line in enumerate(f, 1):
                         if line.strip():
-                            yield line.rstrip("\r\n")
+                            yield storable(line.rstrip("\r\n"), p, f"line {n}")
             except UnicodeDecodeError as e:
                 raise DataError(f"{p}: not UTF-8 text ({e.reason})") from None
+            except (EOFError, gzip.BadGzipFile) as e:  # truncated, or not gzip at all
+                raise DataError(f"{p}: cannot read ({e})") from None
         elif self.kind == ".parquet":
             import pyarrow.parquet as pq
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .files import write_atomic
+from .files import foreign_files, write_atomic
 from .fusion import FUSION_NAME
 from .heads import ACTIVATION_MODULES, Head, HeadError, load_head
 
@@ -122,7 +122,17 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
 
     from .wrap import EncodedHead
 
+    foreign = foreign_files(out, lambda o: (o / "modules.json").is_file())  # a previous export may be replaced
+    if foreign:
+        own = not isinstance(head, Head) and Path(out).resolve() == Path(head).resolve()
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise HeadError(f"{out}: " + ("the head's own folder" if own else f"holds files that are not a "
+                                      f"sentence-transformers export ({shown})")
+                        + ", which the export would replace: give --out a new or empty folder")
     head = _as_head(head)
+    if encoder is None and not head.config.encoder.startswith("st:"):  # before building it: vectors have no encoder
+        raise HeadError(f"sentence-transformers export needs an st: encoder, this head was trained on "
+                        f"{head.config.encoder!r}; export ONNX (the head alone) instead")
     # fp32: the exported folder runs in fp32 unless its user asks otherwise, and the check compares like with like
     wrapped = EncodedHead(head, encoder=encoder, device="cpu", precision="fp32")
     enc = wrapped.encoder

@@ -41,8 +41,47 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
+    """``atomic_path`` for files that belong together (a head's weights, config and card): all
+    are written to temporary names first, and only when every one is written are they renamed
+    over their targets, so a failure (a full disk) leaves the old files all as they were."""
+    paths = [Path(p) for p in paths]
+    tmps = [p.with_name(f"{p.name}.tmp{os.getpid()}") for p in paths]
+    try:
+        yield tmps
+        for t in tmps:
+            _fsync(t)
+        for t, p in zip(tmps, paths):
+            os.replace(t, p)
+    except BaseException:
+        for t in tmps:
+            with contextlib.suppress(OSError):
+                t.unlink()
+        raise
+
+
+def write_file(path: Path, data: bytes | bytearray | memoryview | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` as it is (a temporary path of ``atomic_paths``)."""
+    with open(path, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | bytearray | memoryview | str) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` atomically. Plain file I/O: a full disk fails
     with a clean OSError naming the file."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    with atomic_path(path) as tmp:
+        write_file(tmp, data)
+
+
+def foreign_files(out: str | os.PathLike, ours) -> list[str]:
+    """The names in folder ``out`` that a writer must not replace: none when ``out`` is new,
+    empty, or ``ours(out)`` (a folder the same writer made before, whose files it replaces);
+    else every name there. A file at ``out`` is itself foreign."""
+    out = Path(out)
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        return [out.name]
+    names = sorted(p.name for p in out.iterdir())
+    return [] if not names or ours(out) else names

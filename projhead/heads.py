@@ -17,7 +17,6 @@ match it, and any folder holding pickle-format files.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import asdict, replace
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .files import atomic_path, write_atomic
+from .files import atomic_paths, write_file
 from .config import ACTIVATIONS, HEAD_KINDS, TOWERS, HeadConfig, HeadError  # noqa: F401 (re-exported)
 from .fusion import FusionError, FusionSpec, fuse
 from .gate import QueryGate
@@ -298,23 +297,22 @@ class Head(nn.Module):
         return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
     def save(self, path: str | os.PathLike) -> Path:
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         path = Path(path)
         config = {"projhead_version": __version__, "torch_version": torch.__version__,
                   "head": asdict(self.config), **self.info}
-        try:
+        try:  # all three files or none: a failure leaves a head already there whole
             path.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path / WEIGHTS_NAME) as tmp:
-                save_file(self.tensors(), str(tmp), metadata={"format": "pt", "projhead": __version__})
-            write_atomic(path / CONFIG_NAME, json.dumps(config, indent=2, default=_json_default))
-            write_atomic(path / "README.md", model_card(config))
-        except OSError as e:
-            for name in (WEIGHTS_NAME, CONFIG_NAME):
-                with contextlib.suppress(OSError):
-                    (path / (name + ".tmp")).unlink()
-            where = f": {e.filename}" if e.filename else ""
-            raise HeadError(f"{path}: cannot save the head ({e.strerror or e}{where})") from e
+            with atomic_paths([path / WEIGHTS_NAME, path / CONFIG_NAME, path / "README.md"]) as (weights, cfg, card):
+                save_file(self.tensors(), str(weights), metadata={"format": "pt", "projhead": __version__})
+                write_file(cfg, json.dumps(config, indent=2, default=_json_default))
+                write_file(card, model_card(config))
+        except (OSError, SafetensorError) as e:
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            raise HeadError(f"{path}: cannot save the head ({getattr(e, 'strerror', None) or e}{where}); "
+                            "the files there before are as they were") from e
         return path
 
 

@@ -43,9 +43,10 @@ def dense_scorer(q: np.ndarray, c: np.ndarray) -> Scorer:
 def self_matches(query_texts: list[str], context_texts: list[str]) -> np.ndarray:
     """(Nq,) context row whose text is the query's own text, -1 if none. In data with
     questions on both sides (Quora duplicates) every query is also in the corpus; finding
-    itself is no retrieval, so evaluation leaves that context out for that query."""
-    row = {t: i for i, t in enumerate(context_texts)}
-    return np.array([row.get(t, -1) for t in query_texts], dtype=np.int64)
+    itself is no retrieval, so evaluation leaves that context out for that query. Empty (or
+    blank) texts match nothing: they say no text was kept, not that two are the same."""
+    row = {t: i for i, t in enumerate(context_texts) if t.strip()}
+    return np.array([row.get(t, -1) if t.strip() else -1 for t in query_texts], dtype=np.int64)
 
 
 def excluding(scorer: Scorer, exclude: np.ndarray | None) -> Scorer:

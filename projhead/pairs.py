@@ -44,6 +44,11 @@ class Pairs:
             raise DataError("Pairs: queries, query_ids, groups and q2c differ in length")
         if n and (self.q2c.min() < 0 or self.q2c.max() >= len(self.contexts)):
             raise DataError("Pairs: q2c points outside the contexts")
+        where = self.meta.get("source") or "Pairs"  # before any encoding: the cache must be able to hold every text
+        for name in ("queries", "query_ids", "groups", "contexts"):
+            for i, t in enumerate(getattr(self, name)):
+                if isinstance(t, str) and ("\x00" in t or not t.isascii()):  # quick test first: most are ASCII
+                    storable(t, where, f"{name}[{i}]")
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -117,6 +122,19 @@ def _text(value, path: Path, what: str) -> str:
         raise DataError(f"{path}: {what} is not a string: {value!r:.80}")
     if not value.strip():
         raise DataError(f"{path}: {what} is empty")
+    return storable(value, path, what)
+
+
+def storable(value: str, path, what: str) -> str:
+    """``value``, refused when the cache cannot hold it as text: a NUL character (HDF5 strings
+    end there) or an unpaired surrogate (not Unicode, so no UTF-8)."""
+    if "\x00" in value:
+        raise DataError(f"{path}: {what} holds a NUL character, which a cache cannot store: remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{path}: {what} holds an unpaired surrogate ({value[e.start]!r} at character {e.start}), "
+                        "which is not Unicode text") from None
     return value
 
 
@@ -181,6 +199,8 @@ def jsonl_objects(path: Path):
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, not a JSONL file") from None
     except (EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{path}: cannot read ({e})") from e
 

@@ -50,6 +50,14 @@ def build_index(chunks: Iterable[np.ndarray], dim: int, factory: str = "Flat", t
         index.hnsw.efConstruction = hnsw_ef_construction
     pending: list[np.ndarray] = []
     held = 0
+
+    def train(sample):
+        try:
+            index.train(sample)
+        except RuntimeError as e:  # e.g. fewer rows than an IVF index's clusters
+            last = [line for line in str(e).splitlines() if line.strip()][-1]
+            raise SearchError(f"FAISS index {factory!r} cannot be trained on {len(sample)} vectors ({last}): "
+                              "choose fewer clusters or a Flat index") from None
     for chunk in chunks:
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         if not index.is_trained:
@@ -58,12 +66,12 @@ def build_index(chunks: Iterable[np.ndarray], dim: int, factory: str = "Flat", t
             if held < train_size:
                 continue
             sample = np.concatenate(pending)
-            index.train(sample[:train_size])
+            train(sample[:train_size])
             chunk, pending = sample, []
         index.add(chunk)
     if pending:  # fewer rows than train_size
         sample = np.concatenate(pending)
-        index.train(sample)
+        train(sample)
         index.add(sample)
     return index
 

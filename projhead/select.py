@@ -55,12 +55,13 @@ from .gate import attach_gate
 from .heads import Head, HeadConfig
 from .lexical import settings_of
 from .soup import average, fold_runs
-from .checkpoint import CHECKPOINT_NAME
+from .checkpoint import CHECKPOINT_NAME, check_out
 from .fusion import WEIGHT_GRID, FusionSpec
 from .hybrid import has_texts, identity_after_selection, tune_after_selection
 from .alpha import AUTO_ALPHAS, chooses_alpha, chosen_alpha  # noqa: F401 (AUTO_ALPHAS re-exported)
 from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings, not_above_fused
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
+from .config import with_fixed
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, has_temperature, held_out,
                     joined_by_gold, save_trained, split_by_group, split_groups, within_documents, within_noise)
 
@@ -135,6 +136,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     ``config``: the shared training settings (loss, seed, canaries, ...); ``fixed``: head or
     training settings every candidate must use (``{"kind": "linear", "lr": 1e-3}``)."""
     cfg = config or TrainConfig()
+    cfg = with_fixed(cfg, fixed, HEAD_KEYS)  # its training settings are the run's in both modes
+    check_out(out)
     if cfg.stream:
         raise TrainError("model selection needs the cache in memory: train with fixed settings to use --stream")
     if not isinstance(cache, Cache):
@@ -246,8 +249,13 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         frozen = log["frozen_dev"]
         if e_best == 0:
             head.reset_to_identity()
-            decision = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder out of fold",
+            decision = {"kept": "identity", "why": _none_beat(name, log) + " out of fold",
                         "dev_head": frozen}
+        elif fold_heads is None and run_log.get("stopped"):  # the refit did not reach the epoch the folds judged
+            head.reset_to_identity()
+            decision = {"kept": "identity", "dev_head": frozen,
+                        "why": f"{name} trained again on every pair stopped before epoch {e_best} "
+                               f"({run_log['stopped']}): the head the folds judged could not be saved"}
         else:  # the gate first, as with a dev split: each fold's head is then judged with its fold's gate
             gate, fold_gates = attach_gate(head, cache, cfg, canaries, None, None, say=lambda t: _say(progress, t),
                                            fold_rows=fold_rows)
@@ -289,6 +297,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             raise TrainError("model selection chooses and decides on held-out queries: --dev-fraction must be above 0")
         # held-out groups: half choose (early stopping, the kept epoch, the candidate), the others decide
         train_rows, held = split_by_group(groups, dev_fraction(cfg, n), cfg.seed)
+        if not len(held):
+            raise TrainError(f"{cache.path}: its {n} queries all have one gold context: model selection holds out the "
+                             "queries of whole contexts and needs at least two; --no-auto trains fixed settings")
         choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
         if log.get("halves"):
             _say(progress, f"  note: {log['halves']}")
@@ -319,7 +330,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         r0 = decide.ranks(None)
         if run["best"]["state"] is None:
             head.reset_to_identity()
-            run_log["decision"] = {"kept": "identity", "why": "no epoch of any candidate beat the frozen encoder"}
+            run_log["decision"] = {"kept": "identity", "why": _none_beat(name, log)}
         else:  # the gate first, so that the canaries and the decision see the head as it will be saved
             gate = attach_gate(head, cache, cfg, canaries, train_rows, held, say=lambda t: _say(progress, t))[0]
             if cfg.alpha == "auto":  # the head at each alpha (gated, as saved), the choosing queries ranked
@@ -400,6 +411,13 @@ def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: Tra
                    + (f"{chosen} (contexts change: re-encode the index)" if beyond else
                       f"{chosen} (contexts unchanged)"))
     return chosen
+
+
+def _none_beat(name: str, log: dict) -> str:
+    """Why the identity, when the chosen candidate has no epoch above the frozen encoder."""
+    tw = log.get("towers")
+    return ("no epoch of any candidate beat the frozen encoder" if not tw or tw["chosen"] == tw["two_tower"] else
+            f"no epoch of {name} beat the frozen encoder ({tw['two_tower']} scored higher, not beyond noise of it)")
 
 
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:

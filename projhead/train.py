@@ -42,7 +42,7 @@ from .config import ALPHA, DECISIONS, SELECT_METRICS, SMALL, TrainConfig, TrainE
 from .batches import (MIN_GROUPS, DevSet, MemorySource, StreamSource, dev_fraction, epoch_order,  # noqa: F401
                       held_out, joined_by_gold, make_batch, split_by_group, split_groups, spread,
                       within_documents)
-from .checkpoint import (CHECKPOINT_NAME, load_checkpoint, optimizer_tensors, restore_optimizer, rng_state,
+from .checkpoint import (CHECKPOINT_NAME, check_out, load_checkpoint, optimizer_tensors, restore_optimizer, rng_state,
                          save_checkpoint, set_rng_state)
 from .heads import Head, HeadConfig
 from .turns import dialog_view
@@ -354,6 +354,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     a run stopped in any way resumes from it when called again with the same settings and
     ends with the same head as an uninterrupted run (same seed). ``restart`` discards it."""
     cfg = config or TrainConfig()
+    check_out(out)
     if not isinstance(cache, Cache):
         cache = open_cache(cache, load=not cfg.stream)
     hcfg = head_config or HeadConfig()

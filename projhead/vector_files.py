@@ -51,8 +51,9 @@ class VectorFile:
         self._h5 = None
         try:
             self._open()
-            if len(self.shape) != 2 or self.shape[0] == 0:
-                raise EncoderError(f"{path}: expected a non-empty (N, D) table of vectors, got shape {self.shape}")
+            if len(self.shape) != 2 or self.shape[0] == 0 or self.shape[1] == 0:
+                raise EncoderError(f"{path}: expected a non-empty (N, D) table of vectors (N, D > 0), got shape "
+                                   f"{self.shape}")
         except BaseException as e:
             self.close()  # a refused file is not left open
             if isinstance(e, EncoderError) or not isinstance(e, Exception):
@@ -87,8 +88,15 @@ class VectorFile:
             if self._col not in names:
                 raise EncoderError(f"{path}: no 'vector' or 'embedding' column (has {names})")
             self._key_cols = [k for k in ("text", "id", "role") if k in names]
-            first = self._pq.read_row_group(0, columns=[self._col]).column(0)[0].as_py() if self._pq.num_row_groups else []
-            self.shape = (self._pq.metadata.num_rows, len(first or []))
+            import pyarrow as pa
+
+            kind = self._pq.schema_arrow.field(self._col).type
+            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) \
+                    or not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+                raise EncoderError(f"{path}: column {self._col!r} must hold lists of numbers, not {kind}")
+            n = self._pq.metadata.num_rows
+            first = next(self._pq.iter_batches(batch_size=1, columns=[self._col])).column(0)[0].as_py() if n else []
+            self.shape = (n, len(first or []))
             self._vectors = None
         elif self.suffix == ".npy":
             import json
@@ -107,12 +115,16 @@ class VectorFile:
                 raise EncoderError(f"{path}: a .npy file needs {side.name} beside it (one text or id per row)")
             self._side = side
             n = 0
-            with open(side, encoding="utf-8") as f:
-                for line in f:
+            with open(side, encoding="utf-8-sig") as f:  # a byte-order mark is read, as in the other JSONL files
+                for k, line in enumerate(f, 1):
                     if line.strip():
-                        r = json.loads(line)
+                        try:
+                            r = json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise EncoderError(f"{side}: line {k}: malformed JSON ({e.msg})") from None
                         if not isinstance(r, str) and (not isinstance(r, dict) or ("text" not in r and "id" not in r)):
-                            raise EncoderError(f"{side}: every line must be a JSON string or an object with 'text' or 'id'")
+                            raise EncoderError(f"{side}: line {k}: every line must be a JSON string or an object "
+                                               "with 'text' or 'id'")
                         n += 1
             if n != shape[0]:
                 raise EncoderError(f"{side}: {n} rows for the {shape[0]} vectors of {path.name}")
@@ -158,7 +170,7 @@ class VectorFile:
             import json
 
             out = []
-            with open(self._side, encoding="utf-8") as f:
+            with open(self._side, encoding="utf-8-sig") as f:
                 for line in f:
                     if not line.strip():
                         continue
@@ -358,8 +370,8 @@ class VectorsEncoder:
             at[gap] = self._find("*", [texts[i] for i in gap])
         if (at < 0).any():
             missing = [texts[i] for i in np.flatnonzero(at < 0)]
-            raise EncoderError(f"{len(missing)} {role} texts have no vector in {', '.join(self.files)} "
-                               f"(first: {missing[0][:80]!r}); every text of the data needs one")
+            raise EncoderError(f"{role} texts have no vector in {', '.join(self.files)} ({len(missing)} of a batch of "
+                               f"{len(texts)}; first: {missing[0][:80]!r}); every text of the data needs one")
         x = np.empty((len(texts), self.dim), np.float32)
         for k in np.unique(self._src[at]):
             sel = np.flatnonzero(self._src[at] == k)
@@ -368,6 +380,10 @@ class VectorsEncoder:
             bad = ~np.isfinite(v).all(axis=1)
             if bad.any():
                 raise EncoderError(f"{self.files[k]}: row {int(rows[np.flatnonzero(bad)[0]])} holds NaN or Inf")
+            zero = ~v.any(axis=1)  # no direction: not a text's vector, and cosine has nothing to compare
+            if zero.any():
+                raise EncoderError(f"{self.files[k]}: row {int(rows[np.flatnonzero(zero)[0]])} is all zeros "
+                                   f"({int(zero.sum())} such rows among those read)")
         if self.normalize:
             x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
         return x

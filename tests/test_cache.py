@@ -59,6 +59,12 @@ def test_rerun_is_a_no_op_and_other_work_is_refused(tmp_path):
     assert out.read_bytes() == before  # nothing lost
     build_cache(other, PlantedEncoder(other), out, progress=False, overwrite=True)
     assert open_cache(out).attrs["n_queries"] == len(other)
+    mine = tmp_path / "pairs.jsonl"  # --out given the input file by mistake: never replaced, even with --overwrite
+    mine.write_text('{"query": "a", "context": "b"}\n')
+    for overwrite in (False, True):
+        with pytest.raises(CacheError, match="pairs.jsonl"):
+            build_cache(pairs, enc, mine, progress=False, overwrite=overwrite)
+    assert mine.read_text() == '{"query": "a", "context": "b"}\n'
 
 
 def test_float16_storage(tmp_path):
@@ -70,6 +76,11 @@ def test_float16_storage(tmp_path):
     c = open_cache(tmp_path / "h.h5")
     assert c.queries.dtype == np.float32
     np.testing.assert_allclose(c.queries, enc.encode(pairs.queries), atol=1e-3)
+    real = enc.encode
+    enc.encode = lambda texts, **kw: real(texts, **kw) * 1e5  # unnormalised vectors beyond float16's range
+    with pytest.raises(CacheError, match=r"big.h5: queries/vectors row \d+ does not fit float16"):
+        build_cache(pairs, enc, tmp_path / "big.h5", dtype="float16", progress=False)
+    assert not (tmp_path / "big.h5").exists()
 
 
 def test_resume_after_failure_encodes_only_missing_shards(tmp_path):

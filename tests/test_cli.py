@@ -168,6 +168,8 @@ def test_unknown_loss_is_a_usage_error(capsys):
     (["eval", "{cache}", "--fusion-weight", "0.3"], "set the fusion with BM25: pass --bm25"),
     (["cache", "--batch-size", "0"], "Invalid value for '--batch-size'"),
     (["mine", "{cache}", "--k", "0"], "Invalid value for '--k'"),
+    (["train", "{cache}", "--out", "h", "--no-auto", "--device", "banana"], "training setting device must be a torch"),
+    (["eval", "{cache}", "--index", "IVF1024,Flat"], "IVF1024,Flat"),
 ])
 def test_bad_arguments_name_the_option_without_a_traceback(planted_cache, tmp_path, capsys, argv, message):
     cache = planted_cache(n_groups=2)
@@ -258,3 +260,38 @@ def test_dense_only_reaches_selection_and_is_refused_with_hybrid(planted_cache, 
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
     assert cfg["training"]["dense_only"] is True and "fused_gain" not in cfg["decision"]
     assert "against_frozen" not in cfg.get("fusion", {}).get("chosen", {})
+
+
+@pytest.mark.parametrize("no_auto", [False, True])
+def test_train_never_writes_a_head_over_other_files(planted_cache, tmp_path, capsys, no_auto):
+    """--out of a folder holding the user's files is refused before training; a head's own
+    folder (trained again) and a new or empty folder are fine."""
+    path = planted_cache(n_groups=10)
+    mode = ["--no-auto"] if no_auto else []
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    assert main(["train", str(path), "--out", str(mine), "--epochs", "1", *mode]) == 2
+    err = capsys.readouterr().err
+    assert f"{mine}: holds files that are not a projhead head (README.md)" in err and "Traceback" not in err
+    assert [p.name for p in mine.iterdir()] == ["README.md"] and (mine / "README.md").read_text() == "my notes"
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new", tmp_path / "new"):  # the last: a head there already
+        assert main(["train", str(path), "--out", str(out), "--epochs", "1", *mode]) == 0
+
+
+def test_head_settings_are_checked_against_the_cache_dimension(planted_cache, tmp_path, capsys):
+    """A residual head of the cache's own dimension is what was asked for: not refused against 384."""
+    assert main(["train", str(planted_cache(dim=16)), "--out", str(tmp_path / "h"), "--no-auto", "--kind", "residual",
+                 "--out-dim", "16", "--epochs", "1"]) == 0
+    assert main(["train", str(planted_cache(dim=16)), "--out", str(tmp_path / "h2"), "--no-auto", "--kind", "residual",
+                 "--out-dim", "8", "--epochs", "1"]) == 2
+    assert "out_dim 8 != in_dim 16" in capsys.readouterr().err
+
+
+def test_a_file_that_cannot_be_written_is_one_line(planted_cache, tmp_path, capsys):
+    """An OS error (here: --json-out under a path that is a file) names the path, no traceback."""
+    (tmp_path / "afile").write_text("")
+    assert main(["eval", str(planted_cache()), "--json-out", str(tmp_path / "afile" / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "afile" in err and "Traceback" not in err

@@ -170,6 +170,17 @@ def test_corpus_files_of_every_format_and_their_errors(tmp_path):
         CorpusFile(tmp_path / "c.csv")
     with pytest.raises(DataError, match="no such corpus file"):
         CorpusFile(tmp_path / "nope.jsonl")
+    import gzip
+
+    (tmp_path / "nul.txt").write_text("fine\nhas a \x00 in it\n")
+    with pytest.raises(DataError, match=r"nul.txt: line 2 holds a NUL character"):
+        list(CorpusFile(tmp_path / "nul.txt").texts())
+    whole = gzip.compress(("a text of the corpus\n" * 2000).encode())
+    (tmp_path / "cut.txt.gz").write_bytes(whole[: len(whole) // 2])  # truncated: not the user's ctrl-C
+    (tmp_path / "not.txt.gz").write_text("plain text, not gzip\n")
+    for name in ("cut.txt.gz", "not.txt.gz"):
+        with pytest.raises(DataError, match=f"{name}: cannot read"):
+            list(CorpusFile(tmp_path / name).texts())
 
 
 def test_a_corpus_of_your_own_vectors_through_the_cli(tmp_path):

@@ -57,6 +57,23 @@ def test_jsonl():
     assert len(p) == 3 and len(p.contexts) == 2 and list(p.q2c) == [0, 1, 0]
 
 
+def test_a_null_or_empty_group_or_id_is_as_if_not_given(tmp_path):
+    """Not one group "None" (which would make every such row one document)."""
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"query": "a", "context": "x", "group": null, "id": null}\n'
+                 '{"query": "b", "context": "y", "group": ""}\n{"query": "c", "context": "z"}\n')
+    p = load_jsonl(f)
+    assert p.groups == ["x", "y", "z"] and p.query_ids == ["1", "2", "3"]
+
+
+def test_texts_a_cache_cannot_hold_are_refused_before_encoding():
+    from projhead.pairs import Pairs
+
+    for bad, said in (("a\x00b", "NUL character"), ("a\ud800", "unpaired surrogate")):
+        with pytest.raises(DataError, match=f"my.jsonl: contexts\\[0\\] holds an? {said}"):
+            Pairs(["q"], ["1"], ["g"], [bad], [0], {"source": "my.jsonl"})
+
+
 def test_fingerprint_changes_with_any_text():
     a = load_jsonl(FIXTURES / "pairs-tiny.jsonl")
     b = load_jsonl(FIXTURES / "pairs-tiny.jsonl")
@@ -129,6 +146,8 @@ def test_quora_bad_input_names_file_and_problem(tmp_path, content, message):
     ('[1, 2]\n', "line 1: expected a JSON object"),
     ('{"query": "a", "context": "b", "id": 1}\n{"query": "c", "context": "d", "id": 1}\n', "duplicate query id '1'"),
     ('', "no question -> context pairs"),
+    ('{"query": "a\\u0000b", "context": "b"}\n', "line 1 'query' holds a NUL character"),
+    ('{"query": "a", "context": "b\\ud800"}\n', "line 1 'context' holds an unpaired surrogate"),
 ])
 def test_jsonl_bad_input_names_file_and_problem(tmp_path, content, message):
     f = tmp_path / "bad.jsonl"
@@ -136,6 +155,11 @@ def test_jsonl_bad_input_names_file_and_problem(tmp_path, content, message):
     with pytest.raises(DataError) as e:
         load_jsonl(f)
     assert str(f) in str(e.value) and message in str(e.value)
+
+
+def test_a_folder_given_as_the_jsonl_file(tmp_path):
+    with pytest.raises(DataError, match=f"{tmp_path}: a folder, not a JSONL file"):
+        load_jsonl(tmp_path)
 
 
 def test_bad_squad_files(tmp_path):

@@ -103,6 +103,8 @@ def test_a_query_never_retrieves_its_own_text():
     q2c = np.array([0, 2])
     assert full_corpus(scorer, q2c)["R@1"] == 0.5
     assert full_corpus(excluding(scorer, ex), q2c)["R@1"] == 1.0
+    # texts not kept (empty or blank) are not one text: nothing is left out for them
+    assert self_matches(["", "a", "  "], ["x", "", "a", " "]).tolist() == [-1, 2, -1]
 
 
 def test_paired_bootstrap_sees_a_real_gain_and_not_noise():

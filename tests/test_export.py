@@ -36,7 +36,7 @@ def test_residual_tanh_cannot_be_written_with_st_modules():
         tower_modules(_random_head(kind="residual", activation="tanh"), "query")
 
 
-def test_sentence_transformers_folder_loads_offline_and_matches_projhead(tmp_path, minilm):
+def test_sentence_transformers_folder_loads_offline_and_matches_projhead(tmp_path, minilm, capsys):
     from sentence_transformers import SentenceTransformer
 
     from projhead import EncodedHead
@@ -61,6 +61,18 @@ def test_sentence_transformers_folder_loads_offline_and_matches_projhead(tmp_pat
     np.testing.assert_allclose(c, ref.encode_contexts(texts), atol=2e-5)
     np.testing.assert_allclose(model.encode(texts), c, atol=1e-6)  # plain encode: the context side
     assert np.abs(q - minilm.encode(texts)).max() > 1e-2  # and the head did change the vectors
+    # an export replaces a previous export; it never writes over a head or a user's own files
+    assert main(["export", str(tmp_path / "head"), "--format", "sentence-transformers", "--out",
+                 str(tmp_path / "st")]) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "head").iterdir()}
+    for out, said in ((tmp_path / "head", "the head's own folder"), (mine, "not a sentence-transformers export (README.md)")):
+        assert main(["export", str(tmp_path / "head"), "--format", "sentence-transformers", "--out", str(out)]) == 2
+        assert said in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "head").iterdir()} == before
+    assert (mine / "README.md").read_text() == "my notes" and len(list(mine.iterdir())) == 1
 
 
 @pytest.mark.parametrize("kw", [{"kind": "residual"}, {"kind": "mlp", "init": "random", "out_dim": 16},

@@ -41,6 +41,38 @@ def test_save_load_roundtrip(tmp_path, kind, towers, out_dim):
         np.testing.assert_allclose(loaded.encode_contexts(x), x, atol=1e-6)  # contexts stay frozen
 
 
+@pytest.mark.parametrize("fails", ["card", "weights"])
+def test_a_failed_save_leaves_the_head_there_whole(tmp_path, monkeypatch, fails):
+    """A full disk half-way through a save: the head saved before is still whole, no temporary
+    file is left, and the error is one line (safetensors' own error included)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    import projhead.heads as H
+
+    old = Head(HeadConfig(kind="linear", towers="query", in_dim=16, encoder="st:x"), info={"metrics": {}})
+    old.save(tmp_path / "h")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "h").iterdir()}
+    real = H.write_file
+
+    def full(path, data):
+        if path.name.startswith("README.md"):
+            raise OSError(28, "No space left on device", str(path))
+        real(path, data)
+
+    if fails == "card":
+        monkeypatch.setattr(H, "write_file", full)
+    else:
+        monkeypatch.setattr(safetensors.torch, "save_file", lambda *a, **k: (_ for _ in ()).throw(
+            SafetensorError("Error while serializing: IoError(No space left on device)")))
+    torch.manual_seed(1)
+    new = Head(HeadConfig(kind="residual", towers="separate", in_dim=16, hidden=8, init="random", encoder="st:x"))
+    with pytest.raises(HeadError, match="cannot save the head .*No space left on device.*as they were"):
+        new.save(tmp_path / "h")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "h").iterdir()} == before
+    assert load_head(tmp_path / "h").config.kind == "linear"
+
+
 def test_torch_in_torch_out_with_gradients():
     head = Head(HeadConfig(kind="mlp", in_dim=16, init="random"))
     x = torch.from_numpy(_vecs()).requires_grad_()

@@ -94,7 +94,7 @@ def test_bad_vector_files_are_named(tmp_path):
     np.save(tmp_path / "q.npy", cv[:5])
     (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(q) for q in pairs.queries[:5]))
     enc = get_encoder("vectors:x", files=[tmp_path / "q.npy"])
-    with pytest.raises(EncoderError, match="15 query texts have no vector in .*q.npy"):
+    with pytest.raises(EncoderError, match=r"query texts have no vector in .*q.npy \(15 of a batch of 20"):
         enc.encode(pairs.queries, role="query")
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -107,6 +107,27 @@ def test_bad_vector_files_are_named(tmp_path):
                    tmp_path / "roles.parquet")
     with pytest.raises(EncoderError, match="roles.parquet: row 1 has role 'passage'"):
         get_encoder("vectors:x", files=[tmp_path / "roles.parquet"])
+    pq.write_table(pa.table({"text": ["a"], "vector": ["0.1,0.2"]}), tmp_path / "str.parquet")
+    with pytest.raises(EncoderError, match="str.parquet: column 'vector' must hold lists of numbers, not string"):
+        read_vector_file(tmp_path / "str.parquet")
+    pq.write_table(pa.table({"text": pa.array([], pa.string()), "vector": pa.array([], pa.list_(pa.float32()))}),
+                   tmp_path / "empty.parquet")
+    with pytest.raises(EncoderError, match=r"empty.parquet: expected a non-empty \(N, D\) table"):
+        read_vector_file(tmp_path / "empty.parquet")
+    np.save(tmp_path / "d0.npy", np.zeros((2, 0), np.float32))
+    (tmp_path / "d0.jsonl").write_text('"a"\n"b"\n')
+    with pytest.raises(EncoderError, match="d0.npy: expected a non-empty"):
+        read_vector_file(tmp_path / "d0.npy")
+    np.save(tmp_path / "bad.npy", np.ones((2, 3), np.float32))
+    (tmp_path / "bad.jsonl").write_text('\ufeff"a"\n{"text": \n')  # a byte-order mark is fine, line 2 is not
+    with pytest.raises(EncoderError, match="bad.jsonl: line 2: malformed JSON"):
+        read_vector_file(tmp_path / "bad.npy")
+    zero = cv[:5].copy()
+    zero[2] = 0
+    np.save(tmp_path / "z.npy", zero)
+    (tmp_path / "z.jsonl").write_text("\n".join(json.dumps(c) for c in pairs.contexts[:5]))
+    with pytest.raises(EncoderError, match="z.npy: row 2 is all zeros"):
+        get_encoder("vectors:x", files=[tmp_path / "z.npy"]).encode(pairs.contexts[:5], role="context")
 
 
 def test_vectors_stay_in_their_files_until_a_text_needs_them(tmp_path, monkeypatch):

@@ -486,3 +486,59 @@ def test_the_fused_check_follows_the_decision_rule(decision, low, gain, gives_wa
         assert f"{gain:+.4f}" in why and "100 queries" in why
     assert not_above_fused(TrainConfig(decision=decision), {"kept": "identity"}, fusion) is None  # nothing to drop
     assert not_above_fused(TrainConfig(decision=decision), {"kept": "head"}, {}) is None  # no texts: no fusion
+
+
+def test_a_refit_that_stops_before_the_judged_epoch_saves_the_identity(planted_cache, monkeypatch, tmp_path):
+    """With folds, the saved head is the winner trained again on every pair: when that run
+    stops early (a non-finite loss), its weights are not the head the folds judged."""
+    import projhead.select as S
+
+    real = S.fit
+
+    def fit(cache, hcfg, cfg, rows, **k):
+        run = real(cache, hcfg, cfg, rows, **k)
+        if not len(rows[1]):  # the refit on every pair: no held-out rows
+            run["log"]["stopped"] = "non-finite training loss at epoch 1, step 1"
+        return run
+
+    monkeypatch.setattr(S, "fit", fit)
+    head, log = auto_train(planted_cache(n_groups=40), TrainConfig(epochs=6), fixed=_linear_query(lr=1e-2),
+                           out=tmp_path / "h", progress=False)
+    assert log["selection"]["candidates"][0]["best_epoch"] > 0  # the folds found a gain
+    assert log["decision"]["kept"] == "identity" and "stopped before epoch" in log["decision"]["why"]
+    assert load_head(tmp_path / "h").config.passthrough
+
+
+def test_fixed_training_settings_hold_in_both_modes(planted_cache):
+    """A training setting in ``fixed`` (API) is the run's setting whichever way selection runs;
+    a key that is neither a head nor a training setting is refused before training."""
+    from projhead.train import TrainError
+
+    path = planted_cache(n_groups=40)
+    head, log = auto_train(path, TrainConfig(epochs=6), fixed=_linear_query(lr=1e-2, alpha=0.5),
+                           progress=False)
+    assert log["selection"]["mode"] == "5-fold" and log["decision"]["kept"] == "head"
+    assert log["decision"]["alpha"] == 0.5 and head.info["training"]["alpha"] == 0.5
+    assert "alpha_choice" not in log["selection"]  # not chosen: given
+    with pytest.raises(TrainError, match="cannot be interpolated"):
+        auto_train(path, TrainConfig(epochs=2), fixed={"kind": "mlp", "alpha": 0.5}, progress=False)
+    with pytest.raises(TrainError, match="fixed settings colour: neither"):
+        auto_train(path, TrainConfig(epochs=2), fixed={"colour": "red"}, progress=False)
+
+
+def test_a_cache_of_one_group_is_refused_with_a_reason(planted_cache):
+    """Every query on one gold context: nothing can be held out whole."""
+    from projhead.train import TrainError
+
+    with pytest.raises(TrainError, match="queries all have one gold context"):
+        auto_train(planted_cache(n_groups=1, contexts_per_group=1, queries_per_context=6), TrainConfig(epochs=2),
+                   progress=False)
+
+
+def test_the_identity_names_a_two_tower_head_passed_over():
+    from projhead.select import _none_beat
+
+    assert _none_beat("linear-query", {}) == "no epoch of any candidate beat the frozen encoder"
+    passed = {"towers": {"query_side": "linear-query", "two_tower": "residual-separate", "chosen": "linear-query"}}
+    assert "no epoch of linear-query" in _none_beat("linear-query", passed)
+    assert "residual-separate scored higher, not beyond noise" in _none_beat("linear-query", passed)
