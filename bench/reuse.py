@@ -67,3 +67,6 @@ def stamp(folder: Path, **settings) -> None:
     """Record in ``folder`` (a head just saved there) the code that trained it, and the bench
     settings that differ from ``projhead train``'s defaults."""
     (Path(folder) / STAMP).write_text(json.dumps({"projhead_tree": code_key(), "settings": settings}) + "\n")
+
+
+code_key()  # now, as the bench starts: a commit made while it trains must not name what trained it

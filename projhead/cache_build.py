@@ -147,6 +147,20 @@ def without_corpus(want: dict) -> dict:
     return {**{k: v for k, v in want.items() if k != "sections"}, **({"sections": rest} if rest else {})}
 
 
+def _a_cache(path: Path) -> bool:
+    """Whether ``path`` is a projhead cache, readable or not: an HDF5 file that says so, or one
+    too damaged to say (an HDF5 signature); not a file of other data (an input given as ``--out``)."""
+    import h5py
+
+    try:
+        if not h5py.is_hdf5(path):
+            return False
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == "projhead-cache"
+    except OSError:
+        return True  # the signature of HDF5, too damaged to open: a cache cut short
+
+
 def start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, Path]:
     """What every cache builder checks before encoding (under the lock): a finished cache of
     the same work is kept (returns True), one of other work is refused; partial work of another
@@ -154,9 +168,13 @@ def start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, 
     if out.exists():
         try:
             have = read_identity(out)
-        except CacheError as e:  # an input file, or anything else of the user's: never replaced
-            raise CacheError(f"{out}: exists and is not a projhead cache ({e}); it is not replaced, even with "
-                             "--overwrite: choose another --out") from None
+        except CacheError:  # a damaged or newer cache may be replaced; anything else of the user's never
+            if not _a_cache(out):
+                raise CacheError(f"{out}: exists and is not a projhead cache; it is not replaced, even with "
+                                 "--overwrite: choose another --out") from None
+            if not overwrite:
+                raise
+            have = None
     if out.exists() and not overwrite:
         if have == want:
             return True, Path(str(out) + ".parts")

@@ -125,7 +125,7 @@ class CacheWriter:
             if values.dtype == np.float16 and not np.isfinite(values).all():  # finite float32 beyond float16 range
                 row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0]) + start
                 raise CacheError(f"{self.path}: {key} row {row} does not fit float16 (|x| > 65504; unnormalised "
-                                 "vectors?): cache as float32")
+                                 "vectors?): cache as float32 (with --overwrite: the encoded shards are this run's)")
         elif not len(values):
             return
         self.f[key][start:start + len(values)] = values

@@ -25,6 +25,7 @@ then the texts a shard at a time): memory is 17 bytes a text and one shard, what
 from __future__ import annotations
 
 import gzip
+import zlib
 import itertools
 import json
 from pathlib import Path
@@ -90,7 +91,7 @@ class CorpusFile:
                             yield storable(line.rstrip("\r\n"), p, f"line {n}")
             except UnicodeDecodeError as e:
                 raise DataError(f"{p}: not UTF-8 text ({e.reason})") from None
-            except (EOFError, gzip.BadGzipFile) as e:  # truncated, or not gzip at all
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # truncated, or not gzip at all
                 raise DataError(f"{p}: cannot read ({e})") from None
         elif self.kind == ".parquet":
             import pyarrow.parquet as pq

@@ -187,9 +187,9 @@ def iter_jsonl(path: Path, query_key: str = "query", context_key: str = "context
                 raise DataError(f"{path}: line {n}: missing key {key!r}")
         query = _text(row[query_key], path, f"line {n} {query_key!r}")
         context = _text(row[context_key], path, f"line {n} {context_key!r}")
-        qid, group = row.get(id_key), row.get(group_key)  # null, or an empty group, is as if not given
-        yield (query, context, str(n if qid is None else qid),
-               str(context if group is None or (isinstance(group, str) and not group.strip()) else group))
+        qid, group = (None if v is None or (isinstance(v, str) and not v.strip()) else v  # null or empty: not given
+                      for v in (row.get(id_key), row.get(group_key)))
+        yield query, context, str(n if qid is None else qid), str(context if group is None else group)
 
 
 JSONL_META = {"dataset": "jsonl", "split": "", "granularity": "as-given"}

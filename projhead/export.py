@@ -122,7 +122,7 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
 
     from .wrap import EncodedHead
 
-    foreign = foreign_files(out, lambda o: (o / "modules.json").is_file())  # a previous export may be replaced
+    foreign = foreign_files(out, lambda o: (o / "projhead_export.json").is_file())  # a previous export may be replaced
     if foreign:
         own = not isinstance(head, Head) and Path(out).resolve() == Path(head).resolve()
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")

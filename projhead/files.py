@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,5 +84,6 @@ def foreign_files(out: str | os.PathLike, ours) -> list[str]:
         return []
     if not out.is_dir():
         return [out.name]
-    names = sorted(p.name for p in out.iterdir())
+    # leftovers of a write that was killed (``atomic_path``'s temporary names) are nobody's files
+    names = sorted(p.name for p in out.iterdir() if not re.fullmatch(r".+\.tmp\d+", p.name))
     return [] if not names or ours(out) else names

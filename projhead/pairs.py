@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import gzip
+import zlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,7 +202,7 @@ def jsonl_objects(path: Path):
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: a folder, not a JSONL file") from None
-    except (EOFError, gzip.BadGzipFile) as e:
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e})") from e
 
 

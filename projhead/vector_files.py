@@ -96,7 +96,9 @@ class VectorFile:
                 raise EncoderError(f"{path}: column {self._col!r} must hold lists of numbers, not {kind}")
             n = self._pq.metadata.num_rows
             first = next(self._pq.iter_batches(batch_size=1, columns=[self._col])).column(0)[0].as_py() if n else []
-            self.shape = (n, len(first or []))
+            if first is None:
+                raise EncoderError(f"{path}: row 0 of column {self._col!r} is null: every row needs a vector")
+            self.shape = (n, len(first))
             self._vectors = None
         elif self.suffix == ".npy":
             import json

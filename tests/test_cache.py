@@ -65,6 +65,12 @@ def test_rerun_is_a_no_op_and_other_work_is_refused(tmp_path):
         with pytest.raises(CacheError, match="pairs.jsonl"):
             build_cache(pairs, enc, mine, progress=False, overwrite=overwrite)
     assert mine.read_text() == '{"query": "a", "context": "b"}\n'
+    cut = tmp_path / "cut.h5"  # a cache cut short is still a cache: --overwrite replaces it
+    cut.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    with pytest.raises(CacheError):
+        build_cache(pairs, enc, cut, progress=False)
+    build_cache(pairs, enc, cut, progress=False, overwrite=True)
+    assert open_cache(cut).attrs["n_queries"] == len(pairs)
 
 
 def test_float16_storage(tmp_path):

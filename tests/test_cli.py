@@ -276,7 +276,9 @@ def test_train_never_writes_a_head_over_other_files(planted_cache, tmp_path, cap
     assert f"{mine}: holds files that are not a projhead head (README.md)" in err and "Traceback" not in err
     assert [p.name for p in mine.iterdir()] == ["README.md"] and (mine / "README.md").read_text() == "my notes"
     (tmp_path / "empty").mkdir()
-    for out in (tmp_path / "empty", tmp_path / "new", tmp_path / "new"):  # the last: a head there already
+    (tmp_path / "killed").mkdir()  # a run killed while writing its first checkpoint left a temporary file
+    (tmp_path / "killed" / "checkpoint.safetensors.tmp12345").write_bytes(b"half")
+    for out in (tmp_path / "empty", tmp_path / "killed", tmp_path / "new", tmp_path / "new"):  # last: a head there
         assert main(["train", str(path), "--out", str(out), "--epochs", "1", *mode]) == 0
 
 

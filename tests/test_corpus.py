@@ -178,7 +178,10 @@ def test_corpus_files_of_every_format_and_their_errors(tmp_path):
     whole = gzip.compress(("a text of the corpus\n" * 2000).encode())
     (tmp_path / "cut.txt.gz").write_bytes(whole[: len(whole) // 2])  # truncated: not the user's ctrl-C
     (tmp_path / "not.txt.gz").write_text("plain text, not gzip\n")
-    for name in ("cut.txt.gz", "not.txt.gz"):
+    bad = bytearray(gzip.compress(("a text of the corpus %d\n" * 1).encode() * 3000))
+    bad[len(bad) // 2: len(bad) // 2 + 8] = b"\xff" * 8  # damaged in the middle: zlib's own error
+    (tmp_path / "bad.txt.gz").write_bytes(bytes(bad))
+    for name in ("cut.txt.gz", "not.txt.gz", "bad.txt.gz"):
         with pytest.raises(DataError, match=f"{name}: cannot read"):
             list(CorpusFile(tmp_path / name).texts())
 

@@ -61,7 +61,7 @@ def test_a_null_or_empty_group_or_id_is_as_if_not_given(tmp_path):
     """Not one group "None" (which would make every such row one document)."""
     f = tmp_path / "p.jsonl"
     f.write_text('{"query": "a", "context": "x", "group": null, "id": null}\n'
-                 '{"query": "b", "context": "y", "group": ""}\n{"query": "c", "context": "z"}\n')
+                 '{"query": "b", "context": "y", "group": "", "id": " "}\n{"query": "c", "context": "z"}\n')
     p = load_jsonl(f)
     assert p.groups == ["x", "y", "z"] and p.query_ids == ["1", "2", "3"]
 

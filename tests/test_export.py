@@ -67,12 +67,13 @@ def test_sentence_transformers_folder_loads_offline_and_matches_projhead(tmp_pat
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "README.md").write_text("my notes")
+    (mine / "modules.json").write_text("[]")  # a sentence-transformers model of the user's, not an export
     before = {p.name: p.read_bytes() for p in (tmp_path / "head").iterdir()}
-    for out, said in ((tmp_path / "head", "the head's own folder"), (mine, "not a sentence-transformers export (README.md)")):
+    for out, said in ((tmp_path / "head", "the head's own folder"), (mine, "not a sentence-transformers export (README.md, modules.json)")):
         assert main(["export", str(tmp_path / "head"), "--format", "sentence-transformers", "--out", str(out)]) == 2
         assert said in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (tmp_path / "head").iterdir()} == before
-    assert (mine / "README.md").read_text() == "my notes" and len(list(mine.iterdir())) == 1
+    assert (mine / "README.md").read_text() == "my notes" and len(list(mine.iterdir())) == 2
 
 
 @pytest.mark.parametrize("kw", [{"kind": "residual"}, {"kind": "mlp", "init": "random", "out_dim": 16},

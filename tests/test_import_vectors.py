@@ -107,6 +107,9 @@ def test_bad_vector_files_are_named(tmp_path):
                    tmp_path / "roles.parquet")
     with pytest.raises(EncoderError, match="roles.parquet: row 1 has role 'passage'"):
         get_encoder("vectors:x", files=[tmp_path / "roles.parquet"])
+    pq.write_table(pa.table({"text": ["a", "b"], "vector": [None, [1.0, 0.0]]}), tmp_path / "null0.parquet")
+    with pytest.raises(EncoderError, match="null0.parquet: row 0 of column 'vector' is null"):
+        read_vector_file(tmp_path / "null0.parquet")
     pq.write_table(pa.table({"text": ["a"], "vector": ["0.1,0.2"]}), tmp_path / "str.parquet")
     with pytest.raises(EncoderError, match="str.parquet: column 'vector' must hold lists of numbers, not string"):
         read_vector_file(tmp_path / "str.parquet")
