@@ -13,7 +13,9 @@ question of the sample is a candidate), so each row shows its own domain and the
 
 Systems:
 - ``frozen``: all-MiniLM-L6-v2 as it is.
-- ``projhead``: ``projhead train`` defaults (model selection, ``projhead.select.auto_train``).
+- ``projhead``: ``projhead train`` defaults (model selection, ``projhead.select.auto_train``);
+  ``projhead-dense-only``: ``projhead train --dense-only`` (for dense search alone: a head kept
+  on its own is not also judged fused with BM25).
 - ``fixed``: ``projhead train --no-auto`` (one residual head, settings sized to the data).
 - ``adapter``: LlamaIndex's linear adapter recipe as its docs give it (query-side linear layer
   from the identity, in-batch softmax over cosine x 20, batch 10, AdamW lr 2e-5 with 10,000
@@ -213,10 +215,12 @@ def main():
         for system in args.systems:
             t0 = time.perf_counter()
             extra = {}
-            if system == "projhead":
-                head, log = auto_train(train, projhead.TrainConfig(seed=seed), progress=False)
+            if system in ("projhead", "projhead-dense-only"):
+                head, log = auto_train(train, projhead.TrainConfig(seed=seed, dense_only=system != "projhead"),
+                                       progress=False)
                 extra = {"chosen": log["selection"]["chosen"], "kept": log["decision"]["kept"],
-                         "dev_gain": log["decision"].get("dev_gain")}
+                         "dev_gain": log["decision"].get("dev_gain"), "why": log["decision"].get("why"),
+                         "fused_gain": log["decision"].get("fused_gain")}
             elif system == "fixed":
                 head, log = projhead.train_head(train, HeadConfig(), projhead.TrainConfig(seed=seed), progress=False)
                 extra = {"kept": log["decision"]["kept"]}
