@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import HeadConfig, TrainConfig, TrainError
-from .files import atomic_path, foreign_files
+from .files import atomic_path, foreign_files, listed
 
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -110,6 +110,5 @@ def head_folder(out) -> bool:
 def check_out(out) -> None:
     """Refuse, before anything is trained, an ``out`` that holds files other than a head's."""
     if out is not None and (names := foreign_files(out, head_folder)):
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        raise TrainError(f"{out}: holds files that are not a projhead head ({shown}), which saving a head there "
+        raise TrainError(f"{out}: holds files that are not a projhead head ({listed(names)}), which saving a head there "
                          "would replace: give --out a new or empty folder")

@@ -38,11 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .files import foreign_files, write_atomic
+from .files import foreign_files, listed, write_atomic
 from .fusion import FUSION_NAME
 from .heads import ACTIVATION_MODULES, Head, HeadError, load_head
 
 _CARRIES_IDENTITY = (nn.GELU, nn.ReLU, nn.SiLU)  # act(x) - act(-x) == x
+EXPORT_RECORD = "projhead_export.json"  # in every sentence-transformers export: what was exported, and how
 
 
 def _as_head(head) -> Head:
@@ -122,12 +123,11 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
 
     from .wrap import EncodedHead
 
-    foreign = foreign_files(out, lambda o: (o / "projhead_export.json").is_file())  # a previous export may be replaced
+    foreign = foreign_files(out, lambda o: (o / EXPORT_RECORD).is_file())  # a previous export may be replaced
     if foreign:
         own = not isinstance(head, Head) and Path(out).resolve() == Path(head).resolve()
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise HeadError(f"{out}: " + ("the head's own folder" if own else f"holds files that are not a "
-                                      f"sentence-transformers export ({shown})")
+                                      f"sentence-transformers export ({listed(foreign)})")
                         + ", which the export would replace: give --out a new or empty folder")
     head = _as_head(head)
     if encoder is None and not head.config.encoder.startswith("st:"):  # before building it: vectors have no encoder
@@ -176,7 +176,7 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
 def _side_files(out: Path, report: dict, head: Head) -> None:
     """projhead_export.json (the report and head settings) and, for a head with a saved
     fusion, fusion.json (``fusion.read_fusion`` reads it back; removed for a head without one)."""
-    write_atomic(out / "projhead_export.json", json.dumps({**report, "head_config": head.config.__dict__,
+    write_atomic(out / EXPORT_RECORD, json.dumps({**report, "head_config": head.config.__dict__,
                                                           "fusion": head.info.get("fusion")}, indent=1))
     if head.fusion is not None:
         write_atomic(out / FUSION_NAME, json.dumps(head.fusion.to_dict(), indent=1))

@@ -27,19 +27,14 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+TMP_NAME = re.compile(r".+\.tmp\d+")  # the temporary names below: NAME.tmpPID
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path to write; renamed to ``path`` when the block ends without error."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_paths([path]) as (tmp,):
         yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 @contextlib.contextmanager
@@ -48,7 +43,7 @@ def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
     are written to temporary names first, and only when every one is written are they renamed
     over their targets, so a failure (a full disk) leaves the old files all as they were."""
     paths = [Path(p) for p in paths]
-    tmps = [p.with_name(f"{p.name}.tmp{os.getpid()}") for p in paths]
+    tmps = [p.with_name(f"{p.name}.tmp{os.getpid()}") for p in paths]  # TMP_NAME
     try:
         yield tmps
         for t in tmps:
@@ -85,5 +80,10 @@ def foreign_files(out: str | os.PathLike, ours) -> list[str]:
     if not out.is_dir():
         return [out.name]
     # leftovers of a write that was killed (``atomic_path``'s temporary names) are nobody's files
-    names = sorted(p.name for p in out.iterdir() if not re.fullmatch(r".+\.tmp\d+", p.name))
+    names = sorted(p.name for p in out.iterdir() if not TMP_NAME.fullmatch(p.name))
     return [] if not names or ours(out) else names
+
+
+def listed(names: list[str], most: int = 5) -> str:
+    """``names`` for a message: the first ``most``, and how many more."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")

@@ -46,7 +46,7 @@ def self_matches(query_texts: list[str], context_texts: list[str]) -> np.ndarray
     itself is no retrieval, so evaluation leaves that context out for that query. Empty (or
     blank) texts match nothing: they say no text was kept, not that two are the same."""
     row = {t: i for i, t in enumerate(context_texts) if t.strip()}
-    return np.array([row.get(t, -1) if t.strip() else -1 for t in query_texts], dtype=np.int64)
+    return np.array([row.get(t, -1) for t in query_texts], dtype=np.int64)  # a blank query finds no blank row
 
 
 def excluding(scorer: Scorer, exclude: np.ndarray | None) -> Scorer:

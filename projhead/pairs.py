@@ -48,7 +48,7 @@ class Pairs:
         where = self.meta.get("source") or "Pairs"  # before any encoding: the cache must be able to hold every text
         for name in ("queries", "query_ids", "groups", "contexts"):
             for i, t in enumerate(getattr(self, name)):
-                if isinstance(t, str) and ("\x00" in t or not t.isascii()):  # quick test first: most are ASCII
+                if isinstance(t, str):
                     storable(t, where, f"{name}[{i}]")
 
     def __len__(self) -> int:
@@ -129,6 +129,8 @@ def _text(value, path: Path, what: str) -> str:
 def storable(value: str, path, what: str) -> str:
     """``value``, refused when the cache cannot hold it as text: a NUL character (HDF5 strings
     end there) or an unpaired surrogate (not Unicode, so no UTF-8)."""
+    if value.isascii() and "\x00" not in value:  # most texts: nothing more to look at
+        return value
     if "\x00" in value:
         raise DataError(f"{path}: {what} holds a NUL character, which a cache cannot store: remove it")
     try:
