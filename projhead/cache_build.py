@@ -27,7 +27,7 @@ import numpy as np
 
 from .cache_reader import read_identity
 from .cache_writer import CacheWriter, lock_output
-from .cachefile import SECTIONS, CacheError, cache_attrs, describe_mismatch, job_identity
+from .cachefile import SECTIONS, CacheError, cache_attrs, check_float16, describe_mismatch, job_identity
 from .corpus import corpus_sizes, encode_corpus, seal_corpus, shard_vectors, write_corpus
 from .data import Pairs
 from .files import atomic_path, write_atomic
@@ -73,8 +73,9 @@ class ShardedVectors:
 
 
 def _encode_role(encoder, texts: list[str], role: str, parts: Path, shard_size: int, batch_size: int,
-                 bar) -> ShardedVectors:
-    """Encode the distinct ``texts`` shard by shard, skipping shards already on disk."""
+                 bar, dtype: str = "float32") -> ShardedVectors:
+    """Encode the distinct ``texts`` shard by shard, skipping shards already on disk; vectors
+    that ``dtype`` cannot store are refused as soon as their shard is written (float32)."""
     order = _plan(texts)
     dim = encoder.dim
     stored = ShardedVectors(parts, role, order, shard_size, dim)
@@ -93,8 +94,15 @@ def _encode_role(encoder, texts: list[str], role: str, parts: Path, shard_size: 
                 raise CacheError(f"encoder {encoder.name} returned NaN or Inf for {role} texts "
                                  f"(shard {k}); nothing was written for this shard")
             _write_npy_atomic(shard, vecs.astype(np.float32))
+            check_float16(vecs, dtype, f"encoder {encoder.name}: {role} texts, shard {k},", parts=parts)
         bar.update(len(rows))
     return stored
+
+
+def parts_job(want: dict, **how) -> dict:
+    """The manifest of a job's shard folder: the work without the stored dtype (shards are
+    float32 whatever the cache stores, so a float32 rerun resumes a float16 run's shards)."""
+    return {**{k: v for k, v in want.items() if k != "dtype"}, **how}
 
 
 @dataclass
@@ -207,7 +215,7 @@ def open_parts(parts: Path, job: dict, overwrite: bool) -> Path:
 def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0, plan):
     from tqdm.auto import tqdm
 
-    done, parts = start_job(out, want, dict(want, shard_size=shard_size, batch_size=batch_size), overwrite)
+    done, parts = start_job(out, want, parts_job(want, shard_size=shard_size, batch_size=batch_size), overwrite)
     if done:
         return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
 
@@ -217,10 +225,10 @@ def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite,
     total = len(uq) + len(pairs.contexts) + (len(plan) if plan is not None else 0)
     with tqdm(total=total, unit="texts", desc=f"encoding {out.name}", disable=not progress,
               smoothing=0.1) as bar:
-        qv = _encode_role(encoder, uq, "query", parts, shard_size, batch_size, bar)
-        cv = _encode_role(encoder, pairs.contexts, "context", parts, shard_size, batch_size, bar)
+        qv = _encode_role(encoder, uq, "query", parts, shard_size, batch_size, bar, dtype)
+        cv = _encode_role(encoder, pairs.contexts, "context", parts, shard_size, batch_size, bar, dtype)
         if plan is not None:
-            encode_corpus(plan, encoder, parts, shard_size, batch_size, bar)
+            encode_corpus(plan, encoder, parts, shard_size, batch_size, bar, dtype)
 
     step = WRITE_BLOCK
     with CacheWriter(out, len(pairs), len(pairs.contexts), encoder.dim, dtype, sections=corpus_sizes(plan)) as w:
@@ -245,9 +253,9 @@ def _add_corpus(plan, encoder, out: Path, want: dict, batch_size: int, shard_siz
 
     from .cache_writer import create_dataset, extend_cache
 
-    parts = open_parts(Path(str(out) + ".parts"), dict(want, adding="corpus", shard_size=shard_size), False)
+    parts = open_parts(Path(str(out) + ".parts"), parts_job(want, adding="corpus", shard_size=shard_size), False)
     with tqdm(total=len(plan), unit="texts", desc=f"encoding the corpus of {out.name}", disable=not progress) as bar:
-        encode_corpus(plan, encoder, parts, shard_size, batch_size, bar)
+        encode_corpus(plan, encoder, parts, shard_size, batch_size, bar, want["dtype"])
 
     def fill(f):
         if "corpus" in f:
@@ -259,7 +267,10 @@ def _add_corpus(plan, encoder, out: Path, want: dict, batch_size: int, shard_siz
             create_dataset(f, section.key("corpus", c), section.shape(c, sizes), c, str(f.attrs["dtype"]), shard_size)
 
         def write(key, a, values):
-            f[key][a:a + len(values)] = np.asarray(values).astype(f.attrs["dtype"]) if key.endswith("vectors") else values
+            if key.endswith("vectors"):
+                check_float16(values, str(f.attrs["dtype"]), f"{out}: {key}", a)
+                values = np.asarray(values).astype(f.attrs["dtype"])
+            f[key][a:a + len(values)] = values
         write_corpus(write, plan, shard_vectors(parts), shard_size)
         seal_corpus(f, plan)
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from .cache_reader import open_cache
-from .cachefile import HEADER_SIZES, SECTIONS, CacheError, Column, Section, check_values, fingerprint
+from .cachefile import (HEADER_SIZES, SECTIONS, CacheError, Column, Section, check_float16, check_values,
+                        fingerprint)
 from .files import atomic_path
 
 
@@ -120,12 +121,8 @@ class CacheWriter:
             group = key.rsplit("/", 1)[0]
             if group in ("queries", "contexts") and group not in self.first and start == 0:
                 self.first[group] = values[:1000].astype(np.float32)
-            with np.errstate(over="ignore"):  # an overflow is refused below, in words
-                values = values.astype(self.dtype, copy=False)
-            if values.dtype == np.float16 and not np.isfinite(values).all():  # finite float32 beyond float16 range
-                row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0]) + start
-                raise CacheError(f"{self.path}: {key} row {row} does not fit float16 (|x| > 65504; unnormalised "
-                                 "vectors?): cache as float32 (with --overwrite: the encoded shards are this run's)")
+            check_float16(values, self.dtype, f"{self.path}: {key}", start)
+            values = values.astype(self.dtype, copy=False)
         elif not len(values):
             return
         self.f[key][start:start + len(values)] = values

@@ -153,6 +153,23 @@ def _chunks(src, n: int):
         yield a, np.asarray(src[a:a + CHUNK])
 
 
+FLOAT16_MAX = 65504.0
+
+
+def check_float16(values, dtype: str, what: str, start: int = 0, parts=None) -> None:
+    """Refuse ``values`` that float16 storage would turn into Inf (finite values above 65504:
+    unnormalised vectors), naming ``what`` and the first such row (counted from ``start``);
+    ``parts``: the folder of float32 shards kept for the rerun."""
+    if dtype != "float16" or not len(values):
+        return
+    big = (np.abs(np.asarray(values, np.float32)) > FLOAT16_MAX).reshape(len(values), -1).any(axis=1)
+    if big.any():
+        raise CacheError(f"{what} row {start + int(np.flatnonzero(big)[0])} does not fit float16 (|x| > 65504; "
+                         "unnormalised vectors?): cache as float32 (--dtype float32)"
+                         + (f"; the shards encoded so far are kept in {parts}, and that run resumes from them"
+                            if parts is not None else ""))
+
+
 def check_values(path, section: Section, where: str, data: dict, sizes: dict, header: dict,
                  stored_fingerprint=None, hint=lambda key: "") -> None:
     """Finite values, index ranges and the fingerprint of one instance, a chunk at a time

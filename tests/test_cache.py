@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, PlantedEncoder, planted_pairs
-from projhead.cache import CacheError, build_cache, open_cache
+from projhead.cache import CacheError, CacheWriter, build_cache, open_cache
 from projhead.data import load_jsonl
 
 
@@ -82,11 +82,29 @@ def test_float16_storage(tmp_path):
     c = open_cache(tmp_path / "h.h5")
     assert c.queries.dtype == np.float32
     np.testing.assert_allclose(c.queries, enc.encode(pairs.queries), atol=1e-3)
-    real = enc.encode
-    enc.encode = lambda texts, **kw: real(texts, **kw) * 1e5  # unnormalised vectors beyond float16's range
-    with pytest.raises(CacheError, match=r"big.h5: queries/vectors row \d+ does not fit float16"):
-        build_cache(pairs, enc, tmp_path / "big.h5", dtype="float16", progress=False)
-    assert not (tmp_path / "big.h5").exists()
+
+
+
+def test_float16_overflow_refused_at_the_first_shard_and_float32_resumes(tmp_path):
+    pairs = planted_pairs(n_groups=10)  # 100 queries, 50 contexts
+    enc = PlantedEncoder(pairs)
+    real, calls = enc.encode, []
+
+    def big(texts, **kw):  # unnormalised vectors beyond float16's range
+        calls.append(len(texts))
+        return real(texts, **kw) * 1e6
+    enc.encode = big
+    with pytest.raises(CacheError, match=r"query texts, shard 0, row \d+ does not fit float16.*--dtype float32.*"
+                                         r"kept in .*big.h5.parts, and that run resumes"):
+        build_cache(pairs, enc, tmp_path / "big.h5", dtype="float16", shard_size=16, progress=False)
+    assert calls == [16] and not (tmp_path / "big.h5").exists()  # refused after one shard, not after all
+    build_cache(pairs, enc, tmp_path / "big.h5", dtype="float32", shard_size=16, progress=False)
+    assert sum(calls[1:]) == len(set(pairs.queries)) - 16 + len(pairs.contexts)  # shard 0 not encoded again
+    assert open_cache(tmp_path / "big.h5").queries.max() > 65504
+    with pytest.raises(CacheError, match=r"big16.h5: queries/vectors row \d+ does not fit float16"):
+        with CacheWriter(tmp_path / "big16.h5", 2, 1, enc.dim, "float16") as w:  # vectors handed over, not encoded
+            w.write("queries/vectors", 0, np.full((2, enc.dim), 7e4, np.float32))
+    assert not (tmp_path / "big16.h5").exists()
 
 
 def test_resume_after_failure_encodes_only_missing_shards(tmp_path):

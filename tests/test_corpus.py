@@ -113,6 +113,19 @@ def test_a_corpus_is_added_to_a_finished_cache_of_the_same_pairs(tmp_path):
     assert a.read("corpus")["text"] == ["doc 1", "doc 2"]
 
 
+def test_a_corpus_beyond_float16_is_refused_before_the_cache_is_touched(tmp_path):
+    pairs = planted_pairs(n_groups=6)
+    enc = PlantedEncoder(pairs)
+    out = tmp_path / "half.h5"
+    build_cache(pairs, enc, out, dtype="float16", progress=False)
+    real = enc.encode
+    enc.encode = lambda texts, **kw: real(texts, **kw) * (1e6 if "doc 1" in texts else 1)
+    corpus = CorpusFile(_corpus(tmp_path / "corpus.jsonl", ["doc 1", "doc 2"]))
+    with pytest.raises(CacheError, match=r"corpus texts, shard 0, row \d+ does not fit float16.*half.h5.parts"):
+        build_cache(pairs, enc, out, dtype="float16", progress=False, corpus=corpus)
+    assert "corpus" not in open_cache(out).sections
+
+
 def test_selection_against_the_corpus_keeps_a_head_that_only_helps_there(tmp_path):
     """Planted: queries are a partial rotation of their contexts. Against the 100 labelled
     contexts the frozen encoder already ranks nearly every gold first, so no head is kept;
