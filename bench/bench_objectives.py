@@ -62,7 +62,7 @@ def main():
     have = projhead.open_cache(train_path, load=False).mined_sets
     for name, settings in MINED.items():
         if name not in have or result["mined"].get(name, {}).get("settings") != settings:
-            r = mine(train_path, name=name, progress=False, **settings)
+            r = mine(train_path, name=name, progress=False, overwrite=True, **settings)
             result["mined"][name] = {"settings": settings, "summary": r}
             print(f"mined {name}: {r['negatives_per_query']:.2f} negatives/query, {r['silver_pairs']} silver pairs, "
                   f"{r['seconds']:.0f}s", flush=True)

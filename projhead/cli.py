@@ -354,8 +354,9 @@ def _settings(items: tuple[str, ...]) -> dict:
               help="keep candidates with at least this teacher probability as silver pairs")
 @click.option("--bm25-weight", type=click.FloatRange(min=0), default=0.3, show_default=True, help="BM25's weight in hybrid scores")
 @click.option("--name", default=None, help="name of the mined set (default: the method)")
+@click.option("--overwrite", is_flag=True, help="replace a set of that name mined with other settings")
 @click.option("--quiet", is_flag=True)
-def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight, name, quiet):
+def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight, name, overwrite, quiet):
     """Mine hard negatives (and teacher scores, silver pairs) and store them in the cache.
 
     Train on them with: projhead train CACHE --mined NAME --hard-negatives 1 [--silver]
@@ -363,7 +364,7 @@ def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight,
     from .mine import mine as run
 
     r = run(cache_file, method=method, k=k, margin=None if no_margin else margin, teacher=teacher, silver=silver,
-            name=name, bm25_weight=bm25_weight, progress=not quiet)
+            name=name, bm25_weight=bm25_weight, progress=not quiet, overwrite=overwrite)
     click.echo(f"{cache_file}: mined set {r['name']!r}: {r['negatives_per_query']:.2f} negatives per query "
                f"({r['queries_without_negatives']} queries without), {r['filtered_by_margin']} candidates "
                f"dropped by the margin, {r['silver_pairs']} silver pairs ({r['seconds']:.1f}s)")

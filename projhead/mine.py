@@ -112,10 +112,12 @@ def _teacher(cache: Cache, teacher: str | None):
 
 def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8, margin: float | None = 0.05,
          teacher: str | None = None, silver: float | None = None, name: str | None = None,
-         bm25_weight: float = 0.3, chunk: int = 1024, progress: bool = True) -> dict:
+         bm25_weight: float = 0.3, chunk: int = 1024, progress: bool = True, overwrite: bool = False) -> dict:
     """Mine ``k`` negatives per query by ``method`` (see module doc), score them with
     ``teacher``, pick silver pairs at probability >= ``silver``, and store the set in the
-    cache as /mined/NAME. Returns a summary (counts, seconds, settings)."""
+    cache as /mined/NAME (default: the method). A set of that name mined with other settings
+    is replaced only with ``overwrite`` (heads trained on it name it). Returns a summary
+    (counts, seconds, settings)."""
     from tqdm.auto import tqdm
 
     if method not in METHODS:
@@ -126,6 +128,8 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
         raise MineError("silver pairs need a teacher to score them (--teacher)")
     if silver is not None and not 0 < silver <= 1:
         raise MineError(f"silver is a teacher probability in (0, 1], not {silver}")
+    if name is not None and not name.strip():
+        raise MineError("a mined set needs a name: leave --name out for the method's, or give one")
     if not isinstance(cache, Cache):
         cache = open_cache(cache)
     name = name or method
@@ -136,6 +140,15 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
         raise MineError(f"{cache.path}: one context only, nothing to mine")
     scorer = CandidateScorer(cache, {method, teacher}, bm25_weight)
     teach = _teacher(cache, teacher)
+    same = {"method": method, "k": k_eff, "margin": margin, "teacher": teacher, "silver": silver,
+            "bm25_weight": bm25_weight}
+    if name in cache.mined_sets and not overwrite:
+        old = {key: cache.mined(name)["settings"].get(key) for key in same}
+        if old != same:
+            raise MineError(f"{cache.path}: mined set {name!r} exists with other settings ("
+                            + "; ".join(f"{key}: set has {old[key]!r}, this run {v!r}" for key, v in same.items()
+                                        if old[key] != v)
+                            + "); pass --overwrite to replace it, or --name for a set beside it")
     negatives = np.full((nq, k_eff), -1, dtype=np.int64)
     neg_scores = np.full((nq, k_eff), np.nan, dtype=np.float32)
     teacher_scores = np.full((nq, k_eff + 1), np.nan, dtype=np.float32) if teach else None
@@ -175,8 +188,7 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
             silver_pairs = np.stack([qi, negatives[qi, kj]], axis=1).astype(np.int64)
             silver_score = prob[qi, kj + 1].astype(np.float32)
     arrays["silver"], arrays["silver_score"] = silver_pairs, silver_score
-    settings = {"method": method, "k": k_eff, "margin": margin, "teacher": teacher, "silver": silver,
-                "bm25_weight": bm25_weight, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    settings = {**same, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_mined(cache.path, name, arrays, settings)
     found = negatives >= 0
     return {"cache": str(cache.path), "name": name, "settings": settings, "queries": nq,

@@ -198,6 +198,19 @@ def test_mine_cli(planted_cache, capsys):
     assert "  section      pairs\n" in out
     assert re.search(r"  section      mined/lex \(k 3, silver \d+\), by bm25\n", out), out
     assert main(["mine", str(path), "--teacher", "nope", "--quiet"]) == 2
+    before = open_cache(path).mined("lex")
+    assert main(["mine", str(path), "--method", "bm25", "--k", "3", "--teacher", "hybrid", "--silver", "0.4",
+                 "--name", "lex", "--quiet"]) == 0  # the same settings again: the same set
+    np.testing.assert_array_equal(open_cache(path).mined("lex")["negatives"], before["negatives"])
+    capsys.readouterr()
+    assert main(["mine", str(path), "--k", "2", "--name", "lex", "--quiet"]) == 2  # other settings: refused
+    err = capsys.readouterr().err
+    assert "mined set 'lex' exists with other settings (method: set has 'bm25', this run 'semantic'; k: set " in err
+    assert "pass --overwrite" in err and open_cache(path).mined("lex")["settings"]["k"] == 3
+    assert main(["mine", str(path), "--k", "2", "--name", "lex", "--overwrite", "--quiet"]) == 0
+    assert open_cache(path).mined("lex")["settings"]["k"] == 2
+    assert main(["mine", str(path), "--name", " ", "--quiet"]) == 2
+    assert "a mined set needs a name" in capsys.readouterr().err and "semantic" not in open_cache(path).mined_sets
 
 
 def test_cross_encoder_teacher(planted_cache, tmp_path):
