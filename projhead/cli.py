@@ -20,11 +20,12 @@ from pathlib import Path
 
 import click
 
-from .cache import CacheError, cache_name
+from .cache import CacheError
+from .cli_cache import cache, info
 from .config import HEAD_KINDS, LOSS_NAMES, MINE_METHODS, TOWERS, HeadError, LossError, MineError, TrainError
 from .config import HeadConfig as _H, TrainConfig as _T  # option defaults come from the dataclasses
-from .data import DATASETS, SPLITS, DataError
-from .encoders import DEFAULT_ENCODER, PRECISIONS, EncoderError
+from .data import DataError
+from .encoders import EncoderError
 from .fusion import DEFAULT_WEIGHT, NORMALISATIONS, FusionError, eval_fusion
 from .search import SearchError
 
@@ -38,143 +39,9 @@ def cli():
     """Train tiny projection heads on cached vectors of a frozen text encoder."""
 
 
-@cli.command()
-@click.option("--dataset", type=click.Choice(DATASETS), default="squad-v1.1", show_default=True)
-@click.option("--split", type=click.Choice(SPLITS), default="dev", show_default=True,
-              help="QuAC also val-train / val-test: its validation dialogs split by dialog (every 5th to val-test)")
-@click.option("--granularity", type=click.Choice(["sentence", "paragraph"]), default="sentence", show_default=True,
-              help="context unit: the sentence holding the answer, or the whole paragraph")
-@click.option("--data", type=click.Path(), default=None,
-              help="data file or folder (default: $PROJHEAD_DATA, else the official download)")
-@click.option("--quac-history", default="0", show_default=True,
-              help="QuAC: earlier dialogue turns (question + answer) prepended to each question: 0, 1, 2, ... or all")
-@click.option("--turns", type=click.IntRange(min=0), default=None,
-              help="QuAC: also store each question's K earlier turns (1 did best on QuAC) and the dialog so far (and each sentence's "
-                   "neighbours and section) as vectors of their own, the turns section a dialog head reads")
-@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True,
-              help="st:NAME_OR_PATH, openclip:ARCH[/PRETRAINED_TAG_OR_FILE], or vectors:NAME for vectors you "
-                   "already have (with --vectors)")
-@click.option("--vectors", "vector_files", multiple=True, type=click.Path(dir_okay=False),
-              help="vectors:NAME: file(s) of existing vectors keyed by text or query id (.parquet, .npy + .jsonl, "
-                   ".h5); repeatable")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="output HDF5 file (default: cache/DATASET-SPLIT-GRANULARITY-ENCODER.h5)")
-@click.option("--corpus", "corpus_file", type=click.Path(dir_okay=False), default=None,
-              help="texts without queries, the rest of your index (.jsonl 'text', .txt, .parquet 'text'; vectors:NAME: "
-                   "vectors keyed by text): ranked beside the contexts in selection and eval; added to a finished cache")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="how the vectors are stored")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="the encoder's arithmetic: auto is bf16 on CPUs with native bf16 (AVX-512 BF16, AMX) and on GPUs "
-                   "that have it, fp16 on other GPUs, fp32 elsewhere; vectors are returned in float32 either way")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--shard-size", type=click.IntRange(min=1), default=2048, show_default=True,
-              help="texts per resumable shard: the most work an interruption can lose")
-@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-@click.option("--no-normalize", is_flag=True, help="store raw vectors instead of L2-normalised ones")
-@click.option("--query-prefix", default="", help="text put before every query (e.g. 'query: ' for E5)")
-@click.option("--context-prefix", default="", help="text put before every context (e.g. 'passage: ')")
-@click.option("--ray", "ray_address", default=None,
-              help="encode on Ray: 'local' (a cluster on this machine) or a cluster address; shards become HDF5 "
-                   "files joined by virtual datasets")
-@click.option("--ray-actors", type=click.IntRange(min=1), default=2, show_default=True, help="--ray: encoder actors (one model each)")
-@click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True, help="--ray: GPUs per actor")
-@click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
-@click.option("--quiet", is_flag=True, help="no progress bar")
-def cache(dataset, split, granularity, data, quac_history, turns, encoder, vector_files, out, corpus_file, dtype,
-          precision, batch_size, shard_size, device, no_normalize, query_prefix, context_prefix, ray_address, ray_actors,
-          ray_gpus_per_actor, overwrite, quiet):
-    """Encode questions and contexts once with a frozen encoder into an HDF5 cache.
+cli.add_command(cache)
+cli.add_command(info)
 
-    Resumable: an interrupted run continues where it stopped. A finished cache with the same
-    settings is left alone; one made with other settings is never overwritten silently."""
-    from .cache import build_cache, cache_jsonl_vectors, open_cache
-    from .corpus import CorpusFile
-    from .data import JSONL_META, iter_jsonl, load_pairs
-    from .encoders import get_encoder
-
-    corpus = CorpusFile(corpus_file) if corpus_file else None
-    vector_files = (*vector_files, corpus_file) if corpus and corpus.vectors else vector_files  # looked up too
-
-    # your own vectors for a JSONL of pairs: streamed from the files, the texts are never all in memory
-    streamed = dataset == "jsonl" and encoder.startswith("vectors:") and not ray_address
-    if streamed:
-        if data is None:
-            raise DataError("dataset 'jsonl' needs a file: pass --data FILE.jsonl")
-        pairs, unit = None, JSONL_META["granularity"]
-    else:
-        pairs = load_pairs(dataset, split, granularity, data=data, quac_history=quac_history)
-        unit = pairs.meta.get("granularity", granularity)
-        click.echo(f"{pairs.meta.get('source')}: {len(pairs)} queries, {len(pairs.contexts)} distinct contexts "
-                   f"({unit})", err=True)
-    # history changes every query text: its caches get their own names
-    label = f"{dataset}-history{quac_history}" if dataset == "quac" and quac_history != "0" else dataset
-    label += f"-turns{turns}" if turns is not None else ""
-    out = Path(out) if out else Path("cache") / cache_name(label, split, unit, encoder, data)
-    settings = {"normalize": not no_normalize, "device": device, "precision": precision}
-    if encoder.startswith("st:"):
-        settings.update(query_prefix=query_prefix, context_prefix=context_prefix)
-    if encoder.startswith("vectors:"):
-        if precision not in ("auto", "fp32"):
-            raise click.UsageError("--precision sets the encoder's arithmetic; imported vectors are not encoded")
-        settings = {"normalize": not no_normalize, "files": vector_files,
-                    "ids": (lambda: {qid: q for q, _, qid, _ in iter_jsonl(Path(data))}) if streamed
-                    else (lambda: dict(zip(pairs.query_ids, pairs.queries)))}
-    elif vector_files:
-        raise click.UsageError("--vectors goes with --encoder vectors:NAME")
-    if ray_address:
-        from .distributed import build_cache_ray
-
-        if encoder.startswith("vectors:") or corpus:
-            raise click.UsageError("--ray encodes pairs: not with imported vectors (no encoding) or --corpus")
-        res = build_cache_ray(pairs, encoder, out, settings=settings, address=ray_address, actors=ray_actors,
-                              gpus_per_actor=ray_gpus_per_actor, dtype=dtype, batch_size=batch_size,
-                              shard_size=shard_size, overwrite=overwrite, progress=not quiet)
-        dim = open_cache(out, load=False).dim
-    else:
-        enc = get_encoder(encoder, **settings)
-        try:
-            if streamed:
-                res = cache_jsonl_vectors(data, enc, out, dtype=dtype, overwrite=overwrite, corpus=corpus)
-            elif turns is not None:
-                from .turns import build_with_turns
-
-                if corpus is not None:
-                    raise click.UsageError("--turns and --corpus: not together (a dialog head ranks sentences only)")
-                res = build_with_turns(pairs, enc, out, turns, dtype=dtype, batch_size=batch_size,
-                                       shard_size=shard_size, overwrite=overwrite, progress=not quiet)
-            else:
-                res = build_cache(pairs, enc, out, dtype=dtype, batch_size=batch_size, shard_size=shard_size,
-                                  overwrite=overwrite, progress=not quiet, corpus=corpus)
-        finally:
-            if hasattr(enc, "close"):
-                enc.close()  # vector files opened by vectors:NAME
-        dim = enc.dim
-    if res.status == "already complete":
-        click.echo(f"{out}: already complete with these settings; nothing to do")
-    else:
-        done = open_cache(out, load=False)
-        ran = done.encoder_info["settings"].get("precision")
-        said = f", corpus {done.section_attrs('corpus', 'corpus')['stats_json']}" if "corpus" in done.sections else ""
-        click.echo(f"{out}: {'wrote' if res.status == 'written' else 'added the corpus, now'} {done.attrs['n_queries']} query and {done.attrs['n_contexts']} context vectors"
-                   f"{said} (dim {dim}, {dtype}" + (f", encoded in {ran}" if ran else "") + f") in {res.seconds:.1f}s")
-
-
-@cli.command()
-@click.argument("cache_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
-def info(cache_file, as_json):
-    """Print what is in a cache: encoder, settings, sizes, fingerprint, versions, sections."""
-    from . import lexical, turns  # noqa: F401 (their sections, registered on import, are listed too)
-    from .cache import open_cache
-    from .cache_reader import info_lines
-
-    c = open_cache(cache_file, load=False)
-    d = c.describe()
-    if as_json:
-        click.echo(json.dumps(d, indent=1, default=str))
-        return
-    click.echo("\n".join(info_lines(cache_file, d)))
 
 POS_INT = click.IntRange(min=1)
 # model selection's learning rates (select.CANDIDATES; select imports torch, so they are repeated here and a test

@@ -168,6 +168,8 @@ def test_unknown_loss_is_a_usage_error(capsys):
     (["eval", "{cache}", "--fusion-weight", "0.3"], "set the fusion with BM25: pass --bm25"),
     (["cache", "--batch-size", "0"], "Invalid value for '--batch-size'"),
     (["mine", "{cache}", "--k", "0"], "Invalid value for '--k'"),
+    (["cache", "--dataset", "jsonl", "--data", "{cache}", "--turns", "1"], "--turns are QuAC's dialog turns"),
+    (["cache", "--quac-history", "2"], "they go with --dataset quac"),
     (["train", "{cache}", "--out", "h", "--no-auto", "--device", "banana"], "training setting device must be a torch"),
     (["eval", "{cache}", "--index", "IVF1024,Flat"], "IVF1024,Flat"),
 ])
@@ -297,3 +299,4 @@ def test_a_file_that_cannot_be_written_is_one_line(planted_cache, tmp_path, caps
     assert main(["eval", str(planted_cache()), "--json-out", str(tmp_path / "afile" / "r.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "afile" in err and "Traceback" not in err
+
