@@ -252,6 +252,14 @@ def test_the_last_line_of_train_gives_a_gain_once_and_only_a_kept_heads_score():
     assert once.count("95% interval") == 1 and "dev mrr10 frozen 0.5000 (1.0s)" in once
 
 
+def test_a_head_trained_without_held_out_queries_says_so_instead_of_nan(planted_cache, tmp_path, capsys):
+    assert main(["train", str(planted_cache()), "--out", str(tmp_path / "h"), "--no-auto", "--dev-fraction", "0",
+                 "--epochs", "1", "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "kept epoch 1; not judged by held-out queries: --dev-fraction 0 holds out no queries" in line
+    assert "nan" not in line
+
+
 def test_dense_only_reaches_selection_and_is_refused_with_hybrid(planted_cache, tmp_path, capsys):
     path = planted_cache(n_groups=20)
     assert main(["train", str(path), "--out", str(tmp_path / "h"), "--dense-only", "--hybrid"]) != 0
