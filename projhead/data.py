@@ -27,7 +27,7 @@ import numpy as np
 from .boolq_fiqa import load_boolq, load_fiqa
 from .files import atomic_path
 from .pairs import (DataError, PairTable, Pairs, _text, answer_sentence, content_sha256, jsonl_objects,  # noqa: F401
-                    read_json, split_sentences)
+                    parquet_objects, read_json, split_sentences)
 from .quac import QUAC_SPLITS, load_quac
 
 
@@ -179,14 +179,18 @@ def load_squad(path: Path, granularity: str = "sentence", dataset: str = "squad"
 def iter_jsonl(path: Path, query_key: str = "query", context_key: str = "context", id_key: str = "id",
                group_key: str = "group"):
     """(query, context, id, group) of each line, read one line at a time: ``load_jsonl`` and the
-    streaming import read through here, with the same errors naming the file and line."""
+    streaming import read through here, with the same errors naming the file and line. A
+    ``.parquet`` file with the same columns is read a batch of rows at a time."""
     path = Path(path)
-    for n, row in jsonl_objects(path):
+    keys = [query_key, context_key, id_key, group_key]
+    parquet = path.name.endswith(".parquet")
+    unit = "row" if parquet else "line"
+    for n, row in parquet_objects(path, keys, need=keys[:2]) if parquet else jsonl_objects(path):
         for key in (query_key, context_key):
             if key not in row:
-                raise DataError(f"{path}: line {n}: missing key {key!r}")
-        query = _text(row[query_key], path, f"line {n} {query_key!r}")
-        context = _text(row[context_key], path, f"line {n} {context_key!r}")
+                raise DataError(f"{path}: {unit} {n}: missing {'column' if parquet else 'key'} {key!r}")
+        query = _text(row[query_key], path, f"{unit} {n} {query_key!r}")
+        context = _text(row[context_key], path, f"{unit} {n} {context_key!r}")
         qid, group = (None if v is None or (isinstance(v, str) and not v.strip()) else v  # null or empty: not given
                       for v in (row.get(id_key), row.get(group_key)))
         yield query, context, str(n if qid is None else qid), str(context if group is None else group)

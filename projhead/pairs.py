@@ -181,6 +181,34 @@ def answer_sentence(context: str, answers: list[str], spans: list[tuple[int, int
     return context[spans[first][0]:spans[last][1]].strip()
 
 
+def parquet_objects(path: Path, columns: list[str], need: list[str] = ()):
+    """(row number, {column: value}) of each row of a Parquet file, read a batch at a time;
+    only ``columns`` (those the file has) are read, and a file without one of ``need`` is an error."""
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(path)
+        names = f.schema_arrow.names
+        missing = [c for c in need if c not in names]
+        if missing:
+            raise DataError(f"{path}: no {', '.join(map(repr, missing))} column (it has: {', '.join(names)})")
+        have = [c for c in columns if c in names]
+        batches = f.iter_batches(columns=have, batch_size=8192)
+        n = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:  # pyarrow's errors for a file that is not Parquet, or cut short, are OSError/ArrowInvalid
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    except Exception as e:
+        if type(e).__module__.startswith("pyarrow"):
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        raise
+
+
 def jsonl_objects(path: Path):
     """(line number, object) of each non-blank line of a JSONL file (plain or gzip), read one
     line at a time; a line that is not a JSON object is an error naming the file and line."""

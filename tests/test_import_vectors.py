@@ -207,6 +207,42 @@ def test_streamed_import_refuses_duplicate_ids_and_bad_lines(tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
+def test_pairs_in_parquet_are_the_pairs_of_the_same_jsonl(tmp_path):
+    """A Parquet file with the JSONL's columns gives the same pairs, the same cache streamed
+    with imported vectors, and errors that name the file, row and column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from projhead.cache import cache_jsonl_vectors
+    from projhead.data import DataError, load_pairs
+
+    data = _jsonl(tmp_path, planted_pairs(n_groups=6))
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[3]["id"], rows[4]["group"] = None, ""  # not given, as in JSONL
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    table = pa.table({k: [r[k] for r in rows] for k in ("query", "context", "id", "group")})
+    pq.write_table(table, tmp_path / "pairs.parquet", row_group_size=7)
+    a, b = load_pairs("jsonl", data=data), load_pairs("jsonl", data=tmp_path / "pairs.parquet")
+    assert a.fingerprint() == b.fingerprint() and b.query_ids[3] == "4" and b.groups[4] == b.contexts[b.q2c[4]]
+    enc, qv, cv = _vectors(a)
+    imported = get_encoder("vectors:planted-api", files=_write("h5", tmp_path, a, qv, cv))
+    cache_jsonl_vectors(data, imported, tmp_path / "j.h5", block=5)
+    cache_jsonl_vectors(tmp_path / "pairs.parquet", imported, tmp_path / "p.h5", block=5)
+    j, p = open_cache(tmp_path / "j.h5"), open_cache(tmp_path / "p.h5")
+    assert j.attrs["fingerprint"] == p.attrs["fingerprint"]
+    np.testing.assert_array_equal(j.queries, p.queries)
+    pq.write_table(table.drop(["context"]), tmp_path / "noctx.parquet")
+    with pytest.raises(DataError, match=r"noctx.parquet: no 'context' column \(it has: query, id, group\)"):
+        load_pairs("jsonl", data=tmp_path / "noctx.parquet")
+    pq.write_table(table.set_column(0, "query", pa.array([None] + [r["query"] for r in rows[1:]])),
+                   tmp_path / "null.parquet")
+    with pytest.raises(DataError, match="null.parquet: row 1 'query'"):
+        load_pairs("jsonl", data=tmp_path / "null.parquet")
+    (tmp_path / "fake.parquet").write_text('{"query": "a", "context": "b"}\n')
+    with pytest.raises(DataError, match="fake.parquet: not a readable Parquet file"):
+        load_pairs("jsonl", data=tmp_path / "fake.parquet")
+
+
 def test_vector_files_close_what_they_open(tmp_path):
     import h5py
 
