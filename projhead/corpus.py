@@ -105,12 +105,14 @@ class CorpusFile:
             from .vector_files import VectorFile
 
             with VectorFile(p) as vf:
+                row = 0
                 for keys in vf.keys():
                     for kind, value, _ in keys:
                         if kind != "text":
                             raise DataError(f"{p}: a corpus vector is keyed by its text, not by a query id "
                                             f"({value!r:.80})")
-                        yield value
+                        yield _text(value, p, f"row {row} text")
+                        row += 1
 
     def plan(self, context_keys: np.ndarray) -> "CorpusPlan":
         """What goes into the cache: each distinct text once, none that is one of the pairs'

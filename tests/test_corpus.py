@@ -227,6 +227,9 @@ def test_a_corpus_of_your_own_vectors_through_the_cli(tmp_path):
     again = cache_jsonl_vectors(tmp_path / "pairs.jsonl", get_encoder("vectors:planted", files=[
         tmp_path / "v.npy", tmp_path / "corpus.npy"]), tmp_path / "again.h5", corpus=CorpusFile(tmp_path / "corpus.npy"))
     assert again.status == "written" and read_identity(tmp_path / "again.h5")["sections"] == read_identity(out)["sections"]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(t) + "\n" for t in ["doc x", "doc\x00y", "doc z"]))
+    with pytest.raises(DataError, match=r"corpus.npy: row 1 text holds a NUL character"):  # before any vector is read
+        list(CorpusFile(tmp_path / "corpus.npy").texts())
 
 
 def test_eval_with_an_index_refuses_queries_that_are_corpus_texts(tmp_path):
