@@ -28,6 +28,7 @@ def _fsync(path: Path) -> None:
 
 
 TMP_NAME = re.compile(r".+\.tmp\d+")  # the temporary names below: NAME.tmpPID
+DESKTOP_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}  # macOS Finder, Windows Explorer
 
 
 @contextlib.contextmanager
@@ -79,8 +80,9 @@ def foreign_files(out: str | os.PathLike, ours) -> list[str]:
         return []
     if not out.is_dir():
         return [out.name]
-    # leftovers of a write that was killed (``atomic_path``'s temporary names) are nobody's files
-    names = sorted(p.name for p in out.iterdir() if not TMP_NAME.fullmatch(p.name))
+    # leftovers of a write that was killed (``atomic_path``'s temporary names) and the files a
+    # desktop leaves in any folder it shows are nobody's work
+    names = sorted(p.name for p in out.iterdir() if not TMP_NAME.fullmatch(p.name) and p.name not in DESKTOP_FILES)
     return [] if not names or ours(out) else names
 
 

@@ -288,7 +288,9 @@ def test_train_never_writes_a_head_over_other_files(planted_cache, tmp_path, cap
     (tmp_path / "empty").mkdir()
     (tmp_path / "killed").mkdir()  # a run killed while writing its first checkpoint left a temporary file
     (tmp_path / "killed" / "checkpoint.safetensors.tmp12345").write_bytes(b"half")
-    for out in (tmp_path / "empty", tmp_path / "killed", tmp_path / "new", tmp_path / "new"):  # last: a head there
+    (tmp_path / "shown").mkdir()  # an empty folder a desktop has shown
+    (tmp_path / "shown" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    for out in (tmp_path / "empty", tmp_path / "killed", tmp_path / "shown", tmp_path / "new", tmp_path / "new"):
         assert main(["train", str(path), "--out", str(out), "--epochs", "1", *mode]) == 0
 
 
