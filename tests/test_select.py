@@ -542,3 +542,20 @@ def test_the_identity_names_a_two_tower_head_passed_over():
     passed = {"towers": {"query_side": "linear-query", "two_tower": "residual-separate", "chosen": "linear-query"}}
     assert "no epoch of linear-query" in _none_beat("linear-query", passed)
     assert "residual-separate scored higher, not beyond noise" in _none_beat("linear-query", passed)
+
+
+def test_more_folds_than_documents_never_split_a_document(planted_cache, monkeypatch):
+    """folds=10 on 6 documents: 6 folds of whole documents (before, the split fell back to gold
+    contexts, so held-out queries came from training documents)."""
+    import projhead.select as S
+
+    seen = {}
+    real = S.group_folds
+    monkeypatch.setattr(S, "group_folds", lambda groups, k, seed, gold=None: seen.setdefault(k, real(
+        groups, k, seed, gold)))  # k 2: the choosing and deciding halves
+    path = planted_cache(n_groups=6)
+    head, log = auto_train(path, TrainConfig(epochs=1), fixed=_linear_query(), progress=False, folds=10)
+    assert log["selection"]["mode"] == "6-fold"
+    docs = np.asarray(open_cache(path).groups)
+    owners = [set(docs[rows]) for rows in seen[6]]
+    assert all(len(o) == 1 for o in owners) and len(set.union(*owners)) == 6
