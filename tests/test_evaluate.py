@@ -167,3 +167,40 @@ def test_top_k_lists_count_ties_against_the_gold():
     # query 0: gold 1 tied with 3 listed first: rank 1 as gold_ranks gives; query 1: rank 1; query 2: absent
     np.testing.assert_array_equal(topk_ranks(ids, scores, np.array([1, 1, 7])), [1, 1, MISS])
     np.testing.assert_array_equal(topk_ranks(ids[:1], scores[:1], np.array([3])), [1])  # the tie counts both ways
+
+
+def test_margins_are_the_gold_score_minus_the_best_other():
+    """The ``margin`` statistic of model selection: the gold's score minus the best other
+    candidate's, against a loop written from that definition; a query's excluded context and a
+    non-finite score are no candidate, a non-finite gold is the floor."""
+    from projhead.metrics import MARGIN_FLOOR, MISS, gold_outcomes, gold_ranks, outcomes, per_query, rank_metrics
+
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=(40, 25))
+    gold = rng.integers(0, 25, size=40)
+    s[3, 7] = -np.inf  # an excluded context
+    s[5, gold[5]] = np.nan  # a diverged head
+    o = gold_outcomes(s, gold)
+    assert o[:, 0].tolist() == gold_ranks(s, gold).tolist() and o[5, 0] == MISS
+    for i in range(40):
+        others = [s[i, j] for j in range(25) if j != gold[i] and np.isfinite(s[i, j])]
+        want = MARGIN_FLOOR if not np.isfinite(s[i, gold[i]]) else s[i, gold[i]] - max(others)
+        assert o[i, 1] == pytest.approx(want)
+    scorer = lambda rows, cols=None: s[rows]  # noqa: E731
+    np.testing.assert_array_equal(outcomes(scorer, gold, chunk=7), o)  # chunked alike
+    assert per_query("margin")(o).tolist() == o[:, 1].tolist()
+    np.testing.assert_array_equal(per_query("mrr10")(o), per_query("mrr10")(o[:, 0]))  # rank metrics read column 0
+    assert rank_metrics(o)["margin"] == pytest.approx(o[:, 1].mean()) and "margin" not in rank_metrics(o[:, 0])
+    with pytest.raises(ValueError, match="margins"):
+        per_query("margin")(o[:, 0])
+
+
+def test_dense_margins_do_not_change_with_the_length_of_a_query_vector():
+    """Lengths change no rank, so they change no margin either: a head cannot gain by scaling."""
+    from projhead.batches import DevSet
+
+    q, c, q2c = _case(nq=60, nc=40)
+    a = DevSet(q, c, q2c, margins=True).ranks(None)
+    b = DevSet(q * np.linspace(0.1, 5, len(q))[:, None], c * 3, q2c, margins=True).ranks(None)
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    np.testing.assert_array_equal(DevSet(q, c, q2c).ranks(None), a[:, 0])
