@@ -20,9 +20,6 @@ Systems:
   queries for it, and the cache's corpus section); ``--corpus-sample N``: a seeded sample of N.
 - ``projhead-dense-only``: ``projhead`` with ``--dense-only`` (a head kept on its own is not
   also judged fused with BM25).
-- ``projhead-margin`` / ``projhead-corpus-margin`` / ``projhead-dense-only-margin``: those
-  systems with ``--select-metric margin`` (held-out queries compared on the gold's score minus
-  the best other's, not on MRR@10).
 - ``adapter-lr1e-3``: LlamaIndex's linear adapter recipe at lr 1e-3 (``bench_small_data.adapter``).
 - ``adapter-judged`` / ``adapter-judged-corpus``: that recipe, fixed in advance, kept only when
   every training query scored out of fold says it helps: trained on four of model selection's
@@ -151,8 +148,7 @@ def main():
                         sub = (with_distractors(train, subset, corpus, args.corpus_sample, seed)
                                if system.startswith("projhead-corpus") else train.subset(subset))
                         head, log = auto_train(sub, projhead.TrainConfig(seed=seed, alpha=alpha, dense_only=system.startswith(
-                            "projhead-dense-only"), select_metric="margin" if system.endswith("-margin") else "mrr10"),
-                            progress=False)
+                            "projhead-dense-only")), progress=False)
                         sel = log["selection"]
                         extra = {"chosen": sel["chosen"], "kept": log["decision"]["kept"],
                                  "epoch": next((c["best_epoch"] for c in sel["candidates"] if c["name"] == sel["chosen"]), None),
@@ -202,7 +198,7 @@ def runs(systems: list[str], alphas: list[float] | None) -> list[tuple[str, floa
     out = []
     for system in systems:
         if system not in ("adapter-lr1e-3", "adapter-judged", "adapter-judged-corpus", "projhead", "projhead-corpus",
-                          "projhead-dense-only", "projhead-margin", "projhead-corpus-margin", "projhead-dense-only-margin"):
+                          "projhead-dense-only"):
             raise SystemExit(f"unknown system {system}")
         for a in dict.fromkeys(alphas or [None]) if system.startswith("projhead") else [None]:  # each value once
             default = a is None or a == ALPHA

@@ -13,7 +13,7 @@ The saved head is frozen + alpha x (trained - frozen) (``Head.interpolate``).
 from __future__ import annotations
 
 from .heads import Head
-from .metrics import per_query
+from .metrics import PER_QUERY
 from .train import TrainConfig, within_noise
 
 # --alpha auto, and 5-fold selection without --alpha (chooses_alpha): the interpolations the choosing queries
@@ -43,7 +43,7 @@ def chosen_alpha(head: Head, ranks_at, cfg: TrainConfig, log: dict, progress: bo
         if progress:
             print(f"  alpha: {log['alpha_choice']['why']}", flush=True)
         return 1.0
-    f = per_query(cfg.select_metric)
+    f = PER_QUERY[cfg.select_metric]
     ranks = {a: ranks_at(a) for a in AUTO_ALPHAS}
     scores = {a: float(f(ranks[a]).mean()) for a in AUTO_ALPHAS}
     best = max(AUTO_ALPHAS, key=lambda a: scores[a])  # the first of equal scores: the larger alpha

@@ -24,7 +24,6 @@ import torch
 from .cache_reader import Cache
 from .config import SMALL, TrainConfig, TrainError
 from .evaluate import dense_scorer, excluding, ranks, self_matches
-from .metrics import outcomes
 from .fusion import FusionSpec, fused_scorer
 from .heads import Head
 from .fusion import DEFAULT_WEIGHT
@@ -128,12 +127,11 @@ class DevSet:
     block = None  # rows a head encodes at a time (None: all; streamed: float16 vectors a block at a time)
 
     def __init__(self, q: np.ndarray, c: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None = None,
-                 bm25=None, weight: float | None = None, margins: bool = False):
+                 bm25=None, weight: float | None = None):
         self.q, self.c, self.gold = q, c, np.asarray(gold, np.int64)
         self.exclude = exclude
         # hybrid selection: (R, Nc) sparse raw BM25 of these queries, fused z-scores at ``weight``
         self.bm25, self.weight = bm25, weight
-        self.margins = margins  # ranks() gives (R, 2) outcomes: ranks and margins (metrics.outcomes)
 
     def __len__(self) -> int:
         return len(self.gold)
@@ -154,13 +152,7 @@ class DevSet:
         scorer = dense_scorer(q, c)
         if self.bm25 is not None:
             scorer = fused_scorer(scorer, lambda rows: self.bm25[rows].toarray(), FusionSpec(), self.weight)
-        if not self.margins:
-            return ranks(excluding(scorer, self.exclude), self.gold, self.chunk)
-        out = outcomes(excluding(scorer, self.exclude), self.gold, self.chunk)
-        if self.bm25 is None and len(out):  # dot products on one scale whatever the vectors' lengths: a
-            # query's own length scales its scores, never its ranks; the contexts' typical length scales all
-            out[:, 1] /= (np.linalg.norm(q, axis=1) * np.median(np.linalg.norm(c, axis=1))).clip(min=1e-12)
-        return out
+        return ranks(excluding(scorer, self.exclude), self.gold, self.chunk)
 
 
 def spread(x: np.ndarray) -> float:
@@ -244,13 +236,12 @@ def held_out(cache: Cache, rows: np.ndarray, cfg: TrainConfig | None = None) -> 
     ``cfg.hybrid``, by the dense score fused with BM25 (z-scores, ``cfg.fusion_weight``)."""
     contexts, texts = cache.ranked_contexts()
     exclude = self_matches([cache.query_texts[i] for i in rows], texts)
-    margins = cfg is not None and cfg.select_metric == "margin"
     if cfg is None or not cfg.hybrid:
-        return DevSet(cache.queries[rows], contexts, cache.q2c[rows], exclude, margins=margins)
+        return DevSet(cache.queries[rows], contexts, cache.q2c[rows], exclude)
     if cfg.fusion_weight is None:
         raise TrainError("hybrid selection ranks held-out queries at a fusion weight: set fusion_weight")
     return DevSet(cache.queries[rows], contexts, cache.q2c[rows], exclude,
-                  bm25=held_out_bm25(cache, rows, settings_of(cfg)), weight=cfg.fusion_weight, margins=margins)
+                  bm25=held_out_bm25(cache, rows, settings_of(cfg)), weight=cfg.fusion_weight)
 
 
 class MemorySource:
@@ -418,12 +409,10 @@ class StreamSource:
         if len(self.dev_rows):  # dev queries against the dev contexts: all contexts may not fit in memory
             dev_ctx, dev_q2c = _subset(np.concatenate(dev_gold), np.arange(len(self.dev_rows)))
             c = gather_rows(self.Cd, dev_ctx, np.empty((len(dev_ctx), d), self.Cd.dtype))
-            self.dev = DevSet(np.concatenate(dev_q), c, dev_q2c,  # in the file's dtype, float32 when ranked
-                              margins=cfg.select_metric == "margin")
+            self.dev = DevSet(np.concatenate(dev_q), c, dev_q2c)  # in the file's dtype, float32 when ranked
             self.dev.chunk, self.dev.block = max(1, self.DEV_BLOCK // len(dev_ctx)), 8192
         else:
-            self.dev = DevSet(np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64),
-                              margins=cfg.select_metric == "margin")
+            self.dev = DevSet(np.zeros((0, d), np.float32), np.zeros((0, d), np.float32), np.zeros(0, np.int64))
         del dev_q, dev_gold
         self.n_train, self.n_silver = int(n - len(self.dev_rows)), 0
         if self.n_train == 0:

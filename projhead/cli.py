@@ -22,8 +22,7 @@ import click
 
 from .cache import CacheError
 from .cli_cache import cache, info
-from .config import (HEAD_KINDS, LOSS_NAMES, MINE_METHODS, SELECT_METRICS, TOWERS, HeadError, LossError, MineError,
-                     TrainError)
+from .config import HEAD_KINDS, LOSS_NAMES, MINE_METHODS, TOWERS, HeadError, LossError, MineError, TrainError
 from .config import HeadConfig as _H, TrainConfig as _T  # option defaults come from the dataclasses
 from .data import DataError
 from .encoders import EncoderError
@@ -115,9 +114,9 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               show_default=True, help="most nDCG@10 a canary may lose (0.005 = half a point)")
 @click.option("--dev-fraction", type=FRACTION, default=None,
               help="share of groups held out for selection [5%, or 20% under 5,000 queries]")
-@click.option("--select-metric", type=click.Choice(SELECT_METRICS), default=_T.select_metric, show_default=True,
-              help="per-query score of the held-out queries ranked against every context of the cache; margin: "
-                   "the gold context's score minus the best other's, which every query moves (sees small gains)")
+@click.option("--select-metric", type=click.Choice(["top1", "top5", "top10", "mrr10", "ndcg10"]),
+              default=_T.select_metric, show_default=True,
+              help="metric of the held-out queries ranked against every context of the cache")
 @click.option("--corpus-sample", type=click.IntRange(min=0), default=None,
               help="held-out queries rank against the contexts and N corpus rows (seeded sample); 0: none [all, <= 100,000]")
 @click.option("--after-folds", type=click.Choice(["refit", "average"]), default=_T.after_folds, show_default=True,

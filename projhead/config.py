@@ -117,7 +117,7 @@ class TrainError(ValueError):
     """Training cannot start or resume; the message says why."""
 
 
-SELECT_METRICS = ("top1", "top5", "top10", "mrr10", "ndcg10", "margin")
+SELECT_METRICS = ("top1", "top5", "top10", "mrr10", "ndcg10")
 # The default interpolation toward the frozen encoder (bench_ood.py, SQuAD train heads, seeds
 # 0-2): at 0.9 in-domain nDCG@10 is unchanged (+2.3), top-1 +3.4 instead of +3.5, and SQuAD
 # paragraphs lose 0.2 nDCG@10 instead of 0.6; Quora -0.1 at both.

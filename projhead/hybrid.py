@@ -30,8 +30,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .evaluate import MISS, PER_QUERY, dense_scorer, self_matches  # noqa: F401
-from .metrics import gold_outcomes, per_query as select_stat
+from .evaluate import MISS, PER_QUERY, dense_scorer, self_matches
 from .metrics import paired_bootstrap
 from .fusion import (BM25_GRID, WEIGHT_GRID, BM25Index, BM25Settings, FusionError, FusionSpec, normalise, normalised_bm25,
                      normalised_pair, tokenize)
@@ -70,7 +69,7 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     spec = spec or FusionSpec()
     t0 = time.perf_counter()
     rows = _checked_rows(cache, rows, "the fusion weight")
-    grid = _weights(grid, metric)
+    grid = np.asarray(grid, dtype=np.float64)
     if judge is not None and not np.isin(judge, rows).all():  # refused before any ranking
         raise FusionError("the judging queries must be among the queries the weight is chosen on")
     if folds:
@@ -156,17 +155,9 @@ def choose_bm25(cache, rows, metric: str = "mrr10", grid=WEIGHT_GRID, bm25_grid=
     rows = _checked_rows(cache, rows, "BM25's settings")
     contexts, texts = cache.ranked_contexts()
     bm25, _, record, _ = _bm25_search(cache, rows, {"frozen": (None, contexts)}, texts, FusionSpec(),
-                                   _weights(grid, metric), metric, block, bm25_grid,
+                                   np.asarray(grid, dtype=np.float64), metric, block, bm25_grid,
                                    max_settings_queries, seed, "frozen")
     return bm25, record
-
-
-def _weights(grid, metric: str) -> np.ndarray:
-    """The dense weights ``metric`` compares: all of ``grid``, but for ``margin`` those above 0.
-    BM25 alone (weight 0) ties every context without a query term at one score, and a margin
-    over tied scores is 0 however many tie, so it would look best where it ranks worst."""
-    grid = np.asarray(grid, dtype=np.float64)
-    return grid[grid > 0] if metric == "margin" else grid
 
 
 def _checked_rows(cache, rows, what: str) -> np.ndarray:
@@ -228,7 +219,7 @@ def _fused_scores(cache, rows, towers: dict, indexes: list, texts: list, grid: n
                     for name, v in per.items():
                         out[k][name][at] = v
         return out
-    f = select_stat(metric)
+    f = PER_QUERY[metric]
     tokens = indexes[0].tokens([cache.query_texts[i] for i in rows])
     exclude = self_matches([cache.query_texts[i] for i in rows], texts)
     q2c = np.asarray(cache.q2c)[rows]
@@ -241,22 +232,9 @@ def _fused_scores(cache, rows, towers: dict, indexes: list, texts: list, grid: n
         for k, index in enumerate(indexes):
             b = normalised_bm25(index.scores_of(tokens, r), how)  # (R, Nc) each side
             for name, d in dense.items():
-                fused = _fused_margins if metric == "margin" else _fused_ranks
-                for j, ranks in enumerate(fused(d, b, q2c[r], ex, grid)):
+                for j, ranks in enumerate(_fused_ranks(d, b, q2c[r], ex, grid)):
                     out[k][name][r, j] = f(ranks)
     return out
-
-
-def _fused_margins(d: np.ndarray, b: np.ndarray, gold: np.ndarray, exclude: np.ndarray, grid):
-    """``_fused_ranks``' ranks with each query's margin (``metrics.gold_outcomes``) at each
-    weight of ``grid``: the whole fused matrix, a query's ``exclude`` column never a candidate."""
-    own = np.flatnonzero(exclude >= 0)
-    for w in grid:
-        s = w * d + (1 - w) * b
-        s[own, exclude[own]] = -np.inf
-        o = gold_outcomes(s, gold)
-        o[own[exclude[own] == gold[own]], 0] = MISS  # the gold is the query's own text: never retrieved
-        yield o
 
 
 def _fused_ranks(d: np.ndarray, b: np.ndarray, gold: np.ndarray, exclude: np.ndarray, grid):

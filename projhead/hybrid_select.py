@@ -20,7 +20,7 @@ import numpy as np
 from .batches import held_out
 from .cache_reader import Cache
 from .config import TrainConfig, TrainError
-from .metrics import per_query
+from .evaluate import PER_QUERY
 from .fusion import BM25_GRID, WEIGHT_GRID
 from .hybrid import best_weight, choose_bm25
 from .lexical import bm25_share, settings_of, training_bm25
@@ -78,7 +78,7 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
     training_bm25(cache, settings_of(cfg), say=lambda t: say("  " + t))  # made (and stored) once, before any fold
     if cfg.fusion_weight is None:  # a share of 0 would leave every head unseen: the grid from its first step
         dev = held_out(cache, held_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
-        cfg = replace(cfg, fusion_weight=best_weight(dev, None, WEIGHT_GRID[1:], per_query(cfg.select_metric)))
+        cfg = replace(cfg, fusion_weight=best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric]))
         how = f"the frozen encoder's best above 0 on the {len(held_rows)} held-out queries"
     else:
         how = "as set"

@@ -153,62 +153,19 @@ def full_corpus(scorer: Scorer, q2c: np.ndarray, ks=(1, 5, 10, 100), chunk: int 
     return corpus_metrics(ranks(scorer, q2c, chunk), ks)
 
 
-def rank_of(r: np.ndarray) -> np.ndarray:
-    """The gold ranks of per-query outcomes: ``r`` itself, or column 0 of ``outcomes``' (N, 2)."""
-    return r[:, 0] if np.ndim(r) == 2 else r
-
-
-# Per-query scores from 0-based gold ranks (or ``outcomes``): what model selection compares query by query.
+# Per-query scores from 0-based gold ranks: what model selection compares query by query.
 PER_QUERY = {
-    "top1": lambda r: (rank_of(r) < 1).astype(np.float64),
-    "top5": lambda r: (rank_of(r) < 5).astype(np.float64),
-    "top10": lambda r: (rank_of(r) < 10).astype(np.float64),
-    "mrr10": lambda r: np.where(rank_of(r) < 10, 1.0 / (rank_of(r) + 1), 0.0),
-    "ndcg10": lambda r: np.where(rank_of(r) < 10, 1.0 / np.log2(rank_of(r) + 2), 0.0),
+    "top1": lambda r: (r < 1).astype(np.float64),
+    "top5": lambda r: (r < 5).astype(np.float64),
+    "top10": lambda r: (r < 10).astype(np.float64),
+    "mrr10": lambda r: np.where(r < 10, 1.0 / (r + 1), 0.0),
+    "ndcg10": lambda r: np.where(r < 10, 1.0 / np.log2(r + 2), 0.0),
 }
-MARGIN_FLOOR = -1e3  # the margin of a query whose gold score is not finite (a diverged head): far below any other
-
-
-def margin_of(r: np.ndarray) -> np.ndarray:
-    """The per-query margins of ``outcomes``: the gold score minus the best other candidate's."""
-    if np.ndim(r) != 2:
-        raise ValueError("the margin statistic needs outcomes with margins (a DevSet ranking with margins=True)")
-    return r[:, 1]
-
-
-def per_query(metric: str):
-    """The per-query score model selection compares for ``metric``: a ``PER_QUERY`` function of
-    the ranks, or ``margin``: the gold context's score minus the best other candidate's."""
-    return margin_of if metric == "margin" else PER_QUERY[metric]
-
-
-def gold_outcomes(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """(R, 2): each row's gold rank (``gold_ranks``) and margin, the gold column's score minus
-    the best other (finite) score; a non-finite gold score gets ``MARGIN_FLOOR``."""
-    ar = np.arange(len(gold))
-    g = scores[ar, gold]
-    others = np.where(np.isfinite(scores), scores, -np.inf)
-    others[ar, gold] = -np.inf
-    best = others.max(axis=1) if scores.shape[1] > 1 else np.full(len(gold), -np.inf)
-    margin = np.where(np.isfinite(g), g - np.where(np.isfinite(best), best, g), MARGIN_FLOOR)
-    return np.stack([gold_ranks(scores, gold).astype(np.float64), margin], axis=1)
-
-
-def outcomes(scorer: Scorer, q2c: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """``gold_outcomes`` of every query (``ranks``' chunks): (Nq, 2) ranks and margins."""
-    q2c = np.asarray(q2c)
-    parts = [gold_outcomes(scorer(rows), q2c[rows])
-             for rows in np.array_split(np.arange(len(q2c)), max(1, -(-len(q2c) // chunk)))]
-    return np.concatenate(parts) if parts else np.zeros((0, 2))
 
 
 def rank_metrics(r: np.ndarray) -> dict:
-    """Mean of every per-query score (``PER_QUERY``) over the ranks ``r``, and the mean
-    ``margin`` when ``r`` are ``outcomes``."""
-    out = {name: float(f(r).mean()) if len(r) else float("nan") for name, f in PER_QUERY.items()}
-    if np.ndim(r) == 2:
-        out["margin"] = float(margin_of(r).mean()) if len(r) else float("nan")
-    return out
+    """Mean of every per-query score (``PER_QUERY``) over the ranks ``r``."""
+    return {name: float(f(r).mean()) if len(r) else float("nan") for name, f in PER_QUERY.items()}
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict:

@@ -50,7 +50,7 @@ import numpy as np
 
 from .cache_reader import Cache, open_cache
 from .corpus import attach_corpus
-from .metrics import not_above_zero, paired_bootstrap, per_query, rank_metrics
+from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, rank_metrics
 from .gate import attach_gate
 from .heads import Head, HeadConfig
 from .lexical import settings_of
@@ -189,7 +189,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     if ckpt is not None and ckpt.exists():  # a --no-auto run's: it would resume onto this folder's new head
         log["removed"] = f"{ckpt}: the checkpoint of an earlier --no-auto run, replaced by this head"
         _say(progress, f"  {log['removed']}")
-    f = per_query(cfg.select_metric)
+    f = PER_QUERY[cfg.select_metric]
     gate, fold_gates = {}, None  # a per-query gate for a kept query-side head (with folds, one per fold head too)
     weight_folds = None  # with folds, a kept head's fusion weight is chosen on its fold heads, out of fold
     if k:
@@ -398,7 +398,7 @@ def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: Tra
     if top[1] == "query" or not query:
         return top[0]
     q = max(query, key=lambda s: s[2])
-    f = per_query(cfg.select_metric)
+    f = PER_QUERY[cfg.select_metric]
     boot = paired_bootstrap(f(top[3]), f(q[3]), seed=cfg.seed)
     beyond = bool(boot["low"] > 0 and math.isfinite(top[2]))
     chosen = top[0] if beyond else q[0]

@@ -37,7 +37,7 @@ import torch
 
 from .cache_reader import Cache, open_cache
 from .corpus import attach_corpus
-from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, per_query, rank_metrics, self_matches
+from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, rank_metrics, self_matches
 from .config import ALPHA, DECISIONS, SELECT_METRICS, SMALL, TrainConfig, TrainError  # noqa: F401 (re-exported)
 from .batches import (MIN_GROUPS, DevSet, MemorySource, StreamSource, dev_fraction, epoch_order,  # noqa: F401
                       held_out, joined_by_gold, make_batch, split_by_group, split_groups, spread,
@@ -254,8 +254,7 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
                        **{f"loss.{k}": v for k, v in loss_fn.state_dict().items()},
                        **{f"best.{k}": v for k, v in (best["state"] or {}).items()},
                        **{f"kept.{k}": v for k, v in (kept["state"] or {}).items()},
-                       **{f"ranks.{e}": torch.from_numpy(np.asarray(v, np.float64 if np.ndim(v) == 2 else np.int64))
-                          for e, v in epoch_ranks.items()},  # (N, 2) outcomes with margins
+                       **{f"ranks.{e}": torch.from_numpy(np.asarray(v, np.int64)) for e, v in epoch_ranks.items()},
                        **opt_tensors, **rng_state(cfg.device)}
             save_checkpoint(ckpt, job, {"epoch": epoch, "step": step, "bad_epochs": bad_epochs, "log": log,
                                          "numpy_rng": rng.bit_generator.state, **opt_json,
@@ -280,7 +279,7 @@ def within_noise(ranks: np.ndarray, best_ranks: np.ndarray, r0: np.ndarray, cfg:
     trained longer, the held-out queries cannot tell it from the best, and they say it helps.
     On a few hundred queries most epochs are within noise of each other, but not clearly
     better than the frozen encoder, so a small run keeps its best epoch, the least drift."""
-    f = per_query(cfg.select_metric)
+    f = PER_QUERY[cfg.select_metric]
     now = f(ranks)
     return (paired_bootstrap(now, f(best_ranks), seed=cfg.seed)["high"] >= 0
             and paired_bootstrap(now, f(r0), seed=cfg.seed)["low"] > 0)
@@ -318,7 +317,7 @@ def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.nd
                            "nDCG@10 on a canary" if canaries else "the head cannot be interpolated")
     elif dev is not None and len(dev):
         r = dev.ranks(head) if (chosen != 1.0 or ranks_now is None) else ranks_now
-        f = per_query(cfg.select_metric)
+        f = PER_QUERY[cfg.select_metric]
         boot = paired_bootstrap(f(r), f(frozen_ranks), seed=cfg.seed)
         decision.update(dev_gain=boot, dev_head=rank_metrics(r), measured=f"the dev split, alpha {chosen:g}")
         keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0

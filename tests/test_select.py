@@ -559,23 +559,3 @@ def test_more_folds_than_documents_never_split_a_document(planted_cache, monkeyp
     docs = np.asarray(open_cache(path).groups)
     owners = [set(docs[rows]) for rows in seen[6]]
     assert all(len(o) == 1 for o in owners) and len(set.union(*owners)) == 6
-
-
-def test_selection_on_margins_keeps_a_head_that_helps_and_says_what_it_measured(planted_cache, tmp_path, capsys):
-    """--select-metric margin: the held-out gain is a margin gain, chosen and decided on, the
-    fusion weights it compares are above 0 (BM25 alone ties every unmatched context), and the
-    run's last line and the head's config say margin."""
-    import json
-
-    from projhead.cli import main
-
-    path = planted_cache(n_groups=20)
-    assert main(["train", str(path), "--out", str(tmp_path / "m"), "--select-metric", "margin", "--epochs", "6",
-                 "--quiet"]) == 0
-    assert "dev margin frozen " in capsys.readouterr().out
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    d = cfg["decision"]
-    assert d["kept"] == "head" and d["dev_gain"]["low"] > 0 and "margin" in d["dev_head"]
-    chosen = cfg["fusion"]["chosen"]
-    assert chosen["metric"] == "margin" and min(chosen["grid"]) > 0
-    assert chosen["against_frozen"]["metric"] == "margin" and chosen["against_frozen"]["frozen"]["weight"] > 0

@@ -121,7 +121,6 @@ sys.exit(main({argv!r}))
     (2, False, ["--loss", "byol", "--loss-setting", "hidden=8"]),
     (2, True, ["--mined", "semantic", "--hard-negatives", "2"]),
     (1, False, ["--stream", "--stream-chunk", "40", "--stream-buffer", "2"]),  # out-of-core reads resume too
-    (2, False, ["--select-metric", "margin"]),  # the epochs' margins are in the checkpoint too
 ])
 def test_kill_9_during_training_then_resume_gives_the_same_head(planted_cache, tmp_path, kill_after, mid_epoch,
                                                                 extra):
