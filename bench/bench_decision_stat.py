@@ -22,6 +22,12 @@ by its fold's adapter and by the frozen encoder, and the paired bootstrap run on
 Beside each run: the adapter trained on every pair, scored on the test questions against the
 whole corpus (nDCG@10), the truth the statistic should predict.
 
+``--squad-sizes`` / ``--quora-sizes``: also subsets of the SQuAD v1.1 train sentences and of the
+Quora sample's training pairs (``bench_small_data``'s caches and subsets), where
+all-MiniLM-L6-v2 was trained and the recipe loses; held-out queries ranked against the subset's
+contexts and a seeded sample of ``--distractors`` other training contexts; test: SQuAD v1.1 dev
+(sentence contexts) and the Quora test pairs, full-corpus nDCG@10.
+
 ``--null-seeds N``: also the null benchmark's data (``bench_null.make_data``: queries are their
 context plus isotropic noise, so no head can beat the frozen encoder and a keep is a false
 one) at each ``--null-sizes``, N fresh data sets each, and its planted rotation (a head can
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -104,11 +111,42 @@ def synthetic(size: int, rotate: float, seed: int) -> dict:
         return judged(open_cache(Path(tmp) / "c.h5"), seed)
 
 
+def small_data(ds: str, sizes: list[int], seeds: list[int], distractors: int, enc) -> list[dict]:
+    """``judged`` on SQuAD or Quora training subsets, tested on their test queries."""
+    from bench_small_data import WORK
+    from projhead.cache_naming import cache_dataset
+
+    data = os.environ.get("PROJHEAD_DATA")
+    if ds == "squad":
+        train = cache_dataset("squad-v1.1", "train", "sentence", enc, WORK, data)
+        test = cache_dataset("squad-v1.1", "dev", "sentence", enc, WORK, data)
+    else:
+        train = cache_dataset("quora", "train", "question", enc, WORK, data)
+        test = cache_dataset("quora", "dev", "question", enc, WORK, data)
+    frozen = projhead.evaluate_cache(test)["frozen"]["full_corpus"]["nDCG@10"]
+    none = (np.zeros((0, train.dim), np.float32), [])
+    out = []
+    for size in [s for s in sizes if s <= len(train.q2c)]:
+        for seed in seeds:
+            subset = subset_rows(train.groups, size, seed)
+            full = adapter(train.subset(subset), lr=1e-3, warmup=100, seed=seed)
+            test_gain = projhead.evaluate_cache(test, head=full)["head"]["full_corpus"]["nDCG@10"] - frozen
+            stats = judged(with_distractors(train, subset, none, distractors, seed), seed)
+            out.append({"dataset": ds, "size": size, "seed": seed, "test_gain": test_gain, "stats": stats})
+            print(f"{ds:<6} n {size:>5} seed {seed}  test nDCG@10 {100 * test_gain:+.2f}  " + "  ".join(
+                f"{k} {v['gain']:+.4f} ({v['low']:+.4f} to {v['high']:+.4f}){' kept' if v['kept'] else ''}"
+                for k, v in stats.items()), flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", nargs="*", default=["quac", "boolq", "fiqa"], help="none: the synthetic data only")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--squad-sizes", type=int, nargs="*", default=[])
+    ap.add_argument("--quora-sizes", type=int, nargs="*", default=[])
+    ap.add_argument("--distractors", type=int, default=10000, help="SQuAD / Quora: other training contexts ranked too")
     ap.add_argument("--null-seeds", type=int, default=0, help="null data sets at each --null-sizes")
     ap.add_argument("--null-sizes", type=int, nargs="+", default=[300, 1000])
     ap.add_argument("--planted-seeds", type=int, default=0, help="planted-rotation data sets at each --null-sizes")
@@ -124,6 +162,9 @@ def main():
                 rows.append({"dataset": kind, "size": size, "seed": seed, "test_gain": None, "stats": stats})
                 print(f"{kind:<7} n {size:>5} seed {seed}  " + "  ".join(
                     f"{k} {v['gain']:+.4f}{' kept' if v['kept'] else ''}" for k, v in stats.items()), flush=True)
+    for ds, sizes in (("squad", args.squad_sizes), ("quora", args.quora_sizes)):
+        if sizes:
+            rows += small_data(ds, sizes, args.seeds, args.distractors, enc)
     for ds in args.datasets:
         train, test, _ = caches(ds, enc)
         test_all = with_corpus(test)
