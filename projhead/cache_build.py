@@ -27,7 +27,8 @@ import numpy as np
 
 from .cache_reader import read_identity
 from .cache_writer import CacheWriter, lock_output
-from .cachefile import SECTIONS, CacheError, cache_attrs, check_float16, describe_mismatch, job_identity
+from .cachefile import (AS_FLOAT32, REBUILD_AS_FLOAT32, SECTIONS, CacheError, cache_attrs, check_float16,
+                        describe_mismatch, job_identity, text_named)
 from .corpus import corpus_sizes, encode_corpus, seal_corpus, shard_vectors, write_corpus
 from .data import Pairs
 from .files import atomic_path, write_atomic
@@ -94,9 +95,18 @@ def _encode_role(encoder, texts: list[str], role: str, parts: Path, shard_size: 
                 raise CacheError(f"encoder {encoder.name} returned NaN or Inf for {role} texts "
                                  f"(shard {k}); nothing was written for this shard")
             _write_npy_atomic(shard, vecs.astype(np.float32))
-            check_float16(vecs, dtype, f"encoder {encoder.name}: {role} texts, shard {k},", parts=parts)
+        elif dtype == "float16":  # a resumed shard is checked as a new one is
+            vecs = np.load(shard, mmap_mode="r", allow_pickle=False)
+        if dtype == "float16":
+            check_float16(vecs, dtype, f"encoder {encoder.name}: the {role} text",
+                          text_named([texts[i] for i in rows]), then=resumable(parts))
         bar.update(len(rows))
     return stored
+
+
+def resumable(parts: Path) -> str:
+    """``check_float16``'s advice where the float32 shards are kept for the rerun."""
+    return f"{AS_FLOAT32}; the shards encoded so far are kept in {parts}, and that run resumes from them"
 
 
 def parts_job(want: dict, **how) -> dict:
@@ -200,6 +210,8 @@ def open_parts(parts: Path, job: dict, overwrite: bool) -> Path:
             old = json.loads(manifest.read_text())
         except (OSError, ValueError):
             old = None
+        if isinstance(old, dict) and "dtype" not in job:  # written before shard folders left the dtype out
+            old.pop("dtype", None)
         if old != job:
             if not overwrite:
                 raise CacheError(f"{parts}: partial work from a different run "
@@ -228,7 +240,7 @@ def _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite,
         qv = _encode_role(encoder, uq, "query", parts, shard_size, batch_size, bar, dtype)
         cv = _encode_role(encoder, pairs.contexts, "context", parts, shard_size, batch_size, bar, dtype)
         if plan is not None:
-            encode_corpus(plan, encoder, parts, shard_size, batch_size, bar, dtype)
+            encode_corpus(plan, encoder, parts, shard_size, batch_size, bar, dtype, then=resumable(parts))
 
     step = WRITE_BLOCK
     with CacheWriter(out, len(pairs), len(pairs.contexts), encoder.dim, dtype, sections=corpus_sizes(plan)) as w:
@@ -255,7 +267,7 @@ def _add_corpus(plan, encoder, out: Path, want: dict, batch_size: int, shard_siz
 
     parts = open_parts(Path(str(out) + ".parts"), parts_job(want, adding="corpus", shard_size=shard_size), False)
     with tqdm(total=len(plan), unit="texts", desc=f"encoding the corpus of {out.name}", disable=not progress) as bar:
-        encode_corpus(plan, encoder, parts, shard_size, batch_size, bar, want["dtype"])
+        encode_corpus(plan, encoder, parts, shard_size, batch_size, bar, want["dtype"], then=REBUILD_AS_FLOAT32)
 
     def fill(f):
         if "corpus" in f:
@@ -268,7 +280,7 @@ def _add_corpus(plan, encoder, out: Path, want: dict, batch_size: int, shard_siz
 
         def write(key, a, values):
             if key.endswith("vectors"):
-                check_float16(values, str(f.attrs["dtype"]), f"{out}: {key}", a)
+                check_float16(values, str(f.attrs["dtype"]), f"{out}: {key} row", a, then=REBUILD_AS_FLOAT32)
                 values = np.asarray(values).astype(f.attrs["dtype"])
             f[key][a:a + len(values)] = values
         write_corpus(write, plan, shard_vectors(parts), shard_size)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache_build import CacheResult, start_job
+from .cache_build import CacheResult, parts_job, start_job
 from .cache_writer import CacheWriter, lock_output
 from .cachefile import CacheError, cache_attrs, job_identity
 from .corpus import corpus_sizes, in_blocks, seal_corpus, write_corpus
@@ -102,7 +102,7 @@ def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = lock_output(out)
     try:
-        done, parts = start_job(out, want, dict(want, layout="streamed"), overwrite)
+        done, parts = start_job(out, want, parts_job(want, layout="streamed"), overwrite)
         if done:
             return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
         with CacheWriter(out, n, len(columns["contexts/text"]), encoder.dim, dtype, sections=corpus_sizes(plan)) as w:

@@ -121,7 +121,7 @@ class CacheWriter:
             group = key.rsplit("/", 1)[0]
             if group in ("queries", "contexts") and group not in self.first and start == 0:
                 self.first[group] = values[:1000].astype(np.float32)
-            check_float16(values, self.dtype, f"{self.path}: {key}", start)
+            check_float16(values, self.dtype, f"{self.path}: {key} row", start)
             values = values.astype(self.dtype, copy=False)
         elif not len(values):
             return

@@ -156,18 +156,28 @@ def _chunks(src, n: int):
 FLOAT16_MAX = 65504.0
 
 
-def check_float16(values, dtype: str, what: str, start: int = 0, parts=None) -> None:
+AS_FLOAT32 = "cache as float32 (--dtype float32)"
+REBUILD_AS_FLOAT32 = ("this cache stores float16: build it again as float32 (--dtype float32 --overwrite); nothing "
+                      "of it was changed")
+
+
+def check_float16(values, dtype: str, what: str, rows=0, then: str = AS_FLOAT32) -> None:
     """Refuse ``values`` that float16 storage would turn into Inf (finite values above 65504:
-    unnormalised vectors), naming ``what`` and the first such row (counted from ``start``);
-    ``parts``: the folder of float32 shards kept for the rerun."""
+    unnormalised vectors), naming ``what`` and the first such row: ``rows`` is the number of
+    the first value, or a function of a value's position giving its name (its text);
+    ``then``: what to do instead."""
     if dtype != "float16" or not len(values):
         return
     big = (np.abs(np.asarray(values, np.float32)) > FLOAT16_MAX).reshape(len(values), -1).any(axis=1)
     if big.any():
-        raise CacheError(f"{what} row {start + int(np.flatnonzero(big)[0])} does not fit float16 (|x| > 65504; "
-                         "unnormalised vectors?): cache as float32 (--dtype float32)"
-                         + (f"; the shards encoded so far are kept in {parts}, and that run resumes from them"
-                            if parts is not None else ""))
+        j = int(np.flatnonzero(big)[0])
+        raise CacheError(f"{what} {rows(j) if callable(rows) else rows + j} does not fit float16 (|x| > 65504; "
+                         f"unnormalised vectors?): {then}")
+
+
+def text_named(texts) -> "callable":
+    """``check_float16``'s ``rows`` for vectors of ``texts``: position -> the text, cut short."""
+    return lambda j: repr(texts[j]) if len(texts[j]) <= 60 else repr(texts[j][:57] + "...")
 
 
 def check_values(path, section: Section, where: str, data: dict, sizes: dict, header: dict,

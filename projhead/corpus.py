@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cachefile import SECTIONS, CacheError, check_float16, fingerprint, read_rows
+from .cachefile import AS_FLOAT32, SECTIONS, CacheError, check_float16, fingerprint, read_rows, text_named
 from .files import atomic_path
 from .hashing import as_keys, columns_sha256, text_hashes
 from .pairs import DataError, _text, jsonl_objects, storable
@@ -170,10 +170,10 @@ def _shard(parts: Path, k: int) -> Path:
 
 
 def encode_corpus(plan: CorpusPlan, encoder, parts: Path, shard_size: int, batch_size: int, bar=None,
-                  dtype: str = "float32") -> None:
+                  dtype: str = "float32", then: str = AS_FLOAT32) -> None:
     """The corpus vectors as shard files in ``parts`` (rows ``k * shard_size ..`` of the plan
     in shard k), skipping shards already there: an interrupted run resumes. Vectors ``dtype``
-    cannot store are refused once their shard is written."""
+    cannot store are refused once their shard is written (or found), advising ``then``."""
     dim = encoder.dim
     for k, texts in enumerate(plan.blocks(shard_size)):
         shard = _shard(parts, k)
@@ -188,7 +188,10 @@ def encode_corpus(plan: CorpusPlan, encoder, parts: Path, shard_size: int, batch
                                  "nothing was written for this shard")
             with atomic_path(shard) as tmp, open(tmp, "wb") as f:
                 np.save(f, np.asarray(vecs, np.float32), allow_pickle=False)
-            check_float16(vecs, dtype, f"encoder {encoder.name}: corpus texts, shard {k},", parts=parts)
+        elif dtype == "float16":  # a resumed shard is checked as a new one is
+            vecs = np.load(shard, mmap_mode="r", allow_pickle=False)
+        if dtype == "float16":
+            check_float16(vecs, dtype, f"encoder {encoder.name}: the corpus text", text_named(texts), then=then)
         if bar is not None:
             bar.update(len(texts))
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from .cache_build import CacheResult, start_job, write_texts
 from .cache_writer import CacheWriter, lock_output
-from .cachefile import CacheError, cache_attrs, check_float16, job_identity
+from .cachefile import AS_FLOAT32, CacheError, cache_attrs, check_float16, job_identity, text_named
 from .files import write_atomic
 from .data import Pairs
 
@@ -64,7 +64,8 @@ class ShardEncoder:
             vecs = vecs[inverse]
             if not np.isfinite(vecs).all():
                 raise CacheError(f"encoder {self.encoder.name} returned NaN or Inf for shard {path}")
-            check_float16(vecs, self.dtype, f"encoder {self.encoder.name}: shard {path},")
+            check_float16(vecs, self.dtype, f"encoder {self.encoder.name}: the text", text_named(texts),
+                          then=f"{AS_FLOAT32} with --overwrite: the shards of a Ray run hold the cache's dtype")
             buf = io.BytesIO()  # built in memory, written with plain I/O, as the single-process cache
             with h5py.File(buf, "w", libver="latest") as f:
                 f.create_dataset("vectors", data=vecs.astype(self.dtype), chunks=True, fletcher32=True)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache_reader import Cache, CacheError, open_cache
-from .cachefile import Column, Section, register_section
+from .cachefile import REBUILD_AS_FLOAT32, Column, Section, check_float16, register_section, text_named
 
 NO_ANSWER = "no answer"  # an earlier turn's answer when it was CANNOTANSWER (as quac.dialog_pairs writes it)
 
@@ -146,6 +146,8 @@ def add_turns(path, encoder, slot_texts: list[list[str]], names: list[str],
         idx = np.flatnonzero(role == is_query)
         if len(idx):
             vectors[idx] = encoder.encode([texts[i] for i in idx], role=kind, batch_size=batch_size)
+    check_float16(vectors, str(cache.attrs["dtype"]), f"{path}: the turn text", text_named(texts),
+                  then=REBUILD_AS_FLOAT32)
     arrays = {"vectors": vectors.astype(cache.attrs["dtype"]), "text": texts, "slots": slots}
     if near is not None:
         arrays["neighbours"] = near[:, :2]

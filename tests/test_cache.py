@@ -94,10 +94,13 @@ def test_float16_overflow_refused_at_the_first_shard_and_float32_resumes(tmp_pat
         calls.append(len(texts))
         return real(texts, **kw) * 1e6
     enc.encode = big
-    with pytest.raises(CacheError, match=r"query texts, shard 0, row \d+ does not fit float16.*--dtype float32.*"
-                                         r"kept in .*big.h5.parts, and that run resumes"):
+    msg = r"the query text '.+' does not fit float16.*--dtype float32.*kept in .*big.h5.parts, and that run resumes"
+    with pytest.raises(CacheError, match=msg):
         build_cache(pairs, enc, tmp_path / "big.h5", dtype="float16", shard_size=16, progress=False)
     assert calls == [16] and not (tmp_path / "big.h5").exists()  # refused after one shard, not after all
+    with pytest.raises(CacheError, match=msg):  # the same command again: the kept shard is checked as it resumes
+        build_cache(pairs, enc, tmp_path / "big.h5", dtype="float16", shard_size=16, progress=False)
+    assert calls == [16]
     build_cache(pairs, enc, tmp_path / "big.h5", dtype="float32", shard_size=16, progress=False)
     assert sum(calls[1:]) == len(set(pairs.queries)) - 16 + len(pairs.contexts)  # shard 0 not encoded again
     assert open_cache(tmp_path / "big.h5").queries.max() > 65504
@@ -105,6 +108,22 @@ def test_float16_overflow_refused_at_the_first_shard_and_float32_resumes(tmp_pat
         with CacheWriter(tmp_path / "big16.h5", 2, 1, enc.dim, "float16") as w:  # vectors handed over, not encoded
             w.write("queries/vectors", 0, np.full((2, enc.dim), 7e4, np.float32))
     assert not (tmp_path / "big16.h5").exists()
+
+
+def test_shard_folders_of_earlier_versions_still_resume(tmp_path):
+    """Their manifests recorded the stored dtype, which shard folders no longer do."""
+    import json
+
+    pairs = planted_pairs(n_groups=4)
+    enc = PlantedEncoder(pairs)
+    real = enc.encode
+    enc.encode = lambda texts, **kw: (_ for _ in ()).throw(KeyboardInterrupt()) if enc.calls else real(texts, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(pairs, enc, tmp_path / "c.h5", shard_size=8, progress=False)
+    manifest = tmp_path / "c.h5.parts" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "dtype": "float32"}))  # as written before
+    enc.encode = real
+    assert build_cache(pairs, enc, tmp_path / "c.h5", shard_size=8, progress=False).status == "written"
 
 
 def test_resume_after_failure_encodes_only_missing_shards(tmp_path):
@@ -421,3 +440,26 @@ def test_cache_writer_makes_a_readable_cache_block_by_block(tmp_path):
         with CacheWriter(tmp_path / "x.h5", 2, 2, 4, "float32") as w:
             raise ValueError("boom")
     assert not list(tmp_path.glob("x.h5*"))  # nothing left behind
+
+
+def test_turns_and_ray_shards_beyond_float16_are_refused_before_anything_is_written(tmp_path):
+    """The turns section of a float16 cache and a Ray actor's float16 shard: refused with the
+    text named, nothing stored (they stored Inf, found only when read)."""
+    from projhead.distributed import ShardEncoder
+    from projhead.turns import add_turns
+
+    pairs = planted_pairs(n_groups=4)
+    enc = PlantedEncoder(pairs)
+    build_cache(pairs, enc, tmp_path / "h.h5", dtype="float16", progress=False)
+    real = enc.encode
+    enc.encode = lambda texts, **kw: real(texts, **kw) * 1e6
+    slots = [[q, f"earlier {i}"] for i, q in enumerate(pairs.queries)]
+    with pytest.raises(CacheError, match="the turn text '.+' does not fit float16.*--dtype float32 --overwrite"):
+        add_turns(tmp_path / "h.h5", enc, slots, ["question", "question-1"])
+    assert "turns" not in open_cache(tmp_path / "h.h5").sections
+    np.save(tmp_path / "v.npy", np.array([[1, 0], [7e4, 0], [0, 1]], np.float32))
+    (tmp_path / "v.jsonl").write_text('"a"\n"b"\n"c"\n')
+    actor = ShardEncoder("vectors:x", {"files": [tmp_path / "v.npy"], "normalize": False}, 64, "float16")
+    with pytest.raises(CacheError, match="the text 'b' does not fit float16.*with --overwrite: the shards of a Ray run"):
+        actor({"path": [str(tmp_path / "q-0.h5")], "role": ["queries"], "texts": [["a", "b", "c"]]})
+    assert not (tmp_path / "q-0.h5").exists()

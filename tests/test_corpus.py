@@ -121,7 +121,8 @@ def test_a_corpus_beyond_float16_is_refused_before_the_cache_is_touched(tmp_path
     real = enc.encode
     enc.encode = lambda texts, **kw: real(texts, **kw) * (1e6 if "doc 1" in texts else 1)
     corpus = CorpusFile(_corpus(tmp_path / "corpus.jsonl", ["doc 1", "doc 2"]))
-    with pytest.raises(CacheError, match=r"corpus texts, shard 0, row \d+ does not fit float16.*half.h5.parts"):
+    with pytest.raises(CacheError, match=r"the corpus text 'doc 1' does not fit float16.*stores float16: build it again "
+                                         r"as float32 \(--dtype float32 --overwrite\)"):
         build_cache(pairs, enc, out, dtype="float16", progress=False, corpus=corpus)
     assert "corpus" not in open_cache(out).sections
 
