@@ -35,7 +35,7 @@ import numpy as np
 from .cachefile import AS_FLOAT32, SECTIONS, CacheError, check_float16, fingerprint, read_rows, text_named
 from .files import atomic_path
 from .hashing import as_keys, columns_sha256, text_hashes
-from .pairs import DataError, _text, jsonl_objects, storable
+from .pairs import DataError, _text, jsonl_objects, parquet_columns, parquet_objects, storable
 
 TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".txt", ".txt.gz", ".parquet")
 VECTOR_SUFFIXES = (".npy", ".h5", ".hdf5", ".parquet")
@@ -57,14 +57,7 @@ class CorpusFile:
             raise DataError(f"{path}: a corpus is .jsonl(.gz) with a 'text' field, .txt(.gz) one text a line, "
                             f".parquet with a 'text' column, or vectors keyed by text ({', '.join(VECTOR_SUFFIXES)})")
         if self.kind == ".parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                names = pq.ParquetFile(path).schema_arrow.names
-            except Exception as e:  # pyarrow raises several classes for a malformed file
-                raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-            if "text" not in names:
-                raise DataError(f"{path}: no 'text' column (it has: {', '.join(names)})")
+            names = parquet_columns(path, need=["text"])
             self.kind = "vectors" if {"vector", "embedding"} & set(names) else ".parquet"
         elif self.kind in (".npy", ".h5", ".hdf5"):
             self.kind = "vectors"
@@ -94,25 +87,22 @@ class CorpusFile:
             except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # truncated, or not gzip at all
                 raise DataError(f"{p}: cannot read ({e})") from None
         elif self.kind == ".parquet":
-            import pyarrow.parquet as pq
-
-            row = 0
-            for batch in pq.ParquetFile(p).iter_batches(columns=["text"], batch_size=65536):
-                for t in batch.column(0).to_pylist():
-                    row += 1
-                    yield _text(t, p, f"row {row} 'text'")
+            for n, row in parquet_objects(p, ["text"], need=["text"]):
+                yield _text(row["text"], p, f"row {n} 'text'")
         else:
             from .vector_files import VectorFile
 
+            # a .npy file's texts are in the .jsonl beside it, one a line (blank lines skipped)
+            where = p.with_suffix(".jsonl") if p.suffix.lower() == ".npy" else p
             with VectorFile(p) as vf:
-                row = 0
+                n = 0
                 for keys in vf.keys():
                     for kind, value, _ in keys:
+                        n += 1
                         if kind != "text":
                             raise DataError(f"{p}: a corpus vector is keyed by its text, not by a query id "
                                             f"({value!r:.80})")
-                        yield _text(value, p, f"row {row} text")
-                        row += 1
+                        yield _text(value, where, f"row {n} text")
 
     def plan(self, context_keys: np.ndarray) -> "CorpusPlan":
         """What goes into the cache: each distinct text once, none that is one of the pairs'

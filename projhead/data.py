@@ -183,7 +183,7 @@ def iter_jsonl(path: Path, query_key: str = "query", context_key: str = "context
     ``.parquet`` file with the same columns is read a batch of rows at a time."""
     path = Path(path)
     keys = [query_key, context_key, id_key, group_key]
-    parquet = path.name.endswith(".parquet")
+    parquet = path.name.lower().endswith(".parquet")
     unit = "row" if parquet else "line"
     for n, row in parquet_objects(path, keys, need=keys[:2]) if parquet else jsonl_objects(path):
         for key in (query_key, context_key):

@@ -181,30 +181,37 @@ def answer_sentence(context: str, answers: list[str], spans: list[tuple[int, int
     return context[spans[first][0]:spans[last][1]].strip()
 
 
-def parquet_objects(path: Path, columns: list[str], need: list[str] = ()):
-    """(row number, {column: value}) of each row of a Parquet file, read a batch at a time;
-    only ``columns`` (those the file has) are read, and a file without one of ``need`` is an error."""
+def parquet_columns(path: Path, need=()) -> list[str]:
+    """The column names of a Parquet file; a file that is not one, or lacks one of ``need``,
+    is an error naming it."""
     import pyarrow.parquet as pq
 
     try:
-        f = pq.ParquetFile(path)
-        names = f.schema_arrow.names
-        missing = [c for c in need if c not in names]
-        if missing:
-            raise DataError(f"{path}: no {', '.join(map(repr, missing))} column (it has: {', '.join(names)})")
-        have = [c for c in columns if c in names]
-        batches = f.iter_batches(columns=have, batch_size=8192)
+        names = pq.ParquetFile(path).schema_arrow.names
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except Exception as e:  # pyarrow raises several classes for a malformed file
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    missing = [c for c in need if c not in names]
+    if missing:
+        raise DataError(f"{path}: no {', '.join(map(repr, missing))} column (it has: {', '.join(names)})")
+    return names
+
+
+def parquet_objects(path: Path, columns: list[str], need=()):
+    """(row number from 1, {column: value}) of each row of a Parquet file, read a batch at a
+    time; only ``columns`` (those the file has) are read; ``need``: as ``parquet_columns``."""
+    import pyarrow.parquet as pq
+
+    names = parquet_columns(path, need)
+    try:
         n = 0
-        for batch in batches:
+        for batch in pq.ParquetFile(path).iter_batches(columns=[c for c in columns if c in names], batch_size=8192):
             for row in batch.to_pylist():
                 n += 1
                 yield n, row
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except OSError as e:  # pyarrow's errors for a file that is not Parquet, or cut short, are OSError/ArrowInvalid
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     except Exception as e:
-        if type(e).__module__.startswith("pyarrow"):
+        if isinstance(e, OSError) or type(e).__module__.startswith("pyarrow"):  # cut short, damaged
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
         raise
 

@@ -329,7 +329,7 @@ def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.nd
     elif dev is None or cfg.dev_fraction == 0:
         decision["kept"] = "head"  # the caller decided (model selection with folds), or the user: --dev-fraction 0
         if dev is not None:
-            decision["why"] = "--dev-fraction 0 holds out no queries"
+            decision["why"] = "dev_fraction 0 (--dev-fraction 0) holds out no queries"
     else:
         decision["kept"] = "identity"
         decision["why"] = ("the dev split holds no queries (too few groups, or none drawn for it), so nothing "
@@ -462,10 +462,11 @@ def summary_line(out, head, log: dict, metric: str) -> str:
         f"gain {gain['gain']:+.4f} (95% interval "
         f"{gain['low']:+.4f} to {gain['high']:+.4f})")
     after = "" if head.config.passthrough else f" -> head {m['head'].get(metric, float('nan')):.4f}"
-    scores = f"dev {metric} frozen {m['frozen'].get(metric, float('nan')):.4f}{after}{said}"
-    if not np.isfinite(m["frozen"].get(metric, float("nan"))):  # no held-out query: no score to give
-        scores = "not judged by held-out queries: " + (d.get("why") or "there are none")
-    return (f"{out}: {verdict}; {scores} "
+    scores = f"; dev {metric} frozen {m['frozen'].get(metric, float('nan')):.4f}{after}{said}"
+    if not np.isfinite(m["frozen"].get(metric, float("nan"))):  # no held-out query: no score to give (the
+        scores = "" if head.config.passthrough else (  # identity's reason says so already)
+            "; not judged by held-out queries: " + (d.get("why") or "there are none"))
+    return (f"{out}: {verdict}{scores} "
             f"({log['seconds']:.1f}s); " + ("context vectors change: re-encode the index with the head"
                                             if head.changes_contexts() else
                                             "contexts unchanged: the existing index stays as it is")

@@ -257,8 +257,13 @@ def test_a_head_trained_without_held_out_queries_says_so_instead_of_nan(planted_
     assert main(["train", str(planted_cache()), "--out", str(tmp_path / "h"), "--no-auto", "--dev-fraction", "0",
                  "--epochs", "1", "--quiet"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "kept epoch 1; not judged by held-out queries: --dev-fraction 0 holds out no queries" in line
+    assert "kept epoch 1; not judged by held-out queries: dev_fraction 0 (--dev-fraction 0) holds out no queries" in line
     assert "nan" not in line
+    one = planted_cache("one.h5", n_groups=1, contexts_per_group=1)  # one context: no held-out split at all
+    assert main(["train", str(one), "--out", str(tmp_path / "i"), "--no-auto", "--dev-fraction", "0.2", "--epochs",
+                 "1", "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "identity head): the dev split holds no queries" in line and "not judged" not in line  # said once
 
 
 def test_dense_only_reaches_selection_and_is_refused_with_hybrid(planted_cache, tmp_path, capsys):

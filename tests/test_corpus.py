@@ -229,7 +229,7 @@ def test_a_corpus_of_your_own_vectors_through_the_cli(tmp_path):
         tmp_path / "v.npy", tmp_path / "corpus.npy"]), tmp_path / "again.h5", corpus=CorpusFile(tmp_path / "corpus.npy"))
     assert again.status == "written" and read_identity(tmp_path / "again.h5")["sections"] == read_identity(out)["sections"]
     (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(t) + "\n" for t in ["doc x", "doc\x00y", "doc z"]))
-    with pytest.raises(DataError, match=r"corpus.npy: row 1 text holds a NUL character"):  # before any vector is read
+    with pytest.raises(DataError, match=r"corpus.jsonl: row 2 text holds a NUL character"):  # before any vector is read
         list(CorpusFile(tmp_path / "corpus.npy").texts())
 
 

@@ -224,6 +224,8 @@ def test_pairs_in_parquet_are_the_pairs_of_the_same_jsonl(tmp_path):
     pq.write_table(table, tmp_path / "pairs.parquet", row_group_size=7)
     a, b = load_pairs("jsonl", data=data), load_pairs("jsonl", data=tmp_path / "pairs.parquet")
     assert a.fingerprint() == b.fingerprint() and b.query_ids[3] == "4" and b.groups[4] == b.contexts[b.q2c[4]]
+    (tmp_path / "PAIRS.PARQUET").write_bytes((tmp_path / "pairs.parquet").read_bytes())
+    assert load_pairs("jsonl", data=tmp_path / "PAIRS.PARQUET").fingerprint() == a.fingerprint()
     enc, qv, cv = _vectors(a)
     imported = get_encoder("vectors:planted-api", files=_write("h5", tmp_path, a, qv, cv))
     cache_jsonl_vectors(data, imported, tmp_path / "j.h5", block=5)
