@@ -128,8 +128,9 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
         raise MineError("silver pairs need a teacher to score them (--teacher)")
     if silver is not None and not 0 < silver <= 1:
         raise MineError(f"silver is a teacher probability in (0, 1], not {silver}")
-    if name is not None and not name.strip():
-        raise MineError("a mined set needs a name: leave --name out for the method's, or give one")
+    if name is not None and (not name.strip() or name != name.strip()):
+        raise MineError(f"a mined set needs a name without spaces around it, not {name!r}: leave --name out for "
+                        "the method's, or give one")
     if not isinstance(cache, Cache):
         cache = open_cache(cache)
     name = name or method
@@ -138,17 +139,17 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
     k_eff = min(k, nc - 1)
     if k_eff < 1:
         raise MineError(f"{cache.path}: one context only, nothing to mine")
-    scorer = CandidateScorer(cache, {method, teacher}, bm25_weight)
-    teach = _teacher(cache, teacher)
     same = {"method": method, "k": k_eff, "margin": margin, "teacher": teacher, "silver": silver,
             "bm25_weight": bm25_weight}
     if name in cache.mined_sets and not overwrite:
-        old = {key: cache.mined(name)["settings"].get(key) for key in same}
+        old = {key: cache.mined_settings(name).get(key) for key in same}
         if old != same:
             raise MineError(f"{cache.path}: mined set {name!r} exists with other settings ("
                             + "; ".join(f"{key}: set has {old[key]!r}, this run {v!r}" for key, v in same.items()
                                         if old[key] != v)
                             + "); pass --overwrite to replace it, or --name for a set beside it")
+    scorer = CandidateScorer(cache, {method, teacher}, bm25_weight)
+    teach = _teacher(cache, teacher)
     negatives = np.full((nq, k_eff), -1, dtype=np.int64)
     neg_scores = np.full((nq, k_eff), np.nan, dtype=np.float32)
     teacher_scores = np.full((nq, k_eff + 1), np.nan, dtype=np.float32) if teach else None

@@ -73,7 +73,7 @@ def test_cache_teacher_scores_are_the_teachers_cosines(planted_cache, tmp_path):
     assert len(m["silver"]) == 0  # this teacher always prefers the gold: no silver pair passes 0.9
     other = planted_cache("other.h5", n_groups=11)
     with pytest.raises(MineError, match="other.h5: the teacher cache holds other texts"):
-        mine(student, teacher=f"cache:{other}", progress=False)
+        mine(student, teacher=f"cache:{other}", name="other", progress=False)
 
 
 def test_bad_mining_requests_are_refused(planted_cache, tmp_path):
@@ -199,8 +199,16 @@ def test_mine_cli(planted_cache, capsys):
     assert re.search(r"  section      mined/lex \(k 3, silver \d+\), by bm25\n", out), out
     assert main(["mine", str(path), "--teacher", "nope", "--quiet"]) == 2
     before = open_cache(path).mined("lex")
-    assert main(["mine", str(path), "--method", "bm25", "--k", "3", "--teacher", "hybrid", "--silver", "0.4",
-                 "--name", "lex", "--quiet"]) == 0  # the same settings again: the same set
+    import projhead.mine as M
+
+    written, real = [], M.write_mined
+    M.write_mined = lambda *a, **k: (written.append(a[1]), real(*a, **k))
+    try:
+        assert main(["mine", str(path), "--method", "bm25", "--k", "3", "--teacher", "hybrid", "--silver", "0.4",
+                     "--name", "lex", "--quiet"]) == 0  # the same settings again: mined and stored again, the same
+    finally:
+        M.write_mined = real
+    assert written == ["lex"]
     np.testing.assert_array_equal(open_cache(path).mined("lex")["negatives"], before["negatives"])
     capsys.readouterr()
     assert main(["mine", str(path), "--k", "2", "--name", "lex", "--quiet"]) == 2  # other settings: refused
@@ -209,8 +217,10 @@ def test_mine_cli(planted_cache, capsys):
     assert "pass --overwrite" in err and open_cache(path).mined("lex")["settings"]["k"] == 3
     assert main(["mine", str(path), "--k", "2", "--name", "lex", "--overwrite", "--quiet"]) == 0
     assert open_cache(path).mined("lex")["settings"]["k"] == 2
-    assert main(["mine", str(path), "--name", " ", "--quiet"]) == 2
-    assert "a mined set needs a name" in capsys.readouterr().err and "semantic" not in open_cache(path).mined_sets
+    for name in (" ", " lex "):
+        assert main(["mine", str(path), "--name", name, "--quiet"]) == 2
+        assert "a mined set needs a name" in capsys.readouterr().err
+    assert open_cache(path).mined_sets == ["lex"]
 
 
 def test_cross_encoder_teacher(planted_cache, tmp_path):
@@ -238,4 +248,4 @@ def test_cross_encoder_teacher(planted_cache, tmp_path):
     want = ce.predict([(c.query_texts[i], c.context_texts[j]) for j in cand])
     np.testing.assert_allclose(m["teacher"][i], want, rtol=1e-4, atol=1e-5)
     with pytest.raises(MineError, match="cannot load cross-encoder"):
-        mine(path, teacher=f"cross-encoder:{tmp_path / 'nothing'}", progress=False)
+        mine(path, teacher=f"cross-encoder:{tmp_path / 'nothing'}", name="other", progress=False)
