@@ -123,12 +123,7 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
 
     from .wrap import EncodedHead
 
-    foreign = foreign_files(out, lambda o: (o / EXPORT_RECORD).is_file())  # a previous export may be replaced
-    if foreign:
-        own = not isinstance(head, Head) and Path(out).resolve() == Path(head).resolve()
-        raise HeadError(f"{out}: " + ("the head's own folder" if own else f"holds files that are not a "
-                                      f"sentence-transformers export ({listed(foreign)})")
-                        + ", which the export would replace: give --out a new or empty folder")
+    _check_out(head, out, "a sentence-transformers")
     head = _as_head(head)
     if encoder is None and not head.config.encoder.startswith("st:"):  # before building it: vectors have no encoder
         raise HeadError(f"sentence-transformers export needs an st: encoder, this head was trained on "
@@ -173,6 +168,17 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
     return report
 
 
+def _check_out(head, out, kind: str) -> None:
+    """Refuse an ``out`` holding files other than a previous export's (its ``EXPORT_RECORD``),
+    before anything is written: the head's own folder, or a folder of the user's."""
+    foreign = foreign_files(out, lambda o: (o / EXPORT_RECORD).is_file())  # a previous export may be replaced
+    if foreign:
+        own = not isinstance(head, Head) and Path(out).resolve() == Path(head).resolve()
+        raise HeadError(f"{out}: " + ("the head's own folder" if own else f"holds files that are not "
+                                      f"{kind} export ({listed(foreign)})")
+                        + ", which the export would replace: give --out a new or empty folder")
+
+
 def _side_files(out: Path, report: dict, head: Head) -> None:
     """projhead_export.json (the report and head settings) and, for a head with a saved
     fusion, fusion.json (``fusion.read_fusion`` reads it back; removed for a head without one)."""
@@ -201,6 +207,7 @@ def export_onnx(head, out: str | os.PathLike, quantize: bool = False, opset: int
         import onnxruntime as ort
     except ImportError as e:
         raise HeadError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'projhead[export]'") from e
+    _check_out(head, out, "an ONNX")
     head = _as_head(head).eval()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ def _fsync(path: Path) -> None:
 
 
 TMP_NAME = re.compile(r".+\.tmp\d+")  # the temporary names below: NAME.tmpPID
-DESKTOP_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}  # macOS Finder, Windows Explorer
+DESKTOP_FILES = {".ds_store", ".localized", "thumbs.db", "desktop.ini"}  # macOS Finder, Windows Explorer (lower case)
 
 
 @contextlib.contextmanager
@@ -82,8 +82,13 @@ def foreign_files(out: str | os.PathLike, ours) -> list[str]:
         return [out.name]
     # leftovers of a write that was killed (``atomic_path``'s temporary names) and the files a
     # desktop leaves in any folder it shows are nobody's work
-    names = sorted(p.name for p in out.iterdir() if not TMP_NAME.fullmatch(p.name) and p.name not in DESKTOP_FILES)
+    names = sorted(p.name for p in out.iterdir() if not TMP_NAME.fullmatch(p.name) and not _desktop(p.name))
     return [] if not names or ours(out) else names
+
+
+def _desktop(name: str) -> bool:
+    """A file a desktop leaves in folders it shows (and macOS's ``._NAME`` copies of their metadata)."""
+    return name.lower() in DESKTOP_FILES or name.startswith("._")
 
 
 def listed(names: list[str], most: int = 5) -> str:

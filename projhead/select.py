@@ -176,9 +176,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     canaries = [Canary(c) for c in cfg.canaries]
     for c in canaries:
         Head(base).check_cache(c.cache)
-    groups = split_groups(cache, need=5)  # documents where there are 5 (more folds asked for: fewer folds, never
-    if k and len(set(groups)) < k:        # a document on both sides), else gold contexts
-        k = len(set(groups)) if len(set(groups)) >= 5 else 0  # too few groups and contexts to fold: one split
+    groups = split_groups(cache, need=5)  # documents where there are 5, else gold contexts (within_documents)
+    if k and len(set(groups)) < k:  # more folds asked for than groups: one fold a group, never a group on both
+        k = len(set(groups)) if len(set(groups)) >= 5 else 0  # sides; under 5 groups, one held-out split
     log = {"mode": f"{k}-fold" if k else "dev split", "candidates": [], "n_queries": n,
            "not_used": _not_used(cfg, k), **ranked}
     _say(progress, f"model selection on {n} queries ({log['mode']}), {len(cands)} candidates; "

@@ -84,7 +84,6 @@ def test_float16_storage(tmp_path):
     np.testing.assert_allclose(c.queries, enc.encode(pairs.queries), atol=1e-3)
 
 
-
 def test_float16_overflow_refused_at_the_first_shard_and_float32_resumes(tmp_path):
     pairs = planted_pairs(n_groups=10)  # 100 queries, 50 contexts
     enc = PlantedEncoder(pairs)

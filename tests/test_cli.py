@@ -295,7 +295,8 @@ def test_train_never_writes_a_head_over_other_files(planted_cache, tmp_path, cap
     (tmp_path / "killed").mkdir()  # a run killed while writing its first checkpoint left a temporary file
     (tmp_path / "killed" / "checkpoint.safetensors.tmp12345").write_bytes(b"half")
     (tmp_path / "shown").mkdir()  # an empty folder a desktop has shown
-    (tmp_path / "shown" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    for name in (".DS_Store", "._.DS_Store", "Desktop.ini"):
+        (tmp_path / "shown" / name).write_bytes(b"\0\0\0\1Bud1")
     for out in (tmp_path / "empty", tmp_path / "killed", tmp_path / "shown", tmp_path / "new", tmp_path / "new"):
         assert main(["train", str(path), "--out", str(out), "--epochs", "1", *mode]) == 0
 
@@ -315,4 +316,3 @@ def test_a_file_that_cannot_be_written_is_one_line(planted_cache, tmp_path, caps
     assert main(["eval", str(planted_cache()), "--json-out", str(tmp_path / "afile" / "r.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "afile" in err and "Traceback" not in err
-

@@ -1,10 +1,12 @@
 """Export to sentence-transformers and ONNX, checked against projhead itself."""
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from projhead.export import _run_modules, export_onnx, tower_modules
-from projhead.heads import Head, HeadConfig, HeadError
+from projhead.heads import Head, HeadConfig, HeadError, load_head
 
 
 def _random_head(**kw):
@@ -89,3 +91,11 @@ def test_onnx_matches_torch(tmp_path, kw):
         sess = ort.InferenceSession(str(tmp_path / "onnx" / f"{role}.onnx"), providers=["CPUExecutionProvider"])
         np.testing.assert_allclose(sess.run(None, {"vectors": x})[0], want, atol=1e-5)
         assert r["towers"][role]["int8"]["cosine_to_float32_mean"] > 0.99
+    export_onnx(tmp_path / "head", tmp_path / "onnx")  # an earlier export of its own is replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "fusion.json").write_text("my weights")
+    for out, said in ((tmp_path / "head", "the head's own folder"), (mine, "not an ONNX export (fusion.json)")):
+        with pytest.raises(HeadError, match=re.escape(said)):
+            export_onnx(tmp_path / "head", out)
+    assert (mine / "fusion.json").read_text() == "my weights" and load_head(tmp_path / "head") is not None
