@@ -123,15 +123,21 @@ def small_data(ds: str, sizes: list[int], seeds: list[int], distractors: int, en
     else:
         train = cache_dataset("quora", "train", "question", enc, WORK, data)
         test = cache_dataset("quora", "dev", "question", enc, WORK, data)
+    return runs_on(ds, train, test, (np.zeros((0, train.dim), np.float32), []), distractors, sizes, seeds)
+
+
+def runs_on(ds: str, train, test, corpus: tuple, sample: int | None, sizes: list[int], seeds: list[int]) -> list[dict]:
+    """Per size and seed: the recipe on a subset of ``train``, ``judged`` with the other texts
+    (``corpus`` and the train contexts outside the subset; a seeded ``sample`` of them) as
+    distractors, and its change of full-corpus nDCG@10 on ``test``."""
     frozen = projhead.evaluate_cache(test)["frozen"]["full_corpus"]["nDCG@10"]
-    none = (np.zeros((0, train.dim), np.float32), [])
     out = []
     for size in [s for s in sizes if s <= len(train.q2c)]:
         for seed in seeds:
             subset = subset_rows(train.groups, size, seed)
             full = adapter(train.subset(subset), lr=1e-3, warmup=100, seed=seed)
             test_gain = projhead.evaluate_cache(test, head=full)["head"]["full_corpus"]["nDCG@10"] - frozen
-            stats = judged(with_distractors(train, subset, none, distractors, seed), seed)
+            stats = judged(with_distractors(train, subset, corpus, sample, seed), seed)
             out.append({"dataset": ds, "size": size, "seed": seed, "test_gain": test_gain, "stats": stats})
             print(f"{ds:<6} n {size:>5} seed {seed}  test nDCG@10 {100 * test_gain:+.2f}  " + "  ".join(
                 f"{k} {v['gain']:+.4f} ({v['low']:+.4f} to {v['high']:+.4f}){' kept' if v['kept'] else ''}"
@@ -167,19 +173,7 @@ def main():
             rows += small_data(ds, sizes, args.seeds, args.distractors, enc)
     for ds in args.datasets:
         train, test, _ = caches(ds, enc)
-        test_all = with_corpus(test)
-        corpus = load_corpus(train)[:2]
-        frozen = projhead.evaluate_cache(test_all)["frozen"]["full_corpus"]["nDCG@10"]
-        for size in [s for s in args.sizes if s <= len(train.q2c)]:
-            for seed in args.seeds:
-                subset = subset_rows(train.groups, size, seed)
-                full = adapter(train.subset(subset), lr=1e-3, warmup=100, seed=seed)
-                test_gain = projhead.evaluate_cache(test_all, head=full)["head"]["full_corpus"]["nDCG@10"] - frozen
-                stats = judged(with_distractors(train, subset, corpus, None, seed), seed)
-                rows.append({"dataset": ds, "size": size, "seed": seed, "test_gain": test_gain, "stats": stats})
-                print(f"{ds:<6} n {size:>5} seed {seed}  test nDCG@10 {100 * test_gain:+.2f}  " + "  ".join(
-                    f"{k} {v['gain']:+.4f} ({v['low']:+.4f} to {v['high']:+.4f}){' kept' if v['kept'] else ''}"
-                    for k, v in stats.items()), flush=True)
+        rows += runs_on(ds, train, with_corpus(test), load_corpus(train)[:2], None, args.sizes, args.seeds)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"bench": "decision_stat", "encoder": DEFAULT_ENCODER, "rows": rows}
