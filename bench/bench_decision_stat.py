@@ -28,6 +28,10 @@ all-MiniLM-L6-v2 was trained and the recipe loses; held-out queries ranked again
 contexts and a seeded sample of ``--distractors`` other training contexts; test: SQuAD v1.1 dev
 (sentence contexts) and the Quora test pairs, full-corpus nDCG@10.
 
+``--fused W``: the fields (``--datasets``) judged and tested fused with BM25 (per-query z-scores,
+dense weight W, bm25s's default k1 and b), head + BM25 against frozen + BM25, where most search
+engines would serve the head: the check inside the fusion that model selection also makes.
+
 ``--null-seeds N``: also the null benchmark's data (``bench_null.make_data``: queries are their
 context plus isotropic noise, so no head can beat the frozen encoder and a keep is a false
 one) at each ``--null-sizes``, N fresh data sets each, and its planted rotation (a head can
@@ -55,6 +59,7 @@ import projhead  # noqa: E402
 from projhead.batches import held_out  # noqa: E402
 from projhead.corpus import load_corpus, with_corpus  # noqa: E402
 from projhead.encoders import DEFAULT_ENCODER, get_encoder  # noqa: E402
+from projhead.fusion import FusionSpec, fused_scorer  # noqa: E402
 from projhead.metrics import dense_scorer, excluding, paired_bootstrap  # noqa: E402
 from projhead.select import group_folds  # noqa: E402
 from projhead.train import split_groups  # noqa: E402
@@ -66,9 +71,8 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
 
 
-def per_query(q: np.ndarray, c: np.ndarray, gold: np.ndarray, exclude) -> dict:
-    """Each statistic of ``STATS`` per query, from cosines of ``q`` against every row of ``c``."""
-    s = excluding(dense_scorer(unit(q), unit(c)), exclude)(np.arange(len(q)))
+def per_query(s: np.ndarray, gold: np.ndarray) -> dict:
+    """Each statistic of ``STATS`` per query, from the scores ``s`` (R, Nc) of every candidate."""
     rows = np.arange(len(gold))
     g = s[rows, gold]
     other = s.copy()
@@ -80,15 +84,26 @@ def per_query(q: np.ndarray, c: np.ndarray, gold: np.ndarray, exclude) -> dict:
             "zmargin": margin / np.nanstd(finite, axis=1).clip(min=1e-12)}
 
 
-def judged(sub, seed: int, folds: int = 5) -> dict:
-    """The out-of-fold paired bootstrap of every statistic: adapter against frozen."""
+def scores(dev, q: np.ndarray) -> np.ndarray:
+    """Cosines of ``q`` against every candidate of ``dev`` (a ``batches.DevSet``), fused with
+    its BM25 (per-query z-scores at its dense weight) when it has one."""
+    scorer = dense_scorer(unit(q), unit(dev.c))
+    if dev.bm25 is not None:
+        scorer = fused_scorer(scorer, lambda rows: dev.bm25[rows].toarray(), FusionSpec(), dev.weight)
+    return excluding(scorer, dev.exclude)(np.arange(len(q)))
+
+
+def judged(sub, seed: int, folds: int = 5, fused: float | None = None) -> dict:
+    """The out-of-fold paired bootstrap of every statistic: adapter against frozen; ``fused``:
+    both fused with BM25 at this dense weight."""
     rows = np.arange(len(sub.q2c))
+    cfg = projhead.TrainConfig(seed=seed, hybrid=True, fusion_weight=fused) if fused is not None else None
     mine, base = {k: [] for k in STATS}, {k: [] for k in STATS}
     for held in group_folds(split_groups(sub, need=folds), folds, seed):
-        dev = held_out(sub, held)
+        dev = held_out(sub, held, cfg)
         fold = adapter(sub.subset(np.setdiff1d(rows, held)), lr=1e-3, warmup=100, seed=seed)
         for store, q in ((mine, fold.encode_queries(dev.q)), (base, dev.q)):
-            for k, v in per_query(q, dev.c, dev.gold, dev.exclude).items():
+            for k, v in per_query(scores(dev, q), dev.gold).items():
                 store[k].append(v)
     out = {}
     for k in STATS:
@@ -126,18 +141,27 @@ def small_data(ds: str, sizes: list[int], seeds: list[int], distractors: int, en
     return runs_on(ds, train, test, (np.zeros((0, train.dim), np.float32), []), distractors, sizes, seeds)
 
 
-def runs_on(ds: str, train, test, corpus: tuple, sample: int | None, sizes: list[int], seeds: list[int]) -> list[dict]:
+def runs_on(ds: str, train, test, corpus: tuple, sample: int | None, sizes: list[int], seeds: list[int],
+            fused: float | None = None) -> list[dict]:
     """Per size and seed: the recipe on a subset of ``train``, ``judged`` with the other texts
     (``corpus`` and the train contexts outside the subset; a seeded ``sample`` of them) as
-    distractors, and its change of full-corpus nDCG@10 on ``test``."""
-    frozen = projhead.evaluate_cache(test)["frozen"]["full_corpus"]["nDCG@10"]
+    distractors, and its change of full-corpus nDCG@10 on ``test``; ``fused``: both judged and
+    tested fused with BM25 at this dense weight (head + BM25 against frozen + BM25)."""
+    def test_ndcg(head):
+        if fused is None:
+            r = projhead.evaluate_cache(test, head=head)
+            return r["head" if head is not None else "frozen"]["full_corpus"]["nDCG@10"]
+        r = projhead.evaluate_cache(test, head=head, bm25=True, fusion=FusionSpec(weight=fused, frozen_weight=fused))
+        return r["head+bm25" if head is not None else "frozen+bm25"]["full_corpus"]["nDCG@10"]
+
+    frozen = test_ndcg(None)
     out = []
     for size in [s for s in sizes if s <= len(train.q2c)]:
         for seed in seeds:
             subset = subset_rows(train.groups, size, seed)
             full = adapter(train.subset(subset), lr=1e-3, warmup=100, seed=seed)
-            test_gain = projhead.evaluate_cache(test, head=full)["head"]["full_corpus"]["nDCG@10"] - frozen
-            stats = judged(with_distractors(train, subset, corpus, sample, seed), seed)
+            test_gain = test_ndcg(full) - frozen
+            stats = judged(with_distractors(train, subset, corpus, sample, seed), seed, fused=fused)
             out.append({"dataset": ds, "size": size, "seed": seed, "test_gain": test_gain, "stats": stats})
             print(f"{ds:<6} n {size:>5} seed {seed}  test nDCG@10 {100 * test_gain:+.2f}  " + "  ".join(
                 f"{k} {v['gain']:+.4f} ({v['low']:+.4f} to {v['high']:+.4f}){' kept' if v['kept'] else ''}"
@@ -153,6 +177,8 @@ def main():
     ap.add_argument("--squad-sizes", type=int, nargs="*", default=[])
     ap.add_argument("--quora-sizes", type=int, nargs="*", default=[])
     ap.add_argument("--distractors", type=int, default=10000, help="SQuAD / Quora: other training contexts ranked too")
+    ap.add_argument("--fused", type=float, default=None, metavar="W",
+                    help="the fields (--datasets) judged and tested fused with BM25 at this dense weight")
     ap.add_argument("--null-seeds", type=int, default=0, help="null data sets at each --null-sizes")
     ap.add_argument("--null-sizes", type=int, nargs="+", default=[300, 1000])
     ap.add_argument("--planted-seeds", type=int, default=0, help="planted-rotation data sets at each --null-sizes")
@@ -173,7 +199,7 @@ def main():
             rows += small_data(ds, sizes, args.seeds, args.distractors, enc)
     for ds in args.datasets:
         train, test, _ = caches(ds, enc)
-        rows += runs_on(ds, train, with_corpus(test), load_corpus(train)[:2], None, args.sizes, args.seeds)
+        rows += runs_on(ds, train, with_corpus(test), load_corpus(train)[:2], None, args.sizes, args.seeds, args.fused)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"bench": "decision_stat", "encoder": DEFAULT_ENCODER, "rows": rows}
