@@ -27,7 +27,7 @@ import numpy as np
 
 from .cache_reader import read_identity
 from .cache_writer import CacheWriter, lock_output
-from .cachefile import (AS_FLOAT32, REBUILD_AS_FLOAT32, SECTIONS, CacheError, cache_attrs, check_float16,
+from .cachefile import (AS_FLOAT32, REBUILD_AS_FLOAT32, SECTIONS, CacheError, cache_attrs, check_float16_shard,
                         describe_mismatch, job_identity, text_named)
 from .corpus import corpus_sizes, encode_corpus, seal_corpus, shard_vectors, write_corpus
 from .data import Pairs
@@ -95,11 +95,8 @@ def _encode_role(encoder, texts: list[str], role: str, parts: Path, shard_size: 
                 raise CacheError(f"encoder {encoder.name} returned NaN or Inf for {role} texts "
                                  f"(shard {k}); nothing was written for this shard")
             _write_npy_atomic(shard, vecs.astype(np.float32))
-        elif dtype == "float16":  # a resumed shard is checked as a new one is
-            vecs = np.load(shard, mmap_mode="r", allow_pickle=False)
-        if dtype == "float16":
-            check_float16(vecs, dtype, f"encoder {encoder.name}: the {role} text",
-                          text_named([texts[i] for i in rows]), then=resumable(parts))
+        check_float16_shard(shard, None if ok else vecs, dtype, f"encoder {encoder.name}: the {role} text",
+                            text_named(texts, rows), resumable(parts))  # resumed shards too
         bar.update(len(rows))
     return stored
 
@@ -278,11 +275,8 @@ def _add_corpus(plan, encoder, out: Path, want: dict, batch_size: int, shard_siz
         for c in section.columns:
             create_dataset(f, section.key("corpus", c), section.shape(c, sizes), c, str(f.attrs["dtype"]), shard_size)
 
-        def write(key, a, values):
-            if key.endswith("vectors"):
-                check_float16(values, str(f.attrs["dtype"]), f"{out}: {key} row", a, then=REBUILD_AS_FLOAT32)
-                values = np.asarray(values).astype(f.attrs["dtype"])
-            f[key][a:a + len(values)] = values
+        def write(key, a, values):  # the shards' values were checked against the dtype by encode_corpus
+            f[key][a:a + len(values)] = np.asarray(values).astype(f.attrs["dtype"]) if key.endswith("vectors") else values
         write_corpus(write, plan, shard_vectors(parts), shard_size)
         seal_corpus(f, plan)
 

@@ -175,9 +175,21 @@ def check_float16(values, dtype: str, what: str, rows=0, then: str = AS_FLOAT32)
                          f"unnormalised vectors?): {then}")
 
 
-def text_named(texts) -> "callable":
-    """``check_float16``'s ``rows`` for vectors of ``texts``: position -> the text, cut short."""
-    return lambda j: repr(texts[j]) if len(texts[j]) <= 60 else repr(texts[j][:57] + "...")
+def check_float16_shard(shard, vecs, dtype: str, what: str, rows, then: str) -> None:
+    """``check_float16`` of one shard of float32 vectors: ``vecs`` as just encoded, or None for
+    a shard found on disk (a resumed run), read from ``shard``."""
+    if dtype == "float16":
+        check_float16(np.load(shard, mmap_mode="r", allow_pickle=False) if vecs is None else vecs, dtype, what, rows,
+                      then)
+
+
+def text_named(texts, rows=None) -> "callable":
+    """``check_float16``'s ``rows`` for vectors of ``texts`` (of ``texts[rows]`` when given):
+    position -> the text, cut short."""
+    def name(j):
+        t = texts[j] if rows is None else texts[rows[j]]
+        return repr(t) if len(t) <= 60 else repr(t[:57] + "...")
+    return name
 
 
 def check_values(path, section: Section, where: str, data: dict, sizes: dict, header: dict,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cachefile import AS_FLOAT32, SECTIONS, CacheError, check_float16, fingerprint, read_rows, text_named
+from .cachefile import AS_FLOAT32, SECTIONS, CacheError, check_float16_shard, fingerprint, read_rows, text_named
 from .files import atomic_path
 from .hashing import as_keys, columns_sha256, text_hashes
 from .pairs import DataError, _text, jsonl_objects, parquet_columns, parquet_objects, storable
@@ -178,10 +178,8 @@ def encode_corpus(plan: CorpusPlan, encoder, parts: Path, shard_size: int, batch
                                  "nothing was written for this shard")
             with atomic_path(shard) as tmp, open(tmp, "wb") as f:
                 np.save(f, np.asarray(vecs, np.float32), allow_pickle=False)
-        elif dtype == "float16":  # a resumed shard is checked as a new one is
-            vecs = np.load(shard, mmap_mode="r", allow_pickle=False)
-        if dtype == "float16":
-            check_float16(vecs, dtype, f"encoder {encoder.name}: the corpus text", text_named(texts), then=then)
+        check_float16_shard(shard, None if ok else vecs, dtype, f"encoder {encoder.name}: the corpus text",
+                            text_named(texts), then)  # resumed shards too
         if bar is not None:
             bar.update(len(texts))
 

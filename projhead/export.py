@@ -43,7 +43,7 @@ from .fusion import FUSION_NAME
 from .heads import ACTIVATION_MODULES, Head, HeadError, load_head
 
 _CARRIES_IDENTITY = (nn.GELU, nn.ReLU, nn.SiLU)  # act(x) - act(-x) == x
-EXPORT_RECORD = "projhead_export.json"  # in every sentence-transformers export: what was exported, and how
+EXPORT_RECORD = "projhead_export.json"  # in every export (sentence-transformers, ONNX): what was exported, and how
 
 
 def _as_head(head) -> Head:

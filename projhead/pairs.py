@@ -184,10 +184,16 @@ def answer_sentence(context: str, answers: list[str], spans: list[tuple[int, int
 def parquet_columns(path: Path, need=()) -> list[str]:
     """The column names of a Parquet file; a file that is not one, or lacks one of ``need``,
     is an error naming it."""
+    return _parquet(path, need)[1]
+
+
+def _parquet(path: Path, need):
+    """(the opened ``pyarrow.parquet.ParquetFile``, its column names), checked as ``parquet_columns`` says."""
     import pyarrow.parquet as pq
 
     try:
-        names = pq.ParquetFile(path).schema_arrow.names
+        f = pq.ParquetFile(path)
+        names = f.schema_arrow.names
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except Exception as e:  # pyarrow raises several classes for a malformed file
@@ -195,18 +201,16 @@ def parquet_columns(path: Path, need=()) -> list[str]:
     missing = [c for c in need if c not in names]
     if missing:
         raise DataError(f"{path}: no {', '.join(map(repr, missing))} column (it has: {', '.join(names)})")
-    return names
+    return f, names
 
 
 def parquet_objects(path: Path, columns: list[str], need=()):
     """(row number from 1, {column: value}) of each row of a Parquet file, read a batch at a
     time; only ``columns`` (those the file has) are read; ``need``: as ``parquet_columns``."""
-    import pyarrow.parquet as pq
-
-    names = parquet_columns(path, need)
+    f, names = _parquet(path, need)
     try:
         n = 0
-        for batch in pq.ParquetFile(path).iter_batches(columns=[c for c in columns if c in names], batch_size=8192):
+        for batch in f.iter_batches(columns=[c for c in columns if c in names], batch_size=8192):
             for row in batch.to_pylist():
                 n += 1
                 yield n, row
