@@ -48,6 +48,7 @@ from projhead.cache import Cache
 from projhead.cache import cache_dataset
 from projhead.encoders import DEFAULT_ENCODER, get_encoder
 from projhead.heads import Head, HeadConfig
+from projhead.recipe import train_recipe, warmup_linear
 from projhead.select import auto_train
 
 WORK = Path("bench/work")
@@ -64,46 +65,11 @@ def subset_rows(groups: list[str], size: int, seed: int) -> np.ndarray:
     return np.array(rows[:size])
 
 
-def warmup_linear(step: int, warmup: int, total: int) -> float:
-    """sentence-transformers' WarmupLinear factor: linear warm-up over ``warmup`` steps, then
-    linear decay to 0 at ``total`` (used by both baselines, as their recipes do)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
 def adapter(train, lr: float, warmup: int, seed: int, epochs: int = 4, batch: int = 10, scale: float = 20.0) -> Head:
-    """LlamaIndex's linear adapter recipe, written out: a query-side linear layer from the
-    identity, cross-entropy over in-batch cosine x ``scale``, AdamW with linear warm-up
-    then linear decay (sentence-transformers' WarmupLinear)."""
-    torch.manual_seed(seed)
-    head = Head(HeadConfig(kind="linear", towers="query", in_dim=train.dim, encoder=train.encoder,
-                           encoder_weights_sha256=train.encoder_info.get("weights_sha256", "")))
-    lin = head.query
-    opt = torch.optim.AdamW(lin.parameters(), lr=lr)
-    Q, C = torch.from_numpy(train.queries), torch.from_numpy(train.contexts)
-    q2c = torch.from_numpy(train.q2c)
-    steps_per_epoch = math.ceil(len(q2c) / batch)
-    total, step = steps_per_epoch * epochs, 0
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        order = torch.from_numpy(rng.permutation(len(q2c)))
-        for b in range(steps_per_epoch):
-            idx = order[b * batch:(b + 1) * batch]
-            q = torch.nn.functional.normalize(lin(Q[idx]), dim=1)
-            c = C[q2c[idx]]
-            logits = scale * q @ c.T
-            labels = torch.arange(len(idx))
-            same = q2c[idx][None, :] == q2c[idx][:, None]  # rows sharing a gold are not negatives
-            logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), float("-inf"))
-            loss = torch.nn.functional.cross_entropy(logits, labels)
-            for g in opt.param_groups:
-                g["lr"] = lr * warmup_linear(step, warmup, total)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-    return head.eval()
+    """LlamaIndex's linear adapter recipe (``projhead.recipe.train_recipe``, what model selection
+    falls back on) on every pair of ``train``, at these settings."""
+    return train_recipe(train, np.arange(len(train.q2c)), seed=seed, lr=lr, warmup=warmup, epochs=epochs, batch=batch,
+                        scale=scale)
 
 
 def finetune(train, seed: int, batch: int = 32, lr: float = 2e-5, scale: float = 20.0):

@@ -108,6 +108,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
                    "encoder for queries unlike its training queries (calibrated against the --canary caches, if any)")
 @click.option("--hybrid", is_flag=True, help="for use fused with BM25: candidates also trained beside BM25, all chosen and decided by held-out queries ranked dense + BM25 (needs context texts)")
 @click.option("--dense-only", is_flag=True, help="you search with dense vectors alone, never fused with BM25: a head kept on its own need not also beat frozen + BM25 fused")
+@click.option("--recipe/--no-recipe", default=_T.recipe, show_default=True, help="k-fold selection (under 5,000 queries) "
+              "that keeps the identity also judges LlamaIndex's adapter recipe, fixed in advance, on every held-out query's margin")
 @click.option("--bm25", "bm25_kb", type=click.Tuple([click.FloatRange(min=0), click.FloatRange(0, 1)]), metavar="K1 B", help="BM25's "
               "k1, b for the fusion saved with the head and --hybrid, as your engine's (Elasticsearch: 1.2 0.75) [chosen on held-out queries]")
 @click.option("--canary-tolerance", type=click.FloatRange(0, 1, max_open=True), default=_T.canary_tolerance,
@@ -135,7 +137,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activation, dropout, init, loss, chunk_size,
           loss_setting, mined, hard_negatives, silver, stream, stream_chunk, stream_buffer, epochs, min_steps,
           batch_size, batching, lr, weight_decay, temperature, fixed_temperature, anchor_weight, alpha, canaries,
-          gate, hybrid, dense_only, bm25_kb, canary_tolerance, dev_fraction, select_metric, corpus_sample, after_folds, decision, patience,
+          gate, hybrid, dense_only, recipe, bm25_kb, canary_tolerance, dev_fraction, select_metric, corpus_sample, after_folds, decision, patience,
           stop_epoch, seed, device, restart, quiet):
     """Train a projection head on a cache (CLIP-style symmetric InfoNCE by default).
 
@@ -151,7 +153,7 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
               learn_temperature=not fixed_temperature, anchor_weight=anchor_weight, alpha=alpha,
               canaries=list(canaries), gate=gate, canary_tolerance=canary_tolerance, dev_fraction=dev_fraction,
               select_metric=select_metric, corpus_sample=corpus_sample, after_folds=after_folds, decision=decision, patience=patience,
-              stop_epoch=stop_epoch, seed=seed, device=device, hybrid=hybrid, dense_only=dense_only,
+              stop_epoch=stop_epoch, seed=seed, device=device, hybrid=hybrid, dense_only=dense_only, recipe=recipe,
               **dict(zip(("bm25_k1", "bm25_b"), bm25_kb or ())),
               loss_settings={**_settings(loss_setting), **({"chunk_size": chunk_size} if chunk_size else {})},
               mined=mined, hard_negatives=hard_negatives, silver=silver, stream=stream, stream_chunk=stream_chunk,

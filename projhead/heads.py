@@ -400,7 +400,7 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
                       "(`head.fuse`).", ""]
     g = d.get("dev_gain")
     if g:
-        lines += [f"Held-out gain over the frozen encoder{' (dense, the head alone)' if d.get('fused_gain') else ''}: "
+        lines += [f"Held-out {g['of'] + ' ' if g.get('of') else ''}gain over the frozen encoder{' (dense, the head alone)' if d.get('fused_gain') else ''}: "
                   f"{g['gain']:+.4f} (95% paired-bootstrap interval {g['low']:+.4f} to {g['high']:+.4f}, {g['n']} "
                   "queries); a head is kept only when the interval is above 0." + (f" Measured on the head {'not kept' if d.get('kept') == 'identity' else 'as saved'} ({d['measured']})." if d.get("measured") else ""),
                   ""]

@@ -36,6 +36,11 @@ every query). There a kept head must also beat the frozen encoder fused, each as
 saved (its own BM25 settings and weight), on the deciding queries (the same bootstrap): else
 the identity is saved, with the frozen encoder's fusion (``--hybrid`` decides fused from the
 start; ``dense_only`` skips it).
+
+In k-fold mode, when that keeps the identity, one head fixed in advance is judged on every
+query, out of fold, on the margin of its gold context (``recipe.fall_back``); it replaces the
+identity only if that gain is above noise, dense and fused with BM25 (``recipe.not_tried``:
+when it is not tried).
 """
 from __future__ import annotations
 
@@ -60,6 +65,8 @@ from .fusion import WEIGHT_GRID, FusionSpec
 from .hybrid import has_texts, identity_after_selection, tune_after_selection
 from .alpha import AUTO_ALPHAS, chooses_alpha, chosen_alpha  # noqa: F401 (AUTO_ALPHAS re-exported)
 from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings, not_above_fused
+from .query_side import none_beat, prefer_query_side
+from .recipe import NAME as RECIPE_NAME, fall_back, not_tried
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .config import with_fixed
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, has_temperature, held_out,
@@ -249,7 +256,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         frozen = log["frozen_dev"]
         if e_best == 0:
             head.reset_to_identity()
-            decision = {"kept": "identity", "why": _none_beat(name, log) + " out of fold",
+            decision = {"kept": "identity", "why": none_beat(name, log) + " out of fold",
                         "dev_head": frozen}
         elif fold_heads is None and run_log.get("stopped"):  # the refit did not reach the epoch the folds judged
             head.reset_to_identity()
@@ -292,6 +299,16 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if fold_heads is not None and decision["kept"] == "head":  # said below, if the head is still saved then
             log.update(averaged)
         log.update(dev_gain=decision.get("dev_gain"), chosen_dev=decision.get("dev_head"))
+        why_not = not_tried(cache, cfg, fixed, bool(slots)) if decision["kept"] == "identity" else "a head was kept"
+        if why_not is None:
+            _say(progress, f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
+        fb = fall_back(cache, cfg, fold_rows, has_texts(cache) and not cfg.dense_only,
+                       say=lambda t: _say(progress, t)) if why_not is None else {"log": {"not_tried": why_not}}
+        log["recipe"] = fb["log"]
+        if fb.get("head") is not None:  # the recipe replaces the identity; its fold heads choose its fusion weight
+            head, run_log, decision, frozen, final_cfg = fb["head"], fb["run_log"], fb["decision"], fb["frozen"], fb["cfg"]
+            name, gate, weight_folds = RECIPE_NAME, {}, list(zip(fold_rows, fb["fold_heads"]))
+            log.update(chosen=name, dev_gain=decision["dev_gain"], chosen_dev=decision["dev_head"])
     else:
         if cfg.dev_fraction == 0:
             raise TrainError("model selection chooses and decides on held-out queries: --dev-fraction must be above 0")
@@ -330,7 +347,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         r0 = decide.ranks(None)
         if run["best"]["state"] is None:
             head.reset_to_identity()
-            run_log["decision"] = {"kept": "identity", "why": _none_beat(name, log)}
+            run_log["decision"] = {"kept": "identity", "why": none_beat(name, log)}
         else:  # the gate first, so that the canaries and the decision see the head as it will be saved
             gate = attach_gate(head, cache, cfg, canaries, train_rows, held, say=lambda t: _say(progress, t))[0]
             if cfg.alpha == "auto":  # the head at each alpha (gated, as saved), the choosing queries ranked
@@ -353,7 +370,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     run_log["seconds"] = log["seconds"]
     gain = log.get("dev_gain") or {}
     _say(progress, f"chosen: {name}; kept: {decision['kept']}"
-                   + (f"; dev {cfg.select_metric} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
+                   + (f"; dev {gain.get('of', cfg.select_metric)} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
                       f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
                    + (f" ({decision['why']})" if decision.get("why") and not (
                        gain and decision["why"] == not_above_zero(cfg.select_metric, gain)) else "")  # a gain said once
@@ -369,7 +386,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
                                   say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
                                   folds=weight_folds, bm25_grid=None if pinned else bm25_choices(cfg),
-                                  judge=None if cfg.hybrid or cfg.dense_only else decide_rows, boot_seed=cfg.seed,
+                                  judge=None if cfg.hybrid or cfg.dense_only or name == RECIPE_NAME else decide_rows,
+                                  boot_seed=cfg.seed,
                                   frozen_bm25_grid=None if set_bm25 else bm25_choices(cfg),
                                   spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
     why = not_above_fused(cfg, decision, fusion)
@@ -384,40 +402,6 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     if log.get("after_folds"):
         _say(progress, f"saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
-
-
-def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: TrainConfig, log: dict,
-                      progress: bool = False) -> str:
-    """The candidate to keep, from ``(name, towers, score, ranks on the choosing queries)``: the
-    best query-side head (contexts, and so an existing index, stay as they are) unless the
-    best-scoring candidate changes contexts and beats it beyond noise on the same queries (the
-    95% paired-bootstrap interval of its gain above 0, as the frozen-vs-head decision). Only
-    candidates of one kind of towers (``--towers``): the best one. Said in ``log["towers"]``."""
-    top = max(scored, key=lambda s: s[2])
-    query = [s for s in scored if s[1] == "query"]
-    if top[1] == "query" or not query:
-        return top[0]
-    q = max(query, key=lambda s: s[2])
-    f = PER_QUERY[cfg.select_metric]
-    boot = paired_bootstrap(f(top[3]), f(q[3]), seed=cfg.seed)
-    beyond = bool(boot["low"] > 0 and math.isfinite(top[2]))
-    chosen = top[0] if beyond else q[0]
-    log["towers"] = {"query_side": q[0], "two_tower": top[0], "gain": boot, "chosen": chosen,
-                     "why": (f"{top[0]} beats {q[0]} beyond noise on the choosing queries" if beyond else
-                             f"{top[0]} is not better than {q[0]} beyond noise on the choosing queries: the "
-                             "query-side head is kept, and contexts stay as they are")}
-    _say(progress, f"  two-tower {top[0]} vs query-side {q[0]}: {cfg.select_metric} gain {boot['gain']:+.4f} "
-                   f"(95% interval {boot['low']:+.4f} to {boot['high']:+.4f}, {boot['n']} queries); keeping "
-                   + (f"{chosen} (contexts change: re-encode the index)" if beyond else
-                      f"{chosen} (contexts unchanged)"))
-    return chosen
-
-
-def _none_beat(name: str, log: dict) -> str:
-    """Why the identity, when the chosen candidate has no epoch above the frozen encoder."""
-    tw = log.get("towers")
-    return ("no epoch of any candidate beat the frozen encoder" if not tw or tw["chosen"] == tw["two_tower"] else
-            f"no epoch of {name} beat the frozen encoder ({tw['two_tower']} scored higher, not beyond noise of it)")
 
 
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:

@@ -455,11 +455,11 @@ def summary_line(out, head, log: dict, metric: str) -> str:
     peak = log.get("peak_epoch", log["best_epoch"])
     later = f" (highest dev metric at epoch {peak}; later ones within noise of it)" if peak != log["best_epoch"] else ""
     verdict = ("kept the frozen encoder (identity head): " + d.get("why", "") if head.config.passthrough
-               else f"kept epoch {log['best_epoch']}{later}")
+               else d.get("what") or f"kept epoch {log['best_epoch']}{later}")
     gain = d.get("dev_gain")
     said = "" if not gain or d.get("why") == not_above_zero(metric, gain) else (  # a gain said once
         f", {('the rejected head alone: ' if d.get('fused_gain') else 'the rejected head: ') if head.config.passthrough else ''}"
-        f"gain {gain['gain']:+.4f} (95% interval "
+        f"{'held-out ' + gain['of'] + ' ' if gain.get('of') else ''}gain {gain['gain']:+.4f} (95% interval "
         f"{gain['low']:+.4f} to {gain['high']:+.4f})")
     after = "" if head.config.passthrough else f" -> head {m['head'].get(metric, float('nan')):.4f}"
     scores = f"; dev {metric} frozen {m['frozen'].get(metric, float('nan')):.4f}{after}{said}"

@@ -536,7 +536,7 @@ def test_a_cache_of_one_group_is_refused_with_a_reason(planted_cache):
 
 
 def test_the_identity_names_a_two_tower_head_passed_over():
-    from projhead.select import _none_beat
+    from projhead.query_side import none_beat as _none_beat
 
     assert _none_beat("linear-query", {}) == "no epoch of any candidate beat the frozen encoder"
     passed = {"towers": {"query_side": "linear-query", "two_tower": "residual-separate", "chosen": "linear-query"}}

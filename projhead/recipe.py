@@ -1,0 +1,199 @@
+"""A head fixed in advance, judged on every held-out query's margin: selection's fallback.
+
+Usage::
+
+    from projhead.recipe import train_recipe, judge_recipe
+    head = train_recipe(cache, rows)                  # LlamaIndex's linear adapter, settings fixed
+    verdict = judge_recipe(cache, fold_rows, cfg)     # out of fold, dense and fused with BM25
+
+Model selection (``select.auto_train``) chooses a candidate, its epoch and interpolation on half
+of its held-out queries and decides on MRR@10 of the other half. At a few hundred pairs that
+cannot see gains of the size a plain query-side adapter makes on a field the encoder did not
+see (bench/bench_decision_stat.py). When k-fold selection keeps the identity, it tries one head
+more that chooses nothing: the recipe (``RECIPE``: a query-side linear layer from the identity,
+in-batch softmax over cosine x 20, batches of 10, AdamW at 1e-3 with 100 warm-up steps then
+linear decay, 4 epochs). It is trained on each fold's other folds, and every query is scored out
+of fold by its fold's head and by the frozen encoder. The statistic is the **margin**: the gold
+context's score minus the best other candidate's (against every context and attached corpus
+row), which moves for every query, where MRR@10 moves only for queries near the top. The paired
+bootstrap over all queries must put the margin gain above 0, dense, and then with both sides
+fused with BM25 (per-query z-scores, dense weight ``fusion.DEFAULT_WEIGHT``, the run's BM25
+settings), unless the head is served dense alone. Only then is it trained on every pair and kept.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from .batches import held_out, within_documents
+from .fusion import DEFAULT_WEIGHT, FusionSpec, fuse
+from .heads import Head, HeadConfig
+from .metrics import gold_ranks, paired_bootstrap, rank_metrics, PER_QUERY
+
+# LlamaIndex's linear adapter recipe at the learning rate that did best on small data (bench_small_data)
+RECIPE = {"lr": 1e-3, "warmup": 100, "epochs": 4, "batch": 10, "scale": 20.0}
+NAME = "adapter-recipe"
+CHUNK = 256  # held-out queries scored at a time (each a row over every ranked context)
+
+
+def warmup_linear(step: int, warmup: int, total: int) -> float:
+    """sentence-transformers' WarmupLinear factor: linear warm-up over ``warmup`` steps, then
+    linear decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_recipe(cache, rows: np.ndarray, seed: int = 0, lr: float = RECIPE["lr"], warmup: int = RECIPE["warmup"],
+                 epochs: int = RECIPE["epochs"], batch: int = RECIPE["batch"], scale: float = RECIPE["scale"],
+                 losses: list | None = None) -> Head:
+    """The recipe on the query ``rows`` of ``cache``: a query-side linear head from the identity,
+    cross-entropy over in-batch cosine x ``scale`` (rows sharing a gold context are not each
+    other's negatives), AdamW with ``warmup_linear``. ``losses``: each epoch's mean loss appended."""
+    torch.manual_seed(seed)
+    head = Head(HeadConfig(kind="linear", towers="query", in_dim=cache.dim, encoder=cache.encoder,
+                           encoder_weights_sha256=cache.encoder_info.get("weights_sha256", "")))
+    lin = head.query
+    opt = torch.optim.AdamW(lin.parameters(), lr=lr)
+    rows = np.asarray(rows, np.int64)
+    Q, C = torch.from_numpy(np.asarray(cache.queries[rows], np.float32)), torch.from_numpy(np.asarray(cache.contexts))
+    q2c = torch.from_numpy(np.asarray(cache.q2c[rows], np.int64))
+    per_epoch = math.ceil(len(q2c) / batch)
+    total, step = per_epoch * epochs, 0
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order, seen = torch.from_numpy(rng.permutation(len(q2c))), []
+        for b in range(per_epoch):
+            idx = order[b * batch:(b + 1) * batch]
+            q = torch.nn.functional.normalize(lin(Q[idx]), dim=1)
+            logits = scale * q @ C[q2c[idx]].float().T
+            same = q2c[idx][None, :] == q2c[idx][:, None]
+            logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), float("-inf"))
+            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(idx)))
+            for g in opt.param_groups:
+                g["lr"] = lr * warmup_linear(step, warmup, total)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            seen.append(loss.item())
+        if losses is not None:
+            losses.append(float(np.mean(seen)))
+    return head.eval()
+
+
+def margins(dev, head: Head | None, fused: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each query of ``dev`` (a ``batches.DevSet``) scored by ``head`` (None: the frozen
+    encoder; query-side, so contexts stay): its gold rank and margin (gold score minus the best
+    other candidate's; each query's own text left out), and with ``fused`` (``dev`` holds BM25
+    scores) the margin of dense and BM25 fused at ``dev.weight``."""
+    q = dev.q if head is None else head.encode_queries(dev.q)
+    c = np.ascontiguousarray(dev.c, np.float32)
+    n = len(dev.gold)
+    ranks, dense, mixed = np.empty(n, np.int64), np.empty(n), np.empty(n) if fused else None
+    for a in range(0, n, CHUNK):
+        rows = np.arange(a, min(a + CHUNK, n))
+        s = np.asarray(q[rows], np.float32) @ c.T  # fused before any text is left out (as DevSet.ranks)
+        gold = dev.gold[rows]
+        ranks[rows] = gold_ranks(_excluded(s.copy(), dev.exclude, rows), gold)
+        dense[rows] = _margin(s, gold, dev.exclude, rows)
+        if fused:
+            mixed[rows] = _margin(fuse(s, dev.bm25[rows].toarray(), FusionSpec(), dev.weight), gold, dev.exclude, rows)
+    return ranks, dense, mixed
+
+
+def _excluded(s: np.ndarray, exclude: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    if exclude is not None:
+        ex = exclude[rows]
+        r = np.flatnonzero(ex >= 0)
+        s[r, ex[r]] = -np.inf
+    return s
+
+
+def _margin(s: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    s = _excluded(np.array(s, np.float64), exclude, rows)
+    i = np.arange(len(gold))
+    g = s[i, gold].copy()
+    s[i, gold] = -np.inf
+    return g - s.max(axis=1)  # not finite where the gold is left out or stands alone: dropped by the judge
+
+
+def not_tried(cache, cfg, fixed: dict | None, dialog: bool) -> str | None:
+    """Why selection does not fall back on the recipe for this run, or None."""
+    why = [(not cfg.recipe, "--no-recipe"), (dialog, "dialog heads are searched"),
+           (bool(fixed), "head or training settings were fixed"), (cfg.hybrid, "--hybrid judges every head fused"),
+           (bool(cfg.canaries), "canaries were given (the recipe is not shrunk for them)"),
+           (cfg.loss != "clip" or bool(cfg.mined) or cfg.anchor_weight > 0, "another objective was asked for"),
+           (cfg.decision != "bootstrap", f"--decision {cfg.decision}"),
+           (cfg.alpha not in (None, "auto"), f"alpha {cfg.alpha} was set (the recipe is kept whole)"),
+           (within_documents(cache) is not None, "the pairs come from fewer than 5 documents")]
+    return next((w for cond, w in why if cond), None)
+
+
+def judge_recipe(cache, fold_rows: list[np.ndarray], cfg, fused: bool) -> dict:
+    """The recipe trained on each fold's other folds, its fold's queries scored by it and by
+    the frozen encoder; the paired bootstrap (seeded with ``cfg.seed``) of the margin over every
+    query, dense and (``fused``) fused with BM25. ``kept``: every interval above 0."""
+    all_rows = np.arange(len(cache.q2c))
+    hybrid = replace(cfg, hybrid=True, fusion_weight=DEFAULT_WEIGHT) if fused else None
+    heads, got = [], {k: [] for k in ("r_head", "r_frozen", "m_head", "m_frozen", "f_head", "f_frozen")}
+    for held in fold_rows:
+        heads.append(train_recipe(cache, np.setdiff1d(all_rows, held), seed=cfg.seed))
+        dev = held_out(cache, held, hybrid)
+        for side, h in (("head", heads[-1]), ("frozen", None)):
+            r, m, f = margins(dev, h, fused)
+            got[f"r_{side}"].append(r)
+            got[f"m_{side}"].append(m)
+            got[f"f_{side}"].append(f if fused else np.zeros(len(r)))
+    cat = {k: np.concatenate(v) for k, v in got.items()}
+    out = {"fold_heads": heads, "order": np.concatenate(fold_rows),
+           "dev_head": rank_metrics(cat["r_head"]), "dev_frozen": rank_metrics(cat["r_frozen"])}
+    f = PER_QUERY[cfg.select_metric]
+    out["dev_gain"] = paired_bootstrap(f(cat["r_head"]), f(cat["r_frozen"]), seed=cfg.seed)
+    for key, side in (("margin_gain", "m"), ("fused_margin_gain", "f")):
+        if side == "f" and not fused:
+            continue
+        a, b = cat[f"{side}_head"], cat[f"{side}_frozen"]
+        ok = np.isfinite(a) & np.isfinite(b)
+        out[key] = paired_bootstrap(a[ok], b[ok], seed=cfg.seed)
+    out["kept"] = all(out[k]["low"] > 0 for k in ("margin_gain", "fused_margin_gain") if k in out)
+    return out
+
+
+def fall_back(cache, cfg, fold_rows: list[np.ndarray], fused: bool, say=print) -> dict:
+    """``judge_recipe``, said; if kept, the recipe trained on every pair. Returns ``log`` (for the
+    selection log) and, when kept: ``head``, ``run_log`` (its training, for the head folder),
+    ``decision``, ``frozen`` (the frozen encoder's held-out metrics, every query), ``cfg`` (the
+    training settings it stands for) and ``fold_heads`` (which choose its fusion weight)."""
+    t0 = time.perf_counter()
+    v = judge_recipe(cache, fold_rows, cfg, fused)
+    log = {"name": NAME, "settings": dict(RECIPE), "kept": v["kept"], "queries": len(v["order"]),
+           **{k: v[k] for k in ("dev_gain", "margin_gain", "fused_margin_gain") if k in v}}
+    parts = [f"margin gain {b['gain']:+.4f} (95% interval {b['low']:+.4f} to {b['high']:+.4f})"
+             + (" fused with BM25" if k.startswith("fused") else "")
+             for k, b in ((k, v.get(k)) for k in ("margin_gain", "fused_margin_gain")) if b]
+    log["seconds"] = time.perf_counter() - t0
+    say(f"  {NAME} (fixed in advance), out of fold on all {log['queries']} queries: " + "; ".join(parts)
+        + f" -> {'kept' if v['kept'] else 'not kept'} ({log['seconds']:.1f}s)")
+    if not v["kept"]:
+        return {"log": log}
+    losses: list = []
+    head = train_recipe(cache, np.arange(len(cache.q2c)), seed=cfg.seed, losses=losses)
+    decision = {"kept": "head", "alpha": 1.0, "dev_head": v["dev_head"],
+                "dev_gain": {**v["margin_gain"], "of": "margin"},
+                "margin_gain": v["margin_gain"], **({"fused_margin_gain": v["fused_margin_gain"]} if fused else {}),
+                "what": f"kept the {NAME} (fixed in advance; {RECIPE['epochs']} epochs)",
+                "measured": f"out of fold, each fold's {NAME} head, on all {log['queries']} queries, after no candidate "
+                            f"was kept; " + " and ".join(parts)}
+    run_log = {"epochs": [{"epoch": i + 1, "train_loss": x} for i, x in enumerate(losses)], "frozen_dev": {},
+               "best_epoch": RECIPE["epochs"], "settings": dict(RECIPE)}
+    steps = math.ceil(len(cache.q2c) / RECIPE["batch"]) * RECIPE["epochs"]
+    settings = replace(cfg, lr=RECIPE["lr"], batch_size=RECIPE["batch"], epochs=RECIPE["epochs"], batching="random",
+                       warmup=min(RECIPE["warmup"] / steps, 0.99), weight_decay=0.01, alpha=1.0, dev_fraction=0.0,
+                       stop_epoch=None, init_temperature=1 / RECIPE["scale"], learn_temperature=False, anchor_weight=0.0)
+    return {"log": log, "head": head, "run_log": run_log, "decision": decision, "frozen": v["dev_frozen"],
+            "cfg": settings, "fold_heads": v["fold_heads"]}

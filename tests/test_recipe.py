@@ -1,0 +1,99 @@
+"""The fixed adapter recipe and its judgement on held-out margins (selection's fallback)."""
+import json
+
+import numpy as np
+import pytest
+
+from projhead.batches import DevSet
+from projhead.cache import open_cache
+from projhead.config import TrainConfig
+from projhead.fusion import FusionSpec, fuse
+from projhead.heads import load_head
+from projhead.recipe import NAME, margins, train_recipe
+from projhead import select as S
+
+
+def test_margins_are_the_gold_score_minus_the_best_other_with_the_own_text_left_out():
+    q = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    c = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], np.float32)
+    gold = np.array([1, 2, 0])
+    exclude = np.array([-1, -1, 2])  # query 2's own text is context 2: left out
+    ranks, dense, fused = margins(DevSet(q, c, gold, exclude), None, fused=False)
+    s = q @ c.T
+    assert fused is None
+    np.testing.assert_allclose(dense, [s[0, 1] - s[0, 0], s[1, 2] - s[1, 1], s[2, 0] - s[2, 1]], atol=1e-6)
+    assert ranks.tolist() == [1, 0, 1]
+    bm25 = np.array([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0], [1.0, 0.0, 5.0]])
+    import scipy.sparse as sp
+
+    dev = DevSet(q, c, gold, exclude, bm25=sp.csr_matrix(bm25), weight=0.8)
+    _, _, fused = margins(dev, None, fused=True)
+    f = fuse(s, bm25, FusionSpec(), 0.8)  # normalised over every context, the own text left out after
+    want = [f[0, 1] - max(f[0, 0], f[0, 2]), f[1, 2] - max(f[1, 0], f[1, 1]), f[2, 0] - f[2, 1]]
+    np.testing.assert_allclose(fused, want, atol=1e-6)
+
+
+def test_the_recipe_trains_a_query_side_linear_head_that_learns(planted_cache):
+    c = open_cache(planted_cache(n_groups=40, rotate=0.5))
+    losses = []
+    head = train_recipe(c, np.arange(len(c.q2c)), seed=0, losses=losses)
+    assert head.config.kind == "linear" and head.config.towers == "query" and not head.changes_contexts()
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    top1 = lambda q: (np.argmax(q @ c.contexts.T, 1) == c.q2c).mean()  # noqa: E731
+    assert top1(head.encode_queries(c.queries)) > top1(c.queries) + 0.05  # 0.43 -> 0.51
+    again = train_recipe(c, np.arange(len(c.q2c)), seed=0)
+    np.testing.assert_array_equal(again.encode_queries(c.queries), head.encode_queries(c.queries))
+
+
+def test_when_no_candidate_is_kept_the_recipe_is_judged_and_kept_on_a_real_gain(planted_cache, monkeypatch, tmp_path):
+    path = planted_cache(n_groups=40)  # a rotation a linear head can undo
+    monkeypatch.setattr(S, "kept_epoch", lambda ranks, scores, cfg: 0)  # every candidate: no epoch beat frozen
+    head, log = S.auto_train(path, TrainConfig(epochs=3), out=tmp_path / "h", progress=False)
+    rec, d = log["selection"]["recipe"], log["decision"]
+    assert rec["kept"] and log["selection"]["chosen"] == NAME and d["kept"] == "head"
+    assert rec["queries"] == 400 and d["margin_gain"]["n"] == 400  # every query judged, out of fold
+    assert d["margin_gain"]["low"] > 0 and d["fused_margin_gain"]["low"] > 0
+    saved = load_head(tmp_path / "h")
+    assert saved.config.kind == "linear" and saved.config.towers == "query" and saved.gate is None
+    c = open_cache(path)
+    every = np.arange(len(c.q2c))
+    np.testing.assert_allclose(saved.encode_queries(c.queries),
+                               train_recipe(c, every, seed=0).encode_queries(c.queries), atol=1e-6)
+    fusion = json.loads((tmp_path / "h" / "config.json").read_text())["fusion"]
+    assert fusion["chosen"]["folds"] == 5 and "against_frozen" not in fusion["chosen"]  # judged on its fused margin
+    assert saved.info["training"]["lr"] == 1e-3 and saved.info["training"]["batch_size"] == 10
+    assert saved.info["decision"]["what"].startswith(f"kept the {NAME}")
+    from projhead.train import summary_line
+
+    line = summary_line(tmp_path / "h", head, log, "mrr10")
+    assert f"kept the {NAME}" in line and "held-out margin gain" in line and "contexts unchanged" in line
+    card = (tmp_path / "h" / "README.md").read_text()
+    assert f"Chosen: `{NAME}`" in card and "Held-out margin gain over the frozen encoder" in card
+    assert "fused with BM25" in card
+
+
+def test_noise_keeps_the_identity_after_the_recipe_too(planted_cache):
+    head, log = S.auto_train(planted_cache(n_groups=40, rotate=0.0, noise=0.6), TrainConfig(epochs=3), progress=False)
+    rec = log["selection"]["recipe"]
+    assert head.config.passthrough and rec["kept"] is False and rec["margin_gain"]["low"] <= 0
+
+
+@pytest.mark.parametrize("given, why", [({"recipe": False}, "--no-recipe"), ({"canaries": ["x"]}, "canaries"),
+                                        ({"alpha": 0.9}, "alpha 0.9"), ({"decision": "better"}, "--decision better"),
+                                        ({"loss": "siglip"}, "another objective")])
+def test_the_recipe_is_not_tried_and_the_log_says_why(planted_cache, given, why):
+    from projhead.recipe import not_tried
+
+    c = open_cache(planted_cache(n_groups=10))
+    assert why in not_tried(c, TrainConfig(**given), None, False)
+    assert not_tried(c, TrainConfig(), {"kind": "linear"}, False) == "head or training settings were fixed"
+    assert not_tried(c, TrainConfig(), None, True) == "dialog heads are searched"
+    assert not_tried(c, TrainConfig(), None, False) is None
+
+
+def test_fixed_settings_leave_the_recipe_out_of_selection(planted_cache, monkeypatch):
+    monkeypatch.setattr(S, "kept_epoch", lambda ranks, scores, cfg: 0)
+    head, log = S.auto_train(planted_cache(n_groups=40), TrainConfig(epochs=2), fixed={"kind": "residual"}, progress=False)
+    assert head.config.passthrough and log["selection"]["recipe"] == {"not_tried": "head or training settings were fixed"}
+    head, log = S.auto_train(planted_cache(n_groups=40, name="b.h5"), TrainConfig(epochs=2, recipe=False), progress=False)
+    assert head.config.passthrough and log["selection"]["recipe"] == {"not_tried": "--no-recipe"}
