@@ -178,7 +178,7 @@ def fall_back(cache, cfg, fold_rows: list[np.ndarray], fused: bool, say=print) -
              for k, b in ((k, v.get(k)) for k in ("margin_gain", "fused_margin_gain")) if b]
     log["seconds"] = time.perf_counter() - t0
     say(f"  {NAME} (fixed in advance), out of fold on all {log['queries']} queries: " + "; ".join(parts)
-        + f" -> {'kept' if v['kept'] else 'not kept'} ({log['seconds']:.1f}s)")
+        + f" -> {'kept: it replaces the identity' if v['kept'] else 'not kept'} ({log['seconds']:.1f}s)")
     if not v["kept"]:
         return {"log": log}
     losses: list = []

@@ -299,16 +299,6 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if fold_heads is not None and decision["kept"] == "head":  # said below, if the head is still saved then
             log.update(averaged)
         log.update(dev_gain=decision.get("dev_gain"), chosen_dev=decision.get("dev_head"))
-        why_not = not_tried(cache, cfg, fixed, bool(slots)) if decision["kept"] == "identity" else "a head was kept"
-        if why_not is None:
-            _say(progress, f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
-        fb = fall_back(cache, cfg, fold_rows, has_texts(cache) and not cfg.dense_only,
-                       say=lambda t: _say(progress, t)) if why_not is None else {"log": {"not_tried": why_not}}
-        log["recipe"] = fb["log"]
-        if fb.get("head") is not None:  # the recipe replaces the identity; its fold heads choose its fusion weight
-            head, run_log, decision, frozen, final_cfg = fb["head"], fb["run_log"], fb["decision"], fb["frozen"], fb["cfg"]
-            name, gate, weight_folds = RECIPE_NAME, {}, list(zip(fold_rows, fb["fold_heads"]))
-            log.update(chosen=name, dev_gain=decision["dev_gain"], chosen_dev=decision["dev_head"])
     else:
         if cfg.dev_fraction == 0:
             raise TrainError("model selection chooses and decides on held-out queries: --dev-fraction must be above 0")
@@ -386,8 +376,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
                                   say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
                                   folds=weight_folds, bm25_grid=None if pinned else bm25_choices(cfg),
-                                  judge=None if cfg.hybrid or cfg.dense_only or name == RECIPE_NAME else decide_rows,
-                                  boot_seed=cfg.seed,
+                                  judge=None if cfg.hybrid or cfg.dense_only else decide_rows, boot_seed=cfg.seed,
                                   frozen_bm25_grid=None if set_bm25 else bm25_choices(cfg),
                                   spec=FusionSpec(bm25=settings_of(cfg)) if pinned else None)
     why = not_above_fused(cfg, decision, fusion)
@@ -399,6 +388,23 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             log.pop(key, None)
         _say(progress, f"kept: identity ({why}); the frozen encoder's fusion, chosen beside the head's:")
         fusion = identity_after_selection(fusion, cfg.select_metric, say=lambda t: _say(progress, t))
+    why_not = (not_tried(cache, cfg, fixed, bool(slots)) if decision["kept"] == "identity" else "a head was kept"
+               ) if k else "a dev split (5,000 queries or more)"
+    if why_not is None:  # a head fixed in advance, judged on every query's margin; its fold heads choose its fusion
+        _say(progress, f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
+        fb = fall_back(cache, cfg, fold_rows, has_texts(cache) and not cfg.dense_only, say=lambda t: _say(progress, t))
+        if fb.get("head") is not None:
+            fb["decision"]["candidate_not_kept"] = f"{name}: {decision.get('why')}"
+            head, decision, frozen, final_cfg, name, gate = (fb["head"], fb["decision"], fb["frozen"], fb["cfg"],
+                                                             RECIPE_NAME, {})
+            log.update(chosen=name, dev_gain=decision["dev_gain"], chosen_dev=decision["dev_head"])
+            run_log = {**fb["run_log"], "decision": decision, "selection": log}
+            fusion = tune_after_selection(None, cache, all_rows, cfg.select_metric, say=lambda t: _say(progress, t),
+                                          folds=list(zip(fold_rows, fb["fold_heads"])),
+                                          bm25_grid=None if set_bm25 else bm25_choices(cfg),
+                                          spec=FusionSpec(bm25=settings_of(cfg)) if set_bm25 else None)
+    log["recipe"] = fb["log"] if why_not is None else {"not_tried": why_not}
+    run_log["seconds"] = log["seconds"] = time.perf_counter() - t0
     if log.get("after_folds"):
         _say(progress, f"saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
