@@ -480,6 +480,7 @@ def _brief(log: dict) -> dict:
             **({"hybrid": log["hybrid"]} if log.get("hybrid") else {}),
             **({"after_folds": log["after_folds"]} if log.get("after_folds") else {}),
             **({"alpha_choice": log["alpha_choice"]} if log.get("alpha_choice") else {}),
+            **({"recipe": log["recipe"]} if log.get("recipe") else {}),
             "ranked_against": log.get("ranked_against"), "distractors": log.get("distractors", 0),
             "candidates": [{k: c[k] for k in ("name", "score", "frozen", "best_epoch", "epochs", "seconds")}
                            for c in log["candidates"]]}

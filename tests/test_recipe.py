@@ -63,6 +63,7 @@ def test_when_no_candidate_is_kept_the_recipe_is_judged_and_kept_on_a_real_gain(
     assert fusion["chosen"]["folds"] == 5 and "against_frozen" not in fusion["chosen"]  # judged on its fused margin
     assert saved.info["training"]["lr"] == 1e-3 and saved.info["training"]["batch_size"] == 10
     assert saved.info["decision"]["what"].startswith(f"kept the {NAME}")
+    assert saved.info["selection"]["recipe"]["kept"] is True and saved.info["selection"]["chosen"] == NAME
     from projhead.train import summary_line
 
     line = summary_line(tmp_path / "h", head, log, "mrr10")
@@ -97,3 +98,13 @@ def test_fixed_settings_leave_the_recipe_out_of_selection(planted_cache, monkeyp
     assert head.config.passthrough and log["selection"]["recipe"] == {"not_tried": "head or training settings were fixed"}
     head, log = S.auto_train(planted_cache(n_groups=40, name="b.h5"), TrainConfig(epochs=2, recipe=False), progress=False)
     assert head.config.passthrough and log["selection"]["recipe"] == {"not_tried": "--no-recipe"}
+
+
+def test_a_head_that_gives_way_inside_the_fusion_leaves_the_recipe_to_be_judged(planted_cache, monkeypatch):
+    real = S.not_above_fused
+    monkeypatch.setattr(S, "not_above_fused", lambda cfg, d, f: "level with frozen + BM25" if d.get("kept") == "head"
+                        and d.get("what") is None else real(cfg, d, f))
+    head, log = S.auto_train(planted_cache(n_groups=40), TrainConfig(epochs=3), progress=False)
+    d = log["decision"]
+    assert d["kept"] == "head" and log["selection"]["chosen"] == NAME and not head.config.passthrough
+    assert d["candidate_not_kept"].endswith(": level with frozen + BM25")
