@@ -64,9 +64,9 @@ def main():
             test_ndcg = projhead.evaluate_cache(test, head=head)["head"]["full_corpus"]["nDCG@10"]
             gain = log["decision"].get("dev_gain") or {}
             row = {"seed": seed, "sample": sample, "distractors": sel["distractors"], "kept": log["decision"]["kept"],
-                   "chosen": sel["chosen"], "epoch": next(c["best_epoch"] for c in sel["candidates"]
-                                                         if c["name"] == sel["chosen"]),
-                   "frozen_dev_mrr10": sel["frozen_dev"]["mrr10"], "dev_gain": gain.get("gain"),
+                   "chosen": sel["chosen"], "epoch": next((c["best_epoch"] for c in sel["candidates"]
+                                                          if c["name"] == sel["chosen"]), None),
+                   "frozen_dev_mrr10": sel["frozen_dev"]["mrr10"], "dev_gain": gain.get("gain"), "dev_gain_of": gain.get("of", "mrr10"),
                    "test_nDCG@10": test_ndcg, "seconds": seconds}
             rows.append(row)
             print(f"seed {seed} distractors {sel['distractors']:>6}: {row['chosen']} epoch {row['epoch']} {row['kept']}, "

@@ -18,7 +18,7 @@ random rotation (as the tests' planted encoder does): a head can undo it, so kee
 right; the keep rate there is the decision's power.
 
 Prints one line per (data, size): heads kept out of the seeds, with a 95% Wilson interval,
-the mean held-out gain and the mean seconds; writes ``OUT.json`` (every run) and, as runs end,
+the mean held-out MRR@10 gain (of runs decided on it; a kept adapter recipe is decided on its margin, recorded apart) and the mean seconds; writes ``OUT.json`` (every run) and, as runs end,
 ``OUT.runs.jsonl``.
 """
 from __future__ import annotations
@@ -111,7 +111,8 @@ def one(job: dict) -> dict:
     return {**{k: job[k] for k in ("data", "size", "seed", "rotate", "noise", "dim")},
             "kept": d["kept"] == "head", "why": d.get("why"), "mode": sel["mode"], "chosen": sel.get("chosen"),
             "best_epoch": next((c["best_epoch"] for c in sel["candidates"] if c["name"] == sel.get("chosen")), None),
-            "gain": g.get("gain"), "low": g.get("low"), "high": g.get("high"),
+            "gain": g.get("gain"), "low": g.get("low"), "high": g.get("high"), "of": g.get("of", "mrr10"),
+            "recipe": sel.get("recipe"),
             "frozen_mrr10": sel["frozen_dev"]["mrr10"], "seconds": time.perf_counter() - t0}
 
 
@@ -127,8 +128,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def summary(runs: list[dict]) -> dict:
     k, n = sum(r["kept"] for r in runs), len(runs)
-    gains = [r["gain"] for r in runs if r["gain"] is not None]
+    gains = [r["gain"] for r in runs if r["gain"] is not None and r.get("of", "mrr10") == "mrr10"]  # MRR@10 decisions
     return {"kept": k, "runs": n, "rate": k / n, "interval": wilson(k, n),
+            "recipe_kept": sum(bool((r.get("recipe") or {}).get("kept")) for r in runs),  # of the kept: the recipe
             "mean_gain": float(np.mean(gains)) if gains else None,
             "frozen_mrr10": float(np.mean([r["frozen_mrr10"] for r in runs])),
             "seconds": float(np.mean([r["seconds"] for r in runs]))}
@@ -183,8 +185,8 @@ def report(runs: list[dict], args, seconds: float | None) -> None:
         lo, hi = s["interval"]
         gain = f"{s['mean_gain']:+.4f}" if s["mean_gain"] is not None else "n/a"
         print(f"{data:<12} {size:>5} pairs (dim {mine[0]['dim']}, {mine[0]['mode']}): head kept in {s['kept']}/{s['runs']} "
-              f"({100 * s['rate']:.1f}%, 95% interval {100 * lo:.1f}-{100 * hi:.1f}%); frozen MRR@10 "
-              f"{s['frozen_mrr10']:.3f}, mean held-out gain {gain}; {s['seconds']:.1f}s a run", flush=True)
+              f"({100 * s['rate']:.1f}%, 95% interval {100 * lo:.1f}-{100 * hi:.1f}%; the adapter recipe {s['recipe_kept']}); frozen MRR@10 "
+              f"{s['frozen_mrr10']:.3f}, mean held-out MRR@10 gain {gain}; {s['seconds']:.1f}s a run", flush=True)
     k, n = sum(r["kept"] for r in runs if r["data"] == "null"), sum(r["data"] == "null" for r in runs)
     if n:
         lo, hi = wilson(k, n)

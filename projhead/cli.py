@@ -143,6 +143,7 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
 
     By default a few candidate heads are compared on held-out queries (k-fold on small
     data) and the best is kept only if its gain over the frozen encoder is more than noise;
+    else, on small data, a fixed adapter recipe judged on every held-out query's margin;
     otherwise the saved head is the identity. --no-auto trains one configuration, with
     checkpoints every epoch: an interrupted run resumes when the same command is run again."""
     head_given = {k: v for k, v in (("kind", kind), ("towers", towers), ("out_dim", out_dim), ("hidden", hidden),

@@ -89,9 +89,11 @@ def train_recipe(cache, rows: np.ndarray, seed: int = 0, lr: float = RECIPE["lr"
 def margins(dev, head: Head | None, fused: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Each query of ``dev`` (a ``batches.DevSet``) scored by ``head`` (None: the frozen
     encoder; query-side, so contexts stay): its gold rank and margin (gold score minus the best
-    other candidate's; each query's own text left out), and with ``fused`` (``dev`` holds BM25
-    scores) the margin of dense and BM25 fused at ``dev.weight``."""
-    q = dev.q if head is None else head.encode_queries(dev.q)
+    other candidate's, the query vector at unit length so that the two sides' margins share a
+    scale; each query's own text left out), and with ``fused`` (``dev`` holds BM25 scores) the
+    margin of dense and BM25 fused at ``dev.weight``."""
+    q = np.asarray(dev.q if head is None else head.encode_queries(dev.q), np.float32)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True).clip(min=1e-12)  # both sides at one scale: ranks unchanged
     c = np.ascontiguousarray(dev.c, np.float32)
     n = len(dev.gold)
     ranks, dense, mixed = np.empty(n, np.int64), np.empty(n), np.empty(n) if fused else None
@@ -122,10 +124,19 @@ def _margin(s: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None, rows: n
     return g - s.max(axis=1)  # not finite where the gold is left out or stands alone: dropped by the judge
 
 
+# training settings the candidates take from the run's TrainConfig: given, the recipe (its own) is not tried
+GIVEN = ("epochs", "min_steps", "stop_epoch", "batch_size", "batching", "weight_decay", "warmup", "init_temperature",
+         "learn_temperature", "loss_settings", "after_folds", "device")
+
+
 def not_tried(cache, cfg, fixed: dict | None, dialog: bool) -> str | None:
     """Why selection does not fall back on the recipe for this run, or None."""
+    base = type(cfg)()
+    given = [k for k in GIVEN if getattr(cfg, k) != getattr(base, k)]
     why = [(not cfg.recipe, "--no-recipe"), (dialog, "dialog heads are searched"),
-           (bool(fixed), "head or training settings were fixed"), (cfg.hybrid, "--hybrid judges every head fused"),
+           (bool(fixed), "head or training settings were fixed"),
+           (bool(given), f"training settings were given ({', '.join(given)})"),
+           (cfg.hybrid, "--hybrid judges every head fused"),
            (bool(cfg.canaries), "canaries were given (the recipe is not shrunk for them)"),
            (cfg.loss != "clip" or bool(cfg.mined) or cfg.anchor_weight > 0, "another objective was asked for"),
            (cfg.decision != "bootstrap", f"--decision {cfg.decision}"),
@@ -187,8 +198,8 @@ def fall_back(cache, cfg, fold_rows: list[np.ndarray], fused: bool, say=print) -
                 "dev_gain": {**v["margin_gain"], "of": "margin"},
                 "margin_gain": v["margin_gain"], **({"fused_margin_gain": v["fused_margin_gain"]} if fused else {}),
                 "what": f"kept the {NAME} (fixed in advance; {RECIPE['epochs']} epochs)",
-                "measured": f"out of fold, each fold's {NAME} head, on all {log['queries']} queries, after no candidate "
-                            f"was kept; " + " and ".join(parts)}
+                "measured": f"out of fold, each fold's {NAME} head, on all {log['queries']} queries; "
+                            + " and ".join(parts)}
     run_log = {"epochs": [{"epoch": i + 1, "train_loss": x} for i, x in enumerate(losses)], "frozen_dev": {},
                "best_epoch": RECIPE["epochs"], "settings": dict(RECIPE)}
     steps = math.ceil(len(cache.q2c) / RECIPE["batch"]) * RECIPE["epochs"]

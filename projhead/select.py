@@ -389,12 +389,15 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         _say(progress, f"kept: identity ({why}); the frozen encoder's fusion, chosen beside the head's:")
         fusion = identity_after_selection(fusion, cfg.select_metric, say=lambda t: _say(progress, t))
     why_not = (not_tried(cache, cfg, fixed, bool(slots)) if decision["kept"] == "identity" else "a head was kept"
-               ) if k else "a dev split (5,000 queries or more)"
+               ) if k else f"a dev split ({'5,000 queries or more' if n >= CV_BELOW else 'fewer than 5 groups'})"
     if why_not is None:  # a head fixed in advance, judged on every query's margin; its fold heads choose its fusion
         _say(progress, f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
         fb = fall_back(cache, cfg, fold_rows, has_texts(cache) and not cfg.dense_only, say=lambda t: _say(progress, t))
         if fb.get("head") is not None:
             fb["decision"]["candidate_not_kept"] = f"{name}: {decision.get('why')}"
+            fb["decision"]["measured"] += f" (instead of {name}: {decision.get('why')})"
+            log["passed_over"] = {"name": name, "why": decision.get("why"), **{  # what described the candidate
+                key: log.pop(key) for key in ("alpha_choice", "towers", "chosen_dev_trained") if key in log}}
             head, decision, frozen, final_cfg, name, gate = (fb["head"], fb["decision"], fb["frozen"], fb["cfg"],
                                                              RECIPE_NAME, {})
             log.update(chosen=name, dev_gain=decision["dev_gain"], chosen_dev=decision["dev_head"])
@@ -480,7 +483,7 @@ def _brief(log: dict) -> dict:
             **({"hybrid": log["hybrid"]} if log.get("hybrid") else {}),
             **({"after_folds": log["after_folds"]} if log.get("after_folds") else {}),
             **({"alpha_choice": log["alpha_choice"]} if log.get("alpha_choice") else {}),
-            **({"recipe": log["recipe"]} if log.get("recipe") else {}),
+            **{key: log[key] for key in ("recipe", "passed_over") if log.get(key)},
             "ranked_against": log.get("ranked_against"), "distractors": log.get("distractors", 0),
             "candidates": [{k: c[k] for k in ("name", "score", "frozen", "best_epoch", "epochs", "seconds")}
                            for c in log["candidates"]]}

@@ -10,7 +10,15 @@ from projhead.config import TrainConfig
 from projhead.fusion import FusionSpec, fuse
 from projhead.heads import load_head
 from projhead.recipe import NAME, margins, train_recipe
+from projhead import recipe as R
 from projhead import select as S
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    """A few epochs keep the candidates fast; given settings otherwise leave the recipe out
+    (tested apart, below)."""
+    monkeypatch.setattr(R, "GIVEN", tuple(k for k in R.GIVEN if k != "epochs"))
 
 
 def test_margins_are_the_gold_score_minus_the_best_other_with_the_own_text_left_out():
@@ -45,7 +53,8 @@ def test_the_recipe_trains_a_query_side_linear_head_that_learns(planted_cache):
     np.testing.assert_array_equal(again.encode_queries(c.queries), head.encode_queries(c.queries))
 
 
-def test_when_no_candidate_is_kept_the_recipe_is_judged_and_kept_on_a_real_gain(planted_cache, monkeypatch, tmp_path):
+def test_when_no_candidate_is_kept_the_recipe_is_judged_and_kept_on_a_real_gain(planted_cache, monkeypatch, tmp_path,
+                                                                                quick):
     path = planted_cache(n_groups=40)  # a rotation a linear head can undo
     monkeypatch.setattr(S, "kept_epoch", lambda ranks, scores, cfg: 0)  # every candidate: no epoch beat frozen
     head, log = S.auto_train(path, TrainConfig(epochs=3), out=tmp_path / "h", progress=False)
@@ -73,7 +82,7 @@ def test_when_no_candidate_is_kept_the_recipe_is_judged_and_kept_on_a_real_gain(
     assert "fused with BM25" in card
 
 
-def test_noise_keeps_the_identity_after_the_recipe_too(planted_cache):
+def test_noise_keeps_the_identity_after_the_recipe_too(planted_cache, quick):
     head, log = S.auto_train(planted_cache(n_groups=40, rotate=0.0, noise=0.6), TrainConfig(epochs=3), progress=False)
     rec = log["selection"]["recipe"]
     assert head.config.passthrough and rec["kept"] is False and rec["margin_gain"]["low"] <= 0
@@ -90,9 +99,34 @@ def test_the_recipe_is_not_tried_and_the_log_says_why(planted_cache, given, why)
     assert not_tried(c, TrainConfig(), {"kind": "linear"}, False) == "head or training settings were fixed"
     assert not_tried(c, TrainConfig(), None, True) == "dialog heads are searched"
     assert not_tried(c, TrainConfig(), None, False) is None
+    assert not_tried(c, TrainConfig(epochs=3, stop_epoch=2), None, False) == (
+        "training settings were given (epochs, stop_epoch)")
+    assert "after_folds" in not_tried(c, TrainConfig(after_folds="average"), None, False)
 
 
-def test_fixed_settings_leave_the_recipe_out_of_selection(planted_cache, monkeypatch):
+def test_margins_do_not_depend_on_the_length_of_query_vectors():
+    """A head that changes nothing (an identity linear layer, whose output is normalised) has
+    the frozen encoder's margins, also when the cached queries are not of unit length."""
+    from projhead.heads import Head, HeadConfig
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(30, 8)).astype(np.float32)
+    q = 0.2 * rng.normal(size=(12, 8)).astype(np.float32)
+    dev = DevSet(q, c, rng.integers(0, 30, 12))
+    same = Head(HeadConfig(kind="linear", towers="query", in_dim=8))
+    r0, m0, _ = margins(dev, None, fused=False)
+    r1, m1, _ = margins(dev, same, fused=False)
+    np.testing.assert_array_equal(r0, r1)
+    np.testing.assert_allclose(m0, m1, atol=1e-5)
+
+
+def test_a_dev_split_says_why_the_recipe_was_not_tried(planted_cache):
+    head, log = S.auto_train(planted_cache(n_groups=1, contexts_per_group=4), TrainConfig(epochs=2), progress=False)
+    assert log["selection"]["mode"] == "dev split"
+    assert log["selection"]["recipe"] == {"not_tried": "a dev split (fewer than 5 groups)"}
+
+
+def test_fixed_settings_leave_the_recipe_out_of_selection(planted_cache, monkeypatch, quick):
     monkeypatch.setattr(S, "kept_epoch", lambda ranks, scores, cfg: 0)
     head, log = S.auto_train(planted_cache(n_groups=40), TrainConfig(epochs=2), fixed={"kind": "residual"}, progress=False)
     assert head.config.passthrough and log["selection"]["recipe"] == {"not_tried": "head or training settings were fixed"}
@@ -100,7 +134,7 @@ def test_fixed_settings_leave_the_recipe_out_of_selection(planted_cache, monkeyp
     assert head.config.passthrough and log["selection"]["recipe"] == {"not_tried": "--no-recipe"}
 
 
-def test_a_head_that_gives_way_inside_the_fusion_leaves_the_recipe_to_be_judged(planted_cache, monkeypatch):
+def test_a_head_that_gives_way_inside_the_fusion_leaves_the_recipe_to_be_judged(planted_cache, monkeypatch, quick):
     real = S.not_above_fused
     monkeypatch.setattr(S, "not_above_fused", lambda cfg, d, f: "level with frozen + BM25" if d.get("kept") == "head"
                         and d.get("what") is None else real(cfg, d, f))
@@ -108,3 +142,5 @@ def test_a_head_that_gives_way_inside_the_fusion_leaves_the_recipe_to_be_judged(
     d = log["decision"]
     assert d["kept"] == "head" and log["selection"]["chosen"] == NAME and not head.config.passthrough
     assert d["candidate_not_kept"].endswith(": level with frozen + BM25")
+    assert "instead of" in d["measured"] and log["selection"]["passed_over"]["why"] == "level with frozen + BM25"
+    assert "alpha_choice" not in log["selection"] and "alpha_choice" in log["selection"]["passed_over"]
