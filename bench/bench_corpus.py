@@ -153,7 +153,8 @@ def main():
                         extra = {"chosen": sel["chosen"], "kept": log["decision"]["kept"],
                                  "epoch": next((c["best_epoch"] for c in sel["candidates"] if c["name"] == sel["chosen"]), None),
                                  "distractors": sel["distractors"], "dev_gain": log["decision"].get("dev_gain"),
-                                 "alpha": log["decision"].get("alpha"),  # and held-out head + BM25 vs frozen + BM25:
+                                 "alpha": log["decision"].get("alpha"), "recipe": sel.get("recipe"),
+                                 # and held-out head + BM25 vs frozen + BM25:
                                  "fused_gain": log["decision"].get("fused_gain") or (
                                      head.info.get("fusion") or {}).get("chosen", {}).get("against_frozen")}
                     seconds = time.perf_counter() - t0
