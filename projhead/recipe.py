@@ -125,14 +125,16 @@ def _margin(s: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None, rows: n
 
 
 # training settings the candidates take from the run's TrainConfig: given, the recipe (its own) is not tried
+# (the device is not one: the recipe is small enough for the CPU; a loss's chunk_size only bounds memory)
 GIVEN = ("epochs", "min_steps", "stop_epoch", "batch_size", "batching", "weight_decay", "warmup", "init_temperature",
-         "learn_temperature", "loss_settings", "after_folds", "device")
+         "learn_temperature", "loss_settings", "after_folds")
 
 
 def not_tried(cache, cfg, fixed: dict | None, dialog: bool) -> str | None:
     """Why selection does not fall back on the recipe for this run, or None."""
     base = type(cfg)()
-    given = [k for k in GIVEN if getattr(cfg, k) != getattr(base, k)]
+    plain = {k: v for k, v in cfg.loss_settings.items() if k != "chunk_size"}
+    given = [k for k in GIVEN if (plain if k == "loss_settings" else getattr(cfg, k)) != getattr(base, k)]
     why = [(not cfg.recipe, "--no-recipe"), (dialog, "dialog heads are searched"),
            (bool(fixed), "head or training settings were fixed"),
            (bool(given), f"training settings were given ({', '.join(given)})"),

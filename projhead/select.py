@@ -389,7 +389,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         _say(progress, f"kept: identity ({why}); the frozen encoder's fusion, chosen beside the head's:")
         fusion = identity_after_selection(fusion, cfg.select_metric, say=lambda t: _say(progress, t))
     why_not = (not_tried(cache, cfg, fixed, bool(slots)) if decision["kept"] == "identity" else "a head was kept"
-               ) if k else f"a dev split ({'5,000 queries or more' if n >= CV_BELOW else 'fewer than 5 groups'})"
+               ) if k else "a dev split (" + ("asked for: folds 0" if folds == 0 else "5,000 queries or more"
+                                              if n >= CV_BELOW else "fewer than 5 groups") + ")"
     if why_not is None:  # a head fixed in advance, judged on every query's margin; its fold heads choose its fusion
         _say(progress, f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
         fb = fall_back(cache, cfg, fold_rows, has_texts(cache) and not cfg.dense_only, say=lambda t: _say(progress, t))
@@ -397,10 +398,12 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             fb["decision"]["candidate_not_kept"] = f"{name}: {decision.get('why')}"
             fb["decision"]["measured"] += f" (instead of {name}: {decision.get('why')})"
             log["passed_over"] = {"name": name, "why": decision.get("why"), **{  # what described the candidate
-                key: log.pop(key) for key in ("alpha_choice", "towers", "chosen_dev_trained") if key in log}}
+                key: decision[key] for key in ("dev_gain", "fused_gain") if decision.get(key)}, **{
+                key: log.pop(key) for key in ("alpha_choice", "towers", "chosen_dev_trained", "frozen_dev",
+                                              "choose_queries", "decide_queries", "fusion_folds_seconds") if key in log}}
             head, decision, frozen, final_cfg, name, gate = (fb["head"], fb["decision"], fb["frozen"], fb["cfg"],
                                                              RECIPE_NAME, {})
-            log.update(chosen=name, dev_gain=decision["dev_gain"], chosen_dev=decision["dev_head"])
+            log.update(chosen=name, dev_gain=decision["dev_gain"], chosen_dev=decision["dev_head"], frozen_dev=frozen)
             run_log = {**fb["run_log"], "decision": decision, "selection": log}
             fusion = tune_after_selection(None, cache, all_rows, cfg.select_metric, say=lambda t: _say(progress, t),
                                           folds=list(zip(fold_rows, fb["fold_heads"])),

@@ -102,6 +102,8 @@ def test_the_recipe_is_not_tried_and_the_log_says_why(planted_cache, given, why)
     assert not_tried(c, TrainConfig(epochs=3, stop_epoch=2), None, False) == (
         "training settings were given (epochs, stop_epoch)")
     assert "after_folds" in not_tried(c, TrainConfig(after_folds="average"), None, False)
+    assert not_tried(c, TrainConfig(device="cpu:0", loss_settings={"chunk_size": 64}), None, False) is None
+    assert "loss_settings" in not_tried(c, TrainConfig(loss_settings={"same_tower_weight": 0.5}), None, False)
 
 
 def test_margins_do_not_depend_on_the_length_of_query_vectors():
@@ -143,4 +145,6 @@ def test_a_head_that_gives_way_inside_the_fusion_leaves_the_recipe_to_be_judged(
     assert d["kept"] == "head" and log["selection"]["chosen"] == NAME and not head.config.passthrough
     assert d["candidate_not_kept"].endswith(": level with frozen + BM25")
     assert "instead of" in d["measured"] and log["selection"]["passed_over"]["why"] == "level with frozen + BM25"
-    assert "alpha_choice" not in log["selection"] and "alpha_choice" in log["selection"]["passed_over"]
+    sel = log["selection"]
+    assert "alpha_choice" not in sel and "alpha_choice" in sel["passed_over"] and "frozen_dev" in sel["passed_over"]
+    assert sel["frozen_dev"] == head.info["metrics"]["frozen"]  # every query, out of fold: the recipe's record
