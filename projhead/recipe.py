@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from .batches import held_out, within_documents
-from .fusion import DEFAULT_WEIGHT, FusionSpec, fuse
+from .fusion import DEFAULT_WEIGHT, FusionSpec, fused_scorer
 from .heads import Head, HeadConfig
-from .metrics import gold_ranks, paired_bootstrap, rank_metrics, PER_QUERY
+from .metrics import PER_QUERY, dense_scorer, excluding, gold_ranks, paired_bootstrap, rank_metrics
 
 # LlamaIndex's linear adapter recipe at the learning rate that did best on small data (bench_small_data)
 RECIPE = {"lr": 1e-3, "warmup": 100, "epochs": 4, "batch": 10, "scale": 20.0}
@@ -94,34 +94,31 @@ def margins(dev, head: Head | None, fused: bool) -> tuple[np.ndarray, np.ndarray
     margin of dense and BM25 fused at ``dev.weight``."""
     q = np.asarray(dev.q if head is None else head.encode_queries(dev.q), np.float32)
     q = q / np.linalg.norm(q, axis=1, keepdims=True).clip(min=1e-12)  # both sides at one scale: ranks unchanged
-    c = np.ascontiguousarray(dev.c, np.float32)
+    dense = dense_scorer(q, dev.c)  # fused before any text is left out, as DevSet.ranks scores
+    if fused:
+        mix = excluding(fused_scorer(dense, lambda rows: dev.bm25[rows].toarray(), FusionSpec(), dev.weight),
+                        dev.exclude)
+    dense = excluding(dense, dev.exclude)
     n = len(dev.gold)
-    ranks, dense, mixed = np.empty(n, np.int64), np.empty(n), np.empty(n) if fused else None
+    ranks, margin, mixed = np.empty(n, np.int64), np.empty(n), np.empty(n) if fused else None
     for a in range(0, n, CHUNK):
         rows = np.arange(a, min(a + CHUNK, n))
-        s = np.asarray(q[rows], np.float32) @ c.T  # fused before any text is left out (as DevSet.ranks)
-        gold = dev.gold[rows]
-        ranks[rows] = gold_ranks(_excluded(s.copy(), dev.exclude, rows), gold)
-        dense[rows] = _margin(s, gold, dev.exclude, rows)
+        s, gold = dense(rows), dev.gold[rows]
+        ranks[rows] = gold_ranks(s, gold)
+        margin[rows] = _margin(s, gold)
         if fused:
-            mixed[rows] = _margin(fuse(s, dev.bm25[rows].toarray(), FusionSpec(), dev.weight), gold, dev.exclude, rows)
-    return ranks, dense, mixed
+            mixed[rows] = _margin(mix(rows), gold)
+    return ranks, margin, mixed
 
 
-def _excluded(s: np.ndarray, exclude: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
-    if exclude is not None:
-        ex = exclude[rows]
-        r = np.flatnonzero(ex >= 0)
-        s[r, ex[r]] = -np.inf
-    return s
-
-
-def _margin(s: np.ndarray, gold: np.ndarray, exclude: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
-    s = _excluded(np.array(s, np.float64), exclude, rows)
+def _margin(s: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Each row's gold score minus its best other score; not finite where the gold is left out or
+    stands alone (the judge drops those)."""
+    s = np.array(s, np.float64)
     i = np.arange(len(gold))
     g = s[i, gold].copy()
     s[i, gold] = -np.inf
-    return g - s.max(axis=1)  # not finite where the gold is left out or stands alone: dropped by the judge
+    return g - s.max(axis=1)
 
 
 # training settings the candidates take from the run's TrainConfig: given, the recipe (its own) is not tried
@@ -153,26 +150,25 @@ def judge_recipe(cache, fold_rows: list[np.ndarray], cfg, fused: bool) -> dict:
     query, dense and (``fused``) fused with BM25. ``kept``: every interval above 0."""
     all_rows = np.arange(len(cache.q2c))
     hybrid = replace(cfg, hybrid=True, fusion_weight=DEFAULT_WEIGHT) if fused else None
-    heads, got = [], {k: [] for k in ("r_head", "r_frozen", "m_head", "m_frozen", "f_head", "f_frozen")}
+    heads, scored = [], {"head": [], "frozen": []}  # per side, each fold's (ranks, margins, fused margins)
     for held in fold_rows:
         heads.append(train_recipe(cache, np.setdiff1d(all_rows, held), seed=cfg.seed))
         dev = held_out(cache, held, hybrid)
         for side, h in (("head", heads[-1]), ("frozen", None)):
-            r, m, f = margins(dev, h, fused)
-            got[f"r_{side}"].append(r)
-            got[f"m_{side}"].append(m)
-            got[f"f_{side}"].append(f if fused else np.zeros(len(r)))
-    cat = {k: np.concatenate(v) for k, v in got.items()}
+            scored[side].append(margins(dev, h, fused))
+
+    def joined(side):  # (ranks, margins, fused margins or None) of every query, in fold order
+        return [None if p[0] is None else np.concatenate(p) for p in zip(*scored[side])]
+
+    (r_head, *m_head), (r_frozen, *m_frozen) = joined("head"), joined("frozen")
     out = {"fold_heads": heads, "order": np.concatenate(fold_rows),
-           "dev_head": rank_metrics(cat["r_head"]), "dev_frozen": rank_metrics(cat["r_frozen"])}
+           "dev_head": rank_metrics(r_head), "dev_frozen": rank_metrics(r_frozen)}
     f = PER_QUERY[cfg.select_metric]
-    out["dev_gain"] = paired_bootstrap(f(cat["r_head"]), f(cat["r_frozen"]), seed=cfg.seed)
-    for key, side in (("margin_gain", "m"), ("fused_margin_gain", "f")):
-        if side == "f" and not fused:
-            continue
-        a, b = cat[f"{side}_head"], cat[f"{side}_frozen"]
-        ok = np.isfinite(a) & np.isfinite(b)
-        out[key] = paired_bootstrap(a[ok], b[ok], seed=cfg.seed)
+    out["dev_gain"] = paired_bootstrap(f(r_head), f(r_frozen), seed=cfg.seed)
+    for key, a, b in zip(("margin_gain", "fused_margin_gain"), m_head, m_frozen):
+        if a is not None:
+            ok = np.isfinite(a) & np.isfinite(b)
+            out[key] = paired_bootstrap(a[ok], b[ok], seed=cfg.seed)
     out["kept"] = all(out[k]["low"] > 0 for k in ("margin_gain", "fused_margin_gain") if k in out)
     return out
 
@@ -186,9 +182,8 @@ def fall_back(cache, cfg, fold_rows: list[np.ndarray], fused: bool, say=print) -
     v = judge_recipe(cache, fold_rows, cfg, fused)
     log = {"name": NAME, "settings": dict(RECIPE), "kept": v["kept"], "queries": len(v["order"]),
            **{k: v[k] for k in ("dev_gain", "margin_gain", "fused_margin_gain") if k in v}}
-    parts = [f"margin gain {b['gain']:+.4f} (95% interval {b['low']:+.4f} to {b['high']:+.4f})"
-             + (" fused with BM25" if k.startswith("fused") else "")
-             for k, b in ((k, v.get(k)) for k in ("margin_gain", "fused_margin_gain")) if b]
+    parts = [f"margin gain {v[k]['gain']:+.4f} (95% interval {v[k]['low']:+.4f} to {v[k]['high']:+.4f})"
+             + (" fused with BM25" if k.startswith("fused") else "") for k in ("margin_gain", "fused_margin_gain") if k in v]
     log["seconds"] = time.perf_counter() - t0
     say(f"  {NAME} (fixed in advance), out of fold on all {log['queries']} queries: " + "; ".join(parts)
         + f" -> {'kept: it replaces the identity' if v['kept'] else 'not kept'} ({log['seconds']:.1f}s)")
