@@ -18,18 +18,14 @@ from .config import TrainConfig
 from .metrics import PER_QUERY, paired_bootstrap
 
 
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(text, flush=True)
-
-
 def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: TrainConfig, log: dict,
-                      progress: bool = False) -> str:
+                      say=None) -> str:
     """The candidate to keep, from ``(name, towers, score, ranks on the choosing queries)``: the
     best query-side head (contexts, and so an existing index, stay as they are) unless the
     best-scoring candidate changes contexts and beats it beyond noise on the same queries (the
     95% paired-bootstrap interval of its gain above 0, as the frozen-vs-head decision). Only
-    candidates of one kind of towers (``--towers``): the best one. Said in ``log["towers"]``."""
+    candidates of one kind of towers (``--towers``): the best one. Said in ``log["towers"]``, and
+    to ``say`` (a function of a line) if given."""
     top = max(scored, key=lambda s: s[2])
     query = [s for s in scored if s[1] == "query"]
     if top[1] == "query" or not query:
@@ -43,10 +39,10 @@ def prefer_query_side(scored: list[tuple[str, str, float, np.ndarray]], cfg: Tra
                      "why": (f"{top[0]} beats {q[0]} beyond noise on the choosing queries" if beyond else
                              f"{top[0]} is not better than {q[0]} beyond noise on the choosing queries: the "
                              "query-side head is kept, and contexts stay as they are")}
-    _say(progress, f"  two-tower {top[0]} vs query-side {q[0]}: {cfg.select_metric} gain {boot['gain']:+.4f} "
-                   f"(95% interval {boot['low']:+.4f} to {boot['high']:+.4f}, {boot['n']} queries); keeping "
-                   + (f"{chosen} (contexts change: re-encode the index)" if beyond else
-                      f"{chosen} (contexts unchanged)"))
+    if say is not None:
+        say(f"  two-tower {top[0]} vs query-side {q[0]}: {cfg.select_metric} gain {boot['gain']:+.4f} "
+            f"(95% interval {boot['low']:+.4f} to {boot['high']:+.4f}, {boot['n']} queries); keeping "
+            + (f"{chosen} (contexts change: re-encode the index)" if beyond else f"{chosen} (contexts unchanged)"))
     return chosen
 
 

@@ -235,7 +235,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                            + (f"; a fold {stopped}" if stopped else ""))
             results[name] = (scores[e_best], name, hc, t, e_best, oof, tc)
         name = prefer_query_side([(r[1], r[2].towers, r[0], r[5][r[4]][sel]) for r in results.values()],
-                                 cfg, log, progress)
+                                 cfg, log, say=lambda t: _say(progress, t))
         _, name, hc, t, e_best, oof, tc = results[name]
         log.update(chosen=name, frozen_dev=rank_metrics(oof[0][dec]), chosen_dev_trained=rank_metrics(oof[e_best][dec]))
         # the winner again on every pair: the schedule of the folds, ended at the epoch that won (never
@@ -330,7 +330,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                            f"{entry['seconds']:.1f}s")
             results[name] = (score, name, run, replace(cfg, **t), hc)
         name = prefer_query_side([(r[1], r[4].towers, r[0], r[2]["epoch_ranks"][r[2]["best"]["epoch"]])
-                                  for r in results.values()], cfg, log, progress)
+                                  for r in results.values()], cfg, log, say=lambda t: _say(progress, t))
         _, name, run, final_cfg, _ = results[name]
         head, run_log = run["head"], run["log"]
         log["chosen"] = name
