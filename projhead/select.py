@@ -39,8 +39,8 @@ start; ``dense_only`` skips it).
 
 In k-fold mode, when that keeps the identity, one head fixed in advance is judged on every
 query, out of fold, on the margin of its gold context (``recipe.fall_back``); it replaces the
-identity only if that gain is above noise, dense and fused with BM25 (``recipe.not_tried``:
-when it is not tried).
+identity only if that gain is above noise dense and not below 0 fused with BM25
+(``recipe.kept``; ``recipe.not_tried``: when it is not tried).
 """
 from __future__ import annotations
 
@@ -388,9 +388,11 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             log.pop(key, None)
         _say(progress, f"kept: identity ({why}); the frozen encoder's fusion, chosen beside the head's:")
         fusion = identity_after_selection(fusion, cfg.select_metric, say=lambda t: _say(progress, t))
-    why_not = (not_tried(cache, cfg, fixed, bool(slots)) if decision["kept"] == "identity" else "a head was kept"
-               ) if k else "a dev split (" + ("asked for: folds 0" if folds == 0 else "5,000 queries or more"
-                                              if n >= CV_BELOW else "fewer than 5 groups") + ")"
+    if not k:
+        why_not = "a dev split (" + ("asked for: folds 0" if folds == 0 else
+                                     f"{CV_BELOW:,} queries or more" if n >= CV_BELOW else "fewer than 5 groups") + ")"
+    else:
+        why_not = not_tried(cache, cfg, fixed, bool(slots)) if decision["kept"] == "identity" else "a head was kept"
     if why_not is None:  # a head fixed in advance, judged on every query's margin; its fold heads choose its fusion
         _say(progress, f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
         fb = fall_back(cache, cfg, fold_rows, has_texts(cache) and not cfg.dense_only, say=lambda t: _say(progress, t))

@@ -82,6 +82,39 @@ def test_when_no_candidate_is_kept_the_recipe_is_judged_and_kept_on_a_real_gain(
     assert "fused with BM25" in card
 
 
+def _b(gain, low, high):
+    return {"gain": gain, "low": low, "high": high, "n": 100}
+
+
+@pytest.mark.parametrize("dense, fused, keep", [
+    (_b(0.004, 0.001, 0.007), _b(0.002, -0.03, 0.03), True),  # dense proved, fused level within noise
+    (_b(0.004, 0.001, 0.007), _b(-0.002, -0.03, 0.03), False),  # fused points down: not kept
+    (_b(0.004, 0.001, 0.007), _b(0.05, 0.02, 0.08), True),
+    (_b(0.004, -0.001, 0.009), _b(0.05, 0.02, 0.08), False),  # the dense interval must clear 0, fused or not
+    (_b(0.004, 0.001, 0.007), None, True),  # served dense alone (no texts, --dense-only)
+    (_b(0.0, 0.0, 0.007), None, False)])
+def test_the_recipe_is_kept_on_a_dense_gain_above_noise_that_fusion_does_not_turn_down(dense, fused, keep):
+    assert R.kept({"margin_gain": dense, **({"fused_margin_gain": fused} if fused else {})}) is keep
+
+
+def test_judge_recipe_decides_by_that_rule(planted_cache, monkeypatch):
+    c = open_cache(planted_cache(n_groups=40))
+    folds = S.group_folds(S.split_groups(c, need=5), 5, 0)
+    v = R.judge_recipe(c, folds, TrainConfig(), fused=True)
+    assert v["margin_gain"]["low"] > 0 and v["kept"] is True
+    real = R.margins
+
+    def fused_worse(dev, head, fused):  # the head's fused margins: the frozen encoder's, a little lower
+        ranks, dense, mixed = real(dev, head, fused)
+        return ranks, dense, mixed if head is None or mixed is None else real(dev, None, fused)[2] - 0.01
+
+    monkeypatch.setattr(R, "margins", fused_worse)
+    w = R.judge_recipe(c, folds, TrainConfig(), fused=True)
+    assert w["margin_gain"] == v["margin_gain"] and w["fused_margin_gain"]["gain"] == pytest.approx(-0.01)
+    assert w["kept"] is False
+    assert R.judge_recipe(c, folds, TrainConfig(), fused=False)["kept"] is True  # served dense alone
+
+
 def test_noise_keeps_the_identity_after_the_recipe_too(planted_cache, quick):
     head, log = S.auto_train(planted_cache(n_groups=40, rotate=0.0, noise=0.6), TrainConfig(epochs=3), progress=False)
     rec = log["selection"]["recipe"]

@@ -1,0 +1,131 @@
+"""How model selection judges its fallback, the adapter recipe, and what that decision is worth.
+
+    PROJHEAD_DATA=../shared/data taskset -c 1 python bench/bench_recipe_judge.py [--datasets quac boolq fiqa]
+        [--sizes 100 300 1000] [--seeds 0 1 2] [--out bench/results/recipe_judge]
+
+The corpus bench's fields and subsets (``bench_corpus``: BoolQ, FiQA and QuAC, each with every
+text of its file as the corpus). Per dataset, size and seed, the library's own judgement
+(``recipe.judge_recipe``, on model selection's five folds: what ``projhead train`` does when its
+search ends with the identity), once with held-out queries ranked against the subset's contexts
+and once also against every other text of the file (``projhead-corpus``), beside the truth:
+the recipe trained on every pair, its change of test nDCG@10 against the whole corpus, dense
+(head against frozen) and fused with BM25 (head + BM25 against frozen + BM25, per-query z-scores,
+dense weight ``fusion.DEFAULT_WEIGHT``, bm25s's default k1 and b).
+
+Two rules read the same judgement: ``both above 0`` (the dense and the fused margin gain's 95%
+intervals above 0) and ``dense above 0, fused not below`` (the library's: ``recipe.kept``). For
+each, the default's expected change when the candidates keep the identity: the recipe's test
+change where kept, else 0. Nothing here runs the candidates' search (bench_corpus does).
+
+Prints one line per run and writes ``OUT.json`` and ``OUT.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_corpus import WORK, caches, with_distractors  # noqa: E402
+from bench_small_data import subset_rows  # noqa: E402
+
+import projhead  # noqa: E402
+from projhead.corpus import load_corpus, with_corpus  # noqa: E402
+from projhead.encoders import DEFAULT_ENCODER, get_encoder  # noqa: E402
+from projhead.fusion import DEFAULT_WEIGHT, FusionSpec  # noqa: E402
+from projhead.hybrid import has_texts  # noqa: E402
+from projhead.recipe import judge_recipe, kept, train_recipe  # noqa: E402
+from projhead.select import group_folds  # noqa: E402
+from projhead.train import split_groups  # noqa: E402
+
+RULES = {"both above 0": lambda v: all(v[k]["low"] > 0 for k in ("margin_gain", "fused_margin_gain") if k in v),
+         "dense above 0, fused not below": kept}
+
+
+def test_ndcg(test, head) -> tuple[float, float]:
+    """Full-corpus nDCG@10 of ``head`` (None: frozen) on ``test``, dense and fused with BM25."""
+    r = projhead.evaluate_cache(test, head=head, bm25=True, fusion=FusionSpec(weight=DEFAULT_WEIGHT,
+                                                                              frozen_weight=DEFAULT_WEIGHT))
+    side = "head" if head is not None else "frozen"
+    return r[side]["full_corpus"]["nDCG@10"], r[f"{side}+bm25"]["full_corpus"]["nDCG@10"]
+
+
+def brief(b: dict) -> dict:
+    return {k: b[k] for k in ("gain", "low", "high", "n")}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", nargs="+", default=["quac", "boolq", "fiqa"])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="bench/results/recipe_judge")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    WORK.mkdir(parents=True, exist_ok=True)
+    enc = get_encoder(DEFAULT_ENCODER)
+    rows = []
+    for ds in args.datasets:
+        train, test, _ = caches(ds, enc)
+        test_all = with_corpus(test)
+        corpus = load_corpus(train)[:2]
+        frozen = test_ndcg(test_all, None)
+        for size in [s for s in args.sizes if s <= len(train.q2c)]:
+            for seed in args.seeds:
+                subset = subset_rows(train.groups, size, seed)
+                head = train_recipe(train.subset(subset), np.arange(len(subset)), seed=seed)
+                dense, fused = (a - b for a, b in zip(test_ndcg(test_all, head), frozen))
+                row = {"dataset": ds, "size": size, "seed": seed, "test_gain": dense, "test_fused_gain": fused}
+                for name, sub in (("subset", train.subset(subset)),
+                                  ("corpus", with_distractors(train, subset, corpus, None, seed))):
+                    v = judge_recipe(sub, group_folds(split_groups(sub, need=5), 5, seed),
+                                     projhead.TrainConfig(seed=seed), has_texts(sub))
+                    row[name] = {**{k: brief(v[k]) for k in ("margin_gain", "fused_margin_gain") if k in v},
+                                 "kept": {rule: bool(f(v)) for rule, f in RULES.items()}}
+                rows.append(row)
+                print(f"{ds:<6} n {size:>5} seed {seed}  test nDCG@10 {100 * dense:+.2f} (fused {100 * fused:+.2f})  " + "  ".join(
+                    f"{name}: margin {row[name]['margin_gain']['low']:+.4f}..{row[name]['margin_gain']['high']:+.4f}"
+                    + (f" fused {row[name]['fused_margin_gain']['gain']:+.4f} ({row[name]['fused_margin_gain']['low']:+.4f}.."
+                       f"{row[name]['fused_margin_gain']['high']:+.4f})" if "fused_margin_gain" in row[name] else "")
+                    + " kept: " + "/".join("y" if k else "n" for k in row[name]["kept"].values())
+                    for name in ("subset", "corpus")), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({
+        "bench": "recipe_judge", "encoder": DEFAULT_ENCODER, "fusion_weight": DEFAULT_WEIGHT, "rows": rows,
+        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "platform": platform.platform()}}, indent=1))
+    out.with_suffix(".md").write_text(table(rows))
+    print(table(rows))
+
+
+def table(rows: list) -> str:
+    """Per dataset and size: the recipe's test changes by seed; per rule, runs kept (without / with
+    the corpus) and the default's mean change (the recipe's where kept, else 0)."""
+    head = "| data | pairs | recipe's test nDCG@10 change by seed (fused with BM25) | " + " | ".join(
+        f"{rule}: kept / default's mean (without, with corpus)" for rule in RULES) + " |"
+    lines = [head, "|" + "---|" * (3 + len(RULES))]
+    keys = sorted({(r["dataset"], r["size"]) for r in rows}, key=lambda k: (["quac", "boolq", "fiqa"].index(k[0])
+                                                                             if k[0] in ("quac", "boolq", "fiqa") else 9, k[1]))
+    for ds, size in keys:
+        rs = [r for r in rows if (r["dataset"], r["size"]) == (ds, size)]
+        cells = []
+        for rule in RULES:
+            parts = []
+            for name in ("subset", "corpus"):
+                k = [r[name]["kept"][rule] for r in rs]
+                parts.append(f"{sum(k)}/{len(k)}, {100 * np.mean([r['test_gain'] if x else 0.0 for r, x in zip(rs, k)]):+.2f}")
+            cells.append("; ".join(parts))
+        lines.append(f"| {ds} | {size:,} | mean {100 * np.mean([r['test_gain'] for r in rs]):+.2f}: " + ", ".join(f"{100 * r['test_gain']:+.2f} ({100 * r['test_fused_gain']:+.2f})"
+                                                         for r in rs) + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
