@@ -2,6 +2,7 @@
 
     PROJHEAD_DATA=../shared/data taskset -c 1 python bench/bench_recipe_judge.py [--datasets quac boolq fiqa]
         [--sizes 100 300 1000] [--seeds 0 1 2] [--out bench/results/recipe_judge]
+    python bench/bench_recipe_judge.py --reread bench/results/null_recipe.json
 
 The corpus bench's fields and subsets (``bench_corpus``: BoolQ, FiQA and QuAC, each with every
 text of its file as the corpus). Per dataset, size and seed, the library's own judgement
@@ -18,6 +19,10 @@ each, the default's expected change when the candidates keep the identity: the r
 change where kept, else 0. Nothing here runs the candidates' search (bench_corpus does).
 
 Prints one line per run and writes ``OUT.json`` and ``OUT.md``.
+
+``--reread RUNS.json``: nothing is trained; the recipe's judgements a null benchmark recorded
+(``bench_null``'s ``runs``: null data, where any keep is false, and the planted rotation, where
+keeping is right) read again under each rule: how many each keeps, per data and size.
 """
 from __future__ import annotations
 
@@ -66,7 +71,11 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="bench/results/recipe_judge")
+    ap.add_argument("--reread", default=None, metavar="RUNS.json", help="a bench_null result: its recipe judgements")
     args = ap.parse_args()
+    if args.reread:
+        print(reread(json.loads(Path(args.reread).read_text())["runs"]))
+        return
     torch.set_num_threads(1)
     WORK.mkdir(parents=True, exist_ok=True)
     enc = get_encoder(DEFAULT_ENCODER)
@@ -103,6 +112,18 @@ def main():
                     "platform": platform.platform()}}, indent=1))
     out.with_suffix(".md").write_text(table(rows))
     print(table(rows))
+
+
+def reread(runs: list) -> str:
+    """Per data and size of a null benchmark's ``runs``: runs, recipe judged, and kept by each rule."""
+    lines = ["| data | pairs | runs | recipe judged | " + " | ".join(f"recipe kept, {rule}" for rule in RULES) + " |",
+             "|" + "---|" * (4 + len(RULES))]
+    for key in sorted({(r["data"], r["size"]) for r in runs}):
+        rs = [r for r in runs if (r["data"], r["size"]) == key]
+        judged = [r["recipe"] for r in rs if "margin_gain" in (r.get("recipe") or {})]
+        lines.append(f"| {key[0]} | {key[1]:,} | {len(rs)} | {len(judged)} | "
+                     + " | ".join(str(sum(bool(f(v)) for v in judged)) for f in RULES.values()) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table(rows: list) -> str:

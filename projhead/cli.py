@@ -107,7 +107,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help="model selection: give a kept query-side head a per-query gate that fades it to the frozen "
                    "encoder for queries unlike its training queries (calibrated against the --canary caches, if any)")
 @click.option("--hybrid", is_flag=True, help="for use fused with BM25: candidates also trained beside BM25, all chosen and decided by held-out queries ranked dense + BM25 (needs context texts)")
-@click.option("--dense-only", is_flag=True, help="you search with dense vectors alone, never fused with BM25: a head kept on its own need not also beat frozen + BM25 fused")
+@click.option("--dense-only", is_flag=True, help="you search with dense vectors alone, never fused with BM25: a head kept on its own is not also judged fused with BM25 (against frozen + BM25)")
 @click.option("--recipe/--no-recipe", default=_T.recipe, show_default=True, help="k-fold selection (under 5,000 queries) "
               "that keeps the identity also judges LlamaIndex's adapter recipe, fixed in advance, on every held-out query's margin")
 @click.option("--bm25", "bm25_kb", type=click.Tuple([click.FloatRange(min=0), click.FloatRange(0, 1)]), metavar="K1 B", help="BM25's "

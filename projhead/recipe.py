@@ -4,7 +4,7 @@ Usage::
 
     from projhead.recipe import train_recipe, judge_recipe
     head = train_recipe(cache, rows)                  # LlamaIndex's linear adapter, settings fixed
-    verdict = judge_recipe(cache, fold_rows, cfg)     # out of fold, dense and fused with BM25
+    verdict = judge_recipe(cache, fold_rows, cfg, fused=True)  # out of fold, dense and fused with BM25
 
 Model selection (``select.auto_train``) chooses a candidate, its epoch and interpolation on half
 of its held-out queries and decides on MRR@10 of the other half. At a few hundred pairs that
@@ -20,9 +20,9 @@ bootstrap over all queries must put the dense margin gain above 0; with both sid
 BM25 (per-query z-scores, dense weight ``fusion.DEFAULT_WEIGHT``, the run's BM25 settings) the
 margin gain must not be below 0, unless the head is served dense alone (``kept``). Only then is it
 trained on every pair and kept. The fused side is asked not to lose rather than to gain beyond
-noise: fused margins are z-scores mixed with BM25's, several times noisier than the dense ones,
-and a gain the dense side proved is mostly within that noise once BM25 holds half the score
-(bench/bench_recipe_judge.py).
+noise: fused margins (z-scores mixed with BM25's) are far noisier beside their gain than dense
+ones, and asking for a fused gain beyond noise passed over QuAC heads that gained on the test
+questions dense and fused (bench/bench_recipe_judge.py).
 """
 from __future__ import annotations
 

@@ -89,6 +89,7 @@ def _b(gain, low, high):
 @pytest.mark.parametrize("dense, fused, keep", [
     (_b(0.004, 0.001, 0.007), _b(0.002, -0.03, 0.03), True),  # dense proved, fused level within noise
     (_b(0.004, 0.001, 0.007), _b(-0.002, -0.03, 0.03), False),  # fused points down: not kept
+    (_b(0.004, 0.001, 0.007), _b(0.0, -0.03, 0.03), True),  # level fused: not below
     (_b(0.004, 0.001, 0.007), _b(0.05, 0.02, 0.08), True),
     (_b(0.004, -0.001, 0.009), _b(0.05, 0.02, 0.08), False),  # the dense interval must clear 0, fused or not
     (_b(0.004, 0.001, 0.007), None, True),  # served dense alone (no texts, --dense-only)
@@ -112,6 +113,19 @@ def test_judge_recipe_decides_by_that_rule(planted_cache, monkeypatch):
     w = R.judge_recipe(c, folds, TrainConfig(), fused=True)
     assert w["margin_gain"] == v["margin_gain"] and w["fused_margin_gain"]["gain"] == pytest.approx(-0.01)
     assert w["kept"] is False
+
+    def fused_level(dev, head, fused):  # the head's fused margins: the frozen encoder's, +-0.05 about them
+        ranks, dense, mixed = real(dev, head, fused)
+        if head is None or mixed is None:
+            return ranks, dense, mixed
+        base = real(dev, None, fused)[2]
+        return ranks, dense, base + 0.001 + 0.05 * np.where(np.arange(len(base)) % 2, 1.0, -1.0)
+
+    monkeypatch.setattr(R, "margins", fused_level)
+    lv = R.judge_recipe(c, folds, TrainConfig(), fused=True)
+    f = lv["fused_margin_gain"]
+    assert f["gain"] >= 0 and f["low"] < 0 < f["high"]  # level within noise: kept (both intervals above 0: not)
+    assert lv["margin_gain"]["low"] > 0 and lv["kept"] is True
     assert R.judge_recipe(c, folds, TrainConfig(), fused=False)["kept"] is True  # served dense alone
 
 
