@@ -207,7 +207,8 @@ def fall_back(cache, cfg, fold_rows: list[np.ndarray], fused: bool, say=print) -
                 "margin_gain": v["margin_gain"], **({"fused_margin_gain": v["fused_margin_gain"]} if fused else {}),
                 "what": f"kept the {NAME} (fixed in advance; {RECIPE['epochs']} epochs)",
                 "measured": f"out of fold, each fold's {NAME} head, on all {log['queries']} queries; "
-                            + " and ".join(parts)}
+                            + " and ".join(parts) + "; kept on the dense interval above 0"
+                            + (" and a fused gain not below 0" if fused else "")}
     run_log = {"epochs": [{"epoch": i + 1, "train_loss": x} for i, x in enumerate(losses)], "frozen_dev": {},
                "best_epoch": RECIPE["epochs"], "settings": dict(RECIPE)}
     steps = math.ceil(len(cache.q2c) / RECIPE["batch"]) * RECIPE["epochs"]

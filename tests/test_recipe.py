@@ -79,7 +79,7 @@ def test_when_no_candidate_is_kept_the_recipe_is_judged_and_kept_on_a_real_gain(
     assert f"kept the {NAME}" in line and "held-out margin gain" in line and "contexts unchanged" in line
     card = (tmp_path / "h" / "README.md").read_text()
     assert f"Chosen: `{NAME}`" in card and "Held-out margin gain over the frozen encoder" in card
-    assert "fused with BM25" in card
+    assert "fused with BM25" in card and "kept on the dense interval above 0 and a fused gain not below 0" in card
 
 
 def _b(gain, low, high):
