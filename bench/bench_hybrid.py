@@ -147,6 +147,7 @@ def run_dataset(name: str, cache_dir: Path, work: Path, seeds: list[int], hybrid
         runs.append({"seed": seed, "train_seconds": secs, "fusion": spec.to_dict(),
                      "head_kept": not head.config.passthrough, "results": res, "head+bm25_vs": noise,
                      "chosen": log["selection"].get("chosen"), "decision": decision,
+                     "recipe": log["selection"].get("recipe"),  # the adapter recipe's judgement, or why it was not tried
                      **({"held_out_fused_vs_frozen": vs} if vs else {})})
     mean = {s: {p: {m: float(np.mean([r["results"][s][p][m] for r in runs])) for m in runs[0]["results"][s][p]}
                 for p in runs[0]["results"][s]} for s in SYSTEMS}
