@@ -18,11 +18,11 @@ context's score minus the best other candidate's (against every context and atta
 row), which moves for every query, where MRR@10 moves only for queries near the top. The paired
 bootstrap over all queries must put the dense margin gain above 0; with both sides fused with
 BM25 (per-query z-scores, dense weight ``fusion.DEFAULT_WEIGHT``, the run's BM25 settings) the
-margin gain must not be below 0, unless the head is served dense alone (``kept``). Only then is it
-trained on every pair and kept. The fused side is asked not to lose rather than to gain beyond
-noise: fused margins (z-scores mixed with BM25's) are far noisier beside their gain than dense
-ones, and asking for a fused gain beyond noise passed over QuAC heads that gained on the test
-questions dense and fused (bench/bench_recipe_judge.py).
+margin gain must not be below 0, unless the head is served dense alone or the cache has no
+texts (``kept``). Only then is it trained on every pair and kept. The fused side is asked not to
+lose rather than to gain beyond noise: fused margins (z-scores mixed with BM25's) are far noisier
+beside their gain than dense ones, and asking for a fused gain beyond noise passed over QuAC
+heads that gained on the test questions dense and fused (bench/bench_recipe_judge.py).
 """
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def fall_back(cache, cfg, fold_rows: list[np.ndarray], fused: bool, say=print) -
     log = {"name": NAME, "settings": dict(RECIPE), "kept": v["kept"], "queries": len(v["order"]),
            **{k: v[k] for k in ("dev_gain", "margin_gain", "fused_margin_gain") if k in v}}
     parts = [f"margin gain {v[k]['gain']:+.4f} (95% interval {v[k]['low']:+.4f} to {v[k]['high']:+.4f})"
-             + (" fused with BM25" if k.startswith("fused") else "") for k in ("margin_gain", "fused_margin_gain") if k in v]
+             + (" fused with BM25" if k.startswith("fused") else " dense") for k in ("margin_gain", "fused_margin_gain") if k in v]
     log["seconds"] = time.perf_counter() - t0
     say(f"  {NAME} (fixed in advance), out of fold on all {log['queries']} queries: " + "; ".join(parts)
         + f" -> {'kept: it replaces the identity' if v['kept'] else 'not kept'} ({log['seconds']:.1f}s)")
@@ -206,9 +206,9 @@ def fall_back(cache, cfg, fold_rows: list[np.ndarray], fused: bool, say=print) -
                 "dev_gain": {**v["margin_gain"], "of": "margin"},
                 "margin_gain": v["margin_gain"], **({"fused_margin_gain": v["fused_margin_gain"]} if fused else {}),
                 "what": f"kept the {NAME} (fixed in advance; {RECIPE['epochs']} epochs)",
-                "measured": f"out of fold, each fold's {NAME} head, on all {log['queries']} queries; "
-                            + " and ".join(parts) + "; kept on the dense interval above 0"
-                            + (" and a fused gain not below 0" if fused else "")}
+                "measured": f"out of fold, each fold's {NAME} head, on all {log['queries']} queries; kept on the dense "
+                            + "interval above 0" + (" and a fused gain not below 0" if fused else "") + ": "
+                            + " and ".join(parts)}
     run_log = {"epochs": [{"epoch": i + 1, "train_loss": x} for i, x in enumerate(losses)], "frozen_dev": {},
                "best_epoch": RECIPE["epochs"], "settings": dict(RECIPE)}
     steps = math.ceil(len(cache.q2c) / RECIPE["batch"]) * RECIPE["epochs"]

@@ -79,7 +79,7 @@ def test_when_no_candidate_is_kept_the_recipe_is_judged_and_kept_on_a_real_gain(
     assert f"kept the {NAME}" in line and "held-out margin gain" in line and "contexts unchanged" in line
     card = (tmp_path / "h" / "README.md").read_text()
     assert f"Chosen: `{NAME}`" in card and "Held-out margin gain over the frozen encoder" in card
-    assert "fused with BM25" in card and "kept on the dense interval above 0 and a fused gain not below 0" in card
+    assert "fused with BM25" in card and "kept on the dense interval above 0 and a fused gain not below 0: margin" in card
 
 
 def _b(gain, low, high):
@@ -127,6 +127,14 @@ def test_judge_recipe_decides_by_that_rule(planted_cache, monkeypatch):
     assert f["gain"] >= 0 and f["low"] < 0 < f["high"]  # level within noise: kept (both intervals above 0: not)
     assert lv["margin_gain"]["low"] > 0 and lv["kept"] is True
     assert R.judge_recipe(c, folds, TrainConfig(), fused=False)["kept"] is True  # served dense alone
+
+
+def test_a_recipe_kept_dense_alone_says_so(planted_cache):
+    c = open_cache(planted_cache(n_groups=40))
+    fb = R.fall_back(c, TrainConfig(), S.group_folds(S.split_groups(c, need=5), 5, 0), fused=False, say=lambda t: None)
+    m = fb["decision"]["measured"]
+    assert "kept on the dense interval above 0: margin gain" in m and "fused" not in m
+    assert "fused_margin_gain" not in fb["decision"] and "fused_margin_gain" not in fb["log"]
 
 
 def test_noise_keeps_the_identity_after_the_recipe_too(planted_cache, quick):
