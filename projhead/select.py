@@ -49,6 +49,7 @@ import math
 import os
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     """Search the candidates (see module doc), keep the best or the identity, save to ``out``.
     ``config``: the shared training settings (loss, seed, canaries, ...); ``fixed``: head or
     training settings every candidate must use (``{"kind": "linear", "lr": 1e-3}``)."""
+    say = partial(_say, progress)  # a line of progress, printed if asked for
     cfg = config or TrainConfig()
     cfg = with_fixed(cfg, fixed, HEAD_KEYS)  # its training settings are the run's in both modes
     check_out(out)
@@ -188,14 +190,14 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         k = len(set(groups)) if len(set(groups)) >= 5 else 0  # sides; under 5 groups, one held-out split
     log = {"mode": f"{k}-fold" if k else "dev split", "candidates": [], "n_queries": n,
            "not_used": _not_used(cfg, k), **ranked}
-    _say(progress, f"model selection on {n} queries ({log['mode']}), {len(cands)} candidates; "
-                   f"metric {cfg.select_metric} of held-out queries against {ranked['ranked_against']}")
+    say(f"model selection on {n} queries ({log['mode']}), {len(cands)} candidates; "
+        f"metric {cfg.select_metric} of held-out queries against {ranked['ranked_against']}")
     for note in log["not_used"]:
-        _say(progress, f"  not used: {note}")
+        say(f"  not used: {note}")
     ckpt = Path(out) / CHECKPOINT_NAME if out is not None else None
     if ckpt is not None and ckpt.exists():  # a --no-auto run's: it would resume onto this folder's new head
         log["removed"] = f"{ckpt}: the checkpoint of an earlier --no-auto run, replaced by this head"
-        _say(progress, f"  {log['removed']}")
+        say(f"  {log['removed']}")
     f = PER_QUERY[cfg.select_metric]
     gate, fold_gates = {}, None  # a per-query gate for a kept query-side head (with folds, one per fold head too)
     weight_folds = None  # with folds, a kept head's fusion weight is chosen on its fold heads, out of fold
@@ -206,9 +208,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         # out-of-fold ranks come in fold order; half the queries (whole groups) choose, the others decide
         choose_rows, decide_rows = _halves(groups, all_rows, cfg.seed, log)
         if log.get("halves"):
-            _say(progress, f"  note: {log['halves']}")
-        cfg, cands = hybrid_settings(cache, cfg, cands, all_rows, all_rows, log,
-                                      say=lambda t: _say(progress, t))
+            say(f"  note: {log['halves']}")
+        cfg, cands = hybrid_settings(cache, cfg, cands, all_rows, all_rows, log, say=say)
         order = np.concatenate(fold_rows)
         sel, dec = np.flatnonzero(np.isin(order, choose_rows)), np.flatnonzero(np.isin(order, decide_rows))
         results = {}
@@ -229,13 +230,13 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                      "batch_size": tc.batch_size, "best_epoch": e_best, "score": scores[e_best],
                      "frozen": scores[0], "seconds": time.perf_counter() - s0, **({"stopped": stopped} if stopped else {})}
             log["candidates"].append(entry)
-            _say(progress, f"  {name:<20} {cfg.select_metric} {scores[e_best]:.4f} at epoch {e_best}/{trained}"
-                           + (f" (of {tc.epochs} scheduled)" if trained < tc.epochs else "")
-                           + f" (frozen {scores[0]:.4f}; batch {tc.batch_size}) {entry['seconds']:.1f}s"
-                           + (f"; a fold {stopped}" if stopped else ""))
+            say(f"  {name:<20} {cfg.select_metric} {scores[e_best]:.4f} at epoch {e_best}/{trained}"
+                + (f" (of {tc.epochs} scheduled)" if trained < tc.epochs else "")
+                + f" (frozen {scores[0]:.4f}; batch {tc.batch_size}) {entry['seconds']:.1f}s"
+                + (f"; a fold {stopped}" if stopped else ""))
             results[name] = (scores[e_best], name, hc, t, e_best, oof, tc)
         name = prefer_query_side([(r[1], r[2].towers, r[0], r[5][r[4]][sel]) for r in results.values()],
-                                 cfg, log, say=lambda t: _say(progress, t))
+                                 cfg, log, say=say)
         _, name, hc, t, e_best, oof, tc = results[name]
         log.update(chosen=name, frozen_dev=rank_metrics(oof[0][dec]), chosen_dev_trained=rank_metrics(oof[e_best][dec]))
         # the winner again on every pair: the schedule of the folds, ended at the epoch that won (never
@@ -264,7 +265,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                         "why": f"{name} trained again on every pair stopped before epoch {e_best} "
                                f"({run_log['stopped']}): the head the folds judged could not be saved"}
         else:  # the gate first, as with a dev split: each fold's head is then judged with its fold's gate
-            gate, fold_gates = attach_gate(head, cache, cfg, canaries, None, None, say=lambda t: _say(progress, t),
+            gate, fold_gates = attach_gate(head, cache, cfg, canaries, None, None, say=say,
                                            fold_rows=fold_rows)
             if chooses_alpha(cfg, head):  # each fold's head at each alpha, its choosing queries ranked
                 at_epoch = at_epoch or (fold_runs(cache, hcfg, tc, fold_rows, e_best) if head.can_interpolate() else None)
@@ -294,8 +295,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             a = decision["alpha"]
             weight_folds = list(zip(fold_rows, _as_saved(at_epoch, a, fold_gates)))
             log["fusion_folds_seconds"] = time.perf_counter() - s0
-            _say(progress, f"  fold heads for the fusion weight: each of the {k} at epoch {e_best}, alpha {a:g}"
-                           f"{', gated by its fold' if fold_gates else ''} ({log['fusion_folds_seconds']:.1f}s)")
+            say(f"  fold heads for the fusion weight: each of the {k} at epoch {e_best}, alpha {a:g}"
+                f"{', gated by its fold' if fold_gates else ''} ({log['fusion_folds_seconds']:.1f}s)")
         if fold_heads is not None and decision["kept"] == "head":  # said below, if the head is still saved then
             log.update(averaged)
         log.update(dev_gain=decision.get("dev_gain"), chosen_dev=decision.get("dev_head"))
@@ -309,9 +310,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                              "queries of whole contexts and needs at least two; --no-auto trains fixed settings")
         choose_rows, decide_rows = _halves(groups, held, cfg.seed, log)
         if log.get("halves"):
-            _say(progress, f"  note: {log['halves']}")
-        cfg, cands = hybrid_settings(cache, cfg, cands, held, train_rows, log,
-                                      say=lambda t: _say(progress, t))
+            say(f"  note: {log['halves']}")
+        cfg, cands = hybrid_settings(cache, cfg, cands, held, train_rows, log, say=say)
         decide = held_out(cache, decide_rows, cfg)
         results = {}
         for name, hc, t in cands:
@@ -325,12 +325,12 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                      "score": run["best"]["score"], "frozen": run["frozen"].get(cfg.select_metric),
                      "seconds": time.perf_counter() - s0}
             log["candidates"].append(entry)
-            _say(progress, f"  {name:<20} {cfg.select_metric} {entry['score']:.4f} at epoch {entry['best_epoch']}"
-                           f"/{entry['epochs']} (frozen {entry['frozen']:.4f}; batch {entry['batch_size']}) "
-                           f"{entry['seconds']:.1f}s")
+            say(f"  {name:<20} {cfg.select_metric} {entry['score']:.4f} at epoch {entry['best_epoch']}"
+                f"/{entry['epochs']} (frozen {entry['frozen']:.4f}; batch {entry['batch_size']}) "
+                f"{entry['seconds']:.1f}s")
             results[name] = (score, name, run, replace(cfg, **t), hc)
         name = prefer_query_side([(r[1], r[4].towers, r[0], r[2]["epoch_ranks"][r[2]["best"]["epoch"]])
-                                  for r in results.values()], cfg, log, say=lambda t: _say(progress, t))
+                                  for r in results.values()], cfg, log, say=say)
         _, name, run, final_cfg, _ = results[name]
         head, run_log = run["head"], run["log"]
         log["chosen"] = name
@@ -339,7 +339,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             head.reset_to_identity()
             run_log["decision"] = {"kept": "identity", "why": none_beat(name, log)}
         else:  # the gate first, so that the canaries and the decision see the head as it will be saved
-            gate = attach_gate(head, cache, cfg, canaries, train_rows, held, say=lambda t: _say(progress, t))[0]
+            gate = attach_gate(head, cache, cfg, canaries, train_rows, held, say=say)[0]
             if cfg.alpha == "auto":  # the head at each alpha (gated, as saved), the choosing queries ranked
                 a = chosen_alpha(head, lambda a: run["dev"].ranks(copy.deepcopy(head).interpolate(a)), cfg, log, progress)
                 final_cfg, run["cfg"] = replace(final_cfg, alpha=a), replace(run["cfg"], alpha=a)  # run's: sized
@@ -359,12 +359,12 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     run_log["selection"] = log
     run_log["seconds"] = log["seconds"]
     gain = log.get("dev_gain") or {}
-    _say(progress, f"chosen: {name}; kept: {decision['kept']}"
-                   + (f"; dev {gain.get('of', cfg.select_metric)} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
-                      f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
-                   + (f" ({decision['why']})" if decision.get("why") and not (
-                       gain and decision["why"] == not_above_zero(cfg.select_metric, gain)) else "")  # a gain said once
-                   + f"; {log['seconds']:.1f}s")
+    say(f"chosen: {name}; kept: {decision['kept']}"
+        + (f"; dev {gain.get('of', cfg.select_metric)} gain {gain['gain']:+.4f} (95% interval {gain['low']:+.4f} to "
+           f"{gain['high']:+.4f}, {gain['n']} queries)" if gain else "")
+        + (f" ({decision['why']})" if decision.get("why") and not (
+            gain and decision["why"] == not_above_zero(cfg.select_metric, gain)) else "")  # a gain said once
+        + f"; {log['seconds']:.1f}s")
     # the fusion weight, on queries the saved head was not trained on: the held-out ones; with folds the
     # final head saw every query, so each query is scored by the head of the fold that held it out (as saved:
     # that epoch and alpha), and the frozen encoder's weight is chosen on all of them
@@ -374,7 +374,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     # without --hybrid the head was decided alone: inside the fusion it must beat frozen + BM25 too (on the deciding
     # queries, each side as it would be saved: the identity's own BM25 of the grid unless set, and its own weight)
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
-                                  say=lambda t: _say(progress, t), grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
+                                  say=say, grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
                                   folds=weight_folds, bm25_grid=None if pinned else bm25_choices(cfg),
                                   judge=None if cfg.hybrid or cfg.dense_only else decide_rows, boot_seed=cfg.seed,
                                   frozen_bm25_grid=None if set_bm25 else bm25_choices(cfg),
@@ -386,16 +386,16 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         decision.update(kept="identity", why=why, fused_gain=fusion["fusion"]["chosen"]["against_frozen"])
         for key in ("after_folds", "after_folds_seconds"):  # no averaged head is saved
             log.pop(key, None)
-        _say(progress, f"kept: identity ({why}); the frozen encoder's fusion, chosen beside the head's:")
-        fusion = identity_after_selection(fusion, cfg.select_metric, say=lambda t: _say(progress, t))
+        say(f"kept: identity ({why}); the frozen encoder's fusion, chosen beside the head's:")
+        fusion = identity_after_selection(fusion, cfg.select_metric, say=say)
     if not k:
         why_not = "a dev split (" + ("asked for: folds 0" if folds == 0 else
                                      f"{CV_BELOW:,} queries or more" if n >= CV_BELOW else "fewer than 5 groups") + ")"
     else:
         why_not = not_tried(cache, cfg, fixed, bool(slots)) if decision["kept"] == "identity" else "a head was kept"
     if why_not is None:  # a head fixed in advance, judged on every query's margin; its fold heads choose its fusion
-        _say(progress, f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
-        fb = fall_back(cache, cfg, fold_rows, has_texts(cache) and not cfg.dense_only, say=lambda t: _say(progress, t))
+        say(f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
+        fb = fall_back(cache, cfg, fold_rows, has_texts(cache) and not cfg.dense_only, say=say)
         if fb.get("head") is not None:
             fb["decision"]["candidate_not_kept"] = f"{name}: {decision.get('why')}"
             fb["decision"]["measured"] += f" (instead of {name}: {decision.get('why')})"
@@ -407,14 +407,14 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                                                              RECIPE_NAME, {})
             log.update(chosen=name, dev_gain=decision["dev_gain"], chosen_dev=decision["dev_head"], frozen_dev=frozen)
             run_log = {**fb["run_log"], "decision": decision, "selection": log}
-            fusion = tune_after_selection(None, cache, all_rows, cfg.select_metric, say=lambda t: _say(progress, t),
+            fusion = tune_after_selection(None, cache, all_rows, cfg.select_metric, say=say,
                                           folds=list(zip(fold_rows, fb["fold_heads"])),
                                           bm25_grid=None if set_bm25 else bm25_choices(cfg),
                                           spec=FusionSpec(bm25=settings_of(cfg)) if set_bm25 else None)
     log["recipe"] = fb["log"] if why_not is None else {"not_tried": why_not}
     run_log["seconds"] = log["seconds"] = time.perf_counter() - t0
     if log.get("after_folds"):
-        _say(progress, f"saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")
+        say(f"saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")
     return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
 
 
