@@ -25,6 +25,7 @@ from .cache_reader import Cache
 from .config import SMALL, TrainConfig, TrainError
 from .evaluate import dense_scorer, excluding, ranks, self_matches
 from .fusion import FusionSpec, fused_scorer
+from .h5strings import column
 from .heads import Head
 from .fusion import DEFAULT_WEIGHT
 from .lexical import bm25_share, held_out_bm25, settings_of, training_bm25
@@ -391,7 +392,7 @@ class StreamSource:
 
     def _open(self, cache: Cache, cfg: TrainConfig) -> None:
         self.Qd, self.Cd = self.f["queries/vectors"], self.f["contexts/vectors"]
-        self.Kd, self.Gd = self.f["queries/context"], self.f["queries/group"]
+        self.Kd, self.Gd = self.f["queries/context"], column(self.f, "queries/group")
         n, step = self.Kd.shape[0], cfg.stream_chunk
         self.chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
         dev_ctx = self._dev_contexts(dev_fraction(cfg, n), cfg.seed)

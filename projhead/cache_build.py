@@ -32,6 +32,7 @@ from .cachefile import (AS_FLOAT32, REBUILD_AS_FLOAT32, SECTIONS, CacheError, ca
 from .corpus import corpus_sizes, encode_corpus, seal_corpus, shard_vectors, write_corpus
 from .data import Pairs
 from .files import atomic_path, write_atomic
+from .h5strings import column, decode
 from .hashing import as_keys, text_hashes
 
 WRITE_BLOCK = 65536  # rows of vectors gathered and written at a time: the most held in memory
@@ -171,7 +172,7 @@ def _a_cache(path: Path) -> bool:
         if not h5py.is_hdf5(path):
             return False
         with h5py.File(path, "r") as f:
-            return f.attrs.get("format") == "projhead-cache"
+            return decode(f.attrs.get("format")) == "projhead-cache"
     except OSError:
         return True  # the signature of HDF5, too damaged to open: a cache cut short
 
@@ -271,12 +272,12 @@ def _add_corpus(plan, encoder, out: Path, want: dict, batch_size: int, shard_siz
             del f["corpus"]
         f.create_group("corpus")
         section = SECTIONS["corpus"]
-        sizes = {"n_corpus": len(plan), "dim": int(f.attrs["dim"])}
+        sizes, dtype = {"n_corpus": len(plan), "dim": int(f.attrs["dim"])}, decode(f.attrs["dtype"])
         for c in section.columns:
-            create_dataset(f, section.key("corpus", c), section.shape(c, sizes), c, str(f.attrs["dtype"]), shard_size)
+            create_dataset(f, section.key("corpus", c), section.shape(c, sizes), c, dtype, shard_size)
 
         def write(key, a, values):  # the shards' values were checked against the dtype by encode_corpus
-            f[key][a:a + len(values)] = np.asarray(values).astype(f.attrs["dtype"]) if key.endswith("vectors") else values
+            column(f, key)[a:a + len(values)] = np.asarray(values).astype(dtype) if key.endswith("vectors") else values
         write_corpus(write, plan, shard_vectors(parts), shard_size)
         seal_corpus(f, plan)
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from .cachefile import (HEADER_SIZES, SECTIONS, CacheError, TextColumn, check_shapes, check_values, fingerprint,
                         read_header, read_rows)
+from .h5strings import column, decode, read_attrs
 
 __all__ = ["Cache", "CacheError", "TextColumn", "open_cache", "read_identity", "read_rows"]
 
@@ -134,9 +135,10 @@ class Cache:
 
         section = SECTIONS[name]
         with h5py.File(self.path, "r") as f:
-            shapes = {c.name: f[section.key(where, c)].shape for c in section.columns if section.key(where, c) in f}
+            shapes = {c.name: column(f, section.key(where, c)).shape for c in section.columns
+                      if section.key(where, c) in f}
             attrs = {k: (json.loads(v) if k.endswith("_json") else v.item() if hasattr(v, "item") else v)
-                     for k, v in (f[where].attrs.items() if where else ())}
+                     for k, v in (read_attrs(f[where]).items() if where else ())}
         sizes = section.sizes({}, shapes)
         return {"section": name, "sizes": {k: v for k, v in sizes.items() if k not in HEADER_SIZES}, **attrs}
 
@@ -164,7 +166,7 @@ class Cache:
         with f:
             try:
                 sizes = check_shapes(self.path, section, where, f, _header_sizes(self.attrs))
-                data = {c.name: f[section.key(where, c)] for c in section.columns if section.key(where, c) in f}
+                data = {c.name: column(f, section.key(where, c)) for c in section.columns if section.key(where, c) in f}
                 if check:
                     check_values(self.path, section, where, data, sizes, self.attrs,
                                  section.stored_fingerprint(f, where))
@@ -181,7 +183,7 @@ class Cache:
             try:
                 out = {k: d[()] for k, d in data.items()}
                 where = SECTIONS[name].where(instance)
-                attrs = dict(next(iter(data.values())).file[where].attrs) if where and data else {}
+                attrs = read_attrs(next(iter(data.values())).file[where]) if where and data else {}
             except _DAMAGE as e:
                 raise CacheError(f"{self.path}: damaged section {name!r}, cannot read it ({e})") from e
         out = {k: ([s.decode("utf-8") for s in v] if v.dtype == object else v) for k, v in out.items()}
@@ -235,7 +237,7 @@ def _read(path: Path, f, check_finite: bool, load: bool) -> Cache:
     sizes = check_shapes(path, pairs, "", f, _header_sizes(attrs))
     arrays = None
     if load:
-        arrays = {c.name: f[c.name][()] for c in pairs.columns}
+        arrays = {c.name: column(f, c.name)[()] for c in pairs.columns}
         for c in pairs.columns:
             if c.kind == "text":
                 arrays[c.name] = [s.decode("utf-8") for s in arrays[c.name]]
@@ -248,8 +250,9 @@ def _read(path: Path, f, check_finite: bool, load: bool) -> Cache:
         def hint(key):
             return (f" (a virtual dataset: are the shard files in {path.name}.parts/ beside it?)"
                     if f[key].is_virtual else "")
-        # HDF5 cannot checksum variable-length strings (they live in a heap that fletcher32
-        # does not cover), so the content hash is recomputed from what was read
+        # the content hash, recomputed from what was read: the check of the texts and index as
+        # a whole (and the only one of the texts in caches before format 3, whose strings live
+        # in a heap that no checksum covers)
         check_values(path, pairs, "", checked, sizes, attrs, pairs.stored_fingerprint(f, ""), hint)
     return Cache(path, attrs, arrays, sections)
 
@@ -264,7 +267,7 @@ def read_identity(path: Path) -> dict:
            "fingerprint": c.attrs["fingerprint"], "dataset": c.attrs["dataset"], "split": c.attrs["split"],
            "granularity": c.attrs["granularity"], "dtype": c.attrs["dtype"]}
     with h5py.File(path, "r") as f:
-        more = {w: f[w].attrs.get("fingerprint") for name, ws in c.sections.items() for w in ws
+        more = {w: decode(f[w].attrs.get("fingerprint")) for name, ws in c.sections.items() for w in ws
                 if SECTIONS[name].identity and w}
     if more:
         out["sections"] = more

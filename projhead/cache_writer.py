@@ -30,18 +30,18 @@ from .cache_reader import open_cache
 from .cachefile import (HEADER_SIZES, SECTIONS, CacheError, Column, Section, check_float16, check_values,
                         fingerprint)
 from .files import atomic_path
+from .h5strings import column, create_text, write_attrs
 
 
-def create_dataset(g, name: str, shape: tuple, column: Column, dtype: str, block: int):
+def create_dataset(g, name: str, shape: tuple, col: Column, dtype: str, block: int):
     """One dataset of a section, with its final shape: vectors and numbers checksummed per
-    chunk (fletcher32), so damage fails to read instead of coming back as other numbers."""
-    import h5py
-
+    chunk (fletcher32), so damage fails to read instead of coming back as other numbers;
+    texts as checksummed UTF-8 bytes (``h5strings.PackedText``), written in row order."""
     n = shape[0]
-    if column.kind == "text":
-        return g.create_dataset(name, shape, h5py.string_dtype("utf-8"))
-    rows = block if column.kind == "vectors" else 65536
-    kind = {"vectors": dtype, "index": "int64", "float": "float32"}[column.kind]
+    if col.kind == "text":
+        return create_text(g, name, n)
+    rows = block if col.kind == "vectors" else 65536
+    kind = {"vectors": dtype, "index": "int64", "float": "float32"}[col.kind]
     return g.create_dataset(name, shape, kind, fletcher32=n > 0,
                             chunks=(max(1, min(rows, n)),) + tuple(shape[1:]) if n and all(shape) else None)
 
@@ -125,19 +125,19 @@ class CacheWriter:
             values = values.astype(self.dtype, copy=False)
         elif not len(values):
             return
-        self.f[key][start:start + len(values)] = values
+        column(self.f, key)[start:start + len(values)] = values
 
     def finish(self, attrs: dict) -> None:
         """The header (``cachefile.cache_attrs``); ``normalized`` is measured here, and the
         other sections get their sizes and fingerprints."""
         first = [v for v in self.first.values() if len(v)]
         norms = np.linalg.norm(np.concatenate(first), axis=1) if first else np.ones(1)
-        self.f.attrs.update({**attrs, "dim": self.dim, "dtype": self.dtype,
+        write_attrs(self.f, {**attrs, "dim": self.dim, "dtype": self.dtype,
                              "normalized": bool(np.allclose(norms, 1.0, atol=1e-3)),
                              "n_queries": self.shape["queries"], "n_contexts": self.shape["contexts"],
                              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         for where, (section, sizes) in self.extra.items():
-            _seal(self.f[where], section, where, {c.name: self.f[section.key(where, c)] for c in section.columns
+            _seal(self.f[where], section, where, {c.name: column(self.f, section.key(where, c)) for c in section.columns
                                                   if section.key(where, c) in self.f})
 
     def _abort(self) -> None:
@@ -172,7 +172,7 @@ class _GuardedFile(io.RawIOBase):
     that is then removed."""
 
     def __init__(self, path: Path, mode: str = "w+b"):
-        self._f = open(path, mode)
+        self._f = open(path, mode, buffering=0)  # unbuffered: a failed write fails there, never in a later seek
         self.name = str(path)
         self.error: OSError | None = None
 
@@ -275,7 +275,7 @@ def extend_cache(path: str | os.PathLike, fill, what: str, locked: bool = False)
 def _seal(group, section: Section, where: str, data: dict) -> None:
     """The attributes a section instance carries: its fingerprint (of what was written)."""
     if any(c.fingerprinted for c in section.columns):
-        group.attrs["fingerprint"] = fingerprint(section, data)
+        write_attrs(group, {"fingerprint": fingerprint(section, data)})
 
 
 def add_section(path: str | os.PathLike, name: str, arrays: dict, attrs: dict | None = None,
@@ -312,7 +312,7 @@ def add_section(path: str | os.PathLike, name: str, arrays: dict, attrs: dict | 
                 d = create_dataset(f, section.key(where, c), section.shape(c, sizes), c, cache.attrs["dtype"], 4096)
                 if len(value):
                     d[...] = value
-        f[where].attrs.update(attrs or {})
+        write_attrs(f[where], attrs or {})
         _seal(f[where], section, where, arrays)
 
     extend_cache(path, fill, label)

@@ -23,7 +23,9 @@ reader checks shapes, finite values, index ranges and the fingerprint, chunk by 
 sections marked ``identity``. A section with other rules adds them in ``check``.
 
 Kinds: ``vectors`` (rows, dim) in the cache's dtype, checksummed per chunk; ``text`` UTF-8
-strings (HDF5 cannot checksum them: a section that has them should fingerprint them);
+strings, packed as checksummed bytes and offsets (``h5strings``; caches before format 3 hold
+HDF5 variable-length strings, which no checksum covers: a section that has texts should
+fingerprint them);
 ``index`` int64 rows of another size (``of``; ``missing`` is the value meaning none);
 ``float`` float32 (``finite``: NaN and Inf refused).
 """
@@ -37,10 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._version import __version__
+from .h5strings import column, decode
 from .hashing import columns_sha256
 
 FORMAT = "projhead-cache"
-FORMAT_VERSION = 2  # 2: the fingerprint covers groups too and is the read-time check of the texts
+FORMAT_VERSION = 3  # 2: the fingerprint covers groups too and is the read-time check of the texts;
+# 3: texts and string attributes out of HDF5's unchecksummed global heap (h5strings)
 HEADER_SIZES = ("n_queries", "n_contexts", "dim")
 CHUNK = 65536  # rows read at a time by the checks
 
@@ -116,7 +120,7 @@ class Section:
         return tuple(out)
 
     def stored_fingerprint(self, f, where: str):
-        return f[where].attrs.get("fingerprint") if where else None
+        return decode(f[where].attrs.get("fingerprint")) if where else None
 
     def check(self, path, where: str, data: dict, sizes: dict, header: dict) -> None:
         """Rules beyond the columns' own (``data``: column name -> array or dataset)."""
@@ -136,7 +140,7 @@ def register_section(cls):
 def check_shapes(path, section: Section, where: str, f, header_sizes: dict) -> dict:
     """Each column of the instance at ``where`` is there (unless optional) with its declared
     shape; returns the instance's sizes."""
-    shapes = {c.name: f[section.key(where, c)].shape for c in section.columns if section.key(where, c) in f}
+    shapes = {c.name: column(f, section.key(where, c)).shape for c in section.columns if section.key(where, c) in f}
     missing = [section.key(where, c) for c in section.columns if not c.optional and c.name not in shapes]
     if missing:
         raise CacheError(f"{path}: incomplete {section.label(where)}, missing {', '.join(missing)}")
@@ -311,7 +315,7 @@ HEADER = ["format", "format_version", "encoder", "encoder_json", "dim", "dtype",
 
 def read_header(path, f) -> dict:
     """The attributes on / of the open file ``f``, checked: a projhead cache this version reads."""
-    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    attrs = {k: decode(v) for k, v in f.attrs.items()}
     if attrs.get("format") != FORMAT:
         raise CacheError(f"{path}: not a projhead cache (attribute 'format' is {attrs.get('format')!r})")
     if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
@@ -343,7 +347,7 @@ class Pairs(Section):
                Column("contexts/text", ("n_contexts",), "text"))
 
     def stored_fingerprint(self, f, where):
-        return f.attrs["fingerprint"] if int(f.attrs["format_version"]) >= 2 else None
+        return decode(f.attrs["fingerprint"]) if int(f.attrs["format_version"]) >= 2 else None
 
     def check(self, path, where, data, sizes, header):
         if int(header["format_version"]) < 2 and header.get("texts_sha256") not in (

@@ -34,6 +34,7 @@ import numpy as np
 
 from .cachefile import AS_FLOAT32, SECTIONS, CacheError, check_float16_shard, fingerprint, read_rows, text_named
 from .files import atomic_path
+from .h5strings import column, decode, write_attrs
 from .hashing import as_keys, columns_sha256, text_hashes
 from .pairs import DataError, _text, jsonl_objects, parquet_columns, parquet_objects, storable
 
@@ -212,10 +213,10 @@ def seal_corpus(f, plan: CorpusPlan) -> None:
     """The corpus group's attributes: what was read and kept, and its fingerprint, checked
     against the plan's (the identity the job was started with)."""
     g = f["corpus"]
-    written = g.attrs.get("fingerprint") or fingerprint(SECTIONS["corpus"], {"text": g["text"]})  # the writer's
+    written = decode(g.attrs.get("fingerprint")) or fingerprint(SECTIONS["corpus"], {"text": column(g, "text")})  # the writer's
     if written != plan.fingerprint:
         raise CacheError(f"{plan.source.path}: changed while it was being cached; run again")
-    g.attrs.update({"fingerprint": written, "stats_json": json.dumps(plan.stats)})
+    write_attrs(g, {"fingerprint": written, "stats_json": json.dumps(plan.stats)})
 
 
 # ---------------------------------------------------------------------------------------

@@ -122,6 +122,7 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
 
     from .cache_reader import CacheError, TextColumn, open_cache, read_rows
     from .data import content_sha256
+    from .h5strings import column
     from .hashing import text_hashes
     from .search import SearchError, build_index, search
 
@@ -147,7 +148,7 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
     with h5py.File(cache.path, "r") as f:
         Qd, Cd = f["queries/vectors"], f["contexts/vectors"]
         q2c = f["queries/context"][()].astype(np.int64)  # (Nq,)
-        texts = [TextColumn(f[k], chunk) for k in ("queries/text", "queries/id", "queries/group", "contexts/text")]
+        texts = [TextColumn(column(f, k), chunk) for k in ("queries/text", "queries/id", "queries/group", "contexts/text")]
         v2 = int(cache.attrs.get("format_version", 2)) >= 2  # version 1: texts only, under texts_sha256
         want = cache.attrs.get("fingerprint" if v2 else "texts_sha256")
         if want is not None and want != content_sha256(*texts, q2c if v2 else None):
@@ -157,7 +158,7 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
             raise SearchError(f"{cache.path}: queries that are also contexts (duplicate-question data) are not "
                               "supported with an index; evaluate without one")
         if len(extra):  # the corpus rows in the index, their texts a chunk at a time
-            ctext = f["corpus/text"]
+            ctext = column(f, "corpus/text")
             ch = np.concatenate([text_hashes([t.decode("utf-8") for t in ctext[np.sort(extra[a:a + chunk])]])[:, 0]
                                  for a in range(0, len(extra), chunk)])
             if np.isin(qh, ch).any():

@@ -17,6 +17,7 @@ import hashlib
 import numpy as np
 
 from .config import EncoderError
+from .h5strings import column, decode
 from .hashing import text_hashes
 
 
@@ -134,9 +135,9 @@ class VectorFile:
             import h5py
 
             self._h5 = f = h5py.File(path, "r")
-            if f.attrs.get("format") == "projhead-cache":
-                self._parts = [("query", f["queries/text"], f["queries/vectors"]),
-                               ("context", f["contexts/text"], f["contexts/vectors"])]
+            if decode(f.attrs.get("format")) == "projhead-cache":
+                self._parts = [("query", column(f, "queries/text"), f["queries/vectors"]),
+                               ("context", column(f, "contexts/text"), f["contexts/vectors"])]
                 self.shape = (sum(len(p[2]) for p in self._parts), f["queries/vectors"].shape[1])
             else:
                 if "vectors" not in f:

@@ -91,6 +91,43 @@ def planted_pairs(n_groups: int = 40, contexts_per_group: int = 5, queries_per_c
                  {"dataset": "planted", "split": "train", "granularity": "sentence"})
 
 
+def change_text(parent, key: str, row: int, text: str) -> None:
+    """Set row ``row`` of the text column ``key`` (under an open h5py file or group) to
+    ``text`` as a writer would, checksums and all: a change only the fingerprint can see."""
+    from projhead.h5strings import column, create_text
+
+    texts = list(column(parent, key)[()])
+    texts[row] = text.encode("utf-8")
+    del parent[key]
+    create_text(parent, key, len(texts))[:] = texts
+
+
+def as_format_2(path) -> None:
+    """Rewrite the cache at ``path`` as format 2 stored it: texts and string attributes as
+    HDF5 variable-length strings (in the global heap); a new file, so no old bytes remain."""
+    import h5py
+
+    from projhead.h5strings import PackedText
+
+    def copy(src, dst):
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v.decode("utf-8") if isinstance(v, bytes) else v
+        for name, obj in src.items():
+            if isinstance(obj, h5py.Group) and "ends" in obj:
+                dst.create_dataset(name, data=[t.decode("utf-8") for t in PackedText(obj)[()]],
+                                   dtype=h5py.string_dtype("utf-8"))
+            elif isinstance(obj, h5py.Group):
+                copy(obj, dst.create_group(name))
+            else:  # as written: chunks and checksums
+                dst.create_dataset(name, data=obj[()], chunks=obj.chunks, fletcher32=obj.fletcher32)
+
+    tmp = str(path) + ".v2"
+    with h5py.File(path, "r") as f, h5py.File(tmp, "w", libver="latest") as g:
+        copy(f, g)
+        g.attrs["format_version"] = 2
+    os.replace(tmp, path)
+
+
 def linked_cache(path, n_groups: int, links, contexts_per_group: int = 4) -> Path:
     """A planted cache of ``n_groups`` articles (two questions per context) plus, for each
     (article, context row) in ``links``, a question filed under that article whose gold context

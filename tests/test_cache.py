@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, PlantedEncoder, planted_pairs
+from conftest import FIXTURES, PlantedEncoder, as_format_2, planted_pairs
 from projhead.cache import CacheError, CacheWriter, build_cache, open_cache
 from projhead.data import load_jsonl
 
@@ -331,11 +331,31 @@ def test_unwritable_destination(tmp_path):
         build_cache(pairs, PlantedEncoder(pairs), tmp_path / "afile" / "c.h5", progress=False)
 
 
-def test_damaged_text_is_caught_by_the_texts_checksum(tmp_path):
-    """Strings live in an HDF5 heap that fletcher32 does not cover: a flipped byte in one
-    question would come back as another question (found by the property test)."""
+def test_damaged_text_fails_to_read(tmp_path):
+    """Texts are checksummed bytes: a flipped byte in one question fails to read instead of
+    coming back as another question (found by the property test)."""
     pairs = planted_pairs(n_groups=2)
     build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    with h5py.File(tmp_path / "c.h5", "r") as f:  # where the questions' (compressed) bytes are
+        chunk = f["queries/text/utf8"].id.get_chunk_info(0)
+    raw = bytearray((tmp_path / "c.h5").read_bytes())
+    raw[chunk.byte_offset + chunk.size // 2] ^= 0x20
+    (tmp_path / "bad.h5").write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match="bad.h5: damaged cache, cannot read it"):
+        open_cache(tmp_path / "bad.h5")
+
+
+def test_format_2_caches_are_read_and_their_damaged_texts_caught_by_the_fingerprint(tmp_path):
+    """Caches written before texts were packed (variable-length strings, which no HDF5
+    checksum covers) still read the same; there the fingerprint catches a flipped byte."""
+    pairs = planted_pairs(n_groups=2)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    new = open_cache(tmp_path / "c.h5")
+    as_format_2(tmp_path / "c.h5")
+    old = open_cache(tmp_path / "c.h5")
+    assert old.attrs["format_version"] == 2 and old.attrs["fingerprint"] == new.attrs["fingerprint"]
+    assert list(old.query_texts) == pairs.queries and list(old.context_texts) == pairs.contexts
+    np.testing.assert_array_equal(old.queries, new.queries)
     raw = bytearray((tmp_path / "c.h5").read_bytes())
     at = raw.find(b"question 1 about 1-3")
     assert at > 0

@@ -72,11 +72,11 @@ def test_answer_sentence_holds_the_answer(sentences, data):
     assert answer.strip() in got or answer in got
 
 
-# derandomized: the same 150 damaged files every run. Some damage to HDF5's global heap (where
-# variable-length strings live) makes the HDF5 library itself loop forever reading a string
-# (h5py 3.16 / HDF5 2.0.0, a known library bug still open upstream; one of 400 random damages of
-# this small file tried): no Python-level check can catch that, and a random draw of it would
-# hang the test run instead of failing it.
+# derandomized: the same 150 damaged files every run. Damage to HDF5's global heap (where caches
+# before format 3 kept their strings) could make the HDF5 library itself loop forever (h5py 3.16 /
+# HDF5 2.0.0, a known library bug): caches no longer store anything there, and bench_damage.py
+# tries thousands of damages with a timeout; here a loop of the library not yet met must not hang
+# the test run.
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 255)), min_size=1, max_size=8))
 def test_cache_reader_on_corrupted_files(tmp_path_factory, flips):

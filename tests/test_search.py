@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from conftest import change_text
+
 from projhead.evaluate import dense_scorer, full_corpus
 from projhead.search import SearchError, build_index, exact_topk, overlap_at_k, search, topk_metrics
 
@@ -101,6 +103,6 @@ def test_streamed_eval_checks_the_texts_and_refuses_self_matches(planted_cache, 
     bad = tmp_path / "bad.h5"
     shutil.copy(path, bad)
     with h5py.File(bad, "r+") as f:
-        f["contexts/text"][0] = "changed"
+        change_text(f, "contexts/text", 0, "changed")
     with pytest.raises(CacheError, match="do not match their checksum"):
         evaluate_streamed(bad, index="Flat")

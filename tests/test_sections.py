@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import PlantedEncoder, planted_pairs
+from conftest import PlantedEncoder, change_text, planted_pairs
 from projhead.cache import (SECTIONS, CacheError, CacheWriter, Column, Section, TextColumn, add_section, cache_attrs,
                             open_cache, read_identity, read_rows, register_section, write_texts)
 
@@ -95,7 +95,7 @@ def test_a_registered_section_round_trips_and_its_damage_is_named(turns, tmp_pat
             pass
 
     def text(g):
-        g["text"][4] = "a changed turn"
+        change_text(g, "text", 4, "a changed turn")
     with pytest.raises(CacheError, match="bad.h5: damaged section 'toy_turns', its texts or index do not match"):
         damaged(text)()
 
@@ -156,7 +156,7 @@ def test_a_version_1_cache_is_read_and_checked_by_every_reader(tmp_path):
     assert c.read("pairs")["queries/text"] is not None
     assert "frozen" in evaluate_streamed(p, index="Flat")
     with h5py.File(p, "r+") as f:
-        f["queries/group"][0] = b"another article"
+        change_text(f, "queries/group", 0, "another article")
     with pytest.raises(CacheError, match="damaged cache"):
         open_cache(p).read("pairs")
     with pytest.raises(CacheError, match="damaged cache"):

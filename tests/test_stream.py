@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from projhead import h5strings
 from projhead.cache import open_cache
 from projhead.heads import HeadConfig
 from projhead.batches import DevSet, StreamSource
@@ -114,7 +115,15 @@ def test_streaming_never_reads_a_whole_column(tmp_path, monkeypatch):
             item = super().__getitem__(key)
             return Recorded(item) if isinstance(item, h5py.Dataset) else item
 
+    real = h5strings.PackedText.__getitem__
+
+    def recorded_text(column, key):  # text columns are groups of datasets: recorded by rows
+        out = real(column, key)
+        reads.append((column.name, len(out) if isinstance(out, np.ndarray) else 1))
+        return out
+
     monkeypatch.setattr(h5py, "File", RecordingFile)
+    monkeypatch.setattr(h5strings.PackedText, "__getitem__", recorded_text)
     src = StreamSource(open_cache(path, load=False), TrainConfig(**STREAM))
     n = sum(len(b.context_ids) for b in src.epoch(np.random.default_rng(0)))
     src.f.close()

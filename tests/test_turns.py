@@ -9,6 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import change_text
+
 from projhead.cache import CacheError, build_cache, open_cache, read_identity
 from projhead.cli import main
 from projhead.data import Pairs, load_pairs
@@ -99,7 +101,7 @@ def test_turn_section_round_trips_and_is_checked(quac, tmp_path):
         damaged(no_question)()
 
     def retext(g):
-        g["text"][0] = "another question"
+        change_text(g, "text", 0, "another question")
     with pytest.raises(CacheError, match="bad.h5: damaged section 'turns', its texts or index do not match"):
         damaged(retext)()
 
