@@ -87,11 +87,22 @@ class PackedText:
         uniq, inv = np.unique(rows, return_inverse=True)
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
         if hi - lo <= 4 * len(uniq) + 1024:  # close together: one read of the span
-            got = self._span(lo, hi)[uniq - lo]
-        else:
-            got = np.empty(len(uniq), object)
-            for j, i in enumerate(uniq):
-                got[j] = self._span(int(i), int(i) + 1)[0]
+            out[:] = self._span(lo, hi)[uniq - lo][inv.reshape(-1)]
+            return out
+        # far apart: their offsets (two sorted reads), then their bytes, one read per run of
+        # rows whose texts lie less than a chunk apart
+        ends = np.asarray(self.ends[uniq], np.int64)
+        starts = np.zeros(len(uniq), np.int64)
+        starts[uniq > 0] = self.ends[uniq[uniq > 0] - 1]
+        if (starts < 0).any() or (ends < starts).any() or ends.max() > self.utf8.shape[0]:
+            raise ValueError(f"{self.name}: damaged text offsets (ends)")
+        got = np.empty(len(uniq), object)
+        cut = np.flatnonzero(starts[1:] - ends[:-1] > BYTES_CHUNK) + 1
+        for a, b in zip(np.r_[0, cut], np.r_[cut, len(uniq)]):
+            base = int(starts[a])
+            buf = self.utf8[base:int(ends[a:b].max())].tobytes()
+            for j in range(a, b):
+                got[j] = buf[starts[j] - base:ends[j] - base]
         out[:] = got[inv.reshape(-1)]
         return out
 
