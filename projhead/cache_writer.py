@@ -18,6 +18,7 @@ old file or the whole new one: new files are written to a temporary name and ren
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
@@ -27,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .cache_reader import open_cache
-from .cachefile import (HEADER_SIZES, SECTIONS, CacheError, Column, Section, check_float16, check_values,
-                        fingerprint)
+from .cachefile import (FORMAT_VERSION, HEADER_SIZES, SECTIONS, CacheError, Column, Section, check_float16,
+                        check_values, fingerprint)
 from .files import atomic_path
 from .h5strings import column, create_text, write_attrs
 
@@ -76,6 +77,7 @@ class CacheWriter:
                 raise CacheError(f"{self.path}: section {name!r} is one of many: give its name as \"instance\"")
             self.extra[section.where(instance)] = (section, dict(self.sizes, **sizes))
         self.pending = {}  # optional columns of other sections: created when first written
+        self.columns = {}  # the datasets written to, kept open (a text column flushes its chunk on closing)
         self.first: dict[str, np.ndarray] = {}  # the first rows of the pairs' vectors: are they unit length
         self._atomic = atomic_path(self.path)
         self.f = None
@@ -125,7 +127,9 @@ class CacheWriter:
             values = values.astype(self.dtype, copy=False)
         elif not len(values):
             return
-        column(self.f, key)[start:start + len(values)] = values
+        if key not in self.columns:
+            self.columns[key] = column(self.f, key)
+        self.columns[key][start:start + len(values)] = values
 
     def finish(self, attrs: dict) -> None:
         """The header (``cachefile.cache_attrs``); ``normalized`` is measured here, and the
@@ -199,14 +203,19 @@ class _GuardedFile(io.RawIOBase):
         return self._f.readinto(b)
 
     def write(self, b) -> int:
-        n = len(memoryview(b))
+        view = memoryview(b).cast("B")
+        n, done = len(view), 0
         if self.error is None:
             try:
-                self._f.write(b)
+                while done < n:  # an unbuffered write may take fewer bytes (a disk filling up)
+                    k = self._f.write(view[done:])
+                    if not k:
+                        raise OSError(errno.ENOSPC, f"wrote {done} of {n} bytes", self.name)
+                    done += k
                 return n
             except OSError as e:
                 self.error = e
-        self._f.seek(n, 1)
+        self._f.seek(n - done, 1)
         return n
 
     def truncate(self, size: int | None = None) -> int:
@@ -261,6 +270,11 @@ def extend_cache(path: str | os.PathLike, fill, what: str, locked: bool = False)
             try:
                 with h5py.File(raw, "r+", libver="latest") as f:
                     fill(f)
+                    if int(f.attrs["format_version"]) == 2:
+                        # what fill wrote is format 3 (h5strings): a projhead that reads only
+                        # format 2 must say "upgrade", not misread it. (Format 1 files keep
+                        # their number: their fingerprint means something else.)
+                        write_attrs(f, {"format_version": FORMAT_VERSION})
                 raw.close()
                 raw.check()
             finally:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._version import __version__
-from .h5strings import column, decode
+from .h5strings import column, decode, read_attrs
 from .hashing import columns_sha256
 
 FORMAT = "projhead-cache"
@@ -315,7 +315,7 @@ HEADER = ["format", "format_version", "encoder", "encoder_json", "dim", "dtype",
 
 def read_header(path, f) -> dict:
     """The attributes on / of the open file ``f``, checked: a projhead cache this version reads."""
-    attrs = {k: decode(v) for k, v in f.attrs.items()}
+    attrs = read_attrs(f)  # its strings checked against their sha256
     if attrs.get("format") != FORMAT:
         raise CacheError(f"{path}: not a projhead cache (attribute 'format' is {attrs.get('format')!r})")
     if int(attrs.get("format_version", -1)) > FORMAT_VERSION:

@@ -4,8 +4,10 @@ HDF5 stores variable-length strings (h5py's default for str datasets and attribu
 global heap that no checksum covers, and HDF5 2.0 can loop forever reading a damaged one. So
 a text column is a group of two checksummed (fletcher32) datasets: its texts' UTF-8 bytes one
 after another (``utf8``) and where each text ends (``ends``, int64); and a string attribute is
-a fixed-length byte string, kept in the object header, which the ``libver="latest"`` format
-checksums. Damage then fails to read, as it does for vectors.
+a fixed-length UTF-8 string. HDF5 checksums such attributes (``libver="latest"``) up to about
+4 KiB, not longer ones (HDF5's "huge" heap objects), so ``write_attrs`` also stores the sha256
+of an object's string attributes (``STRINGS_SHA256``), and ``read_attrs`` checks it. Damage
+then fails to read, as it does for vectors.
 
 Usage::
 
@@ -17,17 +19,22 @@ Usage::
 """
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 
 BYTES_CHUNK = 1 << 16  # bytes of text a chunk (and checksum) covers
 ENDS_CHUNK = 65536
+STRINGS_SHA256 = "strings_sha256"  # the attribute holding the sha256 of an object's string attributes
 
 
 class PackedText:
     """A text column stored as ``utf8`` bytes and ``ends`` offsets in the group ``group``:
-    read like an h5py string dataset (``len``, ``shape``, ``[i]``, ``[a:b]``, ``[rows]``,
-    ``[()]``: UTF-8 bytes, object arrays for many), written in row order (``[a:b] = texts``,
-    each block starting where the last one ended)."""
+    read like an h5py string dataset (``len``, ``shape``, ``[i]``, ``[a:b]``, ``[rows]``, a
+    boolean mask, ``[()]``: UTF-8 bytes, object arrays for many), written in row order
+    (``[a:b] = texts``, each block starting where the last one ended; rows never written read
+    as empty texts, as h5py's do)."""
 
     dtype = np.dtype(object)
     is_virtual = False
@@ -44,8 +51,14 @@ class PackedText:
 
     def __getitem__(self, index):
         n = len(self)
+        if isinstance(index, tuple) and len(index) == 1:
+            index = index[0]
         if index is Ellipsis or isinstance(index, tuple) and index == ():
             return self._span(0, n)
+        if isinstance(index, np.ndarray) and index.ndim == 0:
+            index = index.item()
+        if isinstance(index, (bool, np.bool_)) or isinstance(index, (float, np.floating)):
+            raise TypeError(f"{self.name}: rows are read by integers, slices or arrays of them, not {index!r}")
         if isinstance(index, (int, np.integer)):
             i = int(index) + n if index < 0 else int(index)
             if not 0 <= i < n:
@@ -54,7 +67,14 @@ class PackedText:
         if isinstance(index, slice):
             a, b, step = index.indices(n)
             return self._span(a, b) if step == 1 else self._rows(np.arange(a, b, step))
-        return self._rows(np.asarray(index))
+        rows = np.asarray(index)
+        if rows.dtype == bool:  # a mask, as h5py reads one
+            if rows.shape != (n,):
+                raise IndexError(f"{self.name}: a mask of {rows.shape} for {n} rows")
+            rows = np.flatnonzero(rows)
+        elif len(rows) and rows.dtype.kind not in "iu":
+            raise TypeError(f"{self.name}: rows are read by integers, not {rows.dtype}")
+        return self._rows(rows)
 
     def _bounds(self, a: int, b: int) -> np.ndarray:
         """Byte offsets of rows a..b: b - a + 1 of them, checked."""
@@ -148,15 +168,34 @@ def column(parent, key: str):
 
 
 def write_attrs(obj, attrs: dict) -> None:
-    """Set ``attrs`` on an h5py object, strings as fixed-length UTF-8 bytes (in the object
-    header, checksummed) instead of h5py's variable-length strings (in the global heap)."""
+    """Set ``attrs`` on an h5py object, strings as fixed-length UTF-8 (not h5py's
+    variable-length strings, in the global heap), then the sha256 of all its string attributes."""
+    import h5py
+
     for k, v in attrs.items():
-        obj.attrs[k] = np.bytes_(v.encode("utf-8")) if isinstance(v, str) else v
+        if isinstance(v, str):
+            if v.endswith("\x00"):
+                raise ValueError(f"{obj.name}: attribute {k!r} ends with a NUL character, which HDF5 strings drop")
+            raw = v.encode("utf-8")
+            v = np.array(raw, dtype=h5py.string_dtype("utf-8", max(1, len(raw))))
+        obj.attrs[k] = v
+    obj.attrs[STRINGS_SHA256] = np.array(_strings_sha256(obj).encode(), dtype=h5py.string_dtype("utf-8", 64))
+
+
+def _strings_sha256(obj, values: dict | None = None) -> str:
+    values = {k: decode(v) for k, v in obj.attrs.items()} if values is None else values
+    strings = {k: v for k, v in values.items() if isinstance(v, str) and k != STRINGS_SHA256}
+    return hashlib.sha256(json.dumps(strings, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def read_attrs(obj) -> dict:
-    """The attributes of an h5py object, byte strings decoded (either storage)."""
-    return {k: decode(v) for k, v in obj.attrs.items()}
+    """The attributes of an h5py object, byte strings decoded (either storage), checked against
+    their sha256 where ``write_attrs`` stored one (ValueError when they do not match)."""
+    out = {k: decode(v) for k, v in obj.attrs.items()}
+    want = out.pop(STRINGS_SHA256, None)
+    if want is not None and want != _strings_sha256(obj, out):
+        raise ValueError(f"{obj.name}: damaged attributes, their strings do not match their sha256")
+    return out
 
 
 def decode(v):

@@ -111,7 +111,8 @@ def as_format_2(path) -> None:
 
     def copy(src, dst):
         for k, v in src.attrs.items():
-            dst.attrs[k] = v.decode("utf-8") if isinstance(v, bytes) else v
+            if k != "strings_sha256":  # format 3's
+                dst.attrs[k] = v.decode("utf-8") if isinstance(v, bytes) else v
         for name, obj in src.items():
             if isinstance(obj, h5py.Group) and "ends" in obj:
                 dst.create_dataset(name, data=[t.decode("utf-8") for t in PackedText(obj)[()]],

@@ -345,6 +345,77 @@ def test_damaged_text_fails_to_read(tmp_path):
         open_cache(tmp_path / "bad.h5")
 
 
+def test_a_damaged_string_attribute_fails_to_read(tmp_path):
+    """String attributes are fixed-length, checksummed by HDF5 when short and by their sha256
+    (every length): a flipped byte in the encoder's description, or in a long description of
+    the data, fails to read (in format 2 both read as another description)."""
+    pairs = planted_pairs(n_groups=2)
+    pairs.meta["note"] = "a long description of the data " * 200  # meta_json over 4 KiB
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    for needle in (b'"weights_sha256"', b"description of the data a long"):
+        raw = bytearray((tmp_path / "c.h5").read_bytes())
+        at = raw.find(needle)
+        assert at > 0
+        raw[at + 1] ^= 0x20
+        (tmp_path / "bad.h5").write_bytes(bytes(raw))
+        with pytest.raises(CacheError, match="bad.h5: damaged cache, cannot read it"):
+            open_cache(tmp_path / "bad.h5")
+
+
+def test_a_section_added_to_a_format_2_cache_makes_it_format_3(tmp_path):
+    """What is added is written in today's layout, so the file says so: a projhead that reads
+    format 2 only asks to be upgraded instead of misreading the new section."""
+    from projhead.cache import add_section
+
+    pairs = planted_pairs(n_groups=2)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    as_format_2(tmp_path / "c.h5")
+    before = open_cache(tmp_path / "c.h5")
+    assert before.attrs["format_version"] == 2
+    negatives = np.zeros((len(pairs), 2), np.int64)
+    add_section(tmp_path / "c.h5", "mined", {"negatives": negatives}, {"settings_json": "{}"}, instance="x")
+    after = open_cache(tmp_path / "c.h5")
+    assert after.attrs["format_version"] == 3 and after.attrs["fingerprint"] == before.attrs["fingerprint"]
+    assert after.query_texts == before.query_texts
+    np.testing.assert_array_equal(after.mined("x")["negatives"], negatives)
+
+
+def test_a_short_write_is_completed_and_a_write_of_nothing_is_an_error(tmp_path, monkeypatch):
+    """The writer's file is unbuffered: a write the system cuts short (a filling disk) is
+    finished by writing the rest, and one that writes nothing fails the cache, naming it."""
+    import io
+
+    import projhead.cache_writer as cw
+
+    cuts = {"n": 0, "zero": False}
+
+    class Short(io.FileIO):
+        def write(self, b):
+            view = memoryview(b).cast("B")
+            cuts["n"] += 1
+            if cuts["zero"] and cuts["n"] > 3:
+                return 0
+            return super().write(view[:max(1, len(view) // 2)])  # every write cut to half
+
+    def short_open(path, mode, buffering=-1):
+        return Short(path, mode.replace("b", ""))
+
+    pairs = planted_pairs(n_groups=3)
+    monkeypatch.setattr(cw, "open", short_open, raising=False)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    assert cuts["n"] > 10
+    monkeypatch.undo()
+    c = open_cache(tmp_path / "c.h5")
+    assert c.query_texts == pairs.queries
+    np.testing.assert_allclose(c.queries, PlantedEncoder(pairs).encode(pairs.queries), atol=1e-6)
+
+    monkeypatch.setattr(cw, "open", short_open, raising=False)
+    cuts.update(n=0, zero=True)
+    with pytest.raises(CacheError, match="c2.h5.*wrote .* of .* bytes"):
+        build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c2.h5", progress=False)
+    assert not (tmp_path / "c2.h5").exists()
+
+
 def test_format_2_caches_are_read_and_their_damaged_texts_caught_by_the_fingerprint(tmp_path):
     """Caches written before texts were packed (variable-length strings, which no HDF5
     checksum covers) still read the same; there the fingerprint catches a flipped byte."""

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, as_format_2
 from projhead.cli import main
 from projhead.encoders import cpu_flags
 
@@ -108,6 +108,7 @@ def test_cache_written_before_precision_was_recorded_reads_as_fp32(tmp_path, cap
     shutil.copy(FIXTURES / "squad-v1.1-tiny.json", tmp_path / "dev-v1.1.json")
     args = ["cache", "--data", str(tmp_path), "--out", "c.h5", "--quiet", "--precision", "fp32"]
     assert main(args) == 0
+    as_format_2(tmp_path / "c.h5")
     with h5py.File(tmp_path / "c.h5", "r+") as f:  # as an older projhead wrote it
         info = json.loads(f.attrs["encoder_json"])
         del info["settings"]["precision"], info["build"]["precision"]

@@ -69,3 +69,32 @@ def test_string_attributes_are_fixed_length_and_read_back(tmp_path):
         assert f.attrs.get_id("name").dtype.kind == "S"  # not h5py's variable-length str
     with h5py.File(tmp_path / "a.h5", "r") as f:
         assert read_attrs(f) == {"name": "ünï", "empty": "", "n": 3, "big": "x" * 100_000}
+
+
+def test_masks_and_other_index_kinds_read_as_h5py_reads_them(tmp_path):
+    f, col = _column(tmp_path, TEXTS)
+    want = np.array([t.encode("utf-8") for t in TEXTS], object)
+    mask = np.array([True, False, True, False, False, True])
+    assert list(col[mask]) == list(want[mask]) and list(col[(slice(1, 3),)]) == list(want[1:3])
+    assert col[np.array(2)] == want[2]
+    for bad in (2.0, True, np.array([0.5])):
+        with pytest.raises(TypeError):
+            col[bad]
+    with pytest.raises(IndexError, match="mask"):
+        col[np.array([True, False])]
+
+
+def test_long_string_attributes_are_checked_by_their_sha256(tmp_path):
+    """HDF5 checksums attributes up to about 4 KiB, not longer ones: their sha256 does."""
+    with h5py.File(tmp_path / "a.h5", "w", libver="latest") as f:
+        write_attrs(f, {"long": "long text " * 10_000, "n": 1})
+    raw = bytearray((tmp_path / "a.h5").read_bytes())
+    at = raw.find(b"long text long")
+    raw[at] ^= 0x20
+    (tmp_path / "b.h5").write_bytes(bytes(raw))
+    with h5py.File(tmp_path / "b.h5", "r") as f:
+        with pytest.raises(ValueError, match="damaged attributes"):
+            read_attrs(f)
+    with h5py.File(tmp_path / "a.h5", "r+") as f:
+        with pytest.raises(ValueError, match="NUL"):
+            write_attrs(f, {"name": "ends with\x00"})

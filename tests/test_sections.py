@@ -139,7 +139,7 @@ def test_a_version_1_cache_is_read_and_checked_by_every_reader(tmp_path):
     """Version-1 files (groups outside the fingerprint, texts_sha256 beside it) open, read their
     pairs section and stream through eval --index; a changed text is still caught."""
     import h5py
-    from conftest import PlantedEncoder, planted_pairs
+    from conftest import PlantedEncoder, as_format_2, planted_pairs
 
     from projhead.cache import CacheError, build_cache
     from projhead.evaluate import evaluate_streamed
@@ -148,6 +148,7 @@ def test_a_version_1_cache_is_read_and_checked_by_every_reader(tmp_path):
     pairs = planted_pairs(n_groups=4)
     p = tmp_path / "v1.h5"
     build_cache(pairs, PlantedEncoder(pairs), p, progress=False)
+    as_format_2(p)  # variable-length strings
     with h5py.File(p, "r+") as f:  # what a version-1 writer left
         f.attrs["format_version"] = 1
         f.attrs["fingerprint"] = columns_sha256([pairs.queries, pairs.query_ids, pairs.contexts], [pairs.q2c])
