@@ -63,7 +63,7 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
 
     Resumable: an interrupted run continues where it stopped. A finished cache with the same
     settings is left alone; one made with other settings is never overwritten silently."""
-    from .cache import build_cache, cache_jsonl_vectors, open_cache
+    from .cache import FORMAT_VERSION, build_cache, cache_jsonl_vectors, open_cache
     from .corpus import CorpusFile
     from .data import JSONL_META, iter_jsonl, load_pairs
     from .encoders import get_encoder
@@ -128,7 +128,10 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
                 enc.close()  # vector files opened by vectors:NAME
         dim = enc.dim
     if res.status == "already complete":
-        click.echo(f"{out}: already complete with these settings; nothing to do")
+        version = int(open_cache(out, load=False).attrs["format_version"])
+        older = (f" (cache format {version}, whose texts and attributes HDF5 cannot checksum: --overwrite writes "
+                 f"it anew in format {FORMAT_VERSION})") if version < FORMAT_VERSION else ""
+        click.echo(f"{out}: already complete with these settings; nothing to do{older}")
     else:
         done = open_cache(out, load=False)
         ran = done.encoder_info["settings"].get("precision")
