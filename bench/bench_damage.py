@@ -1,6 +1,6 @@
 """Random byte damage to a cache file: what the reader makes of it, by cache format.
 
-    PROJHEAD_DATA=../shared/data python bench/bench_damage.py [--n 400] [--pairs 200] [--timeout 10]
+    PROJHEAD_DATA=../shared/data python bench/bench_damage.py [--n 400] [--pairs 200] [--timeout 60]
 
 Caches the first PAIRS SQuAD v1.1 dev questions and their sentences (all-MiniLM-L6-v2), and a
 copy rewritten as caches of format 2 stored texts and string attributes: HDF5 variable-length
@@ -155,7 +155,7 @@ def main():
     ap.add_argument("--worker")
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--pairs", type=int, default=200)
-    ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/damage")
     args = ap.parse_args()

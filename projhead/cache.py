@@ -24,6 +24,6 @@ from .cache_import import cache_jsonl_vectors  # noqa: F401
 from .cache_naming import cache_dataset, cache_name  # noqa: F401
 from .corpus import CorpusFile, attach_corpus, with_corpus  # noqa: F401
 from .cache_reader import Cache, open_cache, read_identity  # noqa: F401
-from .cache_writer import CacheWriter, add_section, extend_cache, lock_output  # noqa: F401
+from .cache_writer import CacheWriter, add_section, extend_cache, lock_output, upgrade_cache  # noqa: F401
 from .cachefile import (FORMAT, FORMAT_VERSION, SECTIONS, CacheError, Column, Section, TextColumn,  # noqa: F401
                         cache_attrs, job_identity, read_rows, register_section)

@@ -31,7 +31,7 @@ from .cache_reader import open_cache
 from .cachefile import (FORMAT_VERSION, HEADER_SIZES, SECTIONS, CacheError, Column, Section, check_float16,
                         check_values, fingerprint)
 from .files import atomic_path
-from .h5strings import column, create_text, write_attrs
+from .h5strings import column, create_text, read_attrs, write_attrs
 
 
 def create_dataset(g, name: str, shape: tuple, col: Column, dtype: str, block: int):
@@ -256,25 +256,25 @@ def extend_cache(path: str | os.PathLike, fill, what: str, locked: bool = False)
     which then replaces the file (``files.atomic_path``), so the cache is whole before and
     after whatever happens; memory stays bounded (the copy streams on disk). ``what`` names
     the addition in errors; ``locked``: the caller holds the cache's lock (``lock_output``).
-    ``projhead mine`` stores its sets this way, ``projhead cache --corpus`` a corpus."""
+    ``projhead mine`` stores its sets this way, ``projhead cache --corpus`` a corpus. A format 2
+    cache is copied in today's format (``copy_as_current``), so what is added and what was there
+    are alike; a format 1 cache is copied as it is (its fingerprint means something else)."""
     import h5py
 
     path = Path(path)
-    open_cache(path, load=False)  # a valid cache, or a clear error
+    version = int(open_cache(path, load=False).attrs["format_version"])  # a valid cache, or a clear error
     lock = None if locked else lock_output(path)
     try:
         with atomic_path(path) as tmp:
-            shutil.copyfile(path, tmp)
+            if version == 2:
+                copy_as_current(path, tmp)
+            else:
+                shutil.copyfile(path, tmp)
             shutil.copymode(path, tmp)  # the file keeps its permissions
             raw = _GuardedFile(tmp, "r+b")
             try:
                 with h5py.File(raw, "r+", libver="latest") as f:
                     fill(f)
-                    if int(f.attrs["format_version"]) == 2:
-                        # what fill wrote is format 3 (h5strings): a projhead that reads only
-                        # format 2 must say "upgrade", not misread it. (Format 1 files keep
-                        # their number: their fingerprint means something else.)
-                        write_attrs(f, {"format_version": FORMAT_VERSION})
                 raw.close()
                 raw.check()
             finally:
@@ -284,6 +284,52 @@ def extend_cache(path: str | os.PathLike, fill, what: str, locked: bool = False)
     finally:
         if lock is not None:
             lock.release()
+
+
+def copy_as_current(src: Path, dst: Path) -> None:
+    """Write the format 2 cache ``src`` to the new file ``dst`` in today's format: its text
+    datasets packed, its string attributes fixed-length with their sha256 (``h5strings``), the
+    rest copied as HDF5 stores it (chunks, checksums, virtual datasets); nothing is encoded."""
+    import h5py
+
+    raw = _GuardedFile(dst, "w+b")
+    try:
+        with h5py.File(src, "r") as f, h5py.File(raw, "w", libver="latest") as g:
+            _copy_packed(f, g)
+            write_attrs(g, {"format_version": FORMAT_VERSION})
+        raw.close()
+        raw.check()
+    finally:
+        raw.close()
+
+
+def _copy_packed(src, dst) -> None:
+    import h5py
+
+    write_attrs(dst, read_attrs(src))
+    for name, obj in src.items():
+        if isinstance(obj, h5py.Dataset) and h5py.check_string_dtype(obj.dtype):
+            col = create_text(dst, name, obj.shape[0])
+            for a in range(0, obj.shape[0], 65536):
+                col[a:a + 65536] = obj[a:a + 65536]
+        elif isinstance(obj, h5py.Group) and not ("utf8" in obj and "ends" in obj):
+            _copy_packed(obj, dst.create_group(name))
+        else:
+            src.copy(obj, dst, name)
+
+
+def upgrade_cache(path: str | os.PathLike) -> int:
+    """Rewrite the cache at ``path`` in today's format without encoding anything; returns the
+    format it had (nothing is written when it is today's). Format 1 caches are refused: their
+    fingerprint leaves out the groups, so they are other work (``projhead cache --overwrite``)."""
+    path = Path(path)
+    version = int(open_cache(path, load=False).attrs["format_version"])
+    if version == 1:
+        raise CacheError(f"{path}: a cache of format 1, whose fingerprint leaves out the groups: build it again "
+                         "(projhead cache ... --overwrite)")
+    if version < FORMAT_VERSION:
+        extend_cache(path, lambda f: None, f"the cache in format {FORMAT_VERSION}")
+    return version
 
 
 def _seal(group, section: Section, where: str, data: dict) -> None:

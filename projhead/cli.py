@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from .cache import CacheError
-from .cli_cache import cache, info
+from .cli_cache import cache, info, upgrade
 from .config import HEAD_KINDS, LOSS_NAMES, MINE_METHODS, TOWERS, HeadError, LossError, MineError, TrainError
 from .config import HeadConfig as _H, TrainConfig as _T  # option defaults come from the dataclasses
 from .data import DataError
@@ -41,6 +41,7 @@ def cli():
 
 cli.add_command(cache)
 cli.add_command(info)
+cli.add_command(upgrade)
 
 
 POS_INT = click.IntRange(min=1)

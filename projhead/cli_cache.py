@@ -129,8 +129,8 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
         dim = enc.dim
     if res.status == "already complete":
         version = int(open_cache(out, load=False).attrs["format_version"])
-        older = (f" (cache format {version}, whose texts and attributes HDF5 cannot checksum: --overwrite writes "
-                 f"it anew in format {FORMAT_VERSION})") if version < FORMAT_VERSION else ""
+        older = (f" (cache format {version}, whose texts and attributes HDF5 cannot checksum: `projhead upgrade "
+                 f"{out}` rewrites it in format {FORMAT_VERSION} without encoding anything)") if version == 2 else ""
         click.echo(f"{out}: already complete with these settings; nothing to do{older}")
     else:
         done = open_cache(out, load=False)
@@ -155,3 +155,16 @@ def info(cache_file, as_json):
         click.echo(json.dumps(d, indent=1, default=str))
         return
     click.echo("\n".join(info_lines(cache_file, d)))
+
+
+@click.command()
+@click.argument("cache_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def upgrade(cache_files):
+    """Rewrite caches of an older format in today's (texts and attributes checksummed), without
+    encoding anything; a cache of today's format is left as it is."""
+    from .cache import FORMAT_VERSION, upgrade_cache
+
+    for path in cache_files:
+        was = upgrade_cache(path)
+        click.echo(f"{path}: " + (f"format {was} rewritten in format {FORMAT_VERSION}" if was < FORMAT_VERSION
+                                  else f"already format {FORMAT_VERSION}; nothing to do"))

@@ -378,6 +378,45 @@ def test_a_section_added_to_a_format_2_cache_makes_it_format_3(tmp_path):
     assert after.attrs["format_version"] == 3 and after.attrs["fingerprint"] == before.attrs["fingerprint"]
     assert after.query_texts == before.query_texts
     np.testing.assert_array_equal(after.mined("x")["negatives"], negatives)
+    np.testing.assert_array_equal(after.queries, before.queries)
+    _assert_no_heap_strings(tmp_path / "c.h5")  # the whole file is format 3, not only what was added
+
+
+def _assert_no_heap_strings(path) -> None:
+    """No variable-length string dataset or attribute anywhere in the file."""
+    from projhead.h5strings import PackedText, column
+
+    with h5py.File(path, "r") as f:
+        assert isinstance(column(f, "queries/text"), PackedText)
+        objects = [f]
+        f.visititems(lambda name, obj: objects.append(obj))
+        for obj in objects:
+            if isinstance(obj, h5py.Dataset):
+                assert not h5py.check_string_dtype(obj.dtype), obj.name
+            for k in obj.attrs:
+                assert obj.attrs.get_id(k).dtype.kind != "O", (obj.name, k)
+
+
+def test_upgrade_rewrites_a_format_2_cache_without_encoding(tmp_path):
+    from projhead.cache import upgrade_cache
+
+    pairs = planted_pairs(n_groups=2)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    as_format_2(tmp_path / "c.h5")
+    before = open_cache(tmp_path / "c.h5")
+    assert upgrade_cache(tmp_path / "c.h5") == 2
+    after = open_cache(tmp_path / "c.h5")
+    assert after.attrs["format_version"] == 3 and after.attrs["fingerprint"] == before.attrs["fingerprint"]
+    assert (after.query_texts, after.query_ids, after.groups, after.context_texts) == (
+        before.query_texts, before.query_ids, before.groups, before.context_texts)
+    np.testing.assert_array_equal(after.contexts, before.contexts)
+    _assert_no_heap_strings(tmp_path / "c.h5")
+    kept = (tmp_path / "c.h5").read_bytes()
+    assert upgrade_cache(tmp_path / "c.h5") == 3 and (tmp_path / "c.h5").read_bytes() == kept  # nothing to do
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        f.attrs["format_version"] = 1
+    with pytest.raises(CacheError, match="format 1.*build it again"):
+        upgrade_cache(tmp_path / "c.h5")
 
 
 def test_a_short_write_is_completed_and_a_write_of_nothing_is_an_error(tmp_path, monkeypatch):

@@ -116,7 +116,16 @@ def test_cache_written_before_precision_was_recorded_reads_as_fp32(tmp_path, cap
     capsys.readouterr()
     assert main(args) == 0
     assert ("already complete with these settings; nothing to do (cache format 2, whose texts and attributes HDF5 "
-            "cannot checksum: --overwrite writes it anew in format 3)") in capsys.readouterr().out
+            "cannot checksum: `projhead upgrade c.h5` rewrites it in format 3 without encoding anything)"
+            ) in capsys.readouterr().out
+    assert main(["info", "c.h5"]) == 0
+    assert "format projhead-cache v2" in capsys.readouterr().out
+    assert main(["upgrade", "c.h5"]) == 0
+    assert "c.h5: format 2 rewritten in format 3" in capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().endswith("already complete with these settings; nothing to do")
+    assert main(["upgrade", "c.h5"]) == 0
+    assert "c.h5: already format 3; nothing to do" in capsys.readouterr().out
     assert main(["info", "c.h5"]) == 0
     assert "precision    fp32" in capsys.readouterr().out
 
