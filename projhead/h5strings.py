@@ -53,6 +53,8 @@ class PackedText:
         n = len(self)
         if isinstance(index, tuple) and len(index) == 1:
             index = index[0]
+        elif isinstance(index, tuple) and index != ():
+            raise TypeError(f"{self.name}: a text column has one axis, not {len(index)}")
         if index is Ellipsis or isinstance(index, tuple) and index == ():
             return self._span(0, n)
         if isinstance(index, np.ndarray) and index.ndim == 0:
@@ -173,6 +175,7 @@ def write_attrs(obj, attrs: dict) -> None:
     import h5py
 
     for k, v in attrs.items():
+        v = v.decode("utf-8") if isinstance(v, bytes) else v  # bytes too: never h5py's variable-length
         if isinstance(v, str):
             if v.endswith("\x00"):
                 raise ValueError(f"{obj.name}: attribute {k!r} ends with a NUL character, which HDF5 strings drop")

@@ -65,10 +65,11 @@ def test_damaged_offsets_fail_to_read(tmp_path):
 
 def test_string_attributes_are_fixed_length_and_read_back(tmp_path):
     with h5py.File(tmp_path / "a.h5", "w", libver="latest") as f:
-        write_attrs(f, {"name": "ünï", "empty": "", "n": 3, "big": "x" * 100_000})
+        write_attrs(f, {"name": "ünï", "empty": "", "n": 3, "big": "x" * 100_000, "raw": b"bytes"})
         assert f.attrs.get_id("name").dtype.kind == "S"  # not h5py's variable-length str
+        assert f.attrs.get_id("raw").dtype.kind == "S"
     with h5py.File(tmp_path / "a.h5", "r") as f:
-        assert read_attrs(f) == {"name": "ünï", "empty": "", "n": 3, "big": "x" * 100_000}
+        assert read_attrs(f) == {"name": "ünï", "empty": "", "n": 3, "big": "x" * 100_000, "raw": "bytes"}
 
 
 def test_masks_and_other_index_kinds_read_as_h5py_reads_them(tmp_path):
@@ -77,7 +78,7 @@ def test_masks_and_other_index_kinds_read_as_h5py_reads_them(tmp_path):
     mask = np.array([True, False, True, False, False, True])
     assert list(col[mask]) == list(want[mask]) and list(col[(slice(1, 3),)]) == list(want[1:3])
     assert col[np.array(2)] == want[2]
-    for bad in (2.0, True, np.array([0.5])):
+    for bad in (2.0, True, np.array([0.5]), (1, 2)):
         with pytest.raises(TypeError):
             col[bad]
     with pytest.raises(IndexError, match="mask"):
