@@ -62,7 +62,9 @@ class Lexical:
         for t, i in r.vocab_dict.items():
             terms[i] = t
         W = sp.csc_matrix((s["data"], s["indices"], s["indptr"]), shape=(s["num_docs"], len(s["indptr"]) - 1))
-        return cls(W.astype(np.float32), terms[:W.shape[1]], settings)
+        terms = terms[:W.shape[1]]
+        order = np.argsort(np.array(terms, dtype=object), kind="stable")  # bm25s numbers terms in set order,
+        return cls(W[:, order].astype(np.float32), [terms[i] for i in order], settings)  # which varies by run
 
     @property
     def WT(self):

@@ -276,3 +276,17 @@ def test_a_read_only_cache_is_left_as_it_is(tmp_path):
     finally:
         os.chmod(path, 0o644)
     assert path.read_bytes() == before and "stored" not in said[0]
+
+
+def test_the_terms_are_in_the_same_order_in_every_process():
+    """bm25s numbers terms in the order of a set, which varies with Python's hash seed: the
+    terms (and so the stored bm25 section) are sorted, so every run writes the same."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from projhead.lexical import Lexical; l = Lexical.build(['the cat sat on the mat', "
+            "'a dog ate my homework', 'cats and dogs']); print(l.terms, l.W.toarray().tolist())")
+    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout for seed in (1, 2, 3)}
+    assert len(out) == 1 and "['ate', 'cat', 'dog', 'homework', 'mat', 'my', 'sat']" in out.pop()
