@@ -321,8 +321,9 @@ def _copy_packed(src, dst) -> None:
 def upgrade_cache(path: str | os.PathLike) -> int:
     """Rewrite the cache at ``path`` in today's format without encoding anything; returns the
     format it had (nothing is written when it is today's). Format 1 caches are refused: their
-    fingerprint leaves out the groups, so they are other work (``projhead cache --overwrite``)."""
-    path = Path(path)
+    fingerprint leaves out the groups, so they are other work (``projhead cache --overwrite``).
+    A symbolic link's target is rewritten, and the link kept."""
+    path = Path(path).resolve()
     version = int(open_cache(path, load=False).attrs["format_version"])
     if version == 1:
         raise CacheError(f"{path}: a cache of format 1, whose fingerprint leaves out the groups: build it again "

@@ -413,6 +413,10 @@ def test_upgrade_rewrites_a_format_2_cache_without_encoding(tmp_path):
     _assert_no_heap_strings(tmp_path / "c.h5")
     kept = (tmp_path / "c.h5").read_bytes()
     assert upgrade_cache(tmp_path / "c.h5") == 3 and (tmp_path / "c.h5").read_bytes() == kept  # nothing to do
+    as_format_2(tmp_path / "c.h5")
+    (tmp_path / "link.h5").symlink_to(tmp_path / "c.h5")
+    assert upgrade_cache(tmp_path / "link.h5") == 2  # the file the link points at, the link kept
+    assert (tmp_path / "link.h5").is_symlink() and open_cache(tmp_path / "c.h5").attrs["format_version"] == 3
     with h5py.File(tmp_path / "c.h5", "r+") as f:
         f.attrs["format_version"] = 1
     with pytest.raises(CacheError, match="format 1.*build it again"):
