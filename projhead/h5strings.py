@@ -38,6 +38,7 @@ class PackedText:
 
     dtype = np.dtype(object)
     is_virtual = False
+    near = 1024  # rows spanning at most 4 per row asked for plus this many are read in one span
 
     def __init__(self, group):
         self.group, self.file, self.name = group, group.file, group.name
@@ -108,7 +109,7 @@ class PackedText:
             return out
         uniq, inv = np.unique(rows, return_inverse=True)
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-        if hi - lo <= 4 * len(uniq) + 1024:  # close together: one read of the span
+        if hi - lo <= 4 * len(uniq) + self.near:  # close together: one read of the span
             out[:] = self._span(lo, hi)[uniq - lo][inv.reshape(-1)]
             return out
         # far apart: their offsets (two sorted reads), then their bytes, one read per run of

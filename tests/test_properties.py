@@ -98,3 +98,32 @@ def test_cache_reader_on_corrupted_files(tmp_path_factory, flips):
         np.testing.assert_array_equal(c.contexts, good.contexts)
         np.testing.assert_array_equal(c.q2c, good.q2c)
         assert c.query_texts == good.query_texts and c.context_texts == good.context_texts
+
+
+@fast
+@given(st.lists(st.text(max_size=40), min_size=1, max_size=60), st.data())
+def test_packed_texts_read_as_h5py_strings(tmp_path_factory, texts, data):
+    """A text column written in random blocks reads back, by slices, rows and masks, as the
+    same texts in an h5py string dataset do."""
+    import h5py
+
+    from projhead.h5strings import PackedText, create_text
+
+    texts = [t.replace("\x00", "") for t in texts]  # h5py's strings cannot hold NUL
+    n = len(texts)
+    f = h5py.File(tmp_path_factory.mktemp("t") / "t.h5", "w", libver="latest")
+    col, ref = create_text(f, "packed", n), f.create_dataset("ref", data=texts, dtype=h5py.string_dtype("utf-8"))
+    a = 0
+    while a < n:
+        b = data.draw(st.integers(a + 1, n))
+        col[a:b] = texts[a:b]
+        a = b
+    start, stop = sorted(data.draw(st.tuples(st.integers(-n, n), st.integers(-n, n))))
+    step = data.draw(st.integers(1, 4))
+    rows = sorted(set(data.draw(st.lists(st.integers(0, n - 1), max_size=10))))
+    mask = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    for near in (PackedText.near, 0):  # rows read in one span, and (0) rows far apart read by runs
+        col.near = near
+        for index in (slice(start, stop, step), rows, mask, data.draw(st.integers(-n, n - 1)), ()):
+            got, want = col[index], ref[index]
+            assert (list(got) == list(want)) if isinstance(want, np.ndarray) else got == want
