@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .cache_reader import open_cache
-from .cachefile import (FORMAT_VERSION, HEADER_SIZES, SECTIONS, CacheError, Column, Section, check_float16,
-                        check_values, fingerprint)
+from .cachefile import (CHUNK, FORMAT_VERSION, HEADER_SIZES, SECTIONS, CacheError, Column, Section,
+                        check_float16, check_values, fingerprint)
 from .files import atomic_path
 from .h5strings import column, create_text, read_attrs, write_attrs
 
@@ -306,13 +306,14 @@ def copy_as_current(src: Path, dst: Path) -> None:
 def _copy_packed(src, dst) -> None:
     import h5py
 
-    write_attrs(dst, read_attrs(src))
+    if len(src.attrs):  # a group without attributes gets none, as the writer leaves it
+        write_attrs(dst, read_attrs(src))
     for name, obj in src.items():
         if isinstance(obj, h5py.Dataset) and h5py.check_string_dtype(obj.dtype):
             col = create_text(dst, name, obj.shape[0])
-            for a in range(0, obj.shape[0], 65536):
-                col[a:a + 65536] = obj[a:a + 65536]
-        elif isinstance(obj, h5py.Group) and not ("utf8" in obj and "ends" in obj):
+            for a in range(0, obj.shape[0], CHUNK):
+                col[a:a + CHUNK] = obj[a:a + CHUNK]
+        elif isinstance(obj, h5py.Group):
             _copy_packed(obj, dst.create_group(name))
         else:
             src.copy(obj, dst, name)

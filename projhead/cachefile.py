@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._version import __version__
-from .h5strings import column, decode, read_attrs
+from .h5strings import column, decode, one_span, read_attrs
 from .hashing import columns_sha256
 
 FORMAT = "projhead-cache"
@@ -265,8 +265,8 @@ def read_rows(dset, rows: np.ndarray) -> np.ndarray:
     uniq, inv = np.unique(rows, return_inverse=True)
     if len(uniq) == 0:
         return np.zeros((0,) + dset.shape[1:], np.float32)
-    lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-    if hi - lo <= 4 * len(uniq) + 1024:
+    if one_span(uniq):
+        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
         vec = dset[lo:hi][uniq - lo]
     else:
         vec = dset[uniq]

@@ -27,6 +27,13 @@ import numpy as np
 BYTES_CHUNK = 1 << 16  # bytes of text a chunk (and checksum) covers
 ENDS_CHUNK = 65536
 STRINGS_SHA256 = "strings_sha256"  # the attribute holding the sha256 of an object's string attributes
+NEAR = 1024
+
+
+def one_span(uniq: np.ndarray, near: int = NEAR) -> bool:
+    """Whether the sorted distinct rows ``uniq`` are close enough together to read as the one
+    span they cover (at most 4 rows per row asked for, plus ``near``) rather than row by row."""
+    return int(uniq[-1]) + 1 - int(uniq[0]) <= 4 * len(uniq) + near
 
 
 class PackedText:
@@ -38,7 +45,7 @@ class PackedText:
 
     dtype = np.dtype(object)
     is_virtual = False
-    near = 1024  # rows spanning at most 4 per row asked for plus this many are read in one span
+    near = NEAR  # ``one_span``'s slack: rows close enough together are read in one span
 
     def __init__(self, group):
         self.group, self.file, self.name = group, group.file, group.name
@@ -108,8 +115,8 @@ class PackedText:
         if not len(rows):
             return out
         uniq, inv = np.unique(rows, return_inverse=True)
-        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-        if hi - lo <= 4 * len(uniq) + self.near:  # close together: one read of the span
+        if one_span(uniq, self.near):  # close together: one read of the span
+            lo, hi = int(uniq[0]), int(uniq[-1]) + 1
             out[:] = self._span(lo, hi)[uniq - lo][inv.reshape(-1)]
             return out
         # far apart: their offsets (two sorted reads), then their bytes, one read per run of
