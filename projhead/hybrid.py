@@ -10,8 +10,8 @@ Usage::
 ``choose_weight`` ranks the held-out queries ``rows`` against every context of the cache
 (and the corpus rows attached to it for selection),
 fusing dense and BM25 scores (``fusion.fuse``) at every weight of a grid, and keeps the
-weight with the highest mean per-query metric; the frozen encoder's weight is chosen on the
-same queries. ``projhead train`` calls it (``tune_after_selection``) on the queries model
+weight with the highest mean per-query metric where it beats the default weight beyond noise,
+else the default (``kept_weight``); the frozen encoder's weight is chosen on the same queries. ``projhead train`` calls it (``tune_after_selection``) on the queries model
 selection held out, and saves the spec in the head's config.json.
 
 ``HybridRetriever`` holds a FAISS index of the (head-encoded) context vectors, the vectors
@@ -32,8 +32,8 @@ import numpy as np
 
 from .evaluate import MISS, PER_QUERY, dense_scorer, self_matches
 from .metrics import paired_bootstrap
-from .fusion import (BM25_GRID, WEIGHT_GRID, BM25Index, BM25Settings, FusionError, FusionSpec, normalise, normalised_bm25,
-                     normalised_pair, tokenize)
+from .fusion import (BM25_GRID, DEFAULT_WEIGHT, WEIGHT_GRID, BM25Index, BM25Settings, FusionError, FusionSpec, normalise,
+                     normalised_bm25, normalised_pair, tokenize)
 from .search import build_index, search
 
 MAX_TUNE_QUERIES = 4000  # held-out queries the weight is chosen on (a seeded sample beyond this)
@@ -48,21 +48,24 @@ def has_texts(cache) -> bool:
 def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric: str = "mrr10",
                   grid=WEIGHT_GRID, max_queries: int = MAX_TUNE_QUERIES, seed: int = 0,
                   block: int = 250, bm25_grid=None, max_settings_queries: int = MAX_SETTINGS_QUERIES,
-                  folds: list | None = None, judge=None, boot_seed: int = 0, frozen_bm25_grid=None) -> FusionSpec:
+                  folds: list | None = None, judge=None, boot_seed: int = 0, frozen_bm25_grid=None,
+                  stay: float | None = DEFAULT_WEIGHT) -> FusionSpec:
     """``spec`` (default settings if None) with the weight of ``grid`` whose fusion of
     ``head`` (the frozen encoder if None or passthrough) and BM25 has the highest mean
     ``metric`` on the query ``rows`` of ``cache``, ranked against all its contexts (and the
-    corpus rows attached to it for selection, ``Cache.ranked_contexts``); the
-    frozen encoder's weight on the same queries as ``frozen_weight``. Ties keep the lowest
-    weight. ``bm25_grid``: BM25 (k1, b) pairs to choose from first, on a sample of at most
-    ``max_settings_queries`` of the rows and every other weight of ``grid``, by the best
+    corpus rows attached to it for selection, ``Cache.ranked_contexts``), where it beats the
+    weight ``stay`` beyond noise (``kept_weight``), else ``stay`` (None: the highest, whatever
+    the margin); the frozen encoder's weight on the same queries, by the same rule, as
+    ``frozen_weight``. Ties keep the lowest weight, and a best level with ``stay`` keeps
+    ``stay``; ``boot_seed`` seeds the bootstrap. ``bm25_grid``: BM25 (k1, b) pairs to choose
+    from first, on a sample of at most ``max_settings_queries`` of the rows and every other weight of ``grid``, by the best
     fusion of the head (the frozen encoder if none); ties keep the first pair. ``folds``:
     ``(rows, head)`` pairs of k-fold selection, each fold's head scoring the rows it was not
     trained on (the saved head, refit on every query, has no held-out queries of its own);
     given, they stand for ``head``. ``judge``: query rows (every one, not a sample) on which the
     head fused as chosen here is compared with frozen + BM25 as it would be chosen for the
     identity (its own BM25 of ``bm25_grid``, its own weight on the same sampled rows), query by
-    query (the paired bootstrap of model selection, seeded with ``boot_seed``):
+    query (the paired bootstrap of model selection):
     ``chosen["against_frozen"]``; ``frozen_bm25_grid``: the pairs the identity's BM25 would be
     chosen from where the head's is fixed (no ``bm25_grid``: a head trained beside one BM25).
     Raises FusionError if the cache has no texts."""
@@ -97,36 +100,59 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
             own = _bm25_search(cache, rows, {"frozen": towers["frozen"]}, texts, spec, grid, metric, block,
                                frozen_bm25_grid, max_settings_queries, seed, "frozen")[3]
     rows = _sample(rows, max_queries, seed)
-    means = _fused_means(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
-    best = {name: float(grid[int(np.argmax(m))]) for name, m in means.items()}
+    per = _fused_scores(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
+    means = {name: v.mean(axis=0) for name, v in per.items()}
+    best, moved = {}, {}
+    for name, v in per.items():
+        best[name], moved[name] = kept_weight(v, grid, stay, boot_seed)
     if judge is not None and system == "head":
         record["against_frozen"] = _against_frozen(cache, np.asarray(judge, np.int64), rows, towers, texts, spec, index,
-                                                   means, own, grid, metric, block, boot_seed)
+                                                   per, own, grid, metric, block, boot_seed, stay, best["head"])
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
+              **({"stay": stay, "against_stay": {k: v for k, v in moved.items() if v}} if any(moved.values()) else {}),
               "system": system, **record, "seconds": round(time.perf_counter() - t0, 1)}
     return FusionSpec(weight=best.get("head", best["frozen"]), normalisation=spec.normalisation, bm25=spec.bm25,
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
 
 
-def _against_frozen(cache, judge, rows, towers, texts, spec, index, means, own, grid, metric, block, boot_seed) -> dict:
-    """The head fused at its best weight of ``means`` (BM25 ``index``) against frozen + BM25 as
-    the identity would be saved (``own``: the frozen encoder's BM25 choice, its index and the
-    record of its search or None, its weight chosen on ``rows`` at that BM25), each query of
-    ``judge`` scored, paired bootstrap. ``frozen`` records the identity's whole choice
+def kept_weight(per_query: np.ndarray, grid, stay: float | None, seed: int = 0) -> tuple[float, dict | None]:
+    """The weight of ``grid`` to keep from ``per_query`` (queries x weights, a per-query metric):
+    the one of highest mean (ties: the lowest) where its paired-bootstrap gain over ``stay``
+    (seeded with ``seed``) has a 95% interval above 0, else ``stay``; with the comparison made
+    (None where the highest is ``stay``, or ``stay`` is None or not in ``grid``: then the highest).
+    On a few hundred queries the highest mean of 21 weights is mostly noise: chosen so, the
+    fusion scored below the default on the test questions of every field and size measured
+    (bench/bench_fusion_choice.py)."""
+    grid = np.asarray(grid, np.float64)
+    top = int(np.argmax(per_query.mean(axis=0)))
+    at = np.flatnonzero(np.isclose(grid, stay)) if stay is not None else []
+    if not len(at) or top == at[0]:
+        return float(grid[top]), None
+    vs = paired_bootstrap(per_query[:, top], per_query[:, at[0]], seed=seed)
+    return (float(grid[top]) if vs["low"] > 0 else float(grid[at[0]])), {"best": float(grid[top]), **vs}
+
+
+def _against_frozen(cache, judge, rows, towers, texts, spec, index, per, own, grid, metric, block, boot_seed, stay,
+                    head_weight: float) -> dict:
+    """The head fused at ``head_weight`` (BM25 ``index``) against frozen + BM25 as the
+    identity would be saved (``own``: the frozen encoder's BM25 choice, its index and the record
+    of its search or None, its weight chosen on ``rows`` at that BM25 by ``kept_weight``), each
+    query of ``judge`` scored, paired bootstrap. ``frozen`` records the identity's whole choice
     (``identity_spec`` rebuilds its spec from it)."""
     fb, findex, searched = own
-    m = means["frozen"]
+    v = per["frozen"]
     if findex is not index:  # the frozen encoder's own BM25 differs: its weight at that BM25
-        m = _fused_means(cache, rows, {"frozen": towers["frozen"]}, [findex], texts, grid, metric, spec.normalisation,
-                         block)[0]["frozen"]
-    fw = float(grid[int(np.argmax(m))])
+        v = _fused_scores(cache, rows, {"frozen": towers["frozen"]}, [findex], texts, grid, metric, spec.normalisation,
+                          block)[0]["frozen"]
+    fw, moved = kept_weight(v, grid, stay, boot_seed)
     one = {name: _fused_scores(cache, judge, {name: towers[name]}, [ix], texts, np.array([w]), metric,
                                spec.normalisation, block)[0][name][:, 0]
-           for name, ix, w in (("head", index, float(grid[int(np.argmax(means["head"]))])), ("frozen", findex, fw))}
+           for name, ix, w in (("head", index, head_weight), ("frozen", findex, fw))}
     return {**paired_bootstrap(one["head"], one["frozen"], seed=boot_seed), "metric": metric,
-            "frozen": {"k1": fb.k1, "b": fb.b, "weight": fw, "scores": [round(float(x), 5) for x in m],
-                       **({"bm25_search": searched} if searched else {})}}
+            "frozen": {"k1": fb.k1, "b": fb.b, "weight": fw, "scores": [round(float(x), 5) for x in v.mean(axis=0)],
+                       **({"bm25_search": searched} if searched else {}),
+                       **({"stay": stay, "against_stay": moved} if moved else {})}}
 
 
 def identity_spec(spec: FusionSpec) -> FusionSpec:
@@ -139,6 +165,7 @@ def identity_spec(spec: FusionSpec) -> FusionSpec:
     if not vs or "scores" not in vs:
         raise FusionError("this fusion was not compared with frozen + BM25: it holds no choice for the identity")
     chosen = {"queries": ch["queries"], "metric": ch["metric"], "grid": ch["grid"], "scores": {"frozen": vs["scores"]},
+              **({"stay": vs["stay"], "against_stay": {"frozen": vs["against_stay"]}} if "against_stay" in vs else {}),
               "system": "frozen", "ranked": ch["ranked"], "distractors": ch["distractors"],
               **({"bm25_search": vs["bm25_search"]} if "bm25_search" in vs else {}), "seconds": ch["seconds"]}
     return FusionSpec(weight=vs["weight"], normalisation=spec.normalisation,
@@ -314,6 +341,11 @@ def _say_fusion(spec: FusionSpec, metric: str, say, folds: list | None = None) -
         f"{spec.chosen['queries']} held-out queries ({metric})"
         + (f"; BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g} (of {len(search['grid'])} settings, on "
            f"{search['queries']} held-out queries)" if search else ""))
+    for name, m in spec.chosen.get("against_stay", {}).items():
+        if m["low"] <= 0:  # said where the default weight was kept over the best; a weight that moved is the one above
+            say(f"  {'the head' if name == 'head' else 'the frozen encoder'}: {spec.chosen['stay']:.2f}, the default: "
+                f"the best on these queries, {m['best']:.2f}, does not beat it beyond noise ({metric} {m['gain']:+.4f}, "
+                f"95% interval {m['low']:+.4f} to {m['high']:+.4f})")
     vs = spec.chosen.get("against_frozen")
     if vs:
         f = vs["frozen"]

@@ -2,6 +2,8 @@
 rows, the weight chosen on held-out queries, and the retriever."""
 import json
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -219,6 +221,53 @@ def test_choose_weight_keeps_the_best_weight_of_a_plain_search(planted_cache):
         assert w == grid[int(np.argmax(means))], name
         np.testing.assert_allclose(spec.chosen["scores"][name], means, atol=1e-5)
     assert spec.chosen["queries"] == len(rows) and spec.chosen["system"] == "head"
+
+
+def test_the_best_weight_replaces_the_default_only_beyond_noise():
+    from projhead.hybrid import kept_weight
+
+    rng = np.random.default_rng(0)
+    grid = (0.6, 0.7, 0.8, 0.9)
+    base = rng.uniform(0, 1, (300, 1))
+    noisy = np.hstack([base + rng.normal(0, 0.3, (300, 1)) for _ in grid])  # every weight alike, one highest by chance
+    noisy[:, 2] = base[:, 0]
+    top = float(grid[int(np.argmax(noisy.mean(axis=0)))])
+    w, vs = kept_weight(noisy, grid, 0.8)
+    assert top != 0.8 and w == 0.8 and vs["best"] == top and vs["low"] <= 0
+    clear = noisy.copy()
+    clear[:, 0] = base[:, 0] + 0.05  # 0.6 better for every query
+    w, vs = kept_weight(clear, grid, 0.8)
+    assert w == 0.6 and vs["low"] > 0 and vs["gain"] == pytest.approx(0.05)
+    assert kept_weight(noisy, grid, None) == (top, None)  # no default: the highest, whatever the margin
+    assert kept_weight(noisy, (0.6, 0.7, 0.9, 1.0), 0.8) == (float((0.6, 0.7, 0.9, 1.0)[int(np.argmax(noisy.mean(0)))]),
+                                                            None)  # the default not in the grid: the highest
+    w, vs = kept_weight(np.repeat(base, 4, axis=1), grid, 0.8)  # ties: the lowest is the highest, level with 0.8
+    assert w == 0.8 and vs["best"] == 0.6 and vs["gain"] == 0
+
+
+def test_choose_weight_keeps_the_default_weight_unless_the_best_beats_it_beyond_noise(planted_cache, monkeypatch):
+    from projhead import hybrid
+    from projhead.cache import open_cache
+
+    cache = open_cache(planted_cache(n_groups=10, noise=1.0))
+    rows = np.arange(len(cache.q2c))
+    grid = (0.25, 0.5, 0.8, 1.0)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, (len(rows), 1))
+    for spread, moves in ((0.01, True), (0.2, False)):
+        per = np.hstack([base, base - 0.1, base, base - 0.2])
+        e = rng.normal(0, spread, len(rows))
+        per[:, 0] += 0.005 + e - e.mean()  # 0.25: ahead by 0.005 on average, for every query or by chance
+        monkeypatch.setattr(hybrid, "_fused_scores", lambda *a, **k: [{"frozen": per}])
+        said = []
+        spec = FusionSpec.from_dict(hybrid.tune_after_selection(None, cache, rows, "mrr10", say=said.append, grid=grid,
+                                                                 bm25_grid=None)["fusion"])
+        vs = spec.chosen["against_stay"]["frozen"]
+        assert vs["best"] == 0.25 and (vs["low"] > 0) is moves and spec.chosen["stay"] == 0.8
+        assert spec.weight == spec.frozen_weight == (0.25 if moves else 0.8)
+        assert any("0.80, the default: the best on these queries, 0.25, does not beat it" in t for t in said) is not moves
+        plain = hybrid.choose_weight(cache, rows, None, grid=grid, stay=None)
+        assert plain.weight == 0.25 and "against_stay" not in plain.chosen  # no default: the highest
 
 
 def test_choose_weight_compares_head_and_frozen_fused_on_the_judging_queries(planted_cache):
@@ -533,7 +582,9 @@ def test_a_head_not_above_frozen_plus_bm25_fused_gives_way_to_the_identity(plant
     fixed = {"kind": "linear", "towers": "query", "lr": 1e-2}
     real, asked = hybrid.paired_bootstrap, []
 
-    def scripted(a, b, **kw):  # the fused comparison's verdict, scripted; its queries recorded
+    def scripted(a, b, **kw):  # the fused comparison's verdict, scripted; its queries recorded (not the weights')
+        if sys._getframe(1).f_code.co_name != "_against_frozen":
+            return real(a, b, **kw)
         asked.append(len(a))
         return {**real(a, b, **kw), "gain": -0.01, "low": -0.02, "high": 0.0}
     monkeypatch.setattr(hybrid, "paired_bootstrap", scripted)
