@@ -167,7 +167,7 @@ def table(rows: list) -> str:
         lines.append(f"| {c} | {len(k)} of {n} | {mean['dense']:+.2f} | {mean['fused fixed']:+.2f} | "
                      f"{mean['fused as saved']:+.2f} | {sum(r['test']['fused as saved'] < 0 for r in k)} |")
     lines += ["", "| data | pairs | seed | ranked against | dense low | " + " | ".join(f"fused gain, {c}" for c in CHECKS)
-              + " | saved weights (head / frozen) | test: dense, fused fixed, fused as saved |", "|" + "---|" * 9]
+              + " | saved weights (head / frozen) | test: dense, fused fixed, fused as saved |", "|" + "---|" * 10]
     for r in rows:
         cells = [f"{r['fused'][c]['gain']:+.4f}" if c in r["fused"] else "" for c in CHECKS]
         w = f"{r['saved']['head']['weight']:.2f} / {r['saved']['frozen']['weight']:.2f}" if "saved" in r else ""

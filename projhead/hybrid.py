@@ -91,14 +91,15 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
               **({"folds": len(folds)} if folds else {})}
     if bm25_grid:
         bm25, index, record["bm25_search"], own = _bm25_search(cache, rows, towers, texts, spec, grid, metric, block,
-                                                                bm25_grid, max_settings_queries, seed, system)
+                                                                bm25_grid, max_settings_queries, seed, system, stay,
+                                                                boot_seed)
         spec = replace(spec, bm25=bm25)
     else:
         index = BM25Index(texts, spec.bm25)
         own = (spec.bm25, index, None)
         if judge is not None and system == "head" and frozen_bm25_grid:  # the identity's would be chosen
             own = _bm25_search(cache, rows, {"frozen": towers["frozen"]}, texts, spec, grid, metric, block,
-                               frozen_bm25_grid, max_settings_queries, seed, "frozen")[3]
+                               frozen_bm25_grid, max_settings_queries, seed, "frozen", stay, boot_seed)[3]
     rows = _sample(rows, max_queries, seed)
     per = _fused_scores(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
     means = {name: v.mean(axis=0) for name, v in per.items()}
@@ -110,7 +111,7 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
                                                    per, own, grid, metric, block, boot_seed, stay, best["head"])
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
-              **({"stay": stay, "against_stay": {k: v for k, v in moved.items() if v}} if any(moved.values()) else {}),
+              "stay": stay, **({"against_stay": {k: v for k, v in moved.items() if v}} if any(moved.values()) else {}),
               "system": system, **record, "seconds": round(time.perf_counter() - t0, 1)}
     return FusionSpec(weight=best.get("head", best["frozen"]), normalisation=spec.normalisation, bm25=spec.bm25,
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
@@ -120,15 +121,19 @@ def kept_weight(per_query: np.ndarray, grid, stay: float | None, seed: int = 0) 
     """The weight of ``grid`` to keep from ``per_query`` (queries x weights, a per-query metric):
     the one of highest mean (ties: the lowest) where its paired-bootstrap gain over ``stay``
     (seeded with ``seed``) has a 95% interval above 0, else ``stay``; with the comparison made
-    (None where the highest is ``stay``, or ``stay`` is None or not in ``grid``: then the highest).
+    (None where ``stay`` scores as high as any, or ``stay`` is None or not in ``grid``: then the
+    highest).
     On a few hundred queries the highest mean of 21 weights is mostly noise: chosen so, the
     fusion scored below the default on the test questions of every field and size measured
     (bench/bench_fusion_choice.py)."""
     grid = np.asarray(grid, np.float64)
-    top = int(np.argmax(per_query.mean(axis=0)))
+    means = per_query.mean(axis=0)
+    top = int(np.argmax(means))
     at = np.flatnonzero(np.isclose(grid, stay)) if stay is not None else []
-    if not len(at) or top == at[0]:
+    if not len(at):
         return float(grid[top]), None
+    if means[top] <= means[at[0]]:  # the default is (level with) the highest
+        return float(grid[at[0]]), None
     vs = paired_bootstrap(per_query[:, top], per_query[:, at[0]], seed=seed)
     return (float(grid[top]) if vs["low"] > 0 else float(grid[at[0]])), {"best": float(grid[top]), **vs}
 
@@ -152,7 +157,7 @@ def _against_frozen(cache, judge, rows, towers, texts, spec, index, per, own, gr
     return {**paired_bootstrap(one["head"], one["frozen"], seed=boot_seed), "metric": metric,
             "frozen": {"k1": fb.k1, "b": fb.b, "weight": fw, "scores": [round(float(x), 5) for x in v.mean(axis=0)],
                        **({"bm25_search": searched} if searched else {}),
-                       **({"stay": stay, "against_stay": moved} if moved else {})}}
+                       **({"against_stay": moved} if moved else {})}}
 
 
 def identity_spec(spec: FusionSpec) -> FusionSpec:
@@ -165,7 +170,7 @@ def identity_spec(spec: FusionSpec) -> FusionSpec:
     if not vs or "scores" not in vs:
         raise FusionError("this fusion was not compared with frozen + BM25: it holds no choice for the identity")
     chosen = {"queries": ch["queries"], "metric": ch["metric"], "grid": ch["grid"], "scores": {"frozen": vs["scores"]},
-              **({"stay": vs["stay"], "against_stay": {"frozen": vs["against_stay"]}} if "against_stay" in vs else {}),
+              "stay": ch.get("stay"), **({"against_stay": {"frozen": vs["against_stay"]}} if "against_stay" in vs else {}),
               "system": "frozen", "ranked": ch["ranked"], "distractors": ch["distractors"],
               **({"bm25_search": vs["bm25_search"]} if "bm25_search" in vs else {}), "seconds": ch["seconds"]}
     return FusionSpec(weight=vs["weight"], normalisation=spec.normalisation,
@@ -174,16 +179,19 @@ def identity_spec(spec: FusionSpec) -> FusionSpec:
 
 
 def choose_bm25(cache, rows, metric: str = "mrr10", grid=WEIGHT_GRID, bm25_grid=BM25_GRID, seed: int = 0,
-                block: int = 250, max_settings_queries: int = MAX_SETTINGS_QUERIES) -> tuple[BM25Settings, dict]:
+                block: int = 250, max_settings_queries: int = MAX_SETTINGS_QUERIES,
+                stay: float | None = DEFAULT_WEIGHT) -> tuple[BM25Settings, dict]:
     """The BM25 search of ``choose_weight`` alone, for the frozen encoder: the (k1, b) pair of
-    ``bm25_grid`` whose best fusion (every other weight of ``grid``) has the highest mean
-    ``metric`` on a sample of at most ``max_settings_queries`` of the query ``rows``, and the
-    record of the search. Raises FusionError if the cache has no texts or no rows are given."""
+    ``bm25_grid`` whose fusion at the weight it would be saved with (of every other weight of
+    ``grid``: ``stay`` unless another beats it beyond noise, ``kept_weight``, bootstrap seeded
+    with ``seed``) has the highest mean ``metric`` on a sample of at most
+    ``max_settings_queries`` of the query ``rows``, and the record of the search. Raises
+    FusionError if the cache has no texts or no rows are given."""
     rows = _checked_rows(cache, rows, "BM25's settings")
     contexts, texts = cache.ranked_contexts()
     bm25, _, record, _ = _bm25_search(cache, rows, {"frozen": (None, contexts)}, texts, FusionSpec(),
                                    np.asarray(grid, dtype=np.float64), metric, block, bm25_grid,
-                                   max_settings_queries, seed, "frozen")
+                                   max_settings_queries, seed, "frozen", stay, seed)
     return bm25, record
 
 
@@ -198,33 +206,35 @@ def _checked_rows(cache, rows, what: str) -> np.ndarray:
     return rows
 
 
-def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_grid, max_queries, seed, system):
-    """(the best BM25 settings of ``bm25_grid`` for ``system``'s best fusion at every other
-    weight of ``grid``, its index, the record, (the frozen encoder's own best settings, their
-    index, the record of a search for it alone)), on a sample of at most ``max_queries`` rows."""
+def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_grid, max_queries, seed, system,
+                 stay=DEFAULT_WEIGHT, boot_seed=0):
+    """(the best BM25 settings of ``bm25_grid`` for ``system``'s fusion at the weight of every
+    other one of ``grid`` that ``kept_weight`` keeps for it (``stay`` unless another beats it
+    beyond noise: the weight the fusion would be saved with), its index, the record, (the frozen
+    encoder's own best settings, their index, the record of a search for it alone)), on a
+    sample of at most ``max_queries`` rows."""
     settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
     tokenized = tokenize(texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
     indexes = [BM25Index(texts, s, tokenized=tokenized) for s in settings]
     some = _sample(rows, max_queries, seed)
-    means = _fused_means(cache, some, towers, indexes, texts, grid[::2], metric, spec.normalisation, block)
-    best = [float(m[system].max()) for m in means]
+    coarse = grid[::2]
+    per = _fused_scores(cache, some, towers, indexes, texts, coarse, metric, spec.normalisation, block)
+
+    def at_kept(v):  # the mean metric at the weight kept for this setting
+        w = kept_weight(v, coarse, stay, boot_seed)[0]
+        return float(v[:, int(np.flatnonzero(np.isclose(coarse, w))[0])].mean())
+
+    best = [at_kept(m[system]) for m in per]
     pick = int(np.argmax(best))
-    frozen_best = [float(m["frozen"].max()) for m in means]
+    frozen_best = [at_kept(m["frozen"]) for m in per]
     frozen = int(np.argmax(frozen_best))  # what the identity would be served with
-    record = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings], "weights": [float(g) for g in grid[::2]]}
+    record = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings], "weights": [float(g) for g in coarse]}
     return (settings[pick], indexes[pick], {**record, "best": [round(x, 5) for x in best]},
             (settings[frozen], indexes[frozen], {**record, "best": [round(x, 5) for x in frozen_best]}))
 
 
 def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     return rows if len(rows) <= n else np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
-
-
-def _fused_means(cache, rows, towers: dict, indexes: list, texts: list, grid: np.ndarray, metric: str, how: str,
-                 block: int) -> list[dict]:
-    """Per BM25 index, per tower: the mean over ``rows`` of ``_fused_scores``'s per-query metric at each weight."""
-    return [{name: v.mean(axis=0) for name, v in per.items()}
-            for per in _fused_scores(cache, rows, towers, indexes, texts, grid, metric, how, block)]
 
 
 def _fused_scores(cache, rows, towers: dict, indexes: list, texts: list, grid: np.ndarray, metric: str, how: str,
@@ -291,18 +301,19 @@ def _fused_ranks(d: np.ndarray, b: np.ndarray, gold: np.ndarray, exclude: np.nda
         yield np.where(lost | ~np.isfinite(sg), MISS, r)
 
 
-def best_weight(dev, head, grid, per_query) -> float:
-    """The dense weight of ``grid`` at which ``head`` (None: the frozen encoder) fused with BM25
-    has the highest mean ``per_query`` metric on ``dev`` (a ``batches.DevSet`` ranked with BM25:
-    model selection's held-out queries, corpus rows included); ties keep the first."""
+def best_weight(dev, head, grid, per_query, stay: float | None = DEFAULT_WEIGHT, seed: int = 0) -> float:
+    """The dense weight of ``grid`` ``kept_weight`` keeps for ``head`` (None: the frozen encoder)
+    fused with BM25, scored by ``per_query`` on ``dev`` (a ``batches.DevSet`` ranked with BM25:
+    model selection's held-out queries, corpus rows included): the one of highest mean where it
+    beats ``stay`` beyond noise (bootstrap seeded with ``seed``), else ``stay``."""
     if dev.bm25 is None:
         raise FusionError("a fusion weight is chosen on queries ranked with BM25: this set has none")
     was, scores = dev.weight, []
     for w in grid:
         dev.weight = float(w)
-        scores.append(float(per_query(dev.ranks(head)).mean()))
+        scores.append(np.asarray(per_query(dev.ranks(head)), np.float64))
     dev.weight = was
-    return float(grid[int(np.argmax(scores))])
+    return kept_weight(np.stack(scores, axis=1), grid, stay, seed)[0]
 
 
 def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_GRID, bm25_grid=BM25_GRID,

@@ -21,7 +21,7 @@ from .batches import held_out
 from .cache_reader import Cache
 from .config import TrainConfig, TrainError
 from .evaluate import PER_QUERY
-from .fusion import BM25_GRID, WEIGHT_GRID
+from .fusion import BM25_GRID, DEFAULT_WEIGHT, WEIGHT_GRID
 from .hybrid import best_weight, choose_bm25
 from .lexical import bm25_share, settings_of, training_bm25
 
@@ -48,16 +48,18 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
                    log: dict, say=print) -> tuple[TrainConfig, list]:
     """With ``cfg.hybrid``: BM25's k1 and b, unless set, and the dense share at which held-out
     queries are ranked (fused with BM25) while candidates are chosen and the head is decided
-    on, unless set, both the frozen encoder's best on every held-out query (``held_rows``: the
+    on, unless set, both the frozen encoder's choice, by the rules ``projhead train`` saves a
+    fusion with (``hybrid.kept_weight``: the default weight unless another beats it beyond
+    noise), on every held-out query (``held_rows``: the
     choosing and the deciding ones, as ``projhead train`` chooses them after selection without
     ``--hybrid``; the choosing half alone makes noisier picks), ranked as
-    selection ranks them (with any corpus rows), so the identity is compared at its own best
-    fusion. Tuned to the frozen encoder and shared by both sides of the decision, they tilt it
+    selection ranks them (with any corpus rows), so the identity is compared at the fusion it
+    would be saved with. Tuned to the frozen encoder and shared by both sides of the decision, they tilt it
     toward the identity if at all (they also set the BM25-aware candidates' share and the
     rankings the choosing half stops early on). The search samples at most
     ``hybrid.MAX_SETTINGS_QUERIES`` with ``cfg.seed``. k1 and b of ``bm25_choices`` by the search
     ``projhead train`` makes after selection without ``--hybrid`` (``hybrid.choose_bm25``),
-    then the share above 0 at those. The BM25-aware
+    then the share above 0 at those (``hybrid.best_weight``). The BM25-aware
     candidates are trained beside that BM25, with their share (``lexical.bm25_share``) from
     that weight, once for every fold and the final run (from ``train_rows``); the weight saved
     with the head is chosen afterwards, at the same BM25."""
@@ -68,7 +70,7 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
         chosen, search = choose_bm25(cache, held_rows, cfg.select_metric, bm25_grid=bm25_choices(cfg), seed=cfg.seed)
         partly = "k1 as set, b " if cfg.bm25_k1 is not None else "b as set, k1 " if cfg.bm25_b is not None else ""
         cfg = replace(cfg, bm25_k1=chosen.k1, bm25_b=chosen.b)
-        bm25 = {"how": f"{partly}the frozen encoder's best fusion on {search['queries']} held-out queries",
+        bm25 = {"how": f"{partly}the frozen encoder's fusion on {search['queries']} held-out queries",
                 "search": search, "seconds": round(time.perf_counter() - s0, 1)}
     else:
         bm25 = {"how": "as set"}
@@ -78,8 +80,10 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
     training_bm25(cache, settings_of(cfg), say=lambda t: say("  " + t))  # made (and stored) once, before any fold
     if cfg.fusion_weight is None:  # a share of 0 would leave every head unseen: the grid from its first step
         dev = held_out(cache, held_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
-        cfg = replace(cfg, fusion_weight=best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric]))
-        how = f"the frozen encoder's best above 0 on the {len(held_rows)} held-out queries"
+        cfg = replace(cfg, fusion_weight=best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric],
+                                                     seed=cfg.seed))
+        how = (f"the frozen encoder's on the {len(held_rows)} held-out queries: {DEFAULT_WEIGHT:g} unless another above 0 "
+               "beats it beyond noise")
     else:
         how = "as set"
     lam = bm25_share(cache.queries[train_rows], cache.contexts, cfg.fusion_weight, cfg.seed)

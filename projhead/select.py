@@ -407,7 +407,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                                                              RECIPE_NAME, {})
             log.update(chosen=name, dev_gain=decision["dev_gain"], chosen_dev=decision["dev_head"], frozen_dev=frozen)
             run_log = {**fb["run_log"], "decision": decision, "selection": log}
-            fusion = tune_after_selection(None, cache, all_rows, cfg.select_metric, say=say,
+            fusion = tune_after_selection(None, cache, all_rows, cfg.select_metric, say=say, boot_seed=cfg.seed,
                                           folds=list(zip(fold_rows, fb["fold_heads"])),
                                           bm25_grid=None if set_bm25 else bm25_choices(cfg),
                                           spec=FusionSpec(bm25=settings_of(cfg)) if set_bm25 else None)

@@ -1,7 +1,6 @@
 """Fusion of dense and BM25 scores: the arithmetic, the spec saved with a head, evaluation
 rows, the weight chosen on held-out queries, and the retriever."""
 import json
-
 import sys
 
 import numpy as np
@@ -241,8 +240,8 @@ def test_the_best_weight_replaces_the_default_only_beyond_noise():
     assert kept_weight(noisy, grid, None) == (top, None)  # no default: the highest, whatever the margin
     assert kept_weight(noisy, (0.6, 0.7, 0.9, 1.0), 0.8) == (float((0.6, 0.7, 0.9, 1.0)[int(np.argmax(noisy.mean(0)))]),
                                                             None)  # the default not in the grid: the highest
-    w, vs = kept_weight(np.repeat(base, 4, axis=1), grid, 0.8)  # ties: the lowest is the highest, level with 0.8
-    assert w == 0.8 and vs["best"] == 0.6 and vs["gain"] == 0
+    assert kept_weight(np.repeat(base, 4, axis=1), grid, 0.8) == (0.8, None)  # level with the highest: no comparison
+    assert kept_weight(np.repeat(base, 4, axis=1), grid, None) == (0.6, None)  # ties: the lowest
 
 
 def test_choose_weight_keeps_the_default_weight_unless_the_best_beats_it_beyond_noise(planted_cache, monkeypatch):
@@ -268,6 +267,69 @@ def test_choose_weight_keeps_the_default_weight_unless_the_best_beats_it_beyond_
         assert any("0.80, the default: the best on these queries, 0.25, does not beat it" in t for t in said) is not moves
         plain = hybrid.choose_weight(cache, rows, None, grid=grid, stay=None)
         assert plain.weight == 0.25 and "against_stay" not in plain.chosen  # no default: the highest
+
+
+def test_the_head_is_judged_and_saved_at_the_weight_the_rule_keeps(planted_cache, monkeypatch):
+    """Head and frozen encoder each by the rule; the comparison with frozen + BM25 is made at the
+    weights saved: the head's default 0.8 (its best, 0.25, only by chance), the frozen encoder's
+    0.25 (ahead for every query)."""
+    from projhead import hybrid
+    from projhead.cache import open_cache
+
+    cache = open_cache(planted_cache(n_groups=10, noise=1.0))
+    rows = np.arange(len(cache.q2c))
+    head = _head_on(cache)
+    grid = (0.25, 0.5, 0.8, 1.0)
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 1, len(rows))
+    e = rng.normal(0, 0.2, len(rows))
+    table = {"head": np.stack([base + 0.005 + e - e.mean(), base - 0.1, base, base - 0.2], axis=1),
+             "frozen": np.stack([base + 0.05, base - 0.1, base, base - 0.2], axis=1)}
+    judged = []
+
+    def scripted(cache, some, towers, indexes, texts, weights, *rest):
+        cols = [grid.index(round(float(w), 2)) for w in weights]
+        if len(weights) == 1:
+            judged.extend((name, float(weights[0])) for name in towers)
+        return [{name: table[name][np.asarray(some)][:, cols] for name in towers} for _ in indexes]
+
+    monkeypatch.setattr(hybrid, "_fused_scores", scripted)
+    spec = FusionSpec.from_dict(hybrid.tune_after_selection(head, cache, rows, "mrr10", say=lambda t: None, grid=grid,
+                                                             bm25_grid=None, judge=rows[::2])["fusion"])
+    assert spec.weight == 0.8 and spec.frozen_weight == 0.25
+    assert spec.chosen["against_stay"]["head"]["low"] <= 0 and spec.chosen["against_stay"]["frozen"]["low"] > 0
+    assert sorted(judged) == [("frozen", 0.25), ("head", 0.8)]  # judged at the weights saved
+    vs = spec.chosen["against_frozen"]
+    assert vs["frozen"]["weight"] == 0.25 and vs["gain"] == pytest.approx(-0.05, abs=1e-9)
+
+
+def test_bm25_settings_are_chosen_at_the_weight_each_would_be_saved_with(planted_cache, monkeypatch):
+    """k1 0.5 scores highest at 0.25, but only by chance, so it would be saved at 0.8, where
+    k1 1.5 scores higher: 1.5 is chosen (the highest at any weight chose 0.5)."""
+    from projhead import hybrid
+    from projhead.cache import open_cache
+
+    cache = open_cache(planted_cache(n_groups=10, noise=1.0))
+    rows = np.arange(len(cache.q2c))
+    grid = (0.25, 0.5, 0.8)  # the search tries every other one: 0.25 and 0.8
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0, 1, len(rows))
+    e = rng.normal(0, 0.3, len(rows))
+    table = {1.5: np.stack([base - 0.1, base - 0.2, base + 0.02], axis=1),
+             0.5: np.stack([base + 0.03 + e - e.mean(), base - 0.2, base], axis=1)}
+
+    def scripted(cache, some, towers, indexes, texts, weights, *rest):
+        cols = [grid.index(round(float(w), 2)) for w in weights]
+        return [{name: table[ix.settings.k1][np.asarray(some)][:, cols] for name in towers} for ix in indexes]
+
+    monkeypatch.setattr(hybrid, "_fused_scores", scripted)
+    settings = ((1.5, 0.75), (0.5, 0.75))
+    spec = hybrid.choose_weight(cache, rows, None, grid=grid, bm25_grid=settings)
+    assert (spec.bm25.k1, spec.weight) == (1.5, 0.8)
+    assert spec.chosen["bm25_search"]["best"] == [pytest.approx(base.mean() + 0.02, abs=1e-5),
+                                                  pytest.approx(base.mean(), abs=1e-5)]
+    plain = hybrid.choose_weight(cache, rows, None, grid=grid, bm25_grid=settings, stay=None)
+    assert (plain.bm25.k1, plain.weight) == (0.5, 0.25)
 
 
 def test_choose_weight_compares_head_and_frozen_fused_on_the_judging_queries(planted_cache):
@@ -462,7 +524,8 @@ def test_train_with_folds_chooses_a_kept_heads_weight_on_its_fold_heads(planted_
     sel, spec = log["selection"], load_head(tmp_path / "h").fusion
     assert log["decision"]["kept"] == "head" and sel["mode"] == "5-fold"
     assert spec.chosen["system"] == "head" and spec.chosen["folds"] == 5 and spec.chosen["queries"] == 400
-    assert "held-out queries (mrr10), each scored by the head of the fold that held it out (5 folds)." in (
+    assert ("held-out queries (mrr10), each scored by the head of the fold that held it out (5 folds): 0.8 unless "
+            "another beats it beyond noise.") in (
         tmp_path / "h" / "README.md").read_text()  # the model card
     cache = open_cache(path)  # the fold heads again, by hand
     folds = group_folds(split_groups(cache, need=5), 5, cfg.seed)
