@@ -22,6 +22,8 @@ corpus, frozen + BM25 fused:
 - ``BM25 chosen, weight if beyond noise``: what ``projhead train`` saves (``hybrid.choose_weight``'s
   default): k1 and b chosen; the weight of highest mean where it beats the default weight at
   those k1 and b by the same test, else the default weight (``hybrid.kept_weight``).
+- ``BM25 at the kept weight``: the same, but each k1 and b scored at the weight the rule would
+  keep for it (of every other weight, as the search tries them), not at its best one.
 
 ``--datasets squad quora``: SQuAD v1.1 sentences (train subsets; test: dev, all 10,570 questions
 against its 6,698 sentences), where BM25 alone beats the frozen encoder, and Quora duplicates
@@ -51,11 +53,12 @@ import projhead  # noqa: E402
 from projhead.batches import held_out  # noqa: E402
 from projhead.corpus import with_corpus  # noqa: E402
 from projhead.encoders import DEFAULT_ENCODER, get_encoder  # noqa: E402
-from projhead.fusion import BM25_GRID, DEFAULT_WEIGHT, BM25Settings, FusionSpec  # noqa: E402
+from projhead.fusion import BM25_GRID, DEFAULT_WEIGHT, WEIGHT_GRID, BM25Settings, FusionSpec  # noqa: E402
 from projhead.hybrid import choose_weight  # noqa: E402
 from projhead.metrics import PER_QUERY, paired_bootstrap  # noqa: E402
 
-RULES = ("default", "chosen", "weight only", "BM25 only", "chosen if beyond noise", "BM25 chosen, weight if beyond noise")
+RULES = ("default", "chosen", "weight only", "BM25 only", "chosen if beyond noise", "BM25 chosen, weight if beyond noise",
+         "BM25 at the kept weight")
 SHOWN = ("nDCG@10", "MRR@10", "R@1")
 
 
@@ -74,9 +77,17 @@ def choices(sub, seed: int) -> tuple[dict, dict]:
     bm25 = FusionSpec(weight=DEFAULT_WEIGHT, bm25=chosen.bm25)
     ruled = choose_weight(sub, rows, None, bm25_grid=BM25_GRID, seed=seed, boot_seed=seed)  # the library's default
     vs = paired_bootstrap(per_query(sub, chosen), per_query(sub, default), seed=seed)
+    # each BM25 setting scored at the weight the rule keeps for it (of every other weight, as the search tries them)
+    at_kept = []
+    for k1, b in BM25_GRID:
+        s = choose_weight(sub, rows, None, spec=FusionSpec(bm25=BM25Settings(k1=k1, b=b)), grid=WEIGHT_GRID[::2],
+                          boot_seed=seed)
+        at_kept.append((s.chosen["scores"]["frozen"][WEIGHT_GRID[::2].index(s.weight)], -len(at_kept), s.bm25))
+    kept_bm25 = max(at_kept)[2]
     specs = {"default": default, "chosen": chosen, "weight only": weight_only, "BM25 only": bm25,
              "chosen if beyond noise": chosen if vs["low"] > 0 else default,
-             "BM25 chosen, weight if beyond noise": ruled}
+             "BM25 chosen, weight if beyond noise": ruled,
+             "BM25 at the kept weight": choose_weight(sub, rows, None, spec=FusionSpec(bm25=kept_bm25), boot_seed=seed)}
     record = {"chosen": {"k1": chosen.bm25.k1, "b": chosen.bm25.b, "weight": chosen.weight},
               "weight_only": weight_only.weight, "chosen_vs_default": {k: vs[k] for k in ("gain", "low", "high", "n")},
               "ruled": {"weight": ruled.weight, **ruled.chosen.get("against_stay", {}).get("frozen", {})}}

@@ -91,15 +91,14 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
               **({"folds": len(folds)} if folds else {})}
     if bm25_grid:
         bm25, index, record["bm25_search"], own = _bm25_search(cache, rows, towers, texts, spec, grid, metric, block,
-                                                                bm25_grid, max_settings_queries, seed, system, stay,
-                                                                boot_seed)
+                                                                bm25_grid, max_settings_queries, seed, system)
         spec = replace(spec, bm25=bm25)
     else:
         index = BM25Index(texts, spec.bm25)
         own = (spec.bm25, index, None)
         if judge is not None and system == "head" and frozen_bm25_grid:  # the identity's would be chosen
             own = _bm25_search(cache, rows, {"frozen": towers["frozen"]}, texts, spec, grid, metric, block,
-                               frozen_bm25_grid, max_settings_queries, seed, "frozen", stay, boot_seed)[3]
+                               frozen_bm25_grid, max_settings_queries, seed, "frozen")[3]
     rows = _sample(rows, max_queries, seed)
     per = _fused_scores(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
     means = {name: v.mean(axis=0) for name, v in per.items()}
@@ -179,19 +178,16 @@ def identity_spec(spec: FusionSpec) -> FusionSpec:
 
 
 def choose_bm25(cache, rows, metric: str = "mrr10", grid=WEIGHT_GRID, bm25_grid=BM25_GRID, seed: int = 0,
-                block: int = 250, max_settings_queries: int = MAX_SETTINGS_QUERIES,
-                stay: float | None = DEFAULT_WEIGHT) -> tuple[BM25Settings, dict]:
+                block: int = 250, max_settings_queries: int = MAX_SETTINGS_QUERIES) -> tuple[BM25Settings, dict]:
     """The BM25 search of ``choose_weight`` alone, for the frozen encoder: the (k1, b) pair of
-    ``bm25_grid`` whose fusion at the weight it would be saved with (of every other weight of
-    ``grid``: ``stay`` unless another beats it beyond noise, ``kept_weight``, bootstrap seeded
-    with ``seed``) has the highest mean ``metric`` on a sample of at most
-    ``max_settings_queries`` of the query ``rows``, and the record of the search. Raises
-    FusionError if the cache has no texts or no rows are given."""
+    ``bm25_grid`` whose best fusion (every other weight of ``grid``) has the highest mean
+    ``metric`` on a sample of at most ``max_settings_queries`` of the query ``rows``, and the
+    record of the search. Raises FusionError if the cache has no texts or no rows are given."""
     rows = _checked_rows(cache, rows, "BM25's settings")
     contexts, texts = cache.ranked_contexts()
     bm25, _, record, _ = _bm25_search(cache, rows, {"frozen": (None, contexts)}, texts, FusionSpec(),
                                    np.asarray(grid, dtype=np.float64), metric, block, bm25_grid,
-                                   max_settings_queries, seed, "frozen", stay, seed)
+                                   max_settings_queries, seed, "frozen")
     return bm25, record
 
 
@@ -206,29 +202,24 @@ def _checked_rows(cache, rows, what: str) -> np.ndarray:
     return rows
 
 
-def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_grid, max_queries, seed, system,
-                 stay=DEFAULT_WEIGHT, boot_seed=0):
-    """(the best BM25 settings of ``bm25_grid`` for ``system``'s fusion at the weight of every
-    other one of ``grid`` that ``kept_weight`` keeps for it (``stay`` unless another beats it
-    beyond noise: the weight the fusion would be saved with), its index, the record, (the frozen
-    encoder's own best settings, their index, the record of a search for it alone)), on a
-    sample of at most ``max_queries`` rows."""
+def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_grid, max_queries, seed, system):
+    """(the best BM25 settings of ``bm25_grid`` for ``system``'s best fusion at every other
+    weight of ``grid``, its index, the record, (the frozen encoder's own best settings, their
+    index, the record of a search for it alone)), on a sample of at most ``max_queries`` rows.
+    A setting is scored by its best fusion, not at the weight ``kept_weight`` would then keep:
+    scored at that weight, the settings chosen on 100 to 3,000 held-out queries did worse on the
+    test questions (bench/bench_fusion_choice.py, README)."""
     settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
     tokenized = tokenize(texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
     indexes = [BM25Index(texts, s, tokenized=tokenized) for s in settings]
     some = _sample(rows, max_queries, seed)
-    coarse = grid[::2]
-    per = _fused_scores(cache, some, towers, indexes, texts, coarse, metric, spec.normalisation, block)
-
-    def at_kept(v):  # the mean metric at the weight kept for this setting
-        w = kept_weight(v, coarse, stay, boot_seed)[0]
-        return float(v[:, int(np.flatnonzero(np.isclose(coarse, w))[0])].mean())
-
-    best = [at_kept(m[system]) for m in per]
+    means = [{name: v.mean(axis=0) for name, v in per.items()}
+             for per in _fused_scores(cache, some, towers, indexes, texts, grid[::2], metric, spec.normalisation, block)]
+    best = [float(m[system].max()) for m in means]
     pick = int(np.argmax(best))
-    frozen_best = [at_kept(m["frozen"]) for m in per]
+    frozen_best = [float(m["frozen"].max()) for m in means]
     frozen = int(np.argmax(frozen_best))  # what the identity would be served with
-    record = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings], "weights": [float(g) for g in coarse]}
+    record = {"queries": int(len(some)), "grid": [[s.k1, s.b] for s in settings], "weights": [float(g) for g in grid[::2]]}
     return (settings[pick], indexes[pick], {**record, "best": [round(x, 5) for x in best]},
             (settings[frozen], indexes[frozen], {**record, "best": [round(x, 5) for x in frozen_best]}))
 
