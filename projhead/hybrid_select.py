@@ -82,8 +82,8 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
         dev = held_out(cache, held_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
         cfg = replace(cfg, fusion_weight=best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric],
                                                      seed=cfg.seed))
-        how = (f"the frozen encoder's on the {len(held_rows)} held-out queries: {DEFAULT_WEIGHT:g} unless another above 0 "
-               "beats it beyond noise")
+        how = (f"the frozen encoder's on the {len(held_rows)} held-out queries: {DEFAULT_WEIGHT:g} unless another "
+               "above 0 beats it beyond noise")
     else:
         how = "as set"
     lam = bm25_share(cache.queries[train_rows], cache.contexts, cfg.fusion_weight, cfg.seed)
