@@ -21,12 +21,12 @@ BM25 (per-query z-scores, dense weight ``fusion.DEFAULT_WEIGHT``, the run's BM25
 margin gain must not be below 0, unless the head is served dense alone or the cache has no
 texts (``kept``). Only then is it trained on every pair and kept. Both sides are fused alike,
 not each as it would be saved (the head at the weight and BM25 its fold heads choose afterwards,
-the frozen encoder at its own): margins of fusions with different weights or BM25 settings are not
-on one scale, and judged that way the check turned down most of the recipe's QuAC gains
-(bench/bench_fused_check.py). The fused side is asked not to
-lose rather than to gain beyond noise: fused margins (z-scores mixed with BM25's) are far noisier
-beside their gain than dense ones, and asking for a fused gain beyond noise passed over QuAC
-heads that gained on the test questions dense and fused (bench/bench_recipe_judge.py).
+the frozen encoder at its own): margins of fusions with different weights are not on one scale,
+and judged as saved the check kept no more of the recipe's QuAC gains (bench/bench_fused_check.py).
+The fused side is asked not to lose rather than to gain beyond noise: fused margins (z-scores
+mixed with BM25's) are far noisier beside their gain than dense ones, and asking for a fused gain
+beyond noise passed over QuAC heads that gained on the test questions dense and fused
+(bench/bench_recipe_judge.py).
 """
 from __future__ import annotations
 
