@@ -46,7 +46,7 @@ def main():
             t0 = time.perf_counter()
             bm, search = choose_bm25(cache, rows, cfg.select_metric, seed=seed)
             dev = held_out(cache, rows, replace(cfg, bm25_k1=bm.k1, bm25_b=bm.b, fusion_weight=WEIGHT_GRID[1]))
-            w = best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric])
+            w = best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric], seed=seed)
             r = {"seed": seed, "rows": rule, "n": int(len(rows)), "k1": bm.k1, "b": bm.b, "weight": w,
                  "best": search["best"], "seconds": round(time.perf_counter() - t0, 1)}
             print(r, flush=True)

@@ -36,7 +36,7 @@ NORMALISATIONS = ("zscore", "minmax", "fixed")
 # The dense share when nothing was chosen on held-out queries, and the one projhead train keeps
 # unless another beats it beyond noise there (hybrid.kept_weight): the median of the frozen
 # encoder's highest-scoring weights on SQuAD v1.1 train held-out queries (all-MiniLM-L6-v2,
-# seeds 0-2: 0.80, 0.85, 0.75; bench/bench_hybrid.py). A field where BM25 is stronger wants less.
+# seeds 0-2: 0.80, 0.85, 0.75; bench/bench_hybrid.py before the rule). A field where BM25 is stronger wants less.
 DEFAULT_WEIGHT = 0.8
 BM25_SCALE = 10.0  # "fixed": BM25 divided by this, added to the raw cosine
 RRF_K = 60

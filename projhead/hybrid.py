@@ -101,7 +101,7 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
         if judge is not None and system == "head" and frozen_bm25_grid:  # the identity's would be chosen
             own = _bm25_search(cache, rows, {"frozen": towers["frozen"]}, texts, spec, grid, metric, block,
                                frozen_bm25_grid, max_settings_queries, seed, "frozen")[3]
-    rows = _sample(rows, max_queries, seed)
+    rows = weight_rows(rows, max_queries, seed)
     per = _fused_scores(cache, rows, towers, [index], texts, grid, metric, spec.normalisation, block)[0]
     means = {name: v.mean(axis=0) for name, v in per.items()}
     best, moved = {}, {}
@@ -112,7 +112,8 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
                                                    per, own, grid, metric, block, boot_seed, stay, best["head"])
     chosen = {"queries": int(len(rows)), "metric": metric, "grid": [float(g) for g in grid],
               "scores": {name: [round(float(x), 5) for x in m] for name, m in means.items()},
-              "stay": stay, **({"against_stay": {k: v for k, v in moved.items() if v}} if any(moved.values()) else {}),
+              "stay": stay if stay is not None and np.isclose(grid, stay).any() else None,  # the rule applied
+              **({"against_stay": {k: v for k, v in moved.items() if v}} if any(moved.values()) else {}),
               "system": system, **record, "seconds": round(time.perf_counter() - t0, 1)}
     return FusionSpec(weight=best.get("head", best["frozen"]), normalisation=spec.normalisation, bm25=spec.bm25,
                       frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
@@ -215,7 +216,7 @@ def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_gri
     index, the record of a search for it alone)), on a sample of at most ``max_queries`` rows.
     A setting is scored by its best fusion, not at the weight ``kept_weight`` would then keep:
     scored at that weight, the settings chosen on 100 to 3,000 held-out queries did worse on the
-    test questions (bench/bench_fusion_choice.py, README)."""
+    test questions on average (bench/bench_fusion_choice.py, README)."""
     settings = [replace(spec.bm25, k1=float(k1), b=float(b)) for k1, b in bm25_grid]
     tokenized = tokenize(texts, spec.bm25, return_ids=True)  # k1 and b leave the tokens alone
     indexes = [BM25Index(texts, s, tokenized=tokenized) for s in settings]
@@ -230,6 +231,12 @@ def _bm25_search(cache, rows, towers, texts, spec, grid, metric, block, bm25_gri
               "weights": [float(g) for g in grid[::2]]}
     return (settings[pick], indexes[pick], {**record, "best": [round(x, 5) for x in best]},
             (settings[frozen], indexes[frozen], {**record, "best": [round(x, 5) for x in frozen_best]}))
+
+
+def weight_rows(rows, max_queries: int = MAX_TUNE_QUERIES, seed: int = 0) -> np.ndarray:
+    """The query ``rows`` a fusion weight is chosen on: a seeded sample of ``max_queries`` beyond
+    that many (``--hybrid`` ranks its held-out queries at the weight chosen on the same ones)."""
+    return _sample(np.asarray(rows, np.int64), max_queries, seed)
 
 
 def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -323,8 +330,9 @@ def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_
     the weights tried (a head chosen for fusion never gets 0, which would leave it unused);
     ``bm25_grid``: BM25's (k1, b) pairs chosen from first (None: the BM25 of ``spec``, default
     bm25s's defaults); ``folds``: k-fold selection's ``(rows, fold head)`` pairs, which stand for
-    the head (``choose_weight``); ``judging``: ``judge``, ``boot_seed`` and ``frozen_bm25_grid``
-    of ``choose_weight``, where head + BM25 is compared with frozen + BM25."""
+    the head (``choose_weight``); ``judging``: ``boot_seed`` (the seed of the weight rule's halves
+    and bootstraps), and ``judge`` and ``frozen_bm25_grid`` of ``choose_weight``, where head + BM25
+    is compared with frozen + BM25."""
     if not has_texts(cache):
         say(f"fusion weight not chosen: {cache.path} holds no context texts, and fusion with BM25 needs texts")
         return {}

@@ -22,7 +22,7 @@ from .cache_reader import Cache
 from .config import TrainConfig, TrainError
 from .evaluate import PER_QUERY
 from .fusion import BM25_GRID, DEFAULT_WEIGHT, WEIGHT_GRID
-from .hybrid import best_weight, choose_bm25
+from .hybrid import best_weight, choose_bm25, weight_rows
 from .lexical import bm25_share, settings_of, training_bm25
 
 
@@ -79,11 +79,11 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
         + (f", of {len(bm25['search']['grid'])} settings, {bm25['seconds']:.1f}s" if "search" in bm25 else "") + ")")
     training_bm25(cache, settings_of(cfg), say=lambda t: say("  " + t))  # made (and stored) once, before any fold
     if cfg.fusion_weight is None:  # a share of 0 would leave every head unseen: the grid from its first step
-        dev = held_out(cache, held_rows, replace(cfg, fusion_weight=WEIGHT_GRID[1]))
+        dev = held_out(cache, weight_rows(held_rows), replace(cfg, fusion_weight=WEIGHT_GRID[1]))  # as it is saved
         cfg = replace(cfg, fusion_weight=best_weight(dev, None, WEIGHT_GRID[1:], PER_QUERY[cfg.select_metric],
                                                      seed=cfg.seed))
-        how = (f"the frozen encoder's on the {len(held_rows)} held-out queries: {DEFAULT_WEIGHT:g} unless another "
-               "above 0 beats it beyond noise")
+        how = (f"the frozen encoder's on {len(dev)} of the {len(held_rows)} held-out queries: {DEFAULT_WEIGHT:g} unless "
+               "another above 0 beats it beyond noise")
     else:
         how = "as set"
     lam = bm25_share(cache.queries[train_rows], cache.contexts, cfg.fusion_weight, cfg.seed)

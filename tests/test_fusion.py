@@ -342,6 +342,49 @@ def test_bm25_settings_are_chosen_by_their_best_fusion_then_the_weight_by_the_ru
     assert (plain.bm25.k1, plain.weight) == (0.5, 0.25)
 
 
+def test_the_weight_rule_is_seeded_by_the_run_on_every_path(planted_cache, monkeypatch):
+    """The halves and bootstraps of the rule follow ``boot_seed`` in ``tune_after_selection`` and
+    ``seed`` in ``best_weight`` (``--hybrid``), so a run's weight is its seed's; ``--hybrid``
+    ranks at the rule's weight, not the highest."""
+    from projhead import hybrid
+    from projhead.cache import open_cache
+
+    cache = open_cache(planted_cache(n_groups=10, noise=1.0))
+    rows = np.arange(len(cache.q2c))
+    grid = (0.25, 0.5, 0.8, 1.0)
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0, 1, len(rows))
+    per = np.stack([base + 0.02 + rng.normal(0, 0.1, len(rows)), base - 0.1, base, base - 0.2], axis=1)
+    by_seed = {seed: hybrid.kept_weight(per, grid, 0.8, seed)[0] for seed in range(40)}
+    a = next(k for k, w in by_seed.items() if w == 0.8)
+    b = next(k for k, w in by_seed.items() if w == 0.25)  # a lead near noise: moved or not by the halves drawn
+    monkeypatch.setattr(hybrid, "_fused_scores", lambda *x, **k: [{"frozen": per[np.asarray(x[1])]}])
+    for seed in (a, b):
+        spec = FusionSpec.from_dict(hybrid.tune_after_selection(None, cache, rows, "mrr10", say=lambda t: None,
+                                                                 grid=grid, bm25_grid=None, boot_seed=seed)["fusion"])
+        assert spec.weight == by_seed[seed]
+
+    class Dev:  # a held-out set ranked fused: its per-query metric at each weight is a column of ``per``
+        bm25, weight = object(), None
+
+        def ranks(self, head):
+            return per[:, grid.index(self.weight)]
+
+    assert [hybrid.best_weight(Dev(), None, grid, lambda m: m, seed=seed) for seed in (a, b)] == [0.8, 0.25]
+    assert hybrid.best_weight(Dev(), None, grid, lambda m: m, stay=None) == 0.25  # the highest mean
+    from projhead import hybrid_select
+    from projhead.config import TrainConfig
+
+    asked = []
+    monkeypatch.setattr(hybrid_select, "best_weight", lambda *x, **k: asked.append(k) or 0.8)
+    monkeypatch.setattr(hybrid_select, "training_bm25", lambda *x, **k: None)
+    monkeypatch.setattr(hybrid_select, "bm25_share", lambda *x, **k: 0.1)
+    monkeypatch.setattr(hybrid_select, "held_out", lambda cache, rows, cfg: rows)
+    hybrid_select.hybrid_settings(cache, TrainConfig(hybrid=True, seed=7, bm25_k1=1.5, bm25_b=0.75), [], rows, rows,
+                                  {}, say=lambda t: None)
+    assert asked == [{"seed": 7}]  # the rule (its default stay), with the run's seed
+
+
 def test_choose_weight_compares_head_and_frozen_fused_on_the_judging_queries(planted_cache):
     """Each system at its own chosen weight, query by query, on the judging rows only."""
     from projhead.cache import open_cache
@@ -867,7 +910,7 @@ def test_hybrid_selection_chooses_bm25_settings_before_training_and_trains_and_s
     _, held = split_by_group(groups, dev_fraction(cfg, len(cache.q2c)), cfg.seed)
     assert log["selection"]["mode"] == "dev split" and len(_halves(groups, held, cfg.seed, {})[0]) < len(held)
     assert log["selection"]["hybrid"]["bm25"]["search"]["queries"] == len(held)
-    assert f"on the {len(held)} held-out queries" in log["selection"]["hybrid"]["how"]
+    assert f"on {len(held)} of the {len(held)} held-out queries" in log["selection"]["hybrid"]["how"]
 
 
 def test_plain_selection_serves_a_head_with_the_bm25_it_was_trained_beside_or_set(tmp_path, planted_cache):

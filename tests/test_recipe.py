@@ -203,3 +203,19 @@ def test_a_head_that_gives_way_inside_the_fusion_leaves_the_recipe_to_be_judged(
     sel = log["selection"]
     assert "alpha_choice" not in sel and "alpha_choice" in sel["passed_over"] and "frozen_dev" in sel["passed_over"]
     assert sel["frozen_dev"] == head.info["metrics"]["frozen"]  # every query, out of fold: the recipe's record
+
+
+def test_every_fusion_selection_saves_is_seeded_by_the_run(planted_cache, monkeypatch, quick):
+    """The fusion weight rule draws halves and bootstraps: the candidate's fusion and the recipe's
+    are both chosen with the run's seed."""
+    real, seeds = S.tune_after_selection, []
+
+    def spy(*a, **k):
+        seeds.append(k.get("boot_seed"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(S, "tune_after_selection", spy)
+    monkeypatch.setattr(S, "kept_epoch", lambda ranks, scores, cfg: 0)  # no candidate: the recipe is judged
+    monkeypatch.setattr(S, "not_above_fused", lambda cfg, d, f: None)
+    head, log = S.auto_train(planted_cache(n_groups=40), TrainConfig(epochs=2, seed=5), progress=False)
+    assert log["selection"]["chosen"] == NAME and seeds == [5, 5]  # the candidate's fusion, then the recipe's
