@@ -28,9 +28,6 @@ one line per run and writes ``OUT.json`` and ``OUT.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_corpus import WORK, caches, with_distractors  # noqa: E402
 from bench_small_data import subset_rows  # noqa: E402
+from written import write_results  # noqa: E402
 
 import projhead  # noqa: E402
 from projhead.batches import DevSet, held_out  # noqa: E402
@@ -138,14 +136,8 @@ def main():
                     print(f"{ds:<6} n {size:>5} seed {seed} {name:<7} dense {row['dense']['low']:+.4f}..  "
                           + "  ".join(f"{c} {row['fused'][c]['gain']:+.4f}" for c in CHECKS if c in row["fused"])
                           + "  test " + " ".join(f"{k} {100 * x:+.2f}" for k, x in row["test"].items()), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({
-        "bench": "fused_check", "encoder": DEFAULT_ENCODER, "fixed_weight": DEFAULT_WEIGHT, "rows": rows,
-        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "platform": platform.platform()}}, indent=1))
-    out.with_suffix(".md").write_text(table(rows))
-    print(table(rows))
+    write_results(args.out, {
+        "bench": "fused_check", "encoder": DEFAULT_ENCODER, "fixed_weight": DEFAULT_WEIGHT, "rows": rows}, table(rows))
 
 
 def table(rows: list) -> str:

@@ -34,9 +34,6 @@ Prints one line per run and writes ``OUT.json`` and ``OUT.md`` (means over seeds
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -48,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_corpus import WORK, caches  # noqa: E402
 from bench_hybrid import DATASETS, open_or_cache  # noqa: E402
 from bench_small_data import subset_rows  # noqa: E402
+from written import write_results  # noqa: E402
 
 import projhead  # noqa: E402
 from projhead.batches import held_out  # noqa: E402
@@ -141,15 +139,9 @@ def main():
                       f"(vs default, held-out MRR@10 {record['chosen_vs_default']['gain']:+.4f}, low "
                       f"{record['chosen_vs_default']['low']:+.4f})  test nDCG@10 " + "  ".join(
                           f"{rule} {100 * test_of[rule]['nDCG@10']:.2f}" for rule in RULES), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({
+    write_results(args.out, {
         "bench": "fusion_choice", "encoder": DEFAULT_ENCODER, "default_weight": DEFAULT_WEIGHT,
-        "default_bm25": asdict(BM25Settings()), "rows": rows,
-        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "platform": platform.platform()}}, indent=1, default=str))
-    out.with_suffix(".md").write_text(table(rows))
-    print(table(rows))
+        "default_bm25": asdict(BM25Settings()), "rows": rows}, table(rows))
 
 
 def table(rows: list) -> str:

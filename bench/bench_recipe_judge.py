@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_corpus import WORK, caches, with_distractors  # noqa: E402
 from bench_small_data import subset_rows  # noqa: E402
+from written import write_results  # noqa: E402
 
 import projhead  # noqa: E402
 from projhead.corpus import load_corpus, with_corpus  # noqa: E402
@@ -104,14 +103,8 @@ def main():
                        f"{row[name]['fused_margin_gain']['high']:+.4f})" if "fused_margin_gain" in row[name] else "")
                     + " kept: " + "/".join("y" if k else "n" for k in row[name]["kept"].values())
                     for name in ("subset", "corpus")), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({
-        "bench": "recipe_judge", "encoder": DEFAULT_ENCODER, "fusion_weight": DEFAULT_WEIGHT, "rows": rows,
-        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "platform": platform.platform()}}, indent=1))
-    out.with_suffix(".md").write_text(table(rows))
-    print(table(rows))
+    write_results(args.out, {
+        "bench": "recipe_judge", "encoder": DEFAULT_ENCODER, "fusion_weight": DEFAULT_WEIGHT, "rows": rows}, table(rows))
 
 
 def reread(runs: list) -> str:
