@@ -41,13 +41,12 @@ from bench_small_data import subset_rows  # noqa: E402
 from written import write_results  # noqa: E402
 
 import projhead  # noqa: E402
-from projhead.batches import DevSet, held_out  # noqa: E402
+from projhead.batches import held_out  # noqa: E402
 from projhead.corpus import load_corpus, with_corpus  # noqa: E402
 from projhead.encoders import DEFAULT_ENCODER, get_encoder  # noqa: E402
 from projhead.fusion import DEFAULT_WEIGHT, FusionSpec  # noqa: E402
 from projhead.hybrid import identity_spec, tune_after_selection  # noqa: E402
 from projhead.hybrid_select import bm25_choices  # noqa: E402
-from projhead.lexical import held_out_bm25  # noqa: E402
 from projhead.metrics import paired_bootstrap  # noqa: E402
 from projhead.recipe import judge_recipe, margins, train_recipe  # noqa: E402
 from projhead.select import group_folds  # noqa: E402
@@ -67,13 +66,8 @@ def as_saved(sub, folds: list, heads: list, cfg) -> tuple[FusionSpec, FusionSpec
     frozen = identity_spec(spec)
     mixed = {}
     for side, s, hs in (("head", spec, heads), ("frozen", frozen, [None] * len(heads))):
-        parts = []
-        for held, h in zip(folds, hs):
-            dense = held_out(sub, held)
-            dev = DevSet(dense.q, dense.c, dense.gold, dense.exclude, bm25=held_out_bm25(sub, held, s.bm25),
-                         weight=s.weight)
-            parts.append(margins(dev, h, True)[2])
-        mixed[side] = np.concatenate(parts)
+        fused = replace(cfg, hybrid=True, fusion_weight=s.weight, bm25_k1=s.bm25.k1, bm25_b=s.bm25.b)  # fused as s
+        mixed[side] = np.concatenate([margins(held_out(sub, held, fused), h, True)[2] for held, h in zip(folds, hs)])
     ok = np.isfinite(mixed["head"]) & np.isfinite(mixed["frozen"])
     margin = paired_bootstrap(mixed["head"][ok], mixed["frozen"][ok], seed=cfg.seed)
     return spec, frozen, margin, spec.chosen["against_frozen"]
