@@ -406,7 +406,7 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
                   ""]
     if d.get("alpha") is not None and d["alpha"] < 1 and d.get("kept") != "identity":  # an identity moved nothing
         lines += [f"Interpolated toward the frozen encoder: alpha {d['alpha']} (weights = frozen + alpha x "
-                  "(trained - frozen)).", ""]
+                  "(trained - frozen))" + (f"; {d['shrunk']}." if d.get("shrunk") else "."), ""]
     if d.get("canaries"):
         lines += ["## Other domains (canaries, nDCG@10)", "", "| canary | frozen | head |", "|---|---|---|"]
         lines += [f"| {n} | {c['frozen']:.4f} | {c['head']:.4f} |" if c.get("head") is not None

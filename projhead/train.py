@@ -311,6 +311,9 @@ def finish(head: Head, cfg: TrainConfig, dev: DevSet | None, frozen_ranks: np.nd
             break
     decision = {"alpha": chosen, "canaries": {c.name: {"frozen": c.frozen, "head": canary_now.get(c.name)}
                                               for c in canaries}}
+    if chosen is not None and chosen != alpha:
+        decision["shrunk"] = (f"alpha {alpha:g} shrunk to {chosen:g}: above it a canary lost more than "
+                              f"{cfg.canary_tolerance} nDCG@10")
     if chosen is None:
         decision["kept"] = "identity"
         decision["why"] = (f"every interpolation toward the frozen encoder lost more than {cfg.canary_tolerance} "
@@ -413,8 +416,11 @@ def save_trained(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: 
     log.update(passthrough=head.config.passthrough)
     head_metrics = decision.get("dev_head") or (log["epochs"][log["best_epoch"] - 1]["dev"]
                                                  if log.get("best_epoch") else frozen)
+    training = asdict(cfg)
+    if decision.get("kept") == "head" and decision.get("alpha") is not None:  # as saved: canaries may have shrunk it
+        training["alpha"] = decision["alpha"]
     head.info = {
-        "training": {**asdict(cfg), "loss_settings": loss_settings(cfg, head.config)},
+        "training": {**training, "loss_settings": loss_settings(cfg, head.config)},
         "encoder_build": cache.encoder_info.get("build", {}),
         "cache": {"path": str(cache.path), "fingerprint": cache.attrs["fingerprint"],
                   "dataset": cache.attrs["dataset"], "split": cache.attrs["split"],
@@ -461,7 +467,8 @@ def summary_line(out, head, log: dict, metric: str) -> str:
         f", {('the rejected head alone: ' if d.get('fused_gain') else 'the rejected head: ') if head.config.passthrough else ''}"
         f"{'held-out ' + gain['of'] + ' ' if gain.get('of') else ''}gain {gain['gain']:+.4f} (95% interval "
         f"{gain['low']:+.4f} to {gain['high']:+.4f})")
-    after = "" if head.config.passthrough else f" -> head {m['head'].get(metric, float('nan')):.4f}"
+    after = "" if head.config.passthrough else (f" -> head {m['head'].get(metric, float('nan')):.4f}"
+                                                + (f" ({d['shrunk']})" if d.get("shrunk") else ""))
     scores = f"; dev {metric} frozen {m['frozen'].get(metric, float('nan')):.4f}{after}{said}"
     if not np.isfinite(m["frozen"].get(metric, float("nan"))):  # no held-out query: no score to give (the
         scores = "" if head.config.passthrough else (  # identity's reason says so already)

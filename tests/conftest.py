@@ -149,9 +149,9 @@ def planted_cache(tmp_path):
     """Factory: a real cache file of planted vectors."""
     from projhead.cache import build_cache
 
-    def make(name="planted.h5", dim=16, rotate=1.0, noise=0.3, **pair_kw):
+    def make(name="planted.h5", dim=16, rotate=1.0, noise=0.3, encoder_seed=0, **pair_kw):
         pairs = planted_pairs(**pair_kw)
-        enc = PlantedEncoder(pairs, dim=dim, rotate=rotate, noise=noise)
+        enc = PlantedEncoder(pairs, dim=dim, rotate=rotate, noise=noise, seed=encoder_seed)
         path = tmp_path / name
         build_cache(pairs, enc, path, progress=False)
         return path

@@ -232,7 +232,7 @@ def test_without_alpha_folds_choose_it_and_a_dev_split_keeps_the_default(planted
     assert d["kept"] == "head"
     want = 0.75 if folds else ALPHA
     assert d["alpha"] == want and f"alpha {want:g}" in d["measured"]
-    assert saved.info["training"]["alpha"] == (want if folds else None)  # None: the default, ALPHA
+    assert saved.info["training"]["alpha"] == want  # as saved (asked for: None, the default)
     assert ("alpha_choice" in saved.info["selection"]) == bool(folds)
 
 
@@ -268,6 +268,23 @@ def test_canaries_are_scored_every_epoch_in_model_selection(planted_cache, folds
     head, log = auto_train(path, TrainConfig(epochs=3, canaries=[str(canary)]), fixed=_linear_query(),
                            progress=False, folds=folds)
     assert log["epochs"] and all(set(e["canaries"]) == {"other.h5"} for e in log["epochs"])
+
+
+def test_alpha_shrunk_for_a_canary_is_recorded_as_saved(planted_cache, tmp_path, capsys):
+    """A canary that the head hurts shrinks its alpha below the one chosen: config.json, the
+    model card and the last line give the alpha of the saved weights, and say it was shrunk."""
+    path = planted_cache(n_groups=80, rotate=0.5)
+    canary = planted_cache(name="other.h5", n_groups=20, rotate=0.0, noise=0.9, encoder_seed=7)
+    head, log = auto_train(path, TrainConfig(epochs=3, canaries=[str(canary)], canary_tolerance=0.003),
+                           out=tmp_path / "h", progress=True)
+    d, saved = log["decision"], load_head(tmp_path / "h")
+    chosen = log["selection"]["alpha_choice"]["chosen"]
+    assert d["kept"] == "head" and d["alpha"] < chosen  # shrunk
+    assert saved.info["training"]["alpha"] == d["alpha"] and f"alpha {d['alpha']:g}" in d["measured"]
+    assert d["shrunk"].startswith(f"alpha {chosen:g} shrunk to {d['alpha']:g}")
+    assert d["shrunk"] in (tmp_path / "h" / "README.md").read_text()
+    from projhead.train import summary_line
+    assert d["shrunk"] in summary_line(tmp_path / "h", head, log, "mrr10")
 
 
 def test_candidate_names_are_unique_when_a_head_setting_is_fixed():
