@@ -161,7 +161,7 @@ class TrainConfig:
     bm25_aware: bool = False  # each in-batch pair's BM25 score enters its logit with a learned weight (lexical.py): the head learns what BM25 misses
     hybrid: bool = False  # model selection on the fused metric: held-out queries ranked by dense + BM25, BM25-aware candidates beside the plain ones
     dense_only: bool = False  # served by dense search alone: a head kept on its own is not also judged fused with BM25
-    fusion_weight: float | None = None  # hybrid: the dense share of held-out rankings; None: chosen (hybrid.best_weight)
+    fusion_weight: float | None = None  # hybrid: the dense share of held-out rankings and of the saved fusion; None: chosen (hybrid.best_weight)
     bm25_k1: float | None = None  # BM25 of BM25-aware training, hybrid rankings and the saved fusion; None: chosen (fusion.BM25_GRID; before training with hybrid), or bm25s's 1.5 for a BM25-aware run without selection
     bm25_b: float | None = None  # as bm25_k1, for b (bm25s's 0.75)
     after_folds: str = "refit"  # k-fold selection saves: refit (the winner trained on every pair) | average (the fold heads' weights averaged, soup.py)

@@ -61,8 +61,8 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
     ``projhead train`` makes after selection without ``--hybrid`` (``hybrid.choose_bm25``),
     then the share above 0 at those (``hybrid.best_weight``). The BM25-aware
     candidates are trained beside that BM25, with their share (``lexical.bm25_share``) from
-    that weight, once for every fold and the final run (from ``train_rows``); the weight saved
-    with the head is chosen afterwards, at the same BM25."""
+    that weight, once for every fold and the final run (from ``train_rows``). The head (or the
+    identity) is saved fused at that weight and BM25, the fusion it was chosen and decided at."""
     if not cfg.hybrid:
         return cfg, cands
     if cfg.bm25_k1 is None or cfg.bm25_b is None:

@@ -35,7 +35,7 @@ saved head's; with folds each query scored by its fold's head as saved (the refi
 every query). There a kept head must also beat the frozen encoder fused, each as it would be
 saved (its own BM25 settings and weight), on the deciding queries (the same bootstrap): else
 the identity is saved, with the frozen encoder's fusion (``--hybrid`` decides fused from the
-start; ``dense_only`` skips it).
+start, and saves the weight it decided at; ``dense_only`` skips it).
 
 In k-fold mode, when that keeps the identity, one head fixed in advance is judged on every
 query, out of fold, on the margin of its gold context (``recipe.fall_back``); it replaces the
@@ -374,7 +374,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     # without --hybrid the head was decided alone: inside the fusion it must beat frozen + BM25 too (on the deciding
     # queries, each side as it would be saved: the identity's own BM25 of the grid unless set, and its own weight)
     fusion = tune_after_selection(None if k else head, cache, all_rows if k else held, cfg.select_metric,
-                                  say=say, grid=WEIGHT_GRID[1:] if cfg.hybrid else WEIGHT_GRID,
+                                  say=say, grid=(cfg.fusion_weight,) if cfg.hybrid else WEIGHT_GRID,
                                   folds=weight_folds, bm25_grid=None if pinned else bm25_choices(cfg),
                                   judge=None if cfg.hybrid or cfg.dense_only else decide_rows, boot_seed=cfg.seed,
                                   frozen_bm25_grid=None if set_bm25 else bm25_choices(cfg),

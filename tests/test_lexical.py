@@ -231,6 +231,22 @@ def test_hybrid_k_fold_records_one_bm25_share_and_never_saves_a_dense_share_of_0
     if log["selection"]["chosen"].endswith("+bm25"):
         assert cfg["training"]["loss_settings"]["bm25_weight"] == lam
     assert head.fusion.weight > 0 and head.fusion.frozen_weight > 0  # BM25 matches nothing: a share of 0 ties
+    assert head.fusion.weight == head.fusion.frozen_weight == log["selection"]["hybrid"]["fusion_weight"]
+
+
+@pytest.mark.parametrize("folds", [0, 5])
+def test_hybrid_saves_the_head_at_the_weight_it_was_decided_at(tmp_path, folds):
+    """--hybrid chooses and decides at one dense share (set here); the head, and the frozen
+    encoder beside it, are saved with that share, not one chosen again afterwards."""
+    from projhead.config import TrainConfig
+    from projhead.select import auto_train
+
+    path = _word_cache(tmp_path, shared_words=False, n_groups=30)
+    head, log = auto_train(path, TrainConfig(epochs=6, hybrid=True, fusion_weight=0.5), out=tmp_path / "h",
+                           fixed={"kind": "residual", "towers": "separate", "lr": 5e-4}, progress=False, folds=folds)
+    assert log["selection"]["hybrid"]["fusion_weight"] == 0.5 and not head.config.passthrough
+    assert head.fusion.weight == head.fusion.frozen_weight == 0.5 and head.fusion.chosen["grid"] == [0.5]
+    assert "Weight as given" in (tmp_path / "h" / "README.md").read_text()
 
 
 def test_hybrid_settings_are_refused_before_anything_is_trained(tmp_path):
