@@ -145,7 +145,8 @@ def test_noise_keeps_the_identity_after_the_recipe_too(planted_cache, quick):
 
 @pytest.mark.parametrize("given, why", [({"recipe": False}, "--no-recipe"), ({"canaries": ["x"]}, "canaries"),
                                         ({"alpha": 0.9}, "alpha 0.9"), ({"decision": "better"}, "--decision better"),
-                                        ({"loss": "siglip"}, "another objective")])
+                                        ({"loss": "siglip"}, "another objective"),
+                                        ({"bm25_aware": True}, "another objective")])
 def test_the_recipe_is_not_tried_and_the_log_says_why(planted_cache, given, why):
     from projhead.recipe import not_tried
 
