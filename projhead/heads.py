@@ -483,13 +483,11 @@ def model_card(config: dict) -> str:
                   f"{b.get('stemmer') or 'none'}, stopwords {b.get('stopwords') or 'none'}."
                   + (" Weight as given: the one tried (`--hybrid`: the one its held-out queries were ranked at "
                      "while the head was chosen and decided on)." if len(ch.get("grid") or ()) == 1 else
-                     f" Weight chosen on {ch['queries']} held-out queries ({ch['metric']})" if ch.get("queries")
-                     else "")
-                  + (f", each scored by the head of the fold that held it out ({ch['folds']} folds)" if ch.get("folds")
-                     else "")
-                  + (f": {ch['stay']} unless another beats it beyond noise" if ch.get("queries") and ch.get("stay")
-                     is not None and len(ch.get("grid") or ()) > 1 else "")
-                  + ("." if ch.get("queries") and len(ch.get("grid") or ()) > 1 else "")
+                     (f" Weight chosen on {ch['queries']} held-out queries ({ch['metric']})"
+                      + (f", each scored by the head of the fold that held it out ({ch['folds']} folds)"
+                         if ch.get("folds") else "")
+                      + (f": {ch['stay']} unless another beats it beyond noise" if ch.get("stay") is not None else "")
+                      + ".") if ch.get("queries") else "")
                   + (f" k1 and b chosen first, of {len(ch['bm25_search']['grid'])} settings, on "
                      f"{ch['bm25_search']['queries']} held-out queries." if ch.get("bm25_search") else ""), ""]
     t = config.get("training", {})
