@@ -274,7 +274,9 @@ def eval_fusion(head, weight: float | None, normalisation: str | None, say=None)
     """The fusion ``projhead eval --bm25`` applies: the head's saved one (else the defaults),
     with the options' weight and normalisation; says which and where from through ``say`` (e.g. ``click.echo``)."""
     spec = (head.fusion if head is not None else None) or FusionSpec()
-    source = ("chosen on held-out training queries" if spec.chosen.get("queries") else
+    source = ("the one held-out training queries were ranked at in hybrid selection"
+              if len(spec.chosen.get("grid") or ()) == 1 else
+              "chosen on held-out training queries" if spec.chosen.get("queries") else
               "default; BM25 as saved with the head" if spec.chosen else "default")  # --no-auto: its BM25 only
     if normalisation is not None and normalisation != spec.normalisation:
         spec = replace(spec, normalisation=normalisation, frozen_weight=None)

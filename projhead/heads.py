@@ -481,8 +481,8 @@ def model_card(config: dict) -> str:
                      else "") + ".",
                   f"BM25: bm25s {b.get('method')}, k1 {b.get('k1')}, b {b.get('b')}, stemmer "
                   f"{b.get('stemmer') or 'none'}, stopwords {b.get('stopwords') or 'none'}."
-                  + (" Weight as given: the one tried (`--hybrid`: the one its held-out queries were ranked at "
-                     "while the head was chosen and decided on)." if len(ch.get("grid") or ()) == 1 else
+                  + (" Weight: the one its held-out queries were ranked at while the head was chosen and decided on "
+                     "(`--hybrid`, above)." if len(ch.get("grid") or ()) == 1 else
                      (f" Weight chosen on {ch['queries']} held-out queries ({ch['metric']})"
                       + (f", each scored by the head of the fold that held it out ({ch['folds']} folds)"
                          if ch.get("folds") else "")

@@ -352,12 +352,12 @@ def identity_after_selection(fusion: dict, metric: str, say=print) -> dict:
 
 def _say_fusion(spec: FusionSpec, metric: str, say, folds: list | None = None) -> None:
     search = spec.chosen.get("bm25_search")
-    who = ("the head" + (f" (out of fold: each of {len(folds)} fold heads on its own fold)" if folds else "")
+    one = len(spec.chosen.get("grid") or ()) == 1  # nothing chosen: no fold heads to speak of
+    who = ("the head" + (f" (out of fold: each of {len(folds)} fold heads on its own fold)" if folds and not one else "")
            + f", {spec.frozen_weight:.2f} for the frozen encoder" if spec.chosen["system"] == "head"
            else "the frozen encoder (the identity head)")
-    one = len(spec.chosen.get("grid") or ()) == 1
     say(f"fusion with BM25 ({spec.normalisation}): dense weight {spec.weight:.2f} for {who}, "
-        + ("the one weight given (--hybrid: the one selection ranked its held-out queries at)" if one else
+        + ("the one weight given (--hybrid: the one its held-out queries were ranked at)" if one else
            f"chosen on {spec.chosen['queries']} held-out queries ({metric})")
         + (f"; BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g} (of {len(search['grid'])} settings, on "
            f"{search['queries']} held-out queries)" if search else ""))

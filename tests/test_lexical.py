@@ -239,6 +239,7 @@ def test_hybrid_saves_the_head_at_the_weight_it_was_decided_at(tmp_path, folds):
     """--hybrid chooses and decides at one dense share (set here); the head, and the frozen
     encoder beside it, are saved with that share, not one chosen again afterwards."""
     from projhead.config import TrainConfig
+    from projhead.fusion import eval_fusion
     from projhead.select import auto_train
 
     path = _word_cache(tmp_path, shared_words=False, n_groups=30)
@@ -246,7 +247,10 @@ def test_hybrid_saves_the_head_at_the_weight_it_was_decided_at(tmp_path, folds):
                            fixed={"kind": "residual", "towers": "separate", "lr": 5e-4}, progress=False, folds=folds)
     assert log["selection"]["hybrid"]["fusion_weight"] == 0.5 and not head.config.passthrough
     assert head.fusion.weight == head.fusion.frozen_weight == 0.5 and head.fusion.chosen["grid"] == [0.5]
-    assert "Weight as given" in (tmp_path / "h" / "README.md").read_text()
+    assert "Weight: the one its held-out queries were ranked at" in (tmp_path / "h" / "README.md").read_text()
+    said = []
+    eval_fusion(head, None, None, say=said.append)
+    assert "dense weight 0.5 (the one held-out training queries were ranked at in hybrid selection)" in said[0]
 
 
 def test_hybrid_settings_are_refused_before_anything_is_trained(tmp_path):

@@ -270,13 +270,13 @@ def test_canaries_are_scored_every_epoch_in_model_selection(planted_cache, folds
     assert log["epochs"] and all(set(e["canaries"]) == {"other.h5"} for e in log["epochs"])
 
 
-def test_alpha_shrunk_for_a_canary_is_recorded_as_saved(planted_cache, tmp_path, capsys):
+def test_alpha_shrunk_for_a_canary_is_recorded_as_saved(planted_cache, tmp_path):
     """A canary that the head hurts shrinks its alpha below the one chosen: config.json, the
     model card and the last line give the alpha of the saved weights, and say it was shrunk."""
     path = planted_cache(n_groups=80, rotate=0.5)
     canary = planted_cache(name="other.h5", n_groups=20, rotate=0.0, noise=0.9, encoder_seed=7)
     head, log = auto_train(path, TrainConfig(epochs=3, canaries=[str(canary)], canary_tolerance=0.003),
-                           out=tmp_path / "h", progress=True)
+                           out=tmp_path / "h", progress=False)
     d, saved = log["decision"], load_head(tmp_path / "h")
     chosen = log["selection"]["alpha_choice"]["chosen"]
     assert d["kept"] == "head" and d["alpha"] < chosen  # shrunk
