@@ -298,5 +298,7 @@ def info_lines(path, d: dict) -> list[str]:
     for where, s in d["sections"].items():  # the pairs, then any other section (mined sets...)
         sizes = ", ".join(f"{k} {v}" for k, v in s["sizes"].items())
         made = s.get("settings_json", {}).get("method")
-        out.append(f"  section      {where}" + (f" ({sizes})" if sizes else "") + (f", by {made}" if made else ""))
+        counts = {k: v for k, v in (s.get("stats_json") or {}).items() if k != "source"}  # a corpus: what was read
+        out.append(f"  section      {where}" + (f" ({sizes})" if sizes else "") + (f", by {made}" if made else "")
+                   + "".join(f", {k.replace('_', ' ')} {v}" for k, v in counts.items()))
     return out

@@ -116,7 +116,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--canary-tolerance", type=click.FloatRange(0, 1, max_open=True), default=_T.canary_tolerance,
               show_default=True, help="most nDCG@10 a canary may lose (0.005 = half a point)")
 @click.option("--dev-fraction", type=FRACTION, default=None,
-              help="share of groups held out for selection [5%, or 20% under 5,000 queries]")
+              help="share of groups held out for a dev split [5%, or 20% under 5,000 queries, where model "
+                   "selection holds out 5 folds instead and uses it only with fewer than 5 groups]")
 @click.option("--select-metric", type=click.Choice(["top1", "top5", "top10", "mrr10", "ndcg10"]),
               default=_T.select_metric, show_default=True,
               help="metric of the held-out queries ranked against every context of the cache")

@@ -56,6 +56,9 @@ def test_a_corpus_holding_gold_contexts_does_not_double_them(tmp_path):
     stats = c.section_attrs("corpus", "corpus")["stats_json"]
     assert stats == {"source": str(tmp_path / "c.h5.jsonl"), "texts_read": len(texts), "duplicates": 1,
                      "contexts_of_pairs": len(pairs.contexts), "stored": 2}
+    from projhead.cache_reader import info_lines
+    assert (f"texts read {len(texts)}, duplicates 1, contexts of pairs {len(pairs.contexts)}, stored 2"
+            in "\n".join(info_lines(out, c.describe())))  # what projhead info prints
     # a second copy of a gold context would tie with it and count against it: ranks are unchanged
     code = cli.main(["eval", str(out), "--json-out", str(tmp_path / "with.json")])
     assert code == 0 and cli.main(["eval", str(out), "--corpus-sample", "0", "--json-out", str(tmp_path / "without.json")]) == 0
