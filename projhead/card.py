@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+from .fusion import weight_given
+
 
 def _decision_lines(d: dict, selection: dict | None) -> list[str]:
     """The model card's account of how the head was chosen and how far it may be trusted."""
@@ -119,7 +121,7 @@ def model_card(config: dict) -> str:
                   f"BM25: bm25s {b.get('method')}, k1 {b.get('k1')}, b {b.get('b')}, stemmer "
                   f"{b.get('stemmer') or 'none'}, stopwords {b.get('stopwords') or 'none'}."
                   + (" Weight: the one its held-out queries were ranked at while the head was chosen and decided on "
-                     "(`--hybrid`, above)." if len(ch.get("grid") or ()) == 1 else
+                     "(`--hybrid`, above)." if weight_given(ch) else
                      (f" Weight chosen on {ch['queries']} held-out queries ({ch['metric']})"
                       + (f", each scored by the head of the fold that held it out ({ch['folds']} folds)"
                          if ch.get("folds") else "")

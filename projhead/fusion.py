@@ -64,6 +64,12 @@ class BM25Settings:
     stopwords: str = "en"
 
 
+def weight_given(chosen: dict) -> bool:
+    """Whether a fusion's record (``FusionSpec.chosen``) holds a weight tried alone, not chosen:
+    ``--hybrid`` saves the one its held-out queries were ranked at."""
+    return len(chosen.get("grid") or ()) == 1
+
+
 @dataclass(frozen=True)
 class FusionSpec:
     """How to fuse dense and BM25 scores (see module doc). ``weight``: the dense share for
@@ -275,7 +281,7 @@ def eval_fusion(head, weight: float | None, normalisation: str | None, say=None)
     with the options' weight and normalisation; says which and where from through ``say`` (e.g. ``click.echo``)."""
     spec = (head.fusion if head is not None else None) or FusionSpec()
     source = ("the one held-out training queries were ranked at in hybrid selection"
-              if len(spec.chosen.get("grid") or ()) == 1 else
+              if weight_given(spec.chosen) else
               "chosen on held-out training queries" if spec.chosen.get("queries") else
               "default; BM25 as saved with the head" if spec.chosen else "default")  # --no-auto: its BM25 only
     if normalisation is not None and normalisation != spec.normalisation:

@@ -34,7 +34,7 @@ import numpy as np
 from .evaluate import MISS, PER_QUERY, dense_scorer, self_matches
 from .metrics import paired_bootstrap
 from .fusion import (BM25_GRID, DEFAULT_WEIGHT, WEIGHT_GRID, BM25Index, BM25Settings, FusionError, FusionSpec,
-                     normalise, normalised_bm25, normalised_pair, tokenize)
+                     normalise, normalised_bm25, normalised_pair, tokenize, weight_given)
 from .search import build_index, search
 
 MAX_TUNE_QUERIES = 4000  # held-out queries the weight is chosen on (a seeded sample beyond this)
@@ -352,7 +352,7 @@ def identity_after_selection(fusion: dict, metric: str, say=print) -> dict:
 
 def _say_fusion(spec: FusionSpec, metric: str, say, folds: list | None = None) -> None:
     search = spec.chosen.get("bm25_search")
-    one = len(spec.chosen.get("grid") or ()) == 1  # nothing chosen: no fold heads to speak of
+    one = weight_given(spec.chosen)  # nothing chosen: no fold heads to speak of
     who = ("the head" + (f" (out of fold: each of {len(folds)} fold heads on its own fold)" if folds and not one else "")
            + f", {spec.frozen_weight:.2f} for the frozen encoder" if spec.chosen["system"] == "head"
            else "the frozen encoder (the identity head)")
