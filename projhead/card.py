@@ -137,3 +137,16 @@ def model_card(config: dict) -> str:
         lines += [f"Trained on cache `{c.get('path')}` (fingerprint `{c.get('fingerprint', '')[:16]}...`, "
                   f"{c.get('dataset')} {c.get('split')}, {c.get('granularity')} contexts).", ""]
     return "\n".join(lines)
+
+
+def selection_brief(log: dict) -> dict:
+    """What the model card shows of model selection's log (``select.auto_train``): kept in config.json."""
+    return {"mode": log["mode"], "chosen": log.get("chosen"), "dev_gain": log.get("dev_gain"),
+            **({"towers": log["towers"]} if log.get("towers") else {}),
+            **({"hybrid": log["hybrid"]} if log.get("hybrid") else {}),
+            **({"after_folds": log["after_folds"]} if log.get("after_folds") else {}),
+            **({"alpha_choice": log["alpha_choice"]} if log.get("alpha_choice") else {}),
+            **{key: log[key] for key in ("recipe", "passed_over") if log.get(key)},
+            "ranked_against": log.get("ranked_against"), "distractors": log.get("distractors", 0),
+            "candidates": [{k: c[k] for k in ("name", "score", "frozen", "best_epoch", "epochs", "seconds")}
+                           for c in log["candidates"]]}

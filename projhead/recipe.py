@@ -96,13 +96,16 @@ def train_recipe(cache, rows: np.ndarray, seed: int = 0, lr: float = RECIPE["lr"
 
 def margins(dev, head: Head | None, fused: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Each query of ``dev`` (a ``batches.DevSet``) scored by ``head`` (None: the frozen
-    encoder; query-side, so contexts stay): its gold rank and margin (gold score minus the best
+    encoder; a head on both towers encodes the contexts too): its gold rank and margin (gold score minus the best
     other candidate's, the query vector at unit length so that the two sides' margins share a
     scale; each query's own text left out), and with ``fused`` (``dev`` holds BM25 scores) the
     margin of dense and BM25 fused at ``dev.weight``."""
     q = np.asarray(dev.q if head is None else head.encode_queries(dev.q), np.float32)
     q = q / np.linalg.norm(q, axis=1, keepdims=True).clip(min=1e-12)  # both sides at one scale: ranks unchanged
-    dense = dense_scorer(q, dev.c)  # fused before any text is left out, as DevSet.ranks scores
+    c = dev.c
+    if head is not None and head.changes_contexts():  # a head on both towers (a kept candidate): its contexts too
+        c = np.asarray(head.encode_contexts(np.asarray(c, np.float32)), np.float32)  # as DevSet.ranks has them
+    dense = dense_scorer(q, c)  # fused before any text is left out, as DevSet.ranks scores
     if fused:
         mix = excluding(fused_scorer(dense, lambda rows: dev.bm25[rows].toarray(), FusionSpec(), dev.weight),
                         dev.exclude)
@@ -153,25 +156,31 @@ def not_tried(cache, cfg, fixed: dict | None, dialog: bool) -> str | None:
     return next((w for cond, w in why if cond), None)
 
 
-def judge_recipe(cache, fold_rows: list[np.ndarray], cfg, fused: bool) -> dict:
+def judge_recipe(cache, fold_rows: list[np.ndarray], cfg, fused: bool, rival: list[Head] | None = None) -> dict:
     """The recipe trained on each fold's other folds, its fold's queries scored by it and by
     the frozen encoder; the paired bootstrap (seeded with ``cfg.seed``) of the margin over every
-    query, dense and (``fused``) fused with BM25. ``kept``: ``kept(out)``."""
+    query, dense and (``fused``) fused with BM25. ``kept``: ``kept(out)``. ``rival``: another
+    head per fold (a kept candidate's fold heads as saved), scored on the same queries: its dense
+    margins in ``rival_margins``, the recipe's in ``margins`` (fold order, as ``order``)."""
     all_rows = np.arange(len(cache.q2c))
     hybrid = replace(cfg, hybrid=True, fusion_weight=DEFAULT_WEIGHT) if fused else None
-    heads, scored = [], {"head": [], "frozen": []}  # per side, each fold's (ranks, margins, fused margins)
-    for held in fold_rows:
+    heads, scored = [], {"head": [], "frozen": [], "rival": []}  # per side, each fold's (ranks, margins, fused)
+    for i, held in enumerate(fold_rows):
         heads.append(train_recipe(cache, np.setdiff1d(all_rows, held), seed=cfg.seed))
         dev = held_out(cache, held, hybrid)
         for side, h in (("head", heads[-1]), ("frozen", None)):
             scored[side].append(margins(dev, h, fused))
+        if rival is not None:
+            scored["rival"].append(margins(dev, rival[i], False))
 
     def joined(side):  # (ranks, margins, fused margins or None) of every query, in fold order
         return [None if p[0] is None else np.concatenate(p) for p in zip(*scored[side])]
 
     (r_head, *m_head), (r_frozen, *m_frozen) = joined("head"), joined("frozen")
-    out = {"fold_heads": heads, "order": np.concatenate(fold_rows),
+    out = {"fold_heads": heads, "order": np.concatenate(fold_rows), "margins": m_head[0],
            "dev_head": rank_metrics(r_head), "dev_frozen": rank_metrics(r_frozen)}
+    if rival is not None:
+        out["rival_margins"] = joined("rival")[1]
     f = PER_QUERY[cfg.select_metric]
     out["dev_gain"] = paired_bootstrap(f(r_head), f(r_frozen), seed=cfg.seed)
     for key, a, b in zip(("margin_gain", "fused_margin_gain"), m_head, m_frozen):
@@ -196,15 +205,48 @@ def fall_back(cache, cfg, fold_rows: list[np.ndarray], fused: bool, say=print) -
     training settings it stands for) and ``fold_heads`` (which choose its fusion weight)."""
     t0 = time.perf_counter()
     v = judge_recipe(cache, fold_rows, cfg, fused)
+    log, parts = _logged(v, t0)
+    say(f"  {NAME} (fixed in advance), out of fold on all {log['queries']} queries: " + "; ".join(parts)
+        + f" -> {'kept: it replaces the identity' if v['kept'] else 'not kept'} ({log['seconds']:.1f}s)")
+    return _trained(cache, cfg, v, log, parts, fused) if v["kept"] else {"log": log}
+
+
+def beside(cache, cfg, fold_rows: list[np.ndarray], fused: bool, rival: list[Head], decide: np.ndarray,
+           name: str, say=print) -> dict:
+    """The recipe judged beside a kept candidate, ``name``, whose fold heads as saved are
+    ``rival``: it replaces the candidate when ``kept`` by its own rule and its margin beats the
+    candidate's on the ``decide`` queries (positions in fold order: the queries that took no
+    part in choosing the candidate, its epoch or alpha), by the mean of the paired bootstrap
+    (``versus``). Returns what ``fall_back`` does."""
+    t0 = time.perf_counter()
+    v = judge_recipe(cache, fold_rows, cfg, fused, rival=rival)
+    a, b = v["margins"][decide], v["rival_margins"][decide]
+    ok = np.isfinite(a) & np.isfinite(b)
+    versus = paired_bootstrap(a[ok], b[ok], seed=cfg.seed)
+    wins = bool(v["kept"] and versus["gain"] > 0)
+    log, parts = _logged(v, t0)
+    log.update(beside=name, versus=versus, kept=wins)
+    say(f"  {NAME} (fixed in advance) beside {name}, out of fold: " + "; ".join(parts)
+        + f" ({'kept' if v['kept'] else 'not kept'} on its own); margin against {name}'s fold heads "
+        f"{versus['gain']:+.4f} (95% interval {versus['low']:+.4f} to {versus['high']:+.4f}) on the {versus['n']} queries "
+        f"that decided -> {f'it replaces {name}' if wins else f'{name} stays'} ({log['seconds']:.1f}s)")
+    if not wins:
+        return {"log": log}
+    return _trained(cache, cfg, v, log, parts, fused)
+
+
+def _logged(v: dict, t0: float) -> tuple[dict, list[str]]:
+    """The selection log's record of a judged recipe, and its gains said."""
     log = {"name": NAME, "settings": dict(RECIPE), "kept": v["kept"], "queries": len(v["order"]),
            **{k: v[k] for k in ("dev_gain", "margin_gain", "fused_margin_gain") if k in v}}
     parts = [f"margin gain {v[k]['gain']:+.4f} (95% interval {v[k]['low']:+.4f} to {v[k]['high']:+.4f})"
              + (" fused with BM25" if k.startswith("fused") else " dense") for k in ("margin_gain", "fused_margin_gain") if k in v]
     log["seconds"] = time.perf_counter() - t0
-    say(f"  {NAME} (fixed in advance), out of fold on all {log['queries']} queries: " + "; ".join(parts)
-        + f" -> {'kept: it replaces the identity' if v['kept'] else 'not kept'} ({log['seconds']:.1f}s)")
-    if not v["kept"]:
-        return {"log": log}
+    return log, parts
+
+
+def _trained(cache, cfg, v: dict, log: dict, parts: list[str], fused: bool) -> dict:
+    """The recipe kept: trained on every pair, with what ``fall_back`` returns."""
     losses: list = []
     head = train_recipe(cache, np.arange(len(cache.q2c)), seed=cfg.seed, losses=losses)
     decision = {"kept": "head", "alpha": 1.0, "dev_head": v["dev_head"],

@@ -67,8 +67,9 @@ from .hybrid import has_texts, identity_after_selection, tune_after_selection
 from .alpha import AUTO_ALPHAS, chooses_alpha, chosen_alpha  # noqa: F401 (AUTO_ALPHAS re-exported)
 from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings, not_above_fused
 from .query_side import none_beat, prefer_query_side
-from .recipe import NAME as RECIPE_NAME, fall_back, not_tried
+from .recipe import NAME as RECIPE_NAME, beside, fall_back, not_tried
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
+from .card import selection_brief
 from .config import with_fixed
 from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, has_temperature, held_out,
                     joined_by_gold, save_trained, split_by_group, split_groups, within_documents, within_noise)
@@ -392,17 +393,27 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         why_not = "a dev split (" + ("asked for: folds 0" if folds == 0 else
                                      f"{CV_BELOW:,} queries or more" if n >= CV_BELOW else "fewer than 5 groups") + ")"
     else:
-        why_not = not_tried(cache, cfg, fixed, bool(slots)) if decision["kept"] == "identity" else "a head was kept"
+        why_not = not_tried(cache, cfg, fixed, bool(slots))
     if why_not is None:  # a head fixed in advance, judged on every query's margin; its fold heads choose its fusion
-        say(f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
-        fb = fall_back(cache, cfg, fold_rows, has_texts(cache) and not cfg.dense_only, say=say)
+        fused = has_texts(cache) and not cfg.dense_only
+        if decision["kept"] == "identity":
+            say(f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
+            fb = fall_back(cache, cfg, fold_rows, fused, say=say)
+            why = decision.get("why")
+        else:  # beside the kept candidate: its fold heads as saved, on the queries that decided
+            fb = beside(cache, cfg, fold_rows, fused, [h for _, h in weight_folds] if weight_folds else _as_saved(
+                at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best), decision["alpha"], fold_gates), dec, name, say)
+            vs = fb["log"]["versus"]
+            why = (f"the {RECIPE_NAME}'s margin beat its fold heads' by {vs['gain']:+.4f} (95% interval {vs['low']:+.4f} "
+                   f"to {vs['high']:+.4f}) on the {vs['n']} queries that decided")
         if fb.get("head") is not None:
-            fb["decision"]["candidate_not_kept"] = f"{name}: {decision.get('why')}"
-            fb["decision"]["measured"] += f" (instead of {name}: {decision.get('why')})"
-            log["passed_over"] = {"name": name, "why": decision.get("why"), **{  # what described the candidate
+            fb["decision"]["candidate_not_kept"] = f"{name}: {why}"
+            fb["decision"]["measured"] += f" (instead of {name}: {why})"
+            log["passed_over"] = {"name": name, "why": why, **{  # what described the candidate
                 key: decision[key] for key in ("dev_gain", "fused_gain") if decision.get(key)}, **{
-                key: log.pop(key) for key in ("alpha_choice", "towers", "chosen_dev_trained", "frozen_dev",
-                                              "choose_queries", "decide_queries", "fusion_folds_seconds") if key in log}}
+                key: log.pop(key) for key in ("alpha_choice", "towers", "chosen_dev_trained", "frozen_dev", "choose_queries",
+                                              "decide_queries", "fusion_folds_seconds", "after_folds",
+                                              "after_folds_seconds") if key in log}}
             head, decision, frozen, final_cfg, name, gate = (fb["head"], fb["decision"], fb["frozen"], fb["cfg"],
                                                              RECIPE_NAME, {})
             log.update(chosen=name, dev_gain=decision["dev_gain"], chosen_dev=decision["dev_head"], frozen_dev=frozen)
@@ -415,7 +426,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     run_log["seconds"] = log["seconds"] = time.perf_counter() - t0
     if log.get("after_folds"):
         say(f"saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")
-    return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": _brief(log), **fusion, **gate})
+    return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": selection_brief(log), **fusion, **gate})
 
 
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:
@@ -479,16 +490,3 @@ def _not_used(cfg: TrainConfig, k: int) -> list[str]:
 
 def _head_dict(hc: HeadConfig) -> dict:
     return {k: getattr(hc, k) for k in HEAD_KEYS}
-
-
-def _brief(log: dict) -> dict:
-    """What the model card shows of the search."""
-    return {"mode": log["mode"], "chosen": log.get("chosen"), "dev_gain": log.get("dev_gain"),
-            **({"towers": log["towers"]} if log.get("towers") else {}),
-            **({"hybrid": log["hybrid"]} if log.get("hybrid") else {}),
-            **({"after_folds": log["after_folds"]} if log.get("after_folds") else {}),
-            **({"alpha_choice": log["alpha_choice"]} if log.get("alpha_choice") else {}),
-            **{key: log[key] for key in ("recipe", "passed_over") if log.get(key)},
-            "ranked_against": log.get("ranked_against"), "distractors": log.get("distractors", 0),
-            "candidates": [{k: c[k] for k in ("name", "score", "frozen", "best_epoch", "epochs", "seconds")}
-                           for c in log["candidates"]]}
