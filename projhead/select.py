@@ -403,9 +403,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         else:  # beside the kept candidate: its fold heads as saved, on the queries that decided
             fb = beside(cache, cfg, fold_rows, fused, [h for _, h in weight_folds] if weight_folds else _as_saved(
                 at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best), decision["alpha"], fold_gates), dec, name, say)
-            vs = fb["log"]["versus"]
-            why = (f"the {RECIPE_NAME}'s margin beat its fold heads' by {vs['gain']:+.4f} (95% interval {vs['low']:+.4f} "
-                   f"to {vs['high']:+.4f}) on the {vs['n']} queries that decided")
+            vs, vm = fb["log"]["versus"], fb["log"]["versus_metric"]
+            why = (f"the {RECIPE_NAME} beat its fold heads on the {vs['n']} queries that decided: margin "
+                   f"{vs['gain']:+.4f}, {vm['of']} {vm['gain']:+.4f}")
         if fb.get("head") is not None:
             fb["decision"]["candidate_not_kept"] = f"{name}: {why}"
             fb["decision"]["measured"] += f" (instead of {name}: {why})"

@@ -220,3 +220,70 @@ def test_every_fusion_selection_saves_is_seeded_by_the_run(planted_cache, monkey
     monkeypatch.setattr(S, "not_above_fused", lambda cfg, d, f: None)
     head, log = S.auto_train(planted_cache(n_groups=40), TrainConfig(epochs=2, seed=5), progress=False)
     assert log["selection"]["chosen"] == NAME and seeds == [5, 5]  # the candidate's fusion, then the recipe's
+
+
+def _rival_shifted(monkeypatch, shift: float, rank_shift: int = 1, kept: bool | None = None):
+    """judge_recipe as it is, but the kept candidate's fold heads scored as the recipe, with
+    margins ``shift`` higher and ranks ``rank_shift`` lower (and, with ``kept``, the recipe's own
+    verdict set); returns what it was given."""
+    real, seen = R.judge_recipe, {}
+
+    def judged(cache, fold_rows, cfg, fused, rival=None):
+        out = real(cache, fold_rows, cfg, fused, rival=rival)
+        if rival is not None:
+            seen["rival"] = rival
+            out["rival_margins"] = out["margins"] + shift
+            out["rival_ranks"] = (out["ranks"] + rank_shift).clip(min=0)
+            out["kept"] = out["kept"] if kept is None else kept
+        return out
+
+    monkeypatch.setattr(R, "judge_recipe", judged)
+    return seen
+
+
+def test_the_recipe_replaces_a_kept_candidate_it_beats_on_margin_and_mrr(planted_cache, monkeypatch, tmp_path, quick):
+    seen = _rival_shifted(monkeypatch, -0.01)
+    path = planted_cache(n_groups=40)
+    head, log = S.auto_train(path, TrainConfig(epochs=3), out=tmp_path / "h", progress=False)
+    sel, d = log["selection"], log["decision"]
+    rec, over = sel["recipe"], sel["passed_over"]
+    assert len(seen["rival"]) == 5 and all(not h.config.passthrough for h in seen["rival"])  # the fold heads
+    assert over["name"] == rec["beside"] and over["name"] != NAME and over["dev_gain"]["low"] > 0  # it was kept
+    assert rec["kept"] is True and rec["versus"]["gain"] == pytest.approx(0.01) and rec["versus_metric"]["gain"] > 0
+    assert rec["versus"]["n"] == rec["versus_metric"]["n"] == over["decide_queries"] < 400  # the queries that decided
+    assert sel["chosen"] == NAME and d["kept"] == "head" and "margin +0.0100, mrr10 +" in d["candidate_not_kept"]
+    assert "after_folds" not in sel and "alpha_choice" not in sel
+    c = open_cache(path)
+    np.testing.assert_allclose(load_head(tmp_path / "h").encode_queries(c.queries),
+                               train_recipe(c, np.arange(len(c.q2c)), seed=0).encode_queries(c.queries), atol=1e-6)
+    assert load_head(tmp_path / "h").info["selection"]["recipe"]["beside"] == over["name"]
+
+
+@pytest.mark.parametrize("shift, rank_shift, kept", [
+    (0.01, 1, None),  # the candidate's margin is higher
+    (-0.01, -1, None),  # the recipe's margin is higher, its MRR@10 lower (QuAC at 3,000 pairs)
+    (-0.01, 1, False)])  # both higher, but not kept on its own
+def test_a_kept_candidate_stays_unless_the_recipe_is_kept_and_beats_it_on_both(planted_cache, monkeypatch, quick, shift,
+                                                                             rank_shift, kept):
+    _rival_shifted(monkeypatch, shift, rank_shift, kept)
+    head, log = S.auto_train(planted_cache(n_groups=40), TrainConfig(epochs=3), progress=False)
+    sel = log["selection"]
+    assert sel["chosen"] != NAME and sel["recipe"]["beside"] == sel["chosen"] and sel["recipe"]["kept"] is False
+    assert log["decision"]["kept"] == "head" and "passed_over" not in sel and not head.config.passthrough
+    assert sel["recipe"]["versus"]["gain"] == pytest.approx(-shift)
+    assert (sel["recipe"]["versus_metric"]["gain"] > 0) == (rank_shift > 0)
+
+
+def test_margins_of_a_head_on_both_towers_use_its_contexts():
+    from projhead.heads import Head, HeadConfig
+
+    rng = np.random.default_rng(1)
+    c = rng.normal(size=(20, 8)).astype(np.float32)
+    q = rng.normal(size=(6, 8)).astype(np.float32)
+    gold = rng.integers(0, 20, 6)
+    head = Head(HeadConfig(kind="linear", towers="separate", in_dim=8, init="random"))
+    _, m, _ = margins(DevSet(q, c, gold), head, fused=False)
+    s = head.encode_queries(q) @ head.encode_contexts(c).T
+    g = s[np.arange(6), gold].copy()
+    s[np.arange(6), gold] = -np.inf
+    np.testing.assert_allclose(m, g - s.max(1), atol=1e-5)
