@@ -110,7 +110,8 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--hybrid", is_flag=True, help="for use fused with BM25: candidates also trained beside BM25, all chosen and decided by held-out queries ranked dense + BM25 (needs context texts)")
 @click.option("--dense-only", is_flag=True, help="you search with dense vectors alone, never fused with BM25: a head kept on its own is not also judged fused with BM25 (against frozen + BM25)")
 @click.option("--recipe/--no-recipe", default=_T.recipe, show_default=True, help="k-fold selection (under 5,000 queries) "
-              "that keeps the identity also judges LlamaIndex's adapter recipe, fixed in advance, on every held-out query's margin")
+              "also judges LlamaIndex's adapter recipe, fixed in advance, on every held-out query's margin: kept when the "
+              "identity would be, or in place of a kept candidate it beats on the deciding queries' margin and MRR@10")
 @click.option("--bm25", "bm25_kb", type=click.Tuple([click.FloatRange(min=0), click.FloatRange(0, 1)]), metavar="K1 B", help="BM25's "
               "k1, b for the fusion saved with the head and --hybrid, as your engine's (Elasticsearch: 1.2 0.75) [chosen on held-out queries]")
 @click.option("--canary-tolerance", type=click.FloatRange(0, 1, max_open=True), default=_T.canary_tolerance,
@@ -145,8 +146,8 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
 
     By default a few candidate heads are compared on held-out queries (k-fold on small
     data) and the best is kept only if its gain over the frozen encoder is more than noise;
-    else, on small data, a fixed adapter recipe judged on every held-out query's margin;
-    otherwise the saved head is the identity. --no-auto trains one configuration, with
+    else, on small data, a fixed adapter recipe judged on every held-out query's margin (which
+    also replaces a kept candidate it beats); otherwise the saved head is the identity. --no-auto trains one configuration, with
     checkpoints every epoch: an interrupted run resumes when the same command is run again."""
     head_given = {k: v for k, v in (("kind", kind), ("towers", towers), ("out_dim", out_dim), ("hidden", hidden),
                                     ("layers", layers), ("activation", activation), ("dropout", dropout),

@@ -165,7 +165,7 @@ class TrainConfig:
     bm25_k1: float | None = None  # BM25 of BM25-aware training, hybrid rankings and the saved fusion; None: chosen (fusion.BM25_GRID; before training with hybrid), or bm25s's 1.5 for a BM25-aware run without selection
     bm25_b: float | None = None  # as bm25_k1, for b (bm25s's 0.75)
     after_folds: str = "refit"  # k-fold selection saves: refit (the winner trained on every pair) | average (the fold heads' weights averaged, soup.py)
-    recipe: bool = True  # k-fold selection that keeps the identity also judges the fixed adapter recipe on every held-out query's margin (recipe.py)
+    recipe: bool = True  # k-fold selection also judges the fixed adapter recipe on every held-out query's margin, in place of the identity or beside a kept candidate (recipe.py)
     alpha: float | str | None = None  # saved head = frozen + alpha * (trained - frozen), in weight space (WiSE-FT); None: ALPHA where the head allows it (in 5-fold selection chosen as "auto": alpha.chooses_alpha); "auto": chosen by model selection on its choosing queries (alpha.AUTO_ALPHAS)
 
     def __post_init__(self):

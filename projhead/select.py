@@ -40,7 +40,10 @@ start, and saves the weight it decided at; ``dense_only`` skips it).
 In k-fold mode, when that keeps the identity, one head fixed in advance is judged on every
 query, out of fold, on the margin of its gold context (``recipe.fall_back``); it replaces the
 identity only if that gain is above noise dense and not below 0 fused with BM25
-(``recipe.kept``; ``recipe.not_tried``: when it is not tried).
+(``recipe.kept``; ``recipe.not_tried``: when it is not tried). When a candidate is kept, the
+same head is judged beside it (``recipe.beside``): it replaces the candidate only if kept by
+that rule and above the candidate's fold heads as saved on both the margin and the metric of
+the deciding queries.
 """
 from __future__ import annotations
 
