@@ -108,12 +108,13 @@ def main():
 
 
 def reread(runs: list) -> str:
-    """Per data and size of a null benchmark's ``runs``: runs, recipe judged, and kept by each rule."""
+    """Per data and size of a null benchmark's ``runs``: runs, recipe judged in place of the identity
+    (not beside a kept candidate), and kept by each rule."""
     lines = ["| data | pairs | runs | recipe judged | " + " | ".join(f"recipe kept, {rule}" for rule in RULES) + " |",
              "|" + "---|" * (4 + len(RULES))]
     for key in sorted({(r["data"], r["size"]) for r in runs}):
         rs = [r for r in runs if (r["data"], r["size"]) == key]
-        judged = [r["recipe"] for r in rs if "margin_gain" in (r.get("recipe") or {})]
+        judged = [r["recipe"] for r in rs if "margin_gain" in (r.get("recipe") or {}) and "beside" not in r["recipe"]]
         lines.append(f"| {key[0]} | {key[1]:,} | {len(rs)} | {len(judged)} | "
                      + " | ".join(str(sum(bool(f(v)) for v in judged)) for f in RULES.values()) + " |")
     return "\n".join(lines) + "\n"

@@ -140,7 +140,8 @@ def model_card(config: dict) -> str:
 
 
 def selection_brief(log: dict) -> dict:
-    """What the model card shows of model selection's log (``select.auto_train``): kept in config.json."""
+    """What config.json keeps of model selection's log (``select.auto_train``), for the model card and
+    for readers of the head folder."""
     return {"mode": log["mode"], "chosen": log.get("chosen"), "dev_gain": log.get("dev_gain"),
             **({"towers": log["towers"]} if log.get("towers") else {}),
             **({"hybrid": log["hybrid"]} if log.get("hybrid") else {}),

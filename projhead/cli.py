@@ -110,8 +110,9 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--hybrid", is_flag=True, help="for use fused with BM25: candidates also trained beside BM25, all chosen and decided by held-out queries ranked dense + BM25 (needs context texts)")
 @click.option("--dense-only", is_flag=True, help="you search with dense vectors alone, never fused with BM25: a head kept on its own is not also judged fused with BM25 (against frozen + BM25)")
 @click.option("--recipe/--no-recipe", default=_T.recipe, show_default=True, help="k-fold selection (under 5,000 queries) "
-              "also judges LlamaIndex's adapter recipe, fixed in advance, on every held-out query's margin: kept when the "
-              "identity would be, or in place of a kept candidate it beats on the deciding queries' margin and MRR@10")
+              "also judges LlamaIndex's adapter recipe, fixed in advance, on every held-out query's margin: kept when no "
+              "candidate is and its own check passes, or in place of a kept candidate it beats on the deciding queries' "
+              "margin and --select-metric")
 @click.option("--bm25", "bm25_kb", type=click.Tuple([click.FloatRange(min=0), click.FloatRange(0, 1)]), metavar="K1 B", help="BM25's "
               "k1, b for the fusion saved with the head and --hybrid, as your engine's (Elasticsearch: 1.2 0.75) [chosen on held-out queries]")
 @click.option("--canary-tolerance", type=click.FloatRange(0, 1, max_open=True), default=_T.canary_tolerance,

@@ -240,7 +240,8 @@ def beside(cache, cfg, fold_rows: list[np.ndarray], fused: bool, rival: list[Hea
     ranked = paired_bootstrap(f(v["ranks"][decide]), f(v["rival_ranks"][decide]), seed=cfg.seed)
     wins = bool(v["kept"] and versus["gain"] > 0 and ranked["gain"] > 0)
     log, parts = _logged(v, t0)
-    log.update(beside=name, versus=versus, versus_metric={**ranked, "of": cfg.select_metric}, kept=wins)
+    log.update(beside=name, kept_alone=v["kept"], versus=versus, versus_metric={**ranked, "of": cfg.select_metric},
+               kept=wins)
     say(f"  {NAME} (fixed in advance) beside {name}, out of fold: " + "; ".join(parts)
         + f" ({'kept' if v['kept'] else 'not kept'} on its own); against {name}'s fold heads on the {versus['n']} "
         f"queries that decided: margin {versus['gain']:+.4f} (95% interval {versus['low']:+.4f} to {versus['high']:+.4f}), "

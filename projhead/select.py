@@ -412,8 +412,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if fb.get("head") is not None:
             fb["decision"]["candidate_not_kept"] = f"{name}: {why}"
             fb["decision"]["measured"] += f" (instead of {name}: {why})"
-            log["passed_over"] = {"name": name, "why": why, **{  # what described the candidate
-                key: decision[key] for key in ("dev_gain", "fused_gain") if decision.get(key)}, **{
+            against = (fusion.get("fusion") or {}).get("chosen", {}).get("against_frozen")  # a kept candidate's, fused
+            log["passed_over"] = {"name": name, "why": why, **({"fused_gain": against} if against else {}), **{
+                key: decision[key] for key in ("dev_gain", "fused_gain") if decision.get(key)}, **{  # the candidate's
                 key: log.pop(key) for key in ("alpha_choice", "towers", "chosen_dev_trained", "frozen_dev", "choose_queries",
                                               "decide_queries", "fusion_folds_seconds", "after_folds",
                                               "after_folds_seconds") if key in log}}

@@ -249,6 +249,7 @@ def test_the_recipe_replaces_a_kept_candidate_it_beats_on_margin_and_mrr(planted
     rec, over = sel["recipe"], sel["passed_over"]
     assert len(seen["rival"]) == 5 and all(not h.config.passthrough for h in seen["rival"])  # the fold heads
     assert over["name"] == rec["beside"] and over["name"] != NAME and over["dev_gain"]["low"] > 0  # it was kept
+    assert over["fused_gain"]["low"] > 0 and rec["kept_alone"] is True  # and beat frozen + BM25 fused
     assert rec["kept"] is True and rec["versus"]["gain"] == pytest.approx(0.01) and rec["versus_metric"]["gain"] > 0
     assert rec["versus"]["n"] == rec["versus_metric"]["n"] == over["decide_queries"] < 400  # the queries that decided
     assert sel["chosen"] == NAME and d["kept"] == "head" and "margin +0.0100, mrr10 +" in d["candidate_not_kept"]
@@ -269,6 +270,7 @@ def test_a_kept_candidate_stays_unless_the_recipe_is_kept_and_beats_it_on_both(p
     head, log = S.auto_train(planted_cache(n_groups=40), TrainConfig(epochs=3), progress=False)
     sel = log["selection"]
     assert sel["chosen"] != NAME and sel["recipe"]["beside"] == sel["chosen"] and sel["recipe"]["kept"] is False
+    assert sel["recipe"]["kept_alone"] is (kept is None)
     assert log["decision"]["kept"] == "head" and "passed_over" not in sel and not head.config.passthrough
     assert sel["recipe"]["versus"]["gain"] == pytest.approx(-shift)
     assert (sel["recipe"]["versus_metric"]["gain"] > 0) == (rank_shift > 0)
