@@ -172,8 +172,9 @@ def judge_recipe(cache, fold_rows: list[np.ndarray], cfg, fused: bool, rival: li
     """The recipe trained on each fold's other folds, its fold's queries scored by it and by
     the frozen encoder; the paired bootstrap (seeded with ``cfg.seed``) of the margin over every
     query, dense and (``fused``) fused with BM25. ``kept``: ``kept(out)``. ``rival``: another
-    head per fold (a kept candidate's fold heads as saved), scored on the same queries: its dense
-    margins in ``rival_margins``, the recipe's in ``margins`` (fold order, as ``order``)."""
+    head per fold (a kept candidate's fold heads as saved), scored on the same queries: its ranks
+    and dense margins in ``rival_ranks`` and ``rival_margins``, the recipe's in ``ranks`` and
+    ``margins`` (fold order, as ``order``)."""
     all_rows = np.arange(len(cache.q2c))
     hybrid = replace(cfg, hybrid=True, fusion_weight=DEFAULT_WEIGHT) if fused else None
     heads, scored = [], {"head": [], "frozen": [], "rival": []}  # per side, each fold's (ranks, margins, fused)
@@ -189,11 +190,10 @@ def judge_recipe(cache, fold_rows: list[np.ndarray], cfg, fused: bool, rival: li
         return [None if p[0] is None else np.concatenate(p) for p in zip(*scored[side])]
 
     (r_head, *m_head), (r_frozen, *m_frozen) = joined("head"), joined("frozen")
-    out = {"fold_heads": heads, "order": np.concatenate(fold_rows), "margins": m_head[0],
+    out = {"fold_heads": heads, "order": np.concatenate(fold_rows), "ranks": r_head, "margins": m_head[0],
            "dev_head": rank_metrics(r_head), "dev_frozen": rank_metrics(r_frozen)}
     if rival is not None:
         out["rival_ranks"], out["rival_margins"], _ = joined("rival")
-        out["ranks"] = r_head
     f = PER_QUERY[cfg.select_metric]
     out["dev_gain"] = paired_bootstrap(f(r_head), f(r_frozen), seed=cfg.seed)
     for key, a, b in zip(("margin_gain", "fused_margin_gain"), m_head, m_frozen):

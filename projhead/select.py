@@ -402,19 +402,19 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         if decision["kept"] == "identity":
             say(f"  {name} not kept ({decision.get('why')}); the adapter recipe judged instead:")
             fb = fall_back(cache, cfg, fold_rows, fused, say=say)
-            why, against = decision.get("why"), None
+            why, fused_gain = decision.get("why"), decision.get("fused_gain")  # fused_gain: it gave way fused
         else:  # beside the kept candidate: its fold heads as saved, on the queries that decided
             fb = beside(cache, cfg, fold_rows, fused, [h for _, h in weight_folds] if weight_folds else _as_saved(
                 at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best), decision["alpha"], fold_gates), dec, name, say)
             vs, vm = fb["log"]["versus"], fb["log"]["versus_metric"]
             why = (f"the {RECIPE_NAME} beat its fold heads on the {vs['n']} queries that decided: margin "
                    f"{vs['gain']:+.4f}, {vm['of']} {vm['gain']:+.4f}")
-            against = (fusion.get("fusion") or {}).get("chosen", {}).get("against_frozen")  # the candidate's, fused
+            fused_gain = (fusion.get("fusion") or {}).get("chosen", {}).get("against_frozen")  # it passed fused
         if fb.get("head") is not None:
             fb["decision"]["candidate_not_kept"] = f"{name}: {why}"
             fb["decision"]["measured"] += f" (instead of {name}: {why})"
-            log["passed_over"] = {"name": name, "why": why, **({"fused_gain": against} if against else {}), **{
-                key: decision[key] for key in ("dev_gain", "fused_gain") if decision.get(key)}, **{  # the candidate's
+            log["passed_over"] = {"name": name, "why": why, **({"dev_gain": decision["dev_gain"]} if decision.get(
+                "dev_gain") else {}), **({"fused_gain": fused_gain} if fused_gain else {}), **{  # what described it
                 key: log.pop(key) for key in ("alpha_choice", "towers", "chosen_dev_trained", "frozen_dev", "choose_queries",
                                               "decide_queries", "fusion_folds_seconds", "after_folds",
                                               "after_folds_seconds") if key in log}}
