@@ -283,9 +283,14 @@ class Head(nn.Module):
 
     def reset_to_identity(self) -> "Head":
         """Keep the frozen encoder: ``passthrough``, and identity weights where the head has
-        them (so the saved weights say the same as the config)."""
+        them (so the saved weights say the same as the config). A head that has none (another
+        output dimension, an MLP, random init) becomes a query-side linear head at the identity,
+        so its config, weights and output dimension are the frozen encoder's, not a rejected head's."""
         if self.can_interpolate():
             self.interpolate(0.0)
+        elif self.config.kind != "dialog":  # a dialog head keeps its dimension and rows: passthrough says it all
+            self.config = replace(self.config, kind="linear", towers="query", out_dim=None, init="identity", gate=False)
+            self.query, self.context, self.gate = build_tower(self.config), nn.Identity(), None
         self.config.passthrough = True
         return self
 
