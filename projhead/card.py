@@ -16,8 +16,9 @@ import json
 from .fusion import weight_given
 
 
-def _decision_lines(d: dict, selection: dict | None) -> list[str]:
-    """The model card's account of how the head was chosen and how far it may be trusted."""
+def _decision_lines(d: dict, selection: dict | None, rule: str = "bootstrap") -> list[str]:
+    """The model card's account of how the head was chosen and how far it may be trusted
+    (``rule``: the training settings' ``decision``)."""
     lines = []
     if selection:
         lines += [f"## How it was chosen ({selection.get('mode')})", "",
@@ -41,13 +42,15 @@ def _decision_lines(d: dict, selection: dict | None) -> list[str]:
     if g:
         lines += [f"Held-out {g['of'] + ' ' if g.get('of') else ''}gain over the frozen encoder{' (dense, the head alone)' if d.get('fused_gain') else ''}: "
                   f"{g['gain']:+.4f} (95% paired-bootstrap interval {g['low']:+.4f} to {g['high']:+.4f}, {g['n']} "
-                  "queries); a head is kept only when the interval is above 0." + (f" Measured on the head {'not kept' if d.get('kept') == 'identity' else 'as saved'} ({d['measured']})." if d.get("measured") else ""),
+                  "queries); a head is kept only when " + ("the interval is above 0." if rule == "bootstrap" else
+                                                   f"the gain is above 0 (decision {rule!r}).") + (f" Measured on the head {'not kept' if d.get('kept') == 'identity' else 'as saved'} ({d['measured']})." if d.get("measured") else ""),
                   ""]
     if d.get("alpha") is not None and d["alpha"] < 1 and d.get("kept") != "identity":  # an identity moved nothing
         lines += [f"Interpolated toward the frozen encoder: alpha {d['alpha']} (weights = frozen + alpha x "
                   "(trained - frozen))" + (f"; {d['shrunk']}." if d.get("shrunk") else "."), ""]
     if d.get("canaries"):
-        lines += ["## Other domains (canaries, nDCG@10)", "", "| canary | frozen | head |", "|---|---|---|"]
+        lines += ["## Other domains (canaries, nDCG@10)", "", "| canary | frozen | "
+                  + ("head not kept" if d.get("kept") == "identity" else "head") + " |", "|---|---|---|"]
         lines += [f"| {n} | {c['frozen']:.4f} | {c['head']:.4f} |" if c.get("head") is not None
                   else f"| {n} | {c['frozen']:.4f} | |" for n, c in d["canaries"].items()]
         lines.append("")
@@ -98,7 +101,7 @@ def model_card(config: dict) -> str:
     if h.get("passthrough"):
         lines += ["**This head is the identity**: model selection kept the frozen vectors"
                   + (f" ({d['why']})." if d.get("why") else "."), ""]
-    lines += _decision_lines(d, config.get("selection"))
+    lines += _decision_lines(d, config.get("selection"), (config.get("training") or {}).get("decision", "bootstrap"))
     if m:
         hy = (config.get("selection") or {}).get("hybrid")
         fused = f", ranked fused with BM25 at dense weight {hy['fusion_weight']}" if hy else ""
