@@ -21,6 +21,26 @@ def test_identity_init_equals_frozen_vectors(kind):
     np.testing.assert_allclose(head.encode_contexts(x), x, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind, towers, out_dim, init", [
+    ("linear", "separate", 8, "identity"), ("mlp", "shared", 24, "random"), ("residual", "separate", None, "random"),
+    ("linear", "shared", None, "identity")])
+def test_a_head_reset_to_identity_is_the_frozen_encoder_in_config_and_weights(tmp_path, kind, towers, out_dim, init):
+    """Kept as the identity, a head with no identity weights of its own (another width, an MLP,
+    random init) is saved as a plain query-side identity: its config, output width and weights
+    are the frozen encoder's, so an index sized by its config fits what it outputs."""
+    torch.manual_seed(0)
+    head = Head(HeadConfig(kind=kind, towers=towers, in_dim=16, out_dim=out_dim, hidden=32, init=init))
+    head.reset_to_identity()
+    x = _vecs()
+    for h in (head, (head.save(tmp_path / "h"), load_head(tmp_path / "h"))[1]):
+        assert h.config.passthrough and h.config.output_dim == 16 and not h.changes_contexts()
+        np.testing.assert_allclose(h.encode_queries(x), x, atol=1e-6)
+        np.testing.assert_allclose(h.encode_contexts(x), x, atol=1e-6)
+        np.testing.assert_allclose(h.query.weight.detach().numpy(), np.eye(16), atol=1e-6)  # the weights say it too
+    card = (tmp_path / "h" / "README.md").read_text()
+    assert "16 -> 16" in card and "identity" in card
+
+
 @pytest.mark.parametrize("kind, towers, out_dim", [
     ("linear", "separate", 8), ("mlp", "separate", 24), ("mlp", "shared", None), ("residual", "query", None),
     ("residual", "shared", None), ("linear", "query", None)])
@@ -158,3 +178,21 @@ def test_tampered_folders_are_refused_and_run_nothing(tmp_path, monkeypatch):
     with pytest.raises(HeadError, match="not a head folder"):
         load_head(tmp_path / "nowhere")
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_the_model_card_states_the_decision_rule_and_whose_canary_scores_it_shows():
+    """The card's keep rule is the run's (--decision), and canary scores of a head that was not
+    kept are labelled so."""
+    from projhead.card import model_card
+
+    gain = {"gain": 0.02, "low": -0.01, "high": 0.05, "n": 40}
+    canaries = {"other.h5": {"frozen": 0.5, "head": 0.48}}
+    head = {"kind": "linear", "towers": "query", "in_dim": 16, "out_dim": None, "encoder": "st:x"}
+    cards = {rule: model_card({"head": head, "training": {"decision": rule}, "decision": {
+        "kept": "head", "alpha": 1.0, "dev_gain": gain, "canaries": canaries}}) for rule in ("bootstrap", "better")}
+    assert "a head is kept only when the interval is above 0" in cards["bootstrap"]
+    assert "a head is kept only when the gain is above 0 (decision 'better')" in cards["better"]
+    assert "| canary | frozen | head |" in cards["better"]
+    identity = model_card({"head": {**head, "passthrough": True}, "decision": {
+        "kept": "identity", "dev_gain": gain, "canaries": canaries}})
+    assert "| canary | frozen | head not kept |" in identity and "interval is above 0" in identity
