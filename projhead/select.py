@@ -18,8 +18,8 @@ groups (``_halves``): one half chooses (candidate and epoch), the other decides.
   each candidate is trained once per fold for a fixed number of epochs, and every query is
   scored out of fold, epoch by epoch; only epochs every fold trained count. Each candidate's
   epoch is the latest whose mean out-of-fold metric on the choosing queries is within noise of
-  its highest (``kept_epoch``); the best candidate wins, and is trained again on all pairs on
-  the same schedule, ended at that epoch.
+  its highest (``kept_epoch``); the best candidate wins, trained again on all pairs on the same
+  schedule to that epoch (``after_folds`` "average": its fold heads averaged, ``soup``).
 - From ``CV_BELOW`` queries on, one dev split of whole groups; each candidate stops early on
   its choosing half and keeps its latest epoch within noise of its best (``fit``); the best
   candidate wins.
@@ -63,7 +63,7 @@ from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, rank_metrics
 from .gate import attach_gate
 from .heads import Head, HeadConfig
 from .lexical import settings_of
-from .soup import average, fold_runs
+from .soup import average, averaged_log, fold_runs
 from .checkpoint import CHECKPOINT_NAME, check_out
 from .fusion import WEIGHT_GRID, FusionSpec
 from .hybrid import has_texts, identity_after_selection, tune_after_selection
@@ -248,16 +248,17 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
         final_cfg = replace(cfg, **{**t, "epochs": tc.epochs, "stop_epoch": max(1, e_best),
                                     "batch_size": tc.batch_size, "patience": tc.epochs + 1, "dev_fraction": 0.0})
         hcfg = replace(base, **_head_dict(hc))
-        run = fit(cache, hcfg, final_cfg, rows=(all_rows, all_rows[:0]), progress=False, canaries=canaries)
-        head, run_log = run["head"], run["log"]
-        fold_heads = None  # the fold heads at the chosen epoch averaged into the saved head
-        at_epoch = None  # the fold runs at the chosen epoch, trained again when needed
-        if e_best > 0 and cfg.after_folds != "refit":
+        fold_heads = at_epoch = None  # the fold runs at the chosen epoch (averaged into the saved head), when needed
+        if e_best > 0 and cfg.after_folds != "refit":  # no refit: the fold heads' weights averaged
             s0 = time.perf_counter()
             fold_heads = at_epoch = fold_runs(cache, hcfg, tc, fold_rows, e_best)
-            head = average([r["head"] for r in fold_heads])
+            head, run_log = average([r["head"] for r in fold_heads]), averaged_log(fold_heads, e_best)
             averaged = {"after_folds": f"the weights of the {k} fold heads at epoch {e_best} averaged",
                         "after_folds_seconds": time.perf_counter() - s0}
+        else:
+            run = fit(cache, hcfg, final_cfg, rows=(all_rows, all_rows[:0]), progress=False, canaries=canaries)
+            head, run_log = run["head"], run["log"]
+            final_cfg = replace(final_cfg, loss_settings=run["cfg"].loss_settings)  # any BM25 share it trained at
         frozen = log["frozen_dev"]
         if e_best == 0:
             head.reset_to_identity()
@@ -430,7 +431,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     run_log["seconds"] = log["seconds"] = time.perf_counter() - t0
     if log.get("after_folds"):
         say(f"saved: {log['after_folds']} ({log['after_folds_seconds']:.1f}s)")
-    return save_trained(head, run_log, cache, final_cfg, frozen, out, ckpt, extra={"selection": selection_brief(log), **fusion, **gate})
+    # an identity records the run's settings (the rejected candidate's are in the selection log)
+    return save_trained(head, run_log, cache, final_cfg if decision["kept"] == "head" else cfg, frozen, out, ckpt,
+                        extra={"selection": selection_brief(log), **fusion, **gate})
 
 
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:

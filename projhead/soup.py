@@ -2,9 +2,10 @@
 
 Usage::
 
-    from projhead.soup import average, fold_runs
+    from projhead.soup import average, averaged_log, fold_runs
     runs = fold_runs(cache, head_config, train_config, fold_rows, epoch)  # one fit per fold
     head = average([r["head"] for r in runs])
+    log = averaged_log(runs, epoch)                     # its training log: the fold runs' means
 
 k-fold selection trains the chosen candidate once per fold, on the other folds' pairs, and
 picks the epoch out of fold. ``fold_runs`` trains those runs again with the same schedule and
@@ -56,3 +57,19 @@ def average(heads: list[Head]) -> Head:
                              for k in keys})
     out.eval()
     return out
+
+
+def averaged_log(runs: list[dict], epoch: int) -> dict:
+    """The training log of the head ``average`` makes of ``runs`` (``fold_runs``' results, ended at
+    ``epoch``): per epoch, the fold runs' mean training loss and mean held-out metrics (each on its
+    own fold, which it did not train on), and the frozen encoder's the same way."""
+    logs = [r["log"] for r in runs]
+
+    def mean(dicts: list[dict]) -> dict:
+        return {m: float(np.mean([d[m] for d in dicts])) for m in dicts[0]}
+
+    epochs = [{"epoch": i + 1, "train_loss": float(np.mean([g["epochs"][i]["train_loss"] for g in logs])),
+               "dev": mean([g["epochs"][i]["dev"] for g in logs])} for i in range(epoch)]
+    return {"epochs": epochs, "frozen_dev": mean([g["frozen_dev"] for g in logs]), "best_epoch": epoch,
+            "n_train": [g["n_train"] for g in logs], "n_dev": [g["n_dev"] for g in logs],
+            "settings": logs[0]["settings"], "averaged": f"the weights of {len(runs)} fold runs at epoch {epoch}"}

@@ -427,7 +427,7 @@ def save_trained(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: 
                   "granularity": cache.attrs["granularity"], "n_queries": int(cache.attrs["n_queries"]),
                   "distractors": cache.n_distractors},
         "metrics": {"frozen": frozen, "head": frozen if head.config.passthrough else head_metrics},
-        "best_epoch": log.get("best_epoch", 0),
+        "best_epoch": 0 if head.config.passthrough else log.get("best_epoch", 0),
         "decision": _jsonable(decision),
         **(extra or {}),
     }

@@ -937,9 +937,16 @@ def test_plain_selection_serves_a_head_with_the_bm25_it_was_trained_beside_or_se
     head, _ = auto_train(path, TrainConfig(epochs=6), fixed={**fixed, "lr": 1e-2, "bm25_aware": True},
                          out=tmp_path / "d", progress=False)
     assert not head.config.passthrough
-    assert json.loads((tmp_path / "d" / "config.json").read_text())["training"]["bm25_aware"]
+    training = json.loads((tmp_path / "d" / "config.json").read_text())["training"]
+    assert training["bm25_aware"]
     assert "bm25_search" not in head.fusion.chosen
     assert (head.fusion.bm25.k1, head.fusion.bm25.b) == (1.5, 0.75)  # what it was trained beside
+    from projhead.cache import open_cache
+    from projhead.fusion import DEFAULT_WEIGHT
+    from projhead.lexical import bm25_share
+
+    c = open_cache(path)  # the BM25 share it was trained at: the refit's, on every pair (each fold has its own)
+    assert training["loss_settings"]["bm25_weight"] == bm25_share(c.queries[:], c.contexts[:], DEFAULT_WEIGHT, 0)
 
 
 @pytest.mark.parametrize("bad", [{"bm25_k1": float("inf")}, {"bm25_k1": -1.0}, {"bm25_k1": "1.2"}, {"bm25_k1": True},

@@ -118,10 +118,11 @@ def test_the_kept_epoch_is_the_latest_within_noise_of_the_best():
 
 def test_the_winner_is_refit_on_the_schedule_of_the_folds(planted_cache):
     head, log = auto_train(planted_cache(n_groups=40), TrainConfig(epochs=6),
-                           fixed={"kind": "linear", "towers": "query"}, progress=False)
+                           fixed={"kind": "linear", "towers": "query", "lr": 1e-2}, progress=False)
     cand = log["selection"]["candidates"][0]
     training = head.info["training"]
-    assert training["epochs"] == 6 and training["stop_epoch"] == max(1, cand["best_epoch"])
+    assert log["decision"]["kept"] == "head"  # (an identity records the run's settings: tested below)
+    assert training["epochs"] == 6 and training["stop_epoch"] == cand["best_epoch"] >= 1
     assert len(log["epochs"]) == training["stop_epoch"]
 
 
@@ -170,7 +171,9 @@ def test_a_fold_stopped_early_bounds_the_candidate_epochs(planted_cache, monkeyp
     monkeypatch.setattr(S, "fit", fit)
     head, log = auto_train(planted_cache(n_groups=40), TrainConfig(epochs=6), fixed=_linear_query(), progress=False)
     cand = log["selection"]["candidates"][0]
-    assert cand["best_epoch"] <= 2 and head.info["training"]["stop_epoch"] <= 2
+    kept = log["decision"]["kept"] == "head"  # the identity records the run's settings (no stop epoch given)
+    assert cand["best_epoch"] <= 2 and (head.info["training"]["stop_epoch"] <= 2 if kept else
+                                        head.info["training"]["stop_epoch"] is None)
     assert cand["trained_epochs"] == 2 and "non-finite" in cand["stopped"]
 
 
@@ -576,3 +579,25 @@ def test_more_folds_than_documents_never_split_a_document(planted_cache, monkeyp
     docs = np.asarray(open_cache(path).groups)
     owners = [set(docs[rows]) for rows in seen[6]]
     assert all(len(o) == 1 for o in owners) and len(set.union(*owners)) == 6
+
+
+@pytest.mark.parametrize("folds", [None, 0])
+def test_an_identity_kept_by_selection_records_the_run_not_the_rejected_head(planted_cache, tmp_path, folds):
+    """The frozen vectors are already right: selection keeps the identity. config.json then holds
+    the run's training settings (not the rejected candidate's batch, epoch or alpha) and best
+    epoch 0, and a candidate of another width leaves the frozen encoder's width, so
+    `projhead eval --index` sizes its index to what the saved head outputs."""
+    import json
+
+    from projhead.cli import main
+
+    path = planted_cache(n_groups=40, rotate=0.0, noise=0.05)
+    out = tmp_path / "h"
+    head, log = auto_train(path, TrainConfig(epochs=3), fixed={"kind": "linear", "towers": "separate", "out_dim": 8},
+                           out=out, progress=False, folds=folds)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["decision"]["kept"] == "identity" and log["selection"]["candidates"][0]["batch_size"]
+    training = cfg["training"]
+    assert cfg["best_epoch"] == 0 and training["batch_size"] is None and training["stop_epoch"] is None
+    assert training["alpha"] is None and cfg["head"]["out_dim"] is None and cfg["head"]["passthrough"]
+    assert main(["eval", str(path), "--head", str(out), "--index", "Flat"]) == 0

@@ -90,3 +90,25 @@ def test_refit_is_untouched_and_unknown_modes_refused(planted_cache):
     head, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=3), fixed={"kind": "linear", "towers": "query"},
                            progress=False)
     assert "after_folds" not in log["selection"]
+
+
+def test_averaging_trains_no_refit_and_logs_the_fold_runs(planted_cache, tmp_path, monkeypatch):
+    """With the fold heads averaged nothing is trained on every pair, and train_log.json is the
+    fold runs' (mean loss and held-out metrics per epoch up to the epoch averaged)."""
+    import json
+
+    import projhead.select as S
+
+    on_all = []
+    real = S.fit
+    monkeypatch.setattr(S, "fit", lambda cache, h, c, rows=None, **k: (on_all.append(len(rows[1]) == 0), real(
+        cache, h, c, rows=rows, **k))[1])
+    path = planted_cache(n_groups=40)
+    head, log = auto_train(path, TrainConfig(epochs=6, after_folds="average", gate=False),
+                           fixed={"kind": "linear", "towers": "query", "lr": 1e-2}, out=tmp_path / "h", progress=False)
+    e = log["selection"]["candidates"][0]["best_epoch"]
+    assert log["decision"]["kept"] == "head" and e > 0 and not any(on_all)  # the folds' runs only
+    saved = json.loads((tmp_path / "h" / "train_log.json").read_text())
+    assert saved["best_epoch"] == e and len(saved["epochs"]) == e and "5 fold runs" in saved["averaged"]
+    assert saved["epochs"][-1]["dev"]["mrr10"] > saved["frozen_dev"]["mrr10"]
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["best_epoch"] == e
