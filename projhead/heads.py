@@ -289,6 +289,7 @@ class Head(nn.Module):
         if self.can_interpolate():
             self.interpolate(0.0)
         elif self.config.kind != "dialog":  # a dialog head keeps its dimension and rows: passthrough says it all
+            self.rejected = self.config  # the settings it was trained with (save_trained records them)
             self.config = replace(self.config, kind="linear", towers="query", out_dim=None, init="identity", gate=False)
             self.query, self.context, self.gate = build_tower(self.config), nn.Identity(), None
         self.config.passthrough = True

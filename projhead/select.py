@@ -63,7 +63,7 @@ from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, rank_metrics
 from .gate import attach_gate
 from .heads import Head, HeadConfig
 from .lexical import settings_of
-from .soup import average, averaged_log, fold_runs
+from .soup import as_saved, average, averaged_log, fold_runs, with_fold_share
 from .checkpoint import CHECKPOINT_NAME, check_out
 from .fusion import WEIGHT_GRID, FusionSpec
 from .hybrid import has_texts, identity_after_selection, tune_after_selection
@@ -249,10 +249,13 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                                     "batch_size": tc.batch_size, "patience": tc.epochs + 1, "dev_fraction": 0.0})
         hcfg = replace(base, **_head_dict(hc))
         fold_heads = at_epoch = None  # the fold runs at the chosen epoch (averaged into the saved head), when needed
-        if e_best > 0 and cfg.after_folds != "refit":  # no refit: the fold heads' weights averaged
+        if e_best == 0:  # no epoch beat the frozen encoder: nothing is trained on every pair
+            head, run_log = Head(hcfg), {"epochs": [], "frozen_dev": {}, "best_epoch": 0}
+        elif cfg.after_folds != "refit":  # no refit: the fold heads' weights averaged
             s0 = time.perf_counter()
             fold_heads = at_epoch = fold_runs(cache, hcfg, tc, fold_rows, e_best)
             head, run_log = average([r["head"] for r in fold_heads]), averaged_log(fold_heads, e_best)
+            final_cfg = with_fold_share(fold_heads, final_cfg)
             averaged = {"after_folds": f"the weights of the {k} fold heads at epoch {e_best} averaged",
                         "after_folds_seconds": time.perf_counter() - s0}
         else:
@@ -275,7 +278,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             if chooses_alpha(cfg, head):  # each fold's head at each alpha, its choosing queries ranked
                 at_epoch = at_epoch or (fold_runs(cache, hcfg, tc, fold_rows, e_best) if head.can_interpolate() else None)
                 final_cfg = replace(final_cfg, alpha=chosen_alpha(head, lambda a: np.concatenate(
-                    [run["dev"].ranks(h) for run, h in zip(at_epoch, _as_saved(at_epoch, a, fold_gates))])[sel],
+                    [run["dev"].ranks(h) for run, h in zip(at_epoch, as_saved(at_epoch, a, fold_gates))])[sel],
                     cfg, log, progress))
             decision = finish(head, final_cfg, None, None, canaries, run_log)  # alpha, shrunk for canaries
             if decision["kept"] == "head":  # decide on the head as saved: its alpha and gate, out of fold
@@ -283,7 +286,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                 if a != 1.0 or fold_gates:  # each fold's run again to that epoch, as saved, its held-out fold ranked
                     at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
                 r = (oof[e_best] if a == 1.0 and not fold_gates else np.concatenate(
-                    [run["dev"].ranks(h) for run, h in zip(at_epoch, _as_saved(at_epoch, a, fold_gates))]))[dec]
+                    [run["dev"].ranks(h) for run, h in zip(at_epoch, as_saved(at_epoch, a, fold_gates))]))[dec]
                 boot = paired_bootstrap(f(r), f(oof[0][dec]), seed=cfg.seed)
                 keep = boot["low"] > 0 if cfg.decision == "bootstrap" else boot["gain"] > 0
                 narrow = within_documents(cache) if cfg.decision == "bootstrap" else None
@@ -298,7 +301,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             s0 = time.perf_counter()
             at_epoch = at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best)
             a = decision["alpha"]
-            weight_folds = list(zip(fold_rows, _as_saved(at_epoch, a, fold_gates)))
+            weight_folds = list(zip(fold_rows, as_saved(at_epoch, a, fold_gates)))
             log["fusion_folds_seconds"] = time.perf_counter() - s0
             say(f"  fold heads for the fusion weight: each of the {k} at epoch {e_best}, alpha {a:g}"
                 f"{', gated by its fold' if fold_gates else ''} ({log['fusion_folds_seconds']:.1f}s)")
@@ -405,7 +408,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             fb = fall_back(cache, cfg, fold_rows, fused, say=say)
             why, fused_gain = decision.get("why"), decision.get("fused_gain")  # fused_gain: it gave way fused
         else:  # beside the kept candidate: its fold heads as saved, on the queries that decided
-            fb = beside(cache, cfg, fold_rows, fused, [h for _, h in weight_folds] if weight_folds else _as_saved(
+            fb = beside(cache, cfg, fold_rows, fused, [h for _, h in weight_folds] if weight_folds else as_saved(
                 at_epoch or fold_runs(cache, hcfg, tc, fold_rows, e_best), decision["alpha"], fold_gates), dec, name, say)
             vs, vm = fb["log"]["versus"], fb["log"]["versus_metric"]
             why = (f"the {RECIPE_NAME} beat its fold heads on the {vs['n']} queries that decided: margin "
@@ -455,14 +458,6 @@ def kept_epoch(ranks: list[np.ndarray], scores: list[float], cfg: TrainConfig) -
         return 0
     return next((e for e in range(len(scores) - 1, peak, -1)
                  if within_noise(ranks[e], ranks[peak], r0=ranks[0], cfg=cfg)), peak)
-
-
-def _as_saved(runs: list[dict], alpha: float, gates: list | None = None) -> list[Head]:
-    """Each fold run's head (``soup.fold_runs``: the chosen epoch) as the head is saved: a copy
-    interpolated to ``alpha`` (left as it is at 1, which heads that cannot interpolate keep),
-    gated by its fold's gate of ``gates`` (``gate.fit_fold_gates``) if given."""
-    heads = [copy.deepcopy(r["head"]) if alpha == 1.0 else copy.deepcopy(r["head"]).interpolate(alpha) for r in runs]
-    return [h.set_gate(g) for h, g in zip(heads, gates)] if gates else heads
 
 
 def _halves(groups: list[str], rows: np.ndarray, seed: int, log: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from projhead.soup import average, averaged_log, fold_runs
+    from projhead.soup import as_saved, average, averaged_log, fold_runs
     runs = fold_runs(cache, head_config, train_config, fold_rows, epoch)  # one fit per fold
     head = average([r["head"] for r in runs])
     log = averaged_log(runs, epoch)                     # its training log: the fold runs' means
@@ -17,6 +17,7 @@ average of fine-tuned copies ("model soups", Wortsman et al., 2022).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -73,3 +74,18 @@ def averaged_log(runs: list[dict], epoch: int) -> dict:
     return {"epochs": epochs, "frozen_dev": mean([g["frozen_dev"] for g in logs]), "best_epoch": epoch,
             "n_train": [g["n_train"] for g in logs], "n_dev": [g["n_dev"] for g in logs],
             "settings": logs[0]["settings"], "averaged": f"the weights of {len(runs)} fold runs at epoch {epoch}"}
+
+
+def with_fold_share(runs: list[dict], cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the mean BM25 share (``bm25_weight``) the fold ``runs`` trained at, where they
+    trained beside BM25 (each fold's share is taken on its own training pairs)."""
+    shares = [r["cfg"].loss_settings.get("bm25_weight") for r in runs]
+    return cfg if None in shares else replace(cfg, loss_settings={**cfg.loss_settings, "bm25_weight": float(np.mean(shares))})
+
+
+def as_saved(runs: list[dict], alpha: float, gates: list | None = None) -> list[Head]:
+    """Each fold run's head (``fold_runs``: the chosen epoch) as the head is saved: a copy
+    interpolated to ``alpha`` (left as it is at 1, which heads that cannot interpolate keep),
+    gated by its fold's gate of ``gates`` (``gate.fit_fold_gates``) if given."""
+    heads = [copy.deepcopy(r["head"]) if alpha == 1.0 else copy.deepcopy(r["head"]).interpolate(alpha) for r in runs]
+    return [h.set_gate(g) for h, g in zip(heads, gates)] if gates else heads

@@ -417,10 +417,12 @@ def save_trained(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: 
     head_metrics = decision.get("dev_head") or (log["epochs"][log["best_epoch"] - 1]["dev"]
                                                  if log.get("best_epoch") else frozen)
     training = asdict(cfg)
+    trained = getattr(head, "rejected", None)  # a head rebuilt as the identity: the settings it was trained with
     if decision.get("kept") == "head" and decision.get("alpha") is not None:  # as saved: canaries may have shrunk it
         training["alpha"] = decision["alpha"]
     head.info = {
-        "training": {**training, "loss_settings": loss_settings(cfg, head.config)},
+        "training": {**training, "loss_settings": loss_settings(cfg, trained or head.config)},
+        **({"rejected_head": asdict(trained)} if trained else {}),
         "encoder_build": cache.encoder_info.get("build", {}),
         "cache": {"path": str(cache.path), "fingerprint": cache.attrs["fingerprint"],
                   "dataset": cache.attrs["dataset"], "split": cache.attrs["split"],

@@ -8,6 +8,7 @@ from projhead.export import _run_modules, export_onnx, tower_modules
 from projhead.gate import MIN_RAMP, QueryGate, fit_fold_gates, fit_gate
 from projhead.heads import Head, HeadConfig, HeadError, load_head
 from projhead.select import auto_train, prefer_query_side
+from projhead.soup import as_saved
 from projhead.train import TrainConfig
 
 DIM = 32
@@ -262,11 +263,11 @@ def test_kfold_selection_judges_each_fold_head_with_its_folds_gate(planted_cache
     np.testing.assert_allclose(saved.gate.bounds.numpy(), gate.bounds.numpy(), rtol=1e-6)
     decide = S._halves(S.split_groups(cache, need=5), np.arange(len(cache.q2c)), 0, {})[1]
     f = PER_QUERY["mrr10"]
-    judged = S._as_saved(runs, d["alpha"], gates)
+    judged = as_saved(runs, d["alpha"], gates)
     want = np.concatenate([f(held_out(cache, np.intersect1d(rows, decide)).ranks(h)) for rows, h in zip(fold_rows, judged)])
     np.testing.assert_allclose(seen["boot"][0], want)
     plain = np.concatenate([f(held_out(cache, np.intersect1d(rows, decide)).ranks(h))
-                            for rows, h in zip(fold_rows, S._as_saved(runs, d["alpha"]))])
+                            for rows, h in zip(fold_rows, as_saved(runs, d["alpha"]))])
     assert not np.array_equal(plain, want)  # the gates change some ranks: the check can tell
     assert all(h.gate is not None for _, h in seen["weight_folds"])  # the fusion weight: the fold heads as saved
 

@@ -8,6 +8,7 @@ from projhead.batches import held_out
 from projhead.cache import open_cache
 from projhead.heads import HeadConfig, load_head
 from projhead.select import CV_BELOW, auto_train, candidates, group_folds
+from projhead.soup import as_saved
 from projhead.train import ALPHA, TrainConfig
 
 
@@ -455,7 +456,7 @@ def test_alpha_auto_is_chosen_on_the_choosing_queries_and_decided_on_the_others(
         if folds:  # out of fold: each by its fold's head at the chosen epoch, in fold order
             fold_rows, runs = seen["fold_runs"]
             gates = fit_fold_gates(cache.queries, fold_rows, [])[2]  # and gated by its fold's gate
-            want = np.concatenate([held_out(cache, np.intersect1d(rows, choose)).ranks(S._as_saved([run], a, [g])[0])
+            want = np.concatenate([held_out(cache, np.intersect1d(rows, choose)).ranks(as_saved([run], a, [g])[0])
                                    for rows, run, g in zip(fold_rows, runs, gates)])
             order = np.concatenate(fold_rows)
             assert np.array_equal(np.sort(order[np.isin(order, choose)]), np.sort(choose))
@@ -600,4 +601,7 @@ def test_an_identity_kept_by_selection_records_the_run_not_the_rejected_head(pla
     training = cfg["training"]
     assert cfg["best_epoch"] == 0 and training["batch_size"] is None and training["stop_epoch"] is None
     assert training["alpha"] is None and cfg["head"]["out_dim"] is None and cfg["head"]["passthrough"]
+    assert cfg["rejected_head"]["out_dim"] == 8 and training["loss_settings"]["symmetric"]  # as the head trained
+    if folds is None and log["selection"]["candidates"][0]["best_epoch"] == 0:  # nothing was trained on every pair
+        assert json.loads((out / "train_log.json").read_text())["epochs"] == []
     assert main(["eval", str(path), "--head", str(out), "--index", "Flat"]) == 0

@@ -112,3 +112,20 @@ def test_averaging_trains_no_refit_and_logs_the_fold_runs(planted_cache, tmp_pat
     assert saved["best_epoch"] == e and len(saved["epochs"]) == e and "5 fold runs" in saved["averaged"]
     assert saved["epochs"][-1]["dev"]["mrr10"] > saved["frozen_dev"]["mrr10"]
     assert json.loads((tmp_path / "h" / "config.json").read_text())["best_epoch"] == e
+
+
+def test_averaged_bm25_aware_heads_record_their_folds_mean_share(planted_cache):
+    """Trained beside BM25 without --hybrid, each fold takes its BM25 share on its own pairs: the
+    averaged head records their mean."""
+    from projhead.fusion import DEFAULT_WEIGHT
+    from projhead.lexical import bm25_share
+
+    path = planted_cache(n_groups=40)
+    head, log = auto_train(path, TrainConfig(epochs=6, after_folds="average", gate=False),
+                           fixed={"kind": "linear", "towers": "query", "lr": 1e-2, "bm25_aware": True}, progress=False)
+    assert log["decision"]["kept"] == "head"
+    cache = open_cache(path)
+    folds = group_folds(split_groups(cache, need=5), 5, 0)
+    shares = [bm25_share(cache.queries[np.setdiff1d(np.arange(len(cache.q2c)), f)], cache.contexts[:], DEFAULT_WEIGHT, 0)
+              for f in folds]
+    assert head.info["training"]["loss_settings"]["bm25_weight"] == pytest.approx(np.mean(shares), rel=1e-9)
