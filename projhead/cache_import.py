@@ -22,7 +22,7 @@ import numpy as np
 from .cache_build import CacheResult, parts_job, start_job
 from .cache_writer import CacheWriter, lock_output
 from .cachefile import CacheError, cache_attrs, job_identity
-from .corpus import corpus_sizes, in_blocks, seal_corpus, write_corpus
+from .corpus import corpus_sizes, in_blocks, match_keys, seal_corpus, write_corpus
 from .hashing import as_keys, text_hashes
 
 
@@ -63,16 +63,20 @@ def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike
     block = block or 8192  # rows looked up and written at a time: (block, dim) float32 arrays, a few of them
     if dtype not in ("float32", "float16"):
         raise CacheError(f"dtype must be float32 or float16, not {dtype!r}")
-    c_hash, i_hash, q_buf, i_buf = [], [], [], []
+    c_hash, i_hash, m_hash, q_buf, i_buf = [], [], [], [], []
     for _, context, qid, _ in iter_jsonl(data):
         q_buf.append(context)
         i_buf.append(qid)
         if len(q_buf) == block:
             c_hash.append(as_keys(text_hashes(q_buf)))
             i_hash.append(as_keys(text_hashes(i_buf)))
+            if corpus is not None:  # the contexts as a corpus text is matched with them
+                m_hash.append(np.unique(match_keys(q_buf)))
             q_buf, i_buf = [], []
     c_hash.append(as_keys(text_hashes(q_buf)))
     i_hash.append(as_keys(text_hashes(i_buf)))
+    if corpus is not None:
+        m_hash.append(match_keys(q_buf))
     c_hash, i_hash = np.concatenate(c_hash), np.concatenate(i_hash)
     n = len(c_hash)
     if n == 0:
@@ -84,7 +88,8 @@ def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike
         raise DataError(f"{data}: duplicate query id {dup!r}")
     del i_hash, ids, counts
     _, first, inverse = np.unique(c_hash, return_index=True, return_inverse=True)
-    plan = corpus.plan(c_hash[first]) if corpus is not None else None
+    plan = corpus.plan(np.concatenate(m_hash)) if corpus is not None else None
+    del m_hash
     del c_hash
     order = np.argsort(first, kind="stable")  # distinct contexts in order of first appearance
     rank = np.empty(len(order), np.int64)
@@ -105,21 +110,25 @@ def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike
         done, parts = start_job(out, want, parts_job(want, layout="streamed"), overwrite)
         if done:
             return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
-        with CacheWriter(out, n, len(columns["contexts/text"]), encoder.dim, dtype, sections=corpus_sizes(plan)) as w:
-            for key, col in columns.items():
-                role = {"queries/text": "query", "contexts/text": "context"}.get(key)
-                a = 0
-                for texts in col.blocks(block):
-                    w.write(key, a, texts)
-                    if role:
-                        w.write(key.split("/")[0] + "/vectors", a, encoder.encode(texts, role=role))
-                    a += len(texts)
-            w.write("queries/context", 0, q2c)
-            if plan is not None:
-                write_corpus(w.write, plan, lambda k, texts: encoder.encode(texts, role="context"), block)
-            w.finish(cache_attrs(meta, info, fingerprint, time.perf_counter() - t0))
-            if plan is not None:
-                seal_corpus(w.f, plan)
+        try:
+            with CacheWriter(out, n, len(columns["contexts/text"]), encoder.dim, dtype, sections=corpus_sizes(plan)) as w:
+                for key, col in columns.items():
+                    role = {"queries/text": "query", "contexts/text": "context"}.get(key)
+                    a = 0
+                    for texts in col.blocks(block):
+                        w.write(key, a, texts)
+                        if role:
+                            w.write(key.split("/")[0] + "/vectors", a, encoder.encode(texts, role=role))
+                        a += len(texts)
+                w.write("queries/context", 0, q2c)
+                if plan is not None:
+                    write_corpus(w.write, plan, lambda k, texts: encoder.encode(texts, role="context"), block)
+                w.finish(cache_attrs(meta, info, fingerprint, time.perf_counter() - t0))
+                if plan is not None:
+                    seal_corpus(w.f, plan)
+        except BaseException:  # nothing is kept to resume from: the folder would only block the next run
+            shutil.rmtree(parts, ignore_errors=True)
+            raise
         shutil.rmtree(parts, ignore_errors=True)
         return CacheResult(out, "written", time.perf_counter() - t0,
                            n + len(columns["contexts/text"]) + (len(plan) if plan is not None else 0))

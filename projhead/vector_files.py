@@ -166,43 +166,67 @@ class VectorFile:
             yield part
 
     def _keys(self, chunk: int):
-        def text(v):
-            return v.decode() if isinstance(v, bytes) else str(v)
+        path = self.path
+
+        def key(kind, v, where):  # a text must be a non-empty string; an id a string or an integer
+            if isinstance(v, bytes):
+                try:
+                    v = v.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise EncoderError(f"{where}: {kind} is not UTF-8 ({e.reason})") from None
+            if isinstance(v, str) and (v.strip() or kind != "text"):  # a role is checked by keys()
+                return v
+            if kind == "id" and isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+                return str(v)
+            need = {"text": "a non-empty string", "id": "a string or an integer"}.get(kind, "a string")
+            raise EncoderError(f"{where}: {kind} must be {need}, not {v!r:.60}")
+
+        def role(v, where):
+            return None if v is None else key("role", v, where)
 
         if self.suffix == ".npy":
             import json
 
             out = []
             with open(self._side, encoding="utf-8-sig") as f:
-                for line in f:
+                for n, line in enumerate(f, 1):
                     if not line.strip():
                         continue
                     r = json.loads(line)
                     r = {"text": r} if isinstance(r, str) else r
                     kind = "text" if "text" in r else "id"
-                    out.append((kind, str(r[kind]), str(r["role"]) if "role" in r else None))
+                    where = f"{self._side}: line {n}"
+                    out.append((kind, key(kind, r[kind], where), role(r.get("role"), where)))
                     if len(out) == chunk:
                         yield out
                         out = []
             if out:
                 yield out
         elif self.suffix == ".parquet":
+            a = 0
             for g in range(self._pq.num_row_groups):
                 t = self._pq.read_row_group(g, columns=self._key_cols)
                 cols = {k: t.column(k).to_pylist() for k in self._key_cols}
                 kind = "text" if "text" in cols else "id"
                 roles = cols.get("role") or [None] * t.num_rows
-                yield [(kind, text(v), None if r is None else text(r)) for v, r in zip(cols[kind], roles)]
+                yield [(kind, key(kind, v, f"{path}: row {a + i}"), role(r, f"{path}: row {a + i}"))
+                       for i, (v, r) in enumerate(zip(cols[kind], roles))]
+                a += t.num_rows
         elif self._parts is not None:  # a projhead cache
-            for role, texts, _ in self._parts:
+            for part, texts, _ in self._parts:
                 for a in range(0, len(texts), chunk):
-                    yield [("text", text(v), role) for v in texts[a:a + chunk]]
+                    yield [("text", key("text", v, f"{path}: {part} {a + i}"), part)
+                           for i, v in enumerate(texts[a:a + chunk])]
         else:
             f, kind = self._h5, "text" if "text" in self._key_cols else "id"
+            if f[kind].dtype.kind not in ("SUO" if kind == "text" else "SUOiu"):
+                need = "strings" if kind == "text" else "strings or integers"
+                raise EncoderError(f"{path}: dataset {kind!r} must hold {need}, not {f[kind].dtype}")
             for a in range(0, len(self), chunk):
                 vals = f[kind][a:a + chunk]
                 roles = f["role"][a:a + chunk] if "role" in f else [None] * len(vals)
-                yield [(kind, text(v), None if r is None else text(r)) for v, r in zip(vals, roles)]
+                yield [(kind, key(kind, v, f"{path}: row {a + i}"), role(r, f"{path}: row {a + i}"))
+                       for i, (v, r) in enumerate(zip(vals, roles))]
 
     def _npy_rows(self, idx: np.ndarray) -> np.ndarray:
         """Rows of the .npy file by positioned reads, one per run of consecutive rows: no
@@ -235,13 +259,19 @@ class VectorFile:
             if self._vectors is None:
                 import pyarrow.compute as pc
 
-                col = self._pq.read(columns=[self._col]).column(0)
-                bad = np.flatnonzero(np.asarray(pc.fill_null(pc.list_value_length(col), -1)) != self.dim)
-                if len(bad):
-                    raise EncoderError(f"{self.path}: row {int(bad[0])} of column {self._col!r} is "
-                                       f"{'null' if col[int(bad[0])].as_py() is None else 'of another length'}: "
-                                       f"every vector must have {self.dim} numbers ({len(bad)} rows differ)")
-                self._vectors = np.asarray(col.to_pylist(), dtype=np.float32).reshape(len(self), -1)
+                # batch by batch into one float32 array: no Python objects, no whole Arrow column
+                out, row = np.empty((len(self), self.dim), np.float32), 0
+                for batch in self._pq.iter_batches(batch_size=8192, columns=[self._col]):
+                    col = batch.column(0)
+                    bad = np.flatnonzero(np.asarray(pc.fill_null(pc.list_value_length(col), -1)) != self.dim)
+                    if len(bad):
+                        raise EncoderError(f"{self.path}: row {row + int(bad[0])} of column {self._col!r} is "
+                                           f"{'null' if col[int(bad[0])].as_py() is None else 'of another length'}: "
+                                           f"every vector must have {self.dim} numbers")
+                    # a null number is NaN, refused when read
+                    out[row:row + len(col)] = pc.list_flatten(col).to_numpy(zero_copy_only=False).reshape(-1, self.dim)
+                    row += len(col)
+                self._vectors = out
             return self._vectors[idx]
         if self.suffix == ".npy":
             return self._npy_rows(idx)
@@ -280,6 +310,17 @@ def _key_hashes(keyed) -> np.ndarray:
     for role in set(roles.tolist()):
         sel = np.flatnonzero(roles == role)
         out[sel] = text_hashes((keyed[i][0] for i in sel), prefix=role + "\0")
+    return out
+
+
+def _contents_sha256(files: list[VectorFile]) -> dict:
+    """What the encoder's output depends on, for the cache's identity: each file's sha256 (a
+    .npy's and the texts beside it) keyed by its name and place in the list, not by the path as
+    spelled, so the same files given by another path, or copied, are the same work."""
+    out = {}
+    for k, vf in enumerate(files):
+        for path in (vf.path, *((vf._side,) if vf.suffix == ".npy" else ())):
+            out[f"{k}:{path.name}"] = _file_sha256(path)
     return out
 
 
@@ -345,7 +386,7 @@ class VectorsEncoder:
         last = np.ones(len(hi), bool)
         last[:-1] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
         self._hi, self._lo, self._src, self._row = hi[last], lo[last], src[last], row[last]
-        self.sha256 = {f: _file_sha256(f) for f in self.files}
+        self.sha256 = _contents_sha256(self.sources)
 
     def close(self) -> None:
         """Close the vector files (HDF5 files stay open for ``encode`` until then)."""

@@ -274,3 +274,93 @@ def test_vector_files_close_what_they_open(tmp_path):
     assert enc.encode(["b"]).shape == (1, 4)
     enc.close()
     assert closed(tmp_path / "v.h5")
+
+
+def test_the_identity_of_imported_vectors_is_their_contents_not_their_path(tmp_path, monkeypatch):
+    """The same files given by another path, or copied, are the same work; a .npy file's texts
+    beside it are part of the work (other texts: other vectors for each text)."""
+    import shutil
+
+    from projhead.cache import CacheError
+
+    pairs = planted_pairs(n_groups=4)
+    _, qv, cv = _vectors(pairs)
+    files = _write("npy", tmp_path, pairs, qv, cv)
+    out = tmp_path / "c.h5"
+    build_cache(pairs, get_encoder("vectors:x", files=files), out, progress=False)
+    (tmp_path / "copy").mkdir()
+    for name in ("all.npy", "all.jsonl"):
+        shutil.copy(tmp_path / name, tmp_path / "copy" / name)
+    monkeypatch.chdir(tmp_path)
+    for spelled in ("all.npy", "./all.npy", "copy/all.npy"):
+        assert build_cache(pairs, get_encoder("vectors:x", files=[spelled]), out, progress=False).status == \
+            "already complete", spelled
+    lines = (tmp_path / "all.jsonl").read_text().splitlines()
+    n = len(pairs.queries)
+    swapped = lines[:n] + lines[n:][::-1]  # the contexts' texts in reverse: each context gets another's vector
+    (tmp_path / "all.jsonl").write_text("\n".join(swapped))
+    with pytest.raises(CacheError, match="exists and holds other work"):
+        build_cache(pairs, get_encoder("vectors:x", files=files), out, progress=False)
+
+
+def test_texts_and_ids_of_vector_files_must_be_strings(tmp_path):
+    """A null, numeric or undecodable text in a vector file is an error naming the file and the
+    row, never the text 'None' or '10'."""
+    import h5py
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    v = np.ones((2, 3), np.float32)
+    pq.write_table(pa.table({"text": ["a", None], "vector": [list(x) for x in v]}), tmp_path / "null.parquet")
+    pq.write_table(pa.table({"text": [10, 11], "vector": [list(x) for x in v]}), tmp_path / "ints.parquet")
+    np.save(tmp_path / "n.npy", v)
+    (tmp_path / "n.jsonl").write_text('"a"\n{"text": null}\n')
+    with h5py.File(tmp_path / "num.h5", "w") as f:
+        f["vectors"], f["text"] = v, np.array([1.5, 2.5])
+    with h5py.File(tmp_path / "bytes.h5", "w") as f:
+        f["vectors"], f["text"] = v, np.array([b"ok", b"\xff\xfe"])
+    for name, where in (("null.parquet", "null.parquet: row 1: text"), ("ints.parquet", "ints.parquet: row 0: text"),
+                        ("n.npy", "n.jsonl: line 2: text"), ("num.h5", "num.h5: dataset 'text' must hold strings"),
+                        ("bytes.h5", "bytes.h5: row 1: text is not UTF-8")):
+        with pytest.raises(EncoderError, match=where):
+            get_encoder("vectors:x", files=[tmp_path / name])
+    pq.write_table(pa.table({"id": [10, 11], "vector": [list(x) for x in v]}), tmp_path / "ids.parquet")
+    enc = get_encoder("vectors:x", files=[tmp_path / "ids.parquet"], ids={"10": "q ten", "11": "q eleven"})
+    np.testing.assert_array_equal(enc.encode(["q eleven"]), v[1:])  # integer ids are query ids, as strings
+
+
+def test_a_parquet_vector_column_is_read_without_python_lists(tmp_path):
+    """Every list type of the vector column reads as the numbers written, a null number as NaN
+    (refused when looked up)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from projhead.vector_files import VectorFile
+
+    x = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    for typ in (pa.list_(pa.float32()), pa.large_list(pa.float64()), pa.list_(pa.float32(), 6)):
+        pq.write_table(pa.table({"text": [f"t{i}" for i in range(50)], "vector": pa.array(list(x), type=typ)}),
+                       tmp_path / "v.parquet", row_group_size=16)
+        with VectorFile(tmp_path / "v.parquet") as vf:
+            np.testing.assert_allclose(vf.rows(np.arange(50)[::-1]), x[::-1], rtol=1e-6)
+    pq.write_table(pa.table({"text": ["a", "b"], "vector": pa.array([[1.0, None], [1.0, 2.0]], pa.list_(pa.float32()))}),
+                   tmp_path / "hole.parquet")
+    with pytest.raises(EncoderError, match=r"hole.parquet: row 0 holds NaN"):
+        get_encoder("vectors:x", files=[tmp_path / "hole.parquet"]).encode(["a"], role="context")
+
+
+def test_a_failed_streamed_import_leaves_nothing_that_blocks_the_next_run(tmp_path):
+    from projhead.cache import cache_jsonl_vectors
+
+    pairs = planted_pairs(n_groups=3)
+    data = _jsonl(tmp_path, pairs)
+    _, qv, cv = _vectors(pairs)
+    files = _write("npy", tmp_path, pairs, qv, cv)
+    bad = np.load(files[0])
+    bad[-1] = np.nan  # a context's vector
+    np.save(tmp_path / "bad.npy", bad)
+    (tmp_path / "bad.jsonl").write_text((tmp_path / "all.jsonl").read_text())
+    with pytest.raises(EncoderError, match="holds NaN"):
+        cache_jsonl_vectors(data, get_encoder("vectors:x", files=[tmp_path / "bad.npy"]), tmp_path / "o.h5")
+    assert not (tmp_path / "o.h5.parts").exists() and not (tmp_path / "o.h5").exists()
+    assert cache_jsonl_vectors(data, get_encoder("vectors:x", files=files), tmp_path / "o.h5").status == "written"
