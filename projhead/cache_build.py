@@ -29,12 +29,12 @@ from .cache_reader import read_identity
 from .cache_writer import CacheWriter, lock_output
 from .cachefile import (AS_FLOAT32, REBUILD_AS_FLOAT32, SECTIONS, CacheError, cache_attrs, check_float16_shard,
                         describe_mismatch, job_identity, text_named)
-from .corpus import corpus_sizes, encode_corpus, seal_corpus, shard_vectors, write_corpus
+from .corpus import corpus_sizes, encode_corpus, match_keys, seal_corpus, shard_vectors, write_corpus
 from .data import Pairs
 from .files import atomic_path, write_atomic
 from .h5strings import column, decode
-from .hashing import as_keys, text_hashes
 
+RAY_LAYOUT = "ray-h5"  # the manifest's layout where a finished cache links its shards (distributed.build_cache_ray)
 WRITE_BLOCK = 65536  # rows of vectors gathered and written at a time: the most held in memory
 
 
@@ -132,7 +132,7 @@ def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "flo
     out = Path(out)
     t0 = time.perf_counter()
     info = encoder.describe()
-    plan = corpus.plan(as_keys(text_hashes(pairs.contexts))) if corpus is not None else None
+    plan = corpus.plan(match_keys(pairs.contexts)) if corpus is not None else None
     want = job_identity(info, pairs.meta, pairs.fingerprint(), dtype,
                         {"corpus": plan.fingerprint} if plan is not None else None)
     try:
@@ -211,10 +211,16 @@ def open_parts(parts: Path, job: dict, overwrite: bool) -> Path:
         if isinstance(old, dict) and "dtype" not in job:  # written before shard folders left the dtype out
             old.pop("dtype", None)
         if old != job:
+            out = Path(str(parts)[:-len(".parts")])
+            live = isinstance(old, dict) and old.get("layout") == RAY_LAYOUT and out.exists()
             if not overwrite:
-                raise CacheError(f"{parts}: partial work from a different run "
+                raise CacheError(f"{parts}: the vectors of the --ray cache {out} (linked, not copied), which this run "
+                                 "cannot add to or resume; --overwrite discards that cache and builds it again"
+                                 if live else f"{parts}: partial work from a different run "
                                  f"({describe_mismatch(old or {}, job) or 'unreadable manifest'}); "
                                  "pass --overwrite to discard it")
+            if live:  # its vectors are about to go: the file goes first, so no cache without vectors is left
+                out.unlink()
             shutil.rmtree(parts)
     parts.mkdir(exist_ok=True)
     if not manifest.exists():

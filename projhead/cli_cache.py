@@ -70,7 +70,7 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
 
     if dataset != "quac" and (quac_history != "0" or turns is not None):
         raise click.UsageError("--quac-history and --turns are QuAC's dialog turns: they go with --dataset quac")
-    corpus = CorpusFile(corpus_file) if corpus_file else None
+    corpus = CorpusFile(corpus_file, vectors=encoder.startswith("vectors:")) if corpus_file else None
     vector_files = (*vector_files, corpus_file) if corpus and corpus.vectors else vector_files  # looked up too
 
     # your own vectors for a JSONL of pairs: streamed from the files, the texts are never all in memory

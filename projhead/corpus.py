@@ -48,7 +48,11 @@ DEFAULT_SAMPLE = 100_000
 class CorpusFile:
     """A file of corpus texts (see module doc), read in one pass per use, never held."""
 
-    def __init__(self, path):
+    def __init__(self, path, vectors: bool | None = None):
+        """``vectors``: whether the encoder looks vectors up (``vectors:NAME``): then a file of
+        vectors is one (a Parquet file with a ``vector`` or ``embedding`` column); False: the
+        encoder encodes texts, so a Parquet file is read for its ``text`` column and other
+        vector files are refused; None: a Parquet file with vectors is taken as a vector file."""
         self.path = path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: no such corpus file")
@@ -59,8 +63,11 @@ class CorpusFile:
                             f".parquet with a 'text' column, or vectors keyed by text ({', '.join(VECTOR_SUFFIXES)})")
         if self.kind == ".parquet":
             names = parquet_columns(path, need=["text"])
-            self.kind = "vectors" if {"vector", "embedding"} & set(names) else ".parquet"
+            self.kind = "vectors" if vectors is not False and {"vector", "embedding"} & set(names) else ".parquet"
         elif self.kind in (".npy", ".h5", ".hdf5"):
+            if vectors is False:
+                raise DataError(f"{path}: a file of vectors is a corpus only with --encoder vectors:NAME; this encoder "
+                                "encodes texts: give them as .jsonl, .txt or .parquet with a 'text' column")
             self.kind = "vectors"
 
     @property
@@ -93,13 +100,16 @@ class CorpusFile:
         else:
             from .vector_files import VectorFile
 
-            # a .npy file's texts are in the .jsonl beside it, one a line (blank lines skipped)
+            # a .npy file's texts are in the .jsonl beside it, one a line (blank lines skipped); rows
+            # of role query (a projhead cache's queries, say) are not corpus texts: skipped
             where = p.with_suffix(".jsonl") if p.suffix.lower() == ".npy" else p
             with VectorFile(p) as vf:
                 n = 0
                 for keys in vf.keys():
-                    for kind, value, _ in keys:
+                    for kind, value, role in keys:
                         n += 1
+                        if role == "query":
+                            continue
                         if kind != "text":
                             raise DataError(f"{p}: a corpus vector is keyed by its text, not by a query id "
                                             f"({value!r:.80})")
@@ -107,8 +117,10 @@ class CorpusFile:
 
     def plan(self, context_keys: np.ndarray) -> "CorpusPlan":
         """What goes into the cache: each distinct text once, none that is one of the pairs'
-        contexts (``context_keys``: ``as_keys(text_hashes(contexts))``)."""
-        keys = as_keys(text_hashes(self.texts()))
+        contexts (``context_keys``: ``match_keys(contexts)``). Texts are compared as
+        ``same_text`` has them: a copy that differs only in spacing is the same text (an encoder
+        and BM25 read it alike), and a context's copy stored as a corpus row would tie with it."""
+        keys = match_keys(self.texts())
         if not len(keys):
             raise DataError(f"{self.path}: no texts")
         _, first = np.unique(keys, return_index=True)
@@ -120,6 +132,17 @@ class CorpusFile:
         return CorpusPlan(self, keep, {"source": str(self.path), "texts_read": int(len(keys)),
                                        "duplicates": duplicates, "contexts_of_pairs": int(in_pairs.sum()),
                                        "stored": int(keep.sum())})
+
+
+def same_text(text: str) -> str:
+    """The form in which corpus texts are compared with each other and with the contexts:
+    runs of whitespace as one space, none at either end."""
+    return " ".join(text.split())
+
+
+def match_keys(texts) -> np.ndarray:
+    """``as_keys`` of the 128-bit hashes of ``same_text`` of each of ``texts`` (any iterable)."""
+    return as_keys(text_hashes(same_text(t) for t in texts))
 
 
 class CorpusPlan:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache_build import CacheResult, start_job, write_texts
+from .cache_build import RAY_LAYOUT, CacheResult, start_job, write_texts
 from .cache_writer import CacheWriter, lock_output
 from .cachefile import AS_FLOAT32, CacheError, cache_attrs, check_float16, job_identity, text_named
 from .files import write_atomic
@@ -123,7 +123,7 @@ def build_cache_ray(pairs: Pairs, encoder: str, out: str | os.PathLike, settings
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = lock_output(out)
     try:
-        job = dict(want, shard_size=shard_size, batch_size=batch_size, layout="ray-h5")
+        job = dict(want, shard_size=shard_size, batch_size=batch_size, layout=RAY_LAYOUT)
         done, parts = start_job(out, want, job, overwrite)
         if done:
             return CacheResult(out, "already complete", time.perf_counter() - t0, 0)

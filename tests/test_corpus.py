@@ -262,3 +262,83 @@ def test_a_corpus_turned_off_stays_off_in_training(tmp_path):
     head, _ = train_head(open_cache(path), HeadConfig(kind="linear", towers="query"),
                          TrainConfig(epochs=1, batch_size=16), progress=False)
     assert head.info["cache"]["distractors"] == 50  # the default: every corpus row
+
+
+def test_a_copy_of_a_gold_context_that_differs_only_in_spacing_is_not_stored(tmp_path):
+    """A context's copy with a trailing space (or doubled spaces) would read like it and tie with it."""
+    pairs = planted_pairs(n_groups=8)
+    texts = [pairs.contexts[0] + " ", "  " + pairs.contexts[1].replace(" ", "  "), "other  text", "other text\t"]
+    _, _, out = _cached(tmp_path, texts)
+    c = open_cache(out)
+    assert c.read("corpus")["text"] == ["other  text"]
+    stats = c.section_attrs("corpus", "corpus")["stats_json"]
+    assert (stats["duplicates"], stats["contexts_of_pairs"], stats["stored"]) == (1, 2, 1)
+
+
+def test_the_streamed_import_matches_contexts_as_build_cache_does(tmp_path):
+    from projhead.cache import cache_jsonl_vectors
+    from projhead.encoders import get_encoder
+
+    pairs = planted_pairs(n_groups=4)
+    enc = PlantedEncoder(pairs, dim=8)
+    rows = [{"query": q, "context": pairs.contexts[c], "id": i} for q, c, i in zip(pairs.queries, pairs.q2c,
+                                                                                     pairs.query_ids)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs = ["doc x "]  # and a context's copy with a trailing space: its vector is the context's
+    texts = list(pairs.queries) + list(pairs.contexts) + docs
+    np.save(tmp_path / "v.npy", np.concatenate([enc.encode(pairs.queries, role="query"),
+                                                enc.encode(list(pairs.contexts) + docs, role="context")]))
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
+    (tmp_path / "corpus.txt").write_text(pairs.contexts[2] + " \n" + "doc x \n")
+    res = cache_jsonl_vectors(tmp_path / "pairs.jsonl", get_encoder("vectors:p", files=[tmp_path / "v.npy"]),
+                              tmp_path / "s.h5", corpus=CorpusFile(tmp_path / "corpus.txt"), block=3)
+    assert res.status == "written" and open_cache(tmp_path / "s.h5").read("corpus")["text"] == ["doc x "]
+
+
+def test_a_corpus_file_is_read_as_the_encoder_needs_it(tmp_path):
+    """With an encoder of texts a Parquet file with a vector column beside 'text' is a file of
+    texts, and other vector files are refused; with vectors:NAME it is a vector file whose rows of
+    role query (another cache's queries) are not corpus texts."""
+    import h5py
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b"], "embedding": [[0.1, 0.2]] * 2}), tmp_path / "e.parquet")
+    assert not CorpusFile(tmp_path / "e.parquet", vectors=False).vectors
+    assert list(CorpusFile(tmp_path / "e.parquet", vectors=False).texts()) == ["a", "b"]
+    assert CorpusFile(tmp_path / "e.parquet", vectors=True).vectors
+    np.save(tmp_path / "v.npy", np.ones((2, 2), np.float32))
+    with pytest.raises(DataError, match=r"v.npy: a file of vectors is a corpus only with --encoder vectors:NAME"):
+        CorpusFile(tmp_path / "v.npy", vectors=False)
+    with h5py.File(tmp_path / "r.h5", "w") as f:
+        f["vectors"], f["text"], f["role"] = np.ones((3, 2), np.float32), ["q 1", "doc 1", "doc 2"], ["query", "context", ""]
+    with pytest.raises(Exception, match="r.h5: row 2 has role ''"):
+        list(CorpusFile(tmp_path / "r.h5", vectors=True).texts())
+    with h5py.File(tmp_path / "r.h5", "a") as f:
+        del f["role"]
+        f["role"] = ["query", "context", "document"]
+    assert list(CorpusFile(tmp_path / "r.h5", vectors=True).texts()) == ["doc 1", "doc 2"]
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"query": "q", "context": "c"}) + "\n")
+    code = cli.main(["cache", "--dataset", "jsonl", "--data", str(tmp_path / "pairs.jsonl"), "--corpus",
+                     str(tmp_path / "v.npy"), "--out", str(tmp_path / "o.h5"), "--quiet"])
+    assert code == 2 and not (tmp_path / "o.h5").exists()
+
+
+def test_a_corpus_is_not_added_to_a_cache_whose_vectors_are_linked_shards(tmp_path):
+    """A --ray cache links its shards in OUT.parts/: adding a corpus is refused as what it is, and
+    --overwrite removes the cache before its shards, so no cache without vectors is left."""
+    from projhead.cache_build import RAY_LAYOUT
+
+    pairs, enc, out = _cached(tmp_path, ["doc 1"])
+    ray_out = tmp_path / "ray.h5"
+    build_cache(pairs, enc, ray_out, progress=False)
+    parts = tmp_path / "ray.h5.parts"
+    parts.mkdir()
+    (parts / "manifest.json").write_text(json.dumps({"layout": RAY_LAYOUT, "shard_size": 2048}))
+    (parts / "queries-000000.h5").write_bytes(b"the cache's vectors")
+    corpus = CorpusFile(_corpus(tmp_path / "more.jsonl", ["doc 1", "doc 2"]))
+    with pytest.raises(CacheError, match="ray.h5.parts: the vectors of the --ray cache"):
+        build_cache(pairs, enc, ray_out, progress=False, corpus=corpus)
+    assert (parts / "queries-000000.h5").exists() and ray_out.exists()
+    assert build_cache(pairs, enc, ray_out, progress=False, corpus=corpus, overwrite=True).status == "written"
+    assert open_cache(ray_out).read("corpus")["text"] == ["doc 1", "doc 2"] and not parts.exists()
