@@ -30,8 +30,10 @@ cosine to the float32 output.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,8 +139,7 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
     base = list(enc.model.children())
     if enc.normalize and not isinstance(base[-1], Normalize):
         base.append(Normalize())
-    x = torch.randn(64, head.config.in_dim)
-    x = x / x.norm(dim=1, keepdim=True)
+    x = check_vectors(head, 64, torch.Generator().manual_seed(0))
     routes = {}
     for role in ("query", "context"):
         mods = tower_modules(head, role)
@@ -153,19 +154,63 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
     model = SentenceTransformer(modules=[*base, router], device="cpu")
     model.max_seq_length = enc.model.max_seq_length
     model.prompts = {"query": enc.prefixes["query"], "document": enc.prefixes["context"]}
+    # plain encode() is the context side: with the context's prefix, as encode_document() has it
+    model.default_prompt_name = "document" if enc.prefixes["context"] else None
     model.similarity_fn_name = "cosine" if head.config.normalize else "dot"
     out = Path(out)
-    model.save(str(out))
     report = {"format": "sentence-transformers", "path": str(out), "encoder": enc.name, "head": head.config.kind,
               "training_precision": head.info.get("encoder_build", {}).get("precision", "fp32")}
     texts = check_texts or ["who wrote hamlet?", "Hamlet is a tragedy written by William Shakespeare."]
-    # a gated query route is projhead's own module (st_module.HeadModule): installed code, not the folder's
-    loaded = SentenceTransformer(str(out), device="cpu", local_files_only=True,
-                                 trust_remote_code=head.gate is not None)
-    report["max_abs_diff_query"] = float(np.abs(loaded.encode_query(texts) - wrapped.encode_queries(texts)).max())
-    report["max_abs_diff_context"] = float(np.abs(loaded.encode_document(texts) - wrapped.encode_contexts(texts)).max())
-    _side_files(out, report, head)
+    with _written_into(out) as work:
+        model.save(str(work))
+        # a gated query route is projhead's own module (st_module.HeadModule): installed code, not the folder's
+        loaded = SentenceTransformer(str(work), device="cpu", local_files_only=True,
+                                     trust_remote_code=head.gate is not None)
+        want_c = wrapped.encode_contexts(texts)
+        report["max_abs_diff_query"] = float(np.abs(loaded.encode_query(texts) - wrapped.encode_queries(texts)).max())
+        report["max_abs_diff_context"] = float(np.abs(loaded.encode_document(texts) - want_c).max())
+        report["max_abs_diff_plain_encode"] = float(np.abs(loaded.encode(texts) - want_c).max())
+        _side_files(work, report, head)
     return report
+
+
+def check_vectors(head: Head, n: int, generator: torch.Generator) -> torch.Tensor:
+    """What an export is checked on: ``n`` random unit vectors and, for a gated head (whose gate
+    is closed on almost all of those), ``n`` more around its training queries' mean at
+    distances from 0 to 1.5 x the gate's upper bound, so the open, ramping and closed gate are
+    all compared."""
+    x = torch.randn(n, head.config.in_dim, generator=generator)
+    x = x / x.norm(dim=1, keepdim=True)
+    if head.gate is None:
+        return x
+    g = head.gate
+    with torch.no_grad():
+        z = torch.randn(n, head.config.in_dim, generator=generator)
+        z = z / z.pow(2).mean(dim=1, keepdim=True).sqrt()  # whitened, RMS distance 1
+        at = torch.linspace(0.0, 1.5 * float(g.bounds[1]), n)[:, None]
+        near = g.mean + (at * z) @ torch.linalg.pinv(g.whiten)
+    return torch.cat([x, near])
+
+
+@contextlib.contextmanager
+def _written_into(out: Path):
+    """A fresh folder beside ``out`` to export into, put in place of ``out`` (a previous export,
+    or nothing) only when the export is whole and checked: no file of an earlier export stays,
+    and a failed export leaves the earlier one as it was."""
+    out = Path(out).resolve()
+    work, old = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.old")
+    for p in (work, old):
+        shutil.rmtree(p, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rename(old)
+    work.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_out(head, out, kind: str) -> None:
@@ -210,11 +255,17 @@ def export_onnx(head, out: str | os.PathLike, quantize: bool = False, opset: int
     _check_out(head, out, "an ONNX")
     head = _as_head(head).eval()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n_check, head.config.in_dim, generator=g)
-    x = x / x.norm(dim=1, keepdim=True)
+    x = check_vectors(head, n_check, torch.Generator().manual_seed(0))
     report = {"format": "onnx", "path": str(out), "opset": opset, "towers": {}}
+    with _written_into(out) as work:
+        _onnx_towers(head, work, x, report, quantize, opset, atol, ort)
+        _side_files(work, report, head)
+    return report
+
+
+def _onnx_towers(head: Head, out: Path, x: torch.Tensor, report: dict, quantize: bool, opset: int, atol: float,
+                 ort) -> None:
+    """Each tower as ONNX in ``out``, checked with onnxruntime on ``x``; entries of ``report["towers"]``."""
     for role in ("query", "context"):
         path = out / f"{role}.onnx"
         module = _TowerModule(head, role).eval()
@@ -227,7 +278,8 @@ def export_onnx(head, out: str | os.PathLike, quantize: bool = False, opset: int
         got = sess.run(None, {"vectors": x.numpy()})[0]
         err = float(np.abs(got - want).max())
         if err > atol:
-            raise HeadError(f"{path}: onnxruntime output differs from torch by {err:.2e}")
+            raise HeadError(f"{report['path']}: the {role} tower run by onnxruntime differs from torch by {err:.2e}; "
+                            "nothing was written")
         entry = {"file": path.name, "max_abs_diff_vs_torch": err, "bytes": path.stat().st_size}
         if quantize:
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -240,5 +292,3 @@ def export_onnx(head, out: str | os.PathLike, quantize: bool = False, opset: int
             entry["int8"] = {"file": qpath.name, "bytes": qpath.stat().st_size,
                              "cosine_to_float32_mean": float(cos.mean()), "cosine_to_float32_min": float(cos.min())}
         report["towers"][role] = entry
-    _side_files(out, report, head)
-    return report

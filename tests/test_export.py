@@ -76,6 +76,17 @@ def test_sentence_transformers_folder_loads_offline_and_matches_projhead(tmp_pat
         assert said in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (tmp_path / "head").iterdir()} == before
     assert (mine / "README.md").read_text() == "my notes" and len(list(mine.iterdir())) == 2
+    # with a context prefix, plain encode is still the context side: the prefix is its default prompt
+    from projhead.encoders import get_encoder
+    from projhead.export import export_sentence_transformers
+
+    pre = get_encoder("st:all-MiniLM-L6-v2", device="cpu", precision="fp32", query_prefix="query: ",
+                      context_prefix="passage: ")
+    r = export_sentence_transformers(tmp_path / "head", tmp_path / "st", encoder=pre, check_texts=texts)
+    assert r["max_abs_diff_plain_encode"] < 2e-5 and r["max_abs_diff_context"] < 2e-5
+    model = SentenceTransformer(str(tmp_path / "st"), device="cpu", local_files_only=True)
+    np.testing.assert_allclose(model.encode(texts), EncodedHead(tmp_path / "head", encoder=pre).encode_contexts(texts),
+                               atol=2e-5)
 
 
 @pytest.mark.parametrize("kw", [{"kind": "residual"}, {"kind": "mlp", "init": "random", "out_dim": 16},
@@ -91,7 +102,9 @@ def test_onnx_matches_torch(tmp_path, kw):
         sess = ort.InferenceSession(str(tmp_path / "onnx" / f"{role}.onnx"), providers=["CPUExecutionProvider"])
         np.testing.assert_allclose(sess.run(None, {"vectors": x})[0], want, atol=1e-5)
         assert r["towers"][role]["int8"]["cosine_to_float32_mean"] > 0.99
-    export_onnx(tmp_path / "head", tmp_path / "onnx")  # an earlier export of its own is replaced
+    export_onnx(tmp_path / "head", tmp_path / "onnx")  # an earlier export of its own is replaced, whole
+    assert not [p.name for p in (tmp_path / "onnx").iterdir() if "int8" in p.name]  # not the earlier export's
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnx")]
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "fusion.json").write_text("my weights")
@@ -99,3 +112,48 @@ def test_onnx_matches_torch(tmp_path, kw):
         with pytest.raises(HeadError, match=re.escape(said)):
             export_onnx(tmp_path / "head", out)
     assert (mine / "fusion.json").read_text() == "my weights" and load_head(tmp_path / "head") is not None
+
+
+def test_a_failed_export_leaves_the_earlier_one_as_it_was(tmp_path, monkeypatch):
+    import projhead.export as ex
+
+    head = _random_head(kind="linear", towers="query")
+    head.save(tmp_path / "head")
+    export_onnx(tmp_path / "head", tmp_path / "onnx")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "onnx").iterdir()}
+
+    def broken(head, out, *a):
+        (out / "query.onnx").write_bytes(b"half a file")
+        raise HeadError("stopped half way")
+
+    monkeypatch.setattr(ex, "_onnx_towers", broken)
+    with pytest.raises(HeadError, match="stopped half way"):
+        export_onnx(tmp_path / "head", tmp_path / "onnx")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "onnx").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head", "onnx"]
+
+
+def test_a_gated_head_is_checked_where_its_gate_is_open(tmp_path):
+    """Random unit vectors lie far from any field's queries, where the gate gives the frozen vector:
+    the export is also checked around the training queries, with the gate open and ramping."""
+    import onnxruntime as ort
+
+    from projhead.export import check_vectors
+    from projhead.gate import QueryGate
+
+    head = _random_head(kind="linear", towers="query")
+    gate = QueryGate(32)
+    mean = torch.nn.functional.normalize(torch.randn(32), dim=0)
+    gate.mean.copy_(mean)
+    gate.whiten.copy_(torch.eye(32) * 20.0)
+    gate.bounds.copy_(torch.tensor([1.0, 1.5]))
+    head.set_gate(gate)
+    x = check_vectors(head, 200, torch.Generator().manual_seed(0))
+    g = head.gate_values(x.numpy())
+    assert (g[:200] < 0.1).mean() > 0.9  # the random unit vectors: the gate closed on almost all
+    assert (g[200:] == 1).sum() > 20 and ((g[200:] > 0) & (g[200:] < 1)).sum() > 20 and (g[200:] == 0).sum() > 20
+    head.save(tmp_path / "head")
+    export_onnx(tmp_path / "head", tmp_path / "onnx", n_check=200)
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "query.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"vectors": x[200:].numpy()})[0], head.encode_queries(x[200:].numpy()),
+                               atol=1e-5)
