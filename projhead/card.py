@@ -21,9 +21,11 @@ def _decision_lines(d: dict, selection: dict | None, rule: str = "bootstrap") ->
     (``rule``: the training settings' ``decision``)."""
     lines = []
     if selection:
+        nd = selection.get("distractors") or 0
         lines += [f"## How it was chosen ({selection.get('mode')})", "",
                   "Candidates trained on the cached vectors and scored on held-out queries ranked against every "
-                  "context of the training cache (the half of them that choose; the other half decide):", "",
+                  "context of the training cache" + (f" and {nd:,} corpus texts" if nd else "")
+                  + " (the half of them that choose; the other half decide):", "",
                   "| candidate | held-out score | frozen | kept epoch | seconds |",
                   "|---|---|---|---|---|"]
         lines += [f"| {c['name']} | {c['score']:.4f} | {c['frozen']:.4f} | {c['best_epoch']}/{c['epochs']} | "
@@ -105,7 +107,10 @@ def model_card(config: dict) -> str:
     if m:
         hy = (config.get("selection") or {}).get("hybrid")
         fused = f", ranked fused with BM25 at dense weight {hy['fusion_weight']}" if hy else ""
-        lines += [f"## Held-out metrics (queries of the training cache not trained on, against all its contexts{fused})",
+        nd = (config.get("selection") or {}).get("distractors") or 0
+        corpus = f" and {nd:,} corpus texts" if nd else ""
+        lines += [f"## Held-out metrics (queries of the training cache not trained on, against all its contexts"
+                  f"{corpus}{fused})",
                   "", "| | " + " | ".join(m.get("frozen", {})) + " |",
                   "|---|" + "---|" * len(m.get("frozen", {}))]
         for row in ("frozen", "head"):

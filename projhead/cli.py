@@ -129,7 +129,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help="k-fold selection (under 5,000 queries) saves the winner trained again on every pair (refit) "
                    "or the mean of its fold heads' weights (average)")
 @click.option("--decision", type=click.Choice(["bootstrap", "better"]), default=_T.decision, show_default=True,
-              help="bootstrap: replace the frozen encoder only if the 95%% interval of the dev gain is above 0")
+              help="bootstrap: replace the frozen encoder only if the 95% interval of the dev gain is above 0")
 @click.option("--patience", type=POS_INT, default=None, help="epochs that cannot be kept (neither the best dev metric "
               "nor within noise of it and clearly above the frozen encoder) before stopping [a quarter of the epochs]")
 @click.option("--stop-epoch", type=POS_INT, default=None, help="end the run after this epoch; the learning-rate "

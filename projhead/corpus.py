@@ -293,3 +293,20 @@ def with_corpus(cache, sample: int | None = None, seed: int = 0):
     arrays["contexts/vectors"] = np.concatenate([cache.contexts, vectors])
     arrays["contexts/text"] = list(cache.context_texts) + texts
     return Cache(cache.path, dict(cache.attrs, n_distractors=len(texts)), arrays, cache.sections)
+
+
+def labelled_only(cache):
+    """The ``Cache`` of ``with_corpus(cache)`` without its corpus rows (itself when it has none):
+    what the out-of-500 protocol's BM25 and fused rows are computed on, so that they are the same
+    with and without a corpus (BM25's statistics and the fusion's normalisation over the labelled
+    contexts), as the dense rows are."""
+    from .cache_reader import Cache
+
+    nd = int(cache.attrs.get("n_distractors") or 0)
+    if not nd:
+        return cache
+    n = len(cache.contexts) - nd
+    arrays = dict(cache._arrays)
+    arrays["contexts/vectors"] = cache.contexts[:n]
+    arrays["contexts/text"] = list(cache.context_texts)[:n]
+    return Cache(cache.path, dict(cache.attrs, n_distractors=0), arrays, cache.sections)

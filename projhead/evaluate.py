@@ -12,20 +12,25 @@ full-corpus protocol at scale searches a FAISS index (``search``).
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 
+from .corpus import labelled_only
 from .metrics import (MISS, PER_QUERY, Scorer, SystemRanks, block_metrics, bm25_scorer, both_protocols,  # noqa: F401
                       corpus_metrics, dense_scorer, excluding, full_corpus, gold_ranks, out_of_n,
                       paired_bootstrap, protocols, rank_metrics, ranks, self_matches, system_ranks, topk_ranks)
 
 
 def bm25_ranks(cache, block: int = 500, exclude: np.ndarray | None = None, settings=None) -> SystemRanks:
-    """BM25's ranks on a cache held in memory (its texts)."""
+    """BM25's ranks on a cache held in memory (its texts); with corpus rows (``with_corpus``),
+    the out-of-500 ranks are those of the labelled contexts alone (``corpus.labelled_only``)."""
     if exclude is None:
         exclude = self_matches(cache.query_texts, cache.context_texts)
-    return system_ranks(excluding(bm25_scorer(cache.query_texts, cache.context_texts, settings), exclude),
-                        cache.q2c, block)
+    r = system_ranks(excluding(bm25_scorer(cache.query_texts, cache.context_texts, settings), exclude),
+                     cache.q2c, block)
+    lab = labelled_only(cache)
+    return r if lab is cache else replace(r, block=bm25_ranks(lab, block, settings=settings).block)
 
 
 def fused_ranks(cache, head=None, spec=None, block: int = 500, exclude: np.ndarray | None = None) -> dict:
@@ -33,7 +38,19 @@ def fused_ranks(cache, head=None, spec=None, block: int = 500, exclude: np.ndarr
     ``frozen+bm25`` (at the spec's ``frozen_weight`` when it has one), ``head+bm25`` (with a
     head) at its ``weight``, and ``rrf`` of the best dense system (the head if given) with
     BM25. ``spec``: a ``fusion.FusionSpec`` (default: the head's, else the defaults). Each
-    block's BM25 scores are computed once for every system."""
+    block's BM25 scores are computed once for every system. With corpus rows (``with_corpus``),
+    the out-of-500 ranks are those of the labelled contexts alone (``corpus.labelled_only``:
+    BM25's statistics and each query's normalisation over them), as without a corpus."""
+    every = _fused_ranks(cache, head, spec, block, exclude)
+    lab = labelled_only(cache)
+    if lab is cache:
+        return every
+    inside = _fused_ranks(lab, head, spec, block, None)
+    return {name: replace(r, block=inside[name].block) for name, r in every.items()}
+
+
+def _fused_ranks(cache, head, spec, block: int, exclude: np.ndarray | None) -> dict:
+    """``fused_ranks`` with both protocols on every context of ``cache``."""
     from .fusion import FusionSpec, fuse, rrf
 
     spec = spec or (head.fusion if head is not None else None) or FusionSpec()

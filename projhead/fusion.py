@@ -294,5 +294,6 @@ def eval_fusion(head, weight: float | None, normalisation: str | None, say=None)
     if say is not None:
         fw = spec.frozen_weight if spec.frozen_weight is not None else spec.weight
         say(f"fusion: {spec.normalisation} scores, dense weight {spec.weight:g}"
-                   + (f" (frozen encoder {fw:g})" if fw != spec.weight else "") + f" ({source}); RRF k={spec.rrf_k}")
+                   + (f" (frozen encoder {fw:g})" if fw != spec.weight else "") + f" ({source}); RRF k={spec.rrf_k}; "
+                   f"BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g}")
     return spec

@@ -359,8 +359,8 @@ def _say_fusion(spec: FusionSpec, metric: str, say, folds: list | None = None) -
     say(f"fusion with BM25 ({spec.normalisation}): dense weight {spec.weight:.2f} for {who}, "
         + ("the one weight given (--hybrid: the one its held-out queries were ranked at)" if one else
            f"chosen on {spec.chosen['queries']} held-out queries ({metric})")
-        + (f"; BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g} (of {len(search['grid'])} settings, on "
-           f"{search['queries']} held-out queries)" if search else ""))
+        + f"; BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g}"
+        + (f" (of {len(search['grid'])} settings, on {search['queries']} held-out queries)" if search else ""))
     for name, m in spec.chosen.get("against_stay", {}).items():
         if m["low"] <= 0:  # said where the default weight was kept over the best; a weight that moved is the one above
             say(f"  {'the head' if name == 'head' else 'the frozen encoder'}: {spec.chosen['stay']:.2f}, the default: "

@@ -160,8 +160,10 @@ def not_tried(cache, cfg, fixed: dict | None, dialog: bool) -> str | None:
            (bool(given), f"training settings were given ({', '.join(given)})"),
            (cfg.hybrid, "--hybrid judges every head fused"),
            (bool(cfg.canaries), "canaries were given (the recipe is not shrunk for them)"),
-           (cfg.loss != "clip" or bool(cfg.mined) or cfg.anchor_weight > 0 or cfg.bm25_aware,
-            "another objective was asked for"),
+           (cfg.loss != "clip", f"another objective was asked for (--loss {cfg.loss})"),
+           (bool(cfg.mined), "mined negatives were asked for"),
+           (cfg.anchor_weight > 0, "an anchor to the frozen encoder was asked for"),
+           (cfg.bm25_aware, "a head trained beside BM25 was asked for"),
            (cfg.decision != "bootstrap", f"--decision {cfg.decision}"),
            (cfg.alpha not in (None, "auto"), f"alpha {cfg.alpha} was set (the recipe is kept whole)"),
            (within_documents(cache) is not None, "the pairs come from fewer than 5 documents")]

@@ -430,6 +430,8 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                                           folds=list(zip(fold_rows, fb["fold_heads"])),
                                           bm25_grid=None if set_bm25 else bm25_choices(cfg),
                                           spec=FusionSpec(bm25=settings_of(cfg)) if set_bm25 else None)
+    if why_not is not None:
+        say(f"  {RECIPE_NAME} not judged: {why_not}")
     log["recipe"] = fb["log"] if why_not is None else {"not_tried": why_not}
     run_log["seconds"] = log["seconds"] = time.perf_counter() - t0
     if log.get("after_folds"):

@@ -471,7 +471,8 @@ def summary_line(out, head, log: dict, metric: str) -> str:
         f"{gain['low']:+.4f} to {gain['high']:+.4f})")
     after = "" if head.config.passthrough else (f" -> head {m['head'].get(metric, float('nan')):.4f}"
                                                 + (f" ({d['shrunk']})" if d.get("shrunk") else ""))
-    scores = f"; dev {metric} frozen {m['frozen'].get(metric, float('nan')):.4f}{after}{said}"
+    fused = " + BM25" if "hybrid" in (log.get("selection") or {}) else ""  # --hybrid: its held-out scores are fused
+    scores = f"; dev {metric} frozen{fused} {m['frozen'].get(metric, float('nan')):.4f}{after}{said}"
     if not np.isfinite(m["frozen"].get(metric, float("nan"))):  # no held-out query: no score to give (the
         scores = "" if head.config.passthrough else (  # identity's reason says so already)
             "; not judged by held-out queries: " + (d.get("why") or "there are none"))

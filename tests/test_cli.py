@@ -262,6 +262,9 @@ def test_the_last_line_of_train_gives_a_gain_once_and_only_a_kept_heads_score():
     why = "dev mrr10 gain +0.0100 (95% interval +0.0035 to +0.0183) is not above 0"
     once = summary_line("h", head(True), {**base, "decision": {"dev_gain": gain, "why": why}}, "mrr10")
     assert once.count("95% interval") == 1 and "dev mrr10 frozen 0.5000 (1.0s)" in once
+    fused = summary_line("h", head(False), {**base, "decision": {"dev_gain": gain}, "selection": {"hybrid": {}}},
+                         "mrr10")  # --hybrid: held-out queries ranked fused, the frozen encoder's score too
+    assert "dev mrr10 frozen + BM25 0.5000 -> head 0.6000" in fused
 
 
 def test_a_head_trained_without_held_out_queries_says_so_instead_of_nan(planted_cache, tmp_path, capsys):

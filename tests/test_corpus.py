@@ -142,7 +142,7 @@ def test_selection_against_the_corpus_keeps_a_head_that_only_helps_there(tmp_pat
     runs = {}
     for sample in (0, None):
         head, log = auto_train(out, TrainConfig(corpus_sample=sample), fixed=fixed, progress=False)
-        runs[sample] = (log["selection"], log["decision"]["kept"], head.info)
+        runs[sample] = (log["selection"], log["decision"]["kept"], head.info, dict(head.config.__dict__))
     plain, full = runs[0], runs[None]
     assert plain[0]["distractors"] == 0 and full[0]["distractors"] == 3000
     assert full[0]["frozen_dev"]["mrr10"] < plain[0]["frozen_dev"]["mrr10"] - 0.2
@@ -150,6 +150,12 @@ def test_selection_against_the_corpus_keeps_a_head_that_only_helps_there(tmp_pat
     assert full[2]["selection"]["distractors"] == 3000 and full[2]["cache"]["distractors"] == 3000  # model card
     assert "3000 corpus texts" in full[2]["selection"]["ranked_against"]
     assert full[2]["fusion"]["chosen"]["distractors"] == 3000 and plain[2]["fusion"]["chosen"]["distractors"] == 0
+    from projhead.card import model_card
+
+    card = model_card({"head": full[3], **full[2]})  # the card says what the held-out queries were ranked against
+    assert "context of the training cache and 3,000 corpus texts" in card
+    assert "against all its contexts and 3,000 corpus texts" in card
+    assert "corpus texts" not in model_card({"head": plain[3], **plain[2]})
 
 
 def test_eval_counts_the_distractors_in_memory_and_through_an_index(tmp_path):
@@ -342,3 +348,34 @@ def test_a_corpus_is_not_added_to_a_cache_whose_vectors_are_linked_shards(tmp_pa
     assert (parts / "queries-000000.h5").exists() and ray_out.exists()
     assert build_cache(pairs, enc, ray_out, progress=False, corpus=corpus, overwrite=True).status == "written"
     assert open_cache(ray_out).read("corpus")["text"] == ["doc 1", "doc 2"] and not parts.exists()
+
+
+def test_the_out_of_500_rows_are_the_same_with_and_without_the_corpus(tmp_path):
+    """Dense, BM25, fused and RRF: the out-of-500 protocol ranks the block's labelled contexts,
+    BM25's statistics and the fusion's normalisation taken over the labelled contexts, so the
+    corpus changes only the full-corpus figures."""
+    import projhead
+    from projhead.corpus import with_corpus
+    from projhead.evaluate import bm25_ranks
+    from projhead.fusion import FusionSpec
+
+    from projhead.data import Pairs
+
+    fruit = ["apple", "banana", "cherry", "grape"]
+    contexts = [f"{f} pie recipe" for f in fruit]
+    queries = [f"{a} {b} pie" for a, b in zip(fruit, fruit[1:] + fruit[:1])]  # two contexts match a word each
+    pairs = Pairs(queries, [f"q{i}" for i in range(4)], ["a", "a", "b", "b"], contexts, np.arange(4),
+                  {"dataset": "fruit", "split": "train", "granularity": "sentence"})
+    docs = [f"{f} smoothie number {i}" for i in range(30) for f in fruit[1:3]]  # banana and cherry lose weight
+    out = tmp_path / "c.h5"
+    build_cache(pairs, PlantedEncoder(pairs), out, progress=False,
+                corpus=CorpusFile(_corpus(tmp_path / "docs.jsonl", docs)))
+    c = open_cache(out)
+    spec = FusionSpec(weight=0.6)
+    a = projhead.evaluate_cache(with_corpus(c), bm25=True, fusion=spec, block=16)
+    b = projhead.evaluate_cache(with_corpus(c, 0), bm25=True, fusion=spec, block=16)
+    assert set(a) == {"frozen", "bm25", "frozen+bm25", "rrf"}
+    for system in a:
+        assert a[system]["out_of_16"] == b[system]["out_of_16"], system
+    assert any(a[s]["full_corpus"] != b[s]["full_corpus"] for s in a)
+    np.testing.assert_array_equal(bm25_ranks(with_corpus(c), 16).block, bm25_ranks(with_corpus(c, 0), 16).block)

@@ -193,7 +193,7 @@ def test_cli_eval_prints_fused_rows_with_the_given_weight(planted_cache, capsys)
     path = planted_cache(n_groups=6)
     assert main(["eval", str(path), "--bm25", "--fusion-weight", "0.4"]) == 0
     out = capsys.readouterr().out
-    assert "fusion: zscore scores, dense weight 0.4 (--fusion-weight)" in out
+    assert "fusion: zscore scores, dense weight 0.4 (--fusion-weight); RRF k=60; BM25 k1 1.5, b 0.75" in out
     for row in ("| bm25 |", "| frozen+bm25 |", "| rrf |"):
         assert row in out
     assert main(["eval", str(path), "--bm25", "--fusion-weight", "2"]) == 2

@@ -145,8 +145,9 @@ def test_noise_keeps_the_identity_after_the_recipe_too(planted_cache, quick):
 
 @pytest.mark.parametrize("given, why", [({"recipe": False}, "--no-recipe"), ({"canaries": ["x"]}, "canaries"),
                                         ({"alpha": 0.9}, "alpha 0.9"), ({"decision": "better"}, "--decision better"),
-                                        ({"loss": "siglip"}, "another objective"),
-                                        ({"bm25_aware": True}, "another objective")])
+                                        ({"loss": "siglip"}, "another objective was asked for (--loss siglip)"),
+                                        ({"mined": "semantic"}, "mined negatives were asked for"),
+                                        ({"bm25_aware": True}, "a head trained beside BM25")])
 def test_the_recipe_is_not_tried_and_the_log_says_why(planted_cache, given, why):
     from projhead.recipe import not_tried
 
@@ -178,10 +179,13 @@ def test_margins_do_not_depend_on_the_length_of_query_vectors():
     np.testing.assert_allclose(m0, m1, atol=1e-5)
 
 
-def test_a_dev_split_says_why_the_recipe_was_not_tried(planted_cache):
-    head, log = S.auto_train(planted_cache(n_groups=1, contexts_per_group=4), TrainConfig(epochs=2), progress=False)
+def test_a_dev_split_says_why_the_recipe_was_not_tried(planted_cache, capsys):
+    head, log = S.auto_train(planted_cache(n_groups=1, contexts_per_group=4), TrainConfig(epochs=2), progress=True)
+    said = capsys.readouterr()
+    said = (said.out + said.err).splitlines()
     assert log["selection"]["mode"] == "dev split"
     assert log["selection"]["recipe"] == {"not_tried": "a dev split (fewer than 5 groups)"}
+    assert "  adapter-recipe not judged: a dev split (fewer than 5 groups)" in said  # and the log says so
 
 
 def test_fixed_settings_leave_the_recipe_out_of_selection(planted_cache, monkeypatch, quick):
