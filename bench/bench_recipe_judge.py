@@ -20,6 +20,11 @@ change where kept, else 0. Nothing here runs the candidates' search (bench_corpu
 
 Prints one line per run and writes ``OUT.json`` and ``OUT.md``.
 
+``--samples N [N ...]``: instead, today's rule only, with the held-out queries ranked against
+the subset's contexts and a seeded sample of N of the other texts (0: none; -1: all of them):
+how many distractors the decision needs. One table row per dataset and size, kept runs and the
+default's mean change per sample.
+
 ``--reread RUNS.json``: nothing is trained; the recipe's judgements a null benchmark recorded
 (``bench_null``'s ``runs``: null data, where any keep is false, and the planted rotation, where
 keeping is right) read again under each rule: how many each keeps, per data and size.
@@ -71,6 +76,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="bench/results/recipe_judge")
     ap.add_argument("--reread", default=None, metavar="RUNS.json", help="a bench_null result: its recipe judgements")
+    ap.add_argument("--samples", type=int, nargs="+", default=None, metavar="N",
+                    help="judge with N of the other texts as distractors (0 none, -1 all), today's rule only")
     args = ap.parse_args()
     if args.reread:
         print(reread(json.loads(Path(args.reread).read_text())["runs"]))
@@ -90,6 +97,20 @@ def main():
                 head = train_recipe(train.subset(subset), np.arange(len(subset)), seed=seed)
                 dense, fused = (a - b for a, b in zip(test_ndcg(test_all, head), frozen))
                 row = {"dataset": ds, "size": size, "seed": seed, "test_gain": dense, "test_fused_gain": fused}
+                if args.samples:
+                    row["samples"] = {}
+                    for n in args.samples:
+                        sub = train.subset(subset) if n == 0 else with_distractors(train, subset, corpus,
+                                                                                   None if n < 0 else n, seed)
+                        v = judge_recipe(sub, group_folds(split_groups(sub, need=5), 5, seed),
+                                         projhead.TrainConfig(seed=seed), has_texts(sub))
+                        row["samples"][str(n)] = {"distractors": int(sub.n_distractors), "kept": bool(kept(v)),
+                                                  **{k: brief(v[k]) for k in ("margin_gain", "fused_margin_gain") if k in v}}
+                    rows.append(row)
+                    print(f"{ds:<6} n {size:>5} seed {seed}  test nDCG@10 {100 * dense:+.2f}  " + "  ".join(
+                        f"{n}: {'kept' if r['kept'] else 'not'} (margin from {r['margin_gain']['low']:+.4f})"
+                        for n, r in row["samples"].items()), flush=True)
+                    continue
                 for name, sub in (("subset", train.subset(subset)),
                                   ("corpus", with_distractors(train, subset, corpus, None, seed))):
                     v = judge_recipe(sub, group_folds(split_groups(sub, need=5), 5, seed),
@@ -104,7 +125,27 @@ def main():
                     + " kept: " + "/".join("y" if k else "n" for k in row[name]["kept"].values())
                     for name in ("subset", "corpus")), flush=True)
     write_results(args.out, {
-        "bench": "recipe_judge", "encoder": DEFAULT_ENCODER, "fusion_weight": DEFAULT_WEIGHT, "rows": rows}, table(rows))
+        "bench": "recipe_judge", "encoder": DEFAULT_ENCODER, "fusion_weight": DEFAULT_WEIGHT, "samples": args.samples,
+        "rows": rows}, sample_table(rows, args.samples) if args.samples else table(rows))
+
+
+def sample_table(rows: list, samples: list[int]) -> str:
+    """Per dataset and size: the recipe's mean test change; per sample of distractors (their mean
+    count), runs kept by today's rule and the default's mean change (the recipe's where kept, else 0)."""
+    name = {0: "none", -1: "all"}
+    lines = ["| data | pairs | seeds | recipe's mean test nDCG@10 change | " + " | ".join(
+        f"{name.get(n, f'{n:,}')} distractors: kept, mean change" for n in samples) + " |", "|" + "---|" * (4 + len(samples))]
+    for ds, size in sorted({(r["dataset"], r["size"]) for r in rows}):
+        rs = [r for r in rows if (r["dataset"], r["size"]) == (ds, size)]
+        cells = []
+        for n in samples:
+            k = [r["samples"][str(n)]["kept"] for r in rs]
+            d = np.mean([r["samples"][str(n)]["distractors"] for r in rs])
+            cells.append(f"{sum(k)}/{len(k)}, {100 * np.mean([r['test_gain'] if x else 0.0 for r, x in zip(rs, k)]):+.2f}"
+                         + (f" ({d:,.0f})" if n < 0 else ""))
+        lines.append(f"| {ds} | {size:,} | {len(rs)} | {100 * np.mean([r['test_gain'] for r in rs]):+.2f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def reread(runs: list) -> str:
