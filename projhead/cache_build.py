@@ -132,6 +132,10 @@ def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "flo
     out = Path(out)
     t0 = time.perf_counter()
     info = encoder.describe()
+    if corpus is not None and corpus.vectors and not info["name"].startswith("vectors:"):
+        raise CacheError(f"{corpus.path}: a file of vectors is a corpus only for a vectors:NAME encoder; {info['name']} "
+                         "encodes texts: give them as .jsonl, .txt or Parquet (CorpusFile(path, vectors=False) "
+                         "reads a Parquet file's 'text' column)")
     plan = corpus.plan(match_keys(pairs.contexts)) if corpus is not None else None
     want = job_identity(info, pairs.meta, pairs.fingerprint(), dtype,
                         {"corpus": plan.fingerprint} if plan is not None else None)

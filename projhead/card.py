@@ -107,7 +107,7 @@ def model_card(config: dict) -> str:
     if m:
         hy = (config.get("selection") or {}).get("hybrid")
         fused = f", ranked fused with BM25 at dense weight {hy['fusion_weight']}" if hy else ""
-        nd = (config.get("selection") or {}).get("distractors") or 0
+        nd = ((config.get("selection") or config.get("cache") or {}).get("distractors") or 0)  # --no-auto: the cache's
         corpus = f" and {nd:,} corpus texts" if nd else ""
         lines += [f"## Held-out metrics (queries of the training cache not trained on, against all its contexts"
                   f"{corpus}{fused})",

@@ -150,6 +150,7 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
         if err > atol:
             raise HeadError(f"export check failed: the {role} modules differ from the head by {err:.2e}")
         routes[role] = mods
+    checked_open = int((head.gate_values(x.numpy()) > 0.5).sum()) if head.gate is not None else None
     router = Router.for_query_document(query_modules=routes["query"], document_modules=routes["context"])
     model = SentenceTransformer(modules=[*base, router], device="cpu")
     model.max_seq_length = enc.model.max_seq_length
@@ -159,7 +160,8 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
     model.similarity_fn_name = "cosine" if head.config.normalize else "dot"
     out = Path(out)
     report = {"format": "sentence-transformers", "path": str(out), "encoder": enc.name, "head": head.config.kind,
-              "training_precision": head.info.get("encoder_build", {}).get("precision", "fp32")}
+              "training_precision": head.info.get("encoder_build", {}).get("precision", "fp32"),
+              **({"checked_with_gate_open": checked_open} if checked_open is not None else {})}
     texts = check_texts or ["who wrote hamlet?", "Hamlet is a tragedy written by William Shakespeare."]
     with _written_into(out) as work:
         model.save(str(work))
@@ -194,23 +196,38 @@ def check_vectors(head: Head, n: int, generator: torch.Generator) -> torch.Tenso
 
 @contextlib.contextmanager
 def _written_into(out: Path):
-    """A fresh folder beside ``out`` to export into, put in place of ``out`` (a previous export,
-    or nothing) only when the export is whole and checked: no file of an earlier export stays,
-    and a failed export leaves the earlier one as it was."""
-    out = Path(out).resolve()
-    work, old = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.old")
-    for p in (work, old):
-        shutil.rmtree(p, ignore_errors=True)
-    work.mkdir(parents=True)
+    """A fresh folder inside ``out`` to export into (a temporary name ``files.foreign_files``
+    passes over); when the export is whole and checked, the earlier export's files (those its
+    record lists; every visible one for a record that lists none) give way to it. So no file of
+    an earlier export stays, a failed export leaves the earlier one as it was, the folder itself
+    (a mount point, its owner and mode, files of the user's) stays, and only ``out`` is written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(".export.tmp*"):  # a killed run's
+        shutil.rmtree(old, ignore_errors=True)
+    work = out / f".export.tmp{os.getpid()}"
+    work.mkdir()
     try:
         yield work
-    except BaseException:
+        for name in _exported(out):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        for p in work.iterdir():
+            p.rename(out / p.name)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rename(old)
-    work.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exported(out: Path) -> list[str]:
+    """The names an earlier export wrote in ``out`` (none without one)."""
+    try:
+        record = json.loads((out / EXPORT_RECORD).read_text())
+    except (OSError, ValueError):
+        return []
+    names = record.get("files") if isinstance(record, dict) else None
+    if isinstance(names, list):
+        return [n for n in names if isinstance(n, str) and n and "/" not in n and n not in (".", "..")]
+    return [p.name for p in out.iterdir() if not p.name.startswith(".")]  # an export of before the list
 
 
 def _check_out(head, out, kind: str) -> None:
@@ -226,13 +243,13 @@ def _check_out(head, out, kind: str) -> None:
 
 def _side_files(out: Path, report: dict, head: Head) -> None:
     """projhead_export.json (the report and head settings) and, for a head with a saved
-    fusion, fusion.json (``fusion.read_fusion`` reads it back; removed for a head without one)."""
-    write_atomic(out / EXPORT_RECORD, json.dumps({**report, "head_config": head.config.__dict__,
-                                                          "fusion": head.info.get("fusion")}, indent=1))
+    fusion, fusion.json (``fusion.read_fusion`` reads it back). The record lists the files of
+    the export, which a later export into the same folder replaces."""
     if head.fusion is not None:
         write_atomic(out / FUSION_NAME, json.dumps(head.fusion.to_dict(), indent=1))
-    else:  # a folder exported again with a head without fusion keeps no earlier head's weight
-        (out / FUSION_NAME).unlink(missing_ok=True)
+    files = sorted({p.name for p in out.iterdir()} | {EXPORT_RECORD})  # what a later export replaces
+    write_atomic(out / EXPORT_RECORD, json.dumps({**report, "head_config": head.config.__dict__,
+                                                  "fusion": head.info.get("fusion"), "files": files}, indent=1))
 
 
 class _TowerModule(nn.Module):
@@ -281,6 +298,8 @@ def _onnx_towers(head: Head, out: Path, x: torch.Tensor, report: dict, quantize:
             raise HeadError(f"{report['path']}: the {role} tower run by onnxruntime differs from torch by {err:.2e}; "
                             "nothing was written")
         entry = {"file": path.name, "max_abs_diff_vs_torch": err, "bytes": path.stat().st_size}
+        if role == "query" and head.gate is not None:  # how many of the vectors compared had the head's gate open
+            entry["checked_with_gate_open"] = int((head.gate_values(x.numpy()) > 0.5).sum())
         if quantize:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 

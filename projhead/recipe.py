@@ -161,7 +161,7 @@ def not_tried(cache, cfg, fixed: dict | None, dialog: bool) -> str | None:
            (cfg.hybrid, "--hybrid judges every head fused"),
            (bool(cfg.canaries), "canaries were given (the recipe is not shrunk for them)"),
            (cfg.loss != "clip", f"another objective was asked for (--loss {cfg.loss})"),
-           (bool(cfg.mined), "mined negatives were asked for"),
+           (bool(cfg.mined), f"a mined set was asked for (--mined {cfg.mined})"),
            (cfg.anchor_weight > 0, "an anchor to the frozen encoder was asked for"),
            (cfg.bm25_aware, "a head trained beside BM25 was asked for"),
            (cfg.decision != "bootstrap", f"--decision {cfg.decision}"),

@@ -174,11 +174,11 @@ class VectorFile:
                     v = v.decode("utf-8")
                 except UnicodeDecodeError as e:
                     raise EncoderError(f"{where}: {kind} is not UTF-8 ({e.reason})") from None
-            if isinstance(v, str) and (v.strip() or kind != "text"):  # a role is checked by keys()
+            if isinstance(v, str):  # an empty text is a key like any other (a role is checked by keys())
                 return v
             if kind == "id" and isinstance(v, (int, np.integer)) and not isinstance(v, bool):
                 return str(v)
-            need = {"text": "a non-empty string", "id": "a string or an integer"}.get(kind, "a string")
+            need = {"id": "a string or an integer"}.get(kind, "a string")
             raise EncoderError(f"{where}: {kind} must be {need}, not {v!r:.60}")
 
         def role(v, where):

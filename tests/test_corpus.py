@@ -268,6 +268,8 @@ def test_a_corpus_turned_off_stays_off_in_training(tmp_path):
     head, _ = train_head(open_cache(path), HeadConfig(kind="linear", towers="query"),
                          TrainConfig(epochs=1, batch_size=16), progress=False)
     assert head.info["cache"]["distractors"] == 50  # the default: every corpus row
+    head.save(tmp_path / "h")  # and the card says so (no selection log in --no-auto training)
+    assert "against all its contexts and 50 corpus texts" in (tmp_path / "h" / "README.md").read_text()
 
 
 def test_a_copy_of_a_gold_context_that_differs_only_in_spacing_is_not_stored(tmp_path):
@@ -324,6 +326,9 @@ def test_a_corpus_file_is_read_as_the_encoder_needs_it(tmp_path):
         del f["role"]
         f["role"] = ["query", "context", "document"]
     assert list(CorpusFile(tmp_path / "r.h5", vectors=True).texts()) == ["doc 1", "doc 2"]
+    pairs = planted_pairs(n_groups=2)
+    with pytest.raises(CacheError, match=r"v.npy: a file of vectors is a corpus only for a vectors:NAME encoder"):
+        build_cache(pairs, PlantedEncoder(pairs), tmp_path / "api.h5", progress=False, corpus=CorpusFile(tmp_path / "v.npy"))
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"query": "q", "context": "c"}) + "\n")
     code = cli.main(["cache", "--dataset", "jsonl", "--data", str(tmp_path / "pairs.jsonl"), "--corpus",
                      str(tmp_path / "v.npy"), "--out", str(tmp_path / "o.h5"), "--quiet"])

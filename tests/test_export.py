@@ -129,8 +129,19 @@ def test_a_failed_export_leaves_the_earlier_one_as_it_was(tmp_path, monkeypatch)
     monkeypatch.setattr(ex, "_onnx_towers", broken)
     with pytest.raises(HeadError, match="stopped half way"):
         export_onnx(tmp_path / "head", tmp_path / "onnx")
-    assert {p.name: p.read_bytes() for p in (tmp_path / "onnx").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "onnx").iterdir()} == before  # no temporary folder either
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head", "onnx"]
+    monkeypatch.undo()
+    (tmp_path / "onnx" / "notes.txt").write_text("mine")  # a file of the user's beside an export: not the export's
+    (tmp_path / "onnx" / "query.int8.onnx").write_text("an earlier export's")
+    record = tmp_path / "onnx" / "projhead_export.json"
+    import json
+
+    record.write_text(json.dumps({**json.loads(record.read_text()),
+                                  "files": json.loads(record.read_text())["files"] + ["query.int8.onnx"]}))
+    export_onnx(tmp_path / "head", tmp_path / "onnx")
+    assert (tmp_path / "onnx" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "onnx" / "query.int8.onnx").exists()
 
 
 def test_a_gated_head_is_checked_where_its_gate_is_open(tmp_path):
@@ -153,7 +164,8 @@ def test_a_gated_head_is_checked_where_its_gate_is_open(tmp_path):
     assert (g[:200] < 0.1).mean() > 0.9  # the random unit vectors: the gate closed on almost all
     assert (g[200:] == 1).sum() > 20 and ((g[200:] > 0) & (g[200:] < 1)).sum() > 20 and (g[200:] == 0).sum() > 20
     head.save(tmp_path / "head")
-    export_onnx(tmp_path / "head", tmp_path / "onnx", n_check=200)
+    r = export_onnx(tmp_path / "head", tmp_path / "onnx", n_check=200)
+    assert r["towers"]["query"]["checked_with_gate_open"] > 20  # the export's own check ran where the head acts
     sess = ort.InferenceSession(str(tmp_path / "onnx" / "query.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"vectors": x[200:].numpy()})[0], head.encode_queries(x[200:].numpy()),
                                atol=1e-5)

@@ -319,11 +319,14 @@ def test_texts_and_ids_of_vector_files_must_be_strings(tmp_path):
         f["vectors"], f["text"] = v, np.array([1.5, 2.5])
     with h5py.File(tmp_path / "bytes.h5", "w") as f:
         f["vectors"], f["text"] = v, np.array([b"ok", b"\xff\xfe"])
-    for name, where in (("null.parquet", "null.parquet: row 1: text"), ("ints.parquet", "ints.parquet: row 0: text"),
+    for name, where in (("null.parquet", "null.parquet: row 1: text must be a string, not None"),
+                        ("ints.parquet", "ints.parquet: row 0: text must be a string, not 10"),
                         ("n.npy", "n.jsonl: line 2: text"), ("num.h5", "num.h5: dataset 'text' must hold strings"),
                         ("bytes.h5", "bytes.h5: row 1: text is not UTF-8")):
         with pytest.raises(EncoderError, match=where):
             get_encoder("vectors:x", files=[tmp_path / name])
+    pq.write_table(pa.table({"text": ["a", ""], "vector": [list(x) for x in v]}), tmp_path / "blank.parquet")
+    get_encoder("vectors:x", files=[tmp_path / "blank.parquet"])  # an empty text is a key like any other
     pq.write_table(pa.table({"id": [10, 11], "vector": [list(x) for x in v]}), tmp_path / "ids.parquet")
     enc = get_encoder("vectors:x", files=[tmp_path / "ids.parquet"], ids={"10": "q ten", "11": "q eleven"})
     np.testing.assert_array_equal(enc.encode(["q eleven"]), v[1:])  # integer ids are query ids, as strings

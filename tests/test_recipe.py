@@ -146,7 +146,7 @@ def test_noise_keeps_the_identity_after_the_recipe_too(planted_cache, quick):
 @pytest.mark.parametrize("given, why", [({"recipe": False}, "--no-recipe"), ({"canaries": ["x"]}, "canaries"),
                                         ({"alpha": 0.9}, "alpha 0.9"), ({"decision": "better"}, "--decision better"),
                                         ({"loss": "siglip"}, "another objective was asked for (--loss siglip)"),
-                                        ({"mined": "semantic"}, "mined negatives were asked for"),
+                                        ({"mined": "semantic"}, "a mined set was asked for (--mined semantic)"),
                                         ({"bm25_aware": True}, "a head trained beside BM25")])
 def test_the_recipe_is_not_tried_and_the_log_says_why(planted_cache, given, why):
     from projhead.recipe import not_tried
