@@ -109,8 +109,9 @@ def model_card(config: dict) -> str:
         fused = f", ranked fused with BM25 at dense weight {hy['fusion_weight']}" if hy else ""
         nd = ((config.get("selection") or config.get("cache") or {}).get("distractors") or 0)  # --no-auto: the cache's
         corpus = f" and {nd:,} corpus texts" if nd else ""
-        lines += [f"## Held-out metrics (queries of the training cache not trained on, against all its contexts"
-                  f"{corpus}{fused})",
+        streamed = (config.get("training") or {}).get("stream")  # its dev split ranks its own contexts only
+        against = "the held-out split's own contexts (streamed training)" if streamed else f"all its contexts{corpus}"
+        lines += [f"## Held-out metrics (queries of the training cache not trained on, against {against}{fused})",
                   "", "| | " + " | ".join(m.get("frozen", {})) + " |",
                   "|---|" + "---|" * len(m.get("frozen", {}))]
         for row in ("frozen", "head"):

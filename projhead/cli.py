@@ -281,6 +281,8 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
         raise click.UsageError("--report compares a head with its frozen encoder: pass --head")
     if report_dir and len(cache_files) > 1:
         raise click.UsageError("--report describes one cache: pass one CACHE_FILE")
+    if not index and (nprobe is not None or ef_search is not None):
+        raise click.UsageError("--nprobe and --ef-search set a FAISS index's search: pass --index")
     if not bm25 and (fusion_weight is not None or fusion_normalisation is not None):
         raise click.UsageError("--fusion-weight and --fusion-normalisation set the fusion with BM25: pass --bm25")
     head = load_head(head_path) if head_path else None

@@ -86,8 +86,11 @@ def search(index, queries: np.ndarray, k: int = 100, chunk: int = 4096, nprobe: 
             faiss.extract_index_ivf(index).nprobe = nprobe
         except RuntimeError:
             raise SearchError("nprobe applies to IVF indexes only") from None
-    if ef_search is not None and hasattr(index, "hnsw"):
-        index.hnsw.efSearch = ef_search
+    if ef_search is not None:
+        try:  # through wrappers too (a PCA before the graph, say)
+            faiss.ParameterSpace().set_index_parameter(index, "efSearch", ef_search)
+        except RuntimeError:
+            raise SearchError("ef_search applies to HNSW indexes only") from None
     scores, ids = [], []
     for start in range(0, len(queries), chunk):
         q = np.ascontiguousarray(queries[start:start + chunk], dtype=np.float32)

@@ -113,6 +113,9 @@ def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
     if (cfg.hard_negatives or cfg.silver or cfg.loss == "distill") and not cfg.mined:
         raise TrainError("hard negatives, silver pairs and the distill loss need a mined set: "
                          f"run `projhead mine {cache.path}`, then pass --mined NAME")
+    if cfg.mined and not (cfg.hard_negatives or cfg.silver):
+        raise TrainError(f"--mined {cfg.mined}: the set is used through --hard-negatives N (with --loss distill, its "
+                         "teacher scores too) or --silver; alone it would change nothing")
     if cfg.loss == "byol" and cfg.hard_negatives:
         raise TrainError("the byol loss uses no negatives: drop --hard-negatives (or use a contrastive loss)")
 

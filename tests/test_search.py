@@ -55,6 +55,19 @@ def test_bad_index_descriptions_are_refused():
     index = build_index([np.eye(8, dtype=np.float32)], 8, "Flat")
     with pytest.raises(SearchError, match="nprobe applies to IVF indexes only"):
         search(index, np.eye(8, dtype=np.float32), k=2, nprobe=4)
+    with pytest.raises(SearchError, match="ef_search applies to HNSW indexes only"):
+        search(index, np.eye(8, dtype=np.float32), k=2, ef_search=4)
+    wrapped = build_index([np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)], 8, "PCA4,HNSW8")
+    search(wrapped, np.eye(8, dtype=np.float32), k=2, ef_search=4)  # a graph behind a transform takes it
+
+
+def test_search_settings_without_an_index_are_refused(planted_cache, capsys):
+    from projhead.cli import main
+
+    path = str(planted_cache(n_groups=4))
+    for option in ("--nprobe", "--ef-search"):
+        assert main(["eval", path, option, "8"]) == 2
+        assert "set a FAISS index's search: pass --index" in capsys.readouterr().err
 
 
 def test_eval_cli_with_an_index(planted_cache, tmp_path):

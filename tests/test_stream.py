@@ -22,6 +22,11 @@ def test_streaming_training_learns_the_planted_rotation(tmp_path, dtype):
                                        lr=0.02, patience=30, dev_fraction=0.2), progress=False)
     assert log["n_dev"] > 0 and log["n_train"] + log["n_dev"] == 600
     assert head.info["metrics"]["head"]["top1"] > log["frozen_dev"]["top1"] + 0.3
+    if dtype == "float32":  # the card says what the held-out queries were ranked against: their split's contexts
+        head.save(tmp_path / "h")
+        card = (tmp_path / "h" / "README.md").read_text()
+        assert "against the held-out split's own contexts (streamed training)" in card
+        assert "against all its contexts" not in card
 
 
 def test_an_epoch_visits_each_training_row_at_most_once_and_never_a_dev_row(planted_cache):

@@ -330,6 +330,7 @@ def test_bad_training_settings_are_refused_by_name(settings, message):
     (dict(loss="siglip", init_temperature=0.1), "siglip loss has no softmax temperature"),
     (dict(loss="byol", learn_temperature=False), "no temperature to fix"),
     (dict(loss="byol", mined="x", hard_negatives=1), "byol loss uses no negatives"),
+    (dict(mined="x"), "--mined x: the set is used through --hard-negatives"),
 ])
 def test_settings_a_loss_would_ignore_are_refused(planted_cache, cfg, message):
     from projhead.train import TrainError
