@@ -224,7 +224,7 @@ def _settings(items: tuple[str, ...]) -> dict:
 @click.option("--teacher", default=None,
               help="score gold + candidates with: semantic, bm25, hybrid, cache:PATH (another encoder's cache "
                    "of the same texts) or cross-encoder:NAME")
-@click.option("--silver", type=click.FloatRange(0, 1), default=None,
+@click.option("--silver", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="keep candidates with at least this teacher probability as silver pairs")
 @click.option("--bm25-weight", type=click.FloatRange(min=0), default=0.3, show_default=True, help="BM25's weight in hybrid scores")
 @click.option("--name", default=None, help="name of the mined set (default: the method)")

@@ -198,6 +198,8 @@ def test_mine_cli(planted_cache, capsys):
     assert "  section      pairs\n" in out
     assert re.search(r"  section      mined/lex \(k 3, silver \d+\), by bm25\n", out), out
     assert main(["mine", str(path), "--teacher", "nope", "--quiet"]) == 2
+    assert main(["mine", str(path), "--teacher", "bm25", "--silver", "0", "--quiet"]) == 2  # as the library refuses it
+    assert "0<x<=1" in capsys.readouterr().err
     before = open_cache(path).mined("lex")
     import projhead.mine as M
 
