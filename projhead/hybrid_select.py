@@ -95,13 +95,19 @@ def hybrid_settings(cache: Cache, cfg: TrainConfig, cands: list, held_rows: np.n
     return cfg, cands
 
 
+def fused_against_frozen(fusion: dict) -> dict | None:
+    """Head + BM25 against frozen + BM25 on the deciding queries, as ``tune_after_selection``'s
+    result ``fusion`` records it (``fusion.chosen.against_frozen``), or None where it was not compared."""
+    return ((fusion.get("fusion") or {}).get("chosen") or {}).get("against_frozen")
+
+
 def not_above_fused(cfg: TrainConfig, decision: dict, fusion: dict) -> str | None:
     """Why a head kept on its own must still give way to the identity, or None: fused with
     BM25, each as it would be saved (its own BM25 settings and weight), the head is not above
     the frozen encoder on the deciding queries (``fusion.chosen.against_frozen``,
     ``hybrid.choose_weight``) by the rule of ``cfg.decision`` (bootstrap: the interval above 0;
     else the gain). ``--hybrid`` decides fused from the start and records no such comparison."""
-    vs = fusion.get("fusion", {}).get("chosen", {}).get("against_frozen")
+    vs = fused_against_frozen(fusion)
     if decision.get("kept") != "head" or not vs:
         return None
     if (vs["low"] > 0) if cfg.decision == "bootstrap" else (vs["gain"] > 0):

@@ -68,7 +68,7 @@ from .checkpoint import CHECKPOINT_NAME, check_out
 from .fusion import WEIGHT_GRID, FusionSpec
 from .hybrid import has_texts, identity_after_selection, tune_after_selection
 from .alpha import AUTO_ALPHAS, chooses_alpha, chosen_alpha  # noqa: F401 (AUTO_ALPHAS re-exported)
-from .hybrid_select import bm25_choices, check_hybrid, hybrid_settings, not_above_fused
+from .hybrid_select import bm25_choices, check_hybrid, fused_against_frozen, hybrid_settings, not_above_fused
 from .query_side import none_beat, prefer_query_side
 from .recipe import NAME as RECIPE_NAME, beside, fall_back, not_tried
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
@@ -391,7 +391,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     if why:
         head.reset_to_identity().set_gate(None)
         gate = {}
-        decision.update(kept="identity", why=why, fused_gain=fusion["fusion"]["chosen"]["against_frozen"])
+        decision.update(kept="identity", why=why, fused_gain=fused_against_frozen(fusion))
         for key in ("after_folds", "after_folds_seconds"):  # no averaged head is saved
             log.pop(key, None)
         say(f"kept: identity ({why}); the frozen encoder's fusion, chosen beside the head's:")
@@ -413,7 +413,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             vs, vm = fb["log"]["versus"], fb["log"]["versus_metric"]
             why = (f"the {RECIPE_NAME} beat its fold heads on the {vs['n']} queries that decided: margin "
                    f"{vs['gain']:+.4f}, {vm['of']} {vm['gain']:+.4f}")
-            fused_gain = (fusion.get("fusion") or {}).get("chosen", {}).get("against_frozen")  # it passed fused
+            fused_gain = fused_against_frozen(fusion)  # it passed fused
         if fb.get("head") is not None:
             fb["decision"]["candidate_not_kept"] = f"{name}: {why}"
             fb["decision"]["measured"] += f" (instead of {name}: {why})"
