@@ -76,7 +76,7 @@ def cache_jsonl_vectors(data: str | os.PathLike, encoder, out: str | os.PathLike
     c_hash.append(as_keys(text_hashes(q_buf)))
     i_hash.append(as_keys(text_hashes(i_buf)))
     if corpus is not None:
-        m_hash.append(match_keys(q_buf))
+        m_hash.append(np.unique(match_keys(q_buf)))
     c_hash, i_hash = np.concatenate(c_hash), np.concatenate(i_hash)
     n = len(c_hash)
     if n == 0:

@@ -16,15 +16,15 @@ import json
 from .fusion import weight_given
 
 
-def _decision_lines(d: dict, selection: dict | None, rule: str = "bootstrap") -> list[str]:
+def _decision_lines(d: dict, selection: dict | None, rule: str = "bootstrap", corpus: str = "") -> list[str]:
     """The model card's account of how the head was chosen and how far it may be trusted
-    (``rule``: the training settings' ``decision``)."""
+    (``rule``: the training settings' ``decision``; ``corpus``: what the held-out queries were also
+    ranked against, said after "every context of the training cache")."""
     lines = []
     if selection:
-        nd = selection.get("distractors") or 0
         lines += [f"## How it was chosen ({selection.get('mode')})", "",
                   "Candidates trained on the cached vectors and scored on held-out queries ranked against every "
-                  "context of the training cache" + (f" and {nd:,} corpus texts" if nd else "")
+                  "context of the training cache" + corpus
                   + " (the half of them that choose; the other half decide):", "",
                   "| candidate | held-out score | frozen | kept epoch | seconds |",
                   "|---|---|---|---|---|"]
@@ -103,12 +103,13 @@ def model_card(config: dict) -> str:
     if h.get("passthrough"):
         lines += ["**This head is the identity**: model selection kept the frozen vectors"
                   + (f" ({d['why']})." if d.get("why") else "."), ""]
-    lines += _decision_lines(d, config.get("selection"), (config.get("training") or {}).get("decision", "bootstrap"))
+    nd = ((config.get("selection") or config.get("cache") or {}).get("distractors") or 0)  # --no-auto: the cache's
+    corpus = f" and {nd:,} corpus texts" if nd else ""  # ranked beside the contexts
+    lines += _decision_lines(d, config.get("selection"), (config.get("training") or {}).get("decision", "bootstrap"),
+                             corpus)
     if m:
         hy = (config.get("selection") or {}).get("hybrid")
         fused = f", ranked fused with BM25 at dense weight {hy['fusion_weight']}" if hy else ""
-        nd = ((config.get("selection") or config.get("cache") or {}).get("distractors") or 0)  # --no-auto: the cache's
-        corpus = f" and {nd:,} corpus texts" if nd else ""
         streamed = (config.get("training") or {}).get("stream")  # its dev split ranks its own contexts only
         against = "the held-out split's own contexts (streamed training)" if streamed else f"all its contexts{corpus}"
         lines += [f"## Held-out metrics (queries of the training cache not trained on, against {against}{fused})",
