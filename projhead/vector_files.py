@@ -98,7 +98,7 @@ class VectorFile:
             n = self._pq.metadata.num_rows
             first = next(self._pq.iter_batches(batch_size=1, columns=[self._col])).column(0)[0].as_py() if n else []
             if first is None:
-                raise EncoderError(f"{path}: row 0 of column {self._col!r} is null: every row needs a vector")
+                raise EncoderError(f"{path}: row 1 of column {self._col!r} is null: every row needs a vector")
             self.shape = (n, len(first))
             self._vectors = None
         elif self.suffix == ".npy":
@@ -155,15 +155,8 @@ class VectorFile:
 
     def keys(self, chunk: int = 65536):
         """(kind, value, role) of every row, a list per chunk, in row order; a role other than
-        ``ROLES`` (or none) is refused, naming the file and the row."""
-        done = 0
-        for part in self._keys(chunk):
-            bad = next((i for i, (_, _, r) in enumerate(part) if r is not None and r not in self.ROLES), None)
-            if bad is not None:
-                raise EncoderError(f"{self.path}: row {done + bad} has role {part[bad][2]!r}; roles are "
-                                   f"{', '.join(self.ROLES)} (document is context), or none for both")
-            done += len(part)
-            yield part
+        ``ROLES`` (or none) is refused, naming the file and the row (or line), counted from 1."""
+        yield from self._keys(chunk)
 
     def _keys(self, chunk: int):
         path = self.path
@@ -182,7 +175,13 @@ class VectorFile:
             raise EncoderError(f"{where}: {kind} must be {need}, not {v!r:.60}")
 
         def role(v, where):
-            return None if v is None else key("role", v, where)
+            if v is None:
+                return None
+            v = key("role", v, where)
+            if v not in self.ROLES:
+                raise EncoderError(f"{where} has role {v!r}; roles are {', '.join(self.ROLES)} "
+                                   "(document is context), or none for both")
+            return v
 
         if self.suffix == ".npy":
             import json
@@ -209,7 +208,7 @@ class VectorFile:
                 cols = {k: t.column(k).to_pylist() for k in self._key_cols}
                 kind = "text" if "text" in cols else "id"
                 roles = cols.get("role") or [None] * t.num_rows
-                yield [(kind, key(kind, v, f"{path}: row {a + i}"), role(r, f"{path}: row {a + i}"))
+                yield [(kind, key(kind, v, f"{path}: row {a + i + 1}"), role(r, f"{path}: row {a + i + 1}"))
                        for i, (v, r) in enumerate(zip(cols[kind], roles))]
                 a += t.num_rows
         elif self._parts is not None:  # a projhead cache
@@ -225,7 +224,7 @@ class VectorFile:
             for a in range(0, len(self), chunk):
                 vals = f[kind][a:a + chunk]
                 roles = f["role"][a:a + chunk] if "role" in f else [None] * len(vals)
-                yield [(kind, key(kind, v, f"{path}: row {a + i}"), role(r, f"{path}: row {a + i}"))
+                yield [(kind, key(kind, v, f"{path}: row {a + i + 1}"), role(r, f"{path}: row {a + i + 1}"))
                        for i, (v, r) in enumerate(zip(vals, roles))]
 
     def _npy_rows(self, idx: np.ndarray) -> np.ndarray:
@@ -265,7 +264,7 @@ class VectorFile:
                     col = batch.column(0)
                     bad = np.flatnonzero(np.asarray(pc.fill_null(pc.list_value_length(col), -1)) != self.dim)
                     if len(bad):
-                        raise EncoderError(f"{self.path}: row {row + int(bad[0])} of column {self._col!r} is "
+                        raise EncoderError(f"{self.path}: row {row + int(bad[0]) + 1} of column {self._col!r} is "
                                            f"{'null' if col[int(bad[0])].as_py() is None else 'of another length'}: "
                                            f"every vector must have {self.dim} numbers")
                     # a null number is NaN, refused when read
@@ -296,7 +295,7 @@ def read_vector_file(path) -> dict:
         vectors = vf.rows(np.arange(len(vf)))
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
-        raise EncoderError(f"{path}: {int(bad.sum())} vectors hold NaN or Inf (first: row {int(np.flatnonzero(bad)[0])})")
+        raise EncoderError(f"{path}: {int(bad.sum())} vectors hold NaN or Inf (first: row {int(np.flatnonzero(bad)[0]) + 1})")
     roles = [r for _, _, r in rows]
     return {"vectors": vectors, "keys": [(k, v) for k, v, _ in rows],
             "role": roles if all(r is not None for r in roles) else None}
@@ -423,10 +422,10 @@ class VectorsEncoder:
             x[sel] = v = self.sources[k].rows(rows)
             bad = ~np.isfinite(v).all(axis=1)
             if bad.any():
-                raise EncoderError(f"{self.files[k]}: row {int(rows[np.flatnonzero(bad)[0]])} holds NaN or Inf")
+                raise EncoderError(f"{self.files[k]}: row {int(rows[np.flatnonzero(bad)[0]]) + 1} holds NaN or Inf")
             zero = ~v.any(axis=1)  # no direction: not a text's vector, and cosine has nothing to compare
             if zero.any():
-                raise EncoderError(f"{self.files[k]}: row {int(rows[np.flatnonzero(zero)[0]])} is all zeros "
+                raise EncoderError(f"{self.files[k]}: row {int(rows[np.flatnonzero(zero)[0]]) + 1} is all zeros "
                                    f"({int(zero.sum())} such rows among those read)")
         if self.normalize:
             x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)

@@ -320,7 +320,7 @@ def test_a_corpus_file_is_read_as_the_encoder_needs_it(tmp_path):
         CorpusFile(tmp_path / "v.npy", vectors=False)
     with h5py.File(tmp_path / "r.h5", "w") as f:
         f["vectors"], f["text"], f["role"] = np.ones((3, 2), np.float32), ["q 1", "doc 1", "doc 2"], ["query", "context", ""]
-    with pytest.raises(Exception, match="r.h5: row 2 has role ''"):
+    with pytest.raises(Exception, match="r.h5: row 3 has role ''"):
         list(CorpusFile(tmp_path / "r.h5", vectors=True).texts())
     with h5py.File(tmp_path / "r.h5", "a") as f:
         del f["role"]

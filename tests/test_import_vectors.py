@@ -86,7 +86,7 @@ def test_bad_vector_files_are_named(tmp_path):
     qv[3, 2] = np.nan
     np.save(tmp_path / "n.npy", qv)
     (tmp_path / "n.jsonl").write_text("\n".join(json.dumps(q) for q in pairs.queries))
-    with pytest.raises(EncoderError, match="n.npy: 1 vectors hold NaN or Inf \\(first: row 3\\)"):
+    with pytest.raises(EncoderError, match="n.npy: 1 vectors hold NaN or Inf \\(first: row 4\\)"):
         read_vector_file(tmp_path / "n.npy")
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(EncoderError, match="unknown vector file type '.csv'"):
@@ -101,14 +101,18 @@ def test_bad_vector_files_are_named(tmp_path):
 
     for name, vectors in (("ragged", [[1.0, 0.0], [0.0, 1.0, 0.5]]), ("null", [[1.0, 0.0], None])):
         pq.write_table(pa.table({"text": ["a", "b"], "vector": vectors}), tmp_path / f"{name}.parquet")
-        with pytest.raises(EncoderError, match=f"{name}.parquet: row 1 of column 'vector' is"):
+        with pytest.raises(EncoderError, match=f"{name}.parquet: row 2 of column 'vector' is"):
             read_vector_file(tmp_path / f"{name}.parquet")
     pq.write_table(pa.table({"text": ["a", "b"], "vector": [[1.0, 0.0], [0.0, 1.0]], "role": ["query", "passage"]}),
                    tmp_path / "roles.parquet")
-    with pytest.raises(EncoderError, match="roles.parquet: row 1 has role 'passage'"):
+    with pytest.raises(EncoderError, match="roles.parquet: row 2 has role 'passage'"):
         get_encoder("vectors:x", files=[tmp_path / "roles.parquet"])
+    np.save(tmp_path / "roles.npy", np.ones((2, 2), np.float32))  # a .npy's texts: the line of its .jsonl, from 1
+    (tmp_path / "roles.jsonl").write_text('"a"\n\n{"text": "b", "role": "passage"}\n')
+    with pytest.raises(EncoderError, match="roles.jsonl: line 3 has role 'passage'"):
+        get_encoder("vectors:x", files=[tmp_path / "roles.npy"])
     pq.write_table(pa.table({"text": ["a", "b"], "vector": [None, [1.0, 0.0]]}), tmp_path / "null0.parquet")
-    with pytest.raises(EncoderError, match="null0.parquet: row 0 of column 'vector' is null"):
+    with pytest.raises(EncoderError, match="null0.parquet: row 1 of column 'vector' is null"):
         read_vector_file(tmp_path / "null0.parquet")
     pq.write_table(pa.table({"text": ["a"], "vector": ["0.1,0.2"]}), tmp_path / "str.parquet")
     with pytest.raises(EncoderError, match="str.parquet: column 'vector' must hold lists of numbers, not string"):
@@ -129,7 +133,7 @@ def test_bad_vector_files_are_named(tmp_path):
     zero[2] = 0
     np.save(tmp_path / "z.npy", zero)
     (tmp_path / "z.jsonl").write_text("\n".join(json.dumps(c) for c in pairs.contexts[:5]))
-    with pytest.raises(EncoderError, match="z.npy: row 2 is all zeros"):
+    with pytest.raises(EncoderError, match="z.npy: row 3 is all zeros"):
         get_encoder("vectors:x", files=[tmp_path / "z.npy"]).encode(pairs.contexts[:5], role="context")
 
 
@@ -154,7 +158,7 @@ def test_vectors_stay_in_their_files_until_a_text_needs_them(tmp_path, monkeypat
     got = enc.encode(["text 3", "text 9", "text 4999"])
     np.testing.assert_array_equal(got, np.stack([vec[3], vec[9] * 2, vec[4999]]))
     assert sum(asked) == 3  # three rows read, not 5,000
-    with pytest.raises(EncoderError, match="late.npy: row 0 holds NaN or Inf"):
+    with pytest.raises(EncoderError, match="late.npy: row 1 holds NaN or Inf"):
         enc.encode(["text 7"])
 
 
@@ -319,10 +323,10 @@ def test_texts_and_ids_of_vector_files_must_be_strings(tmp_path):
         f["vectors"], f["text"] = v, np.array([1.5, 2.5])
     with h5py.File(tmp_path / "bytes.h5", "w") as f:
         f["vectors"], f["text"] = v, np.array([b"ok", b"\xff\xfe"])
-    for name, where in (("null.parquet", "null.parquet: row 1: text must be a string, not None"),
-                        ("ints.parquet", "ints.parquet: row 0: text must be a string, not 10"),
+    for name, where in (("null.parquet", "null.parquet: row 2: text must be a string, not None"),
+                        ("ints.parquet", "ints.parquet: row 1: text must be a string, not 10"),
                         ("n.npy", "n.jsonl: line 2: text"), ("num.h5", "num.h5: dataset 'text' must hold strings"),
-                        ("bytes.h5", "bytes.h5: row 1: text is not UTF-8")):
+                        ("bytes.h5", "bytes.h5: row 2: text is not UTF-8")):
         with pytest.raises(EncoderError, match=where):
             get_encoder("vectors:x", files=[tmp_path / name])
     pq.write_table(pa.table({"text": ["a", ""], "vector": [list(x) for x in v]}), tmp_path / "blank.parquet")
@@ -348,7 +352,7 @@ def test_a_parquet_vector_column_is_read_without_python_lists(tmp_path):
             np.testing.assert_allclose(vf.rows(np.arange(50)[::-1]), x[::-1], rtol=1e-6)
     pq.write_table(pa.table({"text": ["a", "b"], "vector": pa.array([[1.0, None], [1.0, 2.0]], pa.list_(pa.float32()))}),
                    tmp_path / "hole.parquet")
-    with pytest.raises(EncoderError, match=r"hole.parquet: row 0 holds NaN"):
+    with pytest.raises(EncoderError, match=r"hole.parquet: row 1 holds NaN"):
         get_encoder("vectors:x", files=[tmp_path / "hole.parquet"]).encode(["a"], role="context")
 
 
