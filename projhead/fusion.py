@@ -156,6 +156,13 @@ def normalised_bm25(bm25: np.ndarray, how: str) -> np.ndarray:
     return b / BM25_SCALE if how == "fixed" else b
 
 
+def checked_weight(w) -> float:
+    """``w`` if it is a dense share (a number in [0, 1]), else a FusionError."""
+    if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)) or not 0.0 <= w <= 1.0:
+        raise FusionError(f"fusion weight must be a number in [0, 1], not {w!r}")
+    return float(w)
+
+
 def fuse(dense: np.ndarray, bm25: np.ndarray, spec: FusionSpec | None = None,
          weight: float | None = None) -> np.ndarray:
     """Fused scores (R, N) of dense and BM25 scores of the same (R, N) query-context pairs,
@@ -164,7 +171,7 @@ def fuse(dense: np.ndarray, bm25: np.ndarray, spec: FusionSpec | None = None,
     dense, bm25 = np.asarray(dense), np.asarray(bm25)
     if dense.shape != bm25.shape:
         raise FusionError(f"dense scores {dense.shape} and BM25 scores {bm25.shape} must have the same shape")
-    w = spec.weight if weight is None else weight
+    w = spec.weight if weight is None else checked_weight(weight)
     d, b = normalised_pair(np.atleast_2d(dense), np.atleast_2d(bm25), spec.normalisation)
     return (w * d + (1.0 - w) * b).reshape(dense.shape)
 
@@ -244,6 +251,9 @@ class BM25Index:
         self.retriever = bm25s.BM25(method=s.method, k1=s.k1, b=s.b)
         corpus = (tokenized.ids, dict(tokenized.vocab)) if tokenized is not None else \
             self._tokenize(texts, return_ids=True)
+        if not any(len(t) for t in corpus[0]):  # bm25s fails on it with a bare ValueError
+            raise FusionError(f"BM25 has nothing to index: none of the {self.n} texts has a token left after "
+                              "stop words" if self.n else "BM25 has nothing to index: no texts")
         self.retriever.index(corpus, show_progress=False)
 
     def _tokenize(self, texts, return_ids=False):

@@ -34,7 +34,7 @@ import numpy as np
 from .evaluate import MISS, PER_QUERY, dense_scorer, self_matches
 from .metrics import paired_bootstrap
 from .fusion import (BM25_GRID, DEFAULT_WEIGHT, WEIGHT_GRID, BM25Index, BM25Settings, FusionError, FusionSpec,
-                     normalise, normalised_bm25, normalised_pair, tokenize, weight_given)
+                     checked_weight, normalise, normalised_bm25, normalised_pair, tokenize, weight_given)
 from .search import build_index, search
 
 MAX_TUNE_QUERIES = 4000  # held-out queries the weight is chosen on (a seeded sample beyond this)
@@ -383,17 +383,35 @@ class HybridRetriever:
                  factory: str = "Flat", chunk: int = 65536):
         if len(texts) != len(vectors):
             raise FusionError(f"{len(texts)} texts but {len(vectors)} vectors: one vector per text")
+        if not len(texts):
+            raise FusionError("no texts to search: a retriever needs at least one text and its vector")
         self.head = head
         self.spec = spec or (head.fusion if head is not None else None) or FusionSpec()
-        parts = [np.asarray(vectors[i:i + chunk], np.float32) for i in range(0, len(vectors), chunk)]
-        if head is not None:
-            parts = [head.encode_contexts(p) for p in parts]
-        self.vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)  # (N, D')
-        self.index = build_index(iter(parts), self.vectors.shape[1], factory)
-        self.bm25 = BM25Index(texts, self.spec.bm25)
-        x = self.vectors.astype(np.float64)
-        self.mean = x.mean(axis=0)  # (D',): the mean dense score of a query is q . mean
-        self.second = x.T @ x / max(len(x), 1)  # (D', D'): its mean square is q' S q
+        self.bm25 = BM25Index(texts, self.spec.bm25)  # first: a corpus BM25 cannot index fails before any encoding
+        # the vectors (through the head's context side) written chunk by chunk into one array, their
+        # mean and second moment summed in float64 on the way: no float64 copy, no list of chunks
+        n, self.vectors, total, self.second = len(vectors), None, None, None
+        for a in range(0, n, chunk):
+            x = np.asarray(vectors[a:a + chunk], np.float32)
+            if head is not None:
+                x = head.encode_contexts(x)
+            if self.vectors is None:
+                self.vectors = np.empty((n, x.shape[1]), np.float32)  # (N, D')
+                total, self.second = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+            self.vectors[a:a + len(x)] = x
+            x = x.astype(np.float64)
+            total += x.sum(axis=0)
+            self.second += x.T @ x
+        self.mean = total / n  # (D',): the mean dense score of a query is q . mean
+        self.second /= n  # (D', D'): its mean square is q' S q
+        dim = self.vectors.shape[1]
+        # a Flat index takes the vectors in one add (one allocation, not a buffer grown chunk by chunk)
+        self.index = build_index(iter([self.vectors]) if factory == "Flat" else
+                                 (self.vectors[a:a + chunk] for a in range(0, n, chunk)), dim, factory)
+        if hasattr(self.index, "get_xb"):  # a Flat index holds the same vectors: read them there, not twice
+            import faiss
+
+            self.vectors = faiss.rev_swig_ptr(self.index.get_xb(), n * dim).reshape(n, dim)
 
     def _dense_stats(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         how = self.spec.normalisation
@@ -413,15 +431,17 @@ class HybridRetriever:
     def search(self, query_texts: list[str], query_vectors: np.ndarray, k: int = 10, depth: int = 100,
                weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` texts of each query: ids (Nq, k) int64 (-1 where fewer) and fused scores
-        (Nq, k), from the union of each side's top ``depth``."""
+        (Nq, k), from the union of each side's top ``depth`` (at least ``k``)."""
         if len(query_texts) != len(query_vectors):
             raise FusionError(f"{len(query_texts)} query texts but {len(query_vectors)} query vectors")
         q = np.asarray(query_vectors, np.float32)
         if self.head is not None:
             q = self.head.encode_queries(q)
         n = len(self.vectors)
-        depth = min(depth, n)
-        w = self.spec.weight if weight is None else weight
+        if not isinstance(k, (int, np.integer)) or k < 0 or not isinstance(depth, (int, np.integer)) or depth < 1:
+            raise FusionError(f"k must be an integer >= 0 and depth one >= 1, not k={k!r}, depth={depth!r}")
+        depth = min(max(depth, k), n)  # each side's top depth: never fewer than the k asked for
+        w = self.spec.weight if weight is None else checked_weight(weight)
         how = self.spec.normalisation
         _, dense_ids = search(self.index, q, k=depth)
         stats = self._dense_stats(q.astype(np.float64))

@@ -817,6 +817,32 @@ def test_retriever_refuses_mismatched_inputs(planted_cache):
     r = HybridRetriever(cache.context_texts, cache.contexts)
     with pytest.raises(FusionError, match="query texts"):
         r.search(cache.query_texts[:2], cache.queries[:3])
+    for bad in ({"weight": -0.5}, {"weight": 2}, {"depth": 0}, {"k": -1}):
+        with pytest.raises(FusionError, match="weight must be a number in|depth one >= 1"):
+            r.search(cache.query_texts[:2], cache.queries[:2], **bad)
+    with pytest.raises(FusionError, match="weight must be a number in"):
+        fuse(np.ones((1, 3)), np.ones((1, 3)), weight=-1)
+    with pytest.raises(FusionError, match="no texts to search"):
+        HybridRetriever([], np.zeros((0, cache.dim), np.float32))
+    with pytest.raises(FusionError, match="none of the 2 texts has a token left"):
+        HybridRetriever(["", "the of"], cache.contexts[:2])
+
+
+def test_retriever_returns_k_texts_when_k_is_above_the_depth(planted_cache):
+    """Each side's top ``depth`` is at least ``k``: asking for more texts than the depth still
+    fills every query's k places (the corpus has more than k texts)."""
+    pytest.importorskip("faiss")
+    from projhead.cache import open_cache
+    from projhead.hybrid import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=8))
+    n = len(cache.contexts)
+    r = HybridRetriever(cache.context_texts, cache.contexts)
+    k = n - 2
+    ids, scores = r.search(cache.query_texts[:10], cache.queries[:10], k=k, depth=3)
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+    full, _ = r.search(cache.query_texts[:10], cache.queries[:10], k=k, depth=n)
+    np.testing.assert_array_equal(ids, full)  # depth >= k reaches the whole ranking's top k here
 
 
 def test_cli_eval_with_an_index_says_fused_rows_need_every_context(planted_cache, capsys):
