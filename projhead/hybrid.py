@@ -374,6 +374,21 @@ def _say_fusion(spec: FusionSpec, metric: str, say, folds: list | None = None) -
             f"{vs['n']} deciding queries)")
 
 
+class _Owned:
+    """An array's memory with its owner: numpy keeps this object (and so the owner) alive as
+    long as any array made from it."""
+
+    def __init__(self, owner, view: np.ndarray):
+        self.owner, self.__array_interface__ = owner, view.__array_interface__
+
+
+def _in_index(index, view: np.ndarray) -> np.ndarray:
+    """``view`` (an array over ``index``'s own memory) read-only and keeping ``index`` alive."""
+    out = np.asarray(_Owned(index, view))
+    out.flags.writeable = False
+    return out
+
+
 class HybridRetriever:
     """bm25s + FAISS over ``texts`` and their ``vectors`` (of the head's encoder), fused
     with ``spec`` (default: the head's saved fusion, else the defaults). ``factory``: a FAISS
@@ -411,7 +426,7 @@ class HybridRetriever:
         if hasattr(self.index, "get_xb"):  # a Flat index holds the same vectors: read them there, not twice
             import faiss
 
-            self.vectors = faiss.rev_swig_ptr(self.index.get_xb(), n * dim).reshape(n, dim)
+            self.vectors = _in_index(self.index, faiss.rev_swig_ptr(self.index.get_xb(), n * dim).reshape(n, dim))
 
     def _dense_stats(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         how = self.spec.normalisation

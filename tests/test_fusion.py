@@ -843,6 +843,13 @@ def test_retriever_returns_k_texts_when_k_is_above_the_depth(planted_cache):
     assert (ids >= 0).all() and np.isfinite(scores).all()
     full, _ = r.search(cache.query_texts[:10], cache.queries[:10], k=k, depth=n)
     np.testing.assert_array_equal(ids, full)  # depth >= k reaches the whole ranking's top k here
+    vectors = r.vectors  # for a Flat index, the index's own copy: it outlives the retriever
+    del r
+    import gc
+
+    gc.collect()
+    np.testing.assert_array_equal(vectors, cache.contexts)
+    assert not vectors.flags.writeable
 
 
 def test_cli_eval_with_an_index_says_fused_rows_need_every_context(planted_cache, capsys):
