@@ -116,9 +116,10 @@ def parts_job(want: dict, **how) -> dict:
 @dataclass
 class CacheResult:
     path: Path
-    status: str  # "written" or "already complete"
+    status: str  # "written", "already complete", "corpus added" or "turns added"
     seconds: float
     texts_encoded: int
+    turns: dict | None = None  # the turns section written (turns.build_with_turns), when one was
 
 
 def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "float32", batch_size: int = 64,

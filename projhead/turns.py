@@ -30,12 +30,14 @@ sentence, so every frozen baseline, BM25 fusion and the identity head read the v
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
-from .cache_reader import Cache, CacheError, open_cache
-from .cachefile import REBUILD_AS_FLOAT32, Column, Section, check_float16, register_section, text_named
+from .cache_reader import Cache, CacheError, open_cache, read_identity
+from .cachefile import (REBUILD_AS_FLOAT32, Column, Section, check_float16, describe_mismatch, job_identity,
+                        register_section, text_named)
 
 NO_ANSWER = "no answer"  # an earlier turn's answer when it was CANNOTANSWER (as quac.dialog_pairs writes it)
 
@@ -221,32 +223,42 @@ def dialog_view(cache: Cache) -> Cache:
 
 def build_with_turns(pairs, encoder, out, turns: int, joined: bool = True, sections: bool = True, **build):
     """``build_cache`` of QuAC ``pairs``, then their turns section (``add_quac_turns``, from the
-    file and split the pairs came from). A cache whose pairs and turns are already there is left
-    alone; one whose pairs are there without turns (an interrupted run) gets its turns."""
+    file and split the pairs came from). A cache of other pairs, settings or dtype is refused as
+    ``build_cache`` refuses it (the turns section aside, the same identity); one whose pairs and
+    turns are already there is left alone; one whose pairs are there without turns (an
+    interrupted run) gets its turns (status ``turns added``). ``seconds`` and ``texts_encoded`` count the turns too; ``turns``: what
+    ``add_turns`` wrote, when it ran."""
     from .cache_build import CacheResult, build_cache
 
     if pairs.meta.get("dataset") != "quac":
         raise CacheError(f"turns are the dialog turns of QuAC questions, not of {pairs.meta.get('dataset')!r} "
                          "(use --dataset quac)")
     out = Path(out)
-    if out.exists() and not build.get("overwrite"):
-        have = open_cache(out, load=False)
-        same = have.attrs["fingerprint"] == pairs.fingerprint() and have.encoder == encoder.name
-        names, has_sections = None, False
-        if "turns" in have.sections:
-            names = have.section_attrs("turns", "turns")["slot_names_json"]
-            with have.section_data("turns", check=False) as columns:
-                has_sections = "section" in columns
-        if same and names == slot_names(turns, joined) and has_sections == sections:
-            return CacheResult(out, "already complete", 0.0, 0)
-        if same and names is not None:
-            raise CacheError(f"{out}: holds a turns section of slots {names}"
-                             f"{' with sections' if has_sections else ''}, not {slot_names(turns, joined)}"
-                             f"{' with sections' if sections else ''}; pass --overwrite or choose another path")
-    res = build_cache(pairs, encoder, out, **build)
-    add_quac_turns(out, encoder, pairs.meta["source"], pairs.meta.get("split", ""), turns, joined=joined,
-                   sections=sections, batch_size=build.get("batch_size", 64))
-    return res
+    t0 = time.perf_counter()
+    if out.exists() and not build.get("overwrite") and "turns" in (have := open_cache(out, load=False)).sections:
+        # the pairs' work as build_cache judges it (encoder, settings, data, dtype), the turns section aside
+        want = job_identity(encoder.describe(), pairs.meta, pairs.fingerprint(), build.get("dtype", "float32"))
+        ident = read_identity(out)
+        ident["sections"] = {k: v for k, v in ident.get("sections", {}).items() if k != "turns"}
+        if not ident["sections"]:
+            del ident["sections"]
+        if ident != want:
+            raise CacheError(f"{out}: exists and holds other work ({describe_mismatch(ident, want)}); "
+                             "refusing to overwrite: pass --overwrite or choose another path")
+        names = have.section_attrs("turns", "turns")["slot_names_json"]
+        with have.section_data("turns", check=False) as columns:
+            has_sections = "section" in columns
+        if names == slot_names(turns, joined) and has_sections == sections:
+            return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
+        raise CacheError(f"{out}: holds a turns section of slots {names}"
+                         f"{' with sections' if has_sections else ''}, not {slot_names(turns, joined)}"
+                         f"{' with sections' if sections else ''}; pass --overwrite or choose another path")
+    res = build_cache(pairs, encoder, out, **build)  # refuses other work, other settings and another dtype
+    t0 = time.perf_counter()
+    added = add_quac_turns(out, encoder, pairs.meta["source"], pairs.meta.get("split", ""), turns, joined=joined,
+                           sections=sections, batch_size=build.get("batch_size", 64))
+    return CacheResult(out, res.status if res.status == "written" else "turns added",
+                       res.seconds + time.perf_counter() - t0, res.texts_encoded + added["texts"], turns=added)
 
 
 # model selection's candidates on a cache with turns (select.candidates' layout): the query

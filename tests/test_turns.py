@@ -81,6 +81,11 @@ def test_turn_section_round_trips_and_is_checked(quac, tmp_path):
     assert (t["slots"][:, 1:] == -1).any()  # first turns have no earlier turn
     assert set(read_identity(out)["sections"]) == {"turns"}  # the turns are part of the work
     assert build_with_turns(pairs, enc, out, 2, progress=False).status == "already complete"
+    # other settings or another dtype are other work, with turns as without them
+    with pytest.raises(CacheError, match=r"t.h5: exists and holds other work \(settings: .*'dim': 8"):
+        build_with_turns(pairs, TableEncoder(dim=8), out, 2, progress=False)
+    with pytest.raises(CacheError, match=r"t.h5: exists and holds other work \(dtype"):
+        build_with_turns(pairs, enc, out, 2, dtype="float16", progress=False)
     with pytest.raises(CacheError, match=r"holds a turns section of slots \['question', 'question-1', 'answer-1', "
                                          r"'question-2', 'answer-2', 'dialog'\] with sections, not \['question', "
                                          r"'question-1', 'answer-1', 'dialog'\] with sections"):
@@ -115,6 +120,10 @@ def test_turn_section_round_trips_and_is_checked(quac, tmp_path):
     build_cache(pairs, enc, plain, progress=False)
     with pytest.raises(CacheError, match="plain.h5: no turns section: a dialog head reads the turn vectors"):
         dialog_view(open_cache(plain))
+    # the pairs there without turns (a run stopped before them): the turns are added, and said
+    res = build_with_turns(pairs, enc, plain, 2, progress=False)
+    assert res.status == "turns added" and res.turns["slots"] == 6 and res.texts_encoded == res.turns["texts"] > 0
+    assert dialog_slots(open_cache(plain)) == 6
 
 
 def test_a_query_without_its_question_is_refused(quac, tmp_path):
