@@ -286,6 +286,9 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
     if not bm25 and (fusion_weight is not None or fusion_normalisation is not None):
         raise click.UsageError("--fusion-weight and --fusion-normalisation set the fusion with BM25: pass --bm25")
     head = load_head(head_path) if head_path else None
+    if index and head is not None and head.config.kind == "dialog":
+        raise click.UsageError("--index streams the cache's vectors; a dialog head reads its turns section, in "
+                               "memory: evaluate it without --index")
     spec = eval_fusion(head, fusion_weight, fusion_normalisation, click.echo if bm25 and not index else None)
     search_kw = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
     every, distractors = {}, {}

@@ -242,7 +242,10 @@ class Head(nn.Module):
         if cache.dim != self.config.in_dim:
             raise HeadError(f"{cache.path}: vectors have dim {cache.dim}, the head expects {self.config.in_dim}")
         c = self.config
-        if c.kind == "dialog" and "turn_slots" in cache.attrs:  # a dialog view: rows of equal width can differ in layout
+        if c.kind == "dialog" and "turn_slots" not in cache.attrs:
+            raise HeadError(f"{cache.path}: a dialog head reads the cache through its turns section: "
+                            "turns.dialog_view(open_cache(path)) (projhead eval does it, without --index)")
+        if c.kind == "dialog":  # a dialog view: rows of equal width can differ in layout
             have = (int(cache.attrs["turn_slots"]), int(cache.attrs["sentence_slots"]))
             if have != (c.slots, c.sentence_slots):
                 raise HeadError(f"{cache.path}: its turns section gives {have[0]} turn slots and {have[1]} blocks beside "

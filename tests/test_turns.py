@@ -265,6 +265,12 @@ def test_a_dialog_head_is_chosen_saved_loaded_and_evaluated(tmp_path, capsys):
     assert "plain.h5: no turns section: a dialog head reads the turn vectors" in capsys.readouterr().err
     with pytest.raises(HeadError, match=r"expects vectors of shape \(N, 80\).*turns section"):
         head.encode_queries(open_cache(plain).queries)
+    # a cache with turns, opened as it is: the head says how to read it, naming the file
+    with pytest.raises(HeadError, match=r"test.h5: a dialog head reads the cache through its turns section"):
+        evaluate_cache(open_cache(test), head=head)
+    capsys.readouterr()
+    assert main(["eval", str(test), "--head", str(out), "--index", "Flat"]) != 0
+    assert "a dialog head reads its turns section, in memory: evaluate it without --index" in capsys.readouterr().err
 
 
 def test_dialog_settings_are_checked(tmp_path):
