@@ -80,6 +80,9 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
     out.mkdir(parents=True, exist_ok=True)
     Q, C, q2c = cache.queries, cache.contexts, cache.q2c
     hq, hc = head.encode_queries(Q), head.encode_contexts(C)
+    if "turn_slots" in cache.attrs:  # a dialog view: the frozen encoder's vectors are each row's first block
+        d = Q.shape[1] // (int(cache.attrs["turn_slots"]) + int(cache.attrs["sentence_slots"]))
+        Q, C = Q[:, :d], C[:, :d]
     if ranks is None or ranks["frozen"].top is None or ranks["head"].top is None:
         ranks = {**(ranks or {}), "frozen": system_ranks(dense_scorer(Q, C), q2c),
                  "head": system_ranks(dense_scorer(hq, hc), q2c)}

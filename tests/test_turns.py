@@ -257,6 +257,11 @@ def test_a_dialog_head_is_chosen_saved_loaded_and_evaluated(tmp_path, capsys):
     assert main(["eval", str(test), "--head", str(out), "--json-out", str(tmp_path / "e.json")]) == 0
     res = json.loads((tmp_path / "e.json").read_text())["results"]
     assert res["head"]["out_of_500"]["top1"] > res["frozen"]["out_of_500"]["top1"] + 0.3
+    assert main(["eval", str(test), "--head", str(out), "--report", str(tmp_path / "report")]) == 0
+    frozen = json.loads((tmp_path / "report" / "report.json").read_text())["alignment"]["frozen"]
+    c = open_cache(test)  # the frozen side is the question against its sentence, not the dialog view's rows
+    q, k = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (c.queries, c.contexts))
+    assert frozen["gold_cosine"] == pytest.approx(float((q * k[c.q2c]).sum(1).mean()), abs=1e-5)
     plain = tmp_path / "plain.h5"
     pairs, _, enc, _ = planted_dialogs(50, 2)
     build_cache(pairs, enc, plain, progress=False)
