@@ -60,6 +60,13 @@ def _decision_lines(d: dict, selection: dict | None, rule: str = "bootstrap", co
 
 
 def _index_line(h: dict) -> str:
+    if h.get("kind") == "dialog":
+        return ("**A dialog head** reads each question beside its earlier turns and each sentence beside its "
+                "neighbours: the rows of `turns.dialog_view` over a cache made with `projhead cache --turns` "
+                f"(turn slots {h.get('slots')}, vectors per sentence {h.get('sentence_slots')}: as the training cache), "
+                "not plain vectors of the encoder; "
+                + ("contexts go through it too." if h.get("towers") == "separate" else
+                   "its context side returns each sentence's own frozen vector."))
     if h.get("passthrough") or h.get("towers") == "query":
         return ("**Contexts are unchanged**: `encode_contexts` returns the frozen encoder's vectors, so an existing "
                 "index of context vectors stays as it is; only queries go through the head.")
@@ -80,8 +87,12 @@ def model_card(config: dict) -> str:
         "```python",
         "import projhead",
         "head = projhead.load_head('THIS_FOLDER')",
-        "q = head.encode_queries(query_vectors)      # vectors from the same encoder",
-        "c = head.encode_contexts(context_vectors)",
+        *(["from projhead.turns import dialog_view",
+           "view = dialog_view(projhead.open_cache('CACHE_WITH_TURNS.h5'))  # projhead cache --turns, as for training",
+           "q = head.encode_queries(view.queries)",
+           "c = head.encode_contexts(view.contexts)"] if h["kind"] == "dialog" else
+          ["q = head.encode_queries(query_vectors)      # vectors from the same encoder",
+           "c = head.encode_contexts(context_vectors)"]),
         "```",
         "",    ]
     precision = (config.get("encoder_build") or {}).get("precision")

@@ -248,6 +248,9 @@ def test_a_dialog_head_is_chosen_saved_loaded_and_evaluated(tmp_path, capsys):
     view = dialog_view(open_cache(test))
     trained = json.loads((out / "config.json").read_text())
     assert trained["head"]["slots"] == 3
+    card = (out / "README.md").read_text()  # the card shows how to apply it: rows of the dialog view
+    assert "head.encode_queries(view.queries)" in card and "query_vectors" not in card
+    assert f"(turn slots 3, vectors per sentence {trained['head']['sentence_slots']}: as the training cache)" in card
     again = load_head(head.save(tmp_path / "again"))  # save -> load -> the same outputs
     for enc_q in ("encode_queries", "encode_contexts"):
         rows = view.queries if enc_q == "encode_queries" else view.contexts
