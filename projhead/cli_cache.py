@@ -70,6 +70,9 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
 
     if dataset != "quac" and (quac_history != "0" or turns is not None):
         raise click.UsageError("--quac-history and --turns are QuAC's dialog turns: they go with --dataset quac")
+    if quac_history != "0" and turns is not None:  # a dialog head's first slot is the question alone
+        raise click.UsageError("--quac-history and --turns: one or the other (--turns keeps the question alone as "
+                               "the query and its earlier turns beside it, for a dialog head)")
     corpus = CorpusFile(corpus_file, vectors=encoder.startswith("vectors:")) if corpus_file else None
     vector_files = (*vector_files, corpus_file) if corpus and corpus.vectors else vector_files  # looked up too
 

@@ -182,6 +182,7 @@ def test_unknown_loss_is_a_usage_error(capsys):
     (["mine", "{cache}", "--k", "0"], "Invalid value for '--k'"),
     (["cache", "--dataset", "jsonl", "--data", "{cache}", "--turns", "1"], "--turns are QuAC's dialog turns"),
     (["cache", "--quac-history", "2"], "they go with --dataset quac"),
+    (["cache", "--dataset", "quac", "--quac-history", "2", "--turns", "1"], "--quac-history and --turns: one or the other"),
     (["train", "{cache}", "--out", "h", "--no-auto", "--device", "banana"], "training setting device must be a torch"),
     (["eval", "{cache}", "--index", "IVF1024,Flat"], "IVF1024,Flat"),
 ])
