@@ -89,8 +89,9 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help="when --epochs is not given: the fewest optimizer steps")
 @click.option("--batch-size", type=POS_INT, default=None,
               help="pairs per step [a sixteenth of the pairs, within 32..2048]")
-@click.option("--batching", type=click.Choice(["group", "random"]), default=_T.batching, show_default=True,
-              help="group: each batch holds whole documents, so negatives come from the same document")
+@click.option("--batching", type=click.Choice(["group", "random"]), default=None,
+              help=f"group: each batch holds whole documents, so negatives come from the same document "
+                   f"[{_T.batching}; dialog heads: random]")
 @click.option("--lr", type=POS_FLOAT, default=None,
               help=f"peak learning rate [model selection: {_LINEAR_LR:g} for linear heads, {_OTHER_LR:g} for others; "
                    f"--no-auto: {_T.lr:g}]")
@@ -153,7 +154,7 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
     head_given = {k: v for k, v in (("kind", kind), ("towers", towers), ("out_dim", out_dim), ("hidden", hidden),
                                     ("layers", layers), ("activation", activation), ("dropout", dropout),
                                     ("init", init)) if v is not None}
-    tcfg = _T(loss=loss, epochs=epochs, min_steps=min_steps, batch_size=batch_size, batching=batching,
+    tcfg = _T(loss=loss, epochs=epochs, min_steps=min_steps, batch_size=batch_size, batching=batching or _T.batching,
               lr=lr or _T.lr, weight_decay=weight_decay, init_temperature=temperature,
               learn_temperature=not fixed_temperature, anchor_weight=anchor_weight, alpha=alpha,
               canaries=list(canaries), gate=gate, canary_tolerance=canary_tolerance, dev_fraction=dev_fraction,
@@ -172,7 +173,8 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
     if auto:
         from .select import auto_train
 
-        head, log = auto_train(cache_file, tcfg, fixed={**head_given, **({"lr": lr} if lr else {})}, out=out,
+        head, log = auto_train(cache_file, tcfg, fixed={**head_given, **({"lr": lr} if lr else {}),
+                                                         **({"batching": batching} if batching else {})}, out=out,
                                progress=not quiet)
         for note in log["selection"]["not_used"] if quiet else ():  # without --quiet the progress said them
             click.echo(f"not used: {note}", err=True)

@@ -366,6 +366,13 @@ def test_the_batch_size_asked_for_wins_over_the_dialog_candidates_own(tmp_path):
         asked[batch] = {c["name"]: c["batch_size"] for c in log["selection"]["candidates"]}
     assert asked[None] == {"dialog-query": 64, "dialog-separate": 64}
     assert asked[16] == {"dialog-query": 16, "dialog-separate": 16}
+    # so does the batching asked for at the command line (the dialog candidates' own is random)
+    for given, want in ((None, "random"), ("group", "group")):
+        out = tmp_path / f"head-{given}"
+        assert main(["train", str(train), "--out", str(out), "--quiet", "--epochs", "1", "--seed", "0"]
+                    + (["--batching", given] if given else [])) == 0
+        cands = json.loads((out / "train_log.json").read_text())["selection"]["candidates"]
+        assert {c["name"]: c["train"]["batching"] for c in cands} == {"dialog-query": want, "dialog-separate": want}
 
 
 def test_dialog_candidates_start_at_their_temperature_unless_one_is_asked_for(tmp_path, monkeypatch):
