@@ -201,6 +201,9 @@ def dialog_view(cache: Cache) -> Cache:
     (or a ``subset`` of one: learning curves, held-out dialogs) is returned as it is."""
     if "turn_slots" in cache.attrs:
         return cache
+    if "turns" not in cache.sections and str(cache.attrs.get("split", "")).endswith("[subset]"):
+        raise CacheError(f"{cache.path}: a subset of the cache (Cache.subset) does not carry its turns section: "
+                         "take the dialog view first, then its subset (dialog_view(cache).subset(rows))")
     if "turns" not in cache.sections:
         raise CacheError(f"{cache.path}: no turns section: a dialog head reads the turn vectors (make them with "
                          "projhead cache --dataset quac --turns K)")

@@ -120,6 +120,9 @@ def test_turn_section_round_trips_and_is_checked(quac, tmp_path):
     build_cache(pairs, enc, plain, progress=False)
     with pytest.raises(CacheError, match="plain.h5: no turns section: a dialog head reads the turn vectors"):
         dialog_view(open_cache(plain))
+    with pytest.raises(CacheError, match=r"t.h5: a subset of the cache .* take the dialog view first"):
+        dialog_view(open_cache(out).subset(np.arange(10)))
+    assert dialog_slots(dialog_view(open_cache(out)).subset(np.arange(10))) == 6
     # the pairs there without turns (a run stopped before them): the turns are added, and said
     res = build_with_turns(pairs, enc, plain, 2, progress=False)
     assert res.status == "turns added" and res.turns["slots"] == 6 and res.texts_encoded == res.turns["texts"] > 0
