@@ -285,15 +285,19 @@ class Head(nn.Module):
         return self
 
     def reset_to_identity(self) -> "Head":
-        """Keep the frozen encoder: ``passthrough``, and identity weights where the head has
-        them (so the saved weights say the same as the config). A head that has none (another
-        output dimension, an MLP, random init) becomes a query-side linear head at the identity,
-        so its config, weights and output dimension are the frozen encoder's, not a rejected head's."""
-        if self.can_interpolate():
-            self.interpolate(0.0)
-        elif self.config.kind != "dialog":  # a dialog head keeps its dimension and rows: passthrough says it all
-            self.rejected = self.config  # the settings it was trained with (save_trained records them)
-            self.config = replace(self.config, kind="linear", towers="query", out_dim=None, init="identity", gate=False)
+        """Keep the frozen encoder: ``passthrough``, as a query-side linear head at the identity
+        (its config, weights and output dimension the frozen encoder's, not a rejected head's:
+        no trained weights of another shape or tower are saved with it); the rejected head's
+        settings are kept in ``rejected`` where they differ (``save_trained`` records them). A
+        dialog head keeps its layout (its rows are the turns side by side), at the identity."""
+        if self.config.kind == "dialog":
+            if self.can_interpolate():
+                self.interpolate(0.0)
+        else:
+            plain = replace(self.config, kind="linear", towers="query", out_dim=None, init="identity", gate=False)
+            if plain != self.config:
+                self.rejected = self.config  # the settings it was trained with
+            self.config = plain
             self.query, self.context, self.gate = build_tower(self.config), nn.Identity(), None
         self.config.passthrough = True
         return self

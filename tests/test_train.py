@@ -259,11 +259,13 @@ def test_identity_head_saves_identity_weights(planted_cache, tmp_path):
                                out=tmp_path / kind, progress=False)
         assert head.config.passthrough
         w = load_file(str(tmp_path / kind / "model.safetensors"))
-        if kind == "linear":
-            torch.testing.assert_close(w["query.weight"], torch.eye(16))
-            assert not w["query.bias"].any()
-        else:
-            assert not w["query.mlp.3.weight"].any() and not w["query.mlp.3.bias"].any()
+        # whatever was trained (two towers, a residual MLP): a plain query-side identity, the rejected head named
+        assert set(w) == {"query.weight", "query.bias"}
+        torch.testing.assert_close(w["query.weight"], torch.eye(16))
+        assert not w["query.bias"].any()
+        config = json.loads((tmp_path / kind / "config.json").read_text())
+        assert (config["head"]["kind"], config["head"]["towers"]) == ("linear", "query")
+        assert config["rejected_head"]["kind"] == kind and config["rejected_head"]["towers"] == HeadConfig().towers
 
 
 def test_every_part_is_on_the_device_after_set_up():
