@@ -170,6 +170,20 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
         raise click.UsageError(f"{'--hybrid is model selection on the fused metric' if hybrid else '--dense-only is a setting of model selection (--no-auto decides on dense search anyway)'}: drop --no-auto")
     if auto and restart:
         raise click.UsageError("--restart discards the checkpoint of an interrupted --no-auto run; model selection writes none")
+    selection_only = [o for o, asked in (("--after-folds average", after_folds != _T.after_folds),
+                                         ("--no-recipe", not recipe), ("--no-gate", not gate)) if asked]
+    if not auto and selection_only:
+        raise click.UsageError(f"{', '.join(selection_only)}: settings of model selection; --no-auto trains one "
+                               "head, without fold heads, recipe or gate")
+    if corpus_sample:
+        if stream:
+            raise click.UsageError("--corpus-sample: --stream ranks its dev split against the contexts it streams, "
+                                   "without the corpus section")
+        from .cache import open_cache
+
+        if "corpus" not in open_cache(cache_file, load=False).sections:
+            raise click.UsageError(f"--corpus-sample {corpus_sample}: {cache_file} has no corpus section to sample "
+                                   "(projhead cache --corpus FILE adds one)")
     if auto:
         from .select import auto_train
 

@@ -193,7 +193,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
     if k and len(set(groups)) < k:  # more folds asked for than groups: one fold a group, never a group on both
         k = len(set(groups)) if len(set(groups)) >= 5 else 0  # sides; under 5 groups, one held-out split
     log = {"mode": f"{k}-fold" if k else "dev split", "candidates": [], "n_queries": n,
-           "not_used": _not_used(cfg, k), **ranked}
+           "not_used": _not_used(cfg, k, cache), **ranked}
     say(f"model selection on {n} queries ({log['mode']}), {len(cands)} candidates; "
         f"metric {cfg.select_metric} of held-out queries against {ranked['ranked_against']}")
     for note in log["not_used"]:
@@ -478,9 +478,12 @@ def _halves(groups: list[str], rows: np.ndarray, seed: int, log: dict) -> tuple[
     return np.sort(rows[a]), np.sort(rows[b])
 
 
-def _not_used(cfg: TrainConfig, k: int) -> list[str]:
+def _not_used(cfg: TrainConfig, k: int, cache: Cache) -> list[str]:
     """Settings given that model selection does not use in this mode, said rather than dropped."""
     out = []
+    if cfg.corpus_sample and "corpus" not in cache.sections:
+        out.append(f"corpus_sample {cfg.corpus_sample}: the cache has no corpus section (held-out queries rank "
+                   "against its contexts)")
     if k and cfg.patience is not None:
         out.append(f"patience {cfg.patience}: in {k}-fold selection every fold runs every epoch and the epoch is "
                    "chosen out of fold")

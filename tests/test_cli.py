@@ -185,6 +185,11 @@ def test_unknown_loss_is_a_usage_error(capsys):
     (["cache", "--dataset", "quac", "--quac-history", "2", "--turns", "1"], "--quac-history and --turns: one or the other"),
     (["train", "{cache}", "--out", "h", "--no-auto", "--device", "banana"], "training setting device must be a torch"),
     (["eval", "{cache}", "--index", "IVF1024,Flat"], "IVF1024,Flat"),
+    (["train", "{cache}", "--out", "h", "--no-auto", "--after-folds", "average", "--no-gate"],
+     "--after-folds average, --no-gate: settings of model selection"),
+    (["train", "{cache}", "--out", "h", "--no-auto", "--no-recipe"], "--no-recipe: settings of model selection"),
+    (["train", "{cache}", "--out", "h", "--corpus-sample", "100"], "has no corpus section to sample"),
+    (["train", "{cache}", "--out", "h", "--no-auto", "--stream", "--corpus-sample", "5"], "--stream ranks its dev split"),
 ])
 def test_bad_arguments_name_the_option_without_a_traceback(planted_cache, tmp_path, capsys, argv, message):
     cache = planted_cache(n_groups=2)

@@ -305,10 +305,12 @@ def test_settings_selection_does_not_use_are_said(planted_cache, tmp_path):
     out = tmp_path / "h"
     out.mkdir()
     (out / CHECKPOINT_NAME).write_bytes(b"left by an interrupted --no-auto run")
-    head, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=3, patience=2, dev_fraction=0.3),
+    head, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=3, patience=2, dev_fraction=0.3,
+                                                                   corpus_sample=50),
                            fixed=_linear_query(), out=out, progress=False)
     notes = log["selection"]["not_used"]
     assert any(n.startswith("patience 2") for n in notes) and any(n.startswith("dev_fraction 0.3") for n in notes)
+    assert any(n.startswith("corpus_sample 50: the cache has no corpus section") for n in notes)
     assert not (out / CHECKPOINT_NAME).exists() and "--no-auto" in log["selection"]["removed"]
     _, log = auto_train(planted_cache(name="b.h5", n_groups=20), TrainConfig(epochs=3, patience=2),
                         fixed=_linear_query(), progress=False, folds=0)
