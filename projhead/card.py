@@ -65,8 +65,8 @@ def _index_line(h: dict) -> str:
                 "neighbours: the rows of `turns.dialog_view` over a cache made with `projhead cache --turns` "
                 f"(turn slots {h.get('slots')}, vectors per sentence {h.get('sentence_slots')}: as the training cache), "
                 "not plain vectors of the encoder; "
-                + ("contexts go through it too." if h.get("towers") == "separate" else
-                   "its context side returns each sentence's own frozen vector."))
+                + ("contexts go through it too." if h.get("towers") == "separate" and not h.get("passthrough") else
+                   "**contexts are unchanged**: its context side returns each sentence's own frozen vector."))
     if h.get("passthrough") or h.get("towers") == "query":
         return ("**Contexts are unchanged**: `encode_contexts` returns the frozen encoder's vectors, so an existing "
                 "index of context vectors stays as it is; only queries go through the head.")

@@ -91,7 +91,7 @@ FRACTION = click.FloatRange(0, 1, max_open=True)
               help="pairs per step [a sixteenth of the pairs, within 32..2048]")
 @click.option("--batching", type=click.Choice(["group", "random"]), default=None,
               help=f"group: each batch holds whole documents, so negatives come from the same document "
-                   f"[{_T.batching}; dialog heads: random]")
+                   f"[{_T.batching}; model selection's dialog candidates: random]")
 @click.option("--lr", type=POS_FLOAT, default=None,
               help=f"peak learning rate [model selection: {_LINEAR_LR:g} for linear heads, {_OTHER_LR:g} for others; "
                    f"--no-auto: {_T.lr:g}]")
@@ -187,8 +187,13 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
     if auto:
         from .select import auto_train
 
+        from .cache import open_cache
+
+        # a batching given wins over the dialog candidates' own (random), as --lr and --batch-size do;
+        # elsewhere it is the run's setting, as before (the other candidates have none of their own)
+        dialog = batching and "turns" in open_cache(cache_file, load=False).sections
         head, log = auto_train(cache_file, tcfg, fixed={**head_given, **({"lr": lr} if lr else {}),
-                                                         **({"batching": batching} if batching else {})}, out=out,
+                                                         **({"batching": batching} if dialog else {})}, out=out,
                                progress=not quiet)
         for note in log["selection"]["not_used"] if quiet else ():  # without --quiet the progress said them
             click.echo(f"not used: {note}", err=True)

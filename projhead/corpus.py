@@ -100,9 +100,9 @@ class CorpusFile:
         else:
             from .vector_files import VectorFile
 
-            # a .npy file's texts are in the .jsonl beside it, one a line (blank lines skipped); rows
-            # of role query (a projhead cache's queries, say) are not corpus texts: skipped
-            where = p.with_suffix(".jsonl") if p.suffix.lower() == ".npy" else p
+            # a .npy file's texts are in the .jsonl beside it, one a line (blank lines skipped): a text
+            # is named by its vector's row, from 1; rows of role query (a projhead cache's queries,
+            # say) are not corpus texts: skipped
             with VectorFile(p) as vf:
                 n = 0
                 for keys in vf.keys():
@@ -113,7 +113,7 @@ class CorpusFile:
                         if kind != "text":
                             raise DataError(f"{p}: a corpus vector is keyed by its text, not by a query id "
                                             f"({value!r:.80})")
-                        yield _text(value, where, f"row {n} text")
+                        yield _text(value, p, f"row {n} text")
 
     def plan(self, context_keys: np.ndarray) -> "CorpusPlan":
         """What goes into the cache: each distinct text once, none that is one of the pairs'

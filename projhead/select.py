@@ -74,8 +74,9 @@ from .recipe import NAME as RECIPE_NAME, beside, fall_back, not_tried
 from .turns import DIALOG_CANDIDATES, dialog_slots, dialog_view
 from .card import selection_brief
 from .config import with_fixed
-from .train import (SMALL, Canary, TrainConfig, TrainError, dev_fraction, finish, fit, has_temperature, held_out,
-                    joined_by_gold, save_trained, split_by_group, split_groups, within_documents, within_noise)
+from .train import (SMALL, TrainConfig, TrainError, checked_canaries, dev_fraction, finish, fit,
+                    has_temperature, held_out, joined_by_gold, save_trained, split_by_group, split_groups,
+                    within_documents, within_noise)
 
 CV_BELOW = SMALL  # queries: below this, k-fold selection (every query scored once, out of fold)
 FOLDS = 5
@@ -186,9 +187,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
             raise TrainError(f"alpha {cfg.alpha} interpolates toward the frozen encoder, which only identity-initialised "
                              f"linear and residual heads of the encoder's dimension contain; candidate(s) "
                              f"{', '.join(rigid)} cannot be interpolated: drop --alpha or the head setting that rules it out")
-    canaries = [Canary(c) for c in cfg.canaries]
-    for c in canaries:
-        Head(base).check_cache(c.cache)
+    canaries = checked_canaries(cfg, base)
     groups = split_groups(cache, need=5)  # documents where there are 5, else gold contexts (within_documents)
     if k and len(set(groups)) < k:  # more folds asked for than groups: one fold a group, never a group on both
         k = len(set(groups)) if len(set(groups)) >= 5 else 0  # sides; under 5 groups, one held-out split

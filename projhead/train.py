@@ -120,6 +120,17 @@ def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
         raise TrainError("the byol loss uses no negatives: drop --hard-negatives (or use a contrastive loss)")
 
 
+def checked_canaries(cfg: TrainConfig, hcfg: HeadConfig) -> list:
+    """The ``Canary`` of each of ``cfg.canaries``, each cache checked against a head of ``hcfg``
+    (a dialog head takes none: ``_check``'s reason, before any canary is judged by its layout)."""
+    if cfg.canaries and hcfg.kind == "dialog":
+        _check(cfg, hcfg, None)
+    canaries = [Canary(c) for c in cfg.canaries]
+    for c in canaries:
+        Head(hcfg).check_cache(c.cache)
+    return canaries
+
+
 def fit(cache: Cache, hcfg: HeadConfig, cfg: TrainConfig, rows=None, ckpt: Path | None = None,
         job: dict | None = None, progress: bool = True, canaries=(), keep_later: bool = True,
         keep_last: bool = False) -> dict:
@@ -378,9 +389,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     if cfg.alpha is not None and cfg.alpha < 1 and not Head(hcfg).can_interpolate():
         raise TrainError(f"alpha {cfg.alpha} interpolates toward the frozen encoder, which only identity-initialised "
                          "linear and residual heads of the encoder's dimension contain")
-    canaries = [Canary(c) for c in cfg.canaries]
-    for c in canaries:
-        Head(hcfg).check_cache(c.cache)
+    canaries = checked_canaries(cfg, hcfg)
     ckpt = Path(out) / CHECKPOINT_NAME if out is not None else None
     job = {"train": {**asdict(cfg), "loss_settings": loss_settings(cfg, hcfg)}, "head": asdict(hcfg),
            "cache_fingerprint": cache.attrs["fingerprint"]}

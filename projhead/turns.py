@@ -201,7 +201,8 @@ def dialog_view(cache: Cache) -> Cache:
     (or a ``subset`` of one: learning curves, held-out dialogs) is returned as it is."""
     if "turn_slots" in cache.attrs:
         return cache
-    if "turns" not in cache.sections and str(cache.attrs.get("split", "")).endswith("[subset]"):
+    if ("turns" not in cache.sections and str(cache.attrs.get("split", "")).endswith("[subset]")
+            and "turns" in open_cache(cache.path, load=False).sections):  # the file has them; the subset does not
         raise CacheError(f"{cache.path}: a subset of the cache (Cache.subset) does not carry its turns section: "
                          "take the dialog view first, then its subset (dialog_view(cache).subset(rows))")
     if "turns" not in cache.sections:

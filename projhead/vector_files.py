@@ -214,7 +214,7 @@ class VectorFile:
         elif self._parts is not None:  # a projhead cache
             for part, texts, _ in self._parts:
                 for a in range(0, len(texts), chunk):
-                    yield [("text", key("text", v, f"{path}: {part} {a + i}"), part)
+                    yield [("text", key("text", v, f"{path}: {part} {a + i + 1}"), part)
                            for i, v in enumerate(texts[a:a + chunk])]
         else:
             f, kind = self._h5, "text" if "text" in self._key_cols else "id"

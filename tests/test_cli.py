@@ -336,3 +336,15 @@ def test_a_file_that_cannot_be_written_is_one_line(planted_cache, tmp_path, caps
     assert main(["eval", str(planted_cache()), "--json-out", str(tmp_path / "afile" / "r.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "afile" in err and "Traceback" not in err
+
+
+def test_the_default_batching_given_changes_nothing_on_a_cache_without_turns(planted_cache, tmp_path):
+    """--batching goes into selection's fixed settings only for the dialog candidates (turns);
+    elsewhere giving the default is not giving a setting: the recipe is judged as without it."""
+    cache = planted_cache(n_groups=20)
+    judged = []
+    for extra in ([], ["--batching", "group"]):
+        out = tmp_path / f"h{len(extra)}"
+        assert main(["train", str(cache), "--out", str(out), "--quiet", "--seed", "0"] + extra) == 0
+        judged.append(json.loads((out / "train_log.json").read_text())["selection"]["recipe"].get("not_tried"))
+    assert judged == [None, None]

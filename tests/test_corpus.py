@@ -237,8 +237,8 @@ def test_a_corpus_of_your_own_vectors_through_the_cli(tmp_path):
     again = cache_jsonl_vectors(tmp_path / "pairs.jsonl", get_encoder("vectors:planted", files=[
         tmp_path / "v.npy", tmp_path / "corpus.npy"]), tmp_path / "again.h5", corpus=CorpusFile(tmp_path / "corpus.npy"))
     assert again.status == "written" and read_identity(tmp_path / "again.h5")["sections"] == read_identity(out)["sections"]
-    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(t) + "\n" for t in ["doc x", "doc\x00y", "doc z"]))
-    with pytest.raises(DataError, match=r"corpus.jsonl: row 2 text holds a NUL character"):  # before any vector is read
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(t) + "\n\n" for t in ["doc x", "doc\x00y", "doc z"]))
+    with pytest.raises(DataError, match=r"corpus.npy: row 2 text holds a NUL character"):  # the vector's row, from 1
         list(CorpusFile(tmp_path / "corpus.npy").texts())
 
 

@@ -122,6 +122,8 @@ def test_turn_section_round_trips_and_is_checked(quac, tmp_path):
         dialog_view(open_cache(plain))
     with pytest.raises(CacheError, match=r"t.h5: a subset of the cache .* take the dialog view first"):
         dialog_view(open_cache(out).subset(np.arange(10)))
+    with pytest.raises(CacheError, match="plain.h5: no turns section"):  # a subset of a file without any
+        dialog_view(open_cache(plain).subset(np.arange(10)))
     assert dialog_slots(dialog_view(open_cache(out)).subset(np.arange(10))) == 6
     # the pairs there without turns (a run stopped before them): the turns are added, and said
     res = build_with_turns(pairs, enc, plain, 2, progress=False)
@@ -251,6 +253,11 @@ def test_a_dialog_head_is_chosen_saved_loaded_and_evaluated(tmp_path, capsys):
     view = dialog_view(open_cache(test))
     trained = json.loads((out / "config.json").read_text())
     assert trained["head"]["slots"] == 3
+    from projhead.card import model_card
+
+    identity = json.loads(json.dumps(trained))  # the same head kept as the identity: contexts unchanged
+    identity["head"].update(passthrough=True, towers="separate")
+    assert "**contexts are unchanged**" in model_card(identity) and "go through it too" not in model_card(identity)
     card = (out / "README.md").read_text()  # the card shows how to apply it: rows of the dialog view
     assert "head.encode_queries(view.queries)" in card and "query_vectors" not in card
     assert f"(turn slots 3, vectors per sentence {trained['head']['sentence_slots']}: as the training cache)" in card
@@ -291,9 +298,13 @@ def test_dialog_settings_are_checked(tmp_path):
         HeadConfig(kind="dialog", towers="shared")
     with pytest.raises(HeadError, match="needs its number of turn slots"):
         Head(HeadConfig(kind="dialog"))
-    train, _ = _planted_cache(tmp_path, "train", 0, 40)
+    train, cat = _planted_cache(tmp_path, "train", 0, 40)
     with pytest.raises(TrainError, match="without anchor_weight"):
         train_head(train, HeadConfig(kind="dialog"), TrainConfig(anchor_weight=0.1, epochs=1), progress=False)
+    for run in (lambda cfg: train_head(train, HeadConfig(kind="dialog"), cfg, progress=False),
+                lambda cfg: auto_train(train, cfg, progress=False)):  # a canary: the reason, not its layout
+        with pytest.raises(TrainError, match=r"or canaries \(caches without turns\)"):
+            run(TrainConfig(canaries=[str(cat)], epochs=1))
 
 
 def test_a_dialog_head_interpolates_toward_the_question_alone(tmp_path):
