@@ -480,7 +480,7 @@ def _halves(groups: list[str], rows: np.ndarray, seed: int, log: dict) -> tuple[
 def _not_used(cfg: TrainConfig, k: int, cache: Cache) -> list[str]:
     """Settings given that model selection does not use in this mode, said rather than dropped."""
     out = []
-    if cfg.corpus_sample and "corpus" not in cache.sections:
+    if cfg.corpus_sample and "corpus" not in cache.sections and not cache.n_distractors:
         out.append(f"corpus_sample {cfg.corpus_sample}: the cache has no corpus section (held-out queries rank "
                    "against its contexts)")
     if k and cfg.patience is not None:

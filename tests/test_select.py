@@ -315,6 +315,11 @@ def test_settings_selection_does_not_use_are_said(planted_cache, tmp_path):
     _, log = auto_train(planted_cache(name="b.h5", n_groups=20), TrainConfig(epochs=3, patience=2),
                         fixed=_linear_query(), progress=False, folds=0)
     assert log["selection"]["not_used"] == []  # a dev split stops on patience
+    c = open_cache(planted_cache(name="d.h5", n_groups=20))  # distractors attached by the caller: nothing to say
+    rng = np.random.default_rng(0)
+    c.attach_distractors(rng.normal(size=(5, c.dim)).astype(np.float32), [f"extra {i}" for i in range(5)])
+    _, log = auto_train(c, TrainConfig(epochs=2, corpus_sample=50), fixed=_linear_query(), progress=False)
+    assert not any(n.startswith("corpus_sample") for n in log["selection"]["not_used"])
 
 
 @pytest.mark.parametrize("folds", [0, 5])
