@@ -146,7 +146,7 @@ def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "flo
     except OSError as e:
         raise CacheError(f"{out}: cannot write in {out.parent} ({e.strerror or e})") from e
     try:
-        if plan is not None and not overwrite and out.exists() and read_identity(out) == without_corpus(want):
+        if plan is not None and not overwrite and out.exists() and read_identity(out) == without_section(want, "corpus"):
             return _add_corpus(plan, encoder, out, want, batch_size, shard_size, progress, t0)
         return _build_locked(pairs, encoder, out, dtype, batch_size, shard_size, overwrite, progress, info, want, t0,
                              plan)
@@ -162,10 +162,16 @@ def build_cache(pairs: Pairs, encoder, out: str | os.PathLike, dtype: str = "flo
         lock.release()
 
 
-def without_corpus(want: dict) -> dict:
-    """The identity of the same work without a corpus (a cache one can be added to)."""
-    rest = {k: v for k, v in want.get("sections", {}).items() if k != "corpus"}
-    return {**{k: v for k, v in want.items() if k != "sections"}, **({"sections": rest} if rest else {})}
+def without_section(identity: dict, name: str) -> dict:
+    """The identity of the same work without the section ``name`` (a cache it can be added to)."""
+    rest = {k: v for k, v in identity.get("sections", {}).items() if k != name}
+    return {**{k: v for k, v in identity.items() if k != "sections"}, **({"sections": rest} if rest else {})}
+
+
+def other_work(out: Path, have: dict, want: dict) -> CacheError:
+    """The refusal of a cache at ``out`` whose work (``have``) is not this run's (``want``)."""
+    return CacheError(f"{out}: exists and holds other work ({describe_mismatch(have, want)}); "
+                      "refusing to overwrite: pass --overwrite or choose another path")
 
 
 def _a_cache(path: Path) -> bool:
@@ -199,8 +205,7 @@ def start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, 
     if out.exists() and not overwrite:
         if have == want:
             return True, Path(str(out) + ".parts")
-        raise CacheError(f"{out}: exists and holds other work ({describe_mismatch(have, want)}); "
-                         "refusing to overwrite: pass --overwrite or choose another path")
+        raise other_work(out, have, want)
     return False, open_parts(Path(str(out) + ".parts"), job, overwrite)
 
 

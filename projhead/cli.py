@@ -175,30 +175,29 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
     if not auto and selection_only:
         raise click.UsageError(f"{', '.join(selection_only)}: settings of model selection; --no-auto trains one "
                                "head, without fold heads, recipe or gate")
-    if corpus_sample:
-        if stream:
-            raise click.UsageError("--corpus-sample: --stream ranks its dev split against the contexts it streams, "
-                                   "without the corpus section")
-        from .cache import open_cache
+    from .cache import open_cache
 
-        if "corpus" not in open_cache(cache_file, load=False).sections:
-            raise click.UsageError(f"--corpus-sample {corpus_sample}: {cache_file} has no corpus section to sample "
-                                   "(projhead cache --corpus FILE adds one)")
+    if corpus_sample and stream:
+        raise click.UsageError("--corpus-sample: --stream ranks its dev split against the contexts it streams, "
+                               "without the corpus section")
+    # the cache's sections, where an option depends on them (read once, from its attributes)
+    sections = open_cache(cache_file, load=False).sections if corpus_sample or (auto and batching) else {}
+    if corpus_sample and "corpus" not in sections:
+        raise click.UsageError(f"--corpus-sample {corpus_sample}: {cache_file} has no corpus section to sample "
+                               "(projhead cache --corpus FILE adds one)")
     if auto:
         from .select import auto_train
 
-        from .cache import open_cache
-
         # a batching given wins over the dialog candidates' own (random), as --lr and --batch-size do;
         # elsewhere it is the run's setting, as before (the other candidates have none of their own)
-        dialog = batching and "turns" in open_cache(cache_file, load=False).sections
+        dialog = batching and "turns" in sections
         head, log = auto_train(cache_file, tcfg, fixed={**head_given, **({"lr": lr} if lr else {}),
                                                          **({"batching": batching} if dialog else {})}, out=out,
                                progress=not quiet)
         for note in log["selection"]["not_used"] if quiet else ():  # without --quiet the progress said them
             click.echo(f"not used: {note}", err=True)
     else:
-        from .train import open_cache, train_head
+        from .train import train_head
 
         head, log = train_head(cache_file, _H(**head_given, in_dim=open_cache(cache_file, load=False).dim), tcfg,
                                out=out, progress=not quiet, restart=restart)  # the settings checked at the cache's dim

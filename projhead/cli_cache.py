@@ -139,9 +139,9 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
         done = open_cache(out, load=False)
         ran = done.encoder_info["settings"].get("precision")
         said = f", corpus {done.section_attrs('corpus', 'corpus')['stats_json']}" if "corpus" in done.sections else ""
-        turns = f"its turns section ({res.turns['texts']} turn texts in {res.turns['slots']} slots)" if res.turns else ""
-        said += f", and {turns}" if turns and res.status == "written" else ""
-        did = {"written": "wrote", "turns added": f"added {turns[4:]} to its"}.get(res.status, "added the corpus, now")
+        turns = f"turns section ({res.turns['texts']} turn texts in {res.turns['slots']} slots)" if res.turns else ""
+        said += f", and its {turns}" if turns and res.status == "written" else ""
+        did = {"written": "wrote", "turns added": f"added the {turns} to its"}.get(res.status, "added the corpus, now")
         click.echo(f"{out}: {did} {done.attrs['n_queries']} query and {done.attrs['n_contexts']} context vectors"
                    f"{said} (dim {dim}, {dtype}" + (f", encoded in {ran}" if ran else "") + f") in {res.seconds:.1f}s")
 

@@ -150,7 +150,7 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
         if err > atol:
             raise HeadError(f"export check failed: the {role} modules differ from the head by {err:.2e}")
         routes[role] = mods
-    checked_open = int((head.gate_values(x.numpy()) > 0.5).sum()) if head.gate is not None else None
+    checked_open = gate_open(head, x)
     router = Router.for_query_document(query_modules=routes["query"], document_modules=routes["context"])
     model = SentenceTransformer(modules=[*base, router], device="cpu")
     model.max_seq_length = enc.model.max_seq_length
@@ -192,6 +192,12 @@ def check_vectors(head: Head, n: int, generator: torch.Generator) -> torch.Tenso
         at = torch.linspace(0.0, 1.5 * float(g.bounds[1]), n)[:, None]
         near = g.mean + (at * z) @ torch.linalg.pinv(g.whiten)
     return torch.cat([x, near])
+
+
+def gate_open(head: Head, x: torch.Tensor) -> int | None:
+    """How many of the check vectors ``x`` had the head's gate open (above one half); None
+    without a gate."""
+    return int((head.gate_values(x.numpy()) > 0.5).sum()) if head.gate is not None else None
 
 
 @contextlib.contextmanager
@@ -298,8 +304,8 @@ def _onnx_towers(head: Head, out: Path, x: torch.Tensor, report: dict, quantize:
             raise HeadError(f"{report['path']}: the {role} tower run by onnxruntime differs from torch by {err:.2e}; "
                             "nothing was written")
         entry = {"file": path.name, "max_abs_diff_vs_torch": err, "bytes": path.stat().st_size}
-        if role == "query" and head.gate is not None:  # how many of the vectors compared had the head's gate open
-            entry["checked_with_gate_open"] = int((head.gate_values(x.numpy()) > 0.5).sum())
+        if role == "query" and head.gate is not None:
+            entry["checked_with_gate_open"] = gate_open(head, x)
         if quantize:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 

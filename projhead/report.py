@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .evaluate import dense_scorer, format_table, system_ranks
+from .turns import frozen_blocks
 
 
 def _plt():
@@ -78,11 +79,9 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
     plt = _plt()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    Q, C, q2c = cache.queries, cache.contexts, cache.q2c
-    hq, hc = head.encode_queries(Q), head.encode_contexts(C)
-    if "turn_slots" in cache.attrs:  # a dialog view: the frozen encoder's vectors are each row's first block
-        d = Q.shape[1] // (int(cache.attrs["turn_slots"]) + int(cache.attrs["sentence_slots"]))
-        Q, C = Q[:, :d], C[:, :d]
+    q2c = cache.q2c
+    hq, hc = head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)
+    Q, C = frozen_blocks(cache)  # of a dialog view, the question and the sentence
     if ranks is None or ranks["frozen"].top is None or ranks["head"].top is None:
         ranks = {**(ranks or {}), "frozen": system_ranks(dense_scorer(Q, C), q2c),
                  "head": system_ranks(dense_scorer(hq, hc), q2c)}

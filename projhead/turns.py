@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from .cache_reader import Cache, CacheError, open_cache, read_identity
-from .cachefile import (REBUILD_AS_FLOAT32, Column, Section, check_float16, describe_mismatch, job_identity,
-                        register_section, text_named)
+from .cachefile import (REBUILD_AS_FLOAT32, Column, Section, check_float16, job_identity, register_section,
+                        text_named)
 
 NO_ANSWER = "no answer"  # an earlier turn's answer when it was CANNOTANSWER (as quac.dialog_pairs writes it)
 
@@ -225,6 +225,15 @@ def dialog_view(cache: Cache) -> Cache:
     return Cache(cache.path, dict(cache.attrs, turn_slots=s, sentence_slots=k), arrays, cache.sections)
 
 
+def frozen_blocks(cache: Cache) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen encoder's query and context vectors of ``cache``: of a ``dialog_view``, each
+    row's first block (the question, the sentence); of any other cache, its vectors."""
+    if "turn_slots" not in cache.attrs:
+        return cache.queries, cache.contexts
+    d = cache.queries.shape[1] // (int(cache.attrs["turn_slots"]) + int(cache.attrs["sentence_slots"]))
+    return cache.queries[:, :d], cache.contexts[:, :d]
+
+
 def build_with_turns(pairs, encoder, out, turns: int, joined: bool = True, sections: bool = True, **build):
     """``build_cache`` of QuAC ``pairs``, then their turns section (``add_quac_turns``, from the
     file and split the pairs came from). A cache of other pairs, settings or dtype is refused as
@@ -232,7 +241,7 @@ def build_with_turns(pairs, encoder, out, turns: int, joined: bool = True, secti
     turns are already there is left alone; one whose pairs are there without turns (an
     interrupted run) gets its turns (status ``turns added``). ``seconds`` and ``texts_encoded`` count the turns too; ``turns``: what
     ``add_turns`` wrote, when it ran."""
-    from .cache_build import CacheResult, build_cache
+    from .cache_build import CacheResult, build_cache, other_work, without_section
 
     if pairs.meta.get("dataset") != "quac":
         raise CacheError(f"turns are the dialog turns of QuAC questions, not of {pairs.meta.get('dataset')!r} "
@@ -242,13 +251,8 @@ def build_with_turns(pairs, encoder, out, turns: int, joined: bool = True, secti
     if out.exists() and not build.get("overwrite") and "turns" in (have := open_cache(out, load=False)).sections:
         # the pairs' work as build_cache judges it (encoder, settings, data, dtype), the turns section aside
         want = job_identity(encoder.describe(), pairs.meta, pairs.fingerprint(), build.get("dtype", "float32"))
-        ident = read_identity(out)
-        ident["sections"] = {k: v for k, v in ident.get("sections", {}).items() if k != "turns"}
-        if not ident["sections"]:
-            del ident["sections"]
-        if ident != want:
-            raise CacheError(f"{out}: exists and holds other work ({describe_mismatch(ident, want)}); "
-                             "refusing to overwrite: pass --overwrite or choose another path")
+        if (have_work := without_section(read_identity(out), "turns")) != want:
+            raise other_work(out, have_work, want)
         names = have.section_attrs("turns", "turns")["slot_names_json"]
         with have.section_data("turns", check=False) as columns:
             has_sections = "section" in columns
