@@ -87,8 +87,8 @@ class FusionSpec:
     def __post_init__(self):
         for name in ("weight", "frozen_weight"):
             w = getattr(self, name)
-            if w is not None and not (isinstance(w, (int, float)) and 0.0 <= w <= 1.0):
-                raise FusionError(f"fusion {name} must be a number in [0, 1], not {w!r}")
+            if w is not None:  # one rule with search's and fuse's weight, stored as a float
+                object.__setattr__(self, name, checked_weight(w, f"fusion {name}"))
         if self.normalisation not in NORMALISATIONS:
             raise FusionError(f"fusion normalisation must be one of {NORMALISATIONS}, not {self.normalisation!r}")
         if not isinstance(self.rrf_k, int) or self.rrf_k < 1:
@@ -156,10 +156,11 @@ def normalised_bm25(bm25: np.ndarray, how: str) -> np.ndarray:
     return b / BM25_SCALE if how == "fixed" else b
 
 
-def checked_weight(w) -> float:
-    """``w`` if it is a dense share (a number in [0, 1]), else a FusionError."""
+def checked_weight(w, name: str = "fusion weight") -> float:
+    """``w`` as a float if it is a dense share (a number in [0, 1], not a bool), else a
+    FusionError naming ``name``."""
     if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)) or not 0.0 <= w <= 1.0:
-        raise FusionError(f"fusion weight must be a number in [0, 1], not {w!r}")
+        raise FusionError(f"{name} must be a number in [0, 1], not {w!r}")
     return float(w)
 
 

@@ -66,9 +66,16 @@ def test_spec_round_trips_and_rejects_bad_values():
     spec = FusionSpec(weight=0.65, normalisation="minmax", bm25=BM25Settings(k1=1.2, b=0.6, stemmer="", stopwords=""),
                       frozen_weight=0.7, chosen={"queries": 10})
     assert FusionSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-    for bad in ({"weight": 1.5}, {"normalisation": "l2"}, {"colour": 1}, {"bm25": {"k2": 1}}, {"rrf_k": 0}):
+    for bad in ({"weight": 1.5}, {"normalisation": "l2"}, {"colour": 1}, {"bm25": {"k2": 1}}, {"rrf_k": 0},
+                {"weight": True}, {"frozen_weight": float("nan")}, {"weight": "0.5"}):
         with pytest.raises(FusionError):
             FusionSpec.from_dict({**FusionSpec().to_dict(), **bad})
+    # the weight rule of search and fuse: a numpy number is a weight, stored as a float (JSON)
+    spec = FusionSpec(weight=np.float32(0.5), frozen_weight=np.int64(1))
+    assert type(spec.weight) is float and type(spec.frozen_weight) is float
+    assert FusionSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(FusionError, match="fusion frozen_weight must be a number in"):
+        FusionSpec(frozen_weight=False)
 
 
 def test_bm25_settings_change_the_scores():
