@@ -103,10 +103,14 @@ class Canary:
         return float(PER_QUERY["ndcg10"](self.dev.ranks(head)).mean())
 
 
-def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
+def _check_dialog(cfg: TrainConfig, hcfg: HeadConfig) -> None:
     if hcfg.kind == "dialog" and (cfg.anchor_weight or cfg.canaries or cfg.stream):
         raise TrainError("a dialog head trains in memory on its cache's turns, without anchor_weight (its rows are the "
                          "turns side by side) or canaries (caches without turns)")
+
+
+def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
+    _check_dialog(cfg, hcfg)
     if cfg.anchor_weight and hcfg.output_dim != hcfg.in_dim:
         raise TrainError(f"anchor_weight pulls head outputs toward the frozen vectors, so out_dim "
                          f"({hcfg.output_dim}) must equal the encoder's dimension ({hcfg.in_dim})")
@@ -122,9 +126,8 @@ def _check(cfg: TrainConfig, hcfg: HeadConfig, cache) -> None:
 
 def checked_canaries(cfg: TrainConfig, hcfg: HeadConfig) -> list:
     """The ``Canary`` of each of ``cfg.canaries``, each cache checked against a head of ``hcfg``
-    (a dialog head takes none: ``_check``'s reason, before any canary is judged by its layout)."""
-    if cfg.canaries and hcfg.kind == "dialog":
-        _check(cfg, hcfg, None)
+    (a dialog head takes none: that reason, before any canary is judged by its layout)."""
+    _check_dialog(cfg, hcfg)
     canaries = [Canary(c) for c in cfg.canaries]
     for c in canaries:
         Head(hcfg).check_cache(c.cache)
