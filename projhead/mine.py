@@ -14,7 +14,8 @@ Candidates for each query come from a retriever over the cache's own contexts:
 - ``hybrid``: both, each standardised per query over all contexts, BM25 weighted by
   ``bm25_weight``.
 
-The gold context is never a candidate. The margin filter is positive-aware (as in
+The gold context is never a candidate, nor the gold of another pair with the same question
+(texts that differ only in whitespace count as one, as in ``corpus.same_text``). The margin filter is positive-aware (as in
 NV-Retriever and sentence-transformers' ``mine_hard_negatives``): a candidate whose frozen
 cosine to the query is above the gold's minus ``margin`` is dropped, being most likely an
 unlabelled positive or a near-copy of the gold. ``margin=None`` keeps every candidate.
@@ -41,6 +42,7 @@ import torch
 from .cache_reader import Cache, open_cache
 from .cache_writer import add_section
 from .config import MINE_METHODS, MineError
+from .corpus import same_text
 from .metrics import bm25_scorer
 
 METHODS = MINE_METHODS
@@ -68,6 +70,15 @@ class CandidateScorer:
             out["bm25"] = torch.from_numpy(self.bm25(rows))
             out["hybrid"] = _standardise(out["semantic"]) + self.w * _standardise(out["bm25"])
         return out
+
+
+def golds_of_question(texts: list[str], q2c: np.ndarray) -> dict[int, np.ndarray]:
+    """For each query row whose question (``same_text``) is also asked by pairs with another
+    gold context: every gold context of that question. Rows with one gold are left out."""
+    by_text: dict[str, set] = {}
+    for t, c in zip(texts, q2c):
+        by_text.setdefault(same_text(t), set()).add(int(c))
+    return {i: np.array(sorted(g)) for i, t in enumerate(texts) if len(g := by_text[same_text(t)]) > 1}
 
 
 def _teacher(cache: Cache, teacher: str | None):
@@ -154,6 +165,7 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
     neg_scores = np.full((nq, k_eff), np.nan, dtype=np.float32)
     teacher_scores = np.full((nq, k_eff + 1), np.nan, dtype=np.float32) if teach else None
     q2c = torch.from_numpy(cache.q2c)
+    asked_again = golds_of_question(cache.query_texts, cache.q2c)  # a question with several golds: none a negative
     filtered = 0
     for start in tqdm(range(0, nq, chunk), desc=f"mining {name}", unit="chunk", disable=not progress):
         rows = np.arange(start, min(start + chunk, nq))
@@ -163,6 +175,9 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
         idx = torch.arange(len(rows))
         drop = torch.zeros_like(full, dtype=torch.bool)
         drop[idx, gold] = True
+        for i, r in enumerate(rows):
+            if r in asked_again:
+                drop[i, torch.from_numpy(asked_again[r])] = True
         if margin is not None:
             near = dense > (dense[idx, gold] - margin)[:, None]
             near[idx, gold] = False

@@ -61,6 +61,31 @@ def test_lexical_mining_never_holds_the_positive(planted_cache, method):
         assert crow != c.q2c[qrow] and crow in m["negatives"][qrow]
 
 
+@pytest.mark.parametrize("method", ["semantic", "bm25", "hybrid"])
+def test_a_question_asked_again_with_another_gold_never_gets_that_gold_as_a_negative(tmp_path, method):
+    from conftest import PlantedEncoder, planted_pairs
+
+    from projhead.cache import build_cache
+    from projhead.data import Pairs
+
+    p = planted_pairs(n_groups=3, contexts_per_group=3)
+    first = p.queries[0]  # gold: context 0; asked again with gold 1, and (trailing space) with gold 2
+    queries = p.queries + [first, first + " "]
+    q2c = np.concatenate([p.q2c, [1, 2]]).astype(np.int64)
+    pairs = Pairs(queries, [f"id{i}" for i in range(len(queries))], p.groups + ["article 0"] * 2, p.contexts, q2c, p.meta)
+    path = tmp_path / "again.h5"
+    build_cache(pairs, PlantedEncoder(pairs), path, progress=False)
+    mine(path, method=method, k=len(p.contexts), margin=None, progress=False)
+    c = open_cache(path)
+    neg = c.mined(method)["negatives"]
+    same = [i for i, t in enumerate(c.query_texts) if t.strip() == first]
+    assert len(same) == 3 and sorted(c.q2c[same]) == [0, 1, 2]
+    for i in same:  # none of the question's three golds, and every other context
+        assert sorted(j for j in neg[i] if j >= 0) == list(range(3, len(p.contexts)))
+    others = [i for i in range(len(c.q2c)) if i not in same]
+    assert all((neg[i] >= 0).sum() == len(p.contexts) - 1 for i in others)  # only their own gold left out
+
+
 def test_cache_teacher_scores_are_the_teachers_cosines(planted_cache, tmp_path):
     student = planted_cache("student.h5", n_groups=10)
     teacher = planted_cache("teacher.h5", n_groups=10, rotate=0.0, noise=0.05)  # same texts, an encoder that knows
