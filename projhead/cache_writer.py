@@ -348,8 +348,9 @@ def add_section(path: str | os.PathLike, name: str, arrays: dict, attrs: dict | 
     the cache is whole before and after (``extend_cache``)."""
     path = Path(path)
     section = SECTIONS[name]
-    if section.named and (not instance or "/" in instance):
-        raise CacheError(f"{path}: a {name} section needs a plain name, not {instance!r}")
+    if section.named and (not instance or "/" in instance or instance in (".", "..")):
+        raise CacheError(f"{path}: a {name} section needs a plain name (not empty, '.' or '..', no '/'), "
+                         f"not {instance!r}")
     where = section.where(instance)
     cache = open_cache(path, load=False)
     header = {k: int(cache.attrs[k]) for k in HEADER_SIZES}

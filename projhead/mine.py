@@ -139,9 +139,9 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
         raise MineError("silver pairs need a teacher to score them (--teacher)")
     if silver is not None and not 0 < silver <= 1:
         raise MineError(f"silver is a teacher probability in (0, 1], not {silver}")
-    if name is not None and (not name.strip() or name != name.strip()):
-        raise MineError(f"a mined set needs a name without spaces around it, not {name!r}: leave --name out for "
-                        "the method's, or give one")
+    if name is not None and (not name.strip() or name != name.strip() or "/" in name or name in (".", "..")):
+        raise MineError(f"a mined set needs a plain name (no spaces around it, no '/', not '.' or '..'), not "
+                        f"{name!r}: leave --name out for the method's, or give one")
     if not isinstance(cache, Cache):
         cache = open_cache(cache)
     name = name or method

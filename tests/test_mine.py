@@ -109,6 +109,14 @@ def test_bad_mining_requests_are_refused(planted_cache, tmp_path):
         mine(path, silver=0.5, progress=False)
     with pytest.raises(MineError, match="unknown teacher 'oracle'"):
         mine(path, teacher="oracle", progress=False)
+    data = path.read_bytes()
+    for bad in (".", "..", "a/b", " x", ""):  # "." once reached h5py and failed there
+        with pytest.raises(MineError, match="a mined set needs a plain name"):
+            mine(path, name=bad, progress=False)
+    assert path.read_bytes() == data
+    with pytest.raises(CacheError, match="needs a plain name"):  # the writer's own check, for other callers
+        from projhead.mine import write_mined
+        write_mined(path, "..", {}, {})
     with pytest.raises(CacheError, match="no mined set 'bm25' \\(it has: none\\); make one with: projhead mine"):
         open_cache(path).mined("bm25")
     with pytest.raises(TrainError, match="need a mined set"):
