@@ -346,7 +346,8 @@ class StreamSource:
     with their chunk, and the training rows of a chunk are the ones not in the dev split.
     Setting up, one pass holds the distinct (group, gold context) pairs (16 bytes each) to
     keep groups that share a gold context on one side (``_dev_contexts``). The dev split holds
-    out whole groups chosen by a hash (``_in_dev``), so it differs from the in-memory split. Plain pairs only: no mined negatives or silver pairs (they need random access),
+    out whole groups chosen by a hash (``_in_dev``), so it differs from the in-memory split
+    (never all of them: when the hash draws every group, none is held out). Plain pairs only: no mined negatives or silver pairs (they need random access),
     and batching is by chunk order."""
 
     DEV_BLOCK = 1 << 22  # dev scores computed at a time (floats): 16 MB, whatever the dev split's size
@@ -388,7 +389,10 @@ class StreamSource:
         del new
         group_keys, group = np.unique(keys, return_inverse=True)
         first = group_keys[gold_components(group.reshape(-1), gold)]  # sorted keys: smallest id, smallest key
-        return np.unique(gold[_in_dev(first, fraction, seed)])
+        dev = _in_dev(first, fraction, seed)
+        if dev.all():  # every group drawn (one or a few): hold none out, as the in-memory split never holds out all
+            return np.zeros(0, np.int64)
+        return np.unique(gold[dev])
 
     def _open(self, cache: Cache, cfg: TrainConfig) -> None:
         self.Qd, self.Cd = self.f["queries/vectors"], self.f["contexts/vectors"]

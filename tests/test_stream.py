@@ -247,11 +247,27 @@ def test_the_streamed_file_is_closed_when_the_split_is_refused(planted_cache, mo
         opened.append(real(*a, **k))
         return opened[-1]
 
+    def refused(*a):
+        raise TrainError("no split")
+
     monkeypatch.setattr(h5py, "File", spy)
+    monkeypatch.setattr(StreamSource, "_dev_contexts", refused)
     path = planted_cache(n_groups=10)
-    with pytest.raises(TrainError, match="no training rows left"):
-        StreamSource(open_cache(path, load=False), TrainConfig(stream=True, dev_fraction=0.999999))
+    with pytest.raises(TrainError, match="no split"):
+        StreamSource(open_cache(path, load=False), TrainConfig(stream=True))
     assert opened and not any(f.id.valid for f in opened)
+
+
+def test_the_stream_split_never_holds_out_every_group(planted_cache):
+    one = open_cache(planted_cache("one.h5", n_groups=1), load=False)  # one article: drawn or not, by seed
+    many = open_cache(planted_cache("many.h5", n_groups=10), load=False)
+    for seed in range(6):  # some seeds drew the only group and left nothing to train on
+        src = StreamSource(one, TrainConfig(stream=True, seed=seed))
+        assert len(src.dev_rows) == 0 and src.n_train == len(src.Kd)
+        src.close()
+    src = StreamSource(many, TrainConfig(stream=True, dev_fraction=0.999999))  # every group drawn: none held out
+    assert len(src.dev_rows) == 0 and src.n_train == len(src.Kd)
+    src.close()
 
 
 def test_the_stream_split_keeps_groups_that_share_a_gold_context_together(tmp_path):
