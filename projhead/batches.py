@@ -178,6 +178,11 @@ class MinedSet:
         self.negatives = neg  # (Nq, k)
         self.teacher = m.get("teacher")  # (Nq, 1 + k) or None
         silver = m["silver"]
+        if cfg.silver and not len(silver):  # --silver would change nothing, as --mined alone would
+            p = cache.mined_settings(cfg.mined).get("silver")
+            raise TrainError(f"{cache.path}: mined set {cfg.mined!r} holds no silver pairs ("
+                             + ("mined without --silver" if p is None else f"none reached probability {p:g}")
+                             + "): drop --silver, or mine a set with --teacher and --silver P")
         in_train = np.zeros(len(cache.q2c), dtype=bool)
         in_train[train_rows] = True
         self.silver = silver[in_train[silver[:, 0]] & ~dev[silver[:, 1]]] if cfg.silver else silver[:0]

@@ -205,6 +205,14 @@ def test_silver_pairs_join_the_training_pairs(planted_cache):
     _, log = train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=1, batch_size=64, mined="semantic",
                                                                       silver=True, dev_fraction=0.2), progress=False)
     assert 0 < log["n_silver"] <= len(m["silver"])
+    # a set without silver pairs: --silver would change nothing, so it is refused, saying why
+    mine(path, method="bm25", k=4, progress=False)
+    mine(path, method="semantic", k=4, margin=None, teacher="semantic", silver=1.0, name="strict", progress=False)
+    assert len(open_cache(path).mined("strict")["silver"]) == 0
+    for name, why in (("bm25", "mined without --silver"), ("strict", "none reached probability 1")):
+        with pytest.raises(TrainError, match=f"mined set '{name}' holds no silver pairs \\({why}\\)"):
+            train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=1, mined=name, silver=True, hard_negatives=1),
+                       progress=False)
 
 
 @pytest.mark.parametrize("views", ["augment", "pair"])
