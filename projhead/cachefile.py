@@ -402,3 +402,25 @@ class BM25Section(Section):
                Column("query_terms", ("n_query_terms",), "index", of="n_terms", fingerprint=True),
                Column("query_counts", ("n_query_terms",), "float"),
                Column("query_stats", ("n_queries", 2), "float"))
+
+
+@register_section
+class Turns(Section):
+    """Per-turn vectors of dialog queries, /turns (``turns.py`` makes and reads it; its module
+    doc has the layout): each distinct turn text once with its vector, each query's slots (its
+    question, then earlier questions and answers), each context's neighbours. Part of the
+    cache's identity: other turns are other work."""
+
+    name, identity = "turns", True
+    columns = (Column("vectors", ("n_texts", "dim"), "vectors"),
+               Column("text", ("n_texts",), "text"),
+               Column("slots", ("n_queries", "slots"), "index", of="n_texts", missing=-1, fingerprint=True),
+               Column("neighbours", ("n_contexts", 2), "index", of="n_texts", missing=-1, fingerprint=True,
+                      optional=True),
+               Column("section", ("n_contexts",), "index", of="n_texts", missing=-1, fingerprint=True, optional=True))
+
+    def check(self, path, where, data, sizes, header):
+        first = np.asarray(data["slots"][:, 0])
+        if (first < 0).any():
+            raise CacheError(f"{path}: {where}/slots: query row {int(np.flatnonzero(first < 0)[0])} has no current "
+                             "question (slot 0 must always point at a text)")

@@ -10,7 +10,7 @@ Usage::
     view = dialog_view(open_cache("cache/quac.h5"))                # rows a dialog head reads
     head.encode_queries(view.queries)
 
-The section (``Turns``): ``text`` and ``vectors``, each distinct turn text once (deduplicated);
+The section (``cachefile.Turns``, known to every reader and writer): ``text`` and ``vectors``, each distinct turn text once (deduplicated);
 ``slots`` (n_queries, S), for each query row the text rows of its current question (slot 0),
 then of each earlier turn back from the last, its question and its answer ("no answer" for
 CANNOTANSWER), -1 where the dialog has no such turn (padding), and with ``joined`` a last slot
@@ -36,29 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from .cache_reader import Cache, CacheError, open_cache, read_identity
-from .cachefile import (REBUILD_AS_FLOAT32, Column, Section, check_float16, job_identity, register_section,
+from .cachefile import (REBUILD_AS_FLOAT32, check_float16, job_identity,
                         text_named)
 
 NO_ANSWER = "no answer"  # an earlier turn's answer when it was CANNOTANSWER (as quac.dialog_pairs writes it)
-
-
-@register_section
-class Turns(Section):
-    """Per-turn vectors of dialog queries (see module doc)."""
-
-    name, identity = "turns", True
-    columns = (Column("vectors", ("n_texts", "dim"), "vectors"),
-               Column("text", ("n_texts",), "text"),
-               Column("slots", ("n_queries", "slots"), "index", of="n_texts", missing=-1, fingerprint=True),
-               Column("neighbours", ("n_contexts", 2), "index", of="n_texts", missing=-1, fingerprint=True,
-                      optional=True),
-               Column("section", ("n_contexts",), "index", of="n_texts", missing=-1, fingerprint=True, optional=True))
-
-    def check(self, path, where, data, sizes, header):
-        first = np.asarray(data["slots"][:, 0])
-        if (first < 0).any():
-            raise CacheError(f"{path}: {where}/slots: query row {int(np.flatnonzero(first < 0)[0])} has no current "
-                             "question (slot 0 must always point at a text)")
 
 
 def slot_names(turns: int, joined: bool = False) -> list[str]:

@@ -436,3 +436,25 @@ def test_a_subset_of_a_dialog_view_trains_dialog_heads(tmp_path):
     assert {c["name"] for c in log["selection"]["candidates"]} == {"dialog-query", "dialog-separate"}
     rest = view.subset(np.arange(600, 800))  # dialogs it never saw: the head finds what the question alone cannot
     assert log["decision"]["kept"] == "head" and _top1(head, rest) > _top1(None, rest) + 0.1
+
+
+def test_the_turns_section_is_part_of_the_identity_without_the_turns_module(tmp_path):
+    """``projhead cache`` never imports the dialog code: the section must be known anyway, or a
+    corpus could be added to a cache of turns (refused with --turns) as if it had none."""
+    import subprocess
+    import sys
+
+    from projhead.corpus import CorpusFile
+
+    path, _ = _planted_cache(tmp_path, "d", 0, 24)
+    code = ("import sys; from pathlib import Path; from projhead.cache_reader import read_identity; "
+            f"s = read_identity(Path({str(path)!r})).get('sections', {{}}); "
+            "print('turns' in s, 'projhead.turns' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
+    pairs, _, enc, _ = planted_dialogs(24, 0)
+    (tmp_path / "more.txt").write_text("another sentence\n")
+    data = path.read_bytes()
+    with pytest.raises(CacheError, match="holds other work"):
+        build_cache(pairs, enc, path, progress=False, corpus=CorpusFile(tmp_path / "more.txt"))
+    assert path.read_bytes() == data
