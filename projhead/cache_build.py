@@ -228,7 +228,10 @@ def open_parts(parts: Path, job: dict, overwrite: bool) -> Path:
                                  "cannot add to or resume; --overwrite discards that cache and builds it again"
                                  if live else f"{parts}: partial work from a different run "
                                  f"({describe_mismatch(old or {}, job) or 'unreadable manifest'}); "
-                                 "pass --overwrite to discard it")
+                                 + (f"remove {parts} to discard it and add this run's {job['adding']} to the "
+                                    f"finished {out} (--overwrite would build the whole cache again, every pair "
+                                    "encoded and its other sections dropped)" if job.get("adding")
+                                    else "pass --overwrite to discard it"))
             if live:  # its vectors are about to go: the file goes first, so no cache without vectors is left
                 out.unlink()
             shutil.rmtree(parts)

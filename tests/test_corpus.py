@@ -1,6 +1,7 @@
 """The user's corpus in the cache: stored once, part of the identity, ranked beside the contexts
 in model selection and evaluation, never a query or a training positive."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -114,6 +115,31 @@ def test_a_corpus_is_added_to_a_finished_cache_of_the_same_pairs(tmp_path):
     a, b = open_cache(out), open_cache(tmp_path / "once.h5")
     np.testing.assert_array_equal(a.read("corpus")["vectors"], b.read("corpus")["vectors"])
     assert a.read("corpus")["text"] == ["doc 1", "doc 2"]
+
+
+def test_an_interrupted_corpus_addition_refuses_another_corpus_with_advice_that_keeps_the_cache(tmp_path, monkeypatch):
+    pairs = planted_pairs(n_groups=6)
+    enc = PlantedEncoder(pairs)
+    out = tmp_path / "later.h5"
+    build_cache(pairs, enc, out, progress=False)
+    data = out.read_bytes()
+    first = CorpusFile(_corpus(tmp_path / "a.jsonl", ["doc 1", "doc 2"]))
+    second = CorpusFile(_corpus(tmp_path / "b.jsonl", ["doc 3"]))
+
+    def boom(*a, **k):
+        raise RuntimeError("interrupted")
+    monkeypatch.setattr("projhead.cache_writer.extend_cache", boom)  # stopped after the corpus's shards
+    with pytest.raises(RuntimeError):
+        build_cache(pairs, enc, out, progress=False, corpus=first)
+    monkeypatch.undo()
+    assert out.read_bytes() == data and (tmp_path / "later.h5.parts").exists()
+    with pytest.raises(CacheError, match=r"later.h5.parts: partial work from a different run .*remove .*later.h5.parts "
+                                         r"to discard it and add this run's corpus to the finished .*later.h5 "
+                                         r"\(--overwrite would build the whole cache again"):
+        build_cache(pairs, enc, out, progress=False, corpus=second)
+    shutil.rmtree(tmp_path / "later.h5.parts")  # as the message says
+    assert build_cache(pairs, enc, out, progress=False, corpus=second).status == "corpus added"
+    assert open_cache(out).read("corpus")["text"] == ["doc 3"]
 
 
 def test_a_corpus_beyond_float16_is_refused_before_the_cache_is_touched(tmp_path):
