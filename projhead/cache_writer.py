@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import io
 import os
 import shutil
@@ -241,13 +242,19 @@ class _GuardedFile(io.RawIOBase):
 
 
 def lock_output(out: Path):
+    """The cache's write lock (``OUT.lock``), held; a killed writer's temporary copy of the
+    cache (``OUT.tmpPID``: every writer holds this lock while it has one) is removed then."""
     from filelock import FileLock, Timeout
 
+    out = Path(out)
     lock = FileLock(str(out) + ".lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
         raise CacheError(f"{out}: another projhead process is writing this cache (lock {out}.lock held)") from None
+    for stale in out.parent.glob(glob.escape(out.name) + ".tmp*"):
+        if stale.name[len(out.name) + 4:].isdigit() and stale.is_file():
+            stale.unlink(missing_ok=True)
     return lock
 
 

@@ -140,6 +140,11 @@ def test_a_failed_write_keeps_the_cache_whole(planted_cache, monkeypatch):
     assert path.read_bytes() == data
     assert open_cache(path).mined_sets == ["semantic"]
     assert not list(path.parent.glob("*.tmp*"))
+    # a killed writer's copy (kill -9 leaves it) goes with the next write; other files stay
+    for name in (f"{path.name}.tmp99999999", f"{path.name}.tmp1.bak", f"{path.name}.tmpx"):
+        (path.parent / name).write_bytes(data)
+    mine(path, method="bm25", k=3, progress=False)
+    assert sorted(p.name for p in path.parent.glob("*.tmp*")) == [f"{path.name}.tmp1.bak", f"{path.name}.tmpx"]
 
 
 def test_training_with_hard_negatives_never_uses_dev_contexts(planted_cache):
