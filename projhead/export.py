@@ -71,8 +71,10 @@ def tower_modules(head: Head, role: str) -> list:
 
         return [HeadModule(head)]  # the gate multiplies by a function of the input: no Dense stack computes it
     tower = head.query if role == "query" else head.context
+    if head.keeps_frozen(tower):
+        return []  # the encoder's vector as it is, not normalised again
     mods: list = []
-    layers = [] if cfg.passthrough or isinstance(tower, nn.Identity) else _linears(tower)
+    layers = _linears(tower)
     act_cls = ACTIVATION_MODULES[cfg.activation]
     if cfg.kind != "residual" or not layers:
         for i, lin in enumerate(layers):

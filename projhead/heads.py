@@ -158,11 +158,18 @@ class Head(nn.Module):
                             + ("; a dialog head reads a cache's turns section (turns.dialog_view)"
                                if self.config.kind == "dialog" else ""))
 
+    def keeps_frozen(self, tower: nn.Module) -> bool:
+        """Whether ``tower`` gives the frozen vector as it is: the identity's towers, the context
+        side of a query-side head. Its output is not normalised either, so it equals the frozen
+        encoder's on any cache, one of vectors left unnormalised included."""
+        return self.config.passthrough or isinstance(tower, (nn.Identity, FirstBlock))
+
     def _project(self, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        # passthrough: the frozen vector (a dialog row's first block: the question, or the sentence)
-        y = x[:, :self.config.in_dim] if self.config.passthrough else tower(x)  # (N, D_out)
-        if self.gate is not None and tower is self.query and not self.config.passthrough:
+        if self.keeps_frozen(tower):  # the frozen vector (a dialog row's first block: the question, or the sentence)
+            return x[:, :self.config.in_dim]
+        y = tower(x)  # (N, D_out)
+        if self.gate is not None and tower is self.query:
             y = x + self.gate(x).unsqueeze(1) * (y - x)  # (N, D): the head in full at 1, frozen at 0
         return nn.functional.normalize(y, dim=-1) if self.config.normalize else y
 

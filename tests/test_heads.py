@@ -21,6 +21,31 @@ def test_identity_init_equals_frozen_vectors(kind):
     np.testing.assert_allclose(head.encode_contexts(x), x, atol=1e-6)
 
 
+def test_the_frozen_side_of_a_head_is_the_frozen_vector_itself_on_unnormalised_vectors(tmp_path):
+    """On a cache of unnormalised vectors (--no-normalize, an API's raw vectors) the identity is
+    the frozen encoder and a query-side head leaves contexts as they are: no normalisation
+    either (it changed the ranking of a dot-product index). What a tower computes is normalised."""
+    pytest.importorskip("onnxruntime")
+    from projhead.export import export_onnx
+
+    x = _vecs() * np.linspace(0.5, 2.0, 20, dtype=np.float32)[:, None]
+    query_side = Head(HeadConfig(kind="linear", towers="query", in_dim=16))
+    identity = Head(HeadConfig(kind="residual", towers="separate", in_dim=16, hidden=32)).reset_to_identity()
+    two_towers = Head(HeadConfig(kind="linear", towers="separate", in_dim=16))
+    np.testing.assert_array_equal(query_side.encode_contexts(x), x)
+    np.testing.assert_array_equal(identity.encode_queries(x), x)
+    np.testing.assert_array_equal(identity.encode_contexts(x), x)
+    np.testing.assert_allclose(np.linalg.norm(query_side.encode_queries(x), axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(two_towers.encode_contexts(x), axis=1), 1, atol=1e-6)
+    import onnxruntime as ort
+    for name, head in (("q", query_side), ("i", identity)):
+        export_onnx(head, tmp_path / name)
+        for role, want in (("context", x), ("query", head.encode_queries(x))):
+            sess = ort.InferenceSession(str(tmp_path / name / f"{role}.onnx"))
+            got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+            np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind, towers, out_dim, init", [
     ("linear", "separate", 8, "identity"), ("mlp", "shared", 24, "random"), ("residual", "separate", None, "random"),
     ("linear", "shared", None, "identity")])
