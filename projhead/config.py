@@ -82,8 +82,14 @@ class HeadConfig:
         if self.gate and self.towers != "query":
             raise HeadError("a per-query gate needs towers='query': a gated query could not be compared with "
                             "contexts the head changed")
-        if not 0.0 <= self.dropout < 1.0:
-            raise HeadError(f"dropout must be in [0, 1), not {self.dropout}")
+        for name in ("normalize", "passthrough", "gate"):  # a string "false" would read as true
+            if not isinstance(getattr(self, name), bool):
+                raise HeadError(f"head setting {name} must be true or false, not {getattr(self, name)!r}")
+        for name in ("encoder", "encoder_weights_sha256"):
+            if not isinstance(getattr(self, name), str):
+                raise HeadError(f"head setting {name} must be a string, not {getattr(self, name)!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise HeadError(f"dropout must be in [0, 1), not {self.dropout!r}")
         if self.slots and self.kind != "dialog" or not isinstance(self.slots, int) or self.slots < 0:
             raise HeadError(f"slots are the turn vectors of a dialog head (0: taken from the cache), not {self.slots!r} "
                             f"for kind {self.kind!r}")

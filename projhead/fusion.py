@@ -27,6 +27,7 @@ bm25s with PyStemmer for ``bm25_scorer``), nothing else of projhead.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -40,6 +41,7 @@ NORMALISATIONS = ("zscore", "minmax", "fixed")
 DEFAULT_WEIGHT = 0.8
 BM25_SCALE = 10.0  # "fixed": BM25 divided by this, added to the raw cosine
 RRF_K = 60
+BM25_METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")  # bm25s's variants
 FUSION_NAME = "fusion.json"  # beside an exported head (sentence-transformers folder, ONNX files)
 WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
 # BM25's (k1, b) tried on held-out queries (after model selection; with --hybrid before training), bm25s's defaults first (kept on ties):
@@ -62,6 +64,20 @@ class BM25Settings:
     b: float = 0.75
     stemmer: str = "english"
     stopwords: str = "en"
+
+    def __post_init__(self):
+        if self.method not in BM25_METHODS:
+            raise FusionError(f"BM25 method must be one of {', '.join(BM25_METHODS)}, not {self.method!r}")
+        for name, top in (("k1", math.inf), ("b", 1.0)):
+            v = getattr(self, name)
+            if (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v)
+                    or not 0 <= v <= top):
+                raise FusionError(f"BM25 {name} must be " + ("a finite number >= 0" if top == math.inf
+                                                             else "a number in [0, 1]") + f", not {v!r}")
+            object.__setattr__(self, name, float(v))
+        for name in ("stemmer", "stopwords"):
+            if not isinstance(getattr(self, name), str):
+                raise FusionError(f"BM25 {name} must be a name (a string, '' for none), not {getattr(self, name)!r}")
 
 
 def weight_given(chosen: dict) -> bool:
@@ -91,8 +107,12 @@ class FusionSpec:
                 object.__setattr__(self, name, checked_weight(w, f"fusion {name}"))
         if self.normalisation not in NORMALISATIONS:
             raise FusionError(f"fusion normalisation must be one of {NORMALISATIONS}, not {self.normalisation!r}")
-        if not isinstance(self.rrf_k, int) or self.rrf_k < 1:
+        if isinstance(self.rrf_k, bool) or not isinstance(self.rrf_k, int) or self.rrf_k < 1:
             raise FusionError(f"rrf_k must be a positive integer, not {self.rrf_k!r}")
+        if not isinstance(self.bm25, BM25Settings):
+            raise FusionError(f"bm25 must be BM25Settings, not {self.bm25!r}")
+        if not isinstance(self.chosen, dict):
+            raise FusionError(f"chosen (where the weights came from) must be an object, not {self.chosen!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

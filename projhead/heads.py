@@ -372,6 +372,8 @@ def load_head(path: str | os.PathLike) -> Head:
     except HeadError as e:
         raise HeadError(f"{path / CONFIG_NAME}: {e}") from None
     info = {k: v for k, v in config.items() if k not in ("head", "projhead_version", "torch_version")}
+    if not isinstance(info.get("encoder_build", {}), dict):  # the encoder's settings, read back by EncodedHead
+        raise HeadError(f"{path / CONFIG_NAME}: encoder_build must be an object, not {info['encoder_build']!r}")
     head = Head(cfg, info)
     try:
         head.fusion

@@ -116,6 +116,19 @@ def test_bad_fusion_in_config_names_the_file(tmp_path):
     (tmp_path / "head" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(HeadError, match=r"config.json: bad fusion settings .*weight"):
         load_head(tmp_path / "head")
+    # each of these reached bm25s or a format call and failed there, or was used as it was
+    for key, value, said in (("k1", "high", "BM25 k1 must be"), ("k1", -3, "BM25 k1 must be"), ("b", 7, "BM25 b must be"),
+                             ("method", "nope", "BM25 method must be one of"), ("stemmer", 5, "BM25 stemmer must be")):
+        bad = json.loads(json.dumps(cfg))
+        bad["fusion"]["weight"] = 0.5
+        bad["fusion"]["bm25"][key] = value
+        (tmp_path / "head" / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(HeadError, match=f"config.json: bad fusion settings \\({said}"):
+            load_head(tmp_path / "head")
+    bad = {**cfg, "fusion": {**cfg["fusion"], "weight": 0.5, "chosen": []}}
+    (tmp_path / "head" / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(HeadError, match=r"config.json: bad fusion settings \(chosen .* must be an object"):
+        load_head(tmp_path / "head")
 
 
 def test_onnx_export_keeps_the_fusion_in_a_side_file(tmp_path):

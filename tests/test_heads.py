@@ -144,10 +144,25 @@ def test_wrong_dimension_and_encoder_are_refused():
     ({"towers": "both"}, "unknown towers"),
     ({"hidden": 0}, "hidden must be a positive integer"),
     ({"dropout": 1.5}, "dropout must be in"),
+    ({"passthrough": "false"}, "passthrough must be true or false"),  # a string read as true: the identity
+    ({"normalize": 0}, "normalize must be true or false"),
+    ({"encoder": 5}, "encoder must be a string"),
 ])
 def test_bad_head_settings(settings, message):
     with pytest.raises(HeadError, match=message):
         HeadConfig(in_dim=16, **settings)
+
+
+def test_a_config_of_the_wrong_types_names_the_file(tmp_path):
+    Head(HeadConfig(in_dim=16)).save(tmp_path / "h")
+    cfg = json.loads((tmp_path / "h" / "config.json").read_text())
+    for edit, said in ((lambda c: c["head"].update(passthrough="false"), "passthrough must be true or false"),
+                       (lambda c: c.update(encoder_build="fp32"), "encoder_build must be an object")):
+        bad = json.loads(json.dumps(cfg))
+        edit(bad)
+        (tmp_path / "h" / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(HeadError, match=f"h/config.json: .*{said}"):
+            load_head(tmp_path / "h")
 
 
 class Boom:
