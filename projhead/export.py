@@ -50,6 +50,9 @@ EXPORT_RECORD = "projhead_export.json"  # in every export (sentence-transformers
 
 def _as_head(head) -> Head:
     head = head if isinstance(head, Head) else load_head(head)
+    if head.config.kind == "dialog" and head.config.passthrough:
+        raise HeadError("this dialog head is the identity (selection kept the frozen encoder): there is nothing to "
+                        "export, use the encoder as it is")
     if head.config.kind == "dialog":
         raise HeadError("a dialog head reads the turn vectors of a cache's turns section, which neither export "
                         "carries: apply it in Python (load_head, turns.dialog_view)")

@@ -370,6 +370,10 @@ def test_a_dialog_head_refuses_rows_of_the_same_width_but_another_layout(quac, t
         with pytest.raises(HeadError, match="a dialog head reads the turn vectors of a cache's turns section, which "
                                             "neither export carries"):
             (export_onnx if fmt == "onnx" else export_sentence_transformers)(out, tmp_path / fmt)
+    head.reset_to_identity().save(tmp_path / "identity")  # as selection saves the identity on a cache of turns
+    for fmt in ("onnx", "sentence-transformers"):
+        with pytest.raises(HeadError, match="this dialog head is the identity .*nothing to export, use the encoder"):
+            (export_onnx if fmt == "onnx" else export_sentence_transformers)(tmp_path / "identity", tmp_path / fmt)
 
 
 def test_the_batch_size_asked_for_wins_over_the_dialog_candidates_own(tmp_path):
