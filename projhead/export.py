@@ -120,6 +120,11 @@ def _run_modules(mods: list, x: torch.Tensor) -> torch.Tensor:
     return features["sentence_embedding"]
 
 
+# The saved folder against projhead on texts: the encoder runs twice, in other batches (other
+# padding), so its own float differences (up to about 1e-5) come on top of the modules' (``atol``).
+TEXTS_ATOL = 1e-4
+
+
 def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, check_texts: list[str] | None = None,
                                  atol: float = 1e-5) -> dict:
     """Write a sentence-transformers folder: the head's encoder followed by its towers (see
@@ -177,6 +182,10 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
         report["max_abs_diff_query"] = float(np.abs(loaded.encode_query(texts) - wrapped.encode_queries(texts)).max())
         report["max_abs_diff_context"] = float(np.abs(loaded.encode_document(texts) - want_c).max())
         report["max_abs_diff_plain_encode"] = float(np.abs(loaded.encode(texts) - want_c).max())
+        worst = max(("query", "context", "plain_encode"), key=lambda k: report[f"max_abs_diff_{k}"])
+        if not report[f"max_abs_diff_{worst}"] <= max(atol, TEXTS_ATOL):  # the folder as loaded: an earlier export stays
+            raise HeadError(f"export check failed: the saved folder's {worst.replace('_', ' ')} vectors differ from "
+                            f"projhead's by {report[f'max_abs_diff_{worst}']:.2e} on {len(texts)} texts; nothing written")
         _side_files(work, report, head)
     return report
 

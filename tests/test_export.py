@@ -87,6 +87,16 @@ def test_sentence_transformers_folder_loads_offline_and_matches_projhead(tmp_pat
     model = SentenceTransformer(str(tmp_path / "st"), device="cpu", local_files_only=True)
     np.testing.assert_allclose(model.encode(texts), EncodedHead(tmp_path / "head", encoder=pre).encode_contexts(texts),
                                atol=2e-5)
+    # the folder as sentence-transformers loads it is checked on texts too: a mismatch writes nothing
+    before = {p.name: p.read_bytes() for p in (tmp_path / "st").iterdir() if p.is_file()}
+    real = SentenceTransformer.encode_query
+    try:
+        SentenceTransformer.encode_query = lambda self, *a, **k: real(self, *a, **k) + 1e-3
+        with pytest.raises(HeadError, match="export check failed: the saved folder's query vectors differ"):
+            export_sentence_transformers(tmp_path / "head", tmp_path / "st", encoder=minilm, check_texts=texts)
+    finally:
+        SentenceTransformer.encode_query = real
+    assert {p.name: p.read_bytes() for p in (tmp_path / "st").iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize("kw", [{"kind": "residual"}, {"kind": "mlp", "init": "random", "out_dim": 16},
