@@ -43,5 +43,10 @@ class HeadModule(Module):
         self.head.save(output_path)
 
     @classmethod
-    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> "HeadModule":
-        return cls(load_head(Path(model_name_or_path) / subfolder))
+    def load(cls, model_name_or_path: str, subfolder: str = "", token=None, cache_folder=None, revision=None,
+             local_files_only: bool = False, **kwargs) -> "HeadModule":
+        """The head saved in ``subfolder`` of a local folder or of a model on the Hugging Face Hub
+        (downloaded as sentence-transformers downloads the rest of the model)."""
+        folder = cls.load_dir_path(model_name_or_path, subfolder=subfolder, token=token, cache_folder=cache_folder,
+                                   revision=revision, local_files_only=local_files_only)
+        return cls(load_head(Path(folder) if folder else Path(model_name_or_path) / subfolder))

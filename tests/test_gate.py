@@ -1,4 +1,6 @@
 """The per-query gate and the preference for heads that leave contexts alone."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -153,6 +155,23 @@ def test_sentence_transformers_export_of_a_gated_head_matches_projhead(tmp_path,
     ref = EncodedHead(head, encoder=minilm)
     np.testing.assert_allclose(model.encode_query(texts), ref.encode_queries(texts), atol=1e-5)
     np.testing.assert_allclose(model.encode_document(texts), ref.encode_contexts(texts), atol=1e-5)
+    # shared on the Hub: loaded by model id (here from an offline Hub cache laid out as huggingface_hub
+    # lays out a download), the head's module from its subfolder of the snapshot
+    import shutil
+    import subprocess
+    import sys
+
+    rev = "0" * 40
+    snap = tmp_path / "hf" / "hub" / "models--me--gated" / "snapshots" / rev
+    shutil.copytree(tmp_path / "st", snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text(rev)
+    code = ("from sentence_transformers import SentenceTransformer; import numpy as np; "
+            "m = SentenceTransformer('me/gated', device='cpu', trust_remote_code=True); "
+            f"np.save({str(tmp_path / 'q.npy')!r}, m.encode_query({texts!r}))")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env, capture_output=True)
+    np.testing.assert_allclose(np.load(tmp_path / "q.npy"), ref.encode_queries(texts), atol=1e-5)
 
 
 def _ranks(hit_rate, n, seed):
