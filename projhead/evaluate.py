@@ -205,11 +205,16 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
     return results
 
 
+def _protocol_label(protocol: str) -> str:
+    """A column's protocol as a table heads it: the block size of out-of-n ("500"), or "full"."""
+    return protocol.rsplit("_", 1)[1] if protocol.startswith("out_of_") else "full"
+
+
 def format_table(results: dict) -> str:
     """Markdown table, one row per system, both protocols side by side (percent)."""
     systems = list(results)
     cols = [(p, m) for p in results[systems[0]] for m in results[systems[0]][p]]
-    head = "| system | " + " | ".join(f"{'500' if p.startswith('out') else 'full'} {m}" for p, m in cols) + " |"
+    head = "| system | " + " | ".join(f"{_protocol_label(p)} {m}" for p, m in cols) + " |"
     lines = [head, "|---" * (len(cols) + 1) + "|"]
     for s in systems:
         vals = [results[s][p][m] for p, m in cols]
@@ -220,13 +225,13 @@ def format_table(results: dict) -> str:
 def format_changes(every: dict) -> str:
     """Markdown table: per cache, the head's change against the frozen encoder (points)
     on the headline metrics of both protocols."""
-    cols = [("out_of_500", "top1"), ("out_of_500", "top10"), ("full_corpus", "R@1"), ("full_corpus", "nDCG@10")]
-    lines = ["| cache | frozen full nDCG@10 | " + " | ".join(f"{'500' if p.startswith('out') else 'full'} {m}"
-                                                          for p, m in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    out = next((k for r in every.values() for k in r["head"] if k.startswith("out_of_")), "out_of_500")  # one --block
+    cols = [(out, "top1"), (out, "top10"), ("full_corpus", "R@1"), ("full_corpus", "nDCG@10")]
+    lines = ["| cache | frozen full nDCG@10 | " + " | ".join(f"{_protocol_label(p)} {m}" for p, m in cols) + " |",
+             "|---" * (len(cols) + 2) + "|"]
     for name, r in every.items():
         vals = []
         for p, m in cols:
-            key = p if p in r["head"] else next(k for k in r["head"] if k.startswith("out"))
-            vals.append(f"{100 * (r['head'][key][m] - r['frozen'][key][m]):+.1f}")
+            vals.append(f"{100 * (r['head'][p][m] - r['frozen'][p][m]):+.1f}")
         lines.append(f"| {name} | {100 * r['frozen']['full_corpus']['nDCG@10']:.1f} | " + " | ".join(vals) + " |")
     return "\n".join(lines)

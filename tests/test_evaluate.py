@@ -167,3 +167,18 @@ def test_top_k_lists_count_ties_against_the_gold():
     # query 0: gold 1 tied with 3 listed first: rank 1 as gold_ranks gives; query 1: rank 1; query 2: absent
     np.testing.assert_array_equal(topk_ranks(ids, scores, np.array([1, 1, 7])), [1, 1, MISS])
     np.testing.assert_array_equal(topk_ranks(ids[:1], scores[:1], np.array([3])), [1])  # the tie counts both ways
+
+
+def test_tables_head_their_columns_with_the_block_size_used(planted_cache):
+    from projhead.cache import open_cache
+    from projhead.evaluate import evaluate_cache, format_changes, format_table
+    from projhead.heads import Head, HeadConfig
+
+    cache = open_cache(planted_cache(n_groups=10))
+    head = Head(HeadConfig(kind="linear", towers="query", in_dim=cache.dim))
+    for block in (50, 500):
+        r = evaluate_cache(cache, head=head, block=block)
+        header = format_table(r).splitlines()[0]
+        assert f"| {block} top1 |" in header and "| full R@1 |" in header
+        assert f"| {block} top1 | {block} top10 | full R@1 |" in format_changes({"c": r}).splitlines()[0]
+    assert "| 500 top1 |" not in format_table(evaluate_cache(cache, block=50)).splitlines()[0]
