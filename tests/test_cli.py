@@ -190,6 +190,7 @@ def test_unknown_loss_is_a_usage_error(capsys):
     (["train", "{cache}", "--out", "h", "--no-auto", "--no-recipe"], "--no-recipe: settings of model selection"),
     (["train", "{cache}", "--out", "h", "--corpus-sample", "100"], "has no corpus section to sample"),
     (["train", "{cache}", "--out", "h", "--no-auto", "--stream", "--corpus-sample", "5"], "--stream ranks its dev split"),
+    (["eval", "{cache}", "--corpus-sample", "10"], "has no corpus section (projhead cache --corpus FILE adds one)"),
 ])
 def test_bad_arguments_name_the_option_without_a_traceback(planted_cache, tmp_path, capsys, argv, message):
     cache = planted_cache(n_groups=2)
