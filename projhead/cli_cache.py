@@ -4,6 +4,7 @@ and of describing one; the work is in ``cache_build``, ``cache_import``, ``turns
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -55,7 +56,7 @@ from .encoders import DEFAULT_ENCODER, PRECISIONS
 @click.option("--ray-actors", type=click.IntRange(min=1), default=2, show_default=True, help="--ray: encoder actors (one model each)")
 @click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True, help="--ray: GPUs per actor")
 @click.option("--overwrite", is_flag=True, help="replace an existing cache or partial run made with other settings")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", is_flag=True, help="no progress bars (the model loader's too)")
 def cache(dataset, split, granularity, data, quac_history, turns, encoder, vector_files, out, corpus_file, dtype,
           precision, batch_size, shard_size, device, no_normalize, query_prefix, context_prefix, ray_address, ray_actors,
           ray_gpus_per_actor, overwrite, quiet):
@@ -63,6 +64,8 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
 
     Resumable: an interrupted run continues where it stopped. A finished cache with the same
     settings is left alone; one made with other settings is never overwritten silently."""
+    if quiet:  # the loader's own bars (transformers reads this when imported, below, with the encoder)
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     from .cache import FORMAT_VERSION, build_cache, cache_jsonl_vectors, open_cache
     from .corpus import CorpusFile
     from .data import JSONL_META, iter_jsonl, load_pairs

@@ -1,5 +1,6 @@
 """The whole CLI in-process: cache -> info -> train -> eval on tiny data."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -349,3 +350,17 @@ def test_the_default_batching_given_changes_nothing_on_a_cache_without_turns(pla
         assert main(["train", str(cache), "--out", str(out), "--quiet", "--seed", "0"] + extra) == 0
         judged.append(json.loads((out / "train_log.json").read_text())["selection"]["recipe"].get("not_tried"))
     assert judged == [None, None]
+
+
+def test_quiet_cache_prints_no_progress_bar_not_even_the_model_loaders(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "p.jsonl").write_text(json.dumps({"query": "who wrote hamlet?", "context": "Hamlet is a play."}) + "\n")
+    for quiet, bars in ((["--quiet"], False), ([], True)):
+        out = tmp_path / f"c{len(quiet)}.h5"
+        r = subprocess.run([sys.executable, "-m", "projhead.cli", "cache", "--dataset", "jsonl", "--data",
+                            str(tmp_path / "p.jsonl"), "--out", str(out), *quiet], capture_output=True, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert r.returncode == 0, r.stderr
+        assert ("it/s]" in r.stderr or "texts/s]" in r.stderr) == bars, r.stderr  # tqdm's rate, any bar
