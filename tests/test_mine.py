@@ -265,9 +265,9 @@ def test_mine_cli(planted_cache, capsys):
     assert "pass --overwrite" in err and open_cache(path).mined("lex")["settings"]["k"] == 3
     assert main(["mine", str(path), "--k", "2", "--name", "lex", "--overwrite", "--quiet"]) == 0
     assert open_cache(path).mined("lex")["settings"]["k"] == 2
-    for name in (" ", " lex "):
+    for name in (" ", " lex ", "."):
         assert main(["mine", str(path), "--name", name, "--quiet"]) == 2
-        assert "a mined set needs a name" in capsys.readouterr().err
+        assert "a mined set needs a plain name" in capsys.readouterr().err
     assert open_cache(path).mined_sets == ["lex"]
 
 
