@@ -125,9 +125,15 @@ def _paragraphs(path: Path, kind: str, granularity: str):
     """Validated (title, where, context, qas) of a SQuAD-layout file (SQuAD and QuAC)."""
     if granularity not in ("sentence", "paragraph"):
         raise DataError(f"granularity must be 'sentence' or 'paragraph', not {granularity!r}")
-    doc = read_json(path)
+    own = "; a file of your own pairs (JSONL, one object a line, or Parquet) loads with --dataset jsonl"
+    try:
+        doc = read_json(path)
+    except DataError as e:
+        if (path.name.endswith((".jsonl", ".jsonl.gz", ".parquet")) or "Extra data" in str(e)):
+            raise DataError(f"{e}{own}") from None
+        raise
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise DataError(f"{path}: not {kind} JSON (expected an object with a 'data' list)")
+        raise DataError(f"{path}: not {kind} JSON (expected an object with a 'data' list){own}")
     for a, article in enumerate(doc["data"]):
         try:
             title = str(article.get("title", a))

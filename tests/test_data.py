@@ -167,6 +167,10 @@ def test_bad_squad_files(tmp_path):
     f.write_text('{"data": [')
     with pytest.raises(DataError, match="malformed JSON"):
         load_pairs("squad-v1.1", "dev", data=f)
+    own = tmp_path / "pairs.jsonl"  # the user's own pairs, --dataset left at SQuAD: say which loader reads them
+    own.write_text('{"query": "q", "context": "c"}\n{"query": "r", "context": "d"}\n')
+    with pytest.raises(DataError, match=r"pairs.jsonl: malformed JSON .*Extra data; a file of your own pairs .*--dataset jsonl"):
+        load_pairs("squad-v1.1", "dev", data=own)
     f.write_bytes(b'{"data": "\xff\xfe"}')
     with pytest.raises(DataError, match="not UTF-8"):
         load_pairs("squad-v1.1", "dev", data=f)
