@@ -178,6 +178,10 @@ class MinedSet:
         self.negatives = neg  # (Nq, k)
         self.teacher = m.get("teacher")  # (Nq, 1 + k) or None
         silver = m["silver"]
+        k = m["negatives"].shape[1]
+        if cfg.hard_negatives > k:  # it would take k: say so rather than train on fewer than asked
+            raise TrainError(f"{cache.path}: mined set {cfg.mined!r} holds {k} negatives a query, fewer than "
+                             f"--hard-negatives {cfg.hard_negatives}: ask for {k} or fewer, or mine again with --k")
         if cfg.silver and not len(silver):  # --silver would change nothing, as --mined alone would
             p = cache.mined_settings(cfg.mined).get("silver")
             raise TrainError(f"{cache.path}: mined set {cfg.mined!r} holds no silver pairs ("

@@ -214,6 +214,8 @@ def test_silver_pairs_join_the_training_pairs(planted_cache):
     mine(path, method="bm25", k=4, progress=False)
     mine(path, method="semantic", k=4, margin=None, teacher="semantic", silver=1.0, name="strict", progress=False)
     assert len(open_cache(path).mined("strict")["silver"]) == 0
+    with pytest.raises(TrainError, match=r"mined set 'bm25' holds 4 negatives a query, fewer than --hard-negatives 5"):
+        train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=1, mined="bm25", hard_negatives=5), progress=False)
     for name, why in (("bm25", "mined without --silver"), ("strict", "none reached probability 1")):
         with pytest.raises(TrainError, match=f"mined set '{name}' holds no silver pairs \\({why}\\)"):
             train_head(path, HeadConfig(kind="linear"), TrainConfig(epochs=1, mined=name, silver=True, hard_negatives=1),
