@@ -23,6 +23,7 @@ The data flow, one module a step::
     heads.py       projection heads, saved as config.json + model.safetensors
     losses.py      training objectives on embeddings, one registry
     batches.py     splits, held-out queries and batches: what the training loop reads
+    stream.py      the same read from the file chunk by chunk, for caches larger than memory
     checkpoint.py  a run's checkpoint (safetensors)
     train.py       the training loop over cached vectors: one configuration, the keep-or-identity decision
     select.py      model selection: candidate heads on held-out queries (`projhead train`'s default)

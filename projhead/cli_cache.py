@@ -154,7 +154,6 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def info(cache_file, as_json):
     """Print what is in a cache: encoder, settings, sizes, fingerprint, versions, sections."""
-    from . import lexical, turns  # noqa: F401 (their sections, registered on import, are listed too)
     from .cache import open_cache
     from .cache_reader import info_lines
 

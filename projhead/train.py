@@ -39,9 +39,10 @@ from .cache_reader import Cache, open_cache
 from .corpus import attach_corpus
 from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, rank_metrics, self_matches
 from .config import ALPHA, DECISIONS, SELECT_METRICS, SMALL, TrainConfig, TrainError  # noqa: F401 (re-exported)
-from .batches import (MIN_GROUPS, DevSet, MemorySource, StreamSource, dev_fraction, epoch_order,  # noqa: F401
+from .batches import (MIN_GROUPS, DevSet, MemorySource, dev_fraction, epoch_order,  # noqa: F401
                       held_out, joined_by_gold, make_batch, split_by_group, split_groups, spread,
                       within_documents)
+from .stream import StreamSource
 from .checkpoint import (CHECKPOINT_NAME, check_out, load_checkpoint, optimizer_tensors, restore_optimizer, rng_state,
                          save_checkpoint, set_rng_state)
 from .heads import Head, HeadConfig

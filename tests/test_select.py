@@ -367,7 +367,7 @@ def test_an_empty_streamed_dev_split_keeps_the_identity(tmp_path):
     """Three groups, a seed that holds none of them out: nothing was tested, so nothing is kept."""
     from conftest import PlantedEncoder, planted_pairs
 
-    from projhead.batches import StreamSource
+    from projhead.stream import StreamSource
     from projhead.cache import build_cache
     from projhead.heads import HeadConfig
     from projhead.train import train_head

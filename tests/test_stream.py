@@ -5,7 +5,8 @@ import pytest
 from projhead import h5strings
 from projhead.cache import open_cache
 from projhead.heads import HeadConfig
-from projhead.batches import DevSet, StreamSource
+from projhead.batches import DevSet
+from projhead.stream import StreamSource
 from projhead.train import TrainConfig, TrainError, train_head
 
 
@@ -167,7 +168,8 @@ def test_stream_batches_are_the_in_memory_cache_read_as_documented(planted_cache
     """The batches and dev split of a streamed epoch, rebuilt from the whole cache in memory as
     the class documents them: chunks shuffled, ``stream_buffer`` at a time with the rows left
     over, ordered by ``epoch_order`` over the buffer's groups; the dev split is ``_in_dev``."""
-    from projhead.batches import _group_keys, _in_dev, epoch_order, joined_by_gold
+    from projhead.batches import epoch_order, joined_by_gold
+    from projhead.stream import _group_keys, _in_dev
 
     path = planted_cache(n_groups=40)
     c = open_cache(path)
@@ -204,7 +206,7 @@ def test_stream_batches_are_the_in_memory_cache_read_as_documented(planted_cache
 def test_gather_rows_reads_any_row_order_a_block_at_a_time(tmp_path):
     import h5py
 
-    from projhead.batches import gather_rows
+    from projhead.stream import gather_rows
 
     x = np.random.default_rng(0).normal(size=(50_000, 4)).astype(np.float16)
     with h5py.File(tmp_path / "x.h5", "w") as f:
