@@ -106,7 +106,10 @@ def write_user_files(folder: Path, rows: int, dim: int, chunk: int = 65_536, see
 # printed. Patched onto StreamSource, so it works the same on the projhead of another commit.
 STREAM_PATCH = """
 import sys, time
-import projhead.batches as B
+try:
+    import projhead.stream as B
+except ImportError:  # a projhead whose streamed source lived in batches.py
+    import projhead.batches as B
 MAX = int(sys.argv.pop(1))
 _init, _epoch = B.StreamSource.__init__, B.StreamSource.epoch
 def init(self, *a, **k):
