@@ -167,7 +167,9 @@ def export_sentence_transformers(head, out: str | os.PathLike, encoder=None, che
     model.prompts = {"query": enc.prefixes["query"], "document": enc.prefixes["context"]}
     # plain encode() is the context side: with the context's prefix, as encode_document() has it
     model.default_prompt_name = "document" if enc.prefixes["context"] else None
-    model.similarity_fn_name = "cosine" if head.config.normalize else "dot"
+    # projhead ranks by the dot product: cosine says the same only where every route gives unit vectors
+    unit = [enc.normalize if head.keeps_frozen(t) else head.config.normalize for t in (head.query, head.context)]
+    model.similarity_fn_name = "cosine" if all(unit) else "dot"
     out = Path(out)
     report = {"format": "sentence-transformers", "path": str(out), "encoder": enc.name, "head": head.config.kind,
               "training_precision": head.info.get("encoder_build", {}).get("precision", "fp32"),

@@ -87,6 +87,16 @@ def test_sentence_transformers_folder_loads_offline_and_matches_projhead(tmp_pat
     model = SentenceTransformer(str(tmp_path / "st"), device="cpu", local_files_only=True)
     np.testing.assert_allclose(model.encode(texts), EncodedHead(tmp_path / "head", encoder=pre).encode_contexts(texts),
                                atol=2e-5)
+    # model.similarity ranks as projhead does (the dot product): cosine only where every route gives unit vectors
+    raw = get_encoder("st:all-MiniLM-L6-v2", device="cpu", precision="fp32", normalize=False)
+    identity = Head(HeadConfig(kind="linear", towers="query", in_dim=384, passthrough=True, encoder=info["name"],
+                               encoder_weights_sha256=info["weights_sha256"]), info={"encoder_build": info["build"]})
+    for enc, want in ((minilm, "cosine"), (raw, "dot")):
+        export_sentence_transformers(identity, tmp_path / "st-id", encoder=enc, check_texts=texts)
+        m = SentenceTransformer(str(tmp_path / "st-id"), device="cpu", local_files_only=True)
+        assert m.similarity_fn_name == want
+        q, d = m.encode_query(texts), m.encode_document(texts)
+        np.testing.assert_allclose(m.similarity(q, d).numpy(), q @ d.T, rtol=1e-4, atol=1e-5)  # projhead's scores
     # the folder as sentence-transformers loads it is checked on texts too: a mismatch writes nothing
     before = {p.name: p.read_bytes() for p in (tmp_path / "st").iterdir() if p.is_file()}
     real = SentenceTransformer.encode_query
