@@ -216,13 +216,13 @@ class TrainConfig:
             bad("alpha", "a number in [0, 1], or 'auto' (model selection chooses it)")
         if self.after_folds not in AFTER_FOLDS:
             bad("after_folds", f"one of {', '.join(AFTER_FOLDS)}")
-        if self.fusion_weight is not None and not 0 <= self.fusion_weight <= 1:
-            bad("fusion_weight", "in [0, 1]")
-        for name, top in (("bm25_k1", math.inf), ("bm25_b", 1.0)):
+        for name, top in (("fusion_weight", 1.0), ("bm25_k1", math.inf), ("bm25_b", 1.0)):  # the saved fusion's rule
             v = getattr(self, name)
             if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v)
                                   or not 0 <= v <= top):
                 bad(name, "a finite number >= 0" if top == math.inf else "a number in [0, 1]")
+            if v is not None:
+                setattr(self, name, float(v))  # a plain float, numpy's too: config.json stores it
         if self.dense_only and self.hybrid:
             raise TrainError("hybrid selection judges heads fused with BM25: drop --dense-only or --hybrid")
         if (self.bm25_aware or self.hybrid) and self.stream:

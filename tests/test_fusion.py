@@ -1003,12 +1003,15 @@ def test_plain_selection_serves_a_head_with_the_bm25_it_was_trained_beside_or_se
 
 
 @pytest.mark.parametrize("bad", [{"bm25_k1": float("inf")}, {"bm25_k1": -1.0}, {"bm25_k1": "1.2"}, {"bm25_k1": True},
-                                 {"bm25_b": 1.5}, {"bm25_b": float("nan")}])
+                                 {"bm25_b": 1.5}, {"bm25_b": float("nan")}, {"fusion_weight": True},
+                                 {"fusion_weight": 1.5}, {"fusion_weight": "0.5"}])
 def test_bm25_settings_of_training_are_checked(bad):
     from projhead.config import TrainConfig, TrainError
 
     with pytest.raises(TrainError, match=f"training setting {next(iter(bad))} must be"):
         TrainConfig(**bad)
+    cfg = TrainConfig(fusion_weight=np.float32(0.5), bm25_k1=np.int64(1), bm25_b=np.float64(0.5))  # numpy's: floats
+    assert [type(v) for v in (cfg.fusion_weight, cfg.bm25_k1, cfg.bm25_b)] == [float] * 3
 
 
 def test_cli_train_takes_bm25_as_the_search_engine_runs_it(tmp_path, capsys):
