@@ -140,6 +140,12 @@ def same_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def same_text_ids(texts) -> np.ndarray:
+    """One integer per text, the same for texts that are one text by ``same_text``."""
+    forms = np.array([same_text(t) for t in texts], dtype=object)
+    return np.unique(forms, return_inverse=True)[1].reshape(-1).astype(np.int64) if len(forms) else np.zeros(0, np.int64)
+
+
 def match_keys(texts) -> np.ndarray:
     """``as_keys`` of the 128-bit hashes of ``same_text`` of each of ``texts`` (any iterable)."""
     return as_keys(text_hashes(same_text(t) for t in texts))

@@ -42,7 +42,7 @@ import torch
 from .cache_reader import Cache, open_cache
 from .cache_writer import add_section
 from .config import MINE_METHODS, MineError
-from .corpus import same_text
+from .corpus import same_text_ids
 from .metrics import bm25_scorer
 
 METHODS = MINE_METHODS
@@ -75,10 +75,11 @@ class CandidateScorer:
 def golds_of_question(texts: list[str], q2c: np.ndarray) -> dict[int, np.ndarray]:
     """For each query row whose question (``same_text``) is also asked by pairs with another
     gold context: every gold context of that question. Rows with one gold are left out."""
-    by_text: dict[str, set] = {}
-    for t, c in zip(texts, q2c):
-        by_text.setdefault(same_text(t), set()).add(int(c))
-    return {i: np.array(sorted(g)) for i, t in enumerate(texts) if len(g := by_text[same_text(t)]) > 1}
+    asked = same_text_ids(texts)
+    by_question: dict[int, set] = {}
+    for a, c in zip(asked.tolist(), np.asarray(q2c).tolist()):
+        by_question.setdefault(a, set()).add(c)
+    return {i: np.array(sorted(g)) for i, a in enumerate(asked.tolist()) if len(g := by_question[a]) > 1}
 
 
 def _teacher(cache: Cache, teacher: str | None):
