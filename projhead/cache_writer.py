@@ -243,7 +243,9 @@ class _GuardedFile(io.RawIOBase):
 
 def lock_output(out: Path):
     """The cache's write lock (``OUT.lock``), held; a killed writer's temporary copy of the
-    cache (``OUT.tmpPID``: every writer holds this lock while it has one) is removed then."""
+    cache (``OUT.tmpPID`` whose process is gone) is removed then. projhead's writers hold this
+    lock while they write; a ``CacheWriter`` used alone does not, so a copy is removed only
+    when no process of its number runs."""
     from filelock import FileLock, Timeout
 
     out = Path(out)
@@ -253,9 +255,23 @@ def lock_output(out: Path):
     except Timeout:
         raise CacheError(f"{out}: another projhead process is writing this cache (lock {out}.lock held)") from None
     for stale in out.parent.glob(glob.escape(out.name) + ".tmp*"):
-        if stale.name[len(out.name) + 4:].isdigit() and stale.is_file():
+        pid = stale.name[len(out.name) + 4:]
+        if pid.isdigit() and stale.is_file() and _gone(int(pid)):
             stale.unlink(missing_ok=True)
     return lock
+
+
+def _gone(pid: int) -> bool:
+    """Whether no process numbered ``pid`` runs on this machine (this one's own never is)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's: it runs
+        return False
+    return False
 
 
 def extend_cache(path: str | os.PathLike, fill, what: str, locked: bool = False) -> None:
