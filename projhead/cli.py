@@ -257,6 +257,10 @@ def mine(cache_file, method, k, margin, no_margin, teacher, silver, bm25_weight,
     [--loss distill]."""
     from .mine import mine as run
 
+    if quiet and teacher and teacher.startswith("cross-encoder:"):  # the model loader's bars too
+        from .encoders import loader_bars
+
+        click.get_current_context().with_resource(loader_bars(shown=False))
     r = run(cache_file, method=method, k=k, margin=None if no_margin else margin, teacher=teacher, silver=silver,
             name=name, bm25_weight=bm25_weight, progress=not quiet, overwrite=overwrite)
     click.echo(f"{cache_file}: mined set {r['name']!r}: {r['negatives_per_query']:.2f} negatives per query "

@@ -4,7 +4,6 @@ and of describing one; the work is in ``cache_build``, ``cache_import``, ``turns
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -64,12 +63,13 @@ def cache(dataset, split, granularity, data, quac_history, turns, encoder, vecto
 
     Resumable: an interrupted run continues where it stopped. A finished cache with the same
     settings is left alone; one made with other settings is never overwritten silently."""
-    if quiet:  # the loader's own bars (transformers reads this when imported, below, with the encoder)
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     from .cache import FORMAT_VERSION, build_cache, cache_jsonl_vectors, open_cache
     from .corpus import CorpusFile
     from .data import JSONL_META, iter_jsonl, load_pairs
-    from .encoders import get_encoder
+    from .encoders import get_encoder, loader_bars
+
+    if quiet and not encoder.startswith("vectors:"):  # the model loader's bars too, for this command only
+        click.get_current_context().with_resource(loader_bars(shown=False))
 
     if dataset != "quac" and (quac_history != "0" or turns is not None):
         raise click.UsageError("--quac-history and --turns are QuAC's dialog turns: they go with --dataset quac")

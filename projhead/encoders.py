@@ -14,6 +14,7 @@ The adapters import their libraries lazily: loading a head never needs them.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import numpy as np
@@ -75,10 +76,39 @@ def resolve_precision(precision: str, device: str) -> str:
     return "fp32"
 
 
+@contextlib.contextmanager
+def loader_bars(shown: bool):
+    """The model loaders' own progress bars (huggingface_hub's downloads, transformers' loading
+    of weights) off inside the block unless ``shown``, and as they were after it."""
+    if shown:
+        yield
+        return
+    undo = []
+    try:
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        if not are_progress_bars_disabled():
+            disable_progress_bars()
+            undo.append(enable_progress_bars)
+    except ImportError:
+        pass
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        if transformers_logging.is_progress_bar_enabled():
+            transformers_logging.disable_progress_bar()
+            undo.append(transformers_logging.enable_progress_bar)
+    except ImportError:
+        pass
+    try:
+        yield
+    finally:
+        for f in undo:
+            f()
+
+
 def _autocast(device: str, precision: str):
     """A context that runs the forward pass in ``precision`` (a no-op for fp32)."""
-    import contextlib
-
     import torch
 
     if precision == "fp32":

@@ -352,7 +352,20 @@ def test_the_default_batching_given_changes_nothing_on_a_cache_without_turns(pla
     assert judged == [None, None]
 
 
-def test_quiet_cache_prints_no_progress_bar_not_even_the_model_loaders(tmp_path):
+def test_quiet_cache_prints_no_progress_bar_not_even_the_model_loaders(tmp_path, capfd):
+    from transformers.utils import logging as transformers_logging
+
+    (tmp_path / "p.jsonl").write_text(json.dumps({"query": "who wrote hamlet?", "context": "Hamlet is a play."}) + "\n")
+    assert transformers_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    assert main(["cache", "--dataset", "jsonl", "--data", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "in.h5"),
+                 "--quiet"]) == 0  # in-process, the libraries already imported
+    err = capfd.readouterr().err
+    assert "it/s]" not in err and "texts/s]" not in err, err
+    assert transformers_logging.is_progress_bar_enabled() and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ  # as before
+
+
+def test_quiet_cache_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
 
