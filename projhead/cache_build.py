@@ -169,8 +169,12 @@ def without_section(identity: dict, name: str) -> dict:
 
 
 def other_work(out: Path, have: dict, want: dict) -> CacheError:
-    """The refusal of a cache at ``out`` whose work (``have``) is not this run's (``want``)."""
-    return CacheError(f"{out}: exists and holds other work ({describe_mismatch(have, want)}); "
+    """The refusal of a cache at ``out`` whose work (``have``) is not this run's (``want``); a
+    section of the file the run does not give (``--turns``, ``--corpus``) is named as an option."""
+    missing = sorted(set((have or {}).get("sections") or {}) - set((want or {}).get("sections") or {}))
+    hint = "".join(f"; it was made with --{name} (give it again to use this cache)" for name in missing
+                   if name in ("turns", "corpus"))
+    return CacheError(f"{out}: exists and holds other work ({describe_mismatch(have, want)}){hint}; "
                       "refusing to overwrite: pass --overwrite or choose another path")
 
 

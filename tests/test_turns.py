@@ -461,4 +461,6 @@ def test_the_turns_section_is_part_of_the_identity_without_the_turns_module(tmp_
     data = path.read_bytes()
     with pytest.raises(CacheError, match="holds other work"):
         build_cache(pairs, enc, path, progress=False, corpus=CorpusFile(tmp_path / "more.txt"))
+    with pytest.raises(CacheError, match=r"holds other work .*; it was made with --turns \(give it again"):
+        build_cache(pairs, enc, path, progress=False)  # the same command without --turns: says which option
     assert path.read_bytes() == data
