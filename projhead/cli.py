@@ -313,11 +313,10 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
     if index and head is not None and head.config.kind == "dialog":
         raise click.UsageError("--index streams the cache's vectors; a dialog head reads its turns section, in "
                                "memory: evaluate it without --index")
-    if corpus_sample:  # as projhead train: a sample of nothing is refused rather than ignored
-        for cache_file in cache_files:
-            if "corpus" not in open_cache(cache_file, load=False).sections:
-                raise click.UsageError(f"--corpus-sample {corpus_sample}: {cache_file} has no corpus section "
-                                       "(projhead cache --corpus FILE adds one)")
+    if corpus_sample and not any("corpus" in open_cache(f, load=False).sections for f in cache_files):
+        raise click.UsageError(f"--corpus-sample {corpus_sample}: " + (f"{cache_files[0]} has no" if len(cache_files) == 1
+                               else "none of the caches has a") + " corpus section (projhead cache --corpus FILE "
+                               "adds one)")  # as projhead train: a sample of nothing is refused, not ignored
     spec = eval_fusion(head, fusion_weight, fusion_normalisation, click.echo if bm25 and not index else None)
     search_kw = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
     every, distractors = {}, {}

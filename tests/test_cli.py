@@ -212,6 +212,20 @@ def test_eval_of_several_caches_shows_every_change(planted_cache, tmp_path, caps
     out = capsys.readouterr().out
     assert "head - frozen, points:" in out and f"| {a} |" in out and f"| {b} |" in out
     assert set(json.loads((tmp_path / "r.json").read_text())["caches"]) == {str(a), str(b)}
+    # a corpus sample across caches, one of which has a corpus: that one is sampled, the other ranks its contexts
+    from conftest import PlantedEncoder, planted_pairs
+    from projhead.cache import build_cache
+    from projhead.corpus import CorpusFile
+
+    pairs = planted_pairs(n_groups=10)
+    (tmp_path / "more.txt").write_text("".join(f"other text {i}\n" for i in range(30)))
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False, corpus=CorpusFile(tmp_path / "more.txt"))
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "c.h5"), str(b), "--corpus-sample", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "+ 10 corpus texts" in out and "+ 0 corpus texts" in out
+    assert main(["eval", str(a), str(b), "--corpus-sample", "10"]) == 2
+    assert "none of the caches has a corpus section" in capsys.readouterr().err
 
 
 def test_help_and_info_start_without_torch(planted_cache):
