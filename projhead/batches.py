@@ -237,9 +237,8 @@ def asked_again(cache: Cache, pair_q: np.ndarray, pair_c: np.ndarray) -> np.ndar
     """An id per query row, one per question (``corpus.same_text``), when some training pairs
     share a question but not its context (a question asked again with another gold, a silver
     pair): then the loss must not push a question away from its own other context. None when
-    no two pairs do. In a dialog view (``turns.dialog_view``) a row is its question with the
-    turns before it: each row is its own question there."""
-    asked = np.arange(len(cache.q2c)) if "turn_slots" in cache.attrs else same_text_ids(cache.query_texts)
+    no two pairs do."""
+    asked = same_text_ids(cache.query_texts)
     pairs = np.unique(np.stack([asked[pair_q], pair_c], axis=1), axis=0) if len(pair_q) else np.zeros((0, 2))
     return asked if len(pairs) > len(np.unique(pairs[:, 0])) else None
 

@@ -110,10 +110,6 @@ def test_a_question_asked_again_is_not_its_own_in_batch_negative(tmp_path, plant
     by_context = _blocked(batch.context_ids, batch.context_ids, None, None, 0)  # copies of the gold, as before
     assert sorted(map(tuple, (blocked & ~by_context).nonzero().tolist())) == sorted([(i, j), (j, i)])
     assert MemorySource(open_cache(planted_cache(n_groups=6)), TrainConfig(batch_size=8)).question is None  # as before
-    # a dialog view's rows are questions with their earlier turns: one text is not one query there
-    view = c.subset(rows)
-    view.attrs["turn_slots"] = 1
-    assert MemorySource(view, TrainConfig(batch_size=8), rows=(rows, rows[:0])).question is None
 
 
 def test_cache_teacher_scores_are_the_teachers_cosines(planted_cache, tmp_path):
