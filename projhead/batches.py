@@ -22,7 +22,6 @@ import torch
 
 from .cache_reader import Cache
 from .config import SMALL, TrainConfig, TrainError
-from .corpus import same_text_ids
 from .evaluate import dense_scorer, excluding, ranks, self_matches
 from .fusion import FusionSpec, fused_scorer
 from .heads import Head
@@ -208,16 +207,14 @@ def _subset(q2c: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_batch(idx: np.ndarray, pair_q, pair_c, Qt, Ct, mined: MinedSet | None, cfg: TrainConfig, rng,
-               bm25=None, question: np.ndarray | None = None) -> Batch:
+               bm25=None) -> Batch:
     """The frozen vectors of the pairs ``idx``, with mined negatives and teacher scores, and
-    with ``bm25`` (``lexical.TrainingBM25``) the BM25 block of every query and candidate.
-    ``question``: an id per query row, shared by rows of one question (``asked_again``): their
-    pairs' contexts are not each other's negatives."""
+    with ``bm25`` (``lexical.TrainingBM25``) the BM25 block of every query and candidate."""
     qrows, crows = pair_q[idx], pair_c[idx]
     dev = Qt.device
     batch = Batch(q=Qt[torch.from_numpy(qrows).to(dev)], c=Ct[torch.from_numpy(crows).to(dev)],
                   context_ids=torch.from_numpy(crows).to(dev),
-                  query_ids=None if question is None else torch.from_numpy(question[qrows]).to(dev))
+                  query_ids=torch.from_numpy(qrows).to(dev) if mined is not None and len(mined.silver) else None)
     if mined is not None and cfg.hard_negatives:
         neg, cols = mined.draw(qrows, cfg.hard_negatives, rng)
         neg_t = torch.from_numpy(neg).to(dev)
@@ -231,16 +228,6 @@ def make_batch(idx: np.ndarray, pair_q, pair_c, Qt, Ct, mined: MinedSet | None, 
         cols = crows if batch.negative_ids is None else np.concatenate([crows, batch.negative_ids.cpu().numpy().ravel()])
         batch.lexical = torch.from_numpy(bm25.block(qrows, cols)).to(dev)
     return batch
-
-
-def asked_again(cache: Cache, pair_q: np.ndarray, pair_c: np.ndarray) -> np.ndarray | None:
-    """An id per query row, one per question (``corpus.same_text``), when some training pairs
-    share a question but not its context (a question asked again with another gold, a silver
-    pair): then the loss must not push a question away from its own other context. None when
-    no two pairs do."""
-    asked = same_text_ids(cache.query_texts)
-    pairs = np.unique(np.stack([asked[pair_q], pair_c], axis=1), axis=0) if len(pair_q) else np.zeros((0, 2))
-    return asked if len(pairs) > len(np.unique(pairs[:, 0])) else None
 
 
 def dev_fraction(cfg: TrainConfig, n_queries: int) -> float:
@@ -294,7 +281,6 @@ class MemorySource:
         self.pair_q = np.concatenate([train_rows, mined.silver[:, 0] if mined else []]).astype(np.int64)
         self.pair_c = np.concatenate([q2c[train_rows], mined.silver[:, 1] if mined else []]).astype(np.int64)
         self.n_train, self.n_silver = int(len(train_rows)), int(len(mined.silver)) if mined else 0
-        self.question = asked_again(cache, self.pair_q, self.pair_c)
         self.Qt = torch.from_numpy(Q).to(cfg.device)  # (Nq, D)
         self.Ct = torch.from_numpy(C).to(cfg.device)  # (Nc, D)
         self.cfg = cfg = cfg.sized(len(self.pair_q))
@@ -305,4 +291,4 @@ class MemorySource:
         order = epoch_order(np.arange(len(self.pair_q)), self.group_ids[self.pair_q], self.cfg.batching, rng)
         for b in range(self.steps_per_epoch):
             yield make_batch(order[b * self.bs:(b + 1) * self.bs], self.pair_q, self.pair_c, self.Qt, self.Ct,
-                             self.mined, self.cfg, rng, self.bm25, self.question)
+                             self.mined, self.cfg, rng, self.bm25)

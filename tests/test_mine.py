@@ -86,32 +86,6 @@ def test_a_question_asked_again_with_another_gold_never_gets_that_gold_as_a_nega
     assert all((neg[i] >= 0).sum() == len(p.contexts) - 1 for i in others)  # only their own gold left out
 
 
-def test_a_question_asked_again_is_not_its_own_in_batch_negative(tmp_path, planted_cache):
-    from conftest import PlantedEncoder, planted_pairs
-
-    from projhead.batches import MemorySource
-    from projhead.cache import build_cache
-    from projhead.data import Pairs
-    from projhead.losses import _blocked
-
-    p = planted_pairs(n_groups=3, contexts_per_group=3)
-    queries = p.queries + [p.queries[0] + " "]  # asked again (whitespace aside), gold context 1
-    q2c = np.concatenate([p.q2c, [1]]).astype(np.int64)
-    pairs = Pairs(queries, [f"id{i}" for i in range(len(queries))], p.groups + ["article 0"], p.contexts, q2c, p.meta)
-    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "again.h5", progress=False)
-    c = open_cache(tmp_path / "again.h5")
-    rows = np.arange(len(q2c))
-    src = MemorySource(c, TrainConfig(batch_size=len(q2c), batching="random"), rows=(rows, rows[:0]))
-    batch = next(src.epoch(np.random.default_rng(0)))  # every pair in one batch
-    ids, ctx = batch.query_ids.numpy(), batch.context_ids.numpy()
-    i, j = (int(np.flatnonzero((batch.q.numpy() == c.queries[r]).all(1) & (ctx == c.q2c[r]))[0]) for r in (0, len(q2c) - 1))
-    assert ids[i] == ids[j] and ctx[i] != ctx[j]
-    blocked = _blocked(batch.context_ids, batch.context_ids, batch.query_ids, batch.query_ids, 0)
-    by_context = _blocked(batch.context_ids, batch.context_ids, None, None, 0)  # copies of the gold, as before
-    assert sorted(map(tuple, (blocked & ~by_context).nonzero().tolist())) == sorted([(i, j), (j, i)])
-    assert MemorySource(open_cache(planted_cache(n_groups=6)), TrainConfig(batch_size=8)).question is None  # as before
-
-
 def test_cache_teacher_scores_are_the_teachers_cosines(planted_cache, tmp_path):
     student = planted_cache("student.h5", n_groups=10)
     teacher = planted_cache("teacher.h5", n_groups=10, rotate=0.0, noise=0.05)  # same texts, an encoder that knows
