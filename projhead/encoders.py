@@ -83,28 +83,27 @@ def loader_bars(shown: bool):
     if shown:
         yield
         return
-    undo = []
     try:
-        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-        if not are_progress_bars_disabled():
-            disable_progress_bars()
-            undo.append(enable_progress_bars)
+        from huggingface_hub import utils as hub
     except ImportError:
-        pass
+        hub = None
     try:
         from transformers.utils import logging as transformers_logging
-
-        if transformers_logging.is_progress_bar_enabled():
-            transformers_logging.disable_progress_bar()
-            undo.append(transformers_logging.enable_progress_bar)
     except ImportError:
-        pass
+        transformers_logging = None
+    hub_off = hub is not None and hub.are_progress_bars_disabled()
+    transformers_on = transformers_logging is not None and transformers_logging.is_progress_bar_enabled()
+    if transformers_logging is not None:
+        transformers_logging.disable_progress_bar()
+    if hub is not None:
+        hub.disable_progress_bars()
     try:
         yield
     finally:
-        for f in undo:
-            f()
+        if transformers_on:
+            transformers_logging.enable_progress_bar()  # which turns the hub's on too
+        if hub is not None and hub.are_progress_bars_disabled() != hub_off:
+            hub.disable_progress_bars() if hub_off else hub.enable_progress_bars()
 
 
 def _autocast(device: str, precision: str):

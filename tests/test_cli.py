@@ -377,6 +377,15 @@ def test_quiet_cache_prints_no_progress_bar_not_even_the_model_loaders(tmp_path,
     err = capfd.readouterr().err
     assert "it/s]" not in err and "texts/s]" not in err, err
     assert transformers_logging.is_progress_bar_enabled() and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ  # as before
+    from huggingface_hub import utils as hub  # a user's own choice stays: the hub's bars off, transformers' on
+
+    hub.disable_progress_bars()
+    try:
+        assert main(["cache", "--dataset", "jsonl", "--data", str(tmp_path / "p.jsonl"), "--out",
+                     str(tmp_path / "in2.h5"), "--quiet"]) == 0
+        assert hub.are_progress_bars_disabled() and transformers_logging.is_progress_bar_enabled()
+    finally:
+        hub.enable_progress_bars()
 
 
 def test_quiet_cache_in_a_fresh_process(tmp_path):
