@@ -256,18 +256,25 @@ def lock_output(out: Path):
         raise CacheError(f"{out}: another projhead process is writing this cache (lock {out}.lock held)") from None
     for stale in out.parent.glob(glob.escape(out.name) + ".tmp*"):
         pid = stale.name[len(out.name) + 4:]
-        if pid.isdigit() and stale.is_file() and _gone(int(pid)):
+        if pid.isdigit() and stale.is_file() and _gone(pid):
             stale.unlink(missing_ok=True)
     return lock
 
 
-def _gone(pid: int) -> bool:
-    """Whether no process numbered ``pid`` runs on this machine (this one's own never is)."""
-    if pid == os.getpid():
+def _gone(pid: str) -> bool:
+    """Whether no process numbered ``pid`` (digits) runs on this machine: this one's own runs;
+    a number no process can have is gone; on Windows, where signal 0 would end a process,
+    every copy is taken to run (kept)."""
+    if os.name == "nt":
         return False
     try:
-        os.kill(pid, 0)
+        number = int(pid)
+        if number == os.getpid():
+            return False
+        os.kill(number, 0)
     except ProcessLookupError:
+        return True
+    except (OverflowError, ValueError):  # beyond any process number (or digits int() does not read)
         return True
     except OSError:  # another user's: it runs
         return False

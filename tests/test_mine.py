@@ -143,7 +143,8 @@ def test_a_failed_write_keeps_the_cache_whole(planted_cache, monkeypatch):
     # a killed writer's copy (kill -9 leaves it) goes with the next write; other files stay, and so
     # does the copy of a process that runs (a CacheWriter used alone takes no lock)
     live = f"{path.name}.tmp{os.getppid()}"
-    for name in (f"{path.name}.tmp99999999", f"{path.name}.tmp1.bak", f"{path.name}.tmpx", live):
+    for name in (f"{path.name}.tmp99999999", f"{path.name}.tmp{'9' * 25}", f"{path.name}.tmp1.bak", f"{path.name}.tmpx",
+                 live):
         (path.parent / name).write_bytes(data)
     mine(path, method="bm25", k=3, progress=False)
     assert sorted(p.name for p in path.parent.glob("*.tmp*")) == sorted([f"{path.name}.tmp1.bak", f"{path.name}.tmpx", live])
