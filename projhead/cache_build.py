@@ -169,11 +169,16 @@ def without_section(identity: dict, name: str) -> dict:
 
 
 def other_work(out: Path, have: dict, want: dict) -> CacheError:
-    """The refusal of a cache at ``out`` whose work (``have``) is not this run's (``want``); a
-    section of the file the run does not give (``--turns``, ``--corpus``) is named as an option."""
+    """The refusal of a cache at ``out`` whose work (``have``) is not this run's (``want``); when
+    all that differs is a section of the file the run does not give (``--turns``, ``--corpus``),
+    that option is named."""
     missing = sorted(set((have or {}).get("sections") or {}) - set((want or {}).get("sections") or {}))
-    hint = "".join(f"; it was made with --{name} (give it again to use this cache)" for name in missing
-                   if name in ("turns", "corpus"))
+    rest = have or {}
+    for name in missing:
+        rest = without_section(rest, name)
+    hint = (f"; it was made with {' and '.join('--' + n for n in missing)} (give "
+            f"{'it' if len(missing) == 1 else 'them'} again to use this cache)"
+            if missing and set(missing) <= {"turns", "corpus"} and rest == want else "")
     return CacheError(f"{out}: exists and holds other work ({describe_mismatch(have, want)}){hint}; "
                       "refusing to overwrite: pass --overwrite or choose another path")
 

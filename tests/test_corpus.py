@@ -81,6 +81,9 @@ def test_a_changed_corpus_is_other_work_for_the_cache_and_for_a_resumed_run(tmp_
         build_cache(pairs, enc, out, progress=False, corpus=other)
     with pytest.raises(CacheError, match=r"exists and holds other work .*; it was made with --corpus"):
         build_cache(pairs, enc, out, progress=False)  # nor is no corpus at all the same work
+    with pytest.raises(CacheError, match="holds other work") as e:  # another difference too: no such hint
+        build_cache(pairs, enc, out, progress=False, dtype="float16")
+    assert "made with" not in str(e.value)
     first = read_identity(out)
     build_cache(pairs, enc, out, progress=False, corpus=other, overwrite=True)
     assert read_identity(out) != first and read_identity(out)["fingerprint"] == first["fingerprint"]
