@@ -15,10 +15,10 @@ Candidates for each query come from a retriever over the cache's own contexts:
   ``bm25_weight``.
 
 The gold context is never a candidate, nor the gold of another pair with the same question
-(texts that differ only in whitespace count as one, as in ``corpus.same_text``). The margin filter is positive-aware (as in
-NV-Retriever and sentence-transformers' ``mine_hard_negatives``): a candidate whose frozen
-cosine to the query is above the gold's minus ``margin`` is dropped, being most likely an
-unlabelled positive or a near-copy of the gold. ``margin=None`` keeps every candidate.
+(texts that differ only in whitespace count as one, as in ``corpus.same_text``). The margin
+filter is positive-aware (as in NV-Retriever and sentence-transformers' ``mine_hard_negatives``):
+a candidate whose frozen cosine to the query is above the gold's minus ``margin`` is dropped,
+being most likely an unlabelled positive or a near-copy of the gold. ``margin=None`` keeps every candidate.
 
 A teacher scores the gold and the candidates of each query (``distill`` learns from these
 scores): ``bm25``, ``hybrid``, ``semantic``, ``cache:PATH`` (another encoder's cache of the same

@@ -10,8 +10,8 @@ Usage::
     view = dialog_view(open_cache("cache/quac.h5"))                # rows a dialog head reads
     head.encode_queries(view.queries)
 
-The section (``cachefile.Turns``, known to every reader and writer): ``text`` and ``vectors``, each distinct turn text once (deduplicated);
-``slots`` (n_queries, S), for each query row the text rows of its current question (slot 0),
+The section (``cachefile.Turns``, known to every reader and writer): ``text`` and ``vectors``,
+each distinct turn text once (deduplicated); ``slots`` (n_queries, S), for each query row the text rows of its current question (slot 0),
 then of each earlier turn back from the last, its question and its answer ("no answer" for
 CANNOTANSWER), -1 where the dialog has no such turn (padding), and with ``joined`` a last slot
 "dialog": the whole dialog so far as one text; ``neighbours`` (n_contexts, 2), the text rows of
