@@ -360,6 +360,11 @@ def upgrade_cache(path: str | os.PathLike) -> int:
         raise CacheError(f"{path}: a cache of format 1, whose fingerprint leaves out the groups: build it again "
                          "(projhead cache ... --overwrite)")
     if version < FORMAT_VERSION:
+        old = open_cache(path, load=False)
+        for name, instances in old.sections.items():  # every section checked, a chunk at a time: no damage
+            for where in instances:  # is sealed again under fresh checksums
+                with old.section_data(name, where.split("/", 1)[1] if SECTIONS[name].named else None):
+                    pass
         extend_cache(path, lambda f: None, f"the cache in format {FORMAT_VERSION}")
     return version
 

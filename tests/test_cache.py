@@ -421,6 +421,18 @@ def test_upgrade_rewrites_a_format_2_cache_without_encoding(tmp_path):
         f.attrs["format_version"] = 1
     with pytest.raises(CacheError, match="format 1.*build it again"):
         upgrade_cache(tmp_path / "c.h5")
+    # a damaged format 2 cache (a text its fingerprint disagrees with) is refused, not sealed under new checksums
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "d.h5", progress=False)
+    as_format_2(tmp_path / "d.h5")
+    with h5py.File(tmp_path / "d.h5", "r+") as f:
+        texts = list(f["contexts/text"][()])
+        texts[1] = b"context edited"
+        del f["contexts/text"]
+        f.create_dataset("contexts/text", data=texts, dtype=h5py.string_dtype("utf-8"))
+    damaged = (tmp_path / "d.h5").read_bytes()
+    with pytest.raises(CacheError, match="d.h5: damaged cache"):
+        upgrade_cache(tmp_path / "d.h5")
+    assert (tmp_path / "d.h5").read_bytes() == damaged
 
 
 def test_a_short_write_is_completed_and_a_write_of_nothing_is_an_error(tmp_path, monkeypatch):
