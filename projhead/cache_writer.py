@@ -287,16 +287,18 @@ def extend_cache(path: str | os.PathLike, fill, what: str, locked: bool = False)
     after whatever happens; memory stays bounded (the copy streams on disk). ``what`` names
     the addition in errors; ``locked``: the caller holds the cache's lock (``lock_output``).
     ``projhead mine`` stores its sets this way, ``projhead cache --corpus`` a corpus. A format 2
-    cache is copied in today's format (``copy_as_current``), so what is added and what was there
-    are alike; a format 1 cache is copied as it is (its fingerprint means something else)."""
+    cache is checked whole against its fingerprints, then copied in today's format
+    (``copy_as_current``), so what is added and what was there are alike; a format 1 cache is copied as it is (its fingerprint means something else)."""
     import h5py
 
     path = Path(path)
-    version = int(open_cache(path, load=False).attrs["format_version"])  # a valid cache, or a clear error
+    cache = open_cache(path, load=False)  # a valid cache, or a clear error
+    version = int(cache.attrs["format_version"])
     lock = None if locked else lock_output(path)
     try:
         with atomic_path(path) as tmp:
-            if version == 2:
+            if version == 2:  # rewritten under fresh checksums: a damage the fingerprint sees must not be sealed
+                _check_whole(cache)
                 copy_as_current(path, tmp)
             else:
                 shutil.copyfile(path, tmp)
@@ -360,13 +362,17 @@ def upgrade_cache(path: str | os.PathLike) -> int:
         raise CacheError(f"{path}: a cache of format 1, whose fingerprint leaves out the groups: build it again "
                          "(projhead cache ... --overwrite)")
     if version < FORMAT_VERSION:
-        old = open_cache(path, load=False)
-        for name, instances in old.sections.items():  # every section checked, a chunk at a time: no damage
-            for where in instances:  # is sealed again under fresh checksums
-                with old.section_data(name, where.split("/", 1)[1] if SECTIONS[name].named else None):
-                    pass
         extend_cache(path, lambda f: None, f"the cache in format {FORMAT_VERSION}")
     return version
+
+
+def _check_whole(cache) -> None:
+    """Every section of ``cache`` checked against its fingerprint, values and ranges, a chunk at a
+    time (a CacheError naming the file if not)."""
+    for name, instances in cache.sections.items():
+        for where in instances:
+            with cache.section_data(name, where.split("/", 1)[1] if SECTIONS[name].named else None):
+                pass
 
 
 def _seal(group, section: Section, where: str, data: dict) -> None:

@@ -432,6 +432,9 @@ def test_upgrade_rewrites_a_format_2_cache_without_encoding(tmp_path):
     damaged = (tmp_path / "d.h5").read_bytes()
     with pytest.raises(CacheError, match="d.h5: damaged cache"):
         upgrade_cache(tmp_path / "d.h5")
+    from projhead.mine import mine
+    with pytest.raises(CacheError, match="d.h5: damaged cache"):  # an addition rewrites the file too
+        mine(tmp_path / "d.h5", progress=False)
     assert (tmp_path / "d.h5").read_bytes() == damaged
 
 
