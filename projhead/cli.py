@@ -328,7 +328,8 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
             c = with_corpus(c, corpus_sample) if bm25 or report_dir else c
             c.attrs["n_distractors"] = results.pop("distractors")
             if bm25:
-                results["bm25"] = protocols(bm25_ranks(c, block, settings=spec.bm25), block)
+                ranks = {"bm25": bm25_ranks(c, block, settings=spec.bm25)}  # the report's BM25 curve too
+                results["bm25"] = protocols(ranks["bm25"], block)
                 click.echo("fused rows need every context's scores: evaluate without --index to see them")
         else:
             if head is not None and head.config.kind == "dialog":  # turns side by side; no corpus rows
@@ -353,7 +354,7 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
     if report_dir:
         from .report import write_report
 
-        click.echo(f"report: {write_report(c, head, report_dir, results, head_path=head_path, ranks=ranks)}")
+        click.echo(f"report: {write_report(c, head, report_dir, results, head_path=head_path, ranks=ranks, fusion=spec, index=index)}")
 
 
 @cli.command()

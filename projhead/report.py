@@ -15,8 +15,10 @@ where the head changed the answer, wins and losses.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +37,22 @@ def _plt():
 
 
 def plot_log(log: dict, path: Path, metric: str) -> Path | None:
-    """Training loss and dev metric per epoch, frozen baseline dashed. Needs matplotlib."""
+    """Training loss and dev metric per epoch, frozen baseline dashed (the loss alone when the
+    run had no held-out queries; None, nothing drawn, when it trained no epoch). Needs matplotlib."""
     try:
         plt = _plt()
     except ImportError:
         return None
     ep = [e["epoch"] for e in log["epochs"]]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    if not ep:  # nothing trained on every pair (an identity kept out of fold): no curve to draw
+        return None
+    fig, axes = plt.subplots(1, 2 if log["frozen_dev"] else 1, figsize=(9 if log["frozen_dev"] else 4.5, 3.2),
+                             squeeze=False)
+    a = axes[0, 0]
     a.plot(ep, [e["train_loss"] for e in log["epochs"]], marker="o")
     a.set(xlabel="epoch", ylabel="train loss", title="training loss")
-    if log["frozen_dev"]:
+    if log["frozen_dev"]:  # k-fold selection's run on every pair has no held-out queries of its own
+        b = axes[0, 1]
         b.plot([0] + ep, [log["frozen_dev"][metric]] + [e["dev"][metric] for e in log["epochs"]], marker="o",
                label="head")
         b.axhline(log["frozen_dev"][metric], ls="--", color="gray", label="frozen encoder")
@@ -59,10 +67,11 @@ def plot_log(log: dict, path: Path, metric: str) -> Path | None:
 def _alignment(q: np.ndarray, c: np.ndarray, q2c: np.ndarray) -> dict:
     """Mean cosine of a query to its gold context, and the gap between the centroids of the
     normalised queries and contexts (the "modality gap")."""
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    cn = c / np.linalg.norm(c, axis=1, keepdims=True)
-    return {"gold_cosine": float((qn * cn[q2c]).sum(1).mean()),
-            "centroid_gap": float(np.linalg.norm(qn.mean(0) - cn.mean(0)))}
+    with np.errstate(all="ignore"):  # a head whose outputs overflow gives NaN here, said as such
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        cn = c / np.linalg.norm(c, axis=1, keepdims=True)
+        return {"gold_cosine": float((qn * cn[q2c]).sum(1).mean()),
+                "centroid_gap": float(np.linalg.norm(qn.mean(0) - cn.mean(0)))}
 
 
 def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,34 +80,76 @@ def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:2]
 
 
+@contextlib.contextmanager
+def _written_into(out: Path):
+    """A fresh folder inside ``out`` to write the report into; its files replace those of the
+    same names in ``out`` only when the whole report is written (a failure leaves ``out`` as it
+    was; the user's other files stay)."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / f".report.tmp{os.getpid()}"  # a name files.foreign_files passes over
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+        for p in sorted(work.iterdir()):
+            os.replace(p, out / p.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: str | os.PathLike | None = None,
-                 n_examples: int = 5, n_points: int = 400, seed: int = 0, ranks: dict | None = None) -> Path:
+                 n_examples: int = 5, n_points: int = 400, seed: int = 0, ranks: dict | None = None,
+                 fusion=None, index: str | None = None) -> Path:
     """Write the report folder (see module doc); returns the path of report.md. ``ranks``:
     the systems' ranks from ``evaluate_cache(..., return_ranks=True)``, so nothing is scored
-    twice (computed here when not given)."""
+    twice (computed here when not given: every context scored, a query's own text left out,
+    BM25 with ``fusion``'s settings, default the head's, as ``evaluate_cache`` does).
+    ``index``: the FAISS index the table's full-corpus figures came from (said in the report:
+    its curves and examples score every context). Written whole or not at all."""
+    from .evaluate import excluding, self_matches
+
     plt = _plt()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     q2c = cache.q2c
     hq, hc = head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)
     Q, C = frozen_blocks(cache)  # of a dialog view, the question and the sentence
-    if ranks is None or ranks["frozen"].top is None or ranks["head"].top is None:
-        ranks = {**(ranks or {}), "frozen": system_ranks(dense_scorer(Q, C), q2c),
-                 "head": system_ranks(dense_scorer(hq, hc), q2c)}
-    r_frozen, top_f, val_f = ranks["frozen"].full, ranks["frozen"].top, ranks["frozen"].top_score
-    r_head, top_h, val_h = ranks["head"].full, ranks["head"].top, ranks["head"].top_score
+    exclude = self_matches(cache.query_texts, cache.context_texts)
+    ranks = dict(ranks or {})
+    for name, (q, c) in (("frozen", (Q, C)), ("head", (hq, hc))):
+        if ranks.get(name) is None or ranks[name].top is None:  # an index's ranks hold no top-1 context
+            ranks[name] = system_ranks(excluding(dense_scorer(q, c), exclude), q2c)
+    n_corpus = int(cache.attrs.get("n_distractors", 0))
     lines = [f"# projhead report: `{head_path or 'head'}` on `{cache.path.name}`", "",
-             f"{len(q2c)} queries, {len(C)} distinct contexts, encoder `{cache.encoder}`; "
-             f"head: {head.config.kind} ({head.config.towers} towers)"
+             f"{len(q2c)} queries, {len(C) - n_corpus} distinct contexts"
+             + (f" + {n_corpus} corpus texts (distractors, full corpus only)" if n_corpus else "")
+             + f", encoder `{cache.encoder}`; head: {head.config.kind} ({head.config.towers} towers)"
              + (", **identity (training kept the frozen encoder)**" if head.config.passthrough else "") + ".", "",
              "## Retrieval (percent)", "", format_table(results), ""]
+    if index:
+        lines += [f"The table's full-corpus figures come from the index `{index}`; the curves, counts and "
+                  "examples below score every context exactly.", ""]
+    with _written_into(out) as work:
+        _figures(plt, cache, head, head_path, work, results, ranks, lines, hq, hc, Q, C, fusion, exclude,
+                 n_examples, n_points, seed)
+    return out / "report.md"
+
+
+def _figures(plt, cache, head, head_path, work: Path, results, ranks, lines, hq, hc, Q, C, fusion, exclude,
+             n_examples, n_points, seed) -> None:
+    """The report's figures, tables and files, written into ``work``. A query's top-1 is right
+    only when its gold context ranks first under the tie rule (``ranks.full == 0``), as in the table."""
+    from .evaluate import bm25_scorer, excluding
+
+    q2c = cache.q2c
+    r_frozen, top_f, val_f = ranks["frozen"].full, ranks["frozen"].top, ranks["frozen"].top_score
+    r_head, top_h, val_h = ranks["head"].full, ranks["head"].top, ranks["head"].top_score
 
     # training curve, redrawn from the log the trainer saved beside the head
     log_path = Path(head_path) / "train_log.json" if head_path else None
     if log_path is not None and log_path.is_file():
         metric = head.info.get("training", {}).get("select_metric", "mrr10")
-        plot_log(json.loads(log_path.read_text()), out / "training_curve.png", metric)
-        lines += ["## Training", "", "![training curve](training_curve.png)", ""]
+        if plot_log(json.loads(log_path.read_text()), work / "training_curve.png", metric) is not None:
+            lines += ["## Training", "", "![training curve](training_curve.png)", ""]
 
     # recall@k curves
     ks = np.unique(np.round(np.logspace(0, np.log10(min(1000, len(C))), 40)).astype(int))
@@ -106,32 +157,35 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
     ax.plot(ks, [(r_frozen < k).mean() for k in ks], label="frozen encoder", color="gray", ls="--")
     ax.plot(ks, [(r_head < k).mean() for k in ks], label="head", color="C0")
     if "bm25" in results:
-        if ranks.get("bm25") is None:
-            from .evaluate import bm25_scorer
-
-            ranks["bm25"] = system_ranks(bm25_scorer(cache.query_texts, cache.context_texts), q2c)
+        if ranks.get("bm25") is None:  # as evaluate_cache scores it: the fusion's settings, own texts left out
+            settings = (fusion or head.fusion).bm25 if (fusion or head.fusion) is not None else None
+            ranks["bm25"] = system_ranks(excluding(bm25_scorer(cache.query_texts, cache.context_texts, settings),
+                                                   exclude), q2c)
         r_bm25 = ranks["bm25"].full
         ax.plot(ks, [(r_bm25 < k).mean() for k in ks], label="BM25", color="C2", ls=":")
     ax.set(xscale="log", xlabel="k", ylabel="recall@k (full corpus)", title="recall@k")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "recall_at_k.png", dpi=110)
+    fig.savefig(work / "recall_at_k.png", dpi=110)
     plt.close(fig)
     lines += ["## Recall@k, every context a candidate", "", "![recall at k](recall_at_k.png)", ""]
 
     # the score of the top-ranked context, right vs wrong
+    right_f, right_h = r_frozen == 0, r_head == 0
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
-    for ax, top, val, name in ((axes[0], top_f, val_f, "frozen encoder"), (axes[1], top_h, val_h, "head")):
-        right = top == q2c
-        bins = np.linspace(min(val_f.min(), val_h.min()), max(val_f.max(), val_h.max()), 40)
-        ax.hist(val[right], bins=bins, alpha=0.6, label=f"top-1 is gold ({right.mean():.1%})")
-        ax.hist(val[~right], bins=bins, alpha=0.6, label="top-1 is not gold")
+    vals = np.concatenate([val_f, val_h])
+    vals = vals[np.isfinite(vals)]
+    bins = np.linspace(vals.min(), vals.max(), 40) if len(vals) and vals.max() > vals.min() else 40
+    for ax, right, val, name in ((axes[0], right_f, val_f, "frozen encoder"), (axes[1], right_h, val_h, "head")):
+        ok = np.isfinite(val)
+        ax.hist(val[right & ok], bins=bins, alpha=0.6, label=f"top-1 is gold ({right.mean():.1%})")
+        ax.hist(val[~right & ok], bins=bins, alpha=0.6, label="top-1 is not gold")
         ax.set(title=name, xlabel="similarity of the top-1 context")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("queries")
     fig.tight_layout()
-    fig.savefig(out / "top1_similarity.png", dpi=110)
+    fig.savefig(work / "top1_similarity.png", dpi=110)
     plt.close(fig)
     lines += ["## How sure is the top-1 answer?", "",
               "Similarity of each query's top-ranked context, split by whether it is the gold one. "
@@ -144,9 +198,12 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
     a_f, a_h = _alignment(Q, C, q2c), _alignment(hq, hc, q2c)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
     for ax, qq, cc, name, a in ((axes[0], Q, C, "frozen encoder", a_f), (axes[1], hq, hc, "head", a_h)):
-        qs, cs = qq[pick], cc[q2c[pick]]
-        both = np.concatenate([qs, cs])
+        ax.set(xticks=[], yticks=[])
+        both = np.concatenate([qq[pick], cc[q2c[pick]]])
         both = both / np.linalg.norm(both, axis=1, keepdims=True)
+        if not np.isfinite(both).all():  # a head whose outputs overflow: nothing to project
+            ax.set(title=f"{name}\nvectors hold NaN or Inf: not drawn")
+            continue
         mean, comps = _pca2(both)
         p = (both - mean) @ comps.T
         pq, pc = p[:len(pick)], p[len(pick):]
@@ -154,11 +211,10 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
             ax.plot([pq[i, 0], pc[i, 0]], [pq[i, 1], pc[i, 1]], color="lightgray", lw=0.6, zorder=0)
         ax.scatter(pq[:, 0], pq[:, 1], s=6, label="queries", color="C0")
         ax.scatter(pc[:, 0], pc[:, 1], s=6, label="gold contexts", color="C1")
-        ax.set(title=f"{name}\ngold cosine {a['gold_cosine']:.3f}, centroid gap {a['centroid_gap']:.3f}",
-               xticks=[], yticks=[])
+        ax.set(title=f"{name}\ngold cosine {a['gold_cosine']:.3f}, centroid gap {a['centroid_gap']:.3f}")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "towers_2d.png", dpi=110)
+    fig.savefig(work / "towers_2d.png", dpi=110)
     plt.close(fig)
     lines += ["## The two towers", "",
               f"{len(pick)} queries and their gold contexts, PCA to 2-D (each panel its own PCA; grey lines join "
@@ -168,8 +224,7 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
               "![towers in 2-D](towers_2d.png)", ""]
 
     # examples where the head changed the top-1 answer
-    wins = np.flatnonzero((top_h == q2c) & (top_f != q2c))
-    losses = np.flatnonzero((top_h != q2c) & (top_f == q2c))
+    wins, losses = np.flatnonzero(right_h & ~right_f), np.flatnonzero(~right_h & right_f)
     lines += ["## Where the head changed the answer", "",
               f"Full corpus, top-1: the head fixes {len(wins)} queries the frozen encoder got wrong, and breaks "
               f"{len(losses)} it got right (net {len(wins) - len(losses):+d} of {len(q2c)}).", ""]
@@ -182,11 +237,10 @@ def write_report(cache, head, out: str | os.PathLike, results: dict, head_path: 
                      cache.context_texts[top_h[i]]]
             lines.append("| " + " | ".join(_cell(t) for t in cells) + " |")
         lines.append("")
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    (out / "report.json").write_text(json.dumps({"results": results, "alignment": {"frozen": a_f, "head": a_h},
-                                                 "wins": int(len(wins)), "losses": int(len(losses))}, indent=1))
-    return path
+    (work / "report.md").write_text("\n".join(lines))
+    finite = {k: {m: (v if np.isfinite(v) else None) for m, v in a.items()} for k, a in (("frozen", a_f), ("head", a_h))}
+    (work / "report.json").write_text(json.dumps({"results": results, "alignment": finite, "wins": int(len(wins)),
+                                                  "losses": int(len(losses))}, indent=1))
 
 
 def _cell(text: str, limit: int = 160) -> str:
