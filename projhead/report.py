@@ -68,6 +68,7 @@ def _alignment(q: np.ndarray, c: np.ndarray, q2c: np.ndarray) -> dict:
     """Mean cosine of a query to its gold context, and the gap between the centroids of the
     normalised queries and contexts (the "modality gap")."""
     with np.errstate(all="ignore"):  # a head whose outputs overflow gives NaN here, said as such
+        q, c = np.asarray(q, np.float64), np.asarray(c, np.float64)  # large float32 norms do not overflow
         qn = q / np.linalg.norm(q, axis=1, keepdims=True)
         cn = c / np.linalg.norm(c, axis=1, keepdims=True)
         return {"gold_cosine": float((qn * cn[q2c]).sum(1).mean()),
@@ -80,19 +81,32 @@ def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:2]
 
 
+REPORT_FILES = ("report.md", "report.json", "training_curve.png", "recall_at_k.png", "top1_similarity.png",
+                "towers_2d.png")
+
+
 @contextlib.contextmanager
 def _written_into(out: Path):
-    """A fresh folder inside ``out`` to write the report into; its files replace those of the
-    same names in ``out`` only when the whole report is written (a failure leaves ``out`` as it
-    was; the user's other files stay)."""
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / f".report.tmp{os.getpid()}"  # a name files.foreign_files passes over
+    """A fresh folder to write the report into: beside ``out`` when there is none yet (then
+    renamed to it), else inside it, its files then replacing an earlier report's (the user's
+    other files stay). A failure while writing leaves ``out`` as it was, or absent."""
+    fresh = not out.exists()
+    if fresh:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    work = (out.parent / f".{out.name}.report.tmp{os.getpid()}" if fresh
+            else out / f".report.tmp{os.getpid()}")  # names files.foreign_files passes over
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
         yield work
-        for p in sorted(work.iterdir()):
-            os.replace(p, out / p.name)
+        if fresh:
+            os.replace(work, out)
+            return
+        written = {p.name for p in work.iterdir()}
+        for name in written:
+            os.replace(work / name, out / name)
+        for name in set(REPORT_FILES) - written:  # an earlier report's file this one does not have
+            (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -141,8 +155,8 @@ def _figures(plt, cache, head, head_path, work: Path, results, ranks, lines, hq,
     from .evaluate import bm25_scorer, excluding
 
     q2c = cache.q2c
-    r_frozen, top_f, val_f = ranks["frozen"].full, ranks["frozen"].top, ranks["frozen"].top_score
-    r_head, top_h, val_h = ranks["head"].full, ranks["head"].top, ranks["head"].top_score
+    r_frozen, val_f = ranks["frozen"].full, ranks["frozen"].top_score
+    r_head, val_h = ranks["head"].full, ranks["head"].top_score
 
     # training curve, redrawn from the log the trainer saved beside the head
     log_path = Path(head_path) / "train_log.json" if head_path else None
@@ -233,14 +247,31 @@ def _figures(plt, cache, head, head_path, work: Path, results, ranks, lines, hq,
             continue
         lines += [f"### {title}", "", "| query | gold context | frozen top-1 | head top-1 |", "|---|---|---|---|"]
         for i in rng.choice(rows, size=min(n_examples, len(rows)), replace=False):
-            cells = [cache.query_texts[i], cache.context_texts[q2c[i]], cache.context_texts[top_f[i]],
-                     cache.context_texts[top_h[i]]]
+            cells = [cache.query_texts[i], cache.context_texts[q2c[i]],
+                     _answer(cache, i, Q, C, r_frozen[i], exclude), _answer(cache, i, hq, hc, r_head[i], exclude)]
             lines.append("| " + " | ".join(_cell(t) for t in cells) + " |")
         lines.append("")
     (work / "report.md").write_text("\n".join(lines))
     finite = {k: {m: (v if np.isfinite(v) else None) for m, v in a.items()} for k, a in (("frozen", a_f), ("head", a_h))}
     (work / "report.json").write_text(json.dumps({"results": results, "alignment": finite, "wins": int(len(wins)),
                                                   "losses": int(len(losses))}, indent=1))
+
+
+def _answer(cache, i: int, q: np.ndarray, c: np.ndarray, rank: int, exclude: np.ndarray) -> str:
+    """What a system gives query ``i`` first, as the counts judge it: its gold context when it
+    ranks first (``rank`` 0), else the best other context (one that ties with the gold
+    included), never the query's own text."""
+    with np.errstate(all="ignore"):
+        s = np.asarray(c, np.float64) @ np.asarray(q[i], np.float64)
+    if not np.isfinite(s).all():
+        return "(scores not finite)"
+    gold = int(cache.q2c[i])
+    if rank == 0:
+        return cache.context_texts[gold]
+    s[gold] = -np.inf
+    if exclude[i] >= 0:
+        s[exclude[i]] = -np.inf
+    return cache.context_texts[int(np.argmax(s))]
 
 
 def _cell(text: str, limit: int = 160) -> str:

@@ -339,7 +339,8 @@ class VectorsEncoder:
     def __init__(self, spec: str, files=(), ids: dict | None = None, normalize: bool = False, device=None):
         if not files:
             raise EncoderError(f"encoder 'vectors:{spec}' reads vectors from files: pass --vectors FILE (in Python, "
-                               "files=[...]); it encodes no new texts: call your API, then head.encode_queries")
+                               f"get_encoder('vectors:{spec}', files=[...])); it encodes no new texts: call your API, "
+                               "then head.encode_queries")
         self.name = f"vectors:{spec}"
         self.files = [str(f) for f in files]
         self.normalize = normalize

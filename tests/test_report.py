@@ -93,8 +93,30 @@ def test_a_report_that_fails_leaves_the_folder_as_it_was_and_an_empty_curve_is_n
         main(["eval", str(path), "--head", str(tmp_path / "head"), "--report", str(out)])
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.md"]
     assert (out / "report.md").read_text() == "an earlier report"
+    with pytest.raises(RuntimeError):  # a folder that was not there is not left behind
+        main(["eval", str(path), "--head", str(tmp_path / "head"), "--report", str(tmp_path / "new")])
+    assert sorted(p.name for p in tmp_path.iterdir() if "new" in p.name or "report.tmp" in p.name) == []
     monkeypatch.undo()
     assert main(["eval", str(path), "--head", str(tmp_path / "head"), "--report", str(out)]) == 0
     assert "## Training" in (out / "report.md").read_text() and (out / "notes.txt").read_text() == "mine"
+    assert not [p for p in out.iterdir() if "report.tmp" in p.name]
     log = json.loads((tmp_path / "head" / "train_log.json").read_text())
     assert report.plot_log({**log, "epochs": []}, tmp_path / "none.png", "mrr10") is None  # nothing trained
+
+
+def test_an_example_shows_what_the_counts_judged_a_tie_with_the_gold_included():
+    import numpy as np
+
+    from projhead.report import _answer
+
+    class Cache:
+        q2c = np.array([0, 1])
+        context_texts = ["gold of q0", "gold of q1", "ties with q0's gold"]
+
+    C = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # context 2 ties with context 0
+    Q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    none = np.array([-1, -1])
+    assert _answer(Cache, 0, Q, C, 1, none) == "ties with q0's gold"  # ranked wrong: not the gold (argmax's pick)
+    assert _answer(Cache, 1, Q, C, 0, none) == "gold of q1"
+    assert _answer(Cache, 0, Q * np.nan, C, 1, none) == "(scores not finite)"
+    assert _answer(Cache, 0, Q, C, 1, np.array([2, -1])) == "gold of q1"  # never the query's own text
