@@ -12,6 +12,7 @@ module needs no torch: ``projhead --help`` and ``projhead info`` start without l
 """
 from __future__ import annotations
 
+import fractions
 import math
 import numbers
 from dataclasses import dataclass, field, fields, replace
@@ -35,6 +36,15 @@ class EncoderError(ValueError):
 HEAD_KINDS = ("linear", "mlp", "residual", "dialog")
 TOWERS = ("separate", "shared", "query")
 ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
+
+
+def real_in(v, top: float) -> float | None:
+    """``v`` as a float when it is a finite number in [0, ``top``]: an int, a float or numpy's
+    (not a bool, not a Fraction), else None. The one rule for a fusion weight and BM25's k1 and
+    b, wherever they are given (training settings, a saved fusion, search and ``fuse``)."""
+    if isinstance(v, (bool, fractions.Fraction)) or not isinstance(v, numbers.Real):
+        return None
+    return float(v) if math.isfinite(v) and 0 <= v <= top else None
 
 
 class HeadError(ValueError):
@@ -217,12 +227,10 @@ class TrainConfig:
         if self.after_folds not in AFTER_FOLDS:
             bad("after_folds", f"one of {', '.join(AFTER_FOLDS)}")
         for name, top in (("fusion_weight", 1.0), ("bm25_k1", math.inf), ("bm25_b", 1.0)):  # the saved fusion's rule
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v)
-                                  or not 0 <= v <= top):
+            v = None if getattr(self, name) is None else real_in(getattr(self, name), top)
+            if v is None and getattr(self, name) is not None:
                 bad(name, "a finite number >= 0" if top == math.inf else "a number in [0, 1]")
-            if v is not None:
-                setattr(self, name, float(v))  # a plain float, numpy's too: config.json stores it
+            setattr(self, name, v)  # a plain float, numpy's too: config.json stores it
         if self.dense_only and self.hybrid:
             raise TrainError("hybrid selection judges heads fused with BM25: drop --dense-only or --hybrid")
         if (self.bm25_aware or self.hybrid) and self.stream:

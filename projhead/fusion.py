@@ -22,7 +22,8 @@ The fused score of a context is ``weight * norm(dense) + (1 - weight) * norm(bm2
 A spec also holds the BM25 settings (bm25s: variant, ``k1``, ``b``, stemmer, stopwords), so
 the BM25 a weight was chosen with is the BM25 it is applied with. It is plain data, saved in
 a head's config.json (``Head.fusion``) and beside its exports. This module needs numpy (and
-bm25s with PyStemmer for ``bm25_scorer``), nothing else of projhead.
+bm25s with PyStemmer for ``bm25_scorer``); of projhead, only ``config``'s rule for a number in
+range (shared with the training settings).
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+
+from .config import real_in
 
 NORMALISATIONS = ("zscore", "minmax", "fixed")
 # The dense share when nothing was chosen on held-out queries, and the one projhead train keeps
@@ -69,12 +72,11 @@ class BM25Settings:
         if self.method not in BM25_METHODS:
             raise FusionError(f"BM25 method must be one of {', '.join(BM25_METHODS)}, not {self.method!r}")
         for name, top in (("k1", math.inf), ("b", 1.0)):
-            v = getattr(self, name)
-            if (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v)
-                    or not 0 <= v <= top):
+            v = real_in(getattr(self, name), top)
+            if v is None:
                 raise FusionError(f"BM25 {name} must be " + ("a finite number >= 0" if top == math.inf
-                                                             else "a number in [0, 1]") + f", not {v!r}")
-            object.__setattr__(self, name, float(v))
+                                                             else "a number in [0, 1]") + f", not {getattr(self, name)!r}")
+            object.__setattr__(self, name, v)
         for name in ("stemmer", "stopwords"):
             if not isinstance(getattr(self, name), str):
                 raise FusionError(f"BM25 {name} must be a name (a string, '' for none), not {getattr(self, name)!r}")
@@ -179,9 +181,10 @@ def normalised_bm25(bm25: np.ndarray, how: str) -> np.ndarray:
 def checked_weight(w, name: str = "fusion weight") -> float:
     """``w`` as a float if it is a dense share (a number in [0, 1], not a bool), else a
     FusionError naming ``name``."""
-    if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)) or not 0.0 <= w <= 1.0:
+    v = real_in(w, 1.0)
+    if v is None:
         raise FusionError(f"{name} must be a number in [0, 1], not {w!r}")
-    return float(w)
+    return v
 
 
 def fuse(dense: np.ndarray, bm25: np.ndarray, spec: FusionSpec | None = None,

@@ -2,6 +2,7 @@
 rows, the weight chosen on held-out queries, and the retriever."""
 import json
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -1004,7 +1005,7 @@ def test_plain_selection_serves_a_head_with_the_bm25_it_was_trained_beside_or_se
 
 @pytest.mark.parametrize("bad", [{"bm25_k1": float("inf")}, {"bm25_k1": -1.0}, {"bm25_k1": "1.2"}, {"bm25_k1": True},
                                  {"bm25_b": 1.5}, {"bm25_b": float("nan")}, {"fusion_weight": True},
-                                 {"fusion_weight": 1.5}, {"fusion_weight": "0.5"}])
+                                 {"fusion_weight": 1.5}, {"fusion_weight": "0.5"}, {"bm25_b": Fraction(1, 2)}])
 def test_bm25_settings_of_training_are_checked(bad):
     from projhead.config import TrainConfig, TrainError
 
