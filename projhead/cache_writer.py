@@ -288,7 +288,8 @@ def extend_cache(path: str | os.PathLike, fill, what: str, locked: bool = False)
     the addition in errors; ``locked``: the caller holds the cache's lock (``lock_output``).
     ``projhead mine`` stores its sets this way, ``projhead cache --corpus`` a corpus. A format 2
     cache is checked whole against its fingerprints, then copied in today's format
-    (``copy_as_current``), so what is added and what was there are alike; a format 1 cache is copied as it is (its fingerprint means something else)."""
+    (``copy_as_current``), so what is added and what was there are alike; a format 1 cache is
+    copied as it is (its fingerprint means something else)."""
     import h5py
 
     path = Path(path)

@@ -11,8 +11,8 @@ Usage::
     head.encode_queries(view.queries)
 
 The section (``cachefile.Turns``, known to every reader and writer): ``text`` and ``vectors``,
-each distinct turn text once (deduplicated); ``slots`` (n_queries, S), for each query row the text rows of its current question (slot 0),
-then of each earlier turn back from the last, its question and its answer ("no answer" for
+each distinct turn text once (deduplicated); ``slots`` (n_queries, S), for each query row the
+text rows of its current question (slot 0), then of each earlier turn back from the last, its question and its answer ("no answer" for
 CANNOTANSWER), -1 where the dialog has no such turn (padding), and with ``joined`` a last slot
 "dialog": the whole dialog so far as one text; ``neighbours`` (n_contexts, 2), the text rows of
 the sentence before and after each context in its section, -1 at an edge; ``section``
@@ -36,8 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache_reader import Cache, CacheError, open_cache, read_identity
-from .cachefile import (REBUILD_AS_FLOAT32, check_float16, job_identity,
-                        text_named)
+from .cachefile import REBUILD_AS_FLOAT32, check_float16, job_identity, text_named
 
 NO_ANSWER = "no answer"  # an earlier turn's answer when it was CANNOTANSWER (as quac.dialog_pairs writes it)
 
