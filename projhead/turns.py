@@ -12,8 +12,9 @@ Usage::
 
 The section (``cachefile.Turns``, known to every reader and writer): ``text`` and ``vectors``,
 each distinct turn text once (deduplicated); ``slots`` (n_queries, S), for each query row the
-text rows of its current question (slot 0), then of each earlier turn back from the last, its question and its answer ("no answer" for
-CANNOTANSWER), -1 where the dialog has no such turn (padding), and with ``joined`` a last slot
+text rows of its current question (slot 0), then of each earlier turn back from the last, its
+question and its answer ("no answer" for CANNOTANSWER), -1 where the dialog has no such turn
+(padding), and with ``joined`` a last slot
 "dialog": the whole dialog so far as one text; ``neighbours`` (n_contexts, 2), the text rows of
 the sentence before and after each context in its section, -1 at an edge; ``section``
 (n_contexts,), optional, the text row of the whole section holding each context (encoded as one
