@@ -203,7 +203,7 @@ def retriever_check(cache_dir: Path, work: Path, name: str, depth: int = 100, fa
     """The HybridRetriever over the test corpus with the seed-0 head: build and search seconds,
     and its R@1 / MRR@10 from top-10 lists against evaluation's fused ranking of every context."""
     from projhead.evaluate import corpus_metrics, topk_ranks
-    from projhead.hybrid import HybridRetriever
+    from projhead.retriever import HybridRetriever
 
     test = open_cache(cache_dir / DATASETS[name][1])
     head = load_head(work / name / "head-seed0")

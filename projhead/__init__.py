@@ -30,7 +30,8 @@ The data flow, one module a step::
     metrics.py     scorers (dense, BM25), ranks, both protocols' figures, paired bootstrap
     evaluate.py    ranks once per system on a cache: out-of-500 and full-corpus retrieval, BM25 and its fusions
     fusion.py      dense + BM25 scores: normalisation, weighted fusion, RRF, the spec saved with a head
-    hybrid.py      the fusion weight chosen on held-out queries; a bm25s + FAISS hybrid retriever
+    hybrid.py      the fusion weight chosen on held-out queries
+    retriever.py   a bm25s + FAISS hybrid retriever, saved and loaded
     search.py      full-corpus retrieval at scale (FAISS)
     report.py      Markdown and plots
     export.py      sentence-transformers folder, ONNX
@@ -75,7 +76,7 @@ def __getattr__(name):
 
         return getattr(fusion, name)
     if name == "HybridRetriever":
-        from .hybrid import HybridRetriever
+        from .retriever import HybridRetriever
 
         return HybridRetriever
     if name == "EncodedHead":

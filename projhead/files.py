@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
@@ -48,7 +48,7 @@ def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
     try:
         yield tmps
         for t in tmps:
-            _fsync(t)
+            fsync_file(t)
         for t, p in zip(tmps, paths):
             os.replace(t, p)
     except BaseException:

@@ -280,6 +280,27 @@ class BM25Index:
                               "stop words" if self.n else "BM25 has nothing to index: no texts")
         self.retriever.index(corpus, show_progress=False)
 
+    def save(self, folder) -> None:
+        """bm25s's own files in ``folder`` (numpy arrays without pickle, JSON); ``load`` reads them."""
+        self.retriever.save(str(folder), show_progress=False, allow_pickle=False)
+
+    @classmethod
+    def load(cls, folder, settings: BM25Settings) -> "BM25Index":
+        """An index ``save`` wrote, scored with ``settings`` (the tokens' stemmer and stop words;
+        k1, b and the method must be those it was built with)."""
+        import bm25s
+
+        self = cls.__new__(cls)
+        self.settings, self._stemmer = settings, stemmer_for(settings)
+        self.retriever = bm25s.BM25.load(str(folder), load_corpus=False, mmap=False, allow_pickle=False,
+                                         show_progress=False)
+        r = self.retriever
+        if (r.method, float(r.k1), float(r.b)) != (settings.method, float(settings.k1), float(settings.b)):
+            raise FusionError(f"{folder}: BM25 {r.method} k1 {r.k1:g}, b {r.b:g} there, but the fusion says "
+                              f"{settings.method} k1 {settings.k1:g}, b {settings.b:g}")
+        self.n = int(r.scores["num_docs"])
+        return self
+
     def _tokenize(self, texts, return_ids=False):
         return tokenize(texts, self.settings, self._stemmer, return_ids)
 

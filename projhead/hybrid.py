@@ -1,11 +1,9 @@
-"""Hybrid retrieval with a head: the fusion weight chosen on held-out queries, and a retriever.
+"""Hybrid retrieval with a head: the fusion weight chosen on held-out queries.
 
 Usage::
 
-    from projhead.hybrid import HybridRetriever, choose_weight
+    from projhead.hybrid import choose_weight
     spec = choose_weight(cache, rows, head)        # FusionSpec, weight chosen on those queries
-    r = HybridRetriever(texts, vectors, head=head) # bm25s + FAISS, the head's saved fusion
-    ids, scores = r.search(query_texts, query_vectors, k=10)
 
 ``choose_weight`` ranks the held-out queries ``rows`` against every context of the cache
 (and the corpus rows attached to it for selection),
@@ -14,15 +12,6 @@ default weight unless the one of highest mean per-query metric beats it beyond n
 (``kept_weight``); the frozen encoder's weight is chosen on the same queries. ``projhead
 train`` calls it (``tune_after_selection``) on the queries model selection held out, and saves
 the spec in the head's config.json.
-
-``HybridRetriever`` holds a FAISS index of the (head-encoded) context vectors, the vectors
-themselves, and a bm25s index of the texts. A search takes each side's top ``depth``
-contexts, and scores their union exactly on both sides, normalised with full-corpus
-statistics: for z-scores the dense mean and standard deviation over every context come from
-the contexts' mean vector and second-moment matrix (no scan), BM25's from bm25s's scores of
-every text (which it computes anyway); min-max needs each query's dense scores of every
-context (one matrix-vector product over the vectors). With ``depth`` >= the corpus size the
-result is exactly the fused ranking of every context.
 """
 from __future__ import annotations
 
@@ -34,8 +23,7 @@ import numpy as np
 from .evaluate import MISS, PER_QUERY, dense_scorer, self_matches
 from .metrics import paired_bootstrap
 from .fusion import (BM25_GRID, DEFAULT_WEIGHT, WEIGHT_GRID, BM25Index, BM25Settings, FusionError, FusionSpec,
-                     checked_weight, normalise, normalised_bm25, normalised_pair, tokenize, weight_given)
-from .search import build_index, search
+                     normalise, normalised_bm25, tokenize, weight_given)
 
 MAX_TUNE_QUERIES = 4000  # held-out queries the weight is chosen on (a seeded sample beyond this)
 MAX_SETTINGS_QUERIES = 2000  # held-out queries BM25's k1 and b are chosen on (a seeded sample beyond this)
@@ -372,117 +360,3 @@ def _say_fusion(spec: FusionSpec, metric: str, say, folds: list | None = None) -
         say(f"  head + BM25 against frozen + BM25 as the identity would be saved (k1 {f['k1']:g}, b {f['b']:g}, weight "
             f"{f['weight']:.2f}): {metric} {vs['gain']:+.4f} (95% interval {vs['low']:+.4f} to {vs['high']:+.4f}, "
             f"{vs['n']} deciding queries)")
-
-
-class _Owned:
-    """An array's memory with its owner: numpy keeps this object (and so the owner) alive as
-    long as any array made from it."""
-
-    def __init__(self, owner, view: np.ndarray):
-        self.owner, self.__array_interface__ = owner, view.__array_interface__
-
-
-def _in_index(index, view: np.ndarray) -> np.ndarray:
-    """``view`` (an array over ``index``'s own memory) read-only and keeping ``index`` alive."""
-    out = np.asarray(_Owned(index, view))
-    out.flags.writeable = False
-    return out
-
-
-class HybridRetriever:
-    """bm25s + FAISS over ``texts`` and their ``vectors`` (of the head's encoder), fused
-    with ``spec`` (default: the head's saved fusion, else the defaults). ``factory``: a FAISS
-    index-factory string (``Flat`` exact; ``HNSW32``, ``IVF4096,Flat`` approximate)."""
-
-    def __init__(self, texts: list[str], vectors: np.ndarray, head=None, spec: FusionSpec | None = None,
-                 factory: str = "Flat", chunk: int = 65536):
-        if len(texts) != len(vectors):
-            raise FusionError(f"{len(texts)} texts but {len(vectors)} vectors: one vector per text")
-        if not len(texts):
-            raise FusionError("no texts to search: a retriever needs at least one text and its vector")
-        self.head = head
-        self.spec = spec or (head.fusion if head is not None else None) or FusionSpec()
-        self.bm25 = BM25Index(texts, self.spec.bm25)  # first: a corpus BM25 cannot index fails before any encoding
-        # the vectors (through the head's context side) written chunk by chunk into one array, their
-        # mean and second moment summed in float64 on the way: no float64 copy, no list of chunks
-        n, self.vectors, total, self.second = len(vectors), None, None, None
-        for a in range(0, n, chunk):
-            x = np.asarray(vectors[a:a + chunk], np.float32)
-            if head is not None:
-                x = head.encode_contexts(x)
-            if self.vectors is None:
-                self.vectors = np.empty((n, x.shape[1]), np.float32)  # (N, D')
-                total, self.second = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
-            self.vectors[a:a + len(x)] = x
-            x = x.astype(np.float64)
-            total += x.sum(axis=0)
-            self.second += x.T @ x
-        self.mean = total / n  # (D',): the mean dense score of a query is q . mean
-        self.second /= n  # (D', D'): its mean square is q' S q
-        dim = self.vectors.shape[1]
-        # a Flat index takes the vectors in one add (one allocation, not a buffer grown chunk by chunk)
-        self.index = build_index(iter([self.vectors]) if factory == "Flat" else
-                                 (self.vectors[a:a + chunk] for a in range(0, n, chunk)), dim, factory)
-        if hasattr(self.index, "get_xb"):  # a Flat index holds the same vectors: read them there, not twice
-            import faiss
-
-            self.vectors = _in_index(self.index, faiss.rev_swig_ptr(self.index.get_xb(), n * dim).reshape(n, dim))
-
-    def _dense_stats(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        how = self.spec.normalisation
-        if how == "zscore":
-            mu = q @ self.mean
-            var = np.einsum("id,de,ie->i", q, self.second, q) - mu ** 2
-            return mu, np.sqrt(np.maximum(var, 0.0))
-        if how == "minmax":
-            lo = np.empty(len(q))
-            hi = np.empty(len(q))
-            for i in range(len(q)):
-                s = self.vectors @ q[i].astype(np.float32)
-                lo[i], hi[i] = s.min(), s.max()
-            return lo, hi
-        return None
-
-    def search(self, query_texts: list[str], query_vectors: np.ndarray, k: int = 10, depth: int = 100,
-               weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` texts of each query: ids (Nq, k) int64 (-1 where fewer) and fused scores
-        (Nq, k), from the union of each side's top ``depth`` (at least ``k``)."""
-        if len(query_texts) != len(query_vectors):
-            raise FusionError(f"{len(query_texts)} query texts but {len(query_vectors)} query vectors")
-        q = np.asarray(query_vectors, np.float32)
-        if self.head is not None:
-            q = self.head.encode_queries(q)
-        n = len(self.vectors)
-        if not isinstance(k, (int, np.integer)) or k < 0 or not isinstance(depth, (int, np.integer)) or depth < 1:
-            raise FusionError(f"k must be an integer >= 0 and depth one >= 1, not k={k!r}, depth={depth!r}")
-        depth = min(max(depth, k), n)  # each side's top depth: never fewer than the k asked for
-        w = self.spec.weight if weight is None else checked_weight(weight)
-        how = self.spec.normalisation
-        _, dense_ids = search(self.index, q, k=depth)
-        stats = self._dense_stats(q.astype(np.float64))
-        tokens = self.bm25.tokens(list(query_texts))
-        ids = np.full((len(q), k), -1, np.int64)
-        out = np.full((len(q), k), -np.inf, np.float32)
-        for i in range(len(q)):
-            b_all = self.bm25.scores_of(tokens, [i])[0].astype(np.float64)  # (N,)
-            top_b = np.argpartition(-b_all, depth - 1)[:depth] if depth < n else np.arange(n)
-            cand = np.union1d(dense_ids[i][dense_ids[i] >= 0], top_b)
-            d = self.vectors[cand].astype(np.float64) @ q[i].astype(np.float64)
-            b = b_all[cand]
-            if how == "zscore":
-                d = (d - stats[0][i]) / stats[1][i] if stats[1][i] > 0 else np.zeros_like(d)
-                sd = b_all.std()
-                b = (b - b_all.mean()) / sd if sd > 0 else np.zeros_like(b)
-            elif how == "minmax":
-                lo, hi = stats[0][i], stats[1][i]
-                d = (d - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
-                blo, bhi = b_all.min(), b_all.max()
-                b = (b - blo) / (bhi - blo) if bhi > blo else np.zeros_like(b)
-            else:
-                d, b = normalised_pair(d[None], b[None], how)
-                d, b = d[0], b[0]
-            s = w * d + (1 - w) * b
-            order = np.lexsort((cand, -s))[:k]  # highest first, ties by id
-            ids[i, :len(order)] = cand[order]
-            out[i, :len(order)] = s[order]
-        return ids, out

@@ -1,0 +1,187 @@
+"""The hybrid retriever (bm25s + FAISS): its ranking against the fused ranking of every
+context, its refusals, and a retriever saved and loaded again."""
+import json
+
+import numpy as np
+import pytest
+
+from projhead.fusion import FusionError, FusionSpec, bm25_scorer, fuse
+from test_fusion import _head_on
+
+
+@pytest.mark.parametrize("how", ["zscore", "minmax", "fixed"])
+def test_retriever_equals_the_fused_ranking_of_every_context(planted_cache, how):
+    pytest.importorskip("faiss")
+    from projhead.cache import open_cache
+    from projhead.retriever import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=8))
+    head = _head_on(cache)
+    spec = FusionSpec(weight=0.4, normalisation=how)
+    r = HybridRetriever(cache.context_texts, cache.contexts, head=head, spec=spec)
+    qt, qv = cache.query_texts[:20], cache.queries[:20]
+    ids, scores = r.search(qt, qv, k=5, depth=len(cache.contexts))
+    b = bm25_scorer(qt, cache.context_texts)(np.arange(20))
+    want = fuse(head.encode_queries(qv) @ head.encode_contexts(cache.contexts).T, b, spec)
+    for i in range(20):
+        order = np.lexsort((np.arange(want.shape[1]), -want[i]))[:5]
+        np.testing.assert_array_equal(ids[i], order)
+        np.testing.assert_allclose(scores[i], want[i, order], rtol=1e-4, atol=1e-4)
+    ids2, _ = r.search(qt, qv, k=3, depth=4)  # a shallow search: the top-4 of each side, scored the same way
+    assert (ids2 >= 0).all() and ids2.shape == (20, 3)
+
+
+def test_retriever_refuses_mismatched_inputs(planted_cache):
+    pytest.importorskip("faiss")
+    from projhead.cache import open_cache
+    from projhead.retriever import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=3))
+    with pytest.raises(FusionError, match="one vector per text"):
+        HybridRetriever(cache.context_texts[:-1], cache.contexts)
+    r = HybridRetriever(cache.context_texts, cache.contexts)
+    with pytest.raises(FusionError, match="query texts"):
+        r.search(cache.query_texts[:2], cache.queries[:3])
+    for bad in ({"weight": -0.5}, {"weight": 2}, {"depth": 0}, {"k": -1}):
+        with pytest.raises(FusionError, match="weight must be a number in|depth one >= 1"):
+            r.search(cache.query_texts[:2], cache.queries[:2], **bad)
+    with pytest.raises(FusionError, match="weight must be a number in"):
+        fuse(np.ones((1, 3)), np.ones((1, 3)), weight=-1)
+    with pytest.raises(FusionError, match="no texts to search"):
+        HybridRetriever([], np.zeros((0, cache.dim), np.float32))
+    with pytest.raises(FusionError, match="none of the 2 texts has a token left"):
+        HybridRetriever(["", "the of"], cache.contexts[:2])
+
+
+def test_retriever_returns_k_texts_when_k_is_above_the_depth(planted_cache):
+    """Each side's top ``depth`` is at least ``k``: asking for more texts than the depth still
+    fills every query's k places (the corpus has more than k texts)."""
+    pytest.importorskip("faiss")
+    from projhead.cache import open_cache
+    from projhead.retriever import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=8))
+    n = len(cache.contexts)
+    r = HybridRetriever(cache.context_texts, cache.contexts)
+    k = n - 2
+    ids, scores = r.search(cache.query_texts[:10], cache.queries[:10], k=k, depth=3)
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+    full, _ = r.search(cache.query_texts[:10], cache.queries[:10], k=k, depth=n)
+    np.testing.assert_array_equal(ids, full)  # depth >= k reaches the whole ranking's top k here
+    vectors = r.vectors  # for a Flat index, the index's own copy: it outlives the retriever
+    del r
+    import gc
+
+    gc.collect()
+    np.testing.assert_array_equal(vectors, cache.contexts)
+    assert not vectors.flags.writeable
+
+
+# -- saved and loaded ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory, with_head", [("Flat", True), ("HNSW32", False)])
+def test_a_saved_retriever_searches_as_the_one_built(planted_cache, tmp_path, factory, with_head):
+    pytest.importorskip("faiss")
+    from projhead.cache import open_cache
+    from projhead.retriever import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=8))
+    head = _head_on(cache) if with_head else None
+    spec = FusionSpec(weight=0.6, normalisation="zscore")
+    r = HybridRetriever(cache.context_texts, cache.contexts, head=head, spec=spec, factory=factory)
+    qt, qv = cache.query_texts, cache.queries
+    r.save(tmp_path / "ret")
+    names = sorted(p.name for p in (tmp_path / "ret").rglob("*"))
+    assert "retriever.json" in names and "index.faiss" in names
+    assert ("vectors.npy" in names) is (factory != "Flat")  # a Flat index keeps the vectors itself
+    assert not [n for n in names if n.endswith((".pkl", ".pickle"))]
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary folder left beside it
+    loaded = HybridRetriever.load(tmp_path / "ret", head=head)
+    assert loaded.spec == r.spec and loaded.factory == factory
+    np.testing.assert_array_equal(np.asarray(loaded.vectors), np.asarray(r.vectors))
+    for kw in ({"k": 5, "depth": 10}, {"k": 3, "depth": len(cache.contexts), "weight": 0.3}):
+        want_ids, want = r.search(qt, qv, **kw)
+        ids, scores = loaded.search(qt, qv, **kw)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_allclose(scores, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_saved_retriever_is_loaded_only_with_the_head_it_was_built_with(planted_cache, tmp_path):
+    pytest.importorskip("faiss")
+    torch = pytest.importorskip("torch")
+    from projhead.cache import open_cache
+    from projhead.retriever import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=4))
+    head = _head_on(cache)
+    HybridRetriever(cache.context_texts, cache.contexts, head=head).save(tmp_path / "with")
+    HybridRetriever(cache.context_texts, cache.contexts).save(tmp_path / "without")
+    with pytest.raises(FusionError, match="went through a head: give the same head"):
+        HybridRetriever.load(tmp_path / "with")
+    other = _head_on(cache)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    with pytest.raises(FusionError, match="another head than the one given"):
+        HybridRetriever.load(tmp_path / "with", head=other)
+    with pytest.raises(FusionError, match="built without a head"):
+        HybridRetriever.load(tmp_path / "without", head=head)
+    HybridRetriever.load(tmp_path / "with", head=_head_on(cache))  # the same weights, made again
+
+
+def test_a_damaged_saved_retriever_is_refused_naming_the_file(planted_cache, tmp_path):
+    pytest.importorskip("faiss")
+    from projhead.cache import open_cache
+    from projhead.retriever import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=4))
+    r = HybridRetriever(cache.context_texts, cache.contexts)
+    with pytest.raises(FusionError, match="not a saved retriever"):
+        HybridRetriever.load(tmp_path)
+    for damage, message in (
+            (lambda d: (d / "index.faiss").unlink(), r"index\.faiss: cannot read it"),
+            (lambda d: (d / "mean.npy").write_bytes(b"not numpy"), r"mean\.npy: cannot read it"),
+            (lambda d: np.save(d / "second.npy", np.zeros((2, 2))), r"second\.npy: .*not numbers of shape"),
+            (lambda d: (d / "retriever.json").write_text("{"), r"retriever\.json: cannot read it"),
+            (lambda d: _edit(d, n=3), "the FAISS index holds"),
+            (lambda d: _edit(d, version=9), "format version 9"),
+            (lambda d: _edit(d, spec={"weight": 7}), r"retriever\.json: .*weight")):
+        folder = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        r.save(folder)
+        damage(folder)
+        with pytest.raises(FusionError, match=message):
+            HybridRetriever.load(folder)
+
+
+def _edit(folder, **changes):
+    record = json.loads((folder / "retriever.json").read_text())
+    record.update(changes)
+    (folder / "retriever.json").write_text(json.dumps(record))
+
+
+def test_saving_replaces_an_earlier_retriever_whole_and_refuses_other_folders(planted_cache, tmp_path, monkeypatch):
+    faiss = pytest.importorskip("faiss")
+    from projhead.cache import open_cache
+    from projhead.retriever import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=6))
+    small = HybridRetriever(cache.context_texts[:5], cache.contexts[:5], factory="HNSW32")
+    full = HybridRetriever(cache.context_texts, cache.contexts)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(FusionError, match="not a saved retriever"):
+        full.save(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    small.save(tmp_path / "ret")
+
+    def failing(*args):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(faiss, "write_index", failing)
+    with pytest.raises(FusionError, match="cannot save the retriever.*as it was"):
+        full.save(tmp_path / "ret")
+    assert HybridRetriever.load(tmp_path / "ret").bm25.n == 5  # the earlier one, whole
+    monkeypatch.undo()
+    full.save(tmp_path / "ret")
+    loaded = HybridRetriever.load(tmp_path / "ret")
+    assert loaded.bm25.n == len(cache.contexts) and not (tmp_path / "ret" / "vectors.npy").exists()
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
