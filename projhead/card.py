@@ -139,6 +139,8 @@ def model_card(config: dict) -> str:
                   f"{fz['normalisation']}-normalised per query over every context"
                   + (f" (frozen encoder: dense weight {fz['frozen_weight']})" if fz.get("frozen_weight") is not None
                      else "") + ".",
+                  *([f"Frozen + BM25 as the identity would have been saved (the baseline of `projhead eval`): BM25 "
+                     f"k1 {fz['frozen_bm25'].get('k1')}, b {fz['frozen_bm25'].get('b')}."] if fz.get("frozen_bm25") else []),
                   f"BM25: bm25s {b.get('method')}, k1 {b.get('k1')}, b {b.get('b')}, stemmer "
                   f"{b.get('stemmer') or 'none'}, stopwords {b.get('stopwords') or 'none'}."
                   + (" Weight: the one its held-out queries were ranked at while the head was chosen and decided on "

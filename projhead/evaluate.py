@@ -35,7 +35,7 @@ def bm25_ranks(cache, block: int = 500, exclude: np.ndarray | None = None, setti
 
 def fused_ranks(cache, head=None, spec=None, block: int = 500, exclude: np.ndarray | None = None) -> dict:
     """Ranks of BM25 and of the fused systems on a cache held in memory: ``bm25``,
-    ``frozen+bm25`` (at the spec's ``frozen_weight`` when it has one), ``head+bm25`` (with a
+    ``frozen+bm25`` (at the spec's ``baseline``: as the identity would have been saved), ``head+bm25`` (with a
     head) at its ``weight``, and ``rrf`` of the best dense system (the head if given) with
     BM25. ``spec``: a ``fusion.FusionSpec`` (default: the head's, else the defaults). Each
     block's BM25 scores are computed once for every system. With corpus rows (``with_corpus``),
@@ -57,26 +57,28 @@ def _fused_ranks(cache, head, spec, block: int, exclude: np.ndarray | None) -> d
     if exclude is None:
         exclude = self_matches(cache.query_texts, cache.context_texts)
     bm25 = bm25_scorer(cache.query_texts, cache.context_texts, spec.bm25)
+    fw, fb = spec.baseline  # frozen + BM25 as the identity would have been saved
+    base = bm25 if fb == spec.bm25 else bm25_scorer(cache.query_texts, cache.context_texts, fb)
     q, c = cache.queries, cache.contexts
     dense = {"frozen": (q, c)}
     if head is not None:
         dense["head"] = (head.encode_queries(q), head.encode_contexts(c))
     best = dense["head" if head is not None else "frozen"]
-    fw = spec.frozen_weight if spec.frozen_weight is not None else spec.weight
-    systems = {"bm25": (None, lambda d, b: b), "frozen+bm25": (dense["frozen"], lambda d, b: fuse(d, b, spec, fw))}
+    systems = {"bm25": (None, lambda d, b, bb: b), "frozen+bm25": (dense["frozen"], lambda d, b, bb: fuse(d, bb, spec, fw))}
     if head is not None:
-        systems["head+bm25"] = (dense["head"], lambda d, b: fuse(d, b, spec))
-    systems["rrf"] = (best, lambda d, b: rrf(d, b, spec.rrf_k))
+        systems["head+bm25"] = (dense["head"], lambda d, b, bb: fuse(d, b, spec))
+    systems["rrf"] = (best, lambda d, b, bb: rrf(d, b, spec.rrf_k))
     q2c = np.asarray(cache.q2c)
     parts = {name: [] for name in systems}
     for start in range(0, len(q2c), block):  # the protocol's own blocks, one at a time
         rows = np.arange(start, min(start + block, len(q2c)))
         b = bm25(rows)  # (R, Nc)
+        bb = b if base is bm25 else base(rows)
         for name, (vecs, f) in systems.items():
             d = None if vecs is None else dense_scorer(vecs[0][rows], vecs[1])(np.arange(len(rows)))
 
             def score(r, cols=None, d=d, f=f):
-                s = f(None if d is None else d[r], b[r])
+                s = f(None if d is None else d[r], b[r], bb[r])
                 return s if cols is None else s[:, cols]
 
             parts[name].append(system_ranks(excluding(score, exclude[rows]), q2c[rows], block))

@@ -91,9 +91,10 @@ def weight_given(chosen: dict) -> bool:
 @dataclass(frozen=True)
 class FusionSpec:
     """How to fuse dense and BM25 scores (see module doc). ``weight``: the dense share for
-    the head it is saved with; ``frozen_weight``: the share chosen for the frozen encoder on
-    the same queries (the baseline row of an evaluation), None if not chosen; ``chosen``:
-    where the weights came from (queries, metric, grid), for the record."""
+    the head it is saved with; ``frozen_weight``: the share of frozen + BM25 as the identity
+    would have been saved, the baseline row of an evaluation (None if not chosen: ``weight``);
+    ``frozen_bm25``: that baseline's BM25 where it is not the head's (None: ``bm25``);
+    ``chosen``: where the weights came from (queries, metric, grid), for the record."""
 
     weight: float = DEFAULT_WEIGHT
     normalisation: str = "zscore"
@@ -101,6 +102,7 @@ class FusionSpec:
     frozen_weight: float | None = None
     rrf_k: int = RRF_K
     chosen: dict = field(default_factory=dict)
+    frozen_bm25: BM25Settings | None = None
 
     def __post_init__(self):
         for name in ("weight", "frozen_weight"):
@@ -113,6 +115,8 @@ class FusionSpec:
             raise FusionError(f"rrf_k must be a positive integer, not {self.rrf_k!r}")
         if not isinstance(self.bm25, BM25Settings):
             raise FusionError(f"bm25 must be BM25Settings, not {self.bm25!r}")
+        if self.frozen_bm25 is not None and not isinstance(self.frozen_bm25, BM25Settings):
+            raise FusionError(f"frozen_bm25 must be BM25Settings or None, not {self.frozen_bm25!r}")
         if not isinstance(self.chosen, dict):
             raise FusionError(f"chosen (where the weights came from) must be an object, not {self.chosen!r}")
 
@@ -128,10 +132,18 @@ class FusionSpec:
         extra = sorted(set(d) - known)
         if extra:
             raise FusionError(f"unknown fusion settings {extra}")
-        b = d.get("bm25", {})
-        if not isinstance(b, dict) or set(b) - {f.name for f in fields(BM25Settings)}:
-            raise FusionError(f"bad BM25 settings {b!r}")
-        return cls(**{**d, "bm25": BM25Settings(**b)})
+        settings = {}
+        for name in ("bm25", "frozen_bm25"):
+            b = d.get(name, {} if name == "bm25" else None)
+            if b is not None and (not isinstance(b, dict) or set(b) - {f.name for f in fields(BM25Settings)}):
+                raise FusionError(f"bad BM25 settings {b!r}")
+            settings[name] = None if b is None else BM25Settings(**b)
+        return cls(**{**d, **settings})
+
+    @property
+    def baseline(self) -> tuple[float, BM25Settings]:
+        """Frozen + BM25's dense weight and BM25: the evaluation's baseline row."""
+        return (self.weight if self.frozen_weight is None else self.frozen_weight), self.frozen_bm25 or self.bm25
 
     def with_weight(self, weight: float, frozen_weight: float | None = None) -> "FusionSpec":
         return replace(self, weight=weight, frozen_weight=frozen_weight)
@@ -347,8 +359,10 @@ def eval_fusion(head, weight: float | None, normalisation: str | None, say=None)
     if weight is not None:
         spec, source = spec.with_weight(weight, weight), "--fusion-weight"
     if say is not None:
-        fw = spec.frozen_weight if spec.frozen_weight is not None else spec.weight
+        fw, fb = spec.baseline
         say(f"fusion: {spec.normalisation} scores, dense weight {spec.weight:g}"
                    + (f" (frozen encoder {fw:g})" if fw != spec.weight else "") + f" ({source}); RRF k={spec.rrf_k}; "
-                   f"BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g}")
+                   f"BM25 k1 {spec.bm25.k1:g}, b {spec.bm25.b:g}"
+                   + (f" (frozen encoder: k1 {fb.k1:g}, b {fb.b:g}, as the identity would have been saved)"
+                      if fb != spec.bm25 else ""))
     return spec

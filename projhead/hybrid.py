@@ -45,7 +45,9 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     corpus rows attached to it for selection, ``Cache.ranked_contexts``), where it beats the
     weight ``stay`` beyond noise (``kept_weight``: chosen on half of the queries, judged on the
     other), else ``stay`` (None: the highest, whatever the margin); the frozen encoder's weight on
-    the same queries, by the same rule, as ``frozen_weight``. Ties keep the lowest weight, and a
+    the same queries, by the same rule, as ``frozen_weight`` (with ``judge``: that of frozen + BM25
+    as the identity would be saved, and its BM25 as ``frozen_bm25`` where it is not the head's: the
+    baseline an evaluation shows). Ties keep the lowest weight, and a
     best level with ``stay`` keeps ``stay``; ``boot_seed`` seeds the halves and the bootstrap.
     ``bm25_grid``: BM25 (k1, b) pairs to choose from first, on a sample of at most
     ``max_settings_queries`` of the rows and every other weight of ``grid``, by the best fusion
@@ -103,8 +105,12 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
               "stay": stay if stay is not None and np.isclose(grid, stay).any() else None,  # the rule applied
               **({"against_stay": {k: v for k, v in moved.items() if v}} if any(moved.values()) else {}),
               "system": system, **record, "seconds": round(time.perf_counter() - t0, 1)}
+    # the baseline saved: frozen + BM25 as the identity would have been saved, where the head was judged against it
+    base = record.get("against_frozen", {}).get("frozen")
+    frozen_bm25 = replace(spec.bm25, k1=base["k1"], b=base["b"]) if base else spec.bm25
     return FusionSpec(weight=best.get("head", best["frozen"]), normalisation=spec.normalisation, bm25=spec.bm25,
-                      frozen_weight=best["frozen"], rrf_k=spec.rrf_k, chosen=chosen)
+                      frozen_weight=base["weight"] if base else best["frozen"], rrf_k=spec.rrf_k, chosen=chosen,
+                      frozen_bm25=None if frozen_bm25 == spec.bm25 else frozen_bm25)
 
 
 def kept_weight(per_query: np.ndarray, grid, stay: float | None, seed: int = 0) -> tuple[float, dict | None]:

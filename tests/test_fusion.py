@@ -460,6 +460,16 @@ def test_the_frozen_side_of_the_comparison_is_frozen_plus_bm25_as_the_identity_w
                ("head", (head.encode_queries(cache.queries), head.encode_contexts(cache.contexts)), sh.bm25, sh.weight),
                ("frozen", (cache.queries, cache.contexts), sf.bm25, sf.frozen_weight))}
     assert vs["gain"] == pytest.approx(float((per["head"] - per["frozen"]).mean()), abs=1e-9)
+    # saved as the baseline: an evaluation's frozen + BM25 row is the identity's system, not the
+    # frozen encoder at the head's BM25
+    assert (sh.frozen_bm25, sh.frozen_weight) == (sf.bm25, sf.frozen_weight) and sh.baseline == (sf.weight, sf.bm25)
+    assert FusionSpec.from_dict(json.loads(json.dumps(sh.to_dict()))) == sh
+    from projhead.evaluate import evaluate_cache
+
+    with_head = evaluate_cache(cache, head=head, bm25=True, fusion=sh)
+    identity = evaluate_cache(cache, bm25=True, fusion=sf)
+    assert with_head["frozen+bm25"] == identity["frozen+bm25"]
+    assert with_head["bm25"] != identity["bm25"]  # BM25 alone is at the head's settings: they differ here
 
 
 def test_the_identitys_fusion_rebuilt_from_the_comparison_equals_choosing_it_again(tmp_path):
