@@ -38,7 +38,7 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
                   grid=WEIGHT_GRID, max_queries: int = MAX_TUNE_QUERIES, seed: int = 0,
                   block: int = 250, bm25_grid=None, max_settings_queries: int = MAX_SETTINGS_QUERIES,
                   folds: list | None = None, judge=None, boot_seed: int = 0, frozen_bm25_grid=None,
-                  stay: float | None = DEFAULT_WEIGHT) -> FusionSpec:
+                  stay: float | None | str = "default") -> FusionSpec:
     """``spec`` (default settings if None) with the weight of ``grid`` whose fusion of
     ``head`` (the frozen encoder if None or passthrough) and BM25 has the highest mean
     ``metric`` on the query ``rows`` of ``cache``, ranked against all its contexts (and the
@@ -49,6 +49,8 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     as the identity would be saved, and its BM25 as ``frozen_bm25`` where it is not the head's: the
     baseline an evaluation shows). Ties keep the lowest weight, and a
     best level with ``stay`` keeps ``stay``; ``boot_seed`` seeds the halves and the bootstrap.
+    ``stay="default"``: ``DEFAULT_WEIGHT`` for z-scores, the weight it was measured for; None for
+    the other normalisations, whose best weights lie elsewhere (min-max's lower).
     ``bm25_grid``: BM25 (k1, b) pairs to choose from first, on a sample of at most
     ``max_settings_queries`` of the rows and every other weight of ``grid``, by the best fusion
     of the head (the frozen encoder if none); ties keep the first pair. ``folds``:
@@ -62,6 +64,10 @@ def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric
     chosen from where the head's is fixed (no ``bm25_grid``: a head trained beside one BM25).
     Raises FusionError if the cache has no texts."""
     spec = spec or FusionSpec()
+    if isinstance(stay, str):
+        if stay != "default":
+            raise FusionError(f"stay must be a weight, None or 'default', not {stay!r}")
+        stay = DEFAULT_WEIGHT if spec.normalisation == "zscore" else None
     t0 = time.perf_counter()
     rows = _checked_rows(cache, rows, "the fusion weight")
     grid = np.asarray(grid, dtype=np.float64)

@@ -243,6 +243,27 @@ def test_choose_weight_keeps_the_best_weight_of_a_plain_search(planted_cache):
     assert spec.chosen["queries"] == len(rows) and spec.chosen["system"] == "head"
 
 
+def test_the_default_weight_anchors_z_scores_only(planted_cache):
+    """0.8 was measured for z-scores: min-max and fixed scales keep their own highest mean."""
+    from projhead.cache import open_cache
+    from projhead.evaluate import PER_QUERY
+    from projhead.hybrid import choose_weight
+
+    cache = open_cache(planted_cache(n_groups=10, noise=1.0))
+    rows = np.arange(len(cache.q2c))
+    assert choose_weight(cache, rows, block=7).chosen["stay"] == 0.8
+    b = bm25_scorer(cache.query_texts, cache.context_texts)(rows)
+    for how in ("minmax", "fixed"):
+        spec = choose_weight(cache, rows, spec=FusionSpec(normalisation=how), block=7)
+        fused = [fuse(cache.queries @ cache.contexts.T, b, FusionSpec(normalisation=how), weight=g)
+                 for g in spec.chosen["grid"]]
+        means = [PER_QUERY["mrr10"](_reference_ranks(f, cache.q2c)).mean() for f in fused]
+        assert spec.chosen["stay"] is None and spec.weight == spec.chosen["grid"][int(np.argmax(means))]
+        assert choose_weight(cache, rows, spec=FusionSpec(normalisation=how), block=7, stay=0.8).chosen["stay"] == 0.8
+    with pytest.raises(FusionError, match="stay must be"):
+        choose_weight(cache, rows, stay="high")
+
+
 def test_the_best_weight_replaces_the_default_only_beyond_noise():
     """The best weight is chosen on one half of the queries and must beat the default on the other."""
     from projhead.hybrid import kept_weight
