@@ -81,7 +81,7 @@ class HybridRetriever:
         # mean and second moment summed in float64 on the way: no float64 copy, no list of chunks
         n, self.vectors, total, self.second = len(vectors), None, None, None
         for a in range(0, n, chunk):
-            x = np.asarray(vectors[a:a + chunk], np.float32)
+            x = _finite(np.asarray(vectors[a:a + chunk], np.float32), "context vectors", a)
             if head is not None:
                 x = head.encode_contexts(x)
             if self.vectors is None:
@@ -123,10 +123,13 @@ class HybridRetriever:
         (Nq, k), from the union of each side's top ``depth`` (at least ``k``)."""
         if len(query_texts) != len(query_vectors):
             raise FusionError(f"{len(query_texts)} query texts but {len(query_vectors)} query vectors")
-        q = np.asarray(query_vectors, np.float32)
+        q = _finite(np.asarray(query_vectors, np.float32), "query vectors")
         if self.head is not None:
             q = self.head.encode_queries(q)
         n = len(self.vectors)
+        if q.ndim != 2 or q.shape[1] != self.vectors.shape[1]:
+            raise FusionError(f"query vectors of shape {q.shape}: the retriever's vectors have dimension "
+                              f"{self.vectors.shape[1]}" + ("" if self.head is None else " (after the head)"))
         if not isinstance(k, (int, np.integer)) or k < 0 or not isinstance(depth, (int, np.integer)) or depth < 1:
             raise FusionError(f"k must be an integer >= 0 and depth one >= 1, not k={k!r}, depth={depth!r}")
         depth = min(max(depth, k), n)  # each side's top depth: never fewer than the k asked for
@@ -252,6 +255,15 @@ class HybridRetriever:
         if self.index.d != dim:
             raise FusionError(f"{path}: the FAISS index has dimension {self.index.d}, {RECORD} says {dim}")
         return self
+
+
+def _finite(x: np.ndarray, what: str, start: int = 0) -> np.ndarray:
+    """``x`` if every number is finite, else a FusionError naming the first row that is not (a
+    NaN would turn every query's dense statistics into NaN: BM25 alone, silently)."""
+    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1) if x.ndim else ~np.isfinite(x)[None]
+    if bad.any():
+        raise FusionError(f"{what}: row {start + int(np.flatnonzero(bad)[0])} holds NaN or Inf")
+    return x
 
 
 def head_digest(head) -> str:

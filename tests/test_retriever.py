@@ -47,6 +47,16 @@ def test_retriever_refuses_mismatched_inputs(planted_cache):
             r.search(cache.query_texts[:2], cache.queries[:2], **bad)
     with pytest.raises(FusionError, match="weight must be a number in"):
         fuse(np.ones((1, 3)), np.ones((1, 3)), weight=-1)
+    bad = cache.contexts.copy()
+    bad[2, 5] = np.nan
+    with pytest.raises(FusionError, match="context vectors: row 2 holds NaN"):
+        HybridRetriever(cache.context_texts, bad)
+    q = cache.queries[:2].copy()
+    q[1, 0] = np.inf
+    with pytest.raises(FusionError, match="query vectors: row 1 holds NaN or Inf"):
+        r.search(cache.query_texts[:2], q)
+    with pytest.raises(FusionError, match="dimension"):
+        r.search(cache.query_texts[:2], cache.queries[:2, :-1])
     with pytest.raises(FusionError, match="no texts to search"):
         HybridRetriever([], np.zeros((0, cache.dim), np.float32))
     with pytest.raises(FusionError, match="none of the 2 texts has a token left"):
