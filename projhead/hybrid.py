@@ -29,9 +29,13 @@ MAX_TUNE_QUERIES = 4000  # held-out queries the weight is chosen on (a seeded sa
 MAX_SETTINGS_QUERIES = 2000  # held-out queries BM25's k1 and b are chosen on (a seeded sample beyond this)
 
 
-def has_texts(cache) -> bool:
-    """Whether the cache holds context texts BM25 can index (not vectors with empty texts)."""
-    return any(t.strip() for t in cache.context_texts)
+def has_texts(cache, chunk: int = 2000) -> bool:
+    """Whether the cache holds context texts BM25 can index: not vectors with empty texts, nor
+    texts of stop words alone (BM25's tokens, with its default stop words; read a chunk at a
+    time, so a cache of real texts answers after its first chunk)."""
+    texts = [t for t in cache.context_texts if t.strip()]
+    settings = BM25Settings()
+    return any(any(tokenize(texts[a:a + chunk], settings)) for a in range(0, len(texts), chunk))
 
 
 def choose_weight(cache, rows, head=None, spec: FusionSpec | None = None, metric: str = "mrr10",
@@ -203,7 +207,8 @@ def _checked_rows(cache, rows, what: str) -> np.ndarray:
     """``rows`` as int64, after the checks every choice on held-out queries needs: texts for
     BM25, and some queries (FusionError naming ``what`` was to be chosen otherwise)."""
     if not has_texts(cache):
-        raise FusionError(f"{cache.path}: the cache holds no context texts; fusion with BM25 needs texts")
+        raise FusionError(f"{cache.path}: the cache holds no context texts BM25 can index (none, or stop words "
+                          "alone); fusion with BM25 needs texts")
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         raise FusionError(f"no held-out queries to choose {what} on")
@@ -334,7 +339,8 @@ def tune_after_selection(head, cache, rows, metric: str, say=print, grid=WEIGHT_
     and bootstraps), and ``judge`` and ``frozen_bm25_grid`` of ``choose_weight``, where head + BM25
     is compared with frozen + BM25."""
     if not has_texts(cache):
-        say(f"fusion weight not chosen: {cache.path} holds no context texts, and fusion with BM25 needs texts")
+        say(f"fusion weight not chosen: {cache.path} holds no context texts BM25 can index (none, or stop words "
+            "alone), and fusion with BM25 needs texts")
         return {}
     spec = choose_weight(cache, rows, head, spec=spec, metric=metric, grid=grid, bm25_grid=bm25_grid, folds=folds,
                          **judging)

@@ -718,6 +718,15 @@ def test_no_texts_means_no_fusion_with_a_clear_message():
     assert "fusion with BM25 needs texts" in said[0]
     with pytest.raises(FusionError, match="needs texts"):
         choose_weight(cache, np.arange(5))
+    # texts of stop words alone: BM25 has nothing to index, so no fusion either (not a failure
+    # after the whole of model selection)
+    words = SimpleNamespace(path="words.h5", context_texts=["The", "of the", "a", "", "it is"] * 900)
+    said.clear()
+    assert tune_after_selection(None, words, np.arange(5), "mrr10", say=said.append) == {}
+    assert "stop words alone" in said[0]
+    words.context_texts[-1] = "it is Lisbon"  # one text in the last chunk BM25 can index
+    with pytest.raises(FusionError, match="no held-out queries"):
+        choose_weight(words, [])  # past the texts' check
 
 
 def test_the_chosen_weight_is_said_of_the_system_that_will_be_served(planted_cache):
