@@ -41,7 +41,9 @@ class Cache:
         self._arrays = arrays
         self.sections = sections or {"pairs": [""]}  # section name -> instances (group paths) in the file
         self.distractors = None  # (vectors, texts) ranked beside the contexts: corpus.attach_corpus
-        self.distractors_set = False  # attached, even as none: training and selection leave them as they are
+        # who attached them: None (nobody yet), "given" (by hand: attach_distractors or corpus.attach_corpus;
+        # training and selection leave them as they are), or ("corpus", sample, seed) (a training run's)
+        self.distractors_source = None
         self._ranked = None
 
     @property
@@ -82,11 +84,12 @@ class Cache:
     def n_distractors(self) -> int:
         return 0 if self.distractors is None else len(self.distractors[1])
 
-    def attach_distractors(self, vectors: np.ndarray | None, texts: list[str] | None) -> None:
+    def attach_distractors(self, vectors: np.ndarray | None, texts: list[str] | None, source="given") -> None:
         """Rows ranked after the contexts when held-out queries are ranked (``corpus.attach_corpus``):
-        never queries, gold contexts or training rows; ``None``: the contexts alone."""
+        never queries, gold contexts or training rows; ``None``: the contexts alone. Attached
+        here by a user, training and model selection rank against them as they are."""
         self.distractors = None if texts is None or not len(texts) else (np.asarray(vectors, np.float32), list(texts))
-        self.distractors_set = True
+        self.distractors_source = source
         self._ranked = None
         self.__dict__.pop("_ranked_lexical", None)  # lexical.held_out_bm25's index of the ranked texts
 
@@ -100,11 +103,29 @@ class Cache:
             self._ranked = (np.concatenate([self.contexts, v]), list(self.context_texts) + t)
         return self._ranked
 
+    def query_rows(self, rows) -> np.ndarray:
+        """``rows`` of the queries as int64: integers (negative ones from the end, as numpy's) or a
+        boolean mask of every query; anything else, or a row beyond the queries, is refused."""
+        a = np.asarray(rows)
+        n = len(self.q2c)
+        if a.dtype == bool:
+            if a.shape != (n,):
+                raise CacheError(f"{self.path}: a boolean mask of rows has one value per query ({n}), not shape {a.shape}")
+            return np.flatnonzero(a)
+        if a.size and a.dtype.kind not in "iu" or a.ndim != 1:
+            raise CacheError(f"{self.path}: query rows are a list of integers or a boolean mask, not {a.dtype} of "
+                             f"shape {a.shape}")
+        a = a.astype(np.int64)
+        if a.size and (a.max() >= n or a.min() < -n):
+            raise CacheError(f"{self.path}: query row {int(a.max() if a.max() >= n else a.min())} is beyond its "
+                             f"{n} queries")
+        return a
+
     def subset(self, rows) -> "Cache":
         """The queries ``rows`` (in that order) with only their gold contexts, in memory: a
         smaller training set without encoding anything again (learning curves, a slice of
         the data). Its fingerprint is of its own content; other sections are not carried."""
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = self.query_rows(rows)
         ctx, local = np.unique(self.q2c[rows], return_inverse=True)
         arrays = {"queries/vectors": self.queries[rows], "contexts/vectors": self.contexts[ctx],
                   "queries/context": local.reshape(-1).astype(np.int64),
@@ -114,7 +135,7 @@ class Cache:
                   "contexts/text": [self.context_texts[i] for i in ctx]}
         fp = fingerprint(SECTIONS["pairs"], arrays)
         attrs = dict(self.attrs, n_queries=len(rows), n_contexts=len(ctx), split=f"{self.attrs['split']}[subset]",
-                     fingerprint=fp)
+                     fingerprint=fp, n_distractors=0)  # a with_corpus cache's corpus rows are not carried
         return Cache(self.path, attrs, arrays)
 
     def describe(self) -> dict:

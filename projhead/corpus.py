@@ -277,13 +277,32 @@ def sample_rows(n: int, sample: int | None, seed: int = 0) -> np.ndarray:
 def attach_corpus(cache, sample: int | None = None, seed: int = 0) -> dict:
     """Rank the held-out queries of ``cache`` against its contexts and its corpus rows (all,
     or a seeded sample of ``sample``; ``None``: at most ``DEFAULT_SAMPLE``; 0: none), as model
-    selection and ``projhead train`` do. Returns what was attached: {"distractors", "corpus"}."""
+    selection and ``projhead train`` do. Returns what was attached: {"distractors", "corpus"}.
+    Attached here, training and model selection rank against them whatever their own
+    ``corpus_sample`` (they attach the corpus as that asks when nothing was attached by hand)."""
+    return _attach(cache, sample, seed, "given")
+
+
+def _attach(cache, sample: int | None, seed: int, source) -> dict:
+    if sample and "corpus" not in cache.sections:
+        raise DataError(f"{cache.path}: a corpus sample of {sample} asked for, but the cache has no corpus section "
+                        "(projhead cache --corpus FILE adds one)")
     if sample == 0 or "corpus" not in cache.sections:
-        cache.attach_distractors(None, None)
+        cache.attach_distractors(None, None, source)
         return {"distractors": 0, "corpus": 0}
     vectors, texts, n = load_corpus(cache, DEFAULT_SAMPLE if sample is None else sample, seed)
-    cache.attach_distractors(vectors, texts)
+    cache.attach_distractors(vectors, texts, source)
     return {"distractors": len(texts), "corpus": n}
+
+
+def corpus_for_training(cache, sample: int | None, seed: int) -> None:
+    """``attach_corpus`` as a training run asks (its ``corpus_sample`` and seed), unless that is
+    attached already or a user attached distractors of their own (``Cache.attach_distractors``):
+    a cache object used for several runs ranks each run's held-out queries as that run asks."""
+    if int(cache.attrs.get("n_distractors") or 0):  # with_corpus's: the corpus is among its contexts already
+        sample = 0
+    if cache.distractors_source != "given" and cache.distractors_source != ("corpus", sample, seed):
+        _attach(cache, sample, seed, ("corpus", sample, seed))
 
 
 def with_corpus(cache, sample: int | None = None, seed: int = 0):

@@ -79,7 +79,7 @@ def train_recipe(cache, rows: np.ndarray, seed: int = 0, lr: float = RECIPE["lr"
                            encoder_weights_sha256=cache.encoder_info.get("weights_sha256", "")))
     lin = head.query
     opt = torch.optim.AdamW(lin.parameters(), lr=lr)
-    rows = np.asarray(rows, np.int64)
+    rows = cache.query_rows(rows)
     Q, C = torch.from_numpy(np.asarray(cache.queries[rows], np.float32)), torch.from_numpy(np.asarray(cache.contexts))
     q2c = torch.from_numpy(np.asarray(cache.q2c[rows], np.int64))
     per_epoch = math.ceil(len(q2c) / batch)

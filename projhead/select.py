@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache_reader import Cache, open_cache
-from .corpus import attach_corpus
+from .corpus import corpus_for_training
 from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, rank_metrics
 from .gate import attach_gate
 from .heads import Head, HeadConfig
@@ -441,10 +441,9 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
 
 
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:
-    """Attach the cache's corpus rows as distractors of the held-out queries (unless some
-    are attached already) and say what the queries are ranked against."""
-    if not cache.distractors_set:
-        attach_corpus(cache, cfg.corpus_sample, cfg.seed)
+    """Attach the cache's corpus rows as distractors of the held-out queries (unless these or
+    a user's are attached already) and say what the queries are ranked against."""
+    corpus_for_training(cache, cfg.corpus_sample, cfg.seed)
     nc, nd = len(cache.contexts), cache.n_distractors
     return {"contexts": nc, "distractors": nd,
             "ranked_against": f"all {nc} contexts" + (f" + {nd} corpus texts (distractors)" if nd else "")}

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .cache_reader import Cache, open_cache
-from .corpus import attach_corpus
+from .corpus import corpus_for_training
 from .metrics import PER_QUERY, not_above_zero, paired_bootstrap, rank_metrics, self_matches
 from .config import ALPHA, DECISIONS, SELECT_METRICS, SMALL, TrainConfig, TrainError  # noqa: F401 (re-exported)
 from .batches import (MIN_GROUPS, DevSet, MemorySource, dev_fraction, epoch_order,  # noqa: F401
@@ -382,8 +382,11 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     if hcfg.kind == "dialog":  # the turn vectors side by side; the cache says how many
         cache = dialog_view(cache)
         hcfg = replace(hcfg, slots=cache.attrs["turn_slots"], sentence_slots=cache.attrs["sentence_slots"])
-    elif not cfg.stream and not cache.distractors_set:  # dev queries also ranked against the corpus rows
-        attach_corpus(cache, cfg.corpus_sample, cfg.seed)
+    elif cfg.stream and cfg.corpus_sample:
+        raise TrainError(f"{cache.path}: a corpus sample ({cfg.corpus_sample}) with streamed training: its dev split "
+                         "is ranked against its own contexts")
+    elif not cfg.stream:  # dev queries also ranked against the corpus rows
+        corpus_for_training(cache, cfg.corpus_sample, cfg.seed)
     # the cache decides the input dimension and the encoder the head will accept
     hcfg = replace(hcfg, in_dim=cache.dim, encoder=cache.encoder,
                    encoder_weights_sha256=cache.encoder_info.get("weights_sha256", ""))

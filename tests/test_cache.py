@@ -611,3 +611,22 @@ def test_turns_and_ray_shards_beyond_float16_are_refused_before_anything_is_writ
     with pytest.raises(CacheError, match="the text 'b' does not fit float16.*with --overwrite: the shards of a Ray run"):
         actor({"path": [str(tmp_path / "q-0.h5")], "role": ["queries"], "texts": [["a", "b", "c"]]})
     assert not (tmp_path / "q-0.h5").exists()
+
+
+def test_query_rows_of_a_subset_are_integers_or_a_mask(tmp_path):
+    from projhead.cache import build_cache, open_cache
+    from projhead.recipe import train_recipe
+
+    pairs = planted_pairs(n_groups=4)
+    build_cache(pairs, PlantedEncoder(pairs), tmp_path / "c.h5", progress=False)
+    c = open_cache(tmp_path / "c.h5")
+    mask = np.zeros(len(c.q2c), bool)
+    mask[[1, 4, 5]] = True
+    assert c.subset(mask).query_texts == [c.query_texts[i] for i in (1, 4, 5)]  # not rows 0 and 1
+    assert c.subset([-1]).query_texts == [c.query_texts[-1]]
+    for bad, message in ((mask[:-1], "one value per query"), ([1.5], "list of integers"),
+                         ([len(c.q2c)], "beyond its"), ([[1, 2]], "list of integers")):
+        with pytest.raises(CacheError, match=message):
+            c.subset(bad)
+    with pytest.raises(CacheError, match="one value per query"):
+        train_recipe(c, mask[:3], epochs=1)

@@ -413,3 +413,48 @@ def test_the_out_of_500_rows_are_the_same_with_and_without_the_corpus(tmp_path):
         assert a[system]["out_of_16"] == b[system]["out_of_16"], system
     assert any(a[s]["full_corpus"] != b[s]["full_corpus"] for s in a)
     np.testing.assert_array_equal(bm25_ranks(with_corpus(c), 16).block, bm25_ranks(with_corpus(c, 0), 16).block)
+
+
+def test_each_training_run_on_one_cache_object_ranks_against_the_corpus_it_asks_for(tmp_path):
+    """A cache object reused for several runs: each run's corpus_sample decides, unless the
+    corpus (or other distractors) was attached by hand; a sample of no corpus is refused."""
+    from projhead.config import TrainConfig
+    from projhead.corpus import with_corpus
+    from projhead.heads import HeadConfig
+    from projhead.train import TrainError, train_head
+
+    _, _, path = _cached(tmp_path, [f"doc {i}" for i in range(50)])
+    c = open_cache(path)
+
+    def ranked(cache, sample):
+        head, _ = train_head(cache, HeadConfig(kind="linear", towers="query"),
+                             TrainConfig(epochs=1, batch_size=16, corpus_sample=sample), progress=False)
+        return head.info["cache"]["distractors"]
+    assert [ranked(c, s) for s in (0, None, 20, 0)] == [0, 50, 20, 0]
+    attach_corpus(c, 10)  # by hand: it stays
+    assert ranked(c, None) == 10 and ranked(c, 0) == 10
+    c.attach_distractors(None, None)
+    assert ranked(c, None) == 0
+    both = with_corpus(open_cache(path))  # the corpus among the contexts already: not attached twice
+    assert ranked(both, None) == 0 and len(both.ranked_contexts()[1]) == len(both.context_texts)
+    plain = tmp_path / "plain.h5"
+    pairs = planted_pairs(n_groups=8)
+    build_cache(pairs, PlantedEncoder(pairs), plain, progress=False)
+    with pytest.raises(DataError, match="no corpus section"):
+        ranked(open_cache(plain), 20)
+    with pytest.raises(TrainError, match="streamed training"):
+        train_head(path, HeadConfig(kind="linear", towers="query"),
+                   TrainConfig(epochs=1, batch_size=16, corpus_sample=20, stream=True), progress=False)
+
+
+def test_a_subset_of_a_cache_with_its_corpus_is_evaluated_on_its_own_rows(tmp_path):
+    from projhead.corpus import with_corpus
+    from projhead.evaluate import evaluate_cache
+
+    _, _, path = _cached(tmp_path, [f"doc {i} about things" for i in range(30)])
+    both = with_corpus(open_cache(path))
+    sub = both.subset(np.arange(0, len(both.q2c), 2))
+    assert sub.attrs["n_distractors"] == 0  # the corpus rows are not carried: its contexts are its golds
+    # the same figures as the subset of the cache without its corpus (it failed, or read other rows)
+    assert evaluate_cache(sub, bm25=True) == evaluate_cache(open_cache(path).subset(np.arange(0, len(both.q2c), 2)),
+                                                            bm25=True)
