@@ -41,8 +41,18 @@ class EncodedHead:
         self.head.check_encoder(info["name"], info.get("weights_sha256"), where="the vectors of this encoder")
         self.encoder = encoder
 
-    def encode_queries(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        return self.head.encode_queries(self.encoder.encode(list(texts), batch_size=batch_size, role="query"))
+    def encode_queries(self, texts: list[str] | str, batch_size: int = 64) -> np.ndarray:
+        """(N, D') vectors of ``texts``; one text (a str) gives one (D',) vector, as
+        sentence-transformers' ``encode`` does."""
+        return self._encode(self.head.encode_queries, texts, batch_size, "query")
 
-    def encode_contexts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        return self.head.encode_contexts(self.encoder.encode(list(texts), batch_size=batch_size, role="context"))
+    def encode_contexts(self, texts: list[str] | str, batch_size: int = 64) -> np.ndarray:
+        """As ``encode_queries``, through the head's context side."""
+        return self._encode(self.head.encode_contexts, texts, batch_size, "context")
+
+    def _encode(self, side, texts, batch_size: int, role: str) -> np.ndarray:
+        if isinstance(texts, bytes):
+            raise TypeError("texts are str, not bytes: decode them first")
+        one = isinstance(texts, str)  # list("abc") would encode each character
+        out = side(self.encoder.encode([texts] if one else list(texts), batch_size=batch_size, role=role))
+        return out[0] if one else out

@@ -145,6 +145,10 @@ def test_encoded_head_puts_the_head_behind_the_encoder(tmp_path, minilm):
     c = open_cache(tmp_path / "c.h5")
     np.testing.assert_allclose(model.encode_queries(pairs.queries), head.encode_queries(c.queries), atol=1e-5)
     np.testing.assert_allclose(model.encode_contexts(pairs.contexts), head.encode_contexts(c.contexts), atol=1e-5)
+    one = model.encode_queries(pairs.queries[0])  # one text: one vector, not one per character
+    np.testing.assert_allclose(one, head.encode_queries(c.queries)[0], atol=1e-5)
+    with pytest.raises(TypeError, match="not bytes"):
+        model.encode_contexts(pairs.contexts[0].encode())
 
 
 @pytest.mark.parametrize("argv, message", [
