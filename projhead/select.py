@@ -147,9 +147,12 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                ) -> tuple[Head, dict]:
     """Search the candidates (see module doc), keep the best or the identity, save to ``out``.
     ``config``: the shared training settings (loss, seed, canaries, ...); ``fixed``: head or
-    training settings every candidate must use (``{"kind": "linear", "lr": 1e-3}``)."""
+    training settings every candidate must use (``{"kind": "linear", "lr": 1e-3}``; a ``config.lr``
+    other than the default is every candidate's too, as ``projhead train --lr`` is)."""
     say = partial(_say, progress)  # a line of progress, printed if asked for
     cfg = config or TrainConfig()
+    if cfg.lr != TrainConfig.lr and "lr" not in (fixed or {}):  # a learning rate given: every candidate's, as --lr
+        fixed = {**(fixed or {}), "lr": cfg.lr}
     cfg = with_fixed(cfg, fixed, HEAD_KEYS)  # its training settings are the run's in both modes
     check_out(out)
     if cfg.stream:

@@ -59,6 +59,13 @@ def test_fixed_training_settings_are_kept_through_the_refit(planted_cache):
     assert log["selection"]["candidates"][0]["batch_size"] == 16 and head.info["training"]["batch_size"] == 16
 
 
+def test_a_learning_rate_given_in_the_config_is_every_candidates(planted_cache):
+    _, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=2, lr=0.02), progress=False)
+    assert {c["train"]["lr"] for c in log["selection"]["candidates"]} == {0.02}  # as projhead train --lr
+    _, log = auto_train(planted_cache(n_groups=20), TrainConfig(epochs=2), progress=False)
+    assert {c["train"]["lr"] for c in log["selection"]["candidates"]} == {1e-3, 5e-4}  # their own
+
+
 def test_noise_keeps_the_identity(planted_cache, tmp_path):
     # queries already sit on their contexts: whatever a head changes is noise or harm
     path = planted_cache(n_groups=40, rotate=0.0, noise=0.6)
