@@ -319,6 +319,10 @@ def evaluate(cache_files, head_path, bm25, fusion_weight, fusion_normalisation, 
                                "adds one)")  # as projhead train: a sample of nothing is refused, not ignored
     spec = eval_fusion(head, fusion_weight, fusion_normalisation, click.echo if bm25 and not index else None)
     search_kw = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
+    if index and not search_kw and ("IVF" in index or "HNSW" in index):  # FAISS's own defaults: few lists, a short list
+        click.echo(f"index {index}: FAISS's default search, " + ("1 inverted list a query (--nprobe N searches more)"
+                   if "IVF" in index else "efSearch 16 (--ef-search N searches further)")
+                   + ": recall is below an exact search's; the Flat index is exact")
     every, distractors = {}, {}
     for cache_file in cache_files:
         if index:  # streamed from the file: memory is the index and one chunk

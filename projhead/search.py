@@ -58,6 +58,13 @@ def build_index(chunks: Iterable[np.ndarray], dim: int, factory: str = "Flat", t
             last = [line for line in str(e).splitlines() if line.strip()][-1]
             raise SearchError(f"FAISS index {factory!r} cannot be trained on {len(sample)} vectors ({last}): "
                               "choose fewer clusters or a Flat index") from None
+    def add(rows):
+        try:
+            index.add(rows)
+        except RuntimeError as e:  # e.g. an IDMap index, which takes ids with its vectors
+            last = [line for line in str(e).splitlines() if line.strip()][-1]
+            raise SearchError(f"FAISS index {factory!r} cannot take the vectors ({last}): choose another index "
+                              "description (Flat, HNSW32, IVF4096,Flat, ...)") from None
     for chunk in chunks:
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         if not index.is_trained:
@@ -68,11 +75,11 @@ def build_index(chunks: Iterable[np.ndarray], dim: int, factory: str = "Flat", t
             sample = np.concatenate(pending)
             train(sample[:train_size])
             chunk, pending = sample, []
-        index.add(chunk)
+        add(chunk)
     if pending:  # fewer rows than train_size
         sample = np.concatenate(pending)
         train(sample)
-        index.add(sample)
+        add(sample)
     return index
 
 

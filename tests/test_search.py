@@ -70,7 +70,7 @@ def test_search_settings_without_an_index_are_refused(planted_cache, capsys):
         assert "set a FAISS index's search: pass --index" in capsys.readouterr().err
 
 
-def test_eval_cli_with_an_index(planted_cache, tmp_path):
+def test_eval_cli_with_an_index(planted_cache, tmp_path, capsys):
     import json
 
     from projhead.cli import main
@@ -82,6 +82,13 @@ def test_eval_cli_with_an_index(planted_cache, tmp_path):
     b = json.loads((tmp_path / "b.json").read_text())["results"]["frozen"]["full_corpus"]
     assert a == pytest.approx(b)
     assert main(["eval", str(path), "--index", "Bogus"]) == 2
+    capsys.readouterr()
+    assert main(["eval", str(path), "--index", "HNSW8"]) == 0  # FAISS's default search: said
+    assert "FAISS's default search, efSearch 16" in capsys.readouterr().out
+    assert main(["eval", str(path), "--index", "HNSW8", "--ef-search", "64"]) == 0
+    assert "default search" not in capsys.readouterr().out
+    assert main(["eval", str(path), "--index", "IDMap,Flat"]) == 2  # an index FAISS cannot add to without ids
+    assert "cannot take the vectors" in capsys.readouterr().err
 
 
 def test_streamed_eval_equals_the_in_memory_protocols(planted_cache, monkeypatch):
