@@ -168,6 +168,11 @@ class VectorFile:
                 except UnicodeDecodeError as e:
                     raise EncoderError(f"{where}: {kind} is not UTF-8 ({e.reason})") from None
             if isinstance(v, str):  # an empty text is a key like any other (a role is checked by keys())
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError as e:  # a lone surrogate: JSON's "\ud800" is valid JSON, not UTF-8 text
+                    raise EncoderError(f"{where}: {kind} is not UTF-8 text ({e.reason}: {v[e.start:e.end]!r})") \
+                        from None
                 return v
             if kind == "id" and isinstance(v, (int, np.integer)) and not isinstance(v, bool):
                 return str(v)

@@ -323,10 +323,13 @@ def test_texts_and_ids_of_vector_files_must_be_strings(tmp_path):
         f["vectors"], f["text"] = v, np.array([1.5, 2.5])
     with h5py.File(tmp_path / "bytes.h5", "w") as f:
         f["vectors"], f["text"] = v, np.array([b"ok", b"\xff\xfe"])
+    np.save(tmp_path / "lone.npy", v)
+    (tmp_path / "lone.jsonl").write_text('"a"\n"half \\ud800 a pair"\n')  # valid JSON, a lone surrogate
     for name, where in (("null.parquet", "null.parquet: row 2: text must be a string, not None"),
                         ("ints.parquet", "ints.parquet: row 1: text must be a string, not 10"),
                         ("n.npy", "n.jsonl: line 2: text"), ("num.h5", "num.h5: dataset 'text' must hold strings"),
-                        ("bytes.h5", "bytes.h5: row 2: text is not UTF-8")):
+                        ("bytes.h5", "bytes.h5: row 2: text is not UTF-8"),
+                        ("lone.npy", "lone.jsonl: line 2: text is not UTF-8 text")):
         with pytest.raises(EncoderError, match=where):
             get_encoder("vectors:x", files=[tmp_path / name])
     pq.write_table(pa.table({"text": ["a", ""], "vector": [list(x) for x in v]}), tmp_path / "blank.parquet")
