@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache_reader import read_identity
+from .cache_reader import missing_shards, read_identity
 from .cache_writer import CacheWriter, lock_output
 from .cachefile import (AS_FLOAT32, REBUILD_AS_FLOAT32, SECTIONS, CacheError, cache_attrs, check_float16_shard,
                         describe_mismatch, job_identity, text_named)
@@ -213,6 +213,11 @@ def start_job(out: Path, want: dict, job: dict, overwrite: bool) -> tuple[bool, 
             have = None
     if out.exists() and not overwrite:
         if have == want:
+            gone = missing_shards(out)
+            if gone:  # linked vectors (--ray) whose shard files went: not a cache, though its header says so
+                raise CacheError(f"{out}: built with these settings, but {len(gone)} of the shard files its vectors "
+                                 f"are linked from are gone (first: {gone[0]}, relative to it): put them back, or "
+                                 "--overwrite builds it again")
             return True, Path(str(out) + ".parts")
         raise other_work(out, have, want)
     return False, open_parts(Path(str(out) + ".parts"), job, overwrite)

@@ -27,7 +27,7 @@ from .cachefile import (HEADER_SIZES, SECTIONS, CacheError, TextColumn, check_sh
                         read_header, read_rows)
 from .h5strings import column, decode, read_attrs
 
-__all__ = ["Cache", "CacheError", "TextColumn", "open_cache", "read_identity", "read_rows"]
+__all__ = ["Cache", "CacheError", "TextColumn", "missing_shards", "open_cache", "read_identity", "read_rows"]
 
 _DAMAGE = (KeyError, OSError, ValueError, RuntimeError, TypeError, UnicodeDecodeError)
 
@@ -269,13 +269,34 @@ def _read(path: Path, f, check_finite: bool, load: bool) -> Cache:
         checked = arrays if check_finite else {k: v for k, v in arrays.items() if not k.endswith("/vectors")}
 
         def hint(key):
-            return (f" (a virtual dataset: are the shard files in {path.name}.parts/ beside it?)"
-                    if f[key].is_virtual else "")
+            if not f[key].is_virtual:
+                return ""
+            gone = missing_shards(path, f)
+            return (f" (a virtual dataset over shard files: {len(gone)} missing, first {gone[0]}, found relative to "
+                    f"the cache)" if gone else " (a virtual dataset over shard files, which are there)")
         # the content hash, recomputed from what was read: the check of the texts and index as
         # a whole (and the only one of the texts in caches before format 3, whose strings live
         # in a heap that no checksum covers)
         check_values(path, pairs, "", checked, sizes, attrs, pairs.stored_fingerprint(f, ""), hint)
     return Cache(path, attrs, arrays, sections)
+
+
+def missing_shards(path: Path, f=None) -> list[str]:
+    """The shard files a cache's vectors are linked from (``cache --ray``: HDF5 virtual
+    datasets, found relative to the cache) that are not there, as the paths they are linked by."""
+    import h5py
+
+    if f is None:
+        with h5py.File(path, "r") as f:
+            return missing_shards(path, f)
+    gone = []
+    for role in ("queries", "contexts"):
+        d = f.get(f"{role}/vectors")
+        if d is not None and d.is_virtual:
+            for src in d.virtual_sources():
+                if not (Path(path).parent / src.file_name).is_file() and src.file_name not in gone:
+                    gone.append(src.file_name)
+    return gone
 
 
 def read_identity(path: Path) -> dict:

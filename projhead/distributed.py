@@ -11,7 +11,9 @@ The rows of the cache are cut into shards of ``shard_size`` (in cache order: que
 context rows). Ray Data runs ``map_batches`` over the shards with a pool of actors, each
 holding one encoder built from the encoder's name and settings (its weights are loaded once
 per actor, not per shard); an actor encodes a shard's distinct texts, longest first, and
-writes ``OUT.parts/{queries,contexts}-NNNNNN.h5`` under a temporary name renamed when whole.
+writes ``OUT.parts/{queries,contexts}-JOB-NNNNNN.h5`` under a temporary name renamed when whole
+(JOB: 12 hex digits of the job's settings, so a copy of a cache built with other settings
+never reads this job's shards as its own).
 A rerun skips the shards already on disk (resumable per shard). The cache ``OUT`` is then
 written with the single-process format and metadata, except that ``/queries/vectors`` and
 ``/contexts/vectors`` are HDF5 virtual datasets joining the shard files (kept in
@@ -23,7 +25,9 @@ within a shard instead of across the whole sorted list, so padding differs.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -128,9 +132,11 @@ def build_cache_ray(pairs: Pairs, encoder: str, out: str | os.PathLike, settings
         if done:
             return CacheResult(out, "already complete", time.perf_counter() - t0, 0)
         work, layout = [], {"queries": [], "contexts": []}
+        # the job in the shards' names: a copy of an earlier cache never links to another job's shards
+        tag = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:12]
         for role, texts in (("queries", pairs.queries), ("contexts", pairs.contexts)):
             for k, (a, b) in enumerate(_shards(len(texts), shard_size)):
-                path = parts / f"{role}-{k:06d}.h5"
+                path = parts / f"{role}-{tag}-{k:06d}.h5"
                 layout[role].append((path, a, b))
                 if not _complete(path, b - a, dim):
                     work.append({"path": str(path), "role": role, "texts": list(texts[a:b])})

@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -630,3 +631,54 @@ def test_query_rows_of_a_subset_are_integers_or_a_mask(tmp_path):
             c.subset(bad)
     with pytest.raises(CacheError, match="one value per query"):
         train_recipe(c, mask[:3], epochs=1)
+
+
+def _ray_here(monkeypatch):
+    """Ray's API as build_cache_ray uses it, run in this process (the shard encoder is the real one)."""
+    import types
+
+    class Shards:
+        def __init__(self, items):
+            self.items = items
+
+        def map_batches(self, actor, fn_constructor_kwargs, **_):
+            enc = actor(**fn_constructor_kwargs)
+            self.done = [enc({"path": [w["path"]], "role": [w["role"]], "texts": [w["texts"]]}) for w in self.items]
+            return self
+
+        def take_all(self):
+            return [{"path": p} for d in self.done for p in d["path"]]
+    data = types.SimpleNamespace(from_items=lambda items, **_: Shards(items),
+                                 DataContext=types.SimpleNamespace(get_current=lambda: types.SimpleNamespace()))
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True, data=data))
+
+
+def test_a_cache_of_linked_shards_never_reads_another_jobs_shards_and_says_which_are_gone(tmp_path, monkeypatch):
+    """cache --ray: the shards' names carry the job, so a copy of the cache made with other
+    settings fails clearly instead of reading the shards of the run that replaced it; shards gone
+    are named, and a rerun does not call such a cache complete."""
+    from projhead.distributed import build_cache_ray
+
+    import projhead.encoders
+
+    _ray_here(monkeypatch)
+    pairs = planted_pairs(n_groups=6)
+    enc = PlantedEncoder(pairs, dim=8)
+    monkeypatch.setattr(projhead.encoders, "get_encoder", lambda name, **settings: enc)
+    out = tmp_path / "ray.h5"
+    settings = {}
+    assert build_cache_ray(pairs, "planted", out, settings=settings, shard_size=5, progress=False).status == "written"
+    first = open_cache(out)
+    np.testing.assert_allclose(first.queries, enc.encode(pairs.queries, role="query"), atol=1e-6)
+    shutil.copy(out, tmp_path / "backup.h5")
+    # the same pairs again with other settings (float16): --overwrite replaces the shards
+    build_cache_ray(pairs, "planted", out, settings=settings, shard_size=5, dtype="float16", overwrite=True,
+                    progress=False)
+    with pytest.raises(CacheError, match=r"shard files: \d+ missing, first ray\.h5\.parts/queries-"):
+        open_cache(tmp_path / "backup.h5")  # its own shards are gone: refused, not the new run's read as its own
+    gone = sorted((tmp_path / "ray.h5.parts").glob("contexts-*.h5"))[0]
+    gone.unlink()
+    with pytest.raises(CacheError, match=f"shard files: 1 missing, first ray.h5.parts/{gone.name}"):
+        open_cache(out)
+    with pytest.raises(CacheError, match=f"1 of the shard files .* are gone \\(first: ray.h5.parts/{gone.name}"):
+        build_cache_ray(pairs, "planted", out, settings=settings, shard_size=5, dtype="float16", progress=False)

@@ -41,7 +41,7 @@ def test_ray_cache_equals_the_single_process_cache_and_resumes(tmp_path, data_di
     parts[1].unlink()
     from projhead.cache import CacheError
 
-    with pytest.raises(CacheError, match="virtual dataset: are the shard files in ray.h5.parts/ beside it"):
+    with pytest.raises(CacheError, match=f"shard files: 1 missing, first ray.h5.parts/{parts[1].name}"):
         open_cache(out)
     out.unlink()
     r = build_cache_ray(pairs, "st:all-MiniLM-L6-v2", out, settings={"device": "cpu", "precision": "fp32"}, actors=1, shard_size=32,
