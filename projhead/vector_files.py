@@ -306,6 +306,23 @@ def read_vector_file(path) -> dict:
             "role": roles if all(r is not None for r in roles) else None}
 
 
+def _one_vector_a_text(sources: list, shared: dict) -> None:
+    """Refuse ids of one query text whose vectors differ: a cache keys queries by text, so one
+    of them would silently stand for all (vectors made from more than the text, a dialog's
+    history say, need texts that differ). Equal vectors are one vector given twice."""
+    for text, rows in shared.items():
+        if len(rows) < 2:
+            continue
+        v = np.stack([sources[k].rows(np.array([r]))[0] for k, r, _ in rows])
+        differ = np.flatnonzero(~np.isclose(v, v[0], rtol=0, atol=1e-6).all(axis=1))
+        if len(differ):
+            (k0, r0, a), (k1, r1, b) = rows[0], rows[int(differ[0])]
+            raise EncoderError(f"{sources[k1].path}: ids {a!r} (row {r0 + 1} of {sources[k0].path.name}) and {b!r} "
+                               f"(row {r1 + 1}) are the same query text, {text[:60]!r}, with other vectors: a cache "
+                               "keys queries by text, so one would stand for both; make the texts differ (a "
+                               "dialog's history in the text, say) or give one vector")
+
+
 def _key_hashes(keyed) -> np.ndarray:
     """(N, 2) uint64: 128 bits of each (text, role), role first: collisions are beyond reach
     at any file size."""
@@ -358,6 +375,7 @@ class VectorsEncoder:
                 resolved["ids"] = (ids() if callable(ids) else ids) or {}
             return resolved["ids"]
 
+        shared: dict = {}  # query text of several ids -> [(file, row, id)] of its id-keyed rows
         hashes, src, row = [], [], []  # per chunk: (n, 2) uint64, so Python holds one chunk of keys at a time
         try:  # a refused file closes the ones already opened
             for k, f in enumerate(self.files):
@@ -373,6 +391,15 @@ class VectorsEncoder:
                         raise EncoderError(f"{f}: {len(missing)} ids are not query ids of the data "
                                            f"(first: {missing[0]!r}); contexts must be keyed by text")
                     keyed = [(id_table()[key], "query") if kind == "id" else (key, role) for kind, key, role in chunk]
+                    if any(kind == "id" for kind, _, _ in chunk):
+                        if "shared" not in resolved:  # texts asked by more than one id (QuAC's "What happened next?")
+                            seen: dict = {}
+                            for i, t in id_table().items():
+                                seen.setdefault(t, []).append(i)
+                            resolved["shared"] = {t for t, i in seen.items() if len(i) > 1}
+                        for r, (kind, key, _) in enumerate(chunk):
+                            if kind == "id" and id_table()[key] in resolved["shared"]:
+                                shared.setdefault(id_table()[key], []).append((k, n + r, key))
                     # a query id is the vector of that query's text; "document" is the context role
                     hashes.append(_key_hashes([(key, "context" if r == "document" else (r or "*")) for key, r in keyed]))
                     n += len(chunk)
@@ -380,6 +407,7 @@ class VectorsEncoder:
                     raise EncoderError(f"{f}: {n} keys for {len(vf)} vectors")
                 src.append(np.full(n, k, np.int32))
                 row.append(np.arange(n, dtype=np.int64))
+            _one_vector_a_text(self.sources, shared)
         except BaseException:
             self.close()
             raise

@@ -307,6 +307,24 @@ def test_the_identity_of_imported_vectors_is_their_contents_not_their_path(tmp_p
         build_cache(pairs, get_encoder("vectors:x", files=files), out, progress=False)
 
 
+@pytest.mark.parametrize("kind", ["parquet", "npy"])
+def test_ids_of_one_query_text_with_other_vectors_are_refused(tmp_path, kind):
+    """A cache keys queries by text: two ids of one text with different vectors (made from more
+    than the text) would silently share one; the same vector given twice is fine."""
+    pairs = planted_pairs(n_groups=6)
+    _, qv, cv = _vectors(pairs)
+    ids = dict(zip(pairs.query_ids, pairs.queries))
+    ids[pairs.query_ids[3]] = pairs.queries[0]  # id 3 asks what id 0 asks ("What happened next?")
+    qv[3] = qv[0]
+    files = _write(kind, tmp_path, pairs, qv, cv, by_id=True)
+    get_encoder("vectors:api", files=files, ids=ids)  # one vector, given twice
+    qv[3] = -qv[0]
+    files = _write(kind, tmp_path, pairs, qv, cv, by_id=True)
+    with pytest.raises(EncoderError, match=f"ids {pairs.query_ids[0]!r} .* and {pairs.query_ids[3]!r} .* are the same "
+                                           "query text"):
+        get_encoder("vectors:api", files=files, ids=ids)
+
+
 def test_texts_and_ids_of_vector_files_must_be_strings(tmp_path):
     """A null, numeric or undecodable text in a vector file is an error naming the file and the
     row, never the text 'None' or '10'."""
