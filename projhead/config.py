@@ -15,6 +15,7 @@ from __future__ import annotations
 import fractions
 import math
 import numbers
+import os
 from dataclasses import dataclass, field, fields, replace
 
 LOSS_NAMES = ("clip", "samtone", "siglip", "distill", "byol")  # the keys of losses.LOSSES, in its order
@@ -196,6 +197,16 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, "a positive integer")
+        for name in ("seed", "threads"):  # numpy's seeds and torch's threads are integers >= 0
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+                bad(name, "an integer >= 0" + (" (0: torch's default)" if name == "threads" else ""))
+            setattr(self, name, int(v))
+        for name in ("lr", "weight_decay", "warmup", "init_temperature", "anchor_weight", "dev_fraction",
+                     "canary_tolerance"):  # numbers, not strings compared with numbers
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v)):
+                bad(name, "a finite number")
         if not self.lr > 0:
             bad("lr", "> 0")
         if not self.weight_decay >= 0:
@@ -235,7 +246,9 @@ class TrainConfig:
             raise TrainError("hybrid selection judges heads fused with BM25: drop --dense-only or --hybrid")
         if (self.bm25_aware or self.hybrid) and self.stream:
             raise TrainError("BM25-aware training and hybrid selection read the whole cache: drop --stream")
-        self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json
+        if isinstance(self.canaries, (str, os.PathLike)) or hasattr(self.canaries, "path"):
+            self.canaries = [self.canaries]  # one cache, not the characters of its path
+        self.canaries = [str(getattr(c, "path", c)) for c in self.canaries]  # paths (of opened caches too), as config.json keeps them
         if str(self.device) != "cpu":  # checked here, not as a traceback from the first tensor moved there
             import torch
 

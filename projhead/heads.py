@@ -209,6 +209,9 @@ class Head(nn.Module):
         if gate is not None and self.config.towers != "query":
             raise HeadError(f"a per-query gate needs a query-side head (towers='query'), not towers="
                             f"{self.config.towers!r}")
+        if gate is not None and tuple(gate.mean.shape) != (self.config.in_dim,):
+            raise HeadError(f"a gate fitted on vectors of dimension {gate.mean.shape[0]} cannot sit in front of a head "
+                            f"of input dimension {self.config.in_dim}")
         self.gate = gate
         self.config.gate = gate is not None
         return self

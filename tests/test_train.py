@@ -451,3 +451,30 @@ def test_a_later_epoch_not_clearly_above_the_frozen_encoder_is_not_kept(planted_
 
     log = _train_on_scripted_dev_ranks(planted_cache, monkeypatch, script)
     assert len(log["epochs"]) == 2 and log["peak_epoch"] == log["best_epoch"] == 1
+
+
+@pytest.mark.parametrize("bad", [{"seed": -1}, {"seed": "1"}, {"seed": 1.5}, {"threads": -1}, {"threads": 2.5},
+                                 {"lr": "1e-3"}, {"lr": float("nan")}, {"warmup": "0.1"}, {"dev_fraction": "0.2"}])
+def test_training_settings_of_the_wrong_type_are_refused_where_they_are_given(bad):
+    from projhead.config import TrainError
+
+    with pytest.raises(TrainError, match=f"training setting {next(iter(bad))} must be"):
+        TrainConfig(**bad)
+
+
+def test_one_canary_given_as_a_path_or_a_cache_is_one_canary(planted_cache):
+    path = planted_cache(n_groups=3)
+    assert TrainConfig(canaries=str(path)).canaries == [str(path)]  # not one per character
+    assert TrainConfig(canaries=[open_cache(path)]).canaries == [str(path)]
+    assert TrainConfig(seed=np.int64(3)).seed == 3 and type(TrainConfig(seed=np.int64(3)).seed) is int
+
+
+def test_a_gate_of_another_dimension_is_refused_before_the_head_is_used():
+    from projhead.gate import QueryGate
+    from projhead.heads import Head, HeadError
+
+    head = Head(HeadConfig(kind="linear", towers="query", in_dim=8))
+    with pytest.raises(HeadError, match="dimension 5 cannot sit in front of a head of input dimension 8"):
+        head.set_gate(QueryGate(5))
+    assert head.gate is None and not head.config.gate
+    head.set_gate(QueryGate(8))
