@@ -237,7 +237,10 @@ def open_parts(parts: Path, job: dict, overwrite: bool) -> Path:
         if old != job:
             out = Path(str(parts)[:-len(".parts")])
             live = isinstance(old, dict) and old.get("layout") == RAY_LAYOUT and out.exists()
-            if not overwrite:
+            # a streamed import keeps no shards: its manifest alone is no work to keep
+            nothing = isinstance(old, dict) and old.get("layout") == "streamed" and \
+                [q.name for q in parts.iterdir()] == ["manifest.json"]
+            if not overwrite and not nothing:
                 raise CacheError(f"{parts}: the vectors of the --ray cache {out} (linked, not copied), which this run "
                                  "cannot add to or resume; --overwrite discards that cache and builds it again"
                                  if live else f"{parts}: partial work from a different run "

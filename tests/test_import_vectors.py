@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from projhead.cache import build_cache, open_cache
+from projhead.cache import CacheError, build_cache, open_cache
 from projhead.encoders import EncoderError, get_encoder, read_vector_file
 
 from conftest import PlantedEncoder, planted_pairs
@@ -171,7 +171,7 @@ def _jsonl(tmp_path, pairs):
 
 
 def test_streamed_import_writes_the_cache_build_cache_writes(tmp_path):
-    from projhead.cache import CacheError, cache_jsonl_vectors
+    from projhead.cache import cache_jsonl_vectors
     from projhead.data import load_jsonl
 
     pairs0 = planted_pairs(n_groups=6)
@@ -392,3 +392,27 @@ def test_a_failed_streamed_import_leaves_nothing_that_blocks_the_next_run(tmp_pa
         cache_jsonl_vectors(data, get_encoder("vectors:x", files=[tmp_path / "bad.npy"]), tmp_path / "o.h5")
     assert not (tmp_path / "o.h5.parts").exists() and not (tmp_path / "o.h5").exists()
     assert cache_jsonl_vectors(data, get_encoder("vectors:x", files=files), tmp_path / "o.h5").status == "written"
+
+
+def test_a_killed_streamed_import_leaves_nothing_that_refuses_the_corrected_command(tmp_path):
+    """The streamed import keeps no shards: a killed run's manifest of other files is no work
+    to keep, so the command run again with corrected files is not refused as partial work."""
+    from projhead.cache import cache_jsonl_vectors
+    from projhead.cache_build import parts_job
+
+    pairs = planted_pairs(n_groups=4)
+    _, qv, cv = _vectors(pairs)
+    rows = [{"query": q, "context": pairs.contexts[c], "id": i} for q, c, i in zip(pairs.queries, pairs.q2c,
+                                                                                     pairs.query_ids)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = _write("npy", tmp_path, pairs, qv, cv)
+    parts = tmp_path / "s.h5.parts"
+    parts.mkdir()
+    (parts / "manifest.json").write_text(json.dumps(parts_job({"fingerprint": "an earlier try"}, layout="streamed")))
+    res = cache_jsonl_vectors(tmp_path / "pairs.jsonl", get_encoder("vectors:p", files=files), tmp_path / "s.h5")
+    assert res.status == "written"
+    (parts := tmp_path / "t.h5.parts").mkdir()
+    (parts / "manifest.json").write_text(json.dumps(parts_job({"fingerprint": "an earlier try"}, layout="streamed")))
+    (parts / "corpus-000000.npy").write_bytes(b"work")  # something beside the manifest: still refused
+    with pytest.raises(CacheError, match="partial work from a different run"):
+        cache_jsonl_vectors(tmp_path / "pairs.jsonl", get_encoder("vectors:p", files=files), tmp_path / "t.h5")
