@@ -149,15 +149,23 @@ class FusionSpec:
         return replace(self, weight=weight, frozen_weight=frozen_weight)
 
 
+def json_file(path: Path, missing: str):
+    """The JSON in file ``path``: FusionError ``missing`` where there is none, or naming the
+    file where it cannot be read or is no JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FusionError(missing) from None
+    except ValueError as e:  # UnicodeDecodeError too
+        raise FusionError(f"{path}: malformed JSON ({e})") from None
+    except OSError as e:
+        raise FusionError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
 def read_fusion(folder) -> FusionSpec:
     """The fusion saved beside an exported head (``FUSION_NAME`` in ``folder``)."""
     path = Path(folder) / FUSION_NAME
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FusionError(f"{path}: no fusion settings (the head was exported without a chosen fusion)") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FusionError(f"{path}: malformed JSON ({e})") from None
+    d = json_file(path, f"{path}: no fusion settings (the head was exported without a chosen fusion)")
     try:
         return FusionSpec.from_dict(d)
     except (FusionError, TypeError) as e:

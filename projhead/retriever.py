@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import foreign_files, fsync_file, listed, write_file
-from .fusion import BM25Index, FusionError, FusionSpec, checked_weight, normalised_pair
+from .fusion import BM25Index, FusionError, FusionSpec, checked_weight, json_file, normalised_pair
 from .search import build_index, search
 
 RECORD = "retriever.json"
@@ -278,12 +278,7 @@ def head_digest(head) -> str:
 def _record(path: Path) -> dict:
     """retriever.json of ``path``, checked."""
     file = path / RECORD
-    try:
-        record = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FusionError(f"{path}: not a saved retriever (no {RECORD}; HybridRetriever.save writes it)") from None
-    except (OSError, ValueError) as e:
-        raise FusionError(f"{file}: cannot read it ({e})") from None
+    record = json_file(file, f"{path}: not a saved retriever (no {RECORD}; HybridRetriever.save writes it)")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise FusionError(f"{file}: not a saved retriever's record (format {FORMAT!r})")
     if record.get("version") != VERSION:

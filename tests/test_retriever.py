@@ -152,7 +152,7 @@ def test_a_damaged_saved_retriever_is_refused_naming_the_file(planted_cache, tmp
             (lambda d: (d / "index.faiss").unlink(), r"index\.faiss: cannot read it"),
             (lambda d: (d / "mean.npy").write_bytes(b"not numpy"), r"mean\.npy: cannot read it"),
             (lambda d: np.save(d / "second.npy", np.zeros((2, 2))), r"second\.npy: .*not numbers of shape"),
-            (lambda d: (d / "retriever.json").write_text("{"), r"retriever\.json: cannot read it"),
+            (lambda d: (d / "retriever.json").write_text("{"), r"retriever\.json: malformed JSON"),
             (lambda d: _edit(d, n=3), "the FAISS index holds"),
             (lambda d: _edit(d, version=9), "format version 9"),
             (lambda d: _edit(d, spec={"weight": 7}), r"retriever\.json: .*weight")):
