@@ -22,6 +22,7 @@ import numpy as np
 
 from .evaluate import MISS, PER_QUERY, dense_scorer, self_matches
 from .metrics import paired_bootstrap
+from .retriever import HybridRetriever  # noqa: F401  (its home before projhead.retriever)
 from .fusion import (BM25_GRID, DEFAULT_WEIGHT, WEIGHT_GRID, BM25Index, BM25Settings, FusionError, FusionSpec,
                      normalise, normalised_bm25, tokenize, weight_given)
 

@@ -22,9 +22,10 @@ A saved retriever is a folder: ``retriever.json`` (format, counts, the fusion, t
 description, the head's sha256), ``index.faiss`` (FAISS's own file), ``bm25/`` (bm25s's own
 files, numpy arrays without pickle and JSON), ``mean.npy`` and ``second.npy`` (the
 statistics above) and, for an index that does not keep the vectors readable (not ``Flat``),
-``vectors.npy`` (memory-mapped when loaded). It is written beside the target and renamed into
-place, so a failure leaves an earlier retriever there whole. The texts themselves are not
-kept: ids index the texts the retriever was built on.
+``vectors.npy`` (memory-mapped when loaded). It is written into a temporary folder inside the
+target and its files then replace an earlier retriever's (the record last; other files stay),
+so a failure while writing leaves an earlier retriever there whole. The texts themselves are
+not kept: ids index the texts the retriever was built on.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ FORMAT = "projhead-retriever"
 VERSION = 1
 INDEX_FILE = "index.faiss"
 BM25_FOLDER = "bm25"
+OWN_FILES = (INDEX_FILE, BM25_FOLDER, "mean.npy", "second.npy", "vectors.npy")  # with RECORD: what save writes
 
 
 class _Owned:
@@ -166,7 +168,8 @@ class HybridRetriever:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the retriever to folder ``path`` (see module doc): a new or empty folder, or
-        one holding a retriever saved before, which this one replaces whole."""
+        one holding a retriever saved before, whose files this one's replace (other files of
+        yours there stay)."""
         import faiss
 
         path = Path(path)
@@ -178,11 +181,11 @@ class HybridRetriever:
         record = {"format": FORMAT, "version": VERSION, "n": len(self.vectors), "dim": int(self.vectors.shape[1]),
                   "factory": self.factory, "vectors_in_index": flat, "spec": self.spec.to_dict(),
                   "head": None if self.head is None else {"sha256": head_digest(self.head)}}
-        work = path.parent / f".{path.name}.tmp{os.getpid()}"
-        old = path.parent / f".{path.name}.old.tmp{os.getpid()}"
+        work = path / f".retriever.tmp{os.getpid()}"  # a name files.foreign_files passes over
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(work, ignore_errors=True)
+            path.mkdir(parents=True, exist_ok=True)
+            for stale in path.glob(".retriever.tmp*"):  # a killed save's
+                shutil.rmtree(stale, ignore_errors=True)
             work.mkdir()
             faiss.write_index(self.index, str(work / INDEX_FILE))
             self.bm25.save(work / BM25_FOLDER)
@@ -194,20 +197,23 @@ class HybridRetriever:
             for f in work.rglob("*"):
                 if f.is_file():
                     fsync_file(f)
-            if path.exists() and any(path.iterdir()):  # an earlier retriever: aside until this one is in place
-                os.replace(path, old)
-            try:
-                os.replace(work, path)
-            except OSError:
-                if old.exists():
-                    os.replace(old, path)
-                raise
         except (OSError, RuntimeError) as e:
+            shutil.rmtree(work, ignore_errors=True)
             raise FusionError(f"{path}: cannot save the retriever ({getattr(e, 'strerror', None) or e}); "
                               "a retriever saved there before is as it was") from e
+        try:  # whole and on disk: its files replace the earlier ones, the record last (until then, no retriever)
+            (path / RECORD).unlink(missing_ok=True)
+            for name in OWN_FILES:
+                p = path / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink(missing_ok=True)
+                if (work / name).exists():
+                    os.replace(work / name, p)
+            os.replace(work / RECORD, path / RECORD)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
         return path
 
     @classmethod
@@ -238,12 +244,16 @@ class HybridRetriever:
         file = path / INDEX_FILE
         try:
             self.index = faiss.read_index(str(file))
-            self.bm25 = BM25Index.load(path / BM25_FOLDER, self.spec.bm25)
+            file = path / BM25_FOLDER
+            self.bm25 = BM25Index.load(file, self.spec.bm25)
             file = path / "mean.npy"
             self.mean = _array(file, (dim,))
             file = path / "second.npy"
             self.second = _array(file, (dim, dim))
             file = path / "vectors.npy"
+            if record["vectors_in_index"] != hasattr(self.index, "get_xb"):
+                raise ValueError(f"{RECORD} says the vectors are {'' if record['vectors_in_index'] else 'not '}in "
+                                 f"the FAISS index, which is a {type(self.index).__name__}")
             self.vectors = (_in_index(self.index, faiss.rev_swig_ptr(self.index.get_xb(), n * dim).reshape(n, dim))
                             if record["vectors_in_index"] else _array(file, (n, dim), mmap=True))
         except (OSError, ValueError, RuntimeError, KeyError) as e:

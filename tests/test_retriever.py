@@ -106,7 +106,7 @@ def test_a_saved_retriever_searches_as_the_one_built(planted_cache, tmp_path, fa
     assert "retriever.json" in names and "index.faiss" in names
     assert ("vectors.npy" in names) is (factory != "Flat")  # a Flat index keeps the vectors itself
     assert not [n for n in names if n.endswith((".pkl", ".pickle"))]
-    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary folder left beside it
+    assert not [p.name for p in (tmp_path / "ret").iterdir() if ".tmp" in p.name]  # no temporary folder left
     loaded = HybridRetriever.load(tmp_path / "ret", head=head)
     assert loaded.spec == r.spec and loaded.factory == factory
     np.testing.assert_array_equal(np.asarray(loaded.vectors), np.asarray(r.vectors))
@@ -155,7 +155,9 @@ def test_a_damaged_saved_retriever_is_refused_naming_the_file(planted_cache, tmp
             (lambda d: (d / "retriever.json").write_text("{"), r"retriever\.json: malformed JSON"),
             (lambda d: _edit(d, n=3), "the FAISS index holds"),
             (lambda d: _edit(d, version=9), "format version 9"),
-            (lambda d: _edit(d, spec={"weight": 7}), r"retriever\.json: .*weight")):
+            (lambda d: _edit(d, spec={"weight": 7}), r"retriever\.json: .*weight"),
+            (lambda d: (d / "bm25" / "params.index.json").unlink(), r"bm25: cannot read it"),
+            (lambda d: _edit(d, vectors_in_index=False), r"vectors\.npy: cannot read it .*says the vectors are not in")):
         folder = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
         r.save(folder)
         damage(folder)
@@ -191,7 +193,13 @@ def test_saving_replaces_an_earlier_retriever_whole_and_refuses_other_folders(pl
         full.save(tmp_path / "ret")
     assert HybridRetriever.load(tmp_path / "ret").bm25.n == 5  # the earlier one, whole
     monkeypatch.undo()
-    full.save(tmp_path / "ret")
+    (tmp_path / "ret" / "texts.jsonl").write_text("the texts, kept beside it")  # a user's file beside the index
+    (tmp_path / "link").symlink_to(tmp_path / "ret")
+    full.save(tmp_path / "link")
     loaded = HybridRetriever.load(tmp_path / "ret")
     assert loaded.bm25.n == len(cache.contexts) and not (tmp_path / "ret" / "vectors.npy").exists()
-    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+    assert (tmp_path / "ret" / "texts.jsonl").read_text() == "the texts, kept beside it" and (tmp_path / "link").is_symlink()
+    assert not [p.name for p in (tmp_path / "ret").iterdir() if ".tmp" in p.name]
+    (tmp_path / "ret" / ".retriever.tmp1").mkdir()  # a killed save's: passed over, then removed
+    full.save(tmp_path / "ret")
+    assert not (tmp_path / "ret" / ".retriever.tmp1").exists()
