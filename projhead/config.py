@@ -205,8 +205,11 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "warmup", "init_temperature", "anchor_weight", "dev_fraction",
                      "canary_tolerance"):  # numbers, not strings compared with numbers
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v)):
+            if v is None:
+                continue
+            if not isinstance(v, numbers.Real) or isinstance(v, (bool, fractions.Fraction)) or not math.isfinite(v):
                 bad(name, "a finite number")
+            setattr(self, name, float(v))  # a plain float, numpy's too: config.json stores it
         if not self.lr > 0:
             bad("lr", "> 0")
         if not self.weight_decay >= 0:
@@ -246,9 +249,14 @@ class TrainConfig:
             raise TrainError("hybrid selection judges heads fused with BM25: drop --dense-only or --hybrid")
         if (self.bm25_aware or self.hybrid) and self.stream:
             raise TrainError("BM25-aware training and hybrid selection read the whole cache: drop --stream")
-        if isinstance(self.canaries, (str, os.PathLike)) or hasattr(self.canaries, "path"):
-            self.canaries = [self.canaries]  # one cache, not the characters of its path
-        self.canaries = [str(getattr(c, "path", c)) for c in self.canaries]  # paths (of opened caches too), as config.json keeps them
+        if self.canaries is None:
+            self.canaries = []
+        if isinstance(self.canaries, (str, os.PathLike)):
+            self.canaries = [self.canaries]  # one cache file, not the characters of its path
+        for c in self.canaries:
+            if not isinstance(c, (str, os.PathLike)):
+                bad("canaries", "paths of cache files (an opened cache's contents may not be its file's)")
+        self.canaries = [str(c) for c in self.canaries]  # paths, as written into config.json
         if str(self.device) != "cpu":  # checked here, not as a traceback from the first tensor moved there
             import torch
 

@@ -310,7 +310,8 @@ def _one_vector_a_text(sources: list, shared: dict) -> None:
     """Refuse ids of one query text whose vectors differ: a cache keys queries by text, so one
     of them would silently stand for all (vectors made from more than the text, a dialog's
     history say, need texts that differ). Equal vectors are one vector given twice."""
-    for text, rows in shared.items():
+    for text, by_id in shared.items():
+        rows = [(k, r, i) for i, (k, r) in by_id.items()]
         if len(rows) < 2:
             continue
         v = np.stack([sources[k].rows(np.array([r]))[0] for k, r, _ in rows])
@@ -318,7 +319,7 @@ def _one_vector_a_text(sources: list, shared: dict) -> None:
         if len(differ):
             (k0, r0, a), (k1, r1, b) = rows[0], rows[int(differ[0])]
             raise EncoderError(f"{sources[k1].path}: ids {a!r} (row {r0 + 1} of {sources[k0].path.name}) and {b!r} "
-                               f"(row {r1 + 1}) are the same query text, {text[:60]!r}, with other vectors: a cache "
+                               f"(row {r1 + 1}) ask the same query text, {text[:60]!r}, with other vectors: a cache "
                                "keys queries by text, so one would stand for both; make the texts differ (a "
                                "dialog's history in the text, say) or give one vector")
 
@@ -375,7 +376,7 @@ class VectorsEncoder:
                 resolved["ids"] = (ids() if callable(ids) else ids) or {}
             return resolved["ids"]
 
-        shared: dict = {}  # query text of several ids -> [(file, row, id)] of its id-keyed rows
+        shared: dict = {}  # query text of several ids -> {id: (file, row)} of its id-keyed rows, the last of each
         hashes, src, row = [], [], []  # per chunk: (n, 2) uint64, so Python holds one chunk of keys at a time
         try:  # a refused file closes the ones already opened
             for k, f in enumerate(self.files):
@@ -399,7 +400,7 @@ class VectorsEncoder:
                             resolved["shared"] = {t for t, i in seen.items() if len(i) > 1}
                         for r, (kind, key, _) in enumerate(chunk):
                             if kind == "id" and id_table()[key] in resolved["shared"]:
-                                shared.setdefault(id_table()[key], []).append((k, n + r, key))
+                                shared.setdefault(id_table()[key], {})[key] = (k, n + r)  # the last row of an id wins
                     # a query id is the vector of that query's text; "document" is the context role
                     hashes.append(_key_hashes([(key, "context" if r == "document" else (r or "*")) for key, r in keyed]))
                     n += len(chunk)

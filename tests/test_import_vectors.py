@@ -320,9 +320,22 @@ def test_ids_of_one_query_text_with_other_vectors_are_refused(tmp_path, kind):
     get_encoder("vectors:api", files=files, ids=ids)  # one vector, given twice
     qv[3] = -qv[0]
     files = _write(kind, tmp_path, pairs, qv, cv, by_id=True)
-    with pytest.raises(EncoderError, match=f"ids {pairs.query_ids[0]!r} .* and {pairs.query_ids[3]!r} .* are the same "
+    with pytest.raises(EncoderError, match=f"ids {pairs.query_ids[0]!r} .* and {pairs.query_ids[3]!r} .* ask the same "
                                            "query text"):
         get_encoder("vectors:api", files=files, ids=ids)
+    # a later file gives both ids one new vector: the last file wins for each id, and they agree
+    import shutil
+
+    (tmp_path / "first").mkdir()
+    for f in tmp_path.iterdir():
+        if f.is_file():
+            shutil.copy(f, tmp_path / "first" / f.name)
+    qv[0] = qv[3] = np.abs(qv[0]) + 1
+    fix = _write(kind, tmp_path, pairs, qv, cv, by_id=True)
+    first = [tmp_path / "first" / f.name for f in files]
+    assert first[0].exists() and first[0] != fix[0]
+    enc = get_encoder("vectors:api", files=first + fix, ids=ids)
+    np.testing.assert_array_equal(enc.encode([pairs.queries[0]]), qv[:1])
 
 
 def test_texts_and_ids_of_vector_files_must_be_strings(tmp_path):

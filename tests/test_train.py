@@ -1,5 +1,6 @@
 import json
 import math
+from fractions import Fraction
 
 import torch
 
@@ -454,7 +455,8 @@ def test_a_later_epoch_not_clearly_above_the_frozen_encoder_is_not_kept(planted_
 
 
 @pytest.mark.parametrize("bad", [{"seed": -1}, {"seed": "1"}, {"seed": 1.5}, {"threads": -1}, {"threads": 2.5},
-                                 {"lr": "1e-3"}, {"lr": float("nan")}, {"warmup": "0.1"}, {"dev_fraction": "0.2"}])
+                                 {"lr": "1e-3"}, {"lr": float("nan")}, {"warmup": "0.1"}, {"dev_fraction": "0.2"},
+                                 {"lr": Fraction(1, 1000)}])
 def test_training_settings_of_the_wrong_type_are_refused_where_they_are_given(bad):
     from projhead.config import TrainError
 
@@ -464,9 +466,15 @@ def test_training_settings_of_the_wrong_type_are_refused_where_they_are_given(ba
 
 def test_one_canary_given_as_a_path_or_a_cache_is_one_canary(planted_cache):
     path = planted_cache(n_groups=3)
+    from projhead.config import TrainError
+
     assert TrainConfig(canaries=str(path)).canaries == [str(path)]  # not one per character
-    assert TrainConfig(canaries=[open_cache(path)]).canaries == [str(path)]
+    assert TrainConfig(canaries=path).canaries == [str(path)] and TrainConfig(canaries=None).canaries == []
+    with pytest.raises(TrainError, match="canaries must be paths of cache files"):
+        TrainConfig(canaries=[open_cache(path).subset([0])])  # its contents are not its file's
     assert TrainConfig(seed=np.int64(3)).seed == 3 and type(TrainConfig(seed=np.int64(3)).seed) is int
+    cfg = TrainConfig(lr=np.float32(0.001), warmup=np.float64(0.1))  # numpy's numbers: plain floats, as JSON keeps them
+    assert type(cfg.lr) is float and type(cfg.warmup) is float and json.dumps([cfg.lr, cfg.warmup])
 
 
 def test_a_gate_of_another_dimension_is_refused_before_the_head_is_used():
