@@ -249,6 +249,9 @@ class TrainConfig:
             raise TrainError("hybrid selection judges heads fused with BM25: drop --dense-only or --hybrid")
         if (self.bm25_aware or self.hybrid) and self.stream:
             raise TrainError("BM25-aware training and hybrid selection read the whole cache: drop --stream")
+        if self.corpus_sample and self.stream:
+            raise TrainError(f"a corpus sample ({self.corpus_sample}) with streamed training: its dev split is ranked "
+                             "against its own contexts")
         if self.canaries is None:
             self.canaries = []
         if isinstance(self.canaries, (str, os.PathLike)):

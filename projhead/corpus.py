@@ -283,8 +283,8 @@ def attach_corpus(cache, sample: int | None = None, seed: int = 0) -> dict:
     return _attach(cache, sample, seed, "given")
 
 
-def _attach(cache, sample: int | None, seed: int, source) -> dict:
-    if sample and "corpus" not in cache.sections:
+def _attach(cache, sample: int | None, seed: int, source, strict: bool = True) -> dict:
+    if sample and "corpus" not in cache.sections and strict:
         raise DataError(f"{cache.path}: a corpus sample of {sample} asked for, but the cache has no corpus section "
                         "(projhead cache --corpus FILE adds one)")
     if sample == 0 or "corpus" not in cache.sections:
@@ -295,14 +295,15 @@ def _attach(cache, sample: int | None, seed: int, source) -> dict:
     return {"distractors": len(texts), "corpus": n}
 
 
-def corpus_for_training(cache, sample: int | None, seed: int) -> None:
+def corpus_for_training(cache, sample: int | None, seed: int, strict: bool = True) -> None:
     """``attach_corpus`` as a training run asks (its ``corpus_sample`` and seed), unless that is
     attached already or a user attached distractors of their own (``Cache.attach_distractors``):
-    a cache object used for several runs ranks each run's held-out queries as that run asks."""
+    a cache object used for several runs ranks each run's held-out queries as that run asks.
+    A sample of a cache without a corpus is refused (``strict``), else none is attached."""
     if int(cache.attrs.get("n_distractors") or 0):  # with_corpus's: the corpus is among its contexts already
         sample = 0
     if cache.distractors_source != "given" and cache.distractors_source != ("corpus", sample, seed):
-        _attach(cache, sample, seed, ("corpus", sample, seed))
+        _attach(cache, sample, seed, ("corpus", sample, seed), strict)
 
 
 def with_corpus(cache, sample: int | None = None, seed: int = 0):

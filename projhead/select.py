@@ -147,8 +147,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
                ) -> tuple[Head, dict]:
     """Search the candidates (see module doc), keep the best or the identity, save to ``out``.
     ``config``: the shared training settings (loss, seed, canaries, ...); ``fixed``: head or
-    training settings every candidate must use (``{"kind": "linear", "lr": 1e-3}``; a ``config.lr``
-    other than the default is every candidate's too, as ``projhead train --lr`` is)."""
+    training settings every candidate must use (``{"kind": "linear", "lr": 1e-3}``; so is a ``config.lr`` not 5e-4)."""
     say = partial(_say, progress)  # a line of progress, printed if asked for
     cfg = config or TrainConfig()
     if cfg.lr != TrainConfig.lr and "lr" not in (fixed or {}):  # a learning rate given: every candidate's, as --lr
@@ -446,7 +445,7 @@ def auto_train(cache: Cache | str | os.PathLike, config: TrainConfig | None = No
 def _ranked_against(cache: Cache, cfg: TrainConfig) -> dict:
     """Attach the cache's corpus rows as distractors of the held-out queries (unless these or
     a user's are attached already) and say what the queries are ranked against."""
-    corpus_for_training(cache, cfg.corpus_sample, cfg.seed)
+    corpus_for_training(cache, cfg.corpus_sample, cfg.seed, strict=False)  # a sample of no corpus: said (_not_used)
     nc, nd = len(cache.contexts), cache.n_distractors
     return {"contexts": nc, "distractors": nd,
             "ranked_against": f"all {nc} contexts" + (f" + {nd} corpus texts (distractors)" if nd else "")}

@@ -382,10 +382,7 @@ def train_head(cache: Cache | str | os.PathLike, head_config: HeadConfig | None 
     if hcfg.kind == "dialog":  # the turn vectors side by side; the cache says how many
         cache = dialog_view(cache)
         hcfg = replace(hcfg, slots=cache.attrs["turn_slots"], sentence_slots=cache.attrs["sentence_slots"])
-    elif cfg.stream and cfg.corpus_sample:
-        raise TrainError(f"{cache.path}: a corpus sample ({cfg.corpus_sample}) with streamed training: its dev split "
-                         "is ranked against its own contexts")
-    elif not cfg.stream:  # dev queries also ranked against the corpus rows
+    elif not cfg.stream:  # dev queries also ranked against the corpus rows (a sample of no corpus refused)
         corpus_for_training(cache, cfg.corpus_sample, cfg.seed)
     # the cache decides the input dimension and the encoder the head will accept
     hcfg = replace(hcfg, in_dim=cache.dim, encoder=cache.encoder,
