@@ -154,6 +154,9 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
     head_given = {k: v for k, v in (("kind", kind), ("towers", towers), ("out_dim", out_dim), ("hidden", hidden),
                                     ("layers", layers), ("activation", activation), ("dropout", dropout),
                                     ("init", init)) if v is not None}
+    if corpus_sample and stream:
+        raise click.UsageError("--corpus-sample: --stream ranks its dev split against the contexts it streams, "
+                               "without the corpus section")
     tcfg = _T(loss=loss, epochs=epochs, min_steps=min_steps, batch_size=batch_size, batching=batching or _T.batching,
               lr=lr or _T.lr, weight_decay=weight_decay, init_temperature=temperature,
               learn_temperature=not fixed_temperature, anchor_weight=anchor_weight, alpha=alpha,
@@ -177,9 +180,6 @@ def train(cache_file, out, auto, kind, towers, out_dim, hidden, layers, activati
                                "head, without fold heads, recipe or gate")
     from .cache import open_cache
 
-    if corpus_sample and stream:
-        raise click.UsageError("--corpus-sample: --stream ranks its dev split against the contexts it streams, "
-                               "without the corpus section")
     # the cache's sections, where an option depends on them (read once, from its attributes)
     sections = open_cache(cache_file, load=False).sections if corpus_sample or (auto and batching) else {}
     if corpus_sample and "corpus" not in sections:
