@@ -27,7 +27,7 @@ from .cachefile import (HEADER_SIZES, SECTIONS, CacheError, TextColumn, check_sh
                         read_header, read_rows)
 from .h5strings import column, decode, read_attrs
 
-__all__ = ["Cache", "CacheError", "TextColumn", "missing_shards", "open_cache", "read_identity", "read_rows"]
+__all__ = ["Cache", "CacheError", "TextColumn", "missing_shards", "open_cache", "shards_said", "read_identity", "read_rows"]
 
 _DAMAGE = (KeyError, OSError, ValueError, RuntimeError, TypeError, UnicodeDecodeError)
 
@@ -297,6 +297,17 @@ def missing_shards(path: Path, f=None) -> list[str]:
                 if not (Path(path).parent / src.file_name).is_file() and src.file_name not in gone:
                     gone.append(src.file_name)
     return gone
+
+
+def shards_said(path: Path) -> str:
+    """For a message about vectors that read as NaN: the shard files gone, if the cache's vectors
+    are linked from some (a linked file that is missing reads as NaN), else nothing."""
+    try:
+        gone = missing_shards(path)
+    except OSError:  # the file itself unreadable: its own error says so
+        return ""
+    return (f"; {len(gone)} of the shard files its vectors are linked from are gone (first: {gone[0]}, relative "
+            "to the cache)" if gone else "")
 
 
 def read_identity(path: Path) -> dict:

@@ -139,7 +139,7 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
     in the result says how many."""
     import h5py
 
-    from .cache_reader import CacheError, TextColumn, open_cache, read_rows
+    from .cache_reader import CacheError, TextColumn, open_cache, read_rows, shards_said
     from .data import content_sha256
     from .h5strings import column
     from .hashing import text_hashes
@@ -155,7 +155,8 @@ def evaluate_streamed(path, head=None, index: str = "Flat", block: int = 500, ch
     def finite(x, what, a):
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
-            raise CacheError(f"{cache.path}: {what} holds NaN or Inf (first: row {a + int(np.flatnonzero(bad)[0])})")
+            raise CacheError(f"{cache.path}: {what} holds NaN or Inf (first: row {a + int(np.flatnonzero(bad)[0])})"
+                             + shards_said(cache.path))
         return x
 
     extra = np.zeros(0, np.int64)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .batches import DevSet, _subset, dev_fraction, epoch_order, gold_components
-from .cache_reader import Cache
+from .cache_reader import Cache, shards_said
 from .config import TrainConfig, TrainError
 from .h5strings import column
 from .losses import Batch
@@ -198,7 +198,7 @@ class StreamSource:
             groups[p:p + k] = _group_keys(g.decode() for g in self.Gd[a:b][keep])
             if not (np.isfinite(q[p:p + k]).all() and np.isfinite(c[p:p + k]).all()):
                 raise TrainError(f"{self.path}: NaN or Inf in the vectors of query rows "
-                                 f"{a}..{b - 1} or their contexts (chunk read while streaming)")
+                                 f"{a}..{b - 1} or their contexts (chunk read while streaming)" + shards_said(self.path))
             p += k
         return q, c, ids, groups
 

@@ -682,3 +682,14 @@ def test_a_cache_of_linked_shards_never_reads_another_jobs_shards_and_says_which
         open_cache(out)
     with pytest.raises(CacheError, match=f"1 of the shard files .* are gone \\(first: ray.h5.parts/{gone.name}"):
         build_cache_ray(pairs, "planted", out, settings=settings, shard_size=5, dtype="float16", progress=False)
+    pytest.importorskip("faiss")
+    from projhead.config import TrainConfig, TrainError
+    from projhead.evaluate import evaluate_streamed
+    from projhead.heads import HeadConfig
+    from projhead.train import train_head
+
+    with pytest.raises(CacheError, match=f"NaN or Inf .*shard files its vectors are linked from are gone \\(first: "
+                                         f"ray.h5.parts/{gone.name}"):
+        evaluate_streamed(out, index="Flat")  # the streamed readers name them too
+    with pytest.raises(TrainError, match="NaN or Inf .*shard files its vectors are linked from are gone"):
+        train_head(out, HeadConfig(kind="linear"), TrainConfig(stream=True, epochs=1, batch_size=8), progress=False)
