@@ -256,6 +256,10 @@ class TrainConfig:
             self.canaries = []
         if isinstance(self.canaries, (str, os.PathLike)):
             self.canaries = [self.canaries]  # one cache file, not the characters of its path
+        try:
+            self.canaries = list(self.canaries)  # a generator too, read once
+        except TypeError:
+            bad("canaries", "a list of paths of cache files")
         for c in self.canaries:
             if not isinstance(c, (str, os.PathLike)):
                 bad("canaries", "paths of cache files (an opened cache's contents may not be its file's)")

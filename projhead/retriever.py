@@ -23,9 +23,9 @@ description, the head's sha256), ``index.faiss`` (FAISS's own file), ``bm25/`` (
 files, numpy arrays without pickle and JSON), ``mean.npy`` and ``second.npy`` (the
 statistics above) and, for an index that does not keep the vectors readable (not ``Flat``),
 ``vectors.npy`` (memory-mapped when loaded). It is written into a temporary folder inside the
-target and its files then replace an earlier retriever's (the record last; other files stay),
-so a failure while writing leaves an earlier retriever there whole. The texts themselves are
-not kept: ids index the texts the retriever was built on.
+target; an earlier retriever's files then go aside and the new ones go in, the record last
+(``_swap_in``; stopped, the earlier ones come back, after a kill at the next load or save).
+Other files stay. The texts themselves are not kept: ids index the texts it was built on.
 """
 from __future__ import annotations
 
@@ -173,6 +173,7 @@ class HybridRetriever:
         import faiss
 
         path = Path(path)
+        _recover(path)
         foreign = foreign_files(path, lambda o: (o / RECORD).is_file())
         if foreign:
             raise FusionError(f"{path}: holds files that are not a saved retriever ({listed(foreign)}); "
@@ -181,6 +182,11 @@ class HybridRetriever:
         record = {"format": FORMAT, "version": VERSION, "n": len(self.vectors), "dim": int(self.vectors.shape[1]),
                   "factory": self.factory, "vectors_in_index": flat, "spec": self.spec.to_dict(),
                   "head": None if self.head is None else {"sha256": head_digest(self.head)}}
+        earlier = _written(path)
+        clash = [n for n in OWN_FILES[:4] + (() if flat else ("vectors.npy",))
+                 if n not in earlier and (path / n).exists()]
+        if clash:  # a file of the user's where this retriever would write
+            raise FusionError(f"{path}: holds {listed(clash)}, not the saved retriever's: move it, or give another folder")
         work = path / f".retriever.tmp{os.getpid()}"  # a name files.foreign_files passes over
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -197,21 +203,10 @@ class HybridRetriever:
             for f in work.rglob("*"):
                 if f.is_file():
                     fsync_file(f)
+            _swap_in(path, work, earlier)
         except (OSError, RuntimeError) as e:
-            shutil.rmtree(work, ignore_errors=True)
             raise FusionError(f"{path}: cannot save the retriever ({getattr(e, 'strerror', None) or e}); "
                               "a retriever saved there before is as it was") from e
-        try:  # whole and on disk: its files replace the earlier ones, the record last (until then, no retriever)
-            (path / RECORD).unlink(missing_ok=True)
-            for name in OWN_FILES:
-                p = path / name
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink(missing_ok=True)
-                if (work / name).exists():
-                    os.replace(work / name, p)
-            os.replace(work / RECORD, path / RECORD)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return path
@@ -223,6 +218,7 @@ class HybridRetriever:
         import faiss
 
         path = Path(path)
+        _recover(path)
         record = _record(path)
         saved = record.get("head")
         if saved is not None and head is None:
@@ -283,6 +279,58 @@ def head_digest(head) -> str:
         h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
         h.update((t.float() if t.is_floating_point() else t).numpy().tobytes())
     return h.hexdigest()
+
+
+def _written(path: Path) -> list[str]:
+    """The names a retriever saved in ``path`` wrote (none without one), its record first."""
+    try:
+        record = json.loads((path / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [RECORD] + [n for n in OWN_FILES if (path / n).exists()
+                       and not (n == "vectors.npy" and isinstance(record, dict) and record.get("vectors_in_index"))]
+
+
+def _swap_in(path: Path, work: Path, earlier: list[str]) -> None:
+    """The files of ``work`` (a whole retriever) in place of ``earlier`` (a retriever's there):
+    those go aside first, the new record comes last; anything that stops it puts them back
+    (``_recover`` does, after a kill)."""
+    aside = path / f".retriever.old.tmp{os.getpid()}"
+    aside.mkdir()
+    moved = []
+    try:
+        for name in earlier:  # the record first: from here until the new one lands, no retriever
+            os.replace(path / name, aside / name)
+        for p in sorted(work.iterdir(), key=lambda p: p.name == RECORD):
+            os.replace(p, path / p.name)
+            moved.append(p.name)
+    except BaseException:
+        for name in moved:
+            _remove(path / name)
+        _restore(path, aside)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove(p: Path) -> None:
+    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
+def _restore(path: Path, aside: Path) -> None:
+    for p in sorted(aside.iterdir(), key=lambda p: p.name == RECORD):  # the record last
+        _remove(path / p.name)
+        os.replace(p, path / p.name)
+    aside.rmdir()
+
+
+def _recover(path: Path) -> None:
+    """A save killed while swapping files in: its new record never landed, so the earlier
+    retriever set aside comes back; once it had landed, the aside is only removed."""
+    for aside in path.glob(".retriever.old.tmp*") if path.is_dir() else ():
+        if (path / RECORD).is_file() or not (aside / RECORD).is_file():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            _restore(path, aside)
 
 
 def _record(path: Path) -> dict:

@@ -1,6 +1,7 @@
 """The hybrid retriever (bm25s + FAISS): its ranking against the fused ranking of every
 context, its refusals, and a retriever saved and loaded again."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,52 @@ def test_saving_replaces_an_earlier_retriever_whole_and_refuses_other_folders(pl
     (tmp_path / "ret" / ".retriever.tmp1").mkdir()  # a killed save's: passed over, then removed
     full.save(tmp_path / "ret")
     assert not (tmp_path / "ret" / ".retriever.tmp1").exists()
+
+
+def test_a_save_stopped_while_its_files_go_in_leaves_the_earlier_retriever(planted_cache, tmp_path, monkeypatch):
+    """Swapping files in: the earlier retriever's go aside first and come back if anything stops
+    it (an error, Ctrl-C) or, after a kill, when the folder is next loaded or saved into; a file
+    of the user's where a retriever would write is refused, never replaced."""
+    pytest.importorskip("faiss")
+    import os
+
+    import projhead.retriever as rt
+    from projhead.cache import open_cache
+    from projhead.retriever import HybridRetriever
+
+    cache = open_cache(planted_cache(n_groups=6))
+    small = HybridRetriever(cache.context_texts[:5], cache.contexts[:5])
+    full = HybridRetriever(cache.context_texts, cache.contexts, factory="HNSW32")
+    ret = tmp_path / "ret"
+    small.save(ret)
+    (ret / "texts.jsonl").write_text("mine")
+    real, calls = os.replace, []
+
+    def stopped(a, b):
+        new = Path(a).parent.name.startswith(".retriever.tmp")  # a new file going in
+        calls.append(new)
+        if new and sum(calls) == 2:  # the earlier files are aside, one new file is in
+            raise KeyboardInterrupt
+        real(a, b)
+    monkeypatch.setattr(rt.os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        full.save(ret)
+    monkeypatch.undo()
+    # record, index, bm25, mean and second went aside, two new files in (the second stopped), five back
+    assert calls == [False] * 5 + [True] * 2 + [False] * 5
+    assert HybridRetriever.load(ret).bm25.n == 5 and (ret / "texts.jsonl").read_text() == "mine"
+    assert sorted(p.name for p in ret.iterdir() if p.name.startswith(".")) == []
+    # killed between the two: the earlier files aside, a new one in, no record
+    aside = ret / ".retriever.old.tmp999"
+    aside.mkdir()
+    for name in ("retriever.json", "index.faiss"):
+        os.replace(ret / name, aside / name)
+    (ret / "index.faiss").write_bytes(b"half of a new save")
+    assert HybridRetriever.load(ret).bm25.n == 5 and not aside.exists()
+    # a file of the user's where this retriever would write
+    (ret / "vectors.npy").write_bytes(b"the user's")  # a Flat retriever writes none: it stays
+    small.save(ret)
+    assert (ret / "vectors.npy").read_bytes() == b"the user's"
+    with pytest.raises(FusionError, match="holds vectors.npy, not the saved retriever's"):
+        full.save(ret)
+    assert HybridRetriever.load(ret).bm25.n == 5

@@ -470,6 +470,9 @@ def test_one_canary_given_as_a_path_or_a_cache_is_one_canary(planted_cache):
 
     assert TrainConfig(canaries=str(path)).canaries == [str(path)]  # not one per character
     assert TrainConfig(canaries=path).canaries == [str(path)] and TrainConfig(canaries=None).canaries == []
+    assert TrainConfig(canaries=(p for p in [path])).canaries == [str(path)]  # a generator, read once
+    with pytest.raises(TrainError, match="canaries must be a list of paths"):
+        TrainConfig(canaries=5)
     with pytest.raises(TrainError, match="canaries must be paths of cache files"):
         TrainConfig(canaries=[open_cache(path).subset([0])])  # its contents are not its file's
     assert TrainConfig(seed=np.int64(3)).seed == 3 and type(TrainConfig(seed=np.int64(3)).seed) is int
