@@ -311,7 +311,9 @@ def _one_vector_a_text(sources: list, shared: dict) -> None:
     of them would silently stand for all (vectors made from more than the text, a dialog's
     history say, need texts that differ). Equal vectors are one vector given twice."""
     for text, by_id in shared.items():
-        rows = [(k, r, i) for i, (k, r) in by_id.items()]
+        rows = [(k, r, i) for i, (k, r) in by_id.items() if i is not None]
+        if None in by_id and by_id[None] > max((k, r) for k, r, _ in rows):  # a later row of the text: one vector
+            continue
         if len(rows) < 2:
             continue
         v = np.stack([sources[k].rows(np.array([r]))[0] for k, r, _ in rows])
@@ -401,6 +403,9 @@ class VectorsEncoder:
                         for r, (kind, key, _) in enumerate(chunk):
                             if kind == "id" and id_table()[key] in resolved["shared"]:
                                 shared.setdefault(id_table()[key], {})[key] = (k, n + r)  # the last row of an id wins
+                    for r, (kind, key, role_) in enumerate(chunk):  # the text itself, keyed later, wins over its ids
+                        if kind != "id" and role_ == "query" and key in shared:
+                            shared[key][None] = (k, n + r)
                     # a query id is the vector of that query's text; "document" is the context role
                     hashes.append(_key_hashes([(key, "context" if r == "document" else (r or "*")) for key, r in keyed]))
                     n += len(chunk)

@@ -336,6 +336,14 @@ def test_ids_of_one_query_text_with_other_vectors_are_refused(tmp_path, kind):
     assert first[0].exists() and first[0] != fix[0]
     enc = get_encoder("vectors:api", files=first + fix, ids=ids)
     np.testing.assert_array_equal(enc.encode([pairs.queries[0]]), qv[:1])
+    # or a later file gives the text itself one vector (keyed by text, role query): it stands for both ids
+    one = np.full((1, qv.shape[1]), 0.5, np.float32)
+    np.save(tmp_path / "text.npy", one)
+    (tmp_path / "text.jsonl").write_text(json.dumps({"text": pairs.queries[0], "role": "query"}) + "\n")
+    enc = get_encoder("vectors:api", files=first + [tmp_path / "text.npy"], ids=ids)
+    np.testing.assert_array_equal(enc.encode([pairs.queries[0]]), one)
+    with pytest.raises(EncoderError, match="ask the same query text"):  # given before the ids: they still differ
+        get_encoder("vectors:api", files=[tmp_path / "text.npy"] + first, ids=ids)
 
 
 def test_texts_and_ids_of_vector_files_must_be_strings(tmp_path):
