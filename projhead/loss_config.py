@@ -41,6 +41,10 @@ def make_loss(cfg: TrainConfig, hcfg: HeadConfig | None = None):
         raise TrainError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}") from None
     accepted = inspect.signature(cls.__init__).parameters
     kw = loss_settings(cfg, hcfg)
+    for key, flag, given in (("init_temperature", "--temperature", cfg.init_temperature is not None),
+                             ("learn_temperature", "--fixed-temperature", not cfg.learn_temperature)):
+        if given and key in cfg.loss_settings:  # two settings of one thing: the record would contradict itself
+            raise TrainError(f"{flag} and --loss-setting {key}: one or the other")
     if has_temperature(cfg.loss):
         kw.setdefault("init_temperature", cfg.init_temperature if cfg.init_temperature is not None else 0.05)
     elif cfg.init_temperature is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -97,8 +98,9 @@ class _ScaledLoss(Objective):
 
     def __init__(self, init_temperature: float, learn_temperature: bool, max_scale: float):
         super().__init__()
-        if not init_temperature > 0:
-            raise LossError(f"temperature must be > 0, not {init_temperature}")
+        if not 1 / max_scale <= init_temperature <= 1:  # where clamp_ keeps it: a fixed one too, as recorded
+            raise LossError(f"temperature must be in [{1 / max_scale:g}, 1] (the logit scale is kept in [1, max_scale "
+                            f"{max_scale:g}]), not {init_temperature:g}")
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)),
                                         requires_grad=learn_temperature)
         self.max_log_scale = math.log(max_scale)
@@ -465,4 +467,31 @@ def get_loss(name: str, **settings) -> Objective:
     unknown = sorted(k for k in settings if k not in accepted)
     if unknown:
         raise LossError(f"loss {name!r} does not take setting(s) {unknown}")
-    return cls(**settings)
+    return cls(**{k: _checked(name, k, v, str(accepted[k].annotation)) for k, v in settings.items()})
+
+
+# what each numeric setting must be, beyond its type (a setting left out has its default)
+SETTING_RULES = {"init_temperature": (lambda v: v > 0, "> 0"), "max_scale": (lambda v: v > 1, "> 1"),
+                 "chunk_size": (lambda v: v >= 1, ">= 1"), "bm25_weight": (lambda v: v >= 0, ">= 0"),
+                 "same_tower_weight": (lambda v: v >= 0, ">= 0"), "init_scale": (lambda v: v > 0, "> 0"),
+                 "teacher_temperature": (lambda v: v > 0, "> 0"), "contrastive_weight": (lambda v: v >= 0, ">= 0"),
+                 "tau": (lambda v: 0 <= v <= 1, "in [0, 1]"), "hidden": (lambda v: v >= 1, ">= 1"),
+                 "noise": (lambda v: v >= 0, ">= 0"), "dim_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+                 "mix": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+
+
+def _checked(loss: str, key: str, v, annotation: str):
+    """Setting ``key`` of ``loss`` checked against its annotation ("float", "int | None",
+    "bool", "str") and ``SETTING_RULES``; numbers as plain Python numbers."""
+    if v is None and "None" in annotation:
+        return v
+    kind = annotation.split(" |")[0]
+    ok = {"bool": isinstance(v, bool), "str": isinstance(v, str),
+          "int": isinstance(v, numbers.Integral) and not isinstance(v, bool),
+          "float": isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)}.get(kind, True)
+    rule = SETTING_RULES.get(key)
+    if not ok or (rule and kind in ("int", "float") and not rule[0](v)):
+        need = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a name"}.get(kind, kind)
+        raise LossError(f"loss {loss!r}: setting {key} must be {need}" + (f" {rule[1]}" if rule else "")
+                        + (" (or none)" if "None" in annotation else "") + f", not {v!r}")
+    return int(v) if kind == "int" else float(v) if kind == "float" else v

@@ -103,9 +103,13 @@ def test_every_pair_loss_falls_on_aligned_pairs(name):
 
 
 def test_temperature_is_clamped_like_open_clip():
-    loss = ClipLoss(init_temperature=0.001)
+    loss = ClipLoss(init_temperature=0.02)
+    with torch.no_grad():
+        loss.logit_scale.fill_(7.0)  # learned past the largest scale, 100
     loss.clamp_()
     assert loss.temperature == pytest.approx(0.01)
+    with pytest.raises(LossError, match="temperature must be in"):
+        ClipLoss(init_temperature=0.001)  # a start outside it is refused, not clamped after a step
     assert not ClipLoss(learn_temperature=False).logit_scale.requires_grad
 
 
@@ -426,3 +430,38 @@ def test_the_loss_direction_is_recorded_in_config_json(planted_cache, tmp_path, 
     training = json.loads((tmp_path / "h" / "config.json").read_text())["training"]
     assert training["loss_settings"]["symmetric"] is recorded
     assert training["loss"] == "clip"
+
+
+@pytest.mark.parametrize("loss, settings, message", [
+    ("clip", {"chunk_size": -4}, "chunk_size must be an integer >= 1 \\(or none\\)"),
+    ("clip", {"chunk_size": 2.5}, "chunk_size must be an integer"),
+    ("clip", {"init_temperature": "abc"}, "init_temperature must be a finite number > 0"),
+    ("samtone", {"same_tower_weight": -1}, "same_tower_weight must be a finite number >= 0"),
+    ("siglip", {"init_scale": 0}, "init_scale must be a finite number > 0"),
+    ("clip", {"max_scale": 0}, "max_scale must be a finite number > 1"),
+    ("byol", {"dim_dropout": 1}, "dim_dropout must be a finite number in \\[0, 1\\)"),
+    ("byol", {"hidden": 0}, "hidden must be an integer >= 1"),
+    ("distill", {"contrastive_weight": -1}, "contrastive_weight must be a finite number >= 0"),
+    ("clip", {"learn_temperature": "yes"}, "learn_temperature must be true or false"),
+    ("clip", {"init_temperature": 0.005}, "temperature must be in \\[0.01, 1\\]"),
+    ("clip", {"init_temperature": 2.0, "learn_temperature": False}, "temperature must be in \\[0.01, 1\\]"),
+])
+def test_loss_settings_are_checked_where_they_are_given(loss, settings, message):
+    """Wrong types and ranges are one clear error, not a traceback at the first batch or a run
+    trained silently on another setting (a fixed temperature clamped after its first step)."""
+    from projhead.config import LossError
+    from projhead.losses import get_loss
+
+    with pytest.raises(LossError, match=message):
+        get_loss(loss, **settings)
+    assert get_loss("clip", chunk_size=4, init_temperature=1).temperature == pytest.approx(1.0)
+
+
+def test_a_temperature_given_twice_is_refused():
+    from projhead.config import HeadConfig, TrainConfig, TrainError
+    from projhead.loss_config import make_loss
+
+    for cfg in (TrainConfig(init_temperature=0.1, loss_settings={"init_temperature": 0.03}),
+                TrainConfig(learn_temperature=False, loss_settings={"learn_temperature": True})):
+        with pytest.raises(TrainError, match="and --loss-setting .*: one or the other"):
+            make_loss(cfg, HeadConfig())
