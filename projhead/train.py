@@ -245,7 +245,8 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
         out_spread = spread(cpu_head.encode_queries(source.spread_sample))
         canary_scores = {c.name: c.score(cpu_head) for c in canaries}
         head.to(cfg.device)
-        entry = {"epoch": epoch, "train_loss": float(np.mean(losses)), "temperature": loss_fn.temperature,
+        entry = {"epoch": epoch, "train_loss": float(np.mean(losses)),  # no temperature (byol's NaN): JSON null
+                 "temperature": t if math.isfinite(t := loss_fn.temperature) else None,
                  "lr": _lr_at(step - 1, total_steps, cfg), "dev": metrics, "spread": out_spread,
                  "canaries": canary_scores, "seconds": time.perf_counter() - t0}
         log["epochs"].append(entry)
@@ -446,8 +447,7 @@ def save_trained(head: Head, log: dict, cache: Cache, cfg: TrainConfig, frozen: 
                   "distractors": cache.n_distractors},
         "metrics": {"frozen": frozen, "head": frozen if head.config.passthrough else head_metrics},
         "best_epoch": 0 if head.config.passthrough else log.get("best_epoch", 0),
-        "decision": _jsonable(decision),
-        **(extra or {}),
+        "decision": _jsonable(decision), **(extra or {}),
     }
     if out is not None:
         out = Path(out)

@@ -489,3 +489,13 @@ def test_a_gate_of_another_dimension_is_refused_before_the_head_is_used():
         head.set_gate(QueryGate(5))
     assert head.gate is None and not head.config.gate
     head.set_gate(QueryGate(8))
+
+
+def test_the_training_log_of_a_loss_without_a_temperature_is_standard_json(planted_cache, tmp_path):
+    path = planted_cache(n_groups=10)
+    train_head(path, HeadConfig(kind="residual", hidden=8), TrainConfig(loss="byol", epochs=1, batch_size=16,
+                                                                       loss_settings={"hidden": 8}),
+               out=tmp_path / "h", progress=False)
+    text = (tmp_path / "h" / "train_log.json").read_text()
+    log = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert log["epochs"] and all(e["temperature"] is None for e in log["epochs"])
