@@ -219,7 +219,7 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
                                                    + (c - batch.c).pow(2).sum(1).mean()) / 2
             if not torch.isfinite(loss.detach()):
                 log["stopped"] = (f"non-finite training loss at epoch {epoch}, step {step + 1} (lr {cfg.lr} may be "
-                                  f"too high); kept epoch {best['epoch']}, the best before it")
+                                  f"too high); kept epoch {kept['epoch']}, the one kept before it")
                 break
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total_steps, cfg)
@@ -239,7 +239,7 @@ def _fit(source, cfg: TrainConfig, hcfg: HeadConfig, ckpt, job, progress, canari
         r = dev.ranks(cpu_head) if has_dev else np.zeros(0, np.int64)
         metrics = rank_metrics(r) if has_dev else {}
         if has_dev and not all(math.isfinite(v) for v in metrics.values()):
-            log["stopped"] = f"non-finite dev metric at epoch {epoch}; kept epoch {best['epoch']}"
+            log["stopped"] = f"non-finite dev metric at epoch {epoch}; kept epoch {kept['epoch']}"
             break
         epoch_ranks[epoch] = r
         out_spread = spread(cpu_head.encode_queries(source.spread_sample))
