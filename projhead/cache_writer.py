@@ -31,7 +31,7 @@ import numpy as np
 from .cache_reader import open_cache
 from .cachefile import (CHUNK, FORMAT_VERSION, HEADER_SIZES, SECTIONS, CacheError, Column, Section,
                         check_float16, check_values, fingerprint)
-from .files import atomic_path
+from .files import atomic_path, plain_name
 from .h5strings import column, create_text, read_attrs, write_attrs
 
 
@@ -390,7 +390,7 @@ def add_section(path: str | os.PathLike, name: str, arrays: dict, attrs: dict | 
     the cache is whole before and after (``extend_cache``)."""
     path = Path(path)
     section = SECTIONS[name]
-    if section.named and (not instance or "/" in instance or instance in (".", "..")):
+    if section.named and not plain_name(instance or ""):
         raise CacheError(f"{path}: a {name} section needs a plain name (not empty, '.' or '..', no '/'), "
                          f"not {instance!r}")
     where = section.where(instance)

@@ -39,13 +39,20 @@ TOWERS = ("separate", "shared", "query")
 ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
 
 
-def real_in(v, top: float) -> float | None:
-    """``v`` as a float when it is a finite number in [0, ``top``]: an int, a float or numpy's
-    (not a bool, not a Fraction), else None. The one rule for a fusion weight and BM25's k1 and
-    b, wherever they are given (training settings, a saved fusion, search and ``fuse``)."""
-    if isinstance(v, (bool, fractions.Fraction)) or not isinstance(v, numbers.Real):
+def finite_real(v) -> float | None:
+    """``v`` as a float when it is a finite number: an int, a float or numpy's (not a bool, not a
+    Fraction), else None."""
+    if isinstance(v, (bool, fractions.Fraction)) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         return None
-    return float(v) if math.isfinite(v) and 0 <= v <= top else None
+    return float(v)
+
+
+def real_in(v, top: float) -> float | None:
+    """``finite_real(v)`` when it is in [0, ``top``], else None. The one rule for a fusion weight
+    and BM25's k1 and b, wherever they are given (training settings, a saved fusion, search and
+    ``fuse``)."""
+    v = finite_real(v)
+    return v if v is not None and 0 <= v <= top else None
 
 
 class HeadError(ValueError):
@@ -204,12 +211,11 @@ class TrainConfig:
             setattr(self, name, int(v))
         for name in ("lr", "weight_decay", "warmup", "init_temperature", "anchor_weight", "dev_fraction",
                      "canary_tolerance"):  # numbers, not strings compared with numbers
-            v = getattr(self, name)
-            if v is None:
-                continue
-            if not isinstance(v, numbers.Real) or isinstance(v, (bool, fractions.Fraction)) or not math.isfinite(v):
-                bad(name, "a finite number")
-            setattr(self, name, float(v))  # a plain float, numpy's too: config.json stores it
+            if getattr(self, name) is not None:
+                v = finite_real(getattr(self, name))
+                if v is None:
+                    bad(name, "a finite number")
+                setattr(self, name, v)  # a plain float, numpy's too: config.json stores it
         if not self.lr > 0:
             bad("lr", "> 0")
         if not self.weight_decay >= 0:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .files import foreign_files, listed, write_atomic
+from .files import foreign_files, listed, plain_name, remove_path, write_atomic
 from .fusion import FUSION_NAME
 from .heads import ACTIVATION_MODULES, Head, HeadError, load_head
 
@@ -232,8 +232,7 @@ def _written_into(out: Path):
     try:
         yield work
         for name in _exported(out):
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            remove_path(out / name)
         for p in work.iterdir():
             p.rename(out / p.name)
     finally:
@@ -248,7 +247,7 @@ def _exported(out: Path) -> list[str]:
         return []
     names = record.get("files") if isinstance(record, dict) else None
     if isinstance(names, list):
-        return [n for n in names if isinstance(n, str) and n and "/" not in n and n not in (".", "..")]
+        return [n for n in names if isinstance(n, str) and plain_name(n)]
     return [p.name for p in out.iterdir() if not p.name.startswith(".")]  # an export of before the list
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,16 @@ def foreign_files(out: str | os.PathLike, ours) -> list[str]:
 def _desktop(name: str) -> bool:
     """A file a desktop leaves in folders it shows (and macOS's ``._NAME`` copies of their metadata)."""
     return name.lower() in DESKTOP_FILES or name.startswith("._")
+
+
+def remove_path(p: Path) -> None:
+    """Remove a file, a link (not what it points at) or a folder with what it holds; nothing if absent."""
+    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
+def plain_name(name: str) -> bool:
+    """Whether ``name`` names one entry inside a folder or group: not empty, no '/', not '.' or '..'."""
+    return bool(name) and "/" not in name and name not in (".", "..")
 
 
 def listed(names: list[str], most: int = 5) -> str:

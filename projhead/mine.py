@@ -42,6 +42,7 @@ import torch
 from .cache_reader import Cache, open_cache
 from .cache_writer import add_section
 from .config import MINE_METHODS, MineError
+from .files import plain_name
 from .corpus import same_text_ids
 from .metrics import bm25_scorer
 
@@ -140,7 +141,7 @@ def mine(cache: str | os.PathLike | Cache, method: str = "semantic", k: int = 8,
         raise MineError("silver pairs need a teacher to score them (--teacher)")
     if silver is not None and not 0 < silver <= 1:
         raise MineError(f"silver is a teacher probability in (0, 1], not {silver}")
-    if name is not None and (not name.strip() or name != name.strip() or "/" in name or name in (".", "..")):
+    if name is not None and (not name.strip() or name != name.strip() or not plain_name(name)):
         raise MineError(f"a mined set needs a plain name (no spaces around it, no '/', not '.' or '..'), not "
                         f"{name!r}: leave --name out for the method's, or give one")
     if not isinstance(cache, Cache):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import foreign_files, fsync_file, listed, write_file
+from .files import foreign_files, fsync_file, listed, remove_path, write_file
 from .fusion import BM25Index, FusionError, FusionSpec, checked_weight, json_file, normalised_pair
 from .search import build_index, search
 
@@ -58,9 +58,17 @@ class _Owned:
         self.owner, self.__array_interface__ = owner, view.__array_interface__
 
 
-def _in_index(index, view: np.ndarray) -> np.ndarray:
-    """``view`` (an array over ``index``'s own memory) read-only and keeping ``index`` alive."""
-    out = np.asarray(_Owned(index, view))
+def _keeps_vectors(index) -> bool:
+    """Whether ``index`` holds the vectors as they were added, readable in place (a Flat index)."""
+    return hasattr(index, "get_xb")
+
+
+def _in_index(index, n: int, dim: int) -> np.ndarray:
+    """The (n, dim) vectors ``index`` holds (``_keeps_vectors``), over its own memory: read-only,
+    and keeping ``index`` alive."""
+    import faiss
+
+    out = np.asarray(_Owned(index, faiss.rev_swig_ptr(index.get_xb(), n * dim).reshape(n, dim)))
     out.flags.writeable = False
     return out
 
@@ -99,10 +107,8 @@ class HybridRetriever:
         # a Flat index takes the vectors in one add (one allocation, not a buffer grown chunk by chunk)
         self.index = build_index(iter([self.vectors]) if factory == "Flat" else
                                  (self.vectors[a:a + chunk] for a in range(0, n, chunk)), dim, factory)
-        if hasattr(self.index, "get_xb"):  # a Flat index holds the same vectors: read them there, not twice
-            import faiss
-
-            self.vectors = _in_index(self.index, faiss.rev_swig_ptr(self.index.get_xb(), n * dim).reshape(n, dim))
+        if _keeps_vectors(self.index):  # a Flat index holds the same vectors: read them there, not twice
+            self.vectors = _in_index(self.index, n, dim)
 
     def _dense_stats(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         how = self.spec.normalisation
@@ -178,7 +184,7 @@ class HybridRetriever:
         if foreign:
             raise FusionError(f"{path}: holds files that are not a saved retriever ({listed(foreign)}); "
                               "give a new or empty folder")
-        flat = hasattr(self.index, "get_xb")
+        flat = _keeps_vectors(self.index)
         record = {"format": FORMAT, "version": VERSION, "n": len(self.vectors), "dim": int(self.vectors.shape[1]),
                   "factory": self.factory, "vectors_in_index": flat, "spec": self.spec.to_dict(),
                   "head": None if self.head is None else {"sha256": head_digest(self.head)}}
@@ -247,11 +253,11 @@ class HybridRetriever:
             file = path / "second.npy"
             self.second = _array(file, (dim, dim))
             file = path / "vectors.npy"
-            if record["vectors_in_index"] != hasattr(self.index, "get_xb"):
+            if record["vectors_in_index"] != _keeps_vectors(self.index):
                 raise ValueError(f"{RECORD} says the vectors are {'' if record['vectors_in_index'] else 'not '}in "
                                  f"the FAISS index, which is a {type(self.index).__name__}")
-            self.vectors = (_in_index(self.index, faiss.rev_swig_ptr(self.index.get_xb(), n * dim).reshape(n, dim))
-                            if record["vectors_in_index"] else _array(file, (n, dim), mmap=True))
+            self.vectors = _in_index(self.index, n, dim) if record["vectors_in_index"] else \
+                _array(file, (n, dim), mmap=True)
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise FusionError(f"{file}: cannot read it as part of a saved retriever ({str(e).splitlines()[0]})") \
                 from None
@@ -306,19 +312,15 @@ def _swap_in(path: Path, work: Path, earlier: list[str]) -> None:
             moved.append(p.name)
     except BaseException:
         for name in moved:
-            _remove(path / name)
+            remove_path(path / name)
         _restore(path, aside)
         raise
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _remove(p: Path) -> None:
-    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-
-
 def _restore(path: Path, aside: Path) -> None:
     for p in sorted(aside.iterdir(), key=lambda p: p.name == RECORD):  # the record last
-        _remove(path / p.name)
+        remove_path(path / p.name)
         os.replace(p, path / p.name)
     aside.rmdir()
 

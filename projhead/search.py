@@ -55,16 +55,15 @@ def build_index(chunks: Iterable[np.ndarray], dim: int, factory: str = "Flat", t
         try:
             index.train(sample)
         except RuntimeError as e:  # e.g. fewer rows than an IVF index's clusters
-            last = [line for line in str(e).splitlines() if line.strip()][-1]
-            raise SearchError(f"FAISS index {factory!r} cannot be trained on {len(sample)} vectors ({last}): "
+            raise SearchError(f"FAISS index {factory!r} cannot be trained on {len(sample)} vectors ({_last_line(e)}): "
                               "choose fewer clusters or a Flat index") from None
+
     def add(rows):
         try:
             index.add(rows)
         except RuntimeError as e:  # e.g. an IDMap index, which takes ids with its vectors
-            last = [line for line in str(e).splitlines() if line.strip()][-1]
-            raise SearchError(f"FAISS index {factory!r} cannot take the vectors ({last}): choose another index "
-                              "description (Flat, HNSW32, IVF4096,Flat, ...)") from None
+            raise SearchError(f"FAISS index {factory!r} cannot take the vectors ({_last_line(e)}): choose another "
+                              "index description (Flat, HNSW32, IVF4096,Flat, ...)") from None
     for chunk in chunks:
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         if not index.is_trained:
@@ -81,6 +80,11 @@ def build_index(chunks: Iterable[np.ndarray], dim: int, factory: str = "Flat", t
         train(sample)
         add(sample)
     return index
+
+
+def _last_line(e: Exception) -> str:
+    """The last non-blank line of a FAISS error (its message; the lines before are a C++ trace)."""
+    return [line for line in str(e).splitlines() if line.strip()][-1]
 
 
 def search(index, queries: np.ndarray, k: int = 100, chunk: int = 4096, nprobe: int | None = None,
